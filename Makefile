@@ -1,0 +1,42 @@
+# The two commands of the README: `make lab` and `make test`. Everything else is a piece of them.
+VENV ?= .venv
+SETUP := hack/setup.sh $(VENV)
+
+.PHONY: help setup lab test units sanity lint docs docs-check bench clean
+
+help:
+	@echo "make lab    - set everything up and run the local lab (discovery on this machine and a sample host)"
+	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
+	@echo "make units | sanity | lint | docs-check - one part of the suite"
+	@echo "make docs   - regenerate docs/modules/ from the modules' DOCUMENTATION"
+	@echo "make bench  - run the benchmarks under bench/"
+
+setup:
+	@$(SETUP)
+
+lab: setup
+	@hack/lab.sh $(VENV)
+
+test: setup
+	@hack/test.sh $(VENV)
+
+units: setup
+	@hack/test.sh $(VENV) units
+
+sanity: setup
+	@hack/test.sh $(VENV) sanity
+
+lint: setup
+	@hack/test.sh $(VENV) lint
+
+docs-check: setup
+	@hack/test.sh $(VENV) docs
+
+docs: setup
+	@$(VENV)/bin/python hack/module_docs.py write
+
+bench: setup
+	@for b in bench/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf .build tests/output

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what the project needs on a Debian 12 machine: apt packages and the virtualenv.
+# Idempotent and quiet when everything is already there. Usage: hack/setup.sh VENV_DIR
+set -euo pipefail
+
+venv=${1:-.venv}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+# Debian packages the suite and the lab use. Each is installed only when missing.
+apt_packages=(git rsync pciutils)
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# ansible-core 2.21 needs Python >= 3.12; Debian 12's python3 is 3.11. Use pyenv's 3.12
+# explicitly (PYTHON312 overrides), never a shim.
+python=${PYTHON312:-}
+if [ -z "$python" ]; then
+  for candidate in /root/.pyenv/versions/3.12*/bin/python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 \
+                   /usr/bin/python3.12 /usr/local/bin/python3.12; do
+    if [ -x "$candidate" ]; then python=$candidate; break; fi
+  done
+fi
+if [ -z "$python" ] || ! "$python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  echo "setup: no Python 3.12 found (looked in ~/.pyenv/versions/3.12*); set PYTHON312=/path/to/python3.12" >&2
+  exit 1
+fi
+
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: building $venv on $python"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$here/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
+# The checkout is the collection gpuaas.slice: expose it where Ansible looks for collections.
+link="$here/.build/collections/ansible_collections/gpuaas/slice"
+if [ ! -L "$link" ]; then
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$here" "$link"
+fi

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite (make test, and CI through .ci/run): ansible-test sanity, ansible-lint,
+# the module docs check, then the unit and service tests with pytest (last, so its summary
+# line closes the output). Usage: hack/test.sh VENV [sanity|lint|docs|units]...
+set -uo pipefail
+venv=$(cd "${1:-.venv}" && pwd)
+shift || true
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+export ANSIBLE_CONFIG="$here/ansible.cfg"
+export ANSIBLE_COLLECTIONS_PATH="$here/.build/collections"
+export PATH="$venv/bin:$PATH"
+parts=("$@")
+((${#parts[@]})) || parts=(sanity lint docs units)
+
+failed=()
+run() {
+  local name=$1; shift
+  echo "=== $name: $*"
+  "$@"
+  local rc=$?
+  if [ "$name" = units ] && [ $rc -eq 5 ]; then
+    echo "=== units: pytest collected no tests: that is a broken suite, not a pass" >&2
+  fi
+  [ $rc -eq 0 ] || failed+=("$name (exit $rc)")
+}
+
+for part in "${parts[@]}"; do
+  case $part in
+    sanity) run sanity hack/sanity.sh "$venv" ;;
+    lint)   run lint ansible-lint --offline ;;
+    docs)   run docs python hack/module_docs.py check ;;
+    units)  run units python -m pytest -n "${PYTEST_WORKERS:-2}" tests/unit ;;
+    *) echo "unknown part $part (sanity, lint, docs, units)" >&2; exit 2 ;;
+  esac
+done
+
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}" >&2
+  exit 1
+fi
