@@ -1,0 +1,307 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: slot discovery (read-only).
+
+Discovery proposes slots; an operator approves them. It reads sysfs only and
+returns plain data: what it found, what it proposes and, for every slot it
+cannot recommend, the reasons in plain English.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _layout as layout
+from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
+    CLASS_ETHERNET,
+    CLASS_INFINIBAND,
+    CLASS_NVME,
+    GPU_CLASSES,
+    PciBus,
+    PciError,
+    Sysfs,
+    bdf_key,
+    same_device,
+    vf_address,
+)
+
+DEFAULT_GPU_VENDORS = ('10de', '1002', '8086')
+FABRIC_CLASSES = (CLASS_INFINIBAND, CLASS_ETHERNET)
+
+IOMMU_OFF_REASON = (
+    'the IOMMU is off (no groups under /sys/kernel/iommu_groups): enable VT-d (Intel) '
+    'or AMD-Vi/IOMMU (AMD) in the firmware and boot with intel_iommu=on or amd_iommu=on')
+
+
+def normalize_vendor(value):
+    """'0x10DE' -> '10de'; raise PciError for anything that is not a 16-bit hex id."""
+    text = str(value).strip().lower()
+    if text.startswith('0x'):
+        text = text[2:]
+    if not text or len(text) > 4 or any(c not in '0123456789abcdef' for c in text):
+        raise PciError('%r is not a PCI vendor id (expected 4 hex digits, e.g. 10de)' % (value,))
+    return '%04x' % int(text, 16)
+
+
+def read_numa_nodes(sysfs):
+    """{'0': '0-15', ...} from devices/system/node, or the online CPUs as node 0."""
+    nodes = {}
+    for entry in sysfs.listdir('devices/system/node'):
+        if entry.startswith('node') and entry[4:].isdigit():
+            cpulist = sysfs.read('devices/system/node/%s/cpulist' % entry)
+            nodes[entry[4:]] = cpulist if cpulist is not None else ''
+    if not nodes:
+        online = sysfs.read('devices/system/cpu/online')
+        if online is not None:
+            nodes['0'] = online
+    return dict(sorted(nodes.items(), key=lambda item: int(item[0])))
+
+
+def _link(device):
+    return {
+        'current_speed': device.read('current_link_speed'),
+        'current_width': device.read_int('current_link_width'),
+        'max_speed': device.read('max_link_speed'),
+        'max_width': device.read_int('max_link_width'),
+    }
+
+
+def _fingerprint(device):
+    """What identifies the physical device behind an address (checked before allocation)."""
+    if device is None:
+        return None
+    serial = device.read('serial_number')
+    return {
+        'address': device.address,
+        'vendor_id': device.vendor_id,
+        'device_id': device.device_id,
+        'subsystem_vendor_id': device.subsystem_vendor_id,
+        'subsystem_device_id': device.subsystem_device_id,
+        'serial': serial if serial and serial.strip('0-') else None,
+        'pcie_path': '/'.join(device.pcie_path),
+    }
+
+
+def _common_depth(path_a, path_b):
+    """Length of the common prefix of two PCIe paths (0: different PCI roots)."""
+    depth = 0
+    for a, b in zip(path_a, path_b):
+        if a != b:
+            break
+        depth += 1
+    return depth
+
+
+def _pair(gpus, candidates):
+    """Give each GPU at most one candidate from the same PCI root, nearest first.
+
+    All (GPU, candidate) pairs are ranked by how deep their common upstream
+    bridge is (a shared PCIe switch beats a shared root complex); the best free
+    pairs are taken greedily, ties broken by address, so the result is stable.
+    """
+    ranked = []
+    for gpu in gpus:
+        for cand in candidates:
+            depth = _common_depth(gpu.pcie_path[:-1], cand.pcie_path[:-1])
+            if depth:
+                ranked.append((-depth, bdf_key(gpu.address), bdf_key(cand.address), gpu, cand))
+    ranked.sort(key=lambda item: item[:3])
+    pairs, taken = {}, set()
+    for _depth, _gk, _ck, gpu, cand in ranked:
+        if gpu.address not in pairs and cand.address not in taken:
+            pairs[gpu.address] = cand
+            taken.add(cand.address)
+    return pairs
+
+
+class Discovery:
+    """Read a host's sysfs and propose its slots."""
+
+    def __init__(self, node_id, sysfs_root='/sys', proc_root='/proc',
+                 gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True):
+        self.node_id = layout.check_node_id(node_id)
+        self.sysfs = Sysfs(sysfs_root)
+        self.gpu_vendors = [normalize_vendor(v) for v in gpu_vendors]
+        self.require_nvme = require_nvme
+        self.require_fabric = require_fabric
+        self.bus = PciBus(self.sysfs)
+        self.usage = HostUsage(self.sysfs, proc_root)
+        self.warnings = []
+
+    # -- classification -----------------------------------------------------
+
+    def _classify(self):
+        gpus, excluded, nvmes, fabric_pfs = [], [], [], []
+        for device in self.bus.devices():
+            pci_class = device.pci_class
+            if pci_class is None:
+                self.warnings.append('%s has no readable class attribute; skipped' % device.address)
+                continue
+            sub = pci_class >> 8
+            if sub in GPU_CLASSES:
+                if device.vendor_id not in self.gpu_vendors or device.is_vf:
+                    continue
+                if device.read('boot_vga') == '1':
+                    excluded.append({'address': device.address,
+                                     'reason': 'host console (boot_vga = 1)'})
+                    continue
+                gpus.append(device)
+            elif sub in FABRIC_CLASSES:
+                if device.is_vf:
+                    continue
+                if (device.read_int('sriov_totalvfs') or 0) > 0:
+                    fabric_pfs.append(device)
+            elif sub == CLASS_NVME and not device.is_vf:
+                usage = self.usage.nvme_usage(device)
+                if usage:
+                    excluded.append({'address': device.address,
+                                     'reason': 'host storage: %s' % usage})
+                else:
+                    nvmes.append(device)
+        return gpus, excluded, nvmes, fabric_pfs
+
+    def _gpu_record(self, gpu, groups, node_count):
+        numa = gpu.numa_node
+        if numa is None:
+            self.warnings.append('%s has no readable numa_node attribute' % gpu.address)
+            numa = -1
+        if numa < 0 and node_count <= 1:
+            numa = 0
+        group = gpu.iommu_group
+        return {
+            'address': gpu.address,
+            'vendor_id': gpu.vendor_id,
+            'device_id': gpu.device_id,
+            'subsystem_vendor_id': gpu.subsystem_vendor_id,
+            'subsystem_device_id': gpu.subsystem_device_id,
+            'class': '0x%06x' % gpu.pci_class,
+            'numa_node': numa,
+            'iommu_group': group,
+            'iommu_group_devices': list(groups.get(group, [])) if group is not None else [],
+            'driver': gpu.driver,
+            'link': _link(gpu),
+            'reset_method': gpu.read('reset_method') or None,
+        }
+
+    # -- the proposal -------------------------------------------------------
+
+    def run(self):
+        groups = self.bus.iommu_groups()
+        iommu_enabled = bool(groups)
+        numa_nodes = read_numa_nodes(self.sysfs)
+        gpus, excluded, nvmes, fabric_pfs = self._classify()
+        gpu_records = [self._gpu_record(g, groups, len(numa_nodes)) for g in gpus]
+        nvme_of = _pair(gpus, nvmes)
+        fabric_of = _pair(gpus, fabric_pfs)
+
+        slots = []
+        for index, (gpu, record) in enumerate(zip(gpus, gpu_records)):
+            slots.append(self._slot(index, gpu, record, groups, iommu_enabled, numa_nodes,
+                                    nvme_of.get(gpu.address), fabric_of.get(gpu.address)))
+        return {
+            'node_id': self.node_id,
+            'approval_required': True,
+            'iommu_enabled': iommu_enabled,
+            'numa_nodes': numa_nodes,
+            'require_nvme': self.require_nvme,
+            'require_fabric': self.require_fabric,
+            'gpus': gpu_records,
+            'excluded': excluded,
+            'slots': slots,
+        }
+
+    def _slot(self, index, gpu, record, groups, iommu_enabled, numa_nodes, nvme, fabric_pf):
+        reasons = []
+        if not iommu_enabled:
+            reasons.append(IOMMU_OFF_REASON)
+
+        companions = []
+        if iommu_enabled:
+            if record['iommu_group'] is None:
+                reasons.append('%s has no IOMMU group, so it cannot be isolated' % gpu.address)
+            for member in record['iommu_group_devices']:
+                if member == gpu.address:
+                    continue
+                device = self.bus.get(member)
+                if device is not None and device.is_bridge:
+                    continue
+                if same_device(member, gpu.address):
+                    companions.append(member)
+                    continue
+                described = device.describe() if device is not None else member
+                reasons.append(
+                    'IOMMU group %s also holds %s, which is not part of the GPU: every device '
+                    'of a group goes to the VM together, so the host would lose it (move the '
+                    'card to another slot, or enable ACS on the bridge above it)'
+                    % (record['iommu_group'], described))
+
+        numa = record['numa_node']
+        cpulist = numa_nodes.get(str(numa)) if numa >= 0 else None
+        if numa < 0:
+            reasons.append('%s does not report its NUMA node on a host with %d nodes, so its '
+                           'vCPUs and memory cannot be pinned' % (gpu.address, len(numa_nodes)))
+        elif cpulist is None:
+            cpulist = gpu.read('local_cpulist')
+            if not cpulist:
+                reasons.append('NUMA node %d of %s has no cpulist under '
+                               'devices/system/node' % (numa, gpu.address))
+
+        if self.require_nvme and nvme is None:
+            reasons.append('no free NVMe controller shares a PCIe switch or root complex '
+                           'with %s (require_nvme is true)' % gpu.address)
+
+        vf = None
+        if fabric_pf is not None:
+            offset = fabric_pf.read_int('sriov_offset')
+            stride = fabric_pf.read_int('sriov_stride')
+            if offset is None or stride is None:
+                reasons.append('fabric PF %s does not report sriov_offset/sriov_stride, so its '
+                               'VF address cannot be known' % fabric_pf.address)
+            else:
+                try:
+                    vf = vf_address(fabric_pf.address, offset, stride, 0)
+                except PciError as exc:
+                    reasons.append(str(exc))
+        elif self.require_fabric:
+            reasons.append('no free SR-IOV capable InfiniBand/Ethernet PF shares a PCIe switch '
+                           'or root complex with %s (require_fabric is true)' % gpu.address)
+
+        if gpu.driver and gpu.driver != 'vfio-pci' and self.sysfs.listdir(gpu.rel + '/graphics'):
+            reasons.append('%s drives a host framebuffer console (driver %s)'
+                           % (gpu.address, gpu.driver))
+
+        try:
+            mac = layout.slot_mac(self.node_id, index)
+            ip = layout.slot_ip(index)
+        except layout.LayoutError as exc:
+            mac = ip = None
+            reasons.append(str(exc))
+
+        return {
+            'slot_index': index,
+            'slot_id': '%s-s%d' % (self.node_id, index),
+            'gpu_address': gpu.address,
+            'companions': companions,
+            'numa_node': numa,
+            'cpulist': cpulist,
+            'nvme_address': nvme.address if nvme is not None else None,
+            'fabric_pf_address': fabric_pf.address if fabric_pf is not None else None,
+            'fabric_vf_pci_address': vf,
+            'mac': mac,
+            'ip': ip,
+            'capacity_metadata': {
+                'storage_ownership': 'slice',
+                'fabric_claim_mode': 'per_slot_vf' if fabric_pf is not None else 'none',
+                'fabric_vf_pci_address': vf,
+            },
+            'fingerprint': {
+                'gpu': _fingerprint(gpu),
+                'companions': [_fingerprint(self.bus.get(c)) for c in companions],
+                'nvme': _fingerprint(nvme),
+                'fabric_pf': _fingerprint(fabric_pf),
+            },
+            'eligible': not reasons,
+            'reasons': reasons,
+        }

@@ -1,0 +1,138 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: slot_approval
+short_description: Validate an operator's approved slot map against a discovery result
+version_added: 0.1.0
+description:
+  - Checks the operator's approved slot map (kept in host vars, see C(docs/approved-slot-map.md))
+    against a M(gpuaas.slice.slot_discovery) result of the same host and returns the approved
+    slots, each with its discovery data, its wipe policy and its device fingerprint.
+  - It refuses, listing every problem and approving nothing, when a slot is unknown, approved
+    twice, not eligible, or its GPU address no longer matches; when C(destructive_wipe_policy) is
+    missing or not one of V(nvme-format), V(blkdiscard), V(zero) (the first two need the slot's own
+    NVMe drive); when C(capacity_metadata) lacks C(storage_ownership=slice),
+    C(fabric_claim_mode=per_slot_vf) or the slot's C(fabric_vf_pci_address) (where the slot has a
+    fabric PF); when an entry has keys the format does not know; or when a recorded
+    C(fingerprint) no longer matches the devices.
+  - Changes nothing on the host.
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  discovery:
+    description:
+      - The registered result of M(gpuaas.slice.slot_discovery) for this host.
+    type: dict
+    required: true
+  approved_slots:
+    description:
+      - The operator's approved slot map for this host.
+      - Each entry has C(slot_id), C(gpu_address), C(destructive_wipe_policy) and
+        C(capacity_metadata), and optionally C(approved_by), C(approved_at), C(note) and the
+        C(fingerprint) recorded at approval.
+    type: list
+    elements: dict
+    required: true
+seealso:
+  - module: gpuaas.slice.slot_discovery
+'''
+
+EXAMPLES = r'''
+- name: Discover
+  gpuaas.slice.slot_discovery:
+    node_id: "{{ gpuaas_node_id }}"
+  register: discovery
+
+- name: Check the operator's approvals against what is really there
+  gpuaas.slice.slot_approval:
+    discovery: "{{ discovery }}"
+    approved_slots: "{{ gpuaas_approved_slots }}"
+  register: approval
+
+# host_vars/gpu-node-01.yml
+# gpuaas_node_id: gpu-node-01
+# gpuaas_approved_slots:
+#   - slot_id: gpu-node-01-s0
+#     gpu_address: "0000:18:00.0"
+#     destructive_wipe_policy: nvme-format
+#     capacity_metadata:
+#       storage_ownership: slice
+#       fabric_claim_mode: per_slot_vf
+#       fabric_vf_pci_address: "0000:1a:00.1"
+#     approved_by: alice
+#     approved_at: "2026-11-22T10:00:00Z"
+'''
+
+RETURN = r'''
+slots:
+  description: The approved slots, each the discovery slot plus the approval.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - slot_id: gpu-node-01-s0
+      slot_index: 0
+      node_id: gpu-node-01
+      gpu_address: "0000:18:00.0"
+      companions: []
+      numa_node: 0
+      cpulist: "0-55,112-167"
+      nvme_address: "0000:1c:00.0"
+      fabric_pf_address: "0000:1a:00.0"
+      fabric_vf_pci_address: "0000:1a:00.1"
+      mac: "52:54:4f:3c:9e:0a"
+      ip: 10.100.0.10
+      capacity_metadata: {storage_ownership: slice, fabric_claim_mode: per_slot_vf,
+                          fabric_vf_pci_address: "0000:1a:00.1"}
+      fingerprint: {}
+      destructive_wipe_policy: nvme-format
+      approved_by: alice
+      approved_at: "2026-11-22T10:00:00Z"
+problems:
+  description: Every reason the map was refused.
+  returned: failure
+  type: list
+  elements: str
+  sample: ["slot gpu-node-01-s3: destructive_wipe_policy must be set (one of nvme-format, blkdiscard, zero)"]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._approval import ApprovalError, validate
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            discovery=dict(type='dict', required=True),
+            approved_slots=dict(type='list', elements='dict', required=True),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        slots = validate(module.params['discovery'], module.params['approved_slots'])
+    except ApprovalError as exc:
+        module.fail_json(msg=str(exc), problems=exc.problems)
+    module.exit_json(changed=False, slots=slots)
+
+
+if __name__ == '__main__':
+    main()

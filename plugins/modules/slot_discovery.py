@@ -1,0 +1,262 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: slot_discovery
+short_description: Propose the GPU slots a host can offer
+version_added: 0.1.0
+description:
+  - Reads sysfs and proposes one slot per GPU function, made of the GPU, the other functions of its
+    IOMMU group that must move with it, the NVMe controller and SR-IOV fabric PF that share its
+    PCIe switch or root complex, its NUMA node and CPUs, and its deterministic MAC and IP.
+  - GPUs are display-class functions (0x0300xx VGA, 0x0302xx 3D, 0x0380xx other) from one of
+    O(gpu_vendors); the host's console (C(boot_vga) = 1) is never offered.
+  - Pairing follows the PCIe tree. Every GPU gets the nearest free NVMe controller and the
+    nearest free InfiniBand (0x0207) or Ethernet (0x0200) PF with SR-IOV, where "nearest" is the
+    deepest shared upstream bridge; candidates on another PCI root complex are never paired. An
+    NVMe controller holding a mounted filesystem, swap or a device-mapper stack is host storage
+    and is never offered.
+  - The slot's fabric VF address is computed from the PF's C(sriov_offset) and C(sriov_stride),
+    so it is known before the VFs exist.
+  - Discovery only proposes; RV(approval_required) is always V(true). Feed the result to
+    M(gpuaas.slice.slot_approval) with the operator's approved slot map.
+  - A slot that must not be approved has RV(slots[].eligible=false) and plain-English
+    RV(slots[].reasons). A missing attribute never crashes discovery; a tree that is not sysfs
+    at all (no C(bus/pci/devices)) fails the module and changes nothing.
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
+  - gpuaas.slice.sysfs
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  node_id:
+    description:
+      - The host's node id, used in slot ids (C({node_id}-s{slot_index})) and in the MAC layout.
+      - 1-63 letters, digits, C(.), C(_) or C(-), starting with a letter or digit.
+    type: str
+    required: true
+  gpu_vendors:
+    description:
+      - PCI vendor ids (hex, with or without C(0x)) whose display-class functions count as GPUs.
+    type: list
+    elements: str
+    default: ['10de', '1002', '8086']
+  require_nvme:
+    description:
+      - When V(true), a slot without its own NVMe controller is not eligible.
+    type: bool
+    default: true
+  require_fabric:
+    description:
+      - When V(true), a slot without an SR-IOV fabric PF is not eligible.
+    type: bool
+    default: true
+seealso:
+  - module: gpuaas.slice.slot_approval
+notes:
+  - Run it on the GPU host itself; it reads the local sysfs.
+'''
+
+EXAMPLES = r'''
+- name: Discover the slots of this host
+  gpuaas.slice.slot_discovery:
+    node_id: "{{ inventory_hostname_short }}"
+  register: discovery
+
+- name: Show what could be approved
+  ansible.builtin.debug:
+    msg: "{{ discovery.slots | selectattr('eligible') | map(attribute='slot_id') }}"
+
+- name: Discover a workstation without fabric NICs, NVIDIA GPUs only
+  gpuaas.slice.slot_discovery:
+    node_id: ws-01
+    gpu_vendors: ['10de']
+    require_fabric: false
+'''
+
+RETURN = r'''
+node_id:
+  description: The node id the slots were named after.
+  returned: always
+  type: str
+  sample: gpu-node-01
+approval_required:
+  description: Always V(true); only an operator's approval makes a slot schedulable.
+  returned: always
+  type: bool
+  sample: true
+iommu_enabled:
+  description: Whether the kernel has IOMMU groups (the IOMMU is on).
+  returned: always
+  type: bool
+  sample: true
+numa_nodes:
+  description: NUMA node number to its CPU list.
+  returned: always
+  type: dict
+  sample: {"0": "0-55,112-167", "1": "56-111,168-223"}
+require_nvme:
+  description: The O(require_nvme) the slots were judged by.
+  returned: always
+  type: bool
+  sample: true
+require_fabric:
+  description: The O(require_fabric) the slots were judged by.
+  returned: always
+  type: bool
+  sample: true
+gpus:
+  description: Every GPU function found, in address order.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - address: "0000:18:00.0"
+      vendor_id: "10de"
+      device_id: "2330"
+      subsystem_vendor_id: "10de"
+      subsystem_device_id: "16c1"
+      class: "0x030200"
+      numa_node: 0
+      iommu_group: "9"
+      iommu_group_devices: ["0000:18:00.0"]
+      driver: nvidia
+      link: {current_speed: "32.0 GT/s PCIe", current_width: 16,
+             max_speed: "32.0 GT/s PCIe", max_width: 16}
+      reset_method: flr
+excluded:
+  description: Devices discovery saw and left out on purpose (the host's console, its storage).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - address: "0000:04:00.0"
+      reason: "host storage: dm-0 is mounted on /"
+slots:
+  description: One proposed slot per GPU, in GPU address order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    slot_index:
+      description: Position of the GPU in address order, from 0.
+      type: int
+    slot_id:
+      description: C({node_id}-s{slot_index}).
+      type: str
+    gpu_address:
+      description: The GPU's full PCI address.
+      type: str
+    companions:
+      description: Other functions of the GPU's IOMMU group that go to the VM with it.
+      type: list
+      elements: str
+    numa_node:
+      description: The GPU's NUMA node (the kernel's -1 is 0 on a single-node host).
+      type: int
+    cpulist:
+      description: CPUs of that NUMA node, or null when unknown.
+      type: str
+    nvme_address:
+      description: The slot's NVMe controller, or null.
+      type: str
+    fabric_pf_address:
+      description: The SR-IOV PF whose VF the slot gets, or null.
+      type: str
+    fabric_vf_pci_address:
+      description: The address the slot's VF will have (VF 0 of the PF), or null.
+      type: str
+    mac:
+      description: The VM's MAC, C(52:54:) plus the first 4 bytes of sha256("{node_id}:{slot_index}").
+      type: str
+    ip:
+      description: The VM's fixed address, C(10.100.0.{10 + slot_index}).
+      type: str
+    capacity_metadata:
+      description: The keys the approval requires (storage_ownership, fabric_claim_mode,
+        fabric_vf_pci_address).
+      type: dict
+    fingerprint:
+      description: Identity of the slot's devices (ids, serial, PCIe path), kept with the approval
+        so a hardware change is noticed.
+      type: dict
+    eligible:
+      description: Whether the slot may be approved.
+      type: bool
+    reasons:
+      description: Why the slot is not eligible; empty when it is.
+      type: list
+      elements: str
+  sample:
+    - slot_index: 0
+      slot_id: gpu-node-01-s0
+      gpu_address: "0000:18:00.0"
+      companions: []
+      numa_node: 0
+      cpulist: "0-55,112-167"
+      nvme_address: "0000:1c:00.0"
+      fabric_pf_address: "0000:1a:00.0"
+      fabric_vf_pci_address: "0000:1a:00.1"
+      mac: "52:54:4f:3c:9e:0a"
+      ip: 10.100.0.10
+      capacity_metadata: {storage_ownership: slice, fabric_claim_mode: per_slot_vf,
+                          fabric_vf_pci_address: "0000:1a:00.1"}
+      fingerprint: {}
+      eligible: true
+      reasons: []
+'''
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
+    DEFAULT_GPU_VENDORS,
+    Discovery,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=with_sysfs_args(dict(
+            node_id=dict(type='str', required=True),
+            gpu_vendors=dict(type='list', elements='str', default=list(DEFAULT_GPU_VENDORS)),
+            require_nvme=dict(type='bool', default=True),
+            require_fabric=dict(type='bool', default=True),
+        )),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        discovery = Discovery(
+            node_id=params['node_id'], sysfs_root=params['sysfs_root'],
+            proc_root=params['proc_root'], gpu_vendors=params['gpu_vendors'],
+            require_nvme=params['require_nvme'], require_fabric=params['require_fabric'])
+        result = discovery.run()
+    except (PciError, LayoutError) as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
+    for warning in discovery.warnings:
+        module.warn(warning)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()

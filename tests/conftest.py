@@ -1,0 +1,32 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Make the checkout importable as the collection gpuaas.slice, and shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(REPO, '.build', 'collections')
+LINK = os.path.join(COLLECTIONS, 'ansible_collections', 'gpuaas', 'slice')
+
+if not os.path.islink(LINK):
+    os.makedirs(os.path.dirname(LINK), exist_ok=True)
+    os.symlink(REPO, LINK)
+for path in (COLLECTIONS, REPO):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+@pytest.fixture
+def host_tree(tmp_path):
+    """Build one of the sample hosts of tests/sysfs/hosts.py: ``host_tree('hgx')``."""
+    from tests.sysfs import hosts
+
+    def build(name, **kwargs):
+        return hosts.HOSTS[name](str(tmp_path / name), **kwargs)
+    return build

@@ -1,0 +1,257 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Build sysfs trees laid out the way the Linux kernel lays out /sys.
+
+A tree built here has what the collection reads on a real host:
+
+* ``devices/pciDDDD:BB/<bridge>/<device>`` directories, one per PCI function,
+  nested below the bridges above them, with the kernel's attribute files
+  (``class``, ``vendor``, ``numa_node``, ``sriov_*``, ...);
+* ``bus/pci/devices/<BDF>`` symlinks into that hierarchy;
+* ``bus/pci/drivers/<name>/<BDF>`` and the device's ``driver`` link;
+* ``kernel/iommu_groups/<N>/devices/<BDF>`` and the device's ``iommu_group``
+  link (only when the host's IOMMU is on);
+* ``devices/system/node/nodeN/cpulist`` and ``devices/system/cpu/online``;
+* ``class/net``, ``class/infiniband``, ``class/nvme`` and ``class/block``
+  links to the devices' own ``net/``, ``infiniband/``, ``nvme/`` directories;
+* optionally a ``proc`` directory beside it with ``mounts`` and ``swaps``.
+
+Links are relative, as the kernel's are, so a tree can be moved or copied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$')
+
+
+def _write(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as handle:
+        handle.write(value)
+
+
+def _symlink(target, link):
+    """A relative symlink at ``link`` pointing to the absolute path ``target``."""
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+
+
+class SysfsBuilder:
+    """Create a kernel-shaped sysfs tree under ``root`` (the directory standing for /sys)."""
+
+    def __init__(self, root, iommu=True, proc_root=None):
+        self.root = os.path.abspath(root)
+        self.iommu = iommu
+        self.proc_root = proc_root
+        self.dirs = {}          # BDF or root name -> absolute device directory
+        self.numa = {}          # BDF or root name -> numa node
+        self._next_group = 0
+        self._auto_groups = {}  # domain:bus:device -> group of its non-bridge functions
+        for rel in ('bus/pci/devices', 'bus/pci/drivers', 'kernel/iommu_groups',
+                    'devices/system/node', 'devices/system/cpu', 'class/net',
+                    'class/infiniband', 'class/nvme', 'class/block', 'devices/virtual/block'):
+            os.makedirs(os.path.join(self.root, rel), exist_ok=True)
+        if proc_root:
+            os.makedirs(proc_root, exist_ok=True)
+            self.mounts([])
+            self.swaps([])
+
+    # -- host-wide ----------------------------------------------------------
+
+    def numa_nodes(self, nodes):
+        """``{node: cpulist}``; also writes cpu/online as the union."""
+        for node, cpulist in nodes.items():
+            _write(os.path.join(self.root, 'devices/system/node/node%d/cpulist' % int(node)),
+                   cpulist + '\n')
+        _write(os.path.join(self.root, 'devices/system/cpu/online'),
+               ','.join(nodes.values()) + '\n')
+
+    def mounts(self, lines):
+        _write(os.path.join(self.proc_root, 'mounts'), ''.join(line + '\n' for line in lines))
+
+    def swaps(self, devices):
+        header = 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n'
+        _write(os.path.join(self.proc_root, 'swaps'),
+               header + ''.join('%s\tpartition\t1048572\t0\t-2\n' % d for d in devices))
+
+    def pci_root(self, domain_bus, numa_node=-1):
+        """A PCI host bridge directory 'devices/pciDDDD:BB'; returns its name."""
+        name = 'pci' + domain_bus
+        path = os.path.join(self.root, 'devices', name)
+        os.makedirs(path, exist_ok=True)
+        self.dirs[name] = path
+        self.numa[name] = numa_node
+        return name
+
+    # -- devices ------------------------------------------------------------
+
+    def new_group(self):
+        group = str(self._next_group)
+        self._next_group += 1
+        return group
+
+    def device(self, address, parent, pci_class, vendor, device, subsystem_vendor=None,
+               subsystem_device=None, driver=None, group='auto', numa_node=None,
+               local_cpulist=None, boot_vga=None, reset_method='flr',
+               link=('16.0 GT/s PCIe', 16), max_link=None, sriov=None, serial=None,
+               extra=None):
+        """Add one PCI function below ``parent`` (a root name from :meth:`pci_root` or a BDF).
+
+        ``group='auto'`` puts every non-bridge function of one physical device in
+        one IOMMU group and each bridge in its own, as the kernel does behind
+        ACS-capable ports; pass a group name to share a group on purpose, or None
+        for a device without a group.
+        """
+        if not BDF_RE.match(address):
+            raise ValueError('bad BDF %s' % address)
+        path = os.path.join(self.dirs[parent], address)
+        os.makedirs(path)
+        self.dirs[address] = path
+        numa = self.numa[parent] if numa_node is None else numa_node
+        self.numa[address] = numa
+        attrs = {
+            'class': '0x%06x' % pci_class,
+            'vendor': '0x%s' % vendor,
+            'device': '0x%s' % device,
+            'subsystem_vendor': '0x%s' % (subsystem_vendor or vendor),
+            'subsystem_device': '0x%s' % (subsystem_device or '0000'),
+            'revision': '0xa1',
+            'numa_node': str(numa),
+            'enable': '1',
+            'driver_override': '(null)',
+            'power_state': 'D0',
+            'irq': '0',
+        }
+        if local_cpulist is not None:
+            attrs['local_cpulist'] = local_cpulist
+        if pci_class >> 8 == 0x0300 and boot_vga is not None:
+            attrs['boot_vga'] = '1' if boot_vga else '0'
+        if reset_method is not None:
+            attrs['reset_method'] = reset_method
+        if link is not None:
+            attrs['current_link_speed'], attrs['current_link_width'] = link[0], str(link[1])
+            max_link = max_link or link
+            attrs['max_link_speed'], attrs['max_link_width'] = max_link[0], str(max_link[1])
+        if serial is not None:
+            attrs['serial_number'] = serial
+        if sriov is not None:
+            attrs.update({
+                'sriov_totalvfs': str(sriov.get('total', 0)),
+                'sriov_numvfs': '0',
+                'sriov_offset': str(sriov.get('offset', 1)),
+                'sriov_stride': str(sriov.get('stride', 1)),
+                'sriov_vf_device': sriov.get('vf_device', device),
+                'sriov_drivers_autoprobe': '1',
+            })
+        attrs.update(extra or {})
+        for name, value in attrs.items():
+            if value is not None:
+                _write(os.path.join(path, name), value + '\n')
+        _symlink(os.path.join(self.root, 'bus/pci'), os.path.join(path, 'subsystem'))
+        _symlink(path, os.path.join(self.root, 'bus/pci/devices', address))
+        if driver:
+            self.bind(address, driver)
+        if self.iommu and group is not None:
+            if group == 'auto':
+                key = address.rsplit('.', 1)[0]
+                if pci_class >> 16 == 0x06:
+                    group = self.new_group()
+                else:
+                    group = self._auto_groups.get(key) or self.new_group()
+                    self._auto_groups[key] = group
+            self.join_group(address, group)
+        return path
+
+    def bind(self, address, driver):
+        path = self.dirs[address]
+        drv = os.path.join(self.root, 'bus/pci/drivers', driver)
+        for name in ('bind', 'unbind', 'new_id', 'remove_id'):
+            if not os.path.exists(os.path.join(drv, name)):
+                _write(os.path.join(drv, name), '')
+        _symlink(drv, os.path.join(path, 'driver'))
+        _symlink(path, os.path.join(drv, address))
+
+    def join_group(self, address, group):
+        group_dir = os.path.join(self.root, 'kernel/iommu_groups', str(group))
+        os.makedirs(os.path.join(group_dir, 'devices'), exist_ok=True)
+        if not os.path.exists(os.path.join(group_dir, 'type')):
+            _write(os.path.join(group_dir, 'type'), 'DMA-FQ\n')
+        _symlink(self.dirs[address], os.path.join(group_dir, 'devices', address))
+        _symlink(group_dir, os.path.join(self.dirs[address], 'iommu_group'))
+
+    def bridge(self, address, parent, vendor='8086', device='0000', pci_class=0x060400, **kw):
+        return self.device(address, parent, pci_class, vendor, device, reset_method=None, **kw)
+
+    def netdev(self, address, ifname, operstate='down', mac='00:00:00:00:00:00'):
+        net = os.path.join(self.dirs[address], 'net', ifname)
+        _write(os.path.join(net, 'operstate'), operstate + '\n')
+        _write(os.path.join(net, 'address'), mac + '\n')
+        _symlink(net, os.path.join(self.root, 'class/net', ifname))
+
+    def infiniband(self, address, name):
+        ib = os.path.join(self.dirs[address], 'infiniband', name)
+        _write(os.path.join(ib, 'node_guid'), '0000:0000:0000:0000\n')
+        _symlink(ib, os.path.join(self.root, 'class/infiniband', name))
+
+    def nvme(self, address, ctrl, namespaces=None, partitions=None, holders=None):
+        """NVMe controller ``ctrl`` at ``address`` with its namespaces' block devices.
+
+        ``partitions`` maps a namespace to its partition names; ``holders`` maps a
+        block device to the virtual block devices (dm-N, mdN) stacked on it, each
+        given as ``(name, dm_name)``.
+        """
+        ctrl_dir = os.path.join(self.dirs[address], 'nvme', ctrl)
+        _write(os.path.join(ctrl_dir, 'state'), 'live\n')
+        _symlink(ctrl_dir, os.path.join(self.root, 'class/nvme', ctrl))
+        for ns in namespaces or [ctrl + 'n1']:
+            ns_dir = os.path.join(ctrl_dir, ns)
+            _write(os.path.join(ns_dir, 'size'), '7501476528\n')
+            os.makedirs(os.path.join(ns_dir, 'holders'), exist_ok=True)
+            _symlink(ns_dir, os.path.join(self.root, 'class/block', ns))
+            for part in (partitions or {}).get(ns, []):
+                part_dir = os.path.join(ns_dir, part)
+                _write(os.path.join(part_dir, 'partition'), part.rsplit('p', 1)[-1] + '\n')
+                os.makedirs(os.path.join(part_dir, 'holders'), exist_ok=True)
+                _symlink(part_dir, os.path.join(self.root, 'class/block', part))
+        for block, stacked in (holders or {}).items():
+            block_dir = os.path.realpath(os.path.join(self.root, 'class/block', block))
+            for name, dm_name in stacked:
+                virt = os.path.join(self.root, 'devices/virtual/block', name)
+                if dm_name:
+                    _write(os.path.join(virt, 'dm/name'), dm_name + '\n')
+                os.makedirs(os.path.join(virt, 'slaves'), exist_ok=True)
+                os.makedirs(os.path.join(virt, 'holders'), exist_ok=True)
+                _symlink(virt, os.path.join(self.root, 'class/block', name))
+                _symlink(virt, os.path.join(block_dir, 'holders', name))
+                _symlink(block_dir, os.path.join(virt, 'slaves', block))
+
+    def vfs(self, pf, count, driver=None, pci_class=None):
+        """Create ``count`` VFs of ``pf`` as the kernel does when sriov_numvfs is written."""
+        pf_dir = self.dirs[pf]
+
+        def read(name):
+            with open(os.path.join(pf_dir, name)) as handle:
+                return handle.read().strip()
+
+        offset, stride = int(read('sriov_offset')), int(read('sriov_stride'))
+        domain, bus, dev, fn = (int(x, 16) for x in BDF_RE.match(pf).groups())
+        rid = bus << 8 | dev << 3 | fn
+        created = []
+        for index in range(count):
+            vf_rid = rid + offset + stride * index
+            vf = '%04x:%02x:%02x.%x' % (domain, vf_rid >> 8, (vf_rid >> 3) & 0x1f, vf_rid & 7)
+            parent = os.path.dirname(pf_dir)
+            key = [k for k, v in self.dirs.items() if v == parent][0]
+            self.device(vf, key, pci_class or int(read('class'), 16), read('vendor')[2:],
+                        read('sriov_vf_device'), driver=driver, reset_method='flr')
+            _symlink(pf_dir, os.path.join(self.dirs[vf], 'physfn'))
+            _symlink(self.dirs[vf], os.path.join(pf_dir, 'virtfn%d' % index))
+            created.append(vf)
+        _write(os.path.join(pf_dir, 'sriov_numvfs'), '%d\n' % count)
+        return created

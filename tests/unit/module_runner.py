@@ -1,0 +1,30 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run a module's main() in-process and return what it passed to exit_json/fail_json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+
+class ModuleResult(dict):
+    """The module's JSON result; ``failed`` is True when it called fail_json."""
+
+
+def run_module(module, args, check_mode=False, diff=False, capsys=None):
+    """Call ``module.main()`` with ``args``; ``capsys`` is pytest's fixture (required)."""
+    args = dict(args)
+    if check_mode:
+        args['_ansible_check_mode'] = True
+    if diff:
+        args['_ansible_diff'] = True
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            module.main()
+    out = capsys.readouterr().out
+    return ModuleResult(json.loads(out))
