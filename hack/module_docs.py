@@ -45,7 +45,8 @@ def modules():
 
 def load(name):
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'))
-    out = subprocess.run(['ansible-doc', '--json', '-t', 'module', '%s.%s' % (COLLECTION, name)],
+    ansible_doc = os.path.join(os.path.dirname(sys.executable), 'ansible-doc')
+    out = subprocess.run([ansible_doc, '--json', '-t', 'module', '%s.%s' % (COLLECTION, name)],
                          env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out)['%s.%s' % (COLLECTION, name)]
 

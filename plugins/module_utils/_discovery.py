@@ -28,7 +28,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
 )
 
 DEFAULT_GPU_VENDORS = ('10de', '1002', '8086')
-FABRIC_CLASSES = (CLASS_INFINIBAND, CLASS_ETHERNET)
+DEFAULT_FABRIC_CLASSES = ('%04x' % CLASS_INFINIBAND, '%04x' % CLASS_ETHERNET)
 
 IOMMU_OFF_REASON = (
     'the IOMMU is off (no groups under /sys/kernel/iommu_groups): enable VT-d (Intel) '
@@ -43,6 +43,17 @@ def normalize_vendor(value):
     if not text or len(text) > 4 or any(c not in '0123456789abcdef' for c in text):
         raise PciError('%r is not a PCI vendor id (expected 4 hex digits, e.g. 10de)' % (value,))
     return '%04x' % int(text, 16)
+
+
+def normalize_class(value):
+    """'0x0207' or '0207' -> 0x0207; raise PciError for anything else."""
+    text = str(value).strip().lower()
+    if text.startswith('0x'):
+        text = text[2:]
+    if len(text) != 4 or any(c not in '0123456789abcdef' for c in text):
+        raise PciError('%r is not a PCI class and subclass (expected 4 hex digits, e.g. 0207)'
+                       % (value,))
+    return int(text, 16)
 
 
 def read_numa_nodes(sysfs):
@@ -120,10 +131,12 @@ class Discovery:
     """Read a host's sysfs and propose its slots."""
 
     def __init__(self, node_id, sysfs_root='/sys', proc_root='/proc',
-                 gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True):
+                 gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True,
+                 fabric_classes=DEFAULT_FABRIC_CLASSES):
         self.node_id = layout.check_node_id(node_id)
         self.sysfs = Sysfs(sysfs_root)
         self.gpu_vendors = [normalize_vendor(v) for v in gpu_vendors]
+        self.fabric_classes = [normalize_class(c) for c in fabric_classes]
         self.require_nvme = require_nvme
         self.require_fabric = require_fabric
         self.bus = PciBus(self.sysfs)
@@ -148,12 +161,11 @@ class Discovery:
                                      'reason': 'host console (boot_vga = 1)'})
                     continue
                 gpus.append(device)
-            elif sub in FABRIC_CLASSES:
-                if device.is_vf:
-                    continue
-                if (device.read_int('sriov_totalvfs') or 0) > 0:
-                    fabric_pfs.append(device)
-            elif sub == CLASS_NVME and not device.is_vf:
+            elif device.is_vf:
+                continue
+            elif sub in self.fabric_classes and (device.read_int('sriov_totalvfs') or 0) > 0:
+                fabric_pfs.append(device)
+            elif sub == CLASS_NVME:
                 usage = self.usage.nvme_usage(device)
                 if usage:
                     excluded.append({'address': device.address,
@@ -265,8 +277,9 @@ class Discovery:
                 except PciError as exc:
                     reasons.append(str(exc))
         elif self.require_fabric:
-            reasons.append('no free SR-IOV capable InfiniBand/Ethernet PF shares a PCIe switch '
-                           'or root complex with %s (require_fabric is true)' % gpu.address)
+            reasons.append('no free SR-IOV capable fabric PF (class %s) shares a PCIe switch or '
+                           'root complex with %s (require_fabric is true)'
+                           % ('/'.join('%04x' % c for c in self.fabric_classes), gpu.address))
 
         if gpu.driver and gpu.driver != 'vfio-pci' and self.sysfs.listdir(gpu.rel + '/graphics'):
             reasons.append('%s drives a host framebuffer console (driver %s)'

@@ -66,6 +66,14 @@ options:
       - When V(true), a slot without an SR-IOV fabric PF is not eligible.
     type: bool
     default: true
+  fabric_classes:
+    description:
+      - PCI class and subclass codes (4 hex digits) of the functions that can be a slot's fabric
+        PF when they have SR-IOV; V(0207) is InfiniBand, V(0200) Ethernet.
+      - A function of one of these classes with SR-IOV is never offered as the slot's NVMe drive.
+    type: list
+    elements: str
+    default: ['0207', '0200']
 seealso:
   - module: gpuaas.slice.slot_approval
 notes:
@@ -227,6 +235,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
+    DEFAULT_FABRIC_CLASSES,
     DEFAULT_GPU_VENDORS,
     Discovery,
 )
@@ -241,6 +250,7 @@ def main():
             gpu_vendors=dict(type='list', elements='str', default=list(DEFAULT_GPU_VENDORS)),
             require_nvme=dict(type='bool', default=True),
             require_fabric=dict(type='bool', default=True),
+            fabric_classes=dict(type='list', elements='str', default=list(DEFAULT_FABRIC_CLASSES)),
         )),
         supports_check_mode=True,
     )
@@ -249,7 +259,8 @@ def main():
         discovery = Discovery(
             node_id=params['node_id'], sysfs_root=params['sysfs_root'],
             proc_root=params['proc_root'], gpu_vendors=params['gpu_vendors'],
-            require_nvme=params['require_nvme'], require_fabric=params['require_fabric'])
+            require_nvme=params['require_nvme'], require_fabric=params['require_fabric'],
+            fabric_classes=params['fabric_classes'])
         result = discovery.run()
     except (PciError, LayoutError) as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
