@@ -2,11 +2,12 @@
 VENV ?= .venv
 SETUP := hack/setup.sh $(VENV)
 
-.PHONY: help setup lab test units sanity lint docs docs-check bench clean
+.PHONY: help setup lab kernel-lab test units sanity lint docs docs-check bench clean
 
 help:
 	@echo "make lab    - set everything up and run the local lab (discovery on this machine and a sample host)"
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
+	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it"
 	@echo "make units | sanity | lint | docs-check - one part of the suite"
 	@echo "make docs   - regenerate docs/modules/ from the modules' DOCUMENTATION"
 	@echo "make bench  - run the benchmarks under bench/"
@@ -16,6 +17,9 @@ setup:
 
 lab: setup
 	@hack/lab.sh $(VENV)
+
+kernel-lab: setup
+	@$(VENV)/bin/python lab/kernel/kernel_lab.py run
 
 test: setup
 	@hack/test.sh $(VENV)

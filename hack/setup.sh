@@ -7,7 +7,8 @@ venv=${1:-.venv}
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the suite and the lab use. Each is installed only when missing.
-apt_packages=(git rsync pciutils)
+apt_packages=(git rsync pciutils bc
+  qemu-system-x86 qemu-utils cpio)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -18,6 +19,12 @@ if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The kernel lab downloads Debian's kernel .deb: apt needs its package lists.
+if ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
 fi
 
 # ansible-core 2.21 needs Python >= 3.12; Debian 12's python3 is 3.11. Use pyenv's 3.12

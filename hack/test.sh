@@ -30,7 +30,7 @@ for part in "${parts[@]}"; do
     sanity) run sanity hack/sanity.sh "$venv" ;;
     lint)   run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
-    units)  run units python -m pytest -n "${PYTEST_WORKERS:-2}" tests/unit ;;
+    units)  run units python -m pytest tests/unit tests/functional ;;
     *) echo "unknown part $part (sanity, lint, docs, units)" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,269 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The real-kernel lab: a QEMU (TCG) guest that is a GPU host with a real kernel.
+
+    python lab/kernel/kernel_lab.py build            # kernel + initramfs, cached
+    python lab/kernel/kernel_lab.py run [-- CMD...]  # boot, run CMD in the guest, power off
+
+The guest runs Debian's own kernel with an emulated Intel IOMMU (intel-iommu, interrupt
+remapping, caching mode), two NUMA nodes (a pxb-pcie expander bridge on each), and on
+each node a "slot": a display-class device standing in for the GPU (bochs-display,
+class 0x038000, vendor 1234), an NVMe drive, and an NVMe controller with SR-IOV standing
+in for the fabric PF. Behind a PCIe-to-PCI bridge a third display device shares its IOMMU
+group with a NIC, the case the modules must refuse. Every device sits on its own root
+port, so each gets its own IOMMU group, as on a host with ACS.
+
+The guest's root filesystem is this machine's own, shared read-only over 9p, so the
+guest runs the same virtualenv and checkout; /tmp, /run, /var/lib and /root are tmpfs in
+the guest. CMD (default: the kernel-lab test suite) runs as root in a chroot of that
+tree against the guest's /sys, /proc and /dev. Its output and exit status come back
+through a second, writable 9p share.
+
+Everything built is cached under .build/kernel-lab/ and never committed.
+"""
+
+import argparse
+import glob
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CACHE = os.path.join(REPO, '.build', 'kernel-lab')
+
+KERNEL_META = 'linux-image-amd64'
+BUSYBOX = 'busybox-static'
+# Loaded in this order (their dependencies first, from modules.dep). vfio is not built
+# in to Debian's kernel: irqbypass, vfio, vfio_iommu_type1, vfio_virqfd, vfio-pci-core,
+# vfio-pci come from here.
+MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'nvme', 'vfio_iommu_type1', 'vfio_pci']
+BUSYBOX_APPLETS = ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'mkdir', 'cat', 'echo',
+                   'grep', 'sync', 'uname', 'sleep', 'ls']
+DEFAULT_COMMAND = ['.venv/bin/python', '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
+                   'tests/kernel_lab']
+
+
+def log(message):
+    print('kernel-lab: %s' % message, flush=True)
+
+
+def _run(argv, **kwargs):
+    return subprocess.run(argv, check=True, **kwargs)
+
+
+def _download(package, dest):
+    """The .deb of ``package`` (its current candidate), downloaded once into ``dest``."""
+    os.makedirs(dest, exist_ok=True)
+    version = subprocess.run(['apt-cache', 'policy', package], check=True, capture_output=True,
+                             text=True).stdout
+    candidate = [line.split(':', 1)[1].strip() for line in version.splitlines()
+                 if line.strip().startswith('Candidate:')]
+    if not candidate or candidate[0] == '(none)':
+        raise SystemExit('kernel-lab: apt knows no package %s (run apt-get update)' % package)
+    quoted = candidate[0].replace(':', '%3a')
+    found = glob.glob(os.path.join(dest, '%s_%s_*.deb' % (package, quoted)))
+    if found:
+        return found[0]
+    _run(['apt-get', 'download', '-q', '%s=%s' % (package, candidate[0])], cwd=dest,
+         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return glob.glob(os.path.join(dest, '%s_%s_*.deb' % (package, quoted)))[0]
+
+
+def _kernel_package():
+    out = subprocess.run(['apt-cache', 'depends', KERNEL_META], check=True, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith('Depends:') and 'linux-image-' in line:
+            return line.split(':', 1)[1].strip()
+    raise SystemExit('kernel-lab: cannot tell which kernel %s depends on' % KERNEL_META)
+
+
+def _module_depends(path):
+    """A module's dependencies as its .modinfo section lists them ('depends=a,b')."""
+    with open(path, 'rb') as handle:
+        data = handle.read()
+    match = re.search(rb'\x00depends=([^\x00]*)\x00', data)
+    return [d for d in match.group(1).decode().split(',') if d] if match else []
+
+
+def _module_order(modules_dir, wanted):
+    """Paths (relative to modules_dir) of the wanted modules, each after its dependencies.
+
+    The .deb carries no modules.dep (the package's postinst makes it with depmod), so the
+    dependencies are read from each module's own .modinfo.
+    """
+    by_name = {}
+    for top, _dirs, files in os.walk(modules_dir):
+        for name in files:
+            if name.endswith('.ko'):
+                path = os.path.relpath(os.path.join(top, name), modules_dir)
+                by_name[name[:-3].replace('-', '_')] = path
+    order = []
+
+    def visit(name):
+        path = by_name[name.replace('-', '_')]
+        for dep in _module_depends(os.path.join(modules_dir, path)):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def build():
+    """Build (or reuse) vmlinuz and the initramfs; return their paths."""
+    debs = os.path.join(CACHE, 'debs')
+    kernel_deb = _download(_kernel_package(), debs)
+    busybox_deb = _download(BUSYBOX, debs)
+    with open(os.path.join(HERE, 'init'), 'rb') as handle:
+        init = handle.read()
+    key = hashlib.sha256(('%s|%s|%s|%s' % (os.path.basename(kernel_deb), os.path.basename(busybox_deb),
+                                           ','.join(MODULES), ','.join(BUSYBOX_APPLETS))).encode()
+                         + init).hexdigest()[:16]
+    out = os.path.join(CACHE, key)
+    vmlinuz, initrd = os.path.join(out, 'vmlinuz'), os.path.join(out, 'initrd.img')
+    if os.path.exists(initrd):
+        return vmlinuz, initrd
+    start = time.time()
+    log('building the guest kernel and initramfs (%s)' % os.path.basename(kernel_deb))
+    work = tempfile.mkdtemp(dir=CACHE)
+    try:
+        _run(['dpkg-deb', '-x', kernel_deb, os.path.join(work, 'kernel')])
+        _run(['dpkg-deb', '-x', busybox_deb, os.path.join(work, 'busybox')])
+        modules_dir = glob.glob(os.path.join(work, 'kernel', 'lib', 'modules', '*'))[0]
+        root = os.path.join(work, 'root')
+        for sub in ('bin', 'sbin', 'proc', 'sys', 'dev', 'host', 'lib/modules'):
+            os.makedirs(os.path.join(root, sub))
+        shutil.copy(os.path.join(work, 'busybox', 'bin', 'busybox'), os.path.join(root, 'bin'))
+        for applet in BUSYBOX_APPLETS:
+            os.symlink('busybox', os.path.join(root, 'bin', applet))
+        order = _module_order(modules_dir, MODULES)
+        for path in order:
+            dest = os.path.join(root, 'lib', 'modules', path)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy(os.path.join(modules_dir, path), dest)
+        with open(os.path.join(root, 'modules.order'), 'w') as handle:
+            handle.write(''.join(p + '\n' for p in order))
+        shutil.copy(os.path.join(HERE, 'init'), os.path.join(root, 'init'))
+        os.chmod(os.path.join(root, 'init'), 0o755)
+        staging = os.path.join(work, 'out')
+        os.makedirs(staging)
+        files = subprocess.run(['find', '.', '-mindepth', '1'], cwd=root, check=True,
+                               capture_output=True).stdout
+        cpio = subprocess.run(['cpio', '--quiet', '-o', '-H', 'newc', '-R', '0:0'], cwd=root,
+                              input=files, check=True, capture_output=True).stdout
+        with open(os.path.join(staging, 'initrd.img'), 'wb') as handle:
+            handle.write(subprocess.run(['gzip', '-1'], input=cpio, check=True,
+                                        capture_output=True).stdout)
+        shutil.copy(glob.glob(os.path.join(work, 'kernel', 'boot', 'vmlinuz-*'))[0],
+                    os.path.join(staging, 'vmlinuz'))
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log('built in %.1f s: %s' % (time.time() - start, out))
+    return vmlinuz, initrd
+
+
+def qemu_argv(vmlinuz, initrd, results, memory_mb=2048):
+    """The lab host's machine: q35 + intel-iommu, two NUMA nodes, two slots, a shared group."""
+    half = memory_mb // 2
+    argv = [
+        'qemu-system-x86_64', '-machine', 'q35,kernel-irqchip=split', '-accel', 'tcg',
+        '-cpu', 'max', '-smp', '2', '-m', '%dM' % memory_mb,
+        '-object', 'memory-backend-ram,id=m0,size=%dM' % half,
+        '-object', 'memory-backend-ram,id=m1,size=%dM' % half,
+        '-numa', 'node,nodeid=0,cpus=0,memdev=m0', '-numa', 'node,nodeid=1,cpus=1,memdev=m1',
+        '-device', 'intel-iommu,intremap=on,caching-mode=on',
+        '-kernel', vmlinuz, '-initrd', initrd,
+        '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3',
+        '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
+        '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap',
+        '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
+        '-fsdev', 'local,id=results,path=%s,security_model=none' % results,
+        '-device', 'virtio-9p-pci,fsdev=results,mount_tag=results',
+    ]
+    for node, bus_nr in ((0, 0x20), (1, 0x40)):
+        pxb = 'pxb%d' % node
+        argv += ['-device', 'pxb-pcie,id=%s,bus_nr=%d,numa_node=%d,bus=pcie.0' % (pxb, bus_nr, node)]
+        ports = [('gpu', 'bochs-display'),
+                 ('nvme', 'nvme,serial=slot%d-nvme,drive=d%d' % (node, node)),
+                 ('fabric', 'nvme,serial=fabric%d,subsys=fs%d,sriov_max_vfs=4,sriov_vq_flexible=8,'
+                  'sriov_vi_flexible=4,max_ioqpairs=12,msix_qsize=12' % (node, node))]
+        argv += ['-drive', 'if=none,id=d%d,format=raw,file=%s' % (
+            node, os.path.join(results, 'nvme%d.img' % node))]
+        argv += ['-device', 'nvme-subsys,id=fs%d,nqn=fabric%d' % (node, node)]
+        for index, (name, device) in enumerate(ports):
+            port = '%s-rp%d' % (pxb, index)
+            argv += ['-device', 'pcie-root-port,id=%s,bus=%s,chassis=%d,slot=%d'
+                     % (port, pxb, 10 + node * 10 + index, index)]
+            argv += ['-device', '%s,bus=%s' % (device, port)]
+    # A display device behind a PCIe-to-PCI bridge shares its group with a NIC there.
+    argv += ['-device', 'pcie-root-port,id=rp-shared,bus=pcie.0,chassis=40,slot=4',
+             '-device', 'pcie-pci-bridge,id=pcibr,bus=rp-shared',
+             '-device', 'bochs-display,bus=pcibr,addr=1',
+             '-device', 'e1000,bus=pcibr,addr=2,netdev=none0,romfile=',
+             '-netdev', 'user,id=none0,restrict=on']
+    return argv
+
+
+def run(command, timeout=900, keep=None):
+    """Boot the lab, run ``command`` (argv, relative to the checkout) inside; return its rc."""
+    vmlinuz, initrd = build()
+    results = keep or tempfile.mkdtemp(prefix='kernel-lab-')
+    os.makedirs(results, exist_ok=True)
+    for node in (0, 1):
+        with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
+            handle.truncate(64 << 20)
+    script = os.path.join(results, 'run.sh')
+    with open(script, 'w') as handle:
+        handle.write('cd %s || exit 1\n' % shlex.quote(REPO))
+        handle.write('mkdir -p /tmp/home\n')
+        handle.write('export HOME=/tmp/home GPUAAS_KERNEL_LAB=1 PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8\n')
+        handle.write('{ %s; echo $? > /mnt/rc; } 2>&1 | tee /mnt/output.log\n'
+                     % ' '.join(shlex.quote(a) for a in command))
+    rc_file = os.path.join(results, 'rc')
+    if os.path.exists(rc_file):
+        os.unlink(rc_file)
+    argv = qemu_argv(vmlinuz, initrd, results)
+    log('booting the lab guest (TCG); results in %s' % results)
+    start = time.time()
+    try:
+        subprocess.run(argv, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        log('the guest did not finish within %d s' % timeout)
+        return 124
+    log('guest ran for %.1f s' % (time.time() - start))
+    if not os.path.exists(rc_file):
+        log('the command left no exit status: the guest failed before running it')
+        return 1
+    with open(rc_file) as handle:
+        return int(handle.read().strip() or 1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='action', required=True)
+    sub.add_parser('build', help='build (or reuse) the guest kernel and initramfs')
+    run_parser = sub.add_parser('run', help='boot the lab and run a command inside')
+    run_parser.add_argument('--timeout', type=int, default=900)
+    run_parser.add_argument('--results', help='directory to keep results in')
+    run_parser.add_argument('command', nargs='*', help='argv to run in the checkout')
+    args = parser.parse_args(argv)
+    if args.action == 'build':
+        print('\n'.join(build()))
+        return 0
+    return run(args.command or DEFAULT_COMMAND, timeout=args.timeout, keep=args.results)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
