@@ -187,6 +187,19 @@ class Sysfs:
         except (IOError, OSError):
             return []
 
+    def listdir_strict(self, rel, missing_ok=False):
+        """Like listdir, but a directory that exists and cannot be read raises PciError.
+
+        For the listings a decision rests on (the PCI devices, the IOMMU groups): a
+        discovery that cannot see must say so, never report an empty host.
+        """
+        try:
+            return sorted(os.listdir(self.path(rel)))
+        except (IOError, OSError) as exc:
+            if missing_ok and not os.path.lexists(self.path(rel)):
+                return []
+            raise PciError('cannot read %s: %s' % (self.path(rel), exc.strerror or exc))
+
     def link_name(self, rel):
         """Basename of a symlink's target (a driver's or IOMMU group's name), or None."""
         try:
@@ -312,7 +325,7 @@ class PciBus:
                 '%s has no bus/pci/devices directory: it is not a sysfs tree '
                 '(is sysfs mounted, and is sysfs_root right?)' % sysfs.root)
         self._devices = {}
-        for name in sysfs.listdir('bus/pci/devices'):
+        for name in sysfs.listdir_strict('bus/pci/devices'):
             if BDF_RE.match(name):
                 self._devices[name] = PciDevice(sysfs, name)
 
@@ -331,8 +344,8 @@ class PciBus:
     def iommu_groups(self):
         """{group name: sorted member addresses}; empty when the IOMMU is off."""
         groups = {}
-        for group in self.sysfs.listdir('kernel/iommu_groups'):
-            members = [m for m in self.sysfs.listdir('kernel/iommu_groups/%s/devices' % group)
+        for group in self.sysfs.listdir_strict('kernel/iommu_groups', missing_ok=True):
+            members = [m for m in self.sysfs.listdir_strict('kernel/iommu_groups/%s/devices' % group)
                        if BDF_RE.match(m)]
             groups[group] = sorted(members, key=bdf_key)
         return groups

@@ -248,8 +248,10 @@ class SysfsBuilder:
             vf = '%04x:%02x:%02x.%x' % (domain, vf_rid >> 8, (vf_rid >> 3) & 0x1f, vf_rid & 7)
             parent = os.path.dirname(pf_dir)
             key = [k for k, v in self.dirs.items() if v == parent][0]
+            # Each VF gets an IOMMU group of its own, as the kernel gives it.
             self.device(vf, key, pci_class or int(read('class'), 16), read('vendor')[2:],
-                        read('sriov_vf_device'), driver=driver, reset_method='flr')
+                        read('sriov_vf_device'), driver=driver, reset_method='flr',
+                        group=self.new_group() if self.iommu else None)
             _symlink(pf_dir, os.path.join(self.dirs[vf], 'physfn'))
             _symlink(self.dirs[vf], os.path.join(pf_dir, 'virtfn%d' % index))
             created.append(vf)
