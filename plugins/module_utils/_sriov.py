@@ -1,0 +1,404 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: SR-IOV VF count and the VF properties tenants must not control.
+
+The VF count is ``sriov_numvfs``; the kernel refuses to change a non-zero count to
+another non-zero count (EBUSY), so a change goes through 0, which destroys every VF.
+
+Each VF then gets, from the PF side where the tenant cannot touch it:
+
+* Ethernet: a MAC, spoof checking on, trust off and a link state, in one
+  ``ip link set dev <pf> vf N mac .. spoofchk on trust off state ..``;
+* InfiniBand: a node GUID and a port GUID (never the all-zero GUID that breaks RDMA) and
+  a link state, through the mlx5 ``sriov/N/{node,port,policy}`` files where the driver
+  has them (MLNX_OFED) or ``ip link set dev <ipoib> vf N node_guid .. port_guid .. state ..``.
+
+The values are a pure function of the node id, the PF's address and the VF index (see
+:func:`vf_mac` and :func:`vf_guids`): every run, a re-run after a crash and the control
+plane compute the same ones, and two hosts never share one.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import json
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
+    LayoutError,
+    check_node_id,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
+    CLASS_ETHERNET,
+    CLASS_INFINIBAND,
+    PciError,
+    vf_address,
+)
+
+LINK_STATES = ('auto', 'enable', 'disable')
+# mlx5 sysfs policy for each ip-link state.
+MLX5_POLICY = {'auto': 'Follow', 'enable': 'Up', 'disable': 'Down'}
+ETHERNET = 'ethernet'
+INFINIBAND = 'infiniband'
+
+
+def _digest(kind, node_id, pf_address, index):
+    text = '%s:%s:%s:%d' % (kind, check_node_id(node_id), pf_address, index)
+    return bytearray(hashlib.sha256(text.encode('utf-8')).digest())
+
+
+def _local_unicast(raw):
+    """Set the locally-administered bit and clear the group bit of the first octet."""
+    raw[0] = (raw[0] & 0xfc) | 0x02
+    return ':'.join('%02x' % b for b in raw)
+
+
+def vf_mac(node_id, pf_address, index):
+    """MAC of VF ``index`` of ``pf_address``: 6 bytes of sha256('vf-mac:{node}:{pf}:{index}').
+
+    The first octet has the locally-administered bit set and the group bit cleared, so
+    the MAC is a valid unicast address that never collides with a vendor (OUI) address.
+    """
+    return _local_unicast(_digest('vf-mac', node_id, pf_address, index)[:6])
+
+
+def vf_guids(node_id, pf_address, index):
+    """(node GUID, port GUID) of an InfiniBand VF, 8 bytes each, from two sha256 digests.
+
+    Same rule as :func:`vf_mac` for the first octet, so neither is ever all zero.
+    """
+    return (_local_unicast(_digest('vf-node-guid', node_id, pf_address, index)[:8]),
+            _local_unicast(_digest('vf-port-guid', node_id, pf_address, index)[:8]))
+
+
+def _norm(value):
+    return value.lower() if isinstance(value, str) else value
+
+
+class SriovVfs:
+    """want / have / actions for one PF's VFs."""
+
+    def __init__(self, module, address, num_vfs, node_id, link_state='auto', autoprobe=None,
+                 ib_method='auto', sysfs_root='/sys', proc_root='/proc', timeout=10.0):
+        self.module = module
+        self.address = devctl.check_address(address)
+        if num_vfs < 0:
+            raise devctl.DeviceError('num_vfs must be 0 or more, got %d' % num_vfs)
+        self.num_vfs = num_vfs
+        try:
+            self.node_id = check_node_id(node_id)
+        except LayoutError as exc:
+            raise devctl.DeviceError(str(exc))
+        self.link_state = link_state
+        self.autoprobe = autoprobe
+        self.ib_method = ib_method
+        self.sysfs = devctl.open_sysfs(sysfs_root)
+        self.proc_root = proc_root
+        self.timeout = timeout
+        self.warnings = []
+        self._ip = None
+
+    # -- have -------------------------------------------------------------
+
+    def ip(self):
+        if self._ip is None:
+            self._ip = self.module.get_bin_path('ip')
+            if not self._ip:
+                raise devctl.DeviceError("the 'ip' command (iproute2) is not installed; the VF "
+                                         'properties are set and read through it')
+        return self._ip
+
+    def vf_addresses(self):
+        """{index: address} of the VFs that exist, from the PF's virtfnN links."""
+        found = {}
+        for entry in self.sysfs.listdir(self.pf.rel):
+            if entry.startswith('virtfn') and entry[6:].isdigit():
+                found[int(entry[6:])] = self.sysfs.link_name('%s/%s' % (self.pf.rel, entry))
+        return found
+
+    def _ip_vfinfo(self, netdev):
+        argv = [self.ip(), '-j', 'link', 'show', 'dev', netdev]
+        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        if rc != 0:
+            raise devctl.DeviceError('%s failed (status %d): %s'
+                                     % (' '.join(argv), rc, (err or out).strip()))
+        try:
+            data = json.loads(out or '[]')
+        except ValueError as exc:
+            raise devctl.DeviceError('%s printed something that is not JSON (%s)'
+                                     % (' '.join(argv), exc))
+        link = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+        props = {}
+        for entry in link.get('vfinfo_list') or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get('vf'), int):
+                continue
+            item = {}
+            mac = entry.get('address', entry.get('mac'))
+            if self.kind == ETHERNET and mac is not None:
+                item['mac'] = _norm(mac)
+            for key in ('spoofchk', 'trust'):
+                if key in entry:
+                    item[key] = bool(entry[key])
+            if 'link_state' in entry:
+                item['link_state'] = entry['link_state']
+            for key, name in (('node_guid', 'node guid'), ('port_guid', 'port guid')):
+                value = entry.get(name, entry.get(key))
+                if value is not None:
+                    item[key] = _norm(value)
+            props[entry['vf']] = item
+        return props
+
+    def _sysfs_vfinfo(self, count):
+        props = {}
+        inverse = dict((v, k) for k, v in MLX5_POLICY.items())
+        for index in range(count):
+            base = '%s/sriov/%d/' % (self.pf.rel, index)
+            item = {}
+            for key, attr in (('node_guid', 'node'), ('port_guid', 'port')):
+                value = self.sysfs.read(base + attr)
+                if value is not None:
+                    item[key] = _norm(value)
+            policy = self.sysfs.read(base + 'policy')
+            if policy in inverse:
+                item['link_state'] = inverse[policy]
+            props[index] = item
+        return props
+
+    def read_props(self, count):
+        if not count:
+            return {}
+        if self.method == 'sysfs':
+            return self._sysfs_vfinfo(count)
+        return self._ip_vfinfo(self.netdev)
+
+    def want_props(self, index):
+        if self.kind == ETHERNET:
+            return {'mac': vf_mac(self.node_id, self.address, index), 'spoofchk': True,
+                    'trust': False, 'link_state': self.link_state}
+        node, port = vf_guids(self.node_id, self.address, index)
+        return {'node_guid': node, 'port_guid': port, 'link_state': self.link_state}
+
+    # -- checks -----------------------------------------------------------
+
+    def _check_pf(self):
+        pf = self.pf
+        if pf.is_vf:
+            raise devctl.DeviceError('%s is a VF; give the address of its PF (%s)'
+                                     % (pf.address, self.sysfs.link_name(pf.rel + '/physfn')))
+        total = pf.read_int('sriov_totalvfs')
+        if total is None:
+            raise devctl.DeviceError('%s does not support SR-IOV (it has no sriov_totalvfs)'
+                                     % pf.describe())
+        if self.num_vfs > total:
+            raise devctl.DeviceError(
+                'num_vfs %d is more than %s offers: sriov_totalvfs is %d (the kernel refuses '
+                'with ERANGE)' % (self.num_vfs, pf.address, total), total_vfs=total)
+        sub = (pf.pci_class or 0) >> 8
+        if sub == CLASS_ETHERNET:
+            self.kind = ETHERNET
+        elif sub == CLASS_INFINIBAND:
+            self.kind = INFINIBAND
+        else:
+            raise devctl.DeviceError(
+                '%s is not an Ethernet (0x0200) or InfiniBand (0x0207) PF: this module sets VF '
+                'MACs or GUIDs and knows no other kind' % pf.describe())
+        if pf.driver is None:
+            raise devctl.DeviceError('%s has no driver bound, and only its driver can create VFs '
+                                     '(the kernel answers ENOENT): load it' % pf.describe())
+        if pf.driver == devctl.VFIO_DRIVER:
+            raise devctl.DeviceError('%s is bound to vfio-pci (passed through?); its VFs are the '
+                                     'host driver\'s to manage' % pf.describe())
+        return total
+
+    def _choose_method(self):
+        names = devctl.netdevs(self.sysfs, self.pf)
+        self.netdev = names[0] if names else None
+        if self.kind == ETHERNET:
+            self.method = 'ip'
+        elif self.ib_method == 'auto':
+            has_sysfs = self.sysfs.isdir(self.pf.rel + '/sriov')
+            self.method = 'sysfs' if has_sysfs or not self.netdev else 'ip'
+        else:
+            self.method = self.ib_method
+        if self.method == 'ip' and self.num_vfs and not self.netdev:
+            raise devctl.DeviceError(
+                '%s has no network interface (nothing under %s/net), and the VF %s are set '
+                'through one%s' % (self.pf.describe(), self.sysfs.path(self.pf.rel),
+                                   'MACs' if self.kind == ETHERNET else 'GUIDs',
+                                   '' if self.kind == ETHERNET else
+                                   ' (load ib_ipoib, or use a driver with sriov/N sysfs files)'))
+
+    def _check_vfs_free(self, existing):
+        reasons = []
+        devices = []
+        for index in sorted(existing):
+            device = self.bus.get(existing[index])
+            if device is None:
+                continue
+            devices.append(device)
+            if device.driver == devctl.VFIO_DRIVER:
+                reasons.append('VF %d (%s) is bound to vfio-pci' % (index, device.address))
+        holders = devctl.open_files(self.proc_root, [n for d in devices
+                                                     for n in devctl.vfio_nodes(self.sysfs, d)])
+        if holders:
+            reasons.append(devctl.describe_holders(holders))
+        if reasons:
+            raise devctl.DeviceError(
+                'refusing to change the VF count of %s from %d to %d: that destroys every VF, and '
+                '%s; release them first (vfio_bind state=absent)'
+                % (self.address, len(existing), self.num_vfs, '; '.join(reasons)),
+                reasons=reasons)
+
+    # -- the plan ---------------------------------------------------------
+
+    def _count_is(self, count):
+        return lambda: len(self.vf_addresses()) == count and \
+            (self.sysfs.read_int(self.pf.rel + '/sriov_numvfs') or 0) == count
+
+    def _plan(self, plan, current, count_changes, have):
+        rel = self.pf.rel
+        if self.autoprobe is not None:
+            now = self.pf.read_int('sriov_drivers_autoprobe')
+            if now is None:
+                raise devctl.DeviceError('%s has no sriov_drivers_autoprobe attribute'
+                                         % self.address)
+            if bool(now) != self.autoprobe:
+                plan.write(self.address, 'set sriov_drivers_autoprobe',
+                           rel + '/sriov_drivers_autoprobe', '1' if self.autoprobe else '0')
+        if count_changes:
+            if current:
+                plan.write(self.address, 'remove the %d VFs' % current, rel + '/sriov_numvfs', '0')
+                plan.wait(self.address, 'the VFs to go', self._count_is(0),
+                          lambda: '%d virtfn links remain' % len(self.vf_addresses()))
+            if self.num_vfs:
+                plan.write(self.address, 'create %d VFs' % self.num_vfs, rel + '/sriov_numvfs',
+                           str(self.num_vfs))
+                plan.wait(self.address, 'the %d VFs to appear' % self.num_vfs,
+                          self._count_is(self.num_vfs),
+                          lambda: '%d virtfn links exist' % len(self.vf_addresses()))
+        for index in range(self.num_vfs):
+            want = self.want_props(index)
+            cur = have.get(index, {}) if not count_changes else {}
+            if not count_changes and all(cur.get(k, want[k]) == want[k] for k in want) and \
+                    not self._unverifiable(cur, want):
+                continue
+            self._set_vf(plan, index, want)
+
+    def _unverifiable(self, cur, want):
+        """GUIDs the kernel does not report: they cannot be compared, so they are set."""
+        return self.kind == INFINIBAND and any(k not in cur for k in ('node_guid', 'port_guid')
+                                               if k in want)
+
+    def _set_vf(self, plan, index, want):
+        vf = 'VF %d' % index
+        if self.kind == ETHERNET:
+            plan.command(self.address, 'set %s MAC %s, spoof checking on, trust off, link state %s'
+                         % (vf, want['mac'], want['link_state']),
+                         [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
+                          'mac', want['mac'], 'spoofchk', 'on', 'trust', 'off',
+                          'state', want['link_state']])
+        elif self.method == 'ip':
+            plan.command(self.address, 'set %s node GUID %s, port GUID %s, link state %s'
+                         % (vf, want['node_guid'], want['port_guid'], want['link_state']),
+                         [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
+                          'node_guid', want['node_guid'], 'port_guid', want['port_guid'],
+                          'state', want['link_state']])
+        else:
+            base = '%s/sriov/%d/' % (self.pf.rel, index)
+            plan.write(self.address, 'set %s node GUID' % vf, base + 'node', want['node_guid'])
+            plan.write(self.address, 'set %s port GUID' % vf, base + 'port', want['port_guid'])
+            plan.write(self.address, 'set %s policy' % vf, base + 'policy',
+                       MLX5_POLICY[want['link_state']])
+
+    # -- run --------------------------------------------------------------
+
+    def _vf_list(self, addresses, props):
+        out = []
+        for index in range(self.num_vfs):
+            address = addresses.get(index)
+            entry = {'index': index, 'address': address,
+                     'driver': self.sysfs.link_name('bus/pci/devices/%s/driver' % address)
+                     if address else None}
+            entry.update(props.get(index, {}))
+            out.append(entry)
+        return out
+
+    def _predicted_addresses(self):
+        offset = self.pf.read_int('sriov_offset')
+        stride = self.pf.read_int('sriov_stride')
+        if offset is None or stride is None:
+            return {}
+        try:
+            return dict((i, vf_address(self.address, offset, stride, i))
+                        for i in range(self.num_vfs))
+        except PciError:
+            return {}
+
+    def run(self):
+        self.bus = devctl.open_bus(self.sysfs)
+        self.pf = devctl.get_device(self.sysfs, self.bus, self.address)
+        total = self._check_pf()
+        self._choose_method()
+        current = self.pf.read_int('sriov_numvfs') or 0
+        existing = self.vf_addresses()
+        count_changes = current != self.num_vfs
+        if count_changes and existing:
+            self._check_vfs_free(existing)
+        have = self.read_props(current)
+        plan = devctl.Plan(self.sysfs, self.module, self.timeout)
+        self._plan(plan, current, count_changes, have)
+        wanted = dict((i, self.want_props(i)) for i in range(self.num_vfs))
+        before = {'num_vfs': current,
+                  'vfs': dict((str(i), have.get(i, {})) for i in range(current))}
+        after = {'num_vfs': self.num_vfs, 'vfs': dict((str(i), p) for i, p in wanted.items())}
+        changed = bool(plan)
+        if changed and not self.module.check_mode:
+            plan.run()
+            props = self._verify()
+            addresses = self.vf_addresses()
+        else:
+            props = wanted if changed else have
+            addresses = self.vf_addresses() if not count_changes else self._predicted_addresses()
+        return {
+            'changed': changed,
+            'address': self.address,
+            'kind': self.kind,
+            'method': self.method if self.num_vfs else None,
+            'netdev': self.netdev,
+            'num_vfs': self.num_vfs,
+            'total_vfs': total,
+            'vfs': self._vf_list(addresses, props),
+            'vf_addresses': [addresses.get(i) for i in range(self.num_vfs)],
+            'actions': plan.actions(),
+            'commands': plan.commands(),
+            'diff': {'before': before, 'after': after},
+        }
+
+    def _verify(self):
+        """Read every VF's properties back; fail on a value other than the one set."""
+        count = self.sysfs.read_int(self.pf.rel + '/sriov_numvfs') or 0
+        if count != self.num_vfs:
+            raise devctl.DeviceError('%s has %d VFs after setting %d'
+                                     % (self.address, count, self.num_vfs))
+        props = self.read_props(count)
+        wrong = []
+        unreported = set()
+        for index in range(count):
+            want = self.want_props(index)
+            cur = props.get(index, {})
+            for key in sorted(want):
+                if key not in cur:
+                    unreported.add(key)
+                elif cur[key] != want[key]:
+                    wrong.append('VF %d %s is %s, not %s' % (index, key, cur[key], want[key]))
+        if unreported:
+            self.warnings.append('the kernel does not report the VFs\' %s on %s, so they were set '
+                                 'but cannot be verified' % (', '.join(sorted(unreported)),
+                                                             self.netdev or self.address))
+        if wrong:
+            raise devctl.DeviceError('the VFs of %s do not hold what was set: %s'
+                                     % (self.address, '; '.join(wrong)), reasons=wrong)
+        return props

@@ -1,0 +1,407 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: wiping a slot's NVMe by policy, and proving it.
+
+Policies:
+
+* ``nvme-format``: ``nvme format <namespace> --ses=N --force`` for each secure-erase
+  setting in turn (1 = user data erase, 2 = cryptographic erase, 0 = none) while the
+  controller answers "Invalid Field" (it does not support that setting);
+* ``blkdiscard``: ``blkdiscard <device>``, without ``-f``, so blkdiscard opens the device
+  exclusively (O_EXCL) and fails if anything holds it (it asks for ``-f`` only on a
+  terminal, never under Ansible);
+* ``zero``: zeros written here, in chunks, with the device opened exclusively and
+  O_DIRECT, then fsync.
+
+Verification reads sampled 4 KiB blocks (the first, the last, and others spread over the
+device at random offsets) with the page cache bypassed (O_DIRECT; posix_fadvise
+DONTNEED for a regular file). After ``zero`` every sample must be zeros. After
+``nvme-format`` or ``blkdiscard`` the device only guarantees that the old data is gone:
+what a read returns is up to the device (zeros, ones, or cipher text after a
+cryptographic erase), so each sample must be all zeros, all ones, or different from what
+it held before the wipe; a sample that held data and still holds it fails the wipe.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import mmap
+import os
+import random
+import re
+import stat
+import time
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
+from ansible_collections.gpuaas.slice.plugins.module_utils._host import NVME_NS_RE
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, CLASS_NVME
+
+POLICIES = ('nvme-format', 'blkdiscard', 'zero')
+SAMPLE = 4096
+DEFAULT_CHUNK = 4 * 1024 * 1024
+# Characters a device path or a file under an allowed directory may have: no white space,
+# no shell metacharacters, no quotes.
+PATH_RE = re.compile(r'^/[A-Za-z0-9._:@+/-]+$')
+INVALID_FIELD_RE = re.compile(r'invalid[ _]field|\b0x(?:4)?002\b', re.IGNORECASE)
+
+
+def _uniform(data):
+    if not data:
+        return 'zero'
+    if data.count(0) == len(data):
+        return 'zero'
+    if data.count(0xff) == len(data):
+        return 'ones'
+    return None
+
+
+def sample_offsets(size, count, rng=None):
+    """Offsets (multiples of 4 KiB) of up to ``count`` sample blocks of a ``size``-byte device."""
+    if size <= SAMPLE:
+        return [0]
+    blocks = size // SAMPLE
+    count = max(2, min(count, blocks))
+    rng = rng or random.SystemRandom()
+    chosen = {0, blocks - 1}
+    span = blocks / float(count)
+    for i in range(1, count - 1):
+        low = int(i * span)
+        high = max(low, int((i + 1) * span) - 1)
+        chosen.add(min(rng.randint(low, high), blocks - 1))
+    return sorted(b * SAMPLE for b in chosen)
+
+
+class Target:
+    """One thing to wipe: a block device (a namespace) or a regular file."""
+
+    def __init__(self, path, kind, name=None):
+        self.path = path
+        self.real = os.path.realpath(path)
+        self.kind = kind
+        self.name = name
+        self.size = None
+
+    @property
+    def is_block(self):
+        return self.kind == 'block'
+
+
+class NvmeWipe:
+    """Resolve, check, wipe and verify."""
+
+    def __init__(self, module, target, policy, allowed_file_dirs=None, chunk_size=DEFAULT_CHUNK,
+                 verify_samples=64, format_ses=(1, 0), format_timeout=3600, sysfs_root='/sys',
+                 proc_root='/proc', dev_root='/dev'):
+        self.module = module
+        self.target = target
+        self.policy = policy
+        self.allowed = [os.path.realpath(d) for d in (allowed_file_dirs or [])]
+        if chunk_size <= 0 or chunk_size % SAMPLE:
+            raise devctl.DeviceError('chunk_size must be a positive multiple of 4096, got %d'
+                                     % chunk_size)
+        if not format_ses:
+            raise devctl.DeviceError('format_ses must name at least one secure-erase setting')
+        if verify_samples < 1:
+            raise devctl.DeviceError('verify_samples must be at least 1')
+        self.chunk_size = chunk_size
+        self.verify_samples = verify_samples
+        self.format_ses = list(format_ses)
+        self.format_timeout = format_timeout
+        self.sysfs = devctl.open_sysfs(sysfs_root)
+        self.proc_root = proc_root
+        self.dev_root = os.path.normpath(dev_root)
+        self.warnings = []
+
+    # -- resolving the target ------------------------------------------------
+
+    def _allowed_file(self, path):
+        real = os.path.realpath(path)
+        return any(real.startswith(d.rstrip(os.sep) + os.sep) for d in self.allowed)
+
+    def _check_path(self, text):
+        if not isinstance(text, str) or not text:
+            raise devctl.DeviceError('target must be a PCI address or an absolute path')
+        if '..' in text.split('/'):
+            raise devctl.DeviceError("target %r contains '..': give the device path itself" % text)
+        if not PATH_RE.match(text):
+            raise devctl.DeviceError(
+                'target %r is neither a full PCI address nor an absolute path of letters, '
+                "digits and . _ : @ + - /" % text)
+        if os.path.normpath(text) != text:
+            raise devctl.DeviceError('target %r is not a normalized path (%s)'
+                                     % (text, os.path.normpath(text)))
+
+    def _node(self, path, name=None):
+        """A Target for a device node or file path, or DeviceError."""
+        try:
+            info = os.stat(path)
+        except (IOError, OSError) as exc:
+            raise devctl.DeviceError('target %s does not exist (%s)' % (path, exc.strerror))
+        if stat.S_ISBLK(info.st_mode):
+            real = os.path.realpath(path)
+            if not real.startswith(self.dev_root + os.sep):
+                raise devctl.DeviceError('%s resolves to %s, outside %s'
+                                         % (path, real, self.dev_root))
+            block = os.path.basename(real)
+            if not self.sysfs.exists('class/block/' + block):
+                raise devctl.DeviceError('%s is a block device without a %s entry under '
+                                         'class/block' % (path, block))
+            return Target(path, 'block', block)
+        if stat.S_ISREG(info.st_mode) and self._allowed_file(path):
+            return Target(path, 'file', name)
+        raise devctl.DeviceError(
+            '%s is not a block device%s' % (path, ', nor a regular file under allowed_file_dirs'
+                                            if self.allowed else
+                                            ' (regular files need allowed_file_dirs)'))
+
+    def resolve(self):
+        text = self.target.strip() if isinstance(self.target, str) else self.target
+        if isinstance(text, str) and BDF_RE.match(text.lower()):
+            return self._controller(devctl.check_address(text, 'target'))
+        self._check_path(text)
+        return [self._node(text)]
+
+    def _controller(self, address):
+        bus = devctl.open_bus(self.sysfs)
+        device = devctl.get_device(self.sysfs, bus, address)
+        if (device.pci_class or 0) >> 8 != CLASS_NVME:
+            raise devctl.DeviceError('%s is not an NVMe controller' % device.describe())
+        if device.driver != 'nvme':
+            raise devctl.DeviceError(
+                '%s is not bound to the nvme driver, so the host cannot see its namespaces%s'
+                % (device.describe(), ': release it first (vfio_bind state=absent)'
+                   if device.driver == devctl.VFIO_DRIVER else ''))
+        self.controller = device
+        names = self.host.nvme_namespaces(device)
+        if not names:
+            raise devctl.DeviceError('%s has no namespaces (no nvmeXnY under its nvme/ directory)'
+                                     % device.describe())
+        return [self._node(os.path.join(self.dev_root, name), name) for name in names]
+
+    # -- in use --------------------------------------------------------------
+
+    def _disk_of(self, name):
+        """The whole disk a block device name belongs to (itself unless a partition)."""
+        if self.sysfs.exists('class/block/%s/partition' % name):
+            return os.path.basename(os.path.dirname(self.sysfs.realpath('class/block/' + name)))
+        return name
+
+    def _refusals(self, targets):
+        reasons = []
+        watched = []
+        for target in targets:
+            watched += [target.path, target.real]
+            if target.name and self.sysfs.exists('class/block/' + target.name):
+                disk = self._disk_of(target.name)
+                why = self.host.block_usage(disk)
+                if why:
+                    reasons.append('%s is the host\'s: %s' % (target.path, why))
+                for part in self.sysfs.listdir('class/block/' + disk):
+                    if part.startswith(disk) and part != disk:
+                        watched.append(os.path.join(self.dev_root, part))
+                watched.append(os.path.join(self.dev_root, disk))
+            if self.policy == 'nvme-format' and not (target.name and NVME_NS_RE.match(target.name)):
+                reasons.append('%s is not an NVMe namespace, so it cannot be wiped with nvme-format '
+                               '(use zero or blkdiscard)' % target.path)
+        holders = devctl.open_files(self.proc_root, sorted(set(watched)))
+        if holders:
+            reasons.append(devctl.describe_holders(holders))
+        return reasons
+
+    # -- I/O -------------------------------------------------------------------
+
+    def _size(self, target):
+        fd = os.open(target.path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
+    def _read_samples(self, target, offsets):
+        length = min(SAMPLE, target.size)
+        direct = target.is_block and hasattr(os, 'O_DIRECT')
+        fd = os.open(target.path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        try:
+            if not direct and hasattr(os, 'posix_fadvise'):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            samples = []
+            buf = mmap.mmap(-1, SAMPLE)
+            for offset in offsets:
+                if direct:
+                    got = os.preadv(fd, [buf], offset)
+                    samples.append(bytes(buf[:got]))
+                else:
+                    samples.append(os.pread(fd, length, offset))
+            buf.close()
+            return samples
+        finally:
+            os.close(fd)
+
+    def _zero(self, target, report):
+        flags = os.O_WRONLY
+        if target.is_block:
+            flags |= os.O_EXCL
+        fd = None
+        if target.is_block and hasattr(os, 'O_DIRECT'):
+            try:
+                fd = os.open(target.path, flags | os.O_DIRECT)
+            except OSError:
+                fd = None
+        if fd is None:
+            fd = os.open(target.path, flags)
+        buf = mmap.mmap(-1, self.chunk_size)
+        view = memoryview(buf)
+        start = time.monotonic()
+        written, mark, progress = 0, 10, []
+        try:
+            while written < target.size:
+                count = min(self.chunk_size, target.size - written)
+                done = os.pwrite(fd, view[:count], written)
+                if done <= 0:
+                    raise devctl.DeviceError('writing zeros to %s stopped at byte %d'
+                                             % (target.path, written))
+                written += done
+                percent = written * 100 // target.size
+                if percent >= mark or written == target.size:
+                    progress.append({'percent': int(percent), 'bytes': written,
+                                     'elapsed_s': round(time.monotonic() - start, 3)})
+                    mark = (percent // 10 + 1) * 10
+            os.fsync(fd)
+        finally:
+            view.release()
+            buf.close()
+            os.close(fd)
+        report['bytes_written'] = written
+        report['progress'] = progress
+
+    def _format(self, target, report):
+        for number, ses in enumerate(self.format_ses):
+            argv = self._format_argv(target, ses)
+            report['commands'].append(argv)
+            rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C',
+                                                                         'LC_ALL': 'C'})
+            if rc == 0:
+                report['secure_erase_setting'] = ses
+                if number:
+                    self.warnings.append(
+                        '%s does not support secure erase setting %s; formatted with --ses=%d'
+                        % (target.path, ', '.join(str(s) for s in self.format_ses[:number]), ses))
+                return
+            text = (err or out or '').strip()
+            if not INVALID_FIELD_RE.search(text) or number == len(self.format_ses) - 1:
+                raise devctl.DeviceError('%s failed (status %d): %s' % (' '.join(argv), rc, text),
+                                         commands=report['commands'])
+
+    def _discard(self, target, report):
+        argv = [self._tool('blkdiscard', 'util-linux'), target.path]
+        report['commands'].append(argv)
+        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        if rc != 0:
+            raise devctl.DeviceError('%s failed (status %d): %s; if the device does not support '
+                                     'discard, use the zero or nvme-format policy'
+                                     % (' '.join(argv), rc, (err or out).strip()),
+                                     commands=report['commands'])
+
+    def _verify(self, target, offsets, before, after):
+        counts = {'samples': len(offsets), 'zero': 0, 'ones': 0, 'changed': 0}
+        bad = []
+        for index, offset in enumerate(offsets):
+            kind = _uniform(after[index])
+            if self.policy == 'zero':
+                if kind == 'zero':
+                    counts['zero'] += 1
+                else:
+                    bad.append(offset)
+                continue
+            if kind:
+                counts[kind] += 1
+            elif _uniform(before[index]) is None and before[index] == after[index]:
+                bad.append(offset)
+            else:
+                counts['changed'] += 1
+        counts['failed_offsets'] = bad[:16]
+        counts['passed'] = not bad
+        if bad:
+            what = ('are not zero' if self.policy == 'zero'
+                    else 'still hold the data they held before the wipe')
+            raise devctl.DeviceError(
+                'verification of %s failed: %d of %d sampled blocks %s (first at byte %d): the '
+                'device is not wiped; quarantine the slot'
+                % (target.path, len(bad), len(offsets), what, bad[0]), verification=counts)
+        return counts
+
+    # -- run -------------------------------------------------------------------
+
+    def _tool(self, name, package):
+        path = self.module.get_bin_path(name)
+        if not path:
+            raise devctl.DeviceError('%s (%s) is not installed; the %s policy runs it'
+                                     % (name, package, self.policy))
+        return path
+
+    def _format_argv(self, target, ses):
+        return [self._tool('nvme', 'nvme-cli'), 'format', target.path, '--ses=%d' % ses,
+                '--force', '--timeout=%d' % (self.format_timeout * 1000)]
+
+    def _planned_commands(self, target):
+        if self.policy == 'nvme-format':
+            return [self._format_argv(target, self.format_ses[0])]
+        if self.policy == 'blkdiscard':
+            return [[self._tool('blkdiscard', 'util-linux'), target.path]]
+        return []
+
+    def run(self):
+        self.controller = None
+        self.host = devctl.InUse(self.module, self.sysfs, self.proc_root).host
+        targets = self.resolve()
+        reasons = self._refusals(targets)
+        if reasons:
+            raise devctl.DeviceError('refusing to wipe %s: %s' % (self.target, '; '.join(reasons)),
+                                     reasons=reasons)
+        for target in targets:
+            target.size = self._size(target)
+        reports = []
+        started = time.monotonic()
+        for target in targets:
+            report = {'path': target.path, 'device': target.name, 'kind': target.kind,
+                      'size_bytes': target.size, 'policy': self.policy, 'commands': []}
+            reports.append(report)
+            if self.module.check_mode:
+                report['commands'] = self._planned_commands(target)
+                continue
+            t0 = time.monotonic()
+            offsets = sample_offsets(target.size, self.verify_samples)
+            before = self._read_samples(target, offsets) if self.policy != 'zero' else None
+            try:
+                if self.policy == 'zero':
+                    self._zero(target, report)
+                elif self.policy == 'nvme-format':
+                    self._format(target, report)
+                else:
+                    self._discard(target, report)
+            except (IOError, OSError) as exc:
+                raise devctl.DeviceError('wiping %s with %s failed: %s' % (
+                    target.path, self.policy, devctl._oserror(exc)), targets=reports)
+            after = self._read_samples(target, offsets)
+            report['verification'] = self._verify(target, offsets, before, after)
+            report['duration_s'] = round(time.monotonic() - t0, 3)
+        total = round(time.monotonic() - started, 3) if not self.module.check_mode else 0.0
+        paths = ', '.join(t.path for t in targets)
+        return {
+            'changed': True,
+            'target': self.target,
+            'policy': self.policy,
+            'controller': self.controller.address if self.controller is not None else None,
+            'targets': reports,
+            'commands': [c for r in reports for c in r['commands']],
+            'duration_s': total,
+            'diff': {'before': ''.join('%s: %d bytes, not wiped\n' % (t.path, t.size)
+                                       for t in targets),
+                     'after': ''.join('%s: %d bytes, wiped (%s)%s\n' % (
+                         t.path, t.size, self.policy,
+                         '' if self.module.check_mode else ', verified') for t in targets)},
+            'msg': '%s %s with %s' % ('would wipe' if self.module.check_mode else 'wiped', paths,
+                                      self.policy),
+        }
