@@ -23,8 +23,8 @@ MAX_SLOTS = 254 - FIRST_HOST_OCTET + 1
 
 # Node ids end up in slot ids, lease file names and libvirt domain names: keep
 # them to characters that are safe in all three.
-NODE_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$')
-SLOT_ID_RE = re.compile(r'^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-s([0-9]{1,3})$')
+NODE_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z')
+SLOT_ID_RE = re.compile(r'^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-s([0-9]{1,3})\Z')
 
 
 class LayoutError(ValueError):

@@ -18,8 +18,8 @@ import re
 
 # A full PCI address as the kernel names it: domain (4 hex digits, more on VMD
 # domains), bus, device (0-1f) and function (0-7).
-BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$')
-PCI_ROOT_RE = re.compile(r'^pci([0-9a-f]{4,8}):([0-9a-f]{2})$')
+BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])\Z')
+PCI_ROOT_RE = re.compile(r'^pci([0-9a-f]{4,8}):([0-9a-f]{2})\Z')
 
 # PCI class codes (base class << 8 | subclass) that the collection cares about.
 CLASS_VGA = 0x0300
@@ -78,7 +78,7 @@ def parse_bdf(value):
     """
     if not isinstance(value, str):
         raise PciError('PCI address must be a string, got %s' % type(value).__name__)
-    canonical = value.strip().lower()
+    canonical = value.lower()
     if not BDF_RE.match(canonical):
         raise PciError(
             "%r is not a full PCI address: expected domain:bus:device.function, "

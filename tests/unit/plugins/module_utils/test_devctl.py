@@ -132,7 +132,9 @@ def test_check_address_names_the_option():
     with pytest.raises(devctl.DeviceError) as info:
         devctl.check_address('0000:1b:00', 'allow_group_members')
     assert str(info.value).startswith('allow_group_members: ')
-    assert devctl.check_address(' 0000:1B:00.0 ') == '0000:1b:00.0'
+    assert devctl.check_address('0000:1B:00.0') == '0000:1b:00.0'
+    with pytest.raises(devctl.DeviceError):
+        devctl.check_address(' 0000:1b:00.0 ')
 
 
 def test_oserror_text_carries_the_errno_name():
