@@ -1,0 +1,137 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""slot_approval: a clean map approves; every refusal rule refuses the whole map."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+from ansible_collections.gpuaas.slice.plugins.modules import slot_approval
+from tests.unit.module_runner import run_module
+
+
+@pytest.fixture
+def discovery(host_tree):
+    sys_root, proc_root = host_tree('workstation')
+    return Discovery('ws', sys_root, proc_root).run()
+
+
+def entry(**overrides):
+    value = {
+        'slot_id': 'ws-s0', 'gpu_address': '0000:01:00.0',
+        'destructive_wipe_policy': 'nvme-format',
+        'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
+                              'fabric_vf_pci_address': '0000:03:00.2'},
+        'approved_by': 'alice', 'approved_at': '2026-11-22T10:00:00Z',
+    }
+    value.update(overrides)
+    return value
+
+
+def approve(capsys, discovery, entries):
+    return run_module(slot_approval, {'discovery': discovery, 'approved_slots': entries},
+                      capsys=capsys)
+
+
+def test_a_clean_map_approves_the_slot_with_its_discovery_data(capsys, discovery):
+    result = approve(capsys, discovery, [entry()])
+    assert result['changed'] is False and 'failed' not in result
+    (slot,) = result['slots']
+    expected = copy.deepcopy(discovery['slots'][0])
+    del expected['eligible'], expected['reasons']
+    expected.update(node_id='ws', destructive_wipe_policy='nvme-format', approved_by='alice',
+                    approved_at='2026-11-22T10:00:00Z')
+    assert slot == expected
+
+
+def test_a_recorded_fingerprint_that_still_matches_is_accepted(capsys, discovery):
+    fingerprint = discovery['slots'][0]['fingerprint']
+    assert approve(capsys, discovery, [entry(fingerprint=fingerprint)])['slots']
+
+
+def meta(**overrides):
+    value = {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
+             'fabric_vf_pci_address': '0000:03:00.2'}
+    value.update(overrides)
+    return value
+
+
+REFUSALS = [
+    (entry(slot_id='ws-s7'), 'slot ws-s7: no such slot on node ws (known: ws-s0, ws-s1)'),
+    (entry(slot_id='ws-s1', gpu_address='0000:05:00.0', destructive_wipe_policy='zero',
+           capacity_metadata={'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
+                              'fabric_vf_pci_address': None}),
+     'slot ws-s1: discovery says the slot is not eligible: IOMMU group'),
+    (entry(gpu_address='0000:05:00.0'),
+     "slot ws-s0: gpu_address is '0000:05:00.0' but discovery has 0000:01:00.0 at this slot"),
+    (entry(destructive_wipe_policy=''), 'slot ws-s0: destructive_wipe_policy must be set'),
+    (entry(destructive_wipe_policy='shred'),
+     "slot ws-s0: destructive_wipe_policy 'shred' is not one of nvme-format, blkdiscard, zero"),
+    (entry(capacity_metadata={'storage_ownership': 'slice'}),
+     'slot ws-s0: capacity_metadata lacks fabric_claim_mode, fabric_vf_pci_address'),
+    (entry(capacity_metadata=meta(storage_ownership='host')),
+     "slot ws-s0: capacity_metadata.storage_ownership must be 'slice', not 'host'"),
+    (entry(capacity_metadata=meta(fabric_claim_mode='shared_pf')),
+     "slot ws-s0: capacity_metadata.fabric_claim_mode must be 'per_slot_vf', not 'shared_pf'"),
+    (entry(capacity_metadata=meta(fabric_vf_pci_address='')),
+     "slot ws-s0: capacity_metadata.fabric_vf_pci_address must name the slot's fabric VF"),
+    (entry(capacity_metadata=meta(fabric_vf_pci_address='0000:03:00.3')),
+     "slot ws-s0: capacity_metadata.fabric_vf_pci_address is '0000:03:00.3' but discovery"),
+    (entry(capacity_metadata=meta(extra=1)), 'slot ws-s0: capacity_metadata has unknown keys extra'),
+    (entry(capacity_metadata='slice'), 'slot ws-s0: capacity_metadata must be a mapping'),
+    (entry(destructive_wipe_polcy='zero'), 'slot ws-s0: unknown keys destructive_wipe_polcy'),
+    (entry(fingerprint={'gpu': {'serial': 'x'}}),
+     'slot ws-s0: the devices no longer match the fingerprint taken at approval'),
+    ({'gpu_address': '0000:01:00.0'}, 'approved_slots[0]: slot_id must be a non-empty string'),
+]
+
+
+@pytest.mark.parametrize('bad, problem', REFUSALS, ids=[p for _e, p in REFUSALS])
+def test_each_rule_refuses_the_whole_map(capsys, discovery, bad, problem):
+    result = approve(capsys, discovery, [bad])
+    assert result['failed'] is True
+    assert 'slots' not in result
+    assert any(p.startswith(problem) for p in result['problems']), result['problems']
+    assert result['msg'].startswith('the approved slot map was refused, no slot is approved')
+
+
+def test_a_slot_approved_twice_is_refused(capsys, discovery):
+    result = approve(capsys, discovery, [entry(), entry()])
+    assert result['problems'] == ['slot ws-s0 is approved twice']
+
+
+def test_block_wipe_policies_need_the_slots_own_nvme(capsys, host_tree):
+    sys_root, proc_root = host_tree('h100_guest')
+    found = Discovery('g', sys_root, proc_root, require_nvme=False, require_fabric=False).run()
+    # Pretend the IOMMU were on so that only the wipe policy is at stake.
+    found['slots'][0].update(eligible=True, reasons=[])
+    bad = {'slot_id': 'g-s0', 'gpu_address': '0000:00:06.0', 'destructive_wipe_policy': 'blkdiscard',
+           'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
+                                 'fabric_vf_pci_address': None}}
+    result = approve(capsys, found, [bad])
+    assert result['problems'] == ["slot g-s0: destructive_wipe_policy 'blkdiscard' needs an NVMe "
+                                  "drive of the slot's own; this slot has none, use 'zero'"]
+    bad['destructive_wipe_policy'] = 'zero'
+    assert [s['slot_id'] for s in approve(capsys, found, [bad])['slots']] == ['g-s0']
+    bad['capacity_metadata']['fabric_claim_mode'] = 'per_slot_vf'
+    assert approve(capsys, found, [bad])['problems'] == [
+        "slot g-s0: the slot has no fabric PF, so capacity_metadata must say fabric_claim_mode "
+        "'none' and no fabric_vf_pci_address"]
+
+
+def test_one_bad_entry_approves_nothing_and_every_problem_is_listed(capsys, discovery):
+    result = approve(capsys, discovery, [entry(), entry(slot_id='ws-s9', destructive_wipe_policy='')])
+    assert result['failed'] and 'slots' not in result
+    assert len(result['problems']) == 1 and result['problems'][0].startswith('slot ws-s9: no such slot')
+    result = approve(capsys, discovery, [entry(destructive_wipe_policy='', gpu_address='x')])
+    assert len(result['problems']) == 2
+
+
+def test_something_that_is_not_a_discovery_result_is_refused(capsys):
+    result = approve(capsys, {'slots': []}, [entry()])
+    assert result['problems'] == ['discovery is not a gpuaas.slice.slot_discovery result '
+                                  '(register the slot_discovery task and pass it whole)']
