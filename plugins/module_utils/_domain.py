@@ -1,0 +1,458 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: the slot VM's libvirt domain XML, built and read back.
+
+Nothing here talks to libvirt or touches the host: :class:`DomainSpec` validates what a
+slot's domain is made of, :func:`build_xml` turns it into domain XML with
+``xml.etree`` (never string templating, so every value is escaped), and
+:func:`domain_facts` reads the parts the collection owns back out of any domain XML
+(ours, or libvirt's normalised copy), so the two can be compared.
+
+The domain name and the tap device name derive from the slot id only; tenant input
+never names anything on the host.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_slot_id, has_control_chars
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
+    PciError,
+    bdf_key,
+    bdf_parts,
+    format_bdf,
+    parse_bdf,
+    parse_cpulist,
+)
+
+NAME_PREFIX = 'gpuaas-'
+METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
+ET.register_namespace('gpuaas', METADATA_NS)
+
+DOMAIN_TYPES = ('kvm', 'qemu')
+BRIDGE_TYPES = ('openvswitch', 'linux')
+DISK_FORMATS = ('raw', 'qcow2')
+HOSTDEV_ROLES = ('gpu', 'companion', 'nvme', 'fabric_vf')
+
+CPULIST_RE = re.compile(r'^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$')
+# Linux interface names: at most 15 bytes, no '/', no white space.
+IFNAME_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,15}$')
+MACHINE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+MAX_CPU = 8191
+
+
+class DomainError(ValueError):
+    """A slot domain that cannot be built as asked; the message says which value and why."""
+
+
+def domain_name(slot_id):
+    """'gpuaas-{slot_id}': the libvirt name of a slot's domain (the slot id is validated)."""
+    try:
+        check_slot_id(slot_id)
+    except LayoutError as exc:
+        raise DomainError(str(exc))
+    return NAME_PREFIX + slot_id
+
+
+def tap_name(slot_id):
+    """The slot's tap device: 'gs{index}-' + 8 hex digits of sha256(slot id), <= 15 chars.
+
+    The hash keeps two nodes' slot 0 apart on a lab host that runs both; libvirt's own
+    'vnet'/'macvtap' prefixes are avoided.
+    """
+    try:
+        _node, index = check_slot_id(slot_id)
+    except LayoutError as exc:
+        raise DomainError(str(exc))
+    return 'gs%d-%s' % (index, hashlib.sha256(slot_id.encode('utf-8')).hexdigest()[:8])
+
+
+def format_cpulist(cpus):
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    parts = []
+    cpus = sorted(set(cpus))
+    index = 0
+    while index < len(cpus):
+        end = index
+        while end + 1 < len(cpus) and cpus[end + 1] == cpus[end] + 1:
+            end += 1
+        parts.append(str(cpus[index]) if end == index else '%d-%d' % (cpus[index], cpus[end]))
+        index = end + 1
+    return ','.join(parts)
+
+
+def check_cpulist(text, what='cpulist'):
+    """The CPUs of a kernel cpulist as sorted ints, or DomainError."""
+    if not isinstance(text, str) or not CPULIST_RE.match(text.strip()):
+        raise DomainError("%s %r is not a CPU list such as '0-3,8'" % (what, text))
+    cpus = parse_cpulist(text)
+    for part in text.strip().split(','):
+        if '-' in part:
+            low, high = part.split('-')
+            if int(low) > int(high):
+                raise DomainError('%s %r has a range that runs backwards (%s)' % (what, text, part))
+    if not cpus or cpus[-1] > MAX_CPU:
+        raise DomainError('%s %r names no CPU or a CPU beyond %d' % (what, text, MAX_CPU))
+    return cpus
+
+
+def slot_hostdevs(gpu_address=None, companions=None, nvme_address=None, fabric_vf_address=None):
+    """[(role, address)] of a slot's passthrough devices, validated, in a stable order.
+
+    Every address must be a full PCI address (any PCI domain, 0001 included) and appear
+    once: a device listed twice would be handed to the VM twice.
+    """
+    wanted = []
+    if gpu_address:
+        wanted.append(('gpu', gpu_address))
+    for companion in companions or []:
+        wanted.append(('companion', companion))
+    if nvme_address:
+        wanted.append(('nvme', nvme_address))
+    if fabric_vf_address:
+        wanted.append(('fabric_vf', fabric_vf_address))
+    result, seen = [], {}
+    for role, address in wanted:
+        try:
+            canonical = parse_bdf(address)
+        except PciError as exc:
+            raise DomainError('%s address: %s' % (role, exc))
+        if canonical in seen:
+            raise DomainError('%s is listed twice (as %s and as %s): a device goes to the VM once'
+                              % (canonical, seen[canonical], role))
+        seen[canonical] = role
+        result.append((role, canonical))
+    if companions and not gpu_address:
+        raise DomainError('companions were given without gpu_address: they move with a GPU')
+    return result
+
+
+def _text(value, what, required=False):
+    if value is None:
+        if required:
+            raise DomainError('%s is required' % what)
+        return None
+    if not isinstance(value, str) or has_control_chars(value):
+        raise DomainError('%s %r contains control characters or is not text' % (what, value))
+    return value
+
+
+def _path(value, what):
+    value = _text(value, what)
+    if value is not None and (not value.startswith('/') or '..' in value.split('/')):
+        raise DomainError("%s %r must be an absolute path without '..'" % (what, value))
+    return value
+
+
+class DomainSpec:
+    """Everything a slot's domain is made of, validated on construction."""
+
+    def __init__(self, slot_id, memory_mib, cpulist, vcpus=None, domain_type='kvm',
+                 machine='q35', numa_node=None, hugepages=False, hugepage_size_kib=None,
+                 hostdevs=(), bridge='br-gpuaas', bridge_type='openvswitch', disk=None,
+                 disk_format='raw', disk_is_block=False, seed=None, kernel=None, initrd=None,
+                 cmdline=None, console_log=None):
+        self.slot_id = slot_id
+        self.name = domain_name(slot_id)
+        node_id, self.slot_index = check_slot_id(slot_id)
+        self.mac = slot_mac(node_id, self.slot_index)
+        self.tap = tap_name(slot_id)
+        if domain_type not in DOMAIN_TYPES:
+            raise DomainError('domain_type must be one of %s, not %r' % (', '.join(DOMAIN_TYPES), domain_type))
+        self.domain_type = domain_type
+        if not isinstance(machine, str) or not MACHINE_RE.match(machine):
+            raise DomainError('machine %r is not a QEMU machine type name' % (machine,))
+        self.machine = machine
+        if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 64:
+            raise DomainError('memory_mb must be a whole number of MiB, at least 64, not %r' % (memory_mib,))
+        self.memory_kib = memory_mib * 1024
+        self.cpus = check_cpulist(cpulist)
+        if vcpus is None:
+            vcpus = len(self.cpus)
+        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1:
+            raise DomainError('vcpus must be a positive whole number, not %r' % (vcpus,))
+        if vcpus > len(self.cpus):
+            raise DomainError('vcpus %d is more than the %d CPUs of the slot cpulist %s: each vCPU '
+                              'is pinned to a CPU of its own' % (vcpus, len(self.cpus), cpulist))
+        self.vcpus = vcpus
+        if numa_node is not None and (isinstance(numa_node, bool) or not isinstance(numa_node, int)
+                                      or not 0 <= numa_node < 1024):
+            raise DomainError('numa_node must be a NUMA node number, not %r' % (numa_node,))
+        self.numa_node = numa_node
+        self.hugepages = bool(hugepages)
+        if hugepage_size_kib is not None and (not self.hugepages or isinstance(hugepage_size_kib, bool)
+                                              or not isinstance(hugepage_size_kib, int)
+                                              or hugepage_size_kib <= 0):
+            raise DomainError('hugepage_size_kb needs hugepages=true and a size in KiB (2048, 1048576)')
+        self.hugepage_size_kib = hugepage_size_kib
+        self.hostdevs = list(hostdevs)
+        for role, address in self.hostdevs:
+            if role not in HOSTDEV_ROLES:
+                raise DomainError('unknown hostdev role %r' % (role,))
+            parse_bdf(address)
+        if not isinstance(bridge, str) or not IFNAME_RE.match(bridge):
+            raise DomainError('bridge %r is not a network interface name' % (bridge,))
+        self.bridge = bridge
+        if bridge_type not in BRIDGE_TYPES:
+            raise DomainError('bridge_type must be one of %s, not %r' % (', '.join(BRIDGE_TYPES), bridge_type))
+        self.bridge_type = bridge_type
+        self.disk = _path(disk, 'disk')
+        if disk_format not in DISK_FORMATS:
+            raise DomainError('disk_format must be one of %s, not %r' % (', '.join(DISK_FORMATS), disk_format))
+        self.disk_format = disk_format
+        self.disk_is_block = bool(disk_is_block)
+        self.seed = _path(seed, 'seed')
+        self.kernel = _path(kernel, 'kernel')
+        self.initrd = _path(initrd, 'initrd')
+        self.cmdline = _text(cmdline, 'kernel_cmdline')
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise DomainError('initrd and kernel_cmdline need kernel')
+        self.console_log = _path(console_log, 'console log')
+
+    @property
+    def boot_hostdev(self):
+        """The NVMe is the boot disk when the slot has no disk image of its own."""
+        if self.disk:
+            return None
+        for role, address in self.hostdevs:
+            if role == 'nvme':
+                return address
+        return None
+
+
+def _sub(parent, tag, text=None, **attrs):
+    element = ET.SubElement(parent, tag, dict((k.rstrip('_'), str(v)) for k, v in attrs.items()))
+    if text is not None:
+        element.text = str(text)
+    return element
+
+
+def build_xml(spec, uuid=None):
+    """The domain XML of ``spec`` as a string; ``uuid`` keeps an existing domain's identity."""
+    root = ET.Element('domain', {'type': spec.domain_type})
+    _sub(root, 'name', spec.name)
+    if uuid:
+        _sub(root, 'uuid', uuid)
+    _sub(root, 'title', 'gpuaas.slice slot %s' % spec.slot_id)
+    metadata = _sub(root, 'metadata')
+    _sub(metadata, '{%s}slot' % METADATA_NS, id=spec.slot_id, index=spec.slot_index)
+
+    _sub(root, 'memory', spec.memory_kib, unit='KiB')
+    _sub(root, 'currentMemory', spec.memory_kib, unit='KiB')
+    if spec.hugepages:
+        pages = _sub(_sub(root, 'memoryBacking'), 'hugepages')
+        if spec.hugepage_size_kib:
+            _sub(pages, 'page', size=spec.hugepage_size_kib, unit='KiB')
+    _sub(root, 'vcpu', spec.vcpus, placement='static', cpuset=format_cpulist(spec.cpus))
+    cputune = _sub(root, 'cputune')
+    for vcpu in range(spec.vcpus):
+        _sub(cputune, 'vcpupin', vcpu=vcpu, cpuset=spec.cpus[vcpu])
+    _sub(cputune, 'emulatorpin', cpuset=format_cpulist(spec.cpus))
+    if spec.numa_node is not None:
+        _sub(_sub(root, 'numatune'), 'memory', mode='strict', nodeset=spec.numa_node)
+
+    os_el = _sub(root, 'os')
+    _sub(os_el, 'type', 'hvm', arch='x86_64', machine=spec.machine)
+    if spec.kernel:
+        _sub(os_el, 'kernel', spec.kernel)
+        if spec.initrd:
+            _sub(os_el, 'initrd', spec.initrd)
+        if spec.cmdline:
+            _sub(os_el, 'cmdline', spec.cmdline)
+    features = _sub(root, 'features')
+    _sub(features, 'acpi')
+    _sub(features, 'apic')
+    if spec.domain_type == 'kvm':
+        _sub(root, 'cpu', mode='host-passthrough', check='none', migratable='off')
+    _sub(root, 'clock', offset='utc')
+    _sub(root, 'on_poweroff', 'destroy')
+    _sub(root, 'on_reboot', 'restart')
+    _sub(root, 'on_crash', 'destroy')
+
+    devices = _sub(root, 'devices')
+    if spec.disk:
+        disk = _sub(devices, 'disk', type='block' if spec.disk_is_block else 'file', device='disk')
+        if spec.disk_is_block:
+            _sub(disk, 'driver', name='qemu', type=spec.disk_format, cache='none', io='native',
+                 discard='unmap')
+            _sub(disk, 'source', dev=spec.disk)
+        else:
+            _sub(disk, 'driver', name='qemu', type=spec.disk_format, discard='unmap')
+            _sub(disk, 'source', file=spec.disk)
+        _sub(disk, 'target', dev='vda', bus='virtio')
+        _sub(disk, 'boot', order=1)
+    # No USB controller (libvirt would add one): a slot VM has no USB devices.
+    _sub(devices, 'controller', type='usb', model='none')
+    if spec.seed:
+        _sub(devices, 'controller', type='scsi', index=0, model='virtio-scsi')
+        cdrom = _sub(devices, 'disk', type='file', device='cdrom')
+        _sub(cdrom, 'driver', name='qemu', type='raw')
+        _sub(cdrom, 'source', file=spec.seed)
+        _sub(cdrom, 'target', dev='sda', bus='scsi')
+        _sub(cdrom, 'readonly')
+
+    iface = _sub(devices, 'interface', type='bridge')
+    _sub(iface, 'mac', address=spec.mac)
+    _sub(iface, 'source', bridge=spec.bridge)
+    if spec.bridge_type == 'openvswitch':
+        _sub(iface, 'virtualport', type='openvswitch')
+    _sub(iface, 'target', dev=spec.tap)
+    _sub(iface, 'model', type='virtio')
+    # No iPXE option ROM: slot VMs never boot from the network, and it costs boot time.
+    _sub(iface, 'rom', enabled='no')
+
+    serial = _sub(devices, 'serial', type='pty')
+    if spec.console_log:
+        _sub(serial, 'log', file=spec.console_log, append='off')
+    _sub(serial, 'target', port=0)
+    _sub(_sub(devices, 'console', type='pty'), 'target', type='serial', port=0)
+
+    roles = {}
+    for role, address in spec.hostdevs:
+        domain, bus, slot, function = bdf_parts(address)
+        hostdev = _sub(devices, 'hostdev', mode='subsystem', type='pci', managed='no')
+        _sub(hostdev, 'driver', name='vfio')
+        _sub(_sub(hostdev, 'source'), 'address', domain='0x%04x' % domain, bus='0x%02x' % bus,
+             slot='0x%02x' % slot, function='0x%x' % function)
+        count = roles.get(role, 0)
+        roles[role] = count + 1
+        _sub(hostdev, 'alias', name='ua-%s%d' % (role.replace('_', '-'), count))
+        if address == spec.boot_hostdev:
+            _sub(hostdev, 'boot', order=1)
+    # VFIO pins all guest memory: a balloon could not give any back.
+    _sub(devices, 'memballoon', model='none')
+    return ET.tostring(root, encoding='unicode')
+
+
+def _int(text, base=10):
+    try:
+        return int(text, base)
+    except (TypeError, ValueError):
+        return None
+
+
+def _kib(element):
+    if element is None:
+        return None
+    value = _int((element.text or '').strip())
+    unit = (element.get('unit') or 'KiB').lower()
+    scale = {'b': 1.0 / 1024, 'bytes': 1.0 / 1024, 'k': 1, 'kib': 1, 'm': 1024, 'mib': 1024,
+             'g': 1 << 20, 'gib': 1 << 20}.get(unit)
+    return None if value is None or scale is None else int(value * scale)
+
+
+def _cpuset(text):
+    if not text:
+        return None
+    try:
+        return format_cpulist(parse_cpulist(text.replace('^', '')))
+    except ValueError:
+        return text
+
+
+def _hostdev_address(element):
+    address = element.find('source/address')
+    if address is None:
+        return None
+    parts = [_int(address.get(key) or '0', 16) for key in ('domain', 'bus', 'slot', 'function')]
+    if None in parts:
+        return None
+    return format_bdf(*parts)
+
+
+def domain_facts(xml_text):
+    """The parts of a domain the collection owns, as plain data, from any domain XML.
+
+    Used on both our XML and libvirt's normalised copy of it, so the same domain gives
+    the same facts whichever way it was written (units, hex case, cpuset spelling).
+    """
+    root = ET.fromstring(xml_text)
+    facts = {'type': root.get('type'), 'name': root.findtext('name')}
+    slot = root.find('metadata/{%s}slot' % METADATA_NS)
+    facts['slot_id'] = slot.get('id') if slot is not None else None
+    facts['memory_kib'] = _kib(root.find('memory'))
+    vcpu = root.find('vcpu')
+    facts['vcpus'] = _int((vcpu.text or '').strip()) if vcpu is not None else None
+    facts['vcpu_cpuset'] = _cpuset(vcpu.get('cpuset')) if vcpu is not None else None
+    facts['vcpupin'] = sorted([_int(pin.get('vcpu')), _cpuset(pin.get('cpuset'))]
+                              for pin in root.findall('cputune/vcpupin'))
+    emulator = root.find('cputune/emulatorpin')
+    facts['emulatorpin'] = _cpuset(emulator.get('cpuset')) if emulator is not None else None
+    numa = root.find('numatune/memory')
+    facts['numatune'] = None if numa is None else '%s:%s' % (numa.get('mode', 'strict'),
+                                                             _cpuset(numa.get('nodeset')))
+    pages = root.find('memoryBacking/hugepages')
+    facts['hugepages'] = None if pages is None else sorted(
+        [_kib_attr(page) for page in pages.findall('page')]) or ['default']
+    facts['kernel'] = root.findtext('os/kernel')
+    facts['initrd'] = root.findtext('os/initrd')
+    facts['cmdline'] = root.findtext('os/cmdline')
+    hostdevs = []
+    for hostdev in root.findall('devices/hostdev'):
+        if hostdev.get('type') == 'pci':
+            hostdevs.append('%s managed=%s' % (_hostdev_address(hostdev), hostdev.get('managed', 'no')))
+    facts['hostdevs'] = sorted(hostdevs, key=lambda item: bdf_key(item.split(' ')[0]))
+    interfaces = []
+    for iface in root.findall('devices/interface'):
+        source = iface.find('source')
+        port = iface.find('virtualport')
+        target = iface.find('target')
+        mac = iface.find('mac')
+        interfaces.append({
+            'type': iface.get('type'),
+            'mac': mac.get('address', '').lower() if mac is not None else None,
+            'bridge': source.get('bridge') if source is not None else None,
+            'virtualport': port.get('type') if port is not None else None,
+            'target': target.get('dev') if target is not None else None,
+        })
+    facts['interfaces'] = interfaces
+    disks = []
+    for disk in root.findall('devices/disk'):
+        source = disk.find('source')
+        driver = disk.find('driver')
+        target = disk.find('target')
+        disks.append({
+            'device': disk.get('device', 'disk'),
+            'source': (source.get('file') or source.get('dev')) if source is not None else None,
+            'format': driver.get('type') if driver is not None else None,
+            'target': target.get('dev') if target is not None else None,
+            'bus': target.get('bus') if target is not None else None,
+            'readonly': disk.find('readonly') is not None,
+        })
+    facts['disks'] = sorted(disks, key=lambda item: item['target'] or '')
+    log = root.find('devices/serial/log')
+    facts['console_log'] = log.get('file') if log is not None else None
+    return facts
+
+
+def _kib_attr(page):
+    element = ET.Element('x', {'unit': page.get('unit') or 'KiB'})
+    element.text = page.get('size')
+    return _kib(element)
+
+
+def differences(have, want):
+    """['what: have -> want', ...] for every fact that differs (empty when none do)."""
+    changes = []
+    for key in sorted(want):
+        if have.get(key) != want[key]:
+            changes.append('%s: %s -> %s' % (key, _show(have.get(key)), _show(want[key])))
+    return changes
+
+
+def _show(value):
+    if isinstance(value, list) and not value:
+        return 'none'
+    return str(value)
+
+
+def hostdev_report(spec):
+    """[{'role', 'address'}] for the module result."""
+    return [{'role': role, 'address': address} for role, address in spec.hostdevs]

@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: path checks and atomic file writes shared by the modules.
+
+Every path a module is given is checked here before it is used: absolute, free of
+control characters and of ``..`` components, and (where the caller names allowed
+directories) inside one of them after symlinks are resolved. Files are written to a
+temporary file in the destination directory and moved into place with
+``module.atomic_move``, so a reader sees the old content or the new, never half.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import tempfile
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, parse_slot_id
+
+
+class PathError(ValueError):
+    """A path the collection refuses to use; the message says which and why."""
+
+
+def has_control_chars(text):
+    """True when ``text`` holds a C0/C1 control character or a Unicode line separator."""
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7f <= code < 0xa0 or char in u'\u2028\u2029':
+            return True
+    return False
+
+
+def check_slot_id(value):
+    """(node_id, index) of a slot id that is safe in names and paths, or LayoutError.
+
+    The layout's pattern ends in '$', which also matches before a final newline; a slot
+    id names files and libvirt domains here, so control characters are refused first.
+    """
+    if not isinstance(value, str) or has_control_chars(value):
+        raise LayoutError('slot id %r contains control characters' % (value,))
+    return parse_slot_id(value)
+
+
+def check_path(path, what, allowed_dirs=None):
+    """The normalised absolute ``path``, or PathError naming ``what`` it was for.
+
+    With ``allowed_dirs``, the path with every symlink resolved must lie inside one of
+    them (also resolved), so a link planted in an allowed directory cannot point out.
+    """
+    if not isinstance(path, str) or not path:
+        raise PathError('%s must be a non-empty path' % what)
+    if has_control_chars(path):
+        raise PathError('%s %r contains control characters' % (what, path))
+    if not path.startswith('/'):
+        raise PathError('%s %r must be an absolute path' % (what, path))
+    if '..' in path.split('/'):
+        raise PathError("%s %r contains a '..' component: give the path without it" % (what, path))
+    normal = os.path.normpath(path)
+    if allowed_dirs:
+        real = os.path.realpath(normal)
+        for allowed in allowed_dirs:
+            base = os.path.realpath(allowed)
+            if real == base or real.startswith(base.rstrip('/') + '/'):
+                return normal
+        raise PathError('%s %r is outside the allowed directories (%s)%s'
+                        % (what, path, ', '.join(allowed_dirs),
+                           '' if real == normal else '; it resolves to %s' % real))
+    return normal
+
+
+def ensure_dir(path, mode):
+    """Create ``path`` (and missing parents) with ``mode``; a no-op when it exists."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode)
+        os.chmod(path, mode)
+
+
+def atomic_write(module, path, data, mode=0o600):
+    """Write ``data`` (bytes) to ``path`` through a temporary file in the same directory."""
+    directory = os.path.dirname(path)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
+    try:
+        with os.fdopen(handle, 'wb') as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+    except (IOError, OSError):
+        os.unlink(tmp)
+        raise
+    install(module, tmp, path, mode)
+
+
+def install(module, tmp, path, mode):
+    """Move a finished temporary file over ``path`` atomically and give it ``mode``."""
+    module.atomic_move(tmp, path)
+    # atomic_move gives a new file the umask's permissions: put ours back.
+    os.chmod(path, mode)
+
+
+def remove(path):
+    """Remove a file; True when there was one."""
+    try:
+        os.unlink(path)
+    except OSError:
+        if os.path.lexists(path):
+            raise
+        return False
+    return True

@@ -1,0 +1,324 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: the slot VM's cloud-init NoCloud seed (ISO 9660, volume cidata).
+
+The seed holds three files. meta-data: instance-id (the allocation id) and
+local-hostname. user-data: ``#cloud-config`` with the tenant's SSH keys and a file
+carrying the telemetry sink and token. network-config: version 2, DHCP on the NIC
+matched by the slot's MAC. Every file is JSON, which is YAML too: tenant strings are
+validated first and then written as JSON strings, so no value can become YAML syntax,
+a tag or a shell command. The ISO records the SHA-256 of its content in its
+application id, so an unchanged seed is recognised without a side file.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    check_path,
+    check_slot_id,
+    ensure_dir,
+    has_control_chars,
+    install,
+    remove,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+
+VOLUME_ID = 'cidata'
+APP_ID_PREFIX = 'GPUAAS-SEED-SHA256-'
+SEED_FILES = ('meta-data', 'network-config', 'user-data')
+DEFAULT_SINK = 'http://10.100.0.1:9110/metrics'
+DEFAULT_TELEMETRY_FILE = '/etc/gpuaas/telemetry.env'
+REDACTED = '********'
+
+HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$')
+ALLOCATION_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')
+TOKEN_RE = re.compile(r'^[A-Za-z0-9._~+/=-]{16,512}$')
+SINK_RE = re.compile(r'^(https?)://([A-Za-z0-9.-]{1,253})(:([0-9]{1,5}))?(/[A-Za-z0-9/._~-]*)?$')
+GUEST_PATH_RE = re.compile(r'^/[A-Za-z0-9/._-]{1,255}$')
+BASE64_RE = re.compile(r'^[A-Za-z0-9+/]+={0,2}$')
+SSH_KEY_TYPES = (
+    'ssh-ed25519',
+    'ssh-rsa',
+    'ecdsa-sha2-nistp256',
+    'ecdsa-sha2-nistp384',
+    'ecdsa-sha2-nistp521',
+    'sk-ssh-ed25519@openssh.com',
+    'sk-ecdsa-sha2-nistp256@openssh.com',
+)
+MAX_KEY_LENGTH = 16384
+MAX_COMMENT_LENGTH = 256
+MAX_USER_DATA = 256 * 1024
+# cloud-config keys the module sets itself; a tenant's user_data may not override them.
+RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
+                 'ssh_authorized_keys')
+
+
+class SeedError(ValueError):
+    """Tenant input or a seed the module refuses; the message says which value and why."""
+
+
+def check_hostname(value):
+    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
+        raise SeedError('hostname %r is not a valid host name: 1-63 letters, digits and hyphens, '
+                        'not starting or ending with a hyphen (RFC 1123)' % (value,))
+    return value
+
+
+def check_allocation_id(value):
+    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
+        raise SeedError("allocation_id %r is not valid: 1-128 letters, digits, '.', '_', ':' and '-', "
+                        'starting with a letter or digit' % (value,))
+    return value
+
+
+def check_token(value):
+    if not isinstance(value, str) or not TOKEN_RE.match(value):
+        # Never echo the token itself.
+        raise SeedError("telemetry_token is not valid: 16-512 characters from letters, digits and "
+                        "'._~+/=-'")
+    return value
+
+
+def check_sink(value):
+    match = SINK_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise SeedError("telemetry_sink %r is not an http(s) URL of the form "
+                        "http://host[:port][/path] (no query, no user name)" % (value,))
+    host, port = match.group(2), match.group(4)
+    labels = host.split('.')
+    if not all(HOSTNAME_RE.match(label) for label in labels):
+        raise SeedError('telemetry_sink %r: %r is not a host name or IPv4 address' % (value, host))
+    if port is not None and not 0 < int(port) < 65536:
+        raise SeedError('telemetry_sink %r: port %s is out of range' % (value, port))
+    return value
+
+
+def check_guest_path(value, what):
+    if not isinstance(value, str) or not GUEST_PATH_RE.match(value) or '..' in value.split('/'):
+        raise SeedError("%s %r must be an absolute guest path of letters, digits, '/', '.', '_' and "
+                        "'-', without '..'" % (what, value))
+    return value
+
+
+def check_ssh_key(value, position):
+    """'type base64 [comment]' of one OpenSSH public key, checked and normalised.
+
+    Refused: anything but a known key type first (so no 'command=...' options), a body
+    that is not base64 or does not encode a key of the stated type, control characters
+    or line breaks anywhere.
+    """
+    where = 'ssh_authorized_keys[%d]' % position
+    if not isinstance(value, str):
+        raise SeedError('%s is not a string' % where)
+    if len(value) > MAX_KEY_LENGTH:
+        raise SeedError('%s is longer than %d characters' % (where, MAX_KEY_LENGTH))
+    if has_control_chars(value):
+        raise SeedError('%s contains a line break or control character: give one key per list item'
+                        % where)
+    parts = value.strip().split(None, 2)
+    if len(parts) < 2:
+        raise SeedError('%s is not an OpenSSH public key (expected "type base64 [comment]")' % where)
+    key_type, body = parts[0], parts[1]
+    comment = parts[2].strip() if len(parts) > 2 else ''
+    if key_type not in SSH_KEY_TYPES:
+        raise SeedError('%s starts with %r, not a key type (%s); key options are not accepted'
+                        % (where, key_type[:40], ', '.join(SSH_KEY_TYPES)))
+    if not BASE64_RE.match(body) or len(body) % 4:
+        raise SeedError('%s: the key body is not base64' % where)
+    try:
+        blob = base64.b64decode(body.encode('ascii'))
+    except (binascii.Error, ValueError):
+        raise SeedError('%s: the key body is not base64' % where)
+    if len(blob) < 4:
+        raise SeedError('%s: the key body is too short to be a key' % where)
+    (length,) = struct.unpack('>I', blob[:4])
+    if blob[4:4 + length] != key_type.encode('ascii'):
+        raise SeedError('%s: the key body does not hold a %s key' % (where, key_type))
+    if len(comment) > MAX_COMMENT_LENGTH:
+        raise SeedError('%s: the comment is longer than %d characters' % (where, MAX_COMMENT_LENGTH))
+    return ' '.join(p for p in (key_type, body, comment) if p)
+
+
+def _check_user_data(user_data, telemetry_file):
+    if user_data is None:
+        return {}
+    if not isinstance(user_data, dict):
+        raise SeedError('user_data must be a mapping of cloud-config keys')
+    reserved = sorted(set(user_data) & set(RESERVED_KEYS))
+    if reserved:
+        raise SeedError('user_data may not set %s: the module sets them from hostname and '
+                        'ssh_authorized_keys' % ', '.join(reserved))
+    files = user_data.get('write_files', [])
+    if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
+        raise SeedError('user_data.write_files must be a list of mappings')
+    for item in files:
+        if item.get('path') == telemetry_file:
+            raise SeedError('user_data.write_files may not write %s: it holds the telemetry '
+                            'token' % telemetry_file)
+    try:
+        json.dumps(user_data, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise SeedError('user_data cannot be written as data: %s' % exc)
+    return user_data
+
+
+def _dump(value):
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True) + '\n'
+
+
+def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
+                 telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None):
+    """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac)."""
+    node_id, index = check_slot_id(slot_id)
+    mac = slot_mac(node_id, index)
+    check_allocation_id(allocation_id)
+    check_hostname(hostname)
+    keys = [check_ssh_key(key, position) for position, key in enumerate(ssh_keys or [])]
+    check_token(token)
+    check_sink(sink)
+    check_guest_path(telemetry_file, 'telemetry_file')
+    extra = _check_user_data(user_data, telemetry_file)
+
+    meta = {'instance-id': allocation_id, 'local-hostname': hostname}
+    network = {'version': 2, 'ethernets': {'slot0': {'match': {'macaddress': mac}, 'dhcp4': True}}}
+
+    def cloud_config(secret):
+        # One KEY=value per line; every value is validated to a charset that needs no
+        # quoting, so the guest can source the file.
+        env = 'GPUAAS_TELEMETRY_SINK=%s\nGPUAAS_TELEMETRY_TOKEN=%s\nGPUAAS_ALLOCATION_ID=%s\n' % (
+            sink, secret, allocation_id)
+        config = dict(extra)
+        config.update({
+            'hostname': hostname,
+            'preserve_hostname': False,
+            'ssh_authorized_keys': keys,
+            'write_files': list(extra.get('write_files', [])) + [{
+                'path': telemetry_file, 'owner': 'root:root', 'permissions': '0600',
+                'content': env}],
+        })
+        return config
+
+    user = '#cloud-config\n' + _dump(cloud_config(token))
+    if len(user) > MAX_USER_DATA:
+        raise SeedError('user-data would be %d bytes, more than %d' % (len(user), MAX_USER_DATA))
+    files = {'meta-data': _dump(meta).encode('ascii'),
+             'network-config': _dump(network).encode('ascii'),
+             'user-data': user.encode('ascii')}
+    shown = {'meta-data': meta, 'network-config': network, 'user-data': cloud_config(REDACTED)}
+    return files, shown, mac
+
+
+def content_hash(files):
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode('ascii') + b'\0' + str(len(files[name])).encode('ascii') + b'\0')
+        digest.update(files[name])
+    return digest.hexdigest()
+
+
+def read_iso_labels(path):
+    """(volume id, application id) from an ISO 9660 primary volume descriptor, or None."""
+    try:
+        with open(path, 'rb') as handle:
+            handle.seek(16 * 2048)
+            pvd = handle.read(2048)
+    except (IOError, OSError):
+        return None
+    if len(pvd) < 702 or pvd[0:1] != b'\x01' or pvd[1:6] != b'CD001':
+        return None
+    volume = pvd[40:72].decode('ascii', 'replace').strip()
+    application = pvd[574:702].decode('ascii', 'replace').strip()
+    return volume, application
+
+
+def iso_tool_argv(module, output, source_dir, app_id):
+    """genisoimage (or xorriso in its mkisofs mode) argv writing ``source_dir`` as a cidata ISO."""
+    args = ['-quiet', '-output', output, '-volid', VOLUME_ID, '-appid', app_id, '-joliet',
+            '-rock', '-input-charset', 'utf-8']
+    files = [os.path.join(source_dir, name) for name in SEED_FILES]
+    genisoimage = module.get_bin_path('genisoimage')
+    if genisoimage:
+        return [genisoimage] + args + files
+    xorriso = module.get_bin_path('xorriso')
+    if xorriso:
+        return [xorriso, '-as', 'mkisofs'] + args + files
+    raise SeedError('neither genisoimage nor xorriso is installed (Debian packages genisoimage '
+                    'or xorriso): the seed ISO cannot be made')
+
+
+class Seed:
+    """Bring one slot's seed ISO to ``params['state']``; :meth:`run` returns the result."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def path(self):
+        p = self.params
+        check_slot_id(p['slot_id'])
+        seed_dir = check_path(p['seed_dir'], 'seed_dir')
+        return os.path.join(seed_dir, '%s-seed.iso' % p['slot_id'])
+
+    def write(self, path, files, app_id):
+        directory = os.path.dirname(path)
+        ensure_dir(directory, 0o711)
+        work = tempfile.mkdtemp(dir=directory, prefix='.%s.' % os.path.basename(path))
+        try:
+            source = os.path.join(work, 'files')
+            os.mkdir(source, 0o700)
+            for name in SEED_FILES:
+                with open(os.path.join(source, name), 'wb') as handle:
+                    handle.write(files[name])
+            output = os.path.join(work, 'seed.iso')
+            argv = iso_tool_argv(self.module, output, source, app_id)
+            rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C'})
+            if rc != 0:
+                raise SeedError('%s failed (rc %d) making %s: %s'
+                                % (os.path.basename(argv[0]), rc, path, (err or out).strip()))
+            os.chmod(output, 0o600)
+            install(self.module, output, path, 0o600)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def run(self):
+        p = self.params
+        path = self.path()
+        labels = read_iso_labels(path)
+        have_hash = None
+        if labels and labels[0] == VOLUME_ID and labels[1].startswith(APP_ID_PREFIX):
+            have_hash = labels[1][len(APP_ID_PREFIX):].lower()
+        exists = os.path.lexists(path)
+        result = {'path': path, 'volume_id': VOLUME_ID}
+        before = {'path': path, 'content_hash': have_hash} if exists else {}
+        if p['state'] == 'absent':
+            actions = ['remove seed'] if exists else []
+            after = {}
+            if actions and not self.module.check_mode:
+                remove(path)
+        else:
+            files, shown, mac = seed_content(
+                p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_authorized_keys'],
+                p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'])
+            want_hash = content_hash(files)
+            actions = [] if have_hash == want_hash else ['write seed']
+            after = {'path': path, 'content_hash': want_hash, 'files': shown}
+            result.update(content_hash=want_hash, mac=mac, files=shown)
+            if actions and not self.module.check_mode:
+                self.write(path, files, APP_ID_PREFIX + want_hash.upper())
+        result.update(changed=bool(actions), actions=actions)
+        if self.module._diff:
+            result['diff'] = {'before': before, 'after': after}
+        return result

@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The slot VM test guest: Debian's cloud kernel and a busybox initramfs, cached.
+
+    python tests/guest/build_image.py [--force]     # prints the cache directory
+
+The guest boots with libvirt's direct kernel boot (<os><kernel>/<initrd>), so there is no
+bootloader and no root filesystem: /init (tests/guest/init) is a tiny NoCloud consumer.
+Its inputs are two Debian packages (the cloud kernel and busybox-static, fetched with
+``apt-get download`` at their current candidate version) and the files in this
+directory; the output goes to .build/guest/<key>/ where key hashes all inputs, so a
+changed package or script rebuilds and anything else reuses the cache. Nothing here is
+ever committed.
+
+The cloud kernel builds virtio, SCSI, the CD-ROM driver and isofs as modules: the ones
+the guest needs are copied into the initramfs with everything they depend on (read
+from each module's .modinfo, the .deb carries no modules.dep) and loaded in order.
+The initramfs is written by this script (cpio newc, fixed mtimes, gzip with mtime 0),
+so the same inputs give the same bytes.
+"""
+
+import argparse
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CACHE = os.path.join(REPO, '.build', 'guest')
+
+KERNEL_META = 'linux-image-cloud-amd64'
+BUSYBOX = 'busybox-static'
+# The seed CD-ROM sits on virtio-scsi (the cloud kernel has no AHCI driver), the slot disk
+# on virtio-blk, the NIC is virtio-net; button + evdev let busybox acpid see the ACPI
+# power button so a graceful shutdown works.
+MODULES = ['virtio_pci', 'virtio_net', 'virtio_blk', 'virtio_scsi', 'sr_mod', 'isofs',
+           'button', 'evdev']
+APPLETS = ['sh', 'mount', 'umount', 'insmod', 'mkdir', 'cat', 'cut', 'echo', 'sed', 'head',
+           'tr', 'wc', 'sleep', 'hostname', 'ip', 'udhcpc', 'wget', 'acpid', 'poweroff',
+           'sync', 'chmod', 'printf', 'ls', 'dmesg', 'ping', 'uname', 'seq', 'timeout']
+GUEST_FILES = ['init', 'udhcpc-script']
+POWER_BUTTON_SCRIPT = b'#!/bin/sh\necho "gpuaas-guest: power button, powering off" > /dev/console\nsync\npoweroff -f\n'
+
+
+def log(message):
+    print('guest-image: %s' % message, file=sys.stderr, flush=True)
+
+
+def _candidate(package):
+    out = subprocess.run(['apt-cache', 'policy', package], check=True, capture_output=True,
+                         text=True, env=dict(os.environ, LANG='C')).stdout
+    for line in out.splitlines():
+        if line.strip().startswith('Candidate:'):
+            version = line.split(':', 1)[1].strip()
+            if version != '(none)':
+                return version
+    raise SystemExit('guest-image: apt knows no package %s (run apt-get update)' % package)
+
+
+def _kernel_package():
+    out = subprocess.run(['apt-cache', 'depends', KERNEL_META], check=True, capture_output=True,
+                         text=True, env=dict(os.environ, LANG='C')).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith('Depends:') and 'linux-image-' in line:
+            return line.split(':', 1)[1].strip()
+    raise SystemExit('guest-image: cannot tell which kernel %s depends on' % KERNEL_META)
+
+
+def download(package, dest):
+    """The .deb of ``package`` at its candidate version, downloaded once into ``dest``."""
+    os.makedirs(dest, exist_ok=True)
+    version = _candidate(package)
+    pattern = os.path.join(dest, '%s_%s_*.deb' % (package, version.replace(':', '%3a')))
+    found = glob.glob(pattern)
+    if not found:
+        subprocess.run(['apt-get', 'download', '-q', '%s=%s' % (package, version)], cwd=dest,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        found = glob.glob(pattern)
+    if not found:
+        raise SystemExit('guest-image: apt-get download %s=%s left no .deb' % (package, version))
+    return found[0]
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _module_depends(path):
+    with open(path, 'rb') as handle:
+        match = re.search(rb'\x00depends=([^\x00]*)\x00', handle.read())
+    return [d for d in match.group(1).decode().split(',') if d] if match else []
+
+
+def module_order(modules_dir, wanted):
+    """Paths (relative to modules_dir) of the wanted modules, dependencies first."""
+    by_name = {}
+    for top, _dirs, files in os.walk(modules_dir):
+        for name in files:
+            if name.endswith('.ko'):
+                by_name[name[:-3].replace('-', '_')] = os.path.relpath(os.path.join(top, name),
+                                                                       modules_dir)
+    order = []
+
+    def visit(name):
+        path = by_name[name.replace('-', '_')]
+        for dep in _module_depends(os.path.join(modules_dir, path)):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+    for name in wanted:
+        visit(name)
+    return order
+
+
+class Cpio:
+    """A cpio archive in the kernel's initramfs format (newc), built in memory."""
+
+    def __init__(self):
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name, mode, data=b'', nlink=1):
+        name_bytes = name.encode() + b'\0'
+        header = '070701' + ''.join('%08x' % v for v in (
+            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name_bytes), 0))
+        self.ino += 1
+        self.buf.write(header.encode() + name_bytes)
+        self.buf.write(b'\0' * (-(110 + len(name_bytes)) % 4))
+        self.buf.write(data)
+        self.buf.write(b'\0' * (-len(data) % 4))
+
+    def directory(self, name):
+        self._entry(name, 0o040755, nlink=2)
+
+    def file(self, name, data, mode=0o644):
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name, target):
+        self._entry(name, 0o120777, target.encode())
+
+    def finish(self):
+        self._entry('TRAILER!!!', 0)
+        return self.buf.getvalue()
+
+
+def _inputs():
+    debs = os.path.join(CACHE, 'debs')
+    kernel_deb = download(_kernel_package(), debs)
+    busybox_deb = download(BUSYBOX, debs)
+    key = hashlib.sha256()
+    for path in (kernel_deb, busybox_deb, os.path.abspath(__file__)):
+        key.update(os.path.basename(path).encode() + b'\0')
+        with open(path, 'rb') as handle:
+            key.update(hashlib.sha256(handle.read()).digest() if path.endswith('.py')
+                       else os.path.basename(path).encode())
+    for name in GUEST_FILES:
+        with open(os.path.join(HERE, name), 'rb') as handle:
+            key.update(name.encode() + b'\0' + handle.read())
+    return kernel_deb, busybox_deb, key.hexdigest()[:16]
+
+
+def build(force=False):
+    """Build (or reuse) the guest; return {'dir', 'kernel', 'initrd', 'cmdline', ...}."""
+    kernel_deb, busybox_deb, key = _inputs()
+    out = os.path.join(CACHE, key)
+    manifest_path = os.path.join(out, 'manifest.json')
+    if os.path.exists(manifest_path) and not force:
+        with open(manifest_path) as handle:
+            manifest = json.load(handle)
+        manifest['cached'] = True
+        return manifest
+    start = time.time()
+    log('building the test guest from %s and %s'
+        % (os.path.basename(kernel_deb), os.path.basename(busybox_deb)))
+    os.makedirs(CACHE, exist_ok=True)
+    work = tempfile.mkdtemp(dir=CACHE, prefix='.work-')
+    try:
+        subprocess.run(['dpkg-deb', '-x', kernel_deb, os.path.join(work, 'kernel')], check=True)
+        subprocess.run(['dpkg-deb', '-x', busybox_deb, os.path.join(work, 'busybox')], check=True)
+        modules_dir = glob.glob(os.path.join(work, 'kernel', 'lib', 'modules', '*'))[0]
+        order = module_order(modules_dir, MODULES)
+
+        cpio = Cpio()
+        for name in ('bin', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc', 'etc/acpi',
+                     'etc/acpi/PWRF', 'lib', 'lib/modules'):
+            cpio.directory(name)
+        with open(os.path.join(work, 'busybox', 'bin', 'busybox'), 'rb') as handle:
+            cpio.file('bin/busybox', handle.read(), 0o755)
+        for applet in APPLETS:
+            cpio.symlink('bin/' + applet, 'busybox')
+        made = set()
+        for path in order:
+            parts = os.path.dirname(path).split('/')
+            for depth in range(1, len(parts) + 1):
+                sub = 'lib/modules/' + '/'.join(parts[:depth])
+                if sub not in made:
+                    cpio.directory(sub)
+                    made.add(sub)
+            with open(os.path.join(modules_dir, path), 'rb') as handle:
+                cpio.file('lib/modules/' + path, handle.read())
+        cpio.file('modules.order', ''.join(p + '\n' for p in order).encode())
+        for name, dest in (('init', 'init'), ('udhcpc-script', 'bin/udhcpc-script')):
+            with open(os.path.join(HERE, name), 'rb') as handle:
+                cpio.file(dest, handle.read(), 0o755)
+        cpio.file('etc/acpi/PWRF/00000080', POWER_BUTTON_SCRIPT, 0o755)
+
+        staging = os.path.join(work, 'out')
+        os.makedirs(staging)
+        with open(os.path.join(staging, 'initrd.img'), 'wb') as raw:
+            with gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=6, mtime=0) as handle:
+                handle.write(cpio.finish())
+        shutil.copy(glob.glob(os.path.join(work, 'kernel', 'boot', 'vmlinuz-*'))[0],
+                    os.path.join(staging, 'vmlinuz'))
+        manifest = {
+            'key': key,
+            'dir': out,
+            'kernel': os.path.join(out, 'vmlinuz'),
+            'initrd': os.path.join(out, 'initrd.img'),
+            'cmdline': 'console=ttyS0 quiet loglevel=3',
+            'kernel_package': os.path.basename(kernel_deb),
+            'busybox_package': os.path.basename(busybox_deb),
+            'modules': order,
+            'initrd_sha256': _sha256(os.path.join(staging, 'initrd.img')),
+            'build_seconds': round(time.time() - start, 2),
+        }
+        with open(os.path.join(staging, 'manifest.json'), 'w') as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(staging, out)
+        # Older builds (other inputs) and packages that are no longer the candidates go.
+        for name in os.listdir(CACHE):
+            if name not in (key, 'debs') and not name.startswith('.work-'):
+                shutil.rmtree(os.path.join(CACHE, name), ignore_errors=True)
+        for name in os.listdir(os.path.join(CACHE, 'debs')):
+            if name not in (os.path.basename(kernel_deb), os.path.basename(busybox_deb)):
+                os.unlink(os.path.join(CACHE, 'debs', name))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log('built in %.1f s: %s' % (time.time() - start, out))
+    manifest['cached'] = False
+    return manifest
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--force', action='store_true', help='rebuild even when cached')
+    args = parser.parse_args()
+    manifest = build(force=args.force)
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

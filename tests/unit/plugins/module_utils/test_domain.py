@@ -1,0 +1,277 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The slot domain XML, built without libvirt and read back with xml.etree."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _domain
+from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainError, DomainSpec
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+
+
+def spec(**extra):
+    base = dict(slot_id='gpu-node-01-s3', memory_mib=4096, cpulist='8-11,120-123', domain_type='kvm',
+                numa_node=1, hostdevs=_domain.slot_hostdevs('0000:18:00.0', ['0000:18:00.1'],
+                                                            '0000:1c:00.0', '0000:1a:00.1'),
+                disk='/var/lib/gpuaas/disks/gpu-node-01-s3.raw', seed='/var/lib/gpuaas/seeds/s3.iso',
+                console_log='/var/log/gpuaas/console/gpu-node-01-s3.log')
+    base.update(extra)
+    return DomainSpec(**base)
+
+
+def tree(value):
+    return ET.fromstring(_domain.build_xml(value))
+
+
+def addresses(root):
+    result = []
+    for hostdev in root.findall('devices/hostdev'):
+        assert hostdev.get('mode') == 'subsystem' and hostdev.get('type') == 'pci'
+        assert hostdev.get('managed') == 'no'
+        address = hostdev.find('source/address')
+        result.append(dict(address.attrib))
+    return result
+
+
+@pytest.mark.parametrize('bdf,attrs', [
+    ('0000:18:00.0', {'domain': '0x0000', 'bus': '0x18', 'slot': '0x00', 'function': '0x0'}),
+    ('0001:1b:00.0', {'domain': '0x0001', 'bus': '0x1b', 'slot': '0x00', 'function': '0x0'}),
+    ('0001:01:1f.7', {'domain': '0x0001', 'bus': '0x01', 'slot': '0x1f', 'function': '0x7'}),
+    ('ffff:ff:1f.7', {'domain': '0xffff', 'bus': '0xff', 'slot': '0x1f', 'function': '0x7'}),
+    ('10000:e1:00.0', {'domain': '0x10000', 'bus': '0xe1', 'slot': '0x00', 'function': '0x0'}),
+    ('0002:AB:03.1', {'domain': '0x0002', 'bus': '0xab', 'slot': '0x03', 'function': '0x1'}),
+])
+def test_every_pci_domain(bdf, attrs):
+    root = tree(spec(hostdevs=_domain.slot_hostdevs(bdf)))
+    assert addresses(root) == [attrs]
+    # and it reads back to the same canonical address
+    assert _domain.domain_facts(_domain.build_xml(spec(hostdevs=_domain.slot_hostdevs(bdf))))['hostdevs'] \
+        == ['%s managed=no' % bdf.lower()]
+
+
+def test_segment_0001_slot_with_companions():
+    hostdevs = _domain.slot_hostdevs('0001:01:00.0', ['0001:01:00.1', '0001:01:00.2'], '0001:02:00.0',
+                                     '0001:03:00.1')
+    root = tree(spec(hostdevs=hostdevs))
+    assert [(a['domain'], a['bus'], a['function']) for a in addresses(root)] == [
+        ('0x0001', '0x01', '0x0'), ('0x0001', '0x01', '0x1'), ('0x0001', '0x01', '0x2'),
+        ('0x0001', '0x02', '0x0'), ('0x0001', '0x03', '0x1')]
+    aliases = [h.find('alias').get('name') for h in root.findall('devices/hostdev')]
+    assert aliases == ['ua-gpu0', 'ua-companion0', 'ua-companion1', 'ua-nvme0', 'ua-fabric-vf0']
+    for hostdev in root.findall('devices/hostdev'):
+        assert hostdev.find('driver').get('name') == 'vfio'
+
+
+def test_hostdevs_left_out():
+    root = tree(spec(hostdevs=[]))
+    assert root.findall('devices/hostdev') == []
+
+
+def test_nvme_is_the_boot_disk_without_a_disk_image():
+    root = tree(spec(disk=None))
+    boots = [(h.find('alias').get('name'), h.find('boot').get('order'))
+             for h in root.findall('devices/hostdev') if h.find('boot') is not None]
+    assert boots == [('ua-nvme0', '1')]
+    assert root.findall('devices/disk[@device="disk"]') == []
+    with_disk = tree(spec())
+    assert [h for h in with_disk.findall('devices/hostdev') if h.find('boot') is not None] == []
+    assert with_disk.find('devices/disk[@device="disk"]/boot').get('order') == '1'
+
+
+@pytest.mark.parametrize('hostdevs,message', [
+    ((None, None, '0000:18:00.0', '0000:18:00.0'), 'listed twice'),
+    (('0000:18:00.0', ['0000:18:00.0'], None, None), 'listed twice'),
+    (('18:00.0', None, None, None), 'not a full PCI address'),
+    (('0000:18:00.8', None, None, None), 'not a full PCI address'),
+    (("0000:18:00.0'/><hostdev", None, None, None), 'not a full PCI address'),
+    ((None, ['0000:18:00.1'], None, None), 'companions were given without gpu_address'),
+])
+def test_bad_hostdevs(hostdevs, message):
+    with pytest.raises(DomainError, match=message):
+        _domain.slot_hostdevs(*hostdevs)
+
+
+def test_cpu_pinning_and_numatune():
+    root = tree(spec(vcpus=6))
+    assert root.find('vcpu').text == '6'
+    assert root.find('vcpu').get('cpuset') == '8-11,120-123'
+    pins = [(p.get('vcpu'), p.get('cpuset')) for p in root.findall('cputune/vcpupin')]
+    assert pins == [('0', '8'), ('1', '9'), ('2', '10'), ('3', '11'), ('4', '120'), ('5', '121')]
+    assert root.find('cputune/emulatorpin').get('cpuset') == '8-11,120-123'
+    memory = root.find('numatune/memory')
+    assert (memory.get('mode'), memory.get('nodeset')) == ('strict', '1')
+    assert tree(spec(numa_node=None)).find('numatune') is None
+    assert len(tree(spec()).findall('cputune/vcpupin')) == 8
+
+
+@pytest.mark.parametrize('cpulist,vcpus,message', [
+    ('8-11', 5, 'more than the 4 CPUs'),
+    ('0-3;reboot', None, 'not a CPU list'),
+    ('3-1', None, 'runs backwards'),
+    ('', None, 'not a CPU list'),
+    ('99999', None, 'beyond'),
+    ('0-3', 0, 'positive'),
+])
+def test_bad_cpus(cpulist, vcpus, message):
+    with pytest.raises(DomainError, match=message):
+        spec(cpulist=cpulist, vcpus=vcpus)
+
+
+def test_memory_and_hugepages():
+    root = tree(spec(memory_mib=2048))
+    assert root.find('memory').text == str(2048 * 1024) and root.find('memory').get('unit') == 'KiB'
+    assert root.find('memoryBacking') is None
+    assert tree(spec(hugepages=True)).find('memoryBacking/hugepages') is not None
+    page = tree(spec(hugepages=True, hugepage_size_kib=1048576)).find('memoryBacking/hugepages/page')
+    assert (page.get('size'), page.get('unit')) == ('1048576', 'KiB')
+    with pytest.raises(DomainError, match='needs hugepages=true'):
+        spec(hugepage_size_kib=2048)
+    with pytest.raises(DomainError, match='at least 64'):
+        spec(memory_mib=1)
+
+
+def test_network_interface_openvswitch_and_linux():
+    root = tree(spec())
+    iface = root.find('devices/interface')
+    assert iface.get('type') == 'bridge'
+    assert iface.find('mac').get('address') == slot_mac('gpu-node-01', 3)
+    assert iface.find('source').get('bridge') == 'br-gpuaas'
+    assert iface.find('virtualport').get('type') == 'openvswitch'
+    assert iface.find('model').get('type') == 'virtio'
+    tap = iface.find('target').get('dev')
+    assert tap == _domain.tap_name('gpu-node-01-s3') and len(tap) <= 15
+    linux = tree(spec(bridge='br-test', bridge_type='linux')).find('devices/interface')
+    assert linux.find('virtualport') is None and linux.find('source').get('bridge') == 'br-test'
+    for bridge in ('br0;reboot', 'a' * 16, 'br 0', 'br/0', ''):
+        with pytest.raises(DomainError, match='not a network interface name'):
+            spec(bridge=bridge)
+
+
+def test_names_derive_from_the_slot_id_only():
+    value = spec()
+    assert value.name == 'gpuaas-gpu-node-01-s3'
+    assert tree(value).findtext('name') == 'gpuaas-gpu-node-01-s3'
+    # The longest node id and the highest index still give a tap name the kernel accepts.
+    long_id = 'n' * 63 + '-s244'
+    assert len(_domain.tap_name(long_id)) <= 15
+    assert _domain.tap_name('a-s0') != _domain.tap_name('b-s0')
+    for hostile in ('../../x-s0', 'x-s0<y>', "x'-s0", 'x-s0; reboot', 'x-s0\n', 'tenant name-s0', 'x-s999'):
+        with pytest.raises(DomainError):
+            _domain.domain_name(hostile)
+    # DomainSpec has no parameter a tenant string could come through for a name.
+    assert 'hostname' not in DomainSpec.__init__.__code__.co_varnames
+
+
+def test_seed_cdrom_serial_log_and_disk_kinds():
+    root = tree(spec())
+    cdrom = root.find('devices/disk[@device="cdrom"]')
+    assert cdrom.find('source').get('file') == '/var/lib/gpuaas/seeds/s3.iso'
+    assert cdrom.find('target').attrib == {'dev': 'sda', 'bus': 'scsi'}
+    assert cdrom.find('readonly') is not None
+    assert root.find('devices/controller[@type="scsi"]').get('model') == 'virtio-scsi'
+    log = root.find('devices/serial/log')
+    assert log.get('file') == '/var/log/gpuaas/console/gpu-node-01-s3.log'
+    assert root.find('devices/console/target').get('type') == 'serial'
+    disk = root.find('devices/disk[@device="disk"]')
+    assert disk.get('type') == 'file' and disk.find('source').get('file').endswith('.raw')
+    block = tree(spec(disk='/dev/nvme3n1', disk_is_block=True)).find('devices/disk[@device="disk"]')
+    assert block.get('type') == 'block' and block.find('source').get('dev') == '/dev/nvme3n1'
+    assert block.find('driver').get('cache') == 'none'
+    assert tree(spec(seed=None)).find('devices/disk[@device="cdrom"]') is None
+
+
+def test_domain_type_and_cpu_model():
+    assert tree(spec()).get('type') == 'kvm'
+    assert tree(spec()).find('cpu').get('mode') == 'host-passthrough'
+    qemu = tree(spec(domain_type='qemu'))
+    assert qemu.get('type') == 'qemu' and qemu.find('cpu') is None
+    with pytest.raises(DomainError, match='domain_type'):
+        spec(domain_type='xen')
+
+
+def test_direct_kernel_boot():
+    root = tree(spec(kernel='/srv/vmlinuz', initrd='/srv/initrd.img', cmdline='console=ttyS0 quiet'))
+    assert root.findtext('os/kernel') == '/srv/vmlinuz'
+    assert root.findtext('os/initrd') == '/srv/initrd.img'
+    assert root.findtext('os/cmdline') == 'console=ttyS0 quiet'
+    with pytest.raises(DomainError, match='need kernel'):
+        spec(initrd='/srv/initrd.img')
+
+
+HOSTILE = '''a&b<c>d"e'f]]>g</os><devices><hostdev/></devices>$(reboot);`id`|x\\y'''
+
+
+def test_everything_is_escaped():
+    value = spec(disk='/var/lib/x/%s.raw' % HOSTILE.replace('/', '_'), seed='/s/%s' % HOSTILE.replace('/', '_'),
+                 kernel='/k/' + HOSTILE.replace('/', '_'), initrd='/i/' + HOSTILE.replace('/', '_'),
+                 cmdline=HOSTILE, console_log='/l/' + HOSTILE.replace('/', '_'))
+    text = _domain.build_xml(value)
+    root = ET.fromstring(text)   # well-formed
+    assert root.findtext('os/cmdline') == HOSTILE
+    assert root.findtext('os/kernel') == '/k/' + HOSTILE.replace('/', '_')
+    assert len(root.findall('devices/hostdev')) == 4   # none injected
+    facts = _domain.domain_facts(text)
+    assert facts['cmdline'] == HOSTILE
+    assert '/s/' + HOSTILE.replace('/', '_') in [d['source'] for d in facts['disks']]
+
+
+@pytest.mark.parametrize('field', ['cmdline', 'disk', 'seed', 'kernel', 'console_log'])
+@pytest.mark.parametrize('bad', ['a\nb', 'a\x00b', 'a\x1bb', 'a\u2028b', 'a\x7fb'])
+def test_control_characters_refused(field, bad):
+    value = bad if field == 'cmdline' else '/x/' + bad
+    extra = {field: value}
+    if field == 'cmdline':
+        extra['kernel'] = '/k'
+    with pytest.raises(DomainError, match='control characters'):
+        spec(**extra)
+
+
+@pytest.mark.parametrize('field', ['disk', 'seed', 'kernel', 'initrd', 'console_log'])
+def test_paths_must_be_absolute_without_dotdot(field):
+    extra = {field: '/var/lib/../../etc/shadow'}
+    if field == 'initrd':
+        extra['kernel'] = '/k'
+    with pytest.raises(DomainError, match="without '..'"):
+        spec(**extra)
+    extra[field] = 'relative/path'
+    with pytest.raises(DomainError, match='absolute'):
+        spec(**extra)
+
+
+def test_facts_and_differences():
+    base = _domain.domain_facts(_domain.build_xml(spec()))
+    assert base['memory_kib'] == 4096 * 1024
+    assert base['vcpupin'][:2] == [[0, '8'], [1, '9']]
+    assert base['numatune'] == 'strict:1'
+    assert base['slot_id'] == 'gpu-node-01-s3'
+    assert _domain.differences(base, base) == []
+    other = _domain.domain_facts(_domain.build_xml(spec(memory_mib=8192, hostdevs=[])))
+    changes = _domain.differences(base, other)
+    assert any(c.startswith('memory_kib: ') for c in changes)
+    assert any(c.startswith('hostdevs: ') and c.endswith('-> none') for c in changes)
+
+
+def test_facts_read_libvirts_normalised_spelling():
+    """libvirt writes cpusets, units and hex its own way; the facts do not change."""
+    ours = _domain.domain_facts(_domain.build_xml(spec(vcpus=2)))
+    theirs = _domain.build_xml(spec(vcpus=2)).replace('<memory unit="KiB">4194304</memory>',
+                                                      '<memory unit="MiB">4096</memory>')
+    theirs = theirs.replace('cpuset="8-11,120-123"', 'cpuset="8,9,10,11,120-123"')
+    theirs = theirs.replace("bus=\"0x18\"", "bus=\"0x18\"").replace('domain="0x0000"', 'domain="0x0"')
+    assert _domain.differences(_domain.domain_facts(theirs), ours) == []
+
+
+def test_uuid_is_kept():
+    root = ET.fromstring(_domain.build_xml(spec(), uuid='4bec8473-e2b4-43ac-b837-079237ce17d3'))
+    assert root.findtext('uuid') == '4bec8473-e2b4-43ac-b837-079237ce17d3'
+    assert tree(spec()).find('uuid') is None
+
+
+def test_format_cpulist():
+    assert _domain.format_cpulist([5, 0, 1, 2, 8, 9]) == '0-2,5,8-9'
+    assert _domain.format_cpulist([3]) == '3'

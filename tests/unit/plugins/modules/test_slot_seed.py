@@ -1,0 +1,193 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""slot_seed with the real genisoimage; the ISO is read back with isoinfo -R -x."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import struct
+import subprocess
+
+import pytest
+import yaml
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _seed
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+from ansible_collections.gpuaas.slice.plugins.modules import slot_seed
+from tests.unit.module_runner import run_module
+
+pytestmark = pytest.mark.skipif(not (shutil.which('genisoimage') or shutil.which('xorriso'))
+                                or not shutil.which('isoinfo'),
+                                reason='needs genisoimage (or xorriso) and isoinfo')
+
+TOKEN = 'tok_3f9a2b7c1d4e5f60.ABCdef-~+/='
+
+
+def key(kind='ssh-ed25519', body_len=32, comment='alice@laptop'):
+    """An OpenSSH public key line whose blob really holds a key of ``kind``."""
+    name = kind.encode()
+    blob = struct.pack('>I', len(name)) + name + struct.pack('>I', body_len) + b'\x07' * body_len
+    return ('%s %s %s' % (kind, base64.b64encode(blob).decode(), comment)).strip()
+
+
+def args(tmp_path, **extra):
+    base = dict(slot_id='gpu-node-01-s3', allocation_id='alloc-7f3a', hostname='train-01',
+                ssh_authorized_keys=[key(), key('ssh-rsa', 256, 'bob')],
+                telemetry_token=TOKEN, seed_dir=str(tmp_path / 'seeds'))
+    base.update(extra)
+    return base
+
+
+def iso_file(path, name):
+    return subprocess.run(['isoinfo', '-i', path, '-R', '-x', '/' + name], check=True,
+                          capture_output=True).stdout
+
+
+def iso_labels(path):
+    out = subprocess.run(['isoinfo', '-d', '-i', path], check=True, capture_output=True,
+                         text=True).stdout
+    return dict(line.split(': ', 1) for line in out.splitlines() if ': ' in line)
+
+
+def test_seed_content_read_back(tmp_path, capsys):
+    result = run_module(slot_seed, args(tmp_path), capsys=capsys)
+    assert result['changed'] is True, result
+    path = result['path']
+    assert path == str(tmp_path / 'seeds' / 'gpu-node-01-s3-seed.iso')
+    assert oct(os.stat(path).st_mode & 0o777) == '0o600'
+    labels = iso_labels(path)
+    assert labels['Volume id'] == 'cidata'
+    assert labels['Application id'] == 'GPUAAS-SEED-SHA256-' + result['content_hash'].upper()
+
+    meta = yaml.safe_load(iso_file(path, 'meta-data'))
+    assert meta == {'instance-id': 'alloc-7f3a', 'local-hostname': 'train-01'}
+    network = yaml.safe_load(iso_file(path, 'network-config'))
+    assert network == {'version': 2, 'ethernets': {'slot0': {
+        'match': {'macaddress': slot_mac('gpu-node-01', 3)}, 'dhcp4': True}}}
+    raw_user = iso_file(path, 'user-data').decode()
+    assert raw_user.startswith('#cloud-config\n')
+    user = yaml.safe_load(raw_user)
+    assert user['hostname'] == 'train-01'
+    assert user['ssh_authorized_keys'] == [key(), key('ssh-rsa', 256, 'bob')]
+    telemetry = user['write_files'][-1]
+    assert telemetry['path'] == '/etc/gpuaas/telemetry.env'
+    assert telemetry['permissions'] == '0600'
+    assert telemetry['content'] == ('GPUAAS_TELEMETRY_SINK=http://10.100.0.1:9110/metrics\n'
+                                    'GPUAAS_TELEMETRY_TOKEN=%s\nGPUAAS_ALLOCATION_ID=alloc-7f3a\n' % TOKEN)
+    # The token is in the seed, never in the result.
+    assert TOKEN not in json.dumps(result)
+
+
+def test_idempotent_check_mode_and_diff(tmp_path, capsys):
+    check = run_module(slot_seed, args(tmp_path), check_mode=True, diff=True, capsys=capsys)
+    assert check['changed'] is True and check['actions'] == ['write seed']
+    assert not os.path.exists(tmp_path / 'seeds')
+    assert check['diff']['before'] == {}
+    first = run_module(slot_seed, args(tmp_path), capsys=capsys)
+    mtime = os.stat(first['path']).st_mtime_ns
+    again = run_module(slot_seed, args(tmp_path), diff=True, capsys=capsys)
+    assert again['changed'] is False and again['actions'] == []
+    assert os.stat(first['path']).st_mtime_ns == mtime
+    assert again['diff']['before']['content_hash'] == again['diff']['after']['content_hash']
+    changed = run_module(slot_seed, args(tmp_path, hostname='train-02'), diff=True, capsys=capsys)
+    assert changed['changed'] is True
+    assert changed['diff']['before']['content_hash'] != changed['diff']['after']['content_hash']
+    assert yaml.safe_load(iso_file(first['path'], 'meta-data'))['local-hostname'] == 'train-02'
+
+
+def test_absent(tmp_path, capsys):
+    made = run_module(slot_seed, args(tmp_path), capsys=capsys)
+    check = run_module(slot_seed, dict(slot_id='gpu-node-01-s3', seed_dir=str(tmp_path / 'seeds'),
+                                       state='absent'), check_mode=True, capsys=capsys)
+    assert check['changed'] is True and os.path.exists(made['path'])
+    gone = run_module(slot_seed, dict(slot_id='gpu-node-01-s3', seed_dir=str(tmp_path / 'seeds'),
+                                      state='absent'), capsys=capsys)
+    assert gone['changed'] is True and not os.path.exists(made['path'])
+    again = run_module(slot_seed, dict(slot_id='gpu-node-01-s3', seed_dir=str(tmp_path / 'seeds'),
+                                       state='absent'), capsys=capsys)
+    assert again['changed'] is False
+
+
+def test_user_data_metacharacters_stay_data(tmp_path, capsys):
+    """YAML, XML and shell metacharacters in the tenant's user_data come back as the same strings."""
+    hostile = {
+        'runcmd': ["echo '; rm -rf / #' && `id` $(id) | tee /x", ['sh', '-c', 'a"b\'c\\d']],
+        'write_files': [{'path': '/home/t/notes',
+                         'content': "key: !!python/object/apply:os.system ['id']\n"
+                                    "--- \n... &a *a <x>&amp;</x> %TAG ! x\u2028y"}],
+        'bootcmd': ['{{ lookup("pipe", "id") }}', '#not a comment', '- not a list'],
+    }
+    result = run_module(slot_seed, args(tmp_path, user_data=hostile), capsys=capsys)
+    assert result['changed'] is True, result
+    raw = iso_file(result['path'], 'user-data')
+    raw.decode('ascii')  # non-ASCII is escaped
+    user = yaml.safe_load(raw)
+    assert user['runcmd'] == hostile['runcmd']
+    assert user['bootcmd'] == hostile['bootcmd']
+    assert user['write_files'][0] == hostile['write_files'][0]
+    assert user['write_files'][-1]['path'] == '/etc/gpuaas/telemetry.env'
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('hostname', 'evil;reboot', 'not a valid host name'),
+    ('hostname', 'a\nb', 'not a valid host name'),
+    ('hostname', '-lead', 'not a valid host name'),
+    ('hostname', 'x' * 64, 'not a valid host name'),
+    ('hostname', 'host.example.com', 'not a valid host name'),
+    ('hostname', 'h\u00f6st', 'not a valid host name'),
+    ('allocation_id', '../../etc', 'allocation_id'),
+    ('allocation_id', 'a b', 'allocation_id'),
+    ('telemetry_token', 'short', 'telemetry_token is not valid'),
+    ('telemetry_token', 'x' * 20 + '\nruncmd: [reboot]', 'telemetry_token is not valid'),
+    ('telemetry_token', 'x' * 20 + '"', 'telemetry_token is not valid'),
+    ('telemetry_sink', 'http://10.100.0.1:9110/m?x=1', 'telemetry_sink'),
+    ('telemetry_sink', 'file:///etc/shadow', 'telemetry_sink'),
+    ('telemetry_sink', 'http://user@10.100.0.1/', 'telemetry_sink'),
+    ('telemetry_sink', 'http://10.100.0.1:99999/', 'out of range'),
+    ('telemetry_file', '/etc/../root/.bashrc', 'telemetry_file'),
+    ('telemetry_file', '/etc/x y', 'telemetry_file'),
+    ('slot_id', '../../etc/passwd', 'slot id'),
+    ('slot_id', 'node-s1/../../x', 'slot id'),
+    ('seed_dir', '/tmp/../etc', "'..'"),
+    ('ssh_authorized_keys', [key() + '\n' + key()], 'line break'),
+    ('ssh_authorized_keys', ['command="reboot" ' + key()], 'key options are not accepted'),
+    ('ssh_authorized_keys', ['ssh-dss AAAAB3NzaC1kc3MAAAA= x'], 'not a key type'),
+    ('ssh_authorized_keys', ['ssh-ed25519 not*base64 x'], 'not base64'),
+    ('ssh_authorized_keys', ['ssh-ed25519 ' + key('ssh-rsa').split()[1]], 'does not hold a ssh-ed25519 key'),
+    ('ssh_authorized_keys', ['ssh-ed25519'], 'not an OpenSSH public key'),
+    ('ssh_authorized_keys', [key(comment='x\x1b[2J')], 'control character'),
+    ('user_data', {'ssh_authorized_keys': [key()]}, 'may not set ssh_authorized_keys'),
+    ('user_data', {'hostname': 'other'}, 'may not set hostname'),
+    ('user_data', {'write_files': [{'path': '/etc/gpuaas/telemetry.env', 'content': 'x'}]},
+     'holds the telemetry token'),
+])
+def test_hostile_input_refused_before_anything_is_written(tmp_path, capsys, field, value, message):
+    result = run_module(slot_seed, args(tmp_path, **{field: value}), capsys=capsys)
+    assert result.get('failed') is True, result
+    assert message in result['msg'], result['msg']
+    assert not os.path.exists(tmp_path / 'seeds') or not os.listdir(tmp_path / 'seeds')
+    assert TOKEN not in result['msg']
+
+
+def test_key_normalisation():
+    assert _seed.check_ssh_key('  %s  ' % key(comment=''), 0) == key(comment='')
+    for kind in _seed.SSH_KEY_TYPES:
+        assert _seed.check_ssh_key(key(kind), 0).startswith(kind + ' ')
+
+
+def test_content_hash_covers_every_file():
+    files, _shown, _mac = _seed.seed_content('n-s0', 'a1', 'h', [], TOKEN, _seed.DEFAULT_SINK)
+    base = _seed.content_hash(files)
+    for name in files:
+        changed = dict(files)
+        changed[name] = files[name] + b' '
+        assert _seed.content_hash(changed) != base
+
+
+def test_missing_required_for_present(tmp_path, capsys):
+    result = run_module(slot_seed, dict(slot_id='n-s0', seed_dir=str(tmp_path)), capsys=capsys)
+    assert result['failed'] and 'allocation_id' in result['msg']

@@ -1,0 +1,75 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""slot_vm's refusals: hostile or wrong input fails before libvirt is even contacted.
+
+The URI points at a socket that does not exist, so a test that got as far as connecting
+would fail with 'cannot connect' instead of the refusal it expects.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _libvirt
+from ansible_collections.gpuaas.slice.plugins.modules import slot_vm
+from tests.unit.module_runner import run_module
+
+NO_DAEMON = 'qemu:///system?socket=/nonexistent/libvirt-sock'
+
+
+def args(tmp_path, **extra):
+    base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mb=1024, cpulist='0-1',
+                numatune=False, console_log_dir=str(tmp_path / 'console'),
+                lease_file=str(tmp_path / 'leases'))
+    base.update(extra)
+    return base
+
+
+needs_binding = pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason='needs libvirt-python')
+
+
+@needs_binding
+@pytest.mark.parametrize('extra,message', [
+    ({'slot_id': '../../etc/x-s0'}, 'slot id'),
+    ({'slot_id': 'tenant; reboot-s0'}, 'slot id'),
+    ({'slot_id': 'x-s0\n'}, 'control characters'),
+    ({'slot_id': "x'><name>evil</name>-s0"}, 'slot id'),
+    ({'kernel': '/k', 'kernel_cmdline': 'console=ttyS0\n<evil/>'}, 'control characters'),
+    ({'bridge': 'br0;reboot'}, 'not a network interface name'),
+    ({'bridge': 'a-very-long-bridge-name'}, 'not a network interface name'),
+    ({'disk': '/var/lib/gpuaas/../../../etc/shadow'}, "without '..'"),
+    ({'seed': '/var/lib/gpuaas/seeds/../../../root/x.iso'}, "without '..'"),
+    ({'gpu_address': '0000:18:00.0', 'nvme_address': '0000:18:00.0'}, 'listed twice'),
+    ({'gpu_address': '18:00.0'}, 'not a full PCI address'),
+    ({'gpu_address': "0000:18:00.0'/>"}, 'not a full PCI address'),
+    ({'companions': ['0000:18:00.1']}, 'companions were given without gpu_address'),
+    ({'cpulist': '0-1; reboot'}, 'not a CPU list'),
+    ({'vcpus': 3}, 'more than the 2 CPUs'),
+    ({'machine': 'q35 -device evil'}, 'not a QEMU machine type'),
+    ({'memory_mb': 1}, 'at least 64'),
+    ({'initrd': '/i'}, 'missing parameter(s) required by \'initrd\': kernel'),
+    ({'memory_mb': None}, 'memory_mb'),
+])
+def test_refused_before_libvirt(tmp_path, capsys, extra, message):
+    params = args(tmp_path, **extra)
+    params = {k: v for k, v in params.items() if v is not None}
+    result = run_module(slot_vm, params, capsys=capsys)
+    assert result.get('failed') is True, result
+    assert message in result['msg'], result['msg']
+    assert 'cannot connect' not in result['msg']
+    assert not (tmp_path / 'console').exists()
+
+
+@needs_binding
+def test_unreachable_daemon_is_reported(tmp_path, capsys):
+    result = run_module(slot_vm, args(tmp_path), capsys=capsys)
+    assert result['failed'] and 'cannot connect to libvirt at %s' % NO_DAEMON in result['msg']
+
+
+def test_missing_binding(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(_libvirt, 'HAS_LIBVIRT', False)
+    monkeypatch.setattr(_libvirt, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
+    result = run_module(slot_vm, args(tmp_path), capsys=capsys)
+    assert result['failed'] and 'libvirt-python' in result['msg']
+    assert 'Failed to import the required Python library' in result['msg']
