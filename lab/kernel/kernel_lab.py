@@ -27,7 +27,6 @@ import argparse
 import glob
 import hashlib
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -38,6 +37,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.path.join(REPO, '.build', 'kernel-lab')
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from tests.guest.debian import (  # noqa: E402
+    Cpio, add_busybox, add_modules, download, kernel_package, module_order, write_initrd)
 
 KERNEL_META = 'linux-image-amd64'
 BUSYBOX = 'busybox-static'
@@ -59,77 +62,20 @@ def _run(argv, **kwargs):
     return subprocess.run(argv, check=True, **kwargs)
 
 
-def _download(package, dest):
-    """The .deb of ``package`` (its current candidate), downloaded once into ``dest``."""
-    os.makedirs(dest, exist_ok=True)
-    version = subprocess.run(['apt-cache', 'policy', package], check=True, capture_output=True,
-                             text=True).stdout
-    candidate = [line.split(':', 1)[1].strip() for line in version.splitlines()
-                 if line.strip().startswith('Candidate:')]
-    if not candidate or candidate[0] == '(none)':
-        raise SystemExit('kernel-lab: apt knows no package %s (run apt-get update)' % package)
-    quoted = candidate[0].replace(':', '%3a')
-    found = glob.glob(os.path.join(dest, '%s_%s_*.deb' % (package, quoted)))
-    if found:
-        return found[0]
-    _run(['apt-get', 'download', '-q', '%s=%s' % (package, candidate[0])], cwd=dest,
-         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return glob.glob(os.path.join(dest, '%s_%s_*.deb' % (package, quoted)))[0]
-
-
-def _kernel_package():
-    out = subprocess.run(['apt-cache', 'depends', KERNEL_META], check=True, capture_output=True,
-                         text=True).stdout
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith('Depends:') and 'linux-image-' in line:
-            return line.split(':', 1)[1].strip()
-    raise SystemExit('kernel-lab: cannot tell which kernel %s depends on' % KERNEL_META)
-
-
-def _module_depends(path):
-    """A module's dependencies as its .modinfo section lists them ('depends=a,b')."""
-    with open(path, 'rb') as handle:
-        data = handle.read()
-    match = re.search(rb'\x00depends=([^\x00]*)\x00', data)
-    return [d for d in match.group(1).decode().split(',') if d] if match else []
-
-
-def _module_order(modules_dir, wanted):
-    """Paths (relative to modules_dir) of the wanted modules, each after its dependencies.
-
-    The .deb carries no modules.dep (the package's postinst makes it with depmod), so the
-    dependencies are read from each module's own .modinfo.
-    """
-    by_name = {}
-    for top, _dirs, files in os.walk(modules_dir):
-        for name in files:
-            if name.endswith('.ko'):
-                path = os.path.relpath(os.path.join(top, name), modules_dir)
-                by_name[name[:-3].replace('-', '_')] = path
-    order = []
-
-    def visit(name):
-        path = by_name[name.replace('-', '_')]
-        for dep in _module_depends(os.path.join(modules_dir, path)):
-            visit(dep)
-        if path not in order:
-            order.append(path)
-    for name in wanted:
-        visit(name)
-    return order
-
-
 def build():
     """Build (or reuse) vmlinuz and the initramfs; return their paths."""
     debs = os.path.join(CACHE, 'debs')
-    kernel_deb = _download(_kernel_package(), debs)
-    busybox_deb = _download(BUSYBOX, debs)
+    kernel_deb = download(kernel_package(KERNEL_META), debs)
+    busybox_deb = download(BUSYBOX, debs)
     with open(os.path.join(HERE, 'init'), 'rb') as handle:
         init = handle.read()
     key = hashlib.sha256(('%s|%s|%s|%s' % (os.path.basename(kernel_deb), os.path.basename(busybox_deb),
-                                           ','.join(MODULES), ','.join(BUSYBOX_APPLETS))).encode()
-                         + init).hexdigest()[:16]
+                                           ','.join(MODULES), ','.join(BUSYBOX_APPLETS))).encode())
+    key.update(init)
+    for code in (__file__, os.path.join(REPO, 'tests', 'guest', 'debian.py')):
+        with open(code, 'rb') as handle:
+            key.update(handle.read())
+    key = key.hexdigest()[:16]
     out = os.path.join(CACHE, key)
     vmlinuz, initrd = os.path.join(out, 'vmlinuz'), os.path.join(out, 'initrd.img')
     if os.path.exists(initrd):
@@ -141,30 +87,16 @@ def build():
         _run(['dpkg-deb', '-x', kernel_deb, os.path.join(work, 'kernel')])
         _run(['dpkg-deb', '-x', busybox_deb, os.path.join(work, 'busybox')])
         modules_dir = glob.glob(os.path.join(work, 'kernel', 'lib', 'modules', '*'))[0]
-        root = os.path.join(work, 'root')
-        for sub in ('bin', 'sbin', 'proc', 'sys', 'dev', 'host', 'lib/modules'):
-            os.makedirs(os.path.join(root, sub))
-        shutil.copy(os.path.join(work, 'busybox', 'bin', 'busybox'), os.path.join(root, 'bin'))
-        for applet in BUSYBOX_APPLETS:
-            os.symlink('busybox', os.path.join(root, 'bin', applet))
-        order = _module_order(modules_dir, MODULES)
-        for path in order:
-            dest = os.path.join(root, 'lib', 'modules', path)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copy(os.path.join(modules_dir, path), dest)
-        with open(os.path.join(root, 'modules.order'), 'w') as handle:
-            handle.write(''.join(p + '\n' for p in order))
-        shutil.copy(os.path.join(HERE, 'init'), os.path.join(root, 'init'))
-        os.chmod(os.path.join(root, 'init'), 0o755)
+        order = module_order(modules_dir, MODULES)
+        cpio = Cpio()
+        for name in ('bin', 'sbin', 'proc', 'sys', 'dev', 'host', 'lib', 'lib/modules'):
+            cpio.directory(name)
+        add_busybox(cpio, os.path.join(work, 'busybox'), BUSYBOX_APPLETS)
+        add_modules(cpio, modules_dir, order)
+        cpio.file('init', init, 0o755)
         staging = os.path.join(work, 'out')
         os.makedirs(staging)
-        files = subprocess.run(['find', '.', '-mindepth', '1'], cwd=root, check=True,
-                               capture_output=True).stdout
-        cpio = subprocess.run(['cpio', '--quiet', '-o', '-H', 'newc', '-R', '0:0'], cwd=root,
-                              input=files, check=True, capture_output=True).stdout
-        with open(os.path.join(staging, 'initrd.img'), 'wb') as handle:
-            handle.write(subprocess.run(['gzip', '-1'], input=cpio, check=True,
-                                        capture_output=True).stdout)
+        write_initrd(os.path.join(staging, 'initrd.img'), cpio, level=1)
         shutil.copy(glob.glob(os.path.join(work, 'kernel', 'boot', 'vmlinuz-*'))[0],
                     os.path.join(staging, 'vmlinuz'))
         os.rename(staging, out)

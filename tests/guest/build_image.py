@@ -22,12 +22,9 @@ so the same inputs give the same bytes.
 
 import argparse
 import glob
-import gzip
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +33,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from tests.guest.debian import (  # noqa: E402
+    Cpio, add_busybox, add_modules, download, kernel_package, module_order, write_initrd)
 CACHE = os.path.join(REPO, '.build', 'guest')
 
 KERNEL_META = 'linux-image-cloud-amd64'
@@ -56,42 +57,6 @@ def log(message):
     print('guest-image: %s' % message, file=sys.stderr, flush=True)
 
 
-def _candidate(package):
-    out = subprocess.run(['apt-cache', 'policy', package], check=True, capture_output=True,
-                         text=True, env=dict(os.environ, LANG='C')).stdout
-    for line in out.splitlines():
-        if line.strip().startswith('Candidate:'):
-            version = line.split(':', 1)[1].strip()
-            if version != '(none)':
-                return version
-    raise SystemExit('guest-image: apt knows no package %s (run apt-get update)' % package)
-
-
-def _kernel_package():
-    out = subprocess.run(['apt-cache', 'depends', KERNEL_META], check=True, capture_output=True,
-                         text=True, env=dict(os.environ, LANG='C')).stdout
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith('Depends:') and 'linux-image-' in line:
-            return line.split(':', 1)[1].strip()
-    raise SystemExit('guest-image: cannot tell which kernel %s depends on' % KERNEL_META)
-
-
-def download(package, dest):
-    """The .deb of ``package`` at its candidate version, downloaded once into ``dest``."""
-    os.makedirs(dest, exist_ok=True)
-    version = _candidate(package)
-    pattern = os.path.join(dest, '%s_%s_*.deb' % (package, version.replace(':', '%3a')))
-    found = glob.glob(pattern)
-    if not found:
-        subprocess.run(['apt-get', 'download', '-q', '%s=%s' % (package, version)], cwd=dest,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        found = glob.glob(pattern)
-    if not found:
-        raise SystemExit('guest-image: apt-get download %s=%s left no .deb' % (package, version))
-    return found[0]
-
-
 def _sha256(path):
     digest = hashlib.sha256()
     with open(path, 'rb') as handle:
@@ -100,70 +65,13 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _module_depends(path):
-    with open(path, 'rb') as handle:
-        match = re.search(rb'\x00depends=([^\x00]*)\x00', handle.read())
-    return [d for d in match.group(1).decode().split(',') if d] if match else []
-
-
-def module_order(modules_dir, wanted):
-    """Paths (relative to modules_dir) of the wanted modules, dependencies first."""
-    by_name = {}
-    for top, _dirs, files in os.walk(modules_dir):
-        for name in files:
-            if name.endswith('.ko'):
-                by_name[name[:-3].replace('-', '_')] = os.path.relpath(os.path.join(top, name),
-                                                                       modules_dir)
-    order = []
-
-    def visit(name):
-        path = by_name[name.replace('-', '_')]
-        for dep in _module_depends(os.path.join(modules_dir, path)):
-            visit(dep)
-        if path not in order:
-            order.append(path)
-    for name in wanted:
-        visit(name)
-    return order
-
-
-class Cpio:
-    """A cpio archive in the kernel's initramfs format (newc), built in memory."""
-
-    def __init__(self):
-        self.buf = io.BytesIO()
-        self.ino = 1
-
-    def _entry(self, name, mode, data=b'', nlink=1):
-        name_bytes = name.encode() + b'\0'
-        header = '070701' + ''.join('%08x' % v for v in (
-            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name_bytes), 0))
-        self.ino += 1
-        self.buf.write(header.encode() + name_bytes)
-        self.buf.write(b'\0' * (-(110 + len(name_bytes)) % 4))
-        self.buf.write(data)
-        self.buf.write(b'\0' * (-len(data) % 4))
-
-    def directory(self, name):
-        self._entry(name, 0o040755, nlink=2)
-
-    def file(self, name, data, mode=0o644):
-        self._entry(name, 0o100000 | mode, data)
-
-    def symlink(self, name, target):
-        self._entry(name, 0o120777, target.encode())
-
-    def finish(self):
-        self._entry('TRAILER!!!', 0)
-        return self.buf.getvalue()
-
-
 def _inputs():
     debs = os.path.join(CACHE, 'debs')
-    kernel_deb = download(_kernel_package(), debs)
+    kernel_deb = download(kernel_package(KERNEL_META), debs)
     busybox_deb = download(BUSYBOX, debs)
     key = hashlib.sha256()
-    for path in (kernel_deb, busybox_deb, os.path.abspath(__file__)):
+    for path in (kernel_deb, busybox_deb, os.path.abspath(__file__),
+                 os.path.join(HERE, 'debian.py')):
         key.update(os.path.basename(path).encode() + b'\0')
         with open(path, 'rb') as handle:
             key.update(hashlib.sha256(handle.read()).digest() if path.endswith('.py')
@@ -199,21 +107,8 @@ def build(force=False):
         for name in ('bin', 'dev', 'proc', 'sys', 'run', 'tmp', 'etc', 'etc/acpi',
                      'etc/acpi/PWRF', 'lib', 'lib/modules'):
             cpio.directory(name)
-        with open(os.path.join(work, 'busybox', 'bin', 'busybox'), 'rb') as handle:
-            cpio.file('bin/busybox', handle.read(), 0o755)
-        for applet in APPLETS:
-            cpio.symlink('bin/' + applet, 'busybox')
-        made = set()
-        for path in order:
-            parts = os.path.dirname(path).split('/')
-            for depth in range(1, len(parts) + 1):
-                sub = 'lib/modules/' + '/'.join(parts[:depth])
-                if sub not in made:
-                    cpio.directory(sub)
-                    made.add(sub)
-            with open(os.path.join(modules_dir, path), 'rb') as handle:
-                cpio.file('lib/modules/' + path, handle.read())
-        cpio.file('modules.order', ''.join(p + '\n' for p in order).encode())
+        add_busybox(cpio, os.path.join(work, 'busybox'), APPLETS)
+        add_modules(cpio, modules_dir, order)
         for name, dest in (('init', 'init'), ('udhcpc-script', 'bin/udhcpc-script')):
             with open(os.path.join(HERE, name), 'rb') as handle:
                 cpio.file(dest, handle.read(), 0o755)
@@ -221,9 +116,7 @@ def build(force=False):
 
         staging = os.path.join(work, 'out')
         os.makedirs(staging)
-        with open(os.path.join(staging, 'initrd.img'), 'wb') as raw:
-            with gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=6, mtime=0) as handle:
-                handle.write(cpio.finish())
+        write_initrd(os.path.join(staging, 'initrd.img'), cpio)
         shutil.copy(glob.glob(os.path.join(work, 'kernel', 'boot', 'vmlinuz-*'))[0],
                     os.path.join(staging, 'vmlinuz'))
         manifest = {
