@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 
+
 def candidate(package):
     out = subprocess.run(['apt-cache', 'policy', package], check=True, capture_output=True,
                          text=True, env=dict(os.environ, LANG='C')).stdout
