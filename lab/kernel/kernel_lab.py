@@ -50,6 +50,8 @@ BUSYBOX = 'busybox-static'
 MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'nvme', 'vfio_iommu_type1', 'vfio_pci']
 BUSYBOX_APPLETS = ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'mkdir', 'cat', 'echo',
                    'grep', 'sync', 'uname', 'sleep', 'ls']
+# Made tmpfs in the guest (the host's tree is shared read-only); /run must be one.
+SCRATCH_DIRS = ['/run', '/tmp', '/var/lib', '/var/tmp', '/var/log']
 DEFAULT_COMMAND = ['.venv/bin/python', '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
                    'tests/kernel_lab']
 
@@ -157,10 +159,17 @@ def run(command, timeout=900, keep=None):
         with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
             handle.truncate(64 << 20)
     script = os.path.join(results, 'run.sh')
+    # The host's tree is read-only in the guest: writable tmpfs where programs write, but
+    # never over the directory holding the checkout (a CI clone may live under /tmp).
+    scratch = [d for d in SCRATCH_DIRS
+               if not (REPO + '/').startswith(d + '/') and os.path.isdir(d)]
     with open(script, 'w') as handle:
+        for directory in scratch:
+            handle.write('mount -t tmpfs -o mode=1777 tmpfs %s\n' % shlex.quote(directory))
+        handle.write('mkdir -p /run/lab/home /run/lab/tmp\n')
         handle.write('cd %s || exit 1\n' % shlex.quote(REPO))
-        handle.write('mkdir -p /tmp/home\n')
-        handle.write('export HOME=/tmp/home GPUAAS_KERNEL_LAB=1 PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8\n')
+        handle.write('export HOME=/run/lab/home TMPDIR=/run/lab/tmp GPUAAS_KERNEL_LAB=1 '
+                     'PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8\n')
         handle.write('{ %s; echo $? > /mnt/rc; } 2>&1 | tee /mnt/output.log\n'
                      % ' '.join(shlex.quote(a) for a in command))
     rc_file = os.path.join(results, 'rc')
