@@ -2,13 +2,13 @@
 VENV ?= .venv
 SETUP := hack/setup.sh $(VENV)
 
-.PHONY: help setup lab kernel-lab test units sanity lint docs docs-check bench clean
+.PHONY: help setup lab kernel-lab test units sanity lint molecule docs docs-check bench clean
 
 help:
 	@echo "make lab    - set everything up and run the local lab (discovery on this machine and a sample host)"
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
 	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it"
-	@echo "make units | sanity | lint | docs-check - one part of the suite"
+	@echo "make units | sanity | lint | molecule | docs-check - one part of the suite"
 	@echo "make docs   - regenerate docs/modules/ from the modules' DOCUMENTATION"
 	@echo "make bench  - run the benchmarks under bench/"
 
@@ -32,6 +32,9 @@ sanity: setup
 
 lint: setup
 	@hack/test.sh $(VENV) lint
+
+molecule: setup
+	@hack/test.sh $(VENV) molecule
 
 docs-check: setup
 	@hack/test.sh $(VENV) docs

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (make test, and CI through .ci/run): ansible-test sanity, ansible-lint,
-# the module docs check, then the unit and service tests with pytest (last, so its summary
-# line closes the output). Usage: hack/test.sh VENV [sanity|lint|docs|units]...
+# the module docs check, the molecule scenarios, then the unit and service tests with pytest
+# (last, so its summary line closes the output).
+# Usage: hack/test.sh VENV [sanity|lint|docs|molecule|units]...
 set -uo pipefail
 venv=$(cd "${1:-.venv}" && pwd)
 shift || true
@@ -11,7 +12,7 @@ export ANSIBLE_CONFIG="$here/ansible.cfg"
 export ANSIBLE_COLLECTIONS_PATH="$here/.build/collections"
 export PATH="$venv/bin:$PATH"
 parts=("$@")
-((${#parts[@]})) || parts=(sanity lint docs units)
+((${#parts[@]})) || parts=(sanity lint docs molecule units)
 
 failed=()
 run() {
@@ -30,8 +31,9 @@ for part in "${parts[@]}"; do
     sanity) run sanity hack/sanity.sh "$venv" ;;
     lint)   run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
+    molecule) run molecule molecule test --all ;;
     units)  run units python -m pytest tests/unit tests/functional ;;
-    *) echo "unknown part $part (sanity, lint, docs, units)" >&2; exit 2 ;;
+    *) echo "unknown part $part (sanity, lint, docs, molecule, units)" >&2; exit 2 ;;
   esac
 done
 
