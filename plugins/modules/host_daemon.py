@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: host_daemon
+short_description: Run a node daemon on a host without systemd
+version_added: 0.1.0
+description:
+  - Keeps one daemon (dnsmasq, the telemetry sink, Open vSwitch's daemons, libvirtd) running or
+    stopped on a host whose PID 1 is not systemd (a container, a CI machine, the local lab).
+    Real hosts run the same daemons as the systemd units the C(gpuaas.slice.host_prep) role
+    installs; that role picks this module only where systemd does not run.
+  - The daemon is known by its pidfile. A pidfile whose pid is gone, is a zombie, or runs another
+    program is stale and does not count as running.
+  - A daemon that runs with a different command line than O(argv) is restarted, so a changed
+    configuration option takes effect and a second run reports no change.
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Says whether it would start, restart or stop the daemon; touches nothing.
+  diff_mode:
+    support: full
+    details: Before and after, whether the daemon runs and with which command line.
+  idempotent:
+    support: full
+options:
+  name:
+    description: The daemon's name, for messages (1-64 letters, digits, C(.), C(_), C(@), C(-)).
+    type: str
+    required: true
+  state:
+    description: Whether the daemon runs.
+    type: str
+    choices: [started, stopped]
+    default: started
+  argv:
+    description:
+      - The daemon's command line; the first item an absolute path. Required with O(state=started).
+      - Run as given, without a shell, so no item is ever interpreted.
+    type: list
+    elements: str
+  pidfile:
+    description: The daemon's pidfile.
+    type: path
+    required: true
+  forks:
+    description:
+      - V(true) when the program daemonises itself and writes O(pidfile) (for example
+        C(dnsmasq --pid-file=...), C(ovsdb-server --detach --pidfile=...)).
+      - V(false) when it stays in the foreground; the module then detaches it into a session of its
+        own and writes O(pidfile) itself.
+    type: bool
+    default: false
+  log_file:
+    description: Where the daemon's standard output and error go (appended). Unset, they are discarded.
+    type: path
+  ready_path:
+    description: A socket or file the daemon creates once it serves; the module waits for it.
+    type: path
+  timeout:
+    description: Seconds to wait for the daemon to start (or stop before it is killed).
+    type: float
+    default: 15
+seealso:
+  - module: gpuaas.slice.host_network
+'''
+
+EXAMPLES = r'''
+- name: Run the telemetry sink where systemd does not run
+  gpuaas.slice.host_daemon:
+    name: gpuaas-telemetry-sink
+    argv: [/usr/bin/python3, /usr/local/lib/gpuaas/gpuaas_telemetry_sink.py, --listen, 10.100.0.1:9110]
+    pidfile: /run/gpuaas/telemetry-sink.pid
+    log_file: /var/log/gpuaas/telemetry-sink.log
+
+- name: Stop it
+  gpuaas.slice.host_daemon:
+    name: gpuaas-telemetry-sink
+    pidfile: /run/gpuaas/telemetry-sink.pid
+    state: stopped
+'''
+
+RETURN = r'''
+name:
+  description: The daemon's name.
+  type: str
+  returned: always
+  sample: gpuaas-telemetry-sink
+pid:
+  description: The daemon's pid, null when it does not run (or in check mode, before it would start).
+  type: int
+  returned: always
+  sample: 4242
+running:
+  description: Whether the daemon runs now (would run, in check mode).
+  type: bool
+  returned: always
+  sample: true
+pidfile:
+  description: The pidfile.
+  type: str
+  returned: always
+  sample: /run/gpuaas/telemetry-sink.pid
+actions:
+  description: What the module did (or would do in check mode).
+  type: list
+  elements: str
+  returned: always
+  sample: ["start /usr/bin/python3 /usr/local/lib/gpuaas/gpuaas_telemetry_sink.py"]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import Daemon, DaemonError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type='str', required=True),
+            state=dict(type='str', choices=['started', 'stopped'], default='started'),
+            argv=dict(type='list', elements='str'),
+            pidfile=dict(type='path', required=True),
+            forks=dict(type='bool', default=False),
+            log_file=dict(type='path'),
+            ready_path=dict(type='path'),
+            timeout=dict(type='float', default=15),
+        ),
+        required_if=[('state', 'started', ['argv'])],
+        supports_check_mode=True,
+    )
+    try:
+        result = Daemon(module.params, check_mode=module.check_mode).run()
+    except DaemonError as exc:
+        module.fail_json(msg=str(exc))
+    diff = result.pop('diff')
+    if module._diff:
+        result['diff'] = diff
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""host_daemon with real processes: start, idempotence, stale pidfiles, restart, stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
+from ansible_collections.gpuaas.slice.plugins.modules import host_daemon
+from tests.unit.module_runner import run_module
+
+SLEEP = shutil.which('sleep')
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    values = {'name': 'sleeper', 'pidfile': str(tmp_path / 'run' / 'sleeper.pid'),
+              'log_file': str(tmp_path / 'log' / 'sleeper.log'), 'argv': [SLEEP, '300']}
+    yield values
+    pid = read_pid(values['pidfile'])
+    if pid and cmdline(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def run(capsys, check_mode=False, **args):
+    return run_module(host_daemon, args, check_mode=check_mode, diff=True, capsys=capsys)
+
+
+def test_check_mode_then_start_then_nothing_to_do(daemon, capsys):
+    checked = run(capsys, check_mode=True, **daemon)
+    assert checked['changed'] is True and checked['pid'] is None
+    assert not os.path.exists(daemon['pidfile'])
+
+    started = run(capsys, **daemon)
+    assert started['changed'] is True and started['running'] is True
+    assert cmdline(started['pid']) == daemon['argv']
+    assert read_pid(daemon['pidfile']) == started['pid']
+    assert started['diff']['before']['running'] is False
+
+    again = run(capsys, **daemon)
+    assert again['changed'] is False and again['pid'] == started['pid'] and again['actions'] == []
+
+
+def test_a_stale_pidfile_of_another_program_does_not_count(daemon, capsys):
+    os.makedirs(os.path.dirname(daemon['pidfile']))
+    with open(daemon['pidfile'], 'w') as handle:
+        handle.write('%d\n' % os.getpid())   # alive, but python, not sleep
+    started = run(capsys, **daemon)
+    assert started['changed'] is True and started['pid'] != os.getpid()
+
+
+def test_a_changed_command_line_restarts_the_daemon(daemon, capsys):
+    first = run(capsys, **daemon)
+    changed = run(capsys, **dict(daemon, argv=[SLEEP, '301']))
+    assert changed['changed'] is True and changed['pid'] != first['pid']
+    assert changed['actions'][0].startswith('restart pid %d' % first['pid'])
+    assert cmdline(first['pid']) is None
+
+
+def test_stop_and_stop_again(daemon, capsys):
+    first = run(capsys, **daemon)
+    stopped = run(capsys, name='sleeper', pidfile=daemon['pidfile'], state='stopped')
+    assert stopped['changed'] is True and stopped['running'] is False
+    assert cmdline(first['pid']) is None and not os.path.exists(daemon['pidfile'])
+    again = run(capsys, name='sleeper', pidfile=daemon['pidfile'], state='stopped')
+    assert again['changed'] is False
+
+
+def test_a_self_daemonising_program_and_its_ready_path(daemon, tmp_path, capsys):
+    ready = tmp_path / 'ready'
+    script = ('import os, sys, time\n'
+              'if os.fork(): sys.exit(0)\n'
+              'os.setsid()\n'
+              'open(sys.argv[1], "w").write(str(os.getpid()))\n'
+              'open(sys.argv[2], "w").close()\n'
+              'time.sleep(300)\n')
+    args = dict(daemon, argv=[sys.executable, '-c', script, daemon['pidfile'], str(ready)], forks=True,
+                ready_path=str(ready))
+    os.makedirs(os.path.dirname(daemon['pidfile']))
+    started = run(capsys, **args)
+    assert started['changed'] is True and ready.exists()
+    assert cmdline(started['pid'])[0] == sys.executable
+    assert run(capsys, **args)['changed'] is False
+
+
+def test_a_daemon_that_dies_at_once_fails_with_its_log(daemon, capsys):
+    false = shutil.which('false')
+    result = run(capsys, **dict(daemon, argv=[shutil.which('sh'), '-c', 'echo bad config >&2; exec %s' % false],
+                                ready_path=daemon['pidfile'] + '.never'))
+    assert result['failed'] is True
+    assert 'died right after it started' in result['msg'] and 'bad config' in result['msg']
+
+
+@pytest.mark.parametrize('args, message', [
+    ({'argv': ['sleep', '1']}, 'absolute path'),
+    ({'name': 'x; rm -rf /'}, 'name'),
+    ({'pidfile': 'relative.pid'}, 'absolute path'),
+])
+def test_bad_input_is_refused_and_starts_nothing(daemon, capsys, args, message):
+    before = subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True).stdout
+    result = run(capsys, **dict(daemon, **args))
+    assert result['failed'] is True and message in result['msg']
+    assert not os.path.exists(daemon['pidfile'])
+    assert subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True).stdout == before
