@@ -74,7 +74,13 @@ def check_path(path, what, allowed_dirs=None):
 def ensure_dir(path, mode):
     """Create ``path`` (and missing parents) with ``mode``; a no-op when it exists."""
     if not os.path.isdir(path):
-        os.makedirs(path, mode)
+        try:
+            os.makedirs(path, mode)
+        except OSError:
+            # Another process (a racing allocate) made it first: that is fine.
+            if not os.path.isdir(path):
+                raise
+            return
         os.chmod(path, mode)
 
 

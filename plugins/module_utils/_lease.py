@@ -1,0 +1,229 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: a slot's file lease on its node.
+
+``{lease_dir}/{slot_id}.json`` says which allocation holds the slot and how far it got.
+Every read-modify-write happens under an exclusive ``flock`` on ``{lease_dir}/.{slot_id}.lock``
+and the file is replaced atomically, so two allocates racing for one slot see each other:
+exactly one takes the lease, the other fails naming the holder. The lease lives as long as
+the allocation, not as long as the lock, so a crashed playbook leaves a lease that a re-run
+with the same allocation id picks up and a release or reconcile cleans.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import json
+import os
+import re
+import time
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    atomic_write, check_path, check_slot_id, ensure_dir, has_control_chars, remove)
+
+# Allocation ids come from the control plane (or an operator); they end up in file
+# content, libvirt metadata and cloud-init's instance-id.
+ALLOCATION_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z')
+
+# The phases of a lease, in the order an allocation goes through them.
+ALLOCATE_PHASES = ('reserved', 'provisioning', 'running')
+RELEASE_PHASES = ('releasing', 'wiping')
+PHASES = ALLOCATE_PHASES + RELEASE_PHASES + ('quarantined',)
+MAX_DATA_BYTES = 64 * 1024
+LOCK_TIMEOUT = 30
+
+
+class LeaseError(ValueError):
+    """A lease request the module refuses; the message says why and what to do."""
+
+
+def check_allocation_id(value):
+    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
+        raise LeaseError("allocation_id %r is not valid: 1-128 letters, digits, '.', '_', ':' and "
+                         "'-', starting with a letter or digit" % (value,))
+    return value
+
+
+def lease_path(lease_dir, slot_id):
+    check_slot_id(slot_id)
+    return os.path.join(check_path(lease_dir, 'lease_dir'), '%s.json' % slot_id)
+
+
+class LeaseLock(object):
+    """An exclusive flock on the slot's lock file, waited for up to ``timeout`` seconds."""
+
+    def __init__(self, lease_dir, slot_id, timeout=LOCK_TIMEOUT):
+        self.path = os.path.join(lease_dir, '.%s.lock' % slot_id)
+        self.timeout = timeout
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except (IOError, OSError) as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(self.handle)
+                    raise LeaseError('the lease lock %s is held by another process for more than '
+                                     '%ds' % (self.path, self.timeout))
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        os.close(self.handle)  # closing the descriptor drops the flock
+
+
+def read_lease(path):
+    """The lease at ``path`` as a dict, or None; a damaged lease is an error, never 'free'."""
+    try:
+        with open(path, 'rb') as handle:
+            raw = handle.read()
+    except (IOError, OSError) as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    try:
+        lease = json.loads(raw.decode('utf-8'))
+    except ValueError as exc:
+        raise LeaseError('lease %s is not valid JSON (%s): the slot is treated as held; an operator '
+                         'must look at it and remove it with force=true' % (path, exc))
+    if not isinstance(lease, dict) or not isinstance(lease.get('allocation_id'), str):
+        raise LeaseError('lease %s has no allocation_id: the slot is treated as held; an operator '
+                         'must look at it and remove it with force=true' % path)
+    return lease
+
+
+def check_data(data):
+    """The lease's free-form data: JSON-serialisable, small, no control characters in keys."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise LeaseError('data must be a dictionary')
+    for key in data:
+        if not isinstance(key, str) or has_control_chars(key):
+            raise LeaseError('data key %r is not a plain string' % (key,))
+    try:
+        size = len(json.dumps(data, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise LeaseError('data cannot be stored as JSON: %s' % exc)
+    if size > MAX_DATA_BYTES:
+        raise LeaseError('data is %d bytes of JSON, more than the %d a lease holds'
+                         % (size, MAX_DATA_BYTES))
+    return data
+
+
+def plan(current, slot_id, allocation_id, state, phase, data, reason, force, missing_ok, now):
+    """(new lease or None, message): what the lease should become. Raises LeaseError to refuse."""
+    if state == 'query':
+        return current, None
+    holder = current.get('allocation_id') if current else None
+    if current and holder != allocation_id and not force:
+        raise LeaseError('slot %s is held by allocation %s (phase %s since %s), not by %s'
+                         % (slot_id, holder, current.get('phase'), current.get('updated_at'),
+                            allocation_id))
+    if current and current.get('phase') == 'quarantined' and not force and \
+            not (state == 'present' and phase == 'quarantined'):
+        raise LeaseError('slot %s is quarantined: %s. Clear it with force=true once an operator has '
+                         'dealt with it' % (slot_id, current.get('reason') or 'no reason recorded'))
+    if state == 'absent':
+        return None, None
+    if current is None and missing_ok:
+        return None, 'slot %s has no lease: nothing to record' % slot_id
+    if phase == 'quarantined' and not reason:
+        raise LeaseError('a quarantined lease needs a reason, for the operator')
+    have = current.get('phase') if current and holder == allocation_id else None
+    # A phase the allocation already went past is satisfied: re-running allocate on a running
+    # slot keeps it running; releasing a slot that is already wiping keeps it wiping.
+    if have and phase != 'quarantined' and not force:
+        for chain in (ALLOCATE_PHASES, RELEASE_PHASES):
+            if have in chain and phase in chain and chain.index(phase) < chain.index(have):
+                phase = have
+        if have in RELEASE_PHASES and phase in ALLOCATE_PHASES:
+            raise LeaseError('allocation %s on slot %s is being released (phase %s): it cannot be '
+                             'allocated again; finish the release first' % (allocation_id, slot_id, have))
+    lease = dict(current) if current and holder == allocation_id else {
+        'slot_id': slot_id, 'allocation_id': allocation_id, 'created_at': now, 'data': {}}
+    lease['phase'] = phase
+    if data is not None:
+        lease['data'] = data
+    if phase == 'quarantined':
+        lease['reason'] = reason
+    elif reason:
+        lease['reason'] = reason
+    else:
+        lease.pop('reason', None)
+    unchanged = current is not None and {k: v for k, v in lease.items() if k != 'updated_at'} == \
+        {k: v for k, v in current.items() if k != 'updated_at'}
+    if unchanged:
+        return current, None
+    lease['updated_at'] = now
+    return lease, None
+
+
+def converge(module, lease_dir, slot_id, allocation_id, state='present', phase='provisioning',
+             data=None, reason=None, force=False, missing_ok=False, timeout=LOCK_TIMEOUT):
+    """Apply one lease request under the slot's lock; returns the module result."""
+    path = lease_path(lease_dir, slot_id)
+    lease_dir = os.path.dirname(path)
+    if state != 'query':
+        if allocation_id is None and not (state == 'absent' and force):
+            raise LeaseError('allocation_id is required to take, change or free a lease')
+        if allocation_id is not None:
+            check_allocation_id(allocation_id)
+        if phase not in PHASES:
+            raise LeaseError('phase must be one of %s, not %r' % (', '.join(PHASES), phase))
+        if reason is not None and (has_control_chars(reason.replace('\n', ' ')) or len(reason) > 4096):
+            raise LeaseError('reason must be at most 4096 characters of text')
+        check_data(data)
+    if not os.path.isdir(lease_dir):
+        new, message = plan(None, slot_id, allocation_id, state, phase, data, reason, force,
+                            missing_ok, now_iso())
+        if new is None or module.check_mode:
+            return finish(module, path, None, new, state, message)
+        ensure_dir(lease_dir, 0o700)
+    with LeaseLock(lease_dir, slot_id, timeout=timeout):
+        current = read_lease(path) if not (force and state == 'absent') else _read_any(path)
+        new, message = plan(current, slot_id, allocation_id, state, phase, data, reason, force,
+                            missing_ok, now_iso())
+        if new != current and not module.check_mode:
+            if new is None:
+                remove(path)
+            else:
+                atomic_write(module, path, (json.dumps(new, indent=2, sort_keys=True) + '\n')
+                             .encode('utf-8'), mode=0o600)
+    return finish(module, path, current, new, state, message)
+
+
+def _read_any(path):
+    """For a forced removal: whatever is there, damaged or not."""
+    try:
+        return read_lease(path)
+    except LeaseError:
+        return {'allocation_id': None, 'damaged': True}
+
+
+def finish(module, path, current, new, state, message=None):
+    result = dict(changed=(state != 'query' and new != current), path=path,
+                  lease=new if state != 'absent' else None, previous=current)
+    if message:
+        result['msg'] = message
+    if module._diff and state != 'query':
+        result['diff'] = dict(before=_render(current), after=_render(new),
+                              before_header=path, after_header=path)
+    return result
+
+
+def _render(lease):
+    return '' if lease is None else json.dumps(lease, indent=2, sort_keys=True) + '\n'
+
+
+def now_iso():
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
