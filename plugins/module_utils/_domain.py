@@ -37,7 +37,7 @@ METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
 ET.register_namespace('gpuaas', METADATA_NS)
 
 DOMAIN_TYPES = ('kvm', 'qemu')
-BRIDGE_TYPES = ('openvswitch', 'linux')
+BRIDGE_TYPES = ('openvswitch', 'linux', 'ethernet')
 DISK_FORMATS = ('raw', 'qcow2')
 HOSTDEV_ROLES = ('gpu', 'companion', 'nvme', 'fabric_vf')
 
@@ -298,12 +298,19 @@ def build_xml(spec, uuid=None):
         _sub(cdrom, 'target', dev='sda', bus='scsi')
         _sub(cdrom, 'readonly')
 
-    iface = _sub(devices, 'interface', type='bridge')
-    _sub(iface, 'mac', address=spec.mac)
-    _sub(iface, 'source', bridge=spec.bridge)
-    if spec.bridge_type == 'openvswitch':
-        _sub(iface, 'virtualport', type='openvswitch')
-    _sub(iface, 'target', dev=spec.tap)
+    if spec.bridge_type == 'ethernet':
+        # The slot network made the tap, its bridge port and its flows before the VM: the
+        # VM opens that tap and never has a moment on the bridge without its filters.
+        iface = _sub(devices, 'interface', type='ethernet')
+        _sub(iface, 'mac', address=spec.mac)
+        _sub(iface, 'target', dev=spec.tap, managed='no')
+    else:
+        iface = _sub(devices, 'interface', type='bridge')
+        _sub(iface, 'mac', address=spec.mac)
+        _sub(iface, 'source', bridge=spec.bridge)
+        if spec.bridge_type == 'openvswitch':
+            _sub(iface, 'virtualport', type='openvswitch')
+        _sub(iface, 'target', dev=spec.tap)
     _sub(iface, 'model', type='virtio')
     # No iPXE option ROM: slot VMs never boot from the network, and it costs boot time.
     _sub(iface, 'rom', enabled='no')

@@ -183,7 +183,11 @@ class SlotVm:
                 problems.append('%s %s does not exist%s' % (
                     what, path, {'disk': ' (run gpuaas.slice.slot_image first)',
                                  'seed': ' (run gpuaas.slice.slot_seed first)'}.get(what, '')))
-        if not self.sysfs.exists('class/net/%s' % spec.bridge):
+        if spec.bridge_type == 'ethernet':
+            if not self.sysfs.exists('class/net/%s' % spec.tap):
+                problems.append('tap %s of slot %s does not exist on this host: run '
+                                'gpuaas.slice.slot_network first' % (spec.tap, spec.slot_id))
+        elif not self.sysfs.exists('class/net/%s' % spec.bridge):
             problems.append('bridge %s does not exist on this host: set up the slot network first'
                             % spec.bridge)
         if self.params['passthrough']:

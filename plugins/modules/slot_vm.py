@@ -157,8 +157,11 @@ options:
     description:
       - V(openvswitch) adds C(<virtualport type='openvswitch'/>), so libvirt adds the tap as an OVS
         port. V(linux) is for a plain Linux bridge (test hosts without Open vSwitch).
+      - V(ethernet) opens the slot's tap device, which M(gpuaas.slice.slot_network) created,
+        added to the bridge and filtered before the VM starts (C(<interface type='ethernet'>)
+        with C(managed='no')); O(bridge) is then not used. This is what the allocate role uses.
     type: str
-    choices: [openvswitch, linux]
+    choices: [openvswitch, linux, ethernet]
     default: openvswitch
   console_log_dir:
     description: Where libvirt logs each slot's serial console, as C({slot_id}.log).
@@ -385,7 +388,7 @@ def argument_spec():
         initrd=dict(type='path'),
         kernel_cmdline=dict(type='str'),
         bridge=dict(type='str', default='br-gpuaas'),
-        bridge_type=dict(type='str', choices=['openvswitch', 'linux'], default='openvswitch'),
+        bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
         console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
         replace=dict(type='bool', default=False),
         wait_for_lease=dict(type='bool', default=True),

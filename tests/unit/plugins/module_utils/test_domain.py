@@ -147,6 +147,12 @@ def test_network_interface_openvswitch_and_linux():
     assert tap == _domain.tap_name('gpu-node-01-s3') and len(tap) <= 15
     linux = tree(spec(bridge='br-test', bridge_type='linux')).find('devices/interface')
     assert linux.find('virtualport') is None and linux.find('source').get('bridge') == 'br-test'
+    # ethernet: the VM opens the tap the slot network made (and filtered) beforehand.
+    eth = tree(spec(bridge_type='ethernet')).find('devices/interface')
+    assert eth.get('type') == 'ethernet' and eth.find('source') is None
+    assert eth.find('virtualport') is None
+    assert eth.find('target').get('dev') == tap and eth.find('target').get('managed') == 'no'
+    assert eth.find('mac').get('address') == slot_mac('gpu-node-01', 3)
     for bridge in ('br0;reboot', 'a' * 16, 'br 0', 'br/0', ''):
         with pytest.raises(DomainError, match='not a network interface name'):
             spec(bridge=bridge)
