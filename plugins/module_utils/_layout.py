@@ -70,3 +70,21 @@ def slot_mac(node_id, slot_index):
 
 def slot_ip(slot_index):
     return SLOT_PREFIX + str(FIRST_HOST_OCTET + check_slot_index(slot_index))
+
+
+# OpenFlow cookies of a slot's flows: 'gpu' in the top bytes, the slot index in the low ones,
+# so a slot's flows are found and removed by cookie, and flows of a slot with no lease show.
+COOKIE_BASE = 0x6770750000000000
+COOKIE_MASK = 0xffffffffffff0000
+
+
+def slot_cookie(slot_index):
+    return COOKIE_BASE | check_slot_index(slot_index)
+
+
+def cookie_slot_index(cookie):
+    """The slot index a flow cookie belongs to, or None for a cookie that is not a slot's."""
+    if cookie & COOKIE_MASK != COOKIE_BASE:
+        return None
+    index = cookie & ~COOKIE_MASK
+    return index if index < MAX_SLOTS else None

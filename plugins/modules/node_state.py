@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: node_state
+short_description: Compare what a node holds for its slots with its slot leases
+version_added: 0.1.0
+description:
+  - Reads everything a slot leaves on a node, namely its libvirt domain (C(gpuaas-{slot_id})),
+    its tap port on the slot bridge, its OpenFlow rules (by cookie), its dnsmasq host entry, its
+    telemetry token, its boot disk, its cloud-init seed and the vfio-pci binding records, and
+    compares them with the slot leases in O(lease_dir).
+  - Read-only; the C(gpuaas.slice.slot_reconcile) role acts on what it reports.
+  - Anything that cannot be read (libvirt down, the bridge missing, a directory that cannot be
+    listed) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
+    cannot see is how a GPU in use is handed out twice.
+author: gpuaas.slice contributors
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  node_id:
+    description: The node's id; slot ids are C({node_id}-s{index}).
+    type: str
+    required: true
+  uri:
+    description: The libvirt URI.
+    type: str
+    default: qemu:///system
+  bridge:
+    description: The slot bridge (empty to skip the Open vSwitch checks on a node without one).
+    type: str
+    default: br-gpuaas
+  lease_dir:
+    description: The slot leases.
+    type: path
+    default: /var/lib/gpuaas/node-scheduler/leases
+  hosts_dir:
+    description: dnsmasq's per-slot host entries.
+    type: path
+    default: /var/lib/gpuaas/network/dhcp-hosts.d
+  token_dir:
+    description: The telemetry tokens.
+    type: path
+    default: /var/lib/gpuaas/telemetry/tokens
+  disk_dir:
+    description: The slots' boot disks.
+    type: path
+    default: /var/lib/gpuaas/disks
+  seed_dir:
+    description: The slots' seeds.
+    type: path
+    default: /var/lib/gpuaas/seeds
+  vfio_state_dir:
+    description: The vfio_bind records.
+    type: path
+    default: /var/lib/gpuaas/vfio
+requirements:
+  - libvirt-python
+  - Open vSwitch's ovs-vsctl and ovs-ofctl (unless O(bridge) is empty)
+'''
+
+EXAMPLES = r'''
+- name: What does this node hold that no lease explains?
+  gpuaas.slice.node_state:
+    node_id: gpu-node-01
+  register: node
+
+- name: Show the orphans
+  ansible.builtin.debug:
+    var: node.orphans
+'''
+
+RETURN = r'''
+leases:
+  description: The leases, by slot id.
+  returned: always
+  type: dict
+damaged_leases:
+  description: Lease files that cannot be read; their slots count as held.
+  returned: always
+  type: list
+  elements: dict
+domains:
+  description: The slot domains, by slot id, with C(active) and C(hostdevs).
+  returned: always
+  type: dict
+orphans:
+  description: "Slots that hold something but have no lease: slot id -> kinds (domain, port, flows, dhcp_host, token, disk, seed)."
+  returned: always
+  type: dict
+  sample: {gpu-node-01-s3: [disk, domain, port]}
+orphan_slots:
+  description: The keys of RV(orphans), sorted.
+  returned: always
+  type: list
+  elements: str
+unknown_ports:
+  description: Slot-like tap ports on the bridge that belong to no slot of this node (reported, never removed).
+  returned: always
+  type: list
+  elements: str
+devices_to_return:
+  description: Devices vfio_bind moved to vfio-pci that no lease lists and no domain holds.
+  returned: always
+  type: list
+  elements: str
+devices_kept_for_domains:
+  description: Devices no lease lists that a domain still holds; never returned to the host while it does.
+  returned: always
+  type: list
+  elements: str
+mismatches:
+  description: Leased running slots whose domain is missing, stopped, or lacks the lease's devices.
+  returned: always
+  type: list
+  elements: dict
+incomplete:
+  description: Leases not in phase running (an allocate or release that has not finished, or a quarantine).
+  returned: always
+  type: list
+  elements: dict
+blind:
+  description: What could not be read. Non-empty means nothing may be cleaned.
+  returned: always
+  type: list
+  elements: str
+clean:
+  description: Whether the node agrees with its leases.
+  returned: always
+  type: bool
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils import _libvirt
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, check_node_id
+from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
+
+
+def libvirt_domains(uri):
+    def listed():
+        with _libvirt.Connection(uri) as conn:
+            return [(dom.name(), dom.isActive(), dom.XMLDesc(0)) for dom in conn.conn.listAllDomains(0)]
+    return listed
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            node_id=dict(type='str', required=True),
+            uri=dict(type='str', default=_libvirt.DEFAULT_URI),
+            bridge=dict(type='str', default='br-gpuaas'),
+            lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
+            hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+            token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
+            disk_dir=dict(type='path', default='/var/lib/gpuaas/disks'),
+            seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
+            vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
+        ),
+        supports_check_mode=True,
+    )
+    _libvirt.require_libvirt(module)
+    p = module.params
+    try:
+        check_node_id(p['node_id'])
+    except LayoutError as exc:
+        module.fail_json(msg=str(exc))
+    state = NodeState(module.run_command, p['node_id'], p['lease_dir'], p['hosts_dir'], p['token_dir'],
+                      p['disk_dir'], p['seed_dir'], p['vfio_state_dir'], p['bridge'],
+                      libvirt_domains(p['uri']))
+    module.exit_json(changed=False, **state.report())
+
+
+if __name__ == '__main__':
+    main()

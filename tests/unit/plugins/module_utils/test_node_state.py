@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""node_state: orphans, devices to return, mismatches, and blindness that blocks cleaning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainSpec, build_xml, tap_name
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_cookie
+from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
+
+NODE = 'gpu-node-01'
+
+
+def domain(slot, hostdevs=()):
+    spec = DomainSpec(slot_id=slot, memory_mib=1024, cpulist='0-1', domain_type='qemu',
+                      hostdevs=[('gpu', address) for address in hostdevs])
+    return build_xml(spec)
+
+
+class Node:
+    def __init__(self, tmp_path):
+        self.root = tmp_path
+        self.dirs = {kind: tmp_path / kind for kind in ('lease', 'hosts', 'token', 'disk', 'seed', 'vfio')}
+        for path in self.dirs.values():
+            path.mkdir()
+        self.domains = []
+        self.ports = []
+        self.cookies = []
+        self.ovs_rc = 0
+        self.libvirt_error = None
+
+    def lease(self, slot, phase='running', devices=(), passthrough=True):
+        (self.dirs['lease'] / ('%s.json' % slot)).write_text(json.dumps(dict(
+            slot_id=slot, allocation_id='a-' + slot, phase=phase, updated_at='t',
+            data=dict(devices=list(devices), passthrough=passthrough))))
+
+    def slot_files(self, slot):
+        (self.dirs['hosts'] / slot).write_text('x')
+        (self.dirs['token'] / ('%s.json' % slot)).write_text('{}')
+        (self.dirs['disk'] / ('%s.raw' % slot)).write_text('')
+        (self.dirs['seed'] / ('%s-seed.iso' % slot)).write_text('')
+        self.ports.append(tap_name(slot))
+        self.cookies.append(slot_cookie(int(slot.rsplit('-s', 1)[1])))
+
+    def vfio(self, address, functions):
+        (self.dirs['vfio'] / ('%s.json' % address)).write_text(json.dumps(
+            dict(version=1, address=address, functions={f: {'driver': 'nvidia'} for f in functions})))
+
+    def run_command(self, args):
+        if self.ovs_rc:
+            return self.ovs_rc, '', 'ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed'
+        if args[0] == 'ovs-vsctl':
+            return 0, '\n'.join(self.ports) + '\n', ''
+        return 0, ''.join(' cookie=%#x, table=0, priority=100 actions=drop\n' % c for c in self.cookies), ''
+
+    def listed(self):
+        if self.libvirt_error:
+            raise RuntimeError(self.libvirt_error)
+        return self.domains
+
+    def report(self):
+        d = self.dirs
+        return NodeState(self.run_command, NODE, str(d['lease']), str(d['hosts']), str(d['token']),
+                         str(d['disk']), str(d['seed']), str(d['vfio']), 'br-gpuaas', self.listed).report()
+
+
+@pytest.fixture
+def node(tmp_path):
+    return Node(tmp_path)
+
+
+def test_a_node_that_agrees_with_its_leases_is_clean(node):
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])
+    node.slot_files('gpu-node-01-s0')
+    node.domains.append(('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0', ['0000:18:00.0'])))
+    node.vfio('0000:18:00.0', ['0000:18:00.0', '0000:18:00.1'])
+    report = node.report()
+    assert report['clean'] and not report['orphans'] and not report['devices_to_return']
+
+
+def test_everything_of_a_slot_without_lease_is_an_orphan(node):
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])
+    node.slot_files('gpu-node-01-s0')
+    node.domains.append(('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0', ['0000:18:00.0'])))
+    node.slot_files('gpu-node-01-s1')                       # a crashed allocate's leftovers
+    node.domains.append(('gpuaas-gpu-node-01-s1', 0, domain('gpu-node-01-s1')))
+    node.domains.append(('someone-elses-vm', 1, domain('gpu-node-01-s5')))
+    node.ports.append('vnet0')
+    node.ports.append(tap_name('other-node-s0'))            # not this node's: reported only
+    report = node.report()
+    assert report['orphans'] == {'gpu-node-01-s1': ['dhcp_host', 'disk', 'domain', 'flows', 'port', 'seed', 'token']}
+    assert report['unknown_ports'] == [tap_name('other-node-s0')]
+    assert not report['clean']
+
+
+def test_devices_go_back_only_when_no_lease_lists_them_and_no_domain_holds_them(node):
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])
+    node.vfio('0000:18:00.0', ['0000:18:00.0'])             # leased
+    node.vfio('0000:19:00.0', ['0000:19:00.0', '0000:19:00.1'])  # no lease, no domain
+    node.vfio('0000:1a:00.0', ['0000:1a:00.0', '0000:1a:00.1'])  # no lease, but a domain holds its audio
+    node.domains.append(('gpuaas-gpu-node-01-s7', 1, domain('gpu-node-01-s7', ['0000:1a:00.1'])))
+    report = node.report()
+    assert report['devices_to_return'] == ['0000:19:00.0']
+    assert report['devices_kept_for_domains'] == ['0000:1a:00.0']
+
+
+def test_mismatches_and_incomplete_leases(node):
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])   # running, no domain
+    node.lease('gpu-node-01-s1', devices=['0000:19:00.0'])   # domain lost its hostdev
+    node.domains.append(('gpuaas-gpu-node-01-s1', 1, domain('gpu-node-01-s1')))
+    node.lease('gpu-node-01-s2', phase='provisioning')
+    node.lease('gpu-node-01-s3', devices=['0000:1b:00.0'], passthrough=False)  # lab: no hostdevs wanted
+    node.domains.append(('gpuaas-gpu-node-01-s3', 0, domain('gpu-node-01-s3')))
+    report = node.report()
+    problems = {m['slot_id']: m['problem'] for m in report['mismatches']}
+    assert 'no domain gpuaas-gpu-node-01-s0' in problems['gpu-node-01-s0']
+    assert 'lacks the hostdevs 0000:19:00.0' in problems['gpu-node-01-s1']
+    assert 'not running' in problems['gpu-node-01-s3']
+    assert [i['slot_id'] for i in report['incomplete']] == ['gpu-node-01-s2']
+
+
+def test_a_damaged_lease_holds_its_slot(node):
+    (node.dirs['lease'] / 'gpu-node-01-s4.json').write_text('{not json')
+    node.slot_files('gpu-node-01-s4')
+    report = node.report()
+    assert report['orphans'] == {} and report['damaged_leases'][0]['slot_id'] == 'gpu-node-01-s4'
+    assert not report['clean']
+
+
+@pytest.mark.parametrize('blind', ['libvirt', 'ovs'])
+def test_what_cannot_be_read_is_reported_as_blind(node, blind):
+    node.slot_files('gpu-node-01-s1')
+    if blind == 'libvirt':
+        node.libvirt_error = 'cannot connect to libvirt at qemu:///system'
+    else:
+        node.ovs_rc = 1
+    report = node.report()
+    assert report['blind'] and not report['clean']
+    assert ('libvirt' if blind == 'libvirt' else 'database connection failed') in report['blind'][0]
