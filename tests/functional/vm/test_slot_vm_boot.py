@@ -248,7 +248,7 @@ def test_replace_stop_restart_and_remove_leave_nothing_behind(slot, network, gue
     deadline = time.monotonic() + 60
     while len(network.sink.posts) == posted and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert network.sink.posts[-1]['body']['disk_magic'] == slot['magic']
+    assert network.sink.posts[posted]['body']['disk_magic'] == slot['magic']
 
     # Remove everything: check mode first, then for real.
     check = run_module(slot_vm, dict(uri=slot['uri'], slot_id=SLOT, state='absent', bridge=network.bridge,
