@@ -9,7 +9,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # Debian packages the suite and the lab use. Each is installed only when missing.
 apt_packages=(git rsync pciutils bc iproute2
   qemu-system-x86 qemu-utils busybox-static
-  libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils)
+  libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
+  openvswitch-switch nftables openssh-client systemd)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

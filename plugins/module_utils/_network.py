@@ -1,0 +1,316 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: the slot network on Open vSwitch, dnsmasq and nftables.
+
+The bridge runs with ``fail_mode=secure``: without flows it forwards nothing, so a
+restarted switch or a port nobody configured gets no traffic. Every packet that moves
+does so because a flow says it may:
+
+* host flows (cookie ``HOST_COOKIE``): default drop; DHCP replies broadcast by dnsmasq go
+  to the group ``DHCP_GROUP``, whose buckets are the slot ports (one bucket per slot,
+  added and removed by that slot alone, so slots never rewrite each other's state);
+* slot flows (cookie ``slot_cookie(index)``): from the slot's port only its own MAC with
+  its own IP (ARP included), and only to the gateway's services (DHCP, ICMP, the
+  telemetry sink) or past the slot network (NAT); towards the slot's port only what the
+  gateway sends to its MAC or asks about its IP.
+
+Two slots never exchange a frame: no flow outputs from one slot port to another.
+nftables (table ``inet gpuaas``) guards the host side: slots reach only DHCP, ICMP echo
+and the sink on the host, never another slot through the host's routing, nor private
+networks behind the host; their egress is masqueraded.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import json
+import os
+import re
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    atomic_write, check_path, has_control_chars)
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
+    COOKIE_BASE, SLOT_GATEWAY, SLOT_NETWORK, slot_cookie)
+
+IFNAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}\Z')
+TABLE_RE = re.compile(r'^[a-z][a-z0-9_]{0,31}\Z')
+HOSTNAME_RE = re.compile(r'^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z')
+HOST_COOKIE = COOKIE_BASE | 0xffff
+DHCP_GROUP = 0x677075     # 'gpu'
+FIRST_OFPORT = 100
+OFCTL = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names']
+MAC_BROADCAST = 'ff:ff:ff:ff:ff:ff'
+# Where slots may never go through the host, NAT or not: the host's own networks, link-local
+# (cloud metadata services), carrier-grade NAT. The slot network itself is handled apart.
+DEFAULT_BLOCKED = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10']
+
+
+class NetworkError(ValueError):
+    """A network request refused or a command that failed; the message says which and why."""
+
+
+# -- validation ---------------------------------------------------------------
+
+def check_ifname(value, what):
+    if not isinstance(value, str) or not IFNAME_RE.match(value):
+        raise NetworkError("%s %r is not a network interface name (1-15 letters, digits, '.', '_', '-')"
+                           % (what, value))
+    return value
+
+
+def check_hostname(value):
+    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
+        raise NetworkError('hostname %r is not one RFC 1123 label (1-63 letters, digits and hyphens, '
+                           'not starting or ending with a hyphen)' % (value,))
+    return value.lower()
+
+
+def check_port(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise NetworkError('%s must be a TCP/UDP port number, not %r' % (what, value))
+    return value
+
+
+def gateway_interface(gateway):
+    """The gateway as an IPv4Interface inside the slot network, or NetworkError."""
+    try:
+        iface = ipaddress.ip_interface(u'%s' % gateway)
+    except ValueError:
+        raise NetworkError('gateway %r is not an address with a prefix (10.100.0.1/24)' % (gateway,))
+    if iface.network != ipaddress.ip_network(u'%s' % SLOT_NETWORK):
+        raise NetworkError('gateway %s is not on the slot network %s' % (gateway, SLOT_NETWORK))
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise NetworkError('gateway %s is the network or broadcast address' % gateway)
+    return iface
+
+
+def check_networks(values, what):
+    result = []
+    for value in values:
+        try:
+            result.append(str(ipaddress.ip_network(u'%s' % value, strict=True)))
+        except ValueError:
+            raise NetworkError('%s: %r is not a network (10.0.0.0/8)' % (what, value))
+    return result
+
+
+# -- commands -----------------------------------------------------------------
+
+class Runner(object):
+    """run_command with failures turned into NetworkError naming the command."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, args, check=True, data=None):
+        rc, out, err = self.module.run_command(args, data=data, binary_data=data is not None)
+        if check and rc != 0:
+            raise NetworkError('%s failed (exit %d): %s' % (' '.join(args), rc, (err or out).strip()))
+        return rc, out, err
+
+
+def ovs_available(run):
+    rc, _out, err = run(['ovs-vsctl', '--timeout=5', 'show'], check=False)
+    if rc != 0:
+        raise NetworkError('Open vSwitch does not answer (%s): start ovsdb-server and ovs-vswitchd '
+                           '(host_prep does)' % err.strip())
+
+
+def bridge_info(run, bridge):
+    """{'datapath_type', 'fail_mode'} of an existing bridge, or None."""
+    rc, _out, _err = run(['ovs-vsctl', 'br-exists', bridge], check=False)
+    if rc == 2:
+        return None
+    if rc != 0:
+        raise NetworkError('ovs-vsctl br-exists %s failed' % bridge)
+    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=datapath_type,fail_mode',
+                          'list', 'Bridge', bridge])
+    row = json.loads(out)['data'][0]
+    values = [value if isinstance(value, str) else '' for value in row]   # ["set", []] is unset
+    return {'datapath_type': values[0] or 'system', 'fail_mode': values[1]}
+
+
+# -- flows --------------------------------------------------------------------
+
+def canonical_flow(text):
+    """A flow as (cookie, priority, match tokens, actions), the same for our text and OVS's dump."""
+    text = text.strip()
+    if ' actions=' in text:
+        head, actions = text.split(' actions=', 1)
+    else:
+        head, actions = text.split('actions=', 1)
+    tokens = set()
+    cookie = priority = None
+    for token in head.replace(' ', '').split(','):
+        if not token:
+            continue
+        key, _sep, value = token.partition('=')
+        if key == 'cookie':
+            cookie = int(value, 16)
+        elif key == 'priority':
+            priority = int(value)
+        elif key in ('duration', 'n_packets', 'n_bytes', 'idle_age', 'hard_age', 'table', 'reset_counts'):
+            continue
+        else:
+            tokens.add(token.lower())
+    return cookie, priority if priority is not None else 32768, frozenset(tokens), actions.strip().lower()
+
+
+def dump_flows(run, bridge, cookie):
+    _rc, out, _err = run(OFCTL + ['dump-flows', bridge, 'cookie=%#x/-1' % cookie])
+    flows = set()
+    for line in out.splitlines():
+        if 'actions=' in line and 'cookie=' in line:
+            flows.add(canonical_flow(line))
+    return flows
+
+
+def install_flows(run, bridge, cookie, flows):
+    """Replace the flows with ``cookie`` by ``flows`` (one add-flow batch, from stdin)."""
+    run(OFCTL + ['del-flows', bridge, 'cookie=%#x/-1' % cookie])
+    if flows:
+        run(OFCTL + ['add-flows', bridge, '-'], data='\n'.join(flows) + '\n')
+
+
+def host_flows(gateway_ip):
+    c = 'cookie=%#x' % HOST_COOKIE
+    return [
+        # Everything not allowed by a slot's own flows stops here.
+        '%s,priority=0 actions=drop' % c,
+        # dnsmasq's broadcast DHCP replies (clients that set the broadcast flag) go to the slot
+        # ports only, through the group each slot adds its own bucket to.
+        '%s,priority=150,udp,in_port=LOCAL,dl_dst=%s,nw_src=%s,tp_src=67,tp_dst=68 actions=group:%d'
+        % (c, MAC_BROADCAST, gateway_ip, DHCP_GROUP),
+    ]
+
+
+def slot_flows(index, ofport, mac, ip, gateway_ip, sink_port):
+    c = 'cookie=%#x' % slot_cookie(index)
+    src = 'in_port=%d,dl_src=%s' % (ofport, mac)
+    net = SLOT_NETWORK
+    return [
+        # From the slot: ARP only about its own address, asking only for the gateway.
+        '%s,priority=200,arp,%s,arp_spa=%s,arp_sha=%s,arp_tpa=%s actions=LOCAL' % (c, src, ip, mac, gateway_ip),
+        # DHCP before the slot has its address, and afterwards (renewal to the server).
+        '%s,priority=200,udp,%s,nw_src=0.0.0.0,nw_dst=255.255.255.255,tp_src=68,tp_dst=67 actions=LOCAL' % (c, src),
+        '%s,priority=200,udp,%s,nw_src=%s,tp_src=68,tp_dst=67 actions=LOCAL' % (c, src, ip),
+        # The gateway's services: ping and the telemetry sink.
+        '%s,priority=200,icmp,%s,nw_src=%s,nw_dst=%s actions=LOCAL' % (c, src, ip, gateway_ip),
+        '%s,priority=200,tcp,%s,nw_src=%s,nw_dst=%s,tp_dst=%d actions=LOCAL' % (c, src, ip, gateway_ip, sink_port),
+        # Nothing else on the slot network (other slots, its broadcast address, the host's other ports).
+        '%s,priority=190,ip,%s,nw_src=%s,nw_dst=%s actions=drop' % (c, src, ip, net),
+        # Past the slot network: to the host, which routes and masquerades it (nftables).
+        '%s,priority=180,ip,%s,nw_src=%s actions=LOCAL' % (c, src, ip),
+        # Towards the slot: what the gateway sends to its MAC, and ARP asking for its address.
+        '%s,priority=200,in_port=LOCAL,dl_dst=%s actions=output:%d' % (c, mac, ofport),
+        '%s,priority=200,arp,in_port=LOCAL,dl_dst=%s,arp_tpa=%s actions=output:%d' % (c, MAC_BROADCAST, ip, ofport),
+    ]
+
+
+def group_buckets(run, bridge):
+    """{bucket_id: actions} of the DHCP broadcast group, or None when the group is missing."""
+    _rc, out, _err = run(OFCTL + ['dump-groups', bridge, 'group_id=%d' % DHCP_GROUP])
+    for line in out.splitlines():
+        if 'group_id=%d,' % DHCP_GROUP in line:
+            return dict((int(m.group(1)), m.group(2)) for m in
+                        re.finditer(r'bucket=bucket_id:(\d+),actions=([^,]+(?:,(?!bucket=)[^,]+)*)', line))
+    return None
+
+
+# -- nftables -----------------------------------------------------------------
+
+def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
+    """The table as nft source: created, deleted and created again, so applying it is atomic."""
+    net = str(gateway.network)
+    gw = str(gateway.ip)
+    lines = [
+        '# Written by gpuaas.slice.host_network: the slot network %s on %s.' % (net, bridge),
+        'table inet %s' % table,
+        'delete table inet %s' % table,
+        'table inet %s {' % table,
+        '  chain input {',
+        '    type filter hook input priority filter - 1; policy accept;',
+        '    iifname "%s" ct state established,related accept' % bridge,
+        '    iifname "%s" udp dport 67 accept' % bridge,
+        '    iifname "%s" ip daddr %s icmp type echo-request accept' % (bridge, gw),
+        '    iifname "%s" ip daddr %s tcp dport %d accept' % (bridge, gw, sink_port),
+        '    iifname "%s" drop' % bridge,
+        '  }',
+        '  chain forward {',
+        '    type filter hook forward priority filter - 1; policy accept;',
+        '    iifname "%s" oifname "%s" drop' % (bridge, bridge),
+        '    oifname "%s" ct state established,related accept' % bridge,
+        '    oifname "%s" drop' % bridge,
+    ]
+    if blocked:
+        lines.append('    iifname "%s" ip daddr { %s } drop' % (bridge, ', '.join(blocked)))
+    if nat:
+        lines.append('    iifname "%s" ip saddr %s %saccept' % (
+            bridge, net, 'oifname "%s" ' % uplink if uplink else ''))
+    lines.append('    iifname "%s" drop' % bridge)
+    lines.append('  }')
+    if nat:
+        lines += [
+            '  chain postrouting {',
+            '    type nat hook postrouting priority srcnat; policy accept;',
+            '    ip saddr %s %s masquerade' % (net, 'oifname "%s"' % uplink if uplink else 'oifname != "%s"' % bridge),
+            '  }',
+        ]
+    lines.append('}')
+    return '\n'.join(lines) + '\n'
+
+
+# -- dnsmasq ------------------------------------------------------------------
+
+def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers):
+    net = gateway.network
+    lines = [
+        '# Written by gpuaas.slice.host_network: DHCP for the slot network %s only.' % net,
+        '# Fixed addresses only (one file per slot in dhcp-hostsdir, read by inotify); no DNS.',
+        'interface=%s' % bridge,
+        'bind-interfaces',
+        'except-interface=lo',
+        'port=0',
+        'dhcp-range=%s,static,%s,12h' % (net.network_address, net.netmask),
+        'dhcp-hostsdir=%s' % hosts_dir,
+        'dhcp-leasefile=%s' % lease_file,
+        'dhcp-option=option:router,%s' % gateway.ip,
+        'dhcp-authoritative',
+        'dhcp-no-override',
+        'no-resolv',
+        'no-hosts',
+    ]
+    if dns_servers:
+        lines.append('dhcp-option=option:dns-server,%s' % ','.join(dns_servers))
+    return '\n'.join(lines) + '\n'
+
+
+def dhcp_host_line(mac, ip, hostname):
+    return '%s,%s,%s\n' % (mac, ip, hostname)
+
+
+def write_if_changed(module, path, content, mode=0o644):
+    """(changed, before) for a text file written atomically when it differs."""
+    before = None
+    if os.path.exists(path):
+        with open(path, 'rb') as handle:
+            before = handle.read().decode('utf-8', 'replace')
+    if before == content:
+        return False, before
+    if not module.check_mode:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        atomic_write(module, path, content.encode('utf-8'), mode=mode)
+    return True, before
+
+
+def config_path(path, what):
+    path = check_path(path, what)
+    if has_control_chars(path) or ',' in path or ' ' in path:
+        raise NetworkError('%s %r may not hold spaces or commas (dnsmasq reads it)' % (what, path))
+    return path
+

@@ -1,0 +1,325 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: host_network
+short_description: Set up a node's slot network (Open vSwitch bridge, gateway, flows, dnsmasq, nftables)
+version_added: 0.1.0
+description:
+  - Creates the Open vSwitch bridge O(bridge) with C(fail_mode=secure) (no flows, no traffic), with
+    the kernel datapath (V(system)) or the userspace one (V(netdev), for hosts without the
+    openvswitch kernel module).
+  - Puts the gateway address O(gateway) on the bridge's own interface and brings it up.
+  - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies go only to slot
+    ports, through a group each slot adds its own bucket to). Each slot's own flows come from
+    M(gpuaas.slice.slot_network).
+  - Writes the dnsmasq configuration O(dnsmasq_conf): DHCP on the bridge only, fixed addresses only
+    (C(dhcp-hostsdir), read by inotify, so slots come and go without a reload), no dynamic range, no
+    DNS. It does not run dnsmasq; RV(dnsmasq_argv) is the command line to run it with (a systemd unit
+    or M(gpuaas.slice.host_daemon)).
+  - Applies the nftables table C(inet {nft_table}) atomically; the slots reach DHCP, ping and the
+    telemetry sink on the host and nothing else of it, never each other through the host's routing,
+    never the private networks in O(blocked_networks); with O(nat) their egress is masqueraded and
+    IPv4 forwarding is turned on.
+  - V(absent) removes the bridge, the table and the configuration file.
+author: gpuaas.slice contributors
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+requirements:
+  - Open vSwitch (ovs-vsctl, ovs-ofctl), iproute2, nftables
+options:
+  state:
+    description: Whether the slot network exists.
+    type: str
+    choices: [present, absent]
+    default: present
+  bridge:
+    description: The bridge (a network interface name, at most 15 characters).
+    type: str
+    default: br-gpuaas
+  datapath_type:
+    description: V(system) (the kernel datapath) or V(netdev) (Open vSwitch's userspace datapath).
+    type: str
+    choices: [system, netdev]
+    default: system
+  gateway:
+    description: The gateway address with its prefix, on the slot network 10.100.0.0/24.
+    type: str
+    default: 10.100.0.1/24
+  telemetry_port:
+    description: The telemetry sink's TCP port on the gateway address.
+    type: int
+    default: 9110
+  dnsmasq_conf:
+    description: The dnsmasq configuration file written for the slot network.
+    type: path
+    default: /etc/gpuaas/dnsmasq.conf
+  hosts_dir:
+    description: dnsmasq's C(dhcp-hostsdir), one file per slot (created when missing).
+    type: path
+    default: /var/lib/gpuaas/network/dhcp-hosts.d
+  lease_file:
+    description: dnsmasq's lease file.
+    type: path
+    default: /var/lib/gpuaas/network/dnsmasq.leases
+  dns_servers:
+    description: DNS servers handed to the slots by DHCP (none by default).
+    type: list
+    elements: str
+    default: []
+  nat:
+    description: Masquerade the slots' egress and turn on IPv4 forwarding.
+    type: bool
+    default: true
+  uplink:
+    description: The interface egress leaves through; unset, any interface but the bridge.
+    type: str
+  blocked_networks:
+    description: Networks the slots may never reach through the host (management networks, metadata services).
+    type: list
+    elements: str
+    default: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10]
+  nft_table:
+    description: The name of the nftables table (family C(inet)).
+    type: str
+    default: gpuaas
+  nft_file:
+    description: Where the applied ruleset is kept (what boot-time units load, and what idempotence compares).
+    type: path
+    default: /etc/gpuaas/nftables.nft
+'''
+
+EXAMPLES = r'''
+- name: The slot network on a host without the openvswitch kernel module
+  gpuaas.slice.host_network:
+    datapath_type: netdev
+  register: net
+
+- name: Run dnsmasq for it where systemd does not run
+  gpuaas.slice.host_daemon:
+    name: gpuaas-dnsmasq
+    argv: "{{ net.dnsmasq_argv }}"
+    pidfile: /run/gpuaas/gpuaas-dnsmasq.pid
+'''
+
+RETURN = r'''
+bridge:
+  description: The bridge.
+  returned: always
+  type: str
+  sample: br-gpuaas
+gateway:
+  description: The gateway address with its prefix.
+  returned: always
+  type: str
+  sample: 10.100.0.1/24
+dnsmasq_argv:
+  description: The command line that runs dnsmasq for the slot network in the foreground.
+  returned: always
+  type: list
+  elements: str
+  sample: [/usr/sbin/dnsmasq, --keep-in-foreground, --conf-file=/etc/gpuaas/dnsmasq.conf]
+changes:
+  description: What changed (or would change in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [bridge br-gpuaas created, gateway 10.100.0.1/24 on br-gpuaas, host flows, dnsmasq.conf, nftables]
+'''
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError, remove
+
+DNSMASQ = '/usr/sbin/dnsmasq'
+FORWARD = '/proc/sys/net/ipv4/ip_forward'
+
+
+def addresses(run, bridge):
+    _rc, out, _err = run(['ip', '-j', 'address', 'show', 'dev', bridge])
+    info = json.loads(out or '[]')
+    if not info:
+        return [], False
+    found = ['%s/%s' % (a['local'], a['prefixlen']) for a in info[0].get('addr_info', []) if a.get('family') == 'inet']
+    return found, 'UP' in info[0].get('flags', [])
+
+
+class HostNetwork(object):
+    def __init__(self, module):
+        self.module = module
+        self.run = net.Runner(module)
+        p = module.params
+        self.bridge = net.check_ifname(p['bridge'], 'bridge')
+        self.gateway = net.gateway_interface(p['gateway'])
+        self.port = net.check_port(p['telemetry_port'], 'telemetry_port')
+        self.uplink = net.check_ifname(p['uplink'], 'uplink') if p['uplink'] else None
+        if not net.TABLE_RE.match(p['nft_table'] or ''):
+            raise net.NetworkError('nft_table %r is not a table name (lower-case letters, digits, _)' % (p['nft_table'],))
+        self.blocked = net.check_networks(p['blocked_networks'], 'blocked_networks')
+        dns = net.check_networks(p['dns_servers'], 'dns_servers')
+        self.dns = [item.split('/')[0] for item in dns]
+        self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
+        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
+        self.lease_file = net.config_path(p['lease_file'], 'lease_file')
+        self.nft_file = net.config_path(p['nft_file'], 'nft_file')
+        self.changes = []
+        self.diff = {'before': {}, 'after': {}}
+
+    def changed(self, what, before=None, after=None):
+        self.changes.append(what)
+        if before is not None or after is not None:
+            self.diff['before'][what] = before
+            self.diff['after'][what] = after
+
+    def present(self):
+        check = self.module.check_mode
+        net.ovs_available(self.run)
+        want = {'datapath_type': self.module.params['datapath_type'], 'fail_mode': 'secure'}
+        have = net.bridge_info(self.run, self.bridge)
+        if have != want:
+            self.changed('bridge %s %s' % (self.bridge, 'created' if have is None else 'reconfigured'), have, want)
+            if not check:
+                self.run(['ovs-vsctl', '--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
+                          'datapath_type=%s' % want['datapath_type'], 'fail_mode=secure'])
+        if have is None and check:
+            self.plan_rest_for_new_bridge()
+            return
+        found, up = addresses(self.run, self.bridge)
+        gateway = str(self.gateway)
+        if gateway not in found or not up:
+            self.changed('gateway %s on %s' % (gateway, self.bridge), {'addresses': found, 'up': up},
+                         {'addresses': [gateway], 'up': True})
+            if not check:
+                self.run(['ip', 'address', 'replace', gateway, 'dev', self.bridge])
+                self.run(['ip', 'link', 'set', self.bridge, 'up'])
+        self.flows()
+        self.files()
+        self.nftables()
+        self.forwarding()
+
+    def plan_rest_for_new_bridge(self):
+        self.changed('gateway %s on %s' % (self.gateway, self.bridge))
+        self.changed('host flows')
+        self.files()
+        self.nftables()
+        self.forwarding()
+
+    def flows(self):
+        # The group first: OVS refuses a flow that names a group that does not exist.
+        if net.group_buckets(self.run, self.bridge) is None:
+            self.changed('DHCP broadcast group')
+            if not self.module.check_mode:
+                self.run(net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP])
+        want = set(net.canonical_flow(flow) for flow in net.host_flows(str(self.gateway.ip)))
+        have = net.dump_flows(self.run, self.bridge, net.HOST_COOKIE)
+        if have != want:
+            self.changed('host flows', len(have), len(want))
+            if not self.module.check_mode:
+                net.install_flows(self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)))
+
+    def files(self):
+        if not os.path.isdir(self.hosts_dir):
+            self.changed('directory %s' % self.hosts_dir)
+            if not self.module.check_mode:
+                os.makedirs(self.hosts_dir, 0o755)
+        conf = net.dnsmasq_conf(self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns)
+        changed, before = net.write_if_changed(self.module, self.conf, conf)
+        if changed:
+            self.changed(self.conf, before or '', conf)
+
+    def nftables(self):
+        ruleset = net.nft_ruleset(self.module.params['nft_table'], self.bridge, self.gateway, self.port,
+                                  self.module.params['nat'], self.uplink, self.blocked)
+        rc, _out, _err = self.run(['nft', 'list', 'table', 'inet', self.module.params['nft_table']], check=False)
+        changed, before = net.write_if_changed(self.module, self.nft_file, ruleset)
+        if changed or rc != 0:
+            self.changed('nftables table inet %s' % self.module.params['nft_table'], before or '', ruleset)
+            if not self.module.check_mode:
+                self.run(['nft', '-f', self.nft_file])
+
+    def forwarding(self):
+        if not self.module.params['nat']:
+            return
+        with open(FORWARD) as handle:
+            on = handle.read().strip() == '1'
+        if not on:
+            self.changed('net.ipv4.ip_forward=1', '0', '1')
+            if not self.module.check_mode:
+                with open(FORWARD, 'w') as handle:
+                    handle.write('1\n')
+
+    def absent(self):
+        check = self.module.check_mode
+        rc, _out, _err = self.run(['ovs-vsctl', 'br-exists', self.bridge], check=False)
+        if rc == 0:
+            self.changed('bridge %s removed' % self.bridge)
+            if not check:
+                self.run(['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
+        table = self.module.params['nft_table']
+        rc, _out, _err = self.run(['nft', 'list', 'table', 'inet', table], check=False)
+        if rc == 0:
+            self.changed('nftables table inet %s removed' % table)
+            if not check:
+                self.run(['nft', 'delete', 'table', 'inet', table])
+        for path in (self.conf, self.nft_file):
+            if os.path.exists(path):
+                self.changed('%s removed' % path)
+                if not check:
+                    remove(path)
+
+    def result(self):
+        result = dict(changed=bool(self.changes), changes=self.changes, bridge=self.bridge,
+                      gateway=str(self.gateway), nft_table=self.module.params['nft_table'],
+                      dnsmasq_conf=self.conf,
+                      dnsmasq_argv=[DNSMASQ, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
+        if self.module._diff:
+            result['diff'] = self.diff
+        return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            bridge=dict(type='str', default='br-gpuaas'),
+            datapath_type=dict(type='str', choices=['system', 'netdev'], default='system'),
+            gateway=dict(type='str', default='10.100.0.1/24'),
+            telemetry_port=dict(type='int', default=9110),
+            dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
+            hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+            lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
+            dns_servers=dict(type='list', elements='str', default=[]),
+            nat=dict(type='bool', default=True),
+            uplink=dict(type='str'),
+            blocked_networks=dict(type='list', elements='str', default=list(net.DEFAULT_BLOCKED)),
+            nft_table=dict(type='str', default='gpuaas'),
+            nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        host = HostNetwork(module)
+        if module.params['state'] == 'present':
+            host.present()
+        else:
+            host.absent()
+    except (net.NetworkError, PathError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**host.result())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,160 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: telemetry_token
+short_description: Create or revoke an allocation's telemetry token
+version_added: 0.1.0
+description:
+  - Each allocation gets its own token for the host-only telemetry sink. The token file
+    C({token_dir}/{slot_id}.json) (mode 0600, in a 0700 directory) holds the allocation id, the slot's
+    IP (from the layout) and the token; the sink accepts a sample only with a known token coming from
+    that token's slot address.
+  - Running it again for the same allocation returns the same token (no change). A new allocation on
+    the slot replaces the file, so the previous allocation's token stops working at once.
+  - V(absent) revokes the token of O(allocation_id) (a token of another allocation is left alone
+    unless O(force=true)).
+author: gpuaas.slice contributors
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The diff never shows the token.
+options:
+  slot_id:
+    description: The slot, C({node_id}-s{index}).
+    type: str
+    required: true
+  allocation_id:
+    description: The allocation. Required unless O(state=absent) with O(force=true).
+    type: str
+  state:
+    description: Whether the allocation has a token.
+    type: str
+    choices: [present, absent]
+    default: present
+  force:
+    description: With O(state=absent), revoke whatever token the slot has.
+    type: bool
+    default: false
+  token_dir:
+    description: Where tokens are kept (root only).
+    type: path
+    default: /var/lib/gpuaas/telemetry/tokens
+'''
+
+EXAMPLES = r'''
+- name: A token for the allocation, for its cloud-init seed
+  gpuaas.slice.telemetry_token:
+    slot_id: gpu-node-01-s3
+    allocation_id: alloc-7f3a
+  register: token
+
+- name: Revoke it on release
+  gpuaas.slice.telemetry_token:
+    slot_id: gpu-node-01-s3
+    allocation_id: alloc-7f3a
+    state: absent
+'''
+
+RETURN = r'''
+token:
+  description: The allocation's token (only with O(state=present); null in check mode before it exists).
+  returned: success
+  type: str
+path:
+  description: The token file.
+  returned: always
+  type: str
+  sample: /var/lib/gpuaas/telemetry/tokens/gpu-node-01-s3.json
+'''
+
+import errno
+import json
+import os
+import secrets
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    PathError, atomic_write, check_path, check_slot_id, ensure_dir, remove)
+from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, slot_ip
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, check_allocation_id
+
+
+def read(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (IOError, OSError) as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    except ValueError:
+        return {'damaged': True}
+
+
+def shown(record):
+    """The record as the diff shows it: never the token."""
+    if record is None:
+        return ''
+    return json.dumps(dict((k, v) for k, v in record.items() if k != 'token'), indent=2, sort_keys=True) + '\n'
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            slot_id=dict(type='str', required=True),
+            allocation_id=dict(type='str'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            force=dict(type='bool', default=False),
+            token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
+        ),
+        required_if=[('state', 'present', ('allocation_id',)), ('force', False, ('allocation_id',))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        _node, index = check_slot_id(p['slot_id'])
+        if p['allocation_id'] is not None:
+            check_allocation_id(p['allocation_id'])
+        token_dir = check_path(p['token_dir'], 'token_dir')
+    except (LayoutError, LeaseError, PathError) as exc:
+        module.fail_json(msg=str(exc))
+    path = os.path.join(token_dir, '%s.json' % p['slot_id'])
+    current = read(path)
+    result = dict(changed=False, path=path)
+    if p['state'] == 'present':
+        if current and current.get('allocation_id') == p['allocation_id'] and current.get('token') \
+                and current.get('ip') == slot_ip(index):
+            module.exit_json(token=current['token'], **result)
+        new = {'allocation_id': p['allocation_id'], 'slot_id': p['slot_id'], 'ip': slot_ip(index),
+               'token': secrets.token_urlsafe(32)}
+        result.update(changed=True, token=None if module.check_mode else new['token'])
+        if not module.check_mode:
+            ensure_dir(token_dir, 0o700)
+            atomic_write(module, path, (json.dumps(new, sort_keys=True) + '\n').encode('utf-8'), mode=0o600)
+    else:
+        mine = current is not None and (p['force'] or current.get('allocation_id') == p['allocation_id'])
+        if current is not None and not mine:
+            result['msg'] = 'the token of slot %s belongs to allocation %s: left alone' % (
+                p['slot_id'], current.get('allocation_id'))
+            module.exit_json(**result)
+        new = None
+        result['changed'] = current is not None
+        if current is not None and not module.check_mode:
+            remove(path)
+    if module._diff:
+        result['diff'] = dict(before=shown(current), after=shown(new))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,159 @@
+#!/usr/bin/python3
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpuaas telemetry sink: the host-only endpoint slot VMs post their metrics to.
+
+    gpuaas_telemetry_sink.py --listen 10.100.0.1 --port 9110 \
+        --token-dir /var/lib/gpuaas/telemetry/tokens --data-dir /var/lib/gpuaas/telemetry/data
+
+POST /metrics (or /v1/metrics) with ``Authorization: Bearer <token>`` and a JSON object of
+at most 64 KiB. A sample is kept only when the token is an allocation's current token
+(gpuaas.slice.telemetry_token writes them) *and* comes from that allocation's slot address:
+a token copied into another slot is refused. Accepted samples are appended, one JSON line
+each, to ``{data_dir}/{allocation_id}.jsonl``. Answers: 200 stored, 400 bad body,
+401 unknown token, 403 token from the wrong address, 404 other paths, 413 too large.
+GET /healthz answers 200. Standard library only: it runs with the host's python3.
+"""
+
+import argparse
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+MAX_BODY = 64 * 1024
+ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')
+
+
+class Tokens:
+    """The token files, re-read when the directory changes (a token is added or revoked)."""
+
+    def __init__(self, token_dir):
+        self.token_dir = token_dir
+        self.lock = threading.Lock()
+        self.stamp = None
+        self.by_digest = {}
+
+    def _load(self):
+        try:
+            stamp = os.stat(self.token_dir).st_mtime_ns
+        except OSError:
+            self.by_digest, self.stamp = {}, None   # no token directory: no tokens
+            return
+        if stamp == self.stamp:
+            return
+        tokens = {}
+        for name in os.listdir(self.token_dir):
+            if not name.endswith('.json'):
+                continue
+            try:
+                with open(os.path.join(self.token_dir, name)) as handle:
+                    record = json.load(handle)
+                token = record['token']
+                if ID_RE.match(record['allocation_id']) and isinstance(token, str) and len(token) >= 16:
+                    tokens[hashlib.sha256(token.encode()).hexdigest()] = record
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        self.by_digest, self.stamp = tokens, stamp
+
+    def find(self, token):
+        """The token's record, or None. Compared by SHA-256 digest in constant time."""
+        digest = hashlib.sha256(token.encode('utf-8', 'replace')).hexdigest()
+        with self.lock:
+            self._load()
+            found = None
+            for known, record in self.by_digest.items():
+                if hmac.compare_digest(known, digest):
+                    found = record
+            return found
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = 'gpuaas-telemetry-sink'
+    sys_version = ''
+
+    def reply(self, status, message=''):
+        body = (json.dumps({'status': status, 'message': message}) + '\n').encode() if message else b''
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path == '/healthz':
+            self.reply(200, 'ok')
+        else:
+            self.reply(404, 'not found')
+
+    def do_POST(self):  # noqa: N802
+        if self.path not in ('/metrics', '/v1/metrics'):
+            return self.reply(404, 'not found')
+        try:
+            length = int(self.headers.get('Content-Length', ''))
+        except ValueError:
+            return self.reply(411, 'Content-Length required')
+        if length > MAX_BODY or length < 0:
+            return self.reply(413, 'a sample is at most %d bytes' % MAX_BODY)
+        raw = self.rfile.read(length)
+        auth = self.headers.get('Authorization', '')
+        if not auth.startswith('Bearer ') or len(auth) > 1024:
+            return self.reply(401, 'a bearer token is required')
+        record = self.server.tokens.find(auth[len('Bearer '):].strip())
+        if record is None:
+            return self.reply(401, 'unknown or revoked token')
+        client = self.client_address[0]
+        if client != record.get('ip'):
+            return self.reply(403, 'this token belongs to another slot')
+        try:
+            body = json.loads(raw.decode('utf-8'))
+        except (UnicodeDecodeError, ValueError):
+            return self.reply(400, 'the body is not JSON')
+        if not isinstance(body, dict):
+            return self.reply(400, 'the body must be a JSON object')
+        line = json.dumps({'received_at': time.time(), 'allocation_id': record['allocation_id'],
+                           'slot_id': record.get('slot_id'), 'body': body}, sort_keys=True) + '\n'
+        path = os.path.join(self.server.data_dir, '%s.jsonl' % record['allocation_id'])
+        with self.server.write_lock:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        return self.reply(200, 'stored')
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write('%s %s\n' % (self.client_address[0], fmt % args))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--listen', default='10.100.0.1', help='the address to listen on (never 0.0.0.0 by default)')
+    parser.add_argument('--port', type=int, default=9110)
+    parser.add_argument('--token-dir', default='/var/lib/gpuaas/telemetry/tokens')
+    parser.add_argument('--data-dir', default='/var/lib/gpuaas/telemetry/data')
+    args = parser.parse_args(argv)
+    os.makedirs(args.data_dir, mode=0o700, exist_ok=True)
+    server = http.server.ThreadingHTTPServer((args.listen, args.port), Handler)
+    server.daemon_threads = True
+    server.tokens = Tokens(args.token_dir)
+    server.data_dir = args.data_dir
+    server.write_lock = threading.Lock()
+    sys.stderr.write('gpuaas telemetry sink on %s:%d, tokens %s, data %s\n'
+                     % (args.listen, args.port, args.token_dir, args.data_dir))
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
