@@ -20,7 +20,7 @@ description:
   - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies go only to slot
     ports, through a group each slot adds its own bucket to). Each slot's own flows come from
     M(gpuaas.slice.slot_network).
-  - Writes the dnsmasq configuration O(dnsmasq_conf): DHCP on the bridge only, fixed addresses only
+  - Writes the dnsmasq configuration O(dnsmasq_conf), with DHCP on the bridge only, fixed addresses only
     (C(dhcp-hostsdir), read by inotify, so slots come and go without a reload), no dynamic range, no
     DNS. It does not run dnsmasq; RV(dnsmasq_argv) is the command line to run it with (a systemd unit
     or M(gpuaas.slice.host_daemon)).
