@@ -36,17 +36,25 @@ def read_pid(pidfile):
     return int(text) if text.isdigit() else None
 
 
-def cmdline(pid, proc_root='/proc'):
-    """The argv of a live process, or None when there is none (or it is a zombie)."""
+def alive(pid, proc_root='/proc'):
+    """Whether ``pid`` is a live process (not a zombie)."""
     try:
         with open(os.path.join(proc_root, str(pid), 'stat')) as handle:
-            if handle.read().rsplit(')', 1)[-1].split()[0] == 'Z':
-                return None
+            return handle.read().rsplit(')', 1)[-1].split()[0] != 'Z'
+    except (IOError, OSError, IndexError):
+        return False
+
+
+def cmdline(pid, proc_root='/proc'):
+    """The argv of a live process ([] while it execs, or for a kernel thread), None when it is gone."""
+    if not alive(pid, proc_root):
+        return None
+    try:
         with open(os.path.join(proc_root, str(pid), 'cmdline'), 'rb') as handle:
             raw = handle.read()
-    except (IOError, OSError, IndexError):
+    except (IOError, OSError):
         return None
-    return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]] or None
+    return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]]
 
 
 class Daemon:
@@ -80,7 +88,7 @@ class Daemon:
         if pid is None:
             return None, None
         argv = cmdline(pid, self.proc_root)
-        if argv is None:
+        if not argv:
             return None, None
         # The pidfile names this daemon only while its pid runs the same program.
         want = os.path.basename((self.p['argv'] or [argv[0]])[0])
@@ -161,7 +169,7 @@ class Daemon:
         """Wait for ready_path (a socket or file the daemon creates), failing if it dies."""
         ready = self.p['ready_path']
         while True:
-            if cmdline(pid, self.proc_root) is None:
+            if not alive(pid, self.proc_root):
                 if proc.pid == pid:
                     proc.poll()
                 raise DaemonError('%s (pid %d) died right after it started%s'
@@ -176,7 +184,7 @@ class Daemon:
     def stop(self, pid):
         deadline = self.clock() + self.p['timeout']
         sig = signal.SIGTERM
-        while cmdline(pid, self.proc_root) is not None:
+        while alive(pid, self.proc_root):
             try:
                 os.kill(pid, sig)
             except OSError:

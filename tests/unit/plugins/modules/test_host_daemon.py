@@ -110,3 +110,20 @@ def test_bad_input_is_refused_and_starts_nothing(daemon, capsys, args, message):
     assert result['failed'] is True and message in result['msg']
     assert not os.path.exists(daemon['pidfile'])
     assert subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True).stdout == before
+
+
+def test_a_process_in_the_middle_of_exec_is_alive(tmp_path):
+    """/proc/PID/cmdline is empty for a moment while a child execs: that is not a death.
+
+    Found by the lab: the telemetry sink was reported dead while it listened.
+    """
+    from ansible_collections.gpuaas.slice.plugins.module_utils import _daemon
+    proc = tmp_path / 'proc' / '4242'
+    proc.mkdir(parents=True)
+    (proc / 'stat').write_text('4242 (python3) S 1 4242 4242 0 -1 4194560 0 0 0 0\n')
+    (proc / 'cmdline').write_bytes(b'')
+    assert _daemon.alive(4242, str(tmp_path / 'proc'))
+    assert _daemon.cmdline(4242, str(tmp_path / 'proc')) == []
+    (proc / 'stat').write_text('4242 (python3) Z 1 4242 4242 0 -1 4194560 0 0 0 0\n')
+    assert not _daemon.alive(4242, str(tmp_path / 'proc'))
+    assert not _daemon.alive(4243, str(tmp_path / 'proc'))
