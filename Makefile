@@ -2,10 +2,12 @@
 VENV ?= .venv
 SETUP := hack/setup.sh $(VENV)
 
-.PHONY: help setup lab kernel-lab test units sanity lint molecule docs docs-check bench clean
+.PHONY: help setup lab lab-up lab-down kernel-lab test units sanity lint molecule docs docs-check bench clean
 
 help:
-	@echo "make lab    - set everything up and run the local lab (discovery on this machine and a sample host)"
+	@echo "make lab    - set everything up and run the local lab: host_prep, discover, allocate two slots"
+	@echo "              (test guests under TCG), prove their network isolation, release them, report"
+	@echo "make lab-up / lab-down - the lab's two allocations left running / torn down"
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
 	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it"
 	@echo "make units | sanity | lint | molecule | docs-check - one part of the suite"
@@ -16,7 +18,13 @@ setup:
 	@$(SETUP)
 
 lab: setup
-	@hack/lab.sh $(VENV)
+	@hack/lab.sh $(VENV) run
+
+lab-up: setup
+	@hack/lab.sh $(VENV) up
+
+lab-down: setup
+	@hack/lab.sh $(VENV) down
 
 kernel-lab: setup
 	@$(VENV)/bin/python lab/kernel/kernel_lab.py run

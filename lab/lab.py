@@ -1,0 +1,314 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The local lab: the whole product on this machine, driven like AWX drives it.
+
+    python lab/lab.py run     # make lab: prepare, discover, allocate two slots, prove, release
+    python lab/lab.py up      # make lab-up: the same, leaving both allocations running
+    python lab/lab.py down    # make lab-down: release them, reconcile, stop the lab's daemons
+
+The playbooks run through ansible-runner, as the control plane's worker runs them. This
+machine has no GPU and no IOMMU: the node is the bundled sample host (a sysfs tree of a
+two-socket 8-GPU server, lab/inventory.yml), its slots s0 and s1 are approved
+(lab/host_vars/sample-hgx.yml), and the VMs are the test guest (tests/guest) under TCG
+without their hostdevs, which the report says. Everything else is real: libvirt and QEMU,
+Open vSwitch (userspace datapath), dnsmasq, nftables, the telemetry sink. The guests prove
+isolation with their own packets: each pings its gateway and every other slot address and
+posts what answered to the sink with its token.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+BUILD = os.path.join(REPO, '.build', 'lab')
+INVENTORY = os.path.join(HERE, 'inventory.yml')
+NODE = 'sample-hgx'
+SLOTS = ['sample-hgx-s0', 'sample-hgx-s1']
+STATE = os.path.join(BUILD, 'allocations.json')
+SINK_DATA = '/var/lib/gpuaas/telemetry/data'
+
+
+def log(message):
+    print('lab: %s' % message, flush=True)
+
+
+class Playbooks:
+    """ansible-runner over the collection's playbooks, printing one line per finished task."""
+
+    def __init__(self, verbose=False):
+        self.verbose = verbose
+        self.lock = threading.Lock()
+
+    def run(self, playbook, hosts, extravars, label):
+        import ansible_runner
+        ident = '%s-%s' % (label.replace(' ', '-'), time.strftime('%Y%m%dT%H%M%S'))
+        data_dir = os.path.join(BUILD, 'runner')
+        os.makedirs(data_dir, exist_ok=True)
+        started = {}
+
+        def on_event(event):
+            data = event.get('event_data', {})
+            if event.get('event') == 'runner_on_start':
+                started[data.get('task_uuid')] = time.monotonic()
+            elif event.get('event') in ('runner_on_ok', 'runner_on_failed', 'runner_item_on_failed'):
+                took = time.monotonic() - started.get(data.get('task_uuid'), time.monotonic())
+                status = 'FAILED' if 'failed' in event['event'] else (
+                    'changed' if data.get('res', {}).get('changed') else 'ok')
+                if self.verbose or status != 'ok' or took > 1:
+                    with self.lock:
+                        print('  [%s] %-60s %-7s %5.1fs' % (label, data.get('task', '')[:60], status, took),
+                              flush=True)
+            return True
+
+        env = {'ANSIBLE_CONFIG': os.path.join(REPO, 'ansible.cfg'),
+               'ANSIBLE_COLLECTIONS_PATH': os.path.join(REPO, '.build', 'collections'),
+               'ANSIBLE_PYTHON_INTERPRETER': sys.executable}
+        start = time.monotonic()
+        result = ansible_runner.run(
+            private_data_dir=data_dir, ident=ident, playbook=os.path.join(REPO, 'playbooks', playbook),
+            inventory=INVENTORY, limit=hosts, extravars=dict(extravars, gpuaas_hosts=hosts),
+            envvars=env, quiet=True, event_handler=on_event, timeout=1800)
+        stats = {}
+        failures = []
+        for event in result.events:
+            if event.get('event') == 'playbook_on_stats':
+                stats = event['event_data'].get('artifact_data') or {}
+            if event.get('event') == 'runner_on_failed' and not event['event_data'].get('ignore_errors'):
+                res = event['event_data'].get('res', {})
+                failures.append('%s: %s' % (event['event_data'].get('task'), res.get('msg', res)))
+        return {'rc': result.rc, 'status': result.status, 'seconds': round(time.monotonic() - start, 1),
+                'stats': stats, 'failures': failures, 'ident': ident}
+
+
+def lab_vars(guest, image):
+    """What the lab adds to lab/inventory.yml: the test guest and where its image lies."""
+    return {'gpuaas_guest_kernel': guest['kernel'], 'gpuaas_guest_initrd': guest['initrd'],
+            'gpuaas_guest_cmdline': guest['cmdline'], 'gpuaas_image_dirs': [os.path.dirname(image)]}
+
+
+def prepare():
+    """The sample host, the test guest, the tenant image and an SSH key; all cached in .build/."""
+    from tests.guest import build_image
+    from tests.sysfs import hosts
+    os.makedirs(BUILD, exist_ok=True)
+    if not os.path.isdir(os.path.join(BUILD, 'hgx', 'sys')):
+        log('building the sample host (two-socket 8-GPU server) under .build/lab/hgx')
+        hosts.HOSTS['hgx'](os.path.join(BUILD, 'hgx'))
+    guest = build_image.build()
+    images = os.path.join(BUILD, 'images')
+    image = os.path.join(images, 'lab-guest.qcow2')
+    if not os.path.exists(image):
+        os.makedirs(images, exist_ok=True)
+        raw = os.path.join(images, 'lab-guest.raw')
+        with open(raw, 'wb') as handle:
+            handle.write(b'GPUAAS-LAB-DISK\n')
+            handle.truncate(64 << 20)
+        subprocess.run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, image], check=True)
+        os.unlink(raw)
+    with open(image, 'rb') as handle:
+        checksum = 'sha256:' + hashlib.sha256(handle.read()).hexdigest()
+    key = os.path.join(BUILD, 'id_ed25519')
+    if not os.path.exists(key):
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'lab@gpuaas', '-f', key], check=True)
+    with open(key + '.pub') as handle:
+        pubkey = handle.read().strip()
+    return guest, image, checksum, pubkey
+
+
+def allocation(slot, image, checksum, pubkey):
+    return {'id': 'lab-%s-%s' % (slot.rsplit('-', 1)[1], secrets.token_hex(3)), 'tenant': 'lab',
+            'image': image, 'image_checksum': checksum, 'image_format': 'qcow2',
+            'ssh_keys': [pubkey], 'vcpus': 1, 'memory_mib': 256, 'disk_gib': 1}
+
+
+def sink_samples(allocation_id):
+    path = os.path.join(SINK_DATA, '%s.jsonl' % allocation_id)
+    samples = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    samples.append(json.loads(line))
+                except ValueError:
+                    pass
+    return samples
+
+
+def body(sample):
+    return sample.get('body', sample)
+
+
+def prove(results, since, timeout=240):
+    """Wait until each guest has posted a probe taken after both were running; check it."""
+    log('waiting for both guests to post an isolation probe (gateway and the other slot addresses)')
+    deadline = time.monotonic() + timeout
+    proofs = {}
+    while time.monotonic() < deadline and len(proofs) < len(results):
+        for slot, result in results.items():
+            alloc = result['allocation_id']
+            for sample in sink_samples(alloc):
+                data = body(sample)
+                if data.get('metric') == 'probe' and float(sample.get('received_at', since)) >= since:
+                    proofs[slot] = data
+        time.sleep(1)
+    problems = []
+    for slot, result in results.items():
+        proof = proofs.get(slot)
+        if proof is None:
+            problems.append('%s: no probe reached the sink within %d s' % (slot, timeout))
+            continue
+        if proof.get('ip') != result['address']:
+            problems.append('%s: the guest has %s, the layout says %s' % (slot, proof.get('ip'), result['address']))
+        if proof.get('gateway_ok') != 1:
+            problems.append('%s: cannot reach its gateway' % slot)
+        if proof.get('peers_reachable'):
+            problems.append('%s: REACHES OTHER SLOTS: %s' % (slot, proof['peers_reachable']))
+    return proofs, problems
+
+
+def report(allocations, releases, proofs):
+    phases = ['approval', 'lease', 'network', 'image', 'devices', 'vm', 'done', 'total']
+    print()
+    print('lab report (%s, node %s)' % (time.strftime('%Y-%m-%d %H:%M:%S'), NODE))
+    if allocations:
+        print('  %-15s %-13s %-17s %s' % ('slot', 'address', 'mac', 'isolation (from the guest)'))
+        for slot, result in allocations.items():
+            proof = proofs.get(slot, {})
+            print('  %-15s %-13s %-17s gateway %s, other slots reachable: %s' % (
+                slot, result.get('address'), result.get('mac'), 'ok' if proof.get('gateway_ok') == 1 else 'NO',
+                proof.get('peers_reachable') or 'none'))
+        omitted = sorted(set(a for r in allocations.values() for a in r.get('hostdevs_omitted', [])))
+        print('  passthrough: hostdevs NOT attached (this machine has no IOMMU); on a GPU host they would be: %s'
+              % (', '.join(omitted) or '-'))
+        print('  allocate, seconds per phase:')
+        print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in phases))
+        for slot, result in allocations.items():
+            timings = result.get('timings', {})
+            print('    %-15s ' % slot + ' '.join('%8s' % timings.get(p, '-') for p in phases))
+    if releases:
+        rphases = ['lease', 'vm', 'network', 'devices', 'wipe', 'total']
+        print('  release, seconds per phase:')
+        print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in rphases))
+        for slot, result in releases.items():
+            timings = result.get('timings', {})
+            print('    %-15s ' % slot + ' '.join('%8s' % timings.get(p, '-') for p in rphases))
+    print()
+
+
+def up(books):
+    guest, image, checksum, pubkey = prepare()
+    extravars = lab_vars(guest, image)
+    log('host_prep on this machine (libvirt, Open vSwitch, br-gpuaas 10.100.0.1/24, dnsmasq, nftables, sink)')
+    prep = books.run('host_prep.yml', 'this-machine', extravars, 'host_prep')
+    check(prep, 'host_prep')
+    log('host_prep: %.1f s' % prep['seconds'])
+    log('discovering slots on this machine and on the sample host')
+    found = books.run('discover.yml', 'lab', extravars, 'discover')
+    check(found, 'discover')
+    allocations = {}
+    for slot in SLOTS:
+        alloc = allocation(slot, image, checksum, pubkey)
+        # Recorded before the playbook runs, so lab-down releases even an allocation that failed.
+        allocations[slot] = {'allocation_id': alloc['id']}
+        with open(STATE, 'w') as handle:
+            json.dump(allocations, handle, indent=2)
+        log('allocating %s to %s (test guest, TCG)' % (slot, alloc['id']))
+        done = books.run('allocate.yml', NODE, dict(extravars, gpuaas_slot_id=slot, gpuaas_allocation=alloc),
+                         'allocate ' + slot)
+        check(done, 'allocate %s' % slot)
+        result = done['stats'].get('gpuaas_result') or {}
+        result['wall_seconds'] = done['seconds']
+        allocations[slot] = result
+        with open(STATE, 'w') as handle:
+            json.dump(allocations, handle, indent=2)
+        log('%s: running at %s (%s) in %.1f s' % (slot, result.get('address'), result.get('mac'), done['seconds']))
+    since = time.time()
+    proofs, problems = prove(allocations, since)
+    return allocations, proofs, problems
+
+
+def down(books):
+    releases = {}
+    allocations = {}
+    if os.path.exists(STATE):
+        with open(STATE) as handle:
+            allocations = json.load(handle)
+    for slot, result in allocations.items():
+        log('releasing %s (%s)' % (slot, result.get('allocation_id')))
+        done = books.run('release.yml', NODE, dict(gpuaas_slot_id=slot,
+                                                   gpuaas_allocation_id=result['allocation_id']),
+                         'release ' + slot)
+        check(done, 'release %s' % slot)
+        releases[slot] = dict(done['stats'].get('gpuaas_result') or {}, wall_seconds=done['seconds'])
+    log('reconcile: the node must agree with its (now empty) leases')
+    rec = books.run('reconcile.yml', NODE, {}, 'reconcile')
+    check(rec, 'reconcile')
+    if os.path.exists(STATE):
+        os.unlink(STATE)
+    return releases
+
+
+class LabFailed(Exception):
+    pass
+
+
+def check(result, what):
+    if result['rc'] != 0:
+        for failure in result['failures']:
+            log('FAILED %s' % failure)
+        raise LabFailed('%s failed (%s); its events are under .build/lab/runner/artifacts/%s'
+                        % (what, result['status'], result['ident']))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('command', choices=['run', 'up', 'down'])
+    parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        log('the lab runs libvirt, Open vSwitch and nftables on this machine: run it as root')
+        return 2
+    if shutil.which('ovs-vsctl') is None:
+        log('Open vSwitch is missing: run make lab (it installs what the lab needs)')
+        return 2
+    books = Playbooks(verbose=args.verbose)
+    start = time.monotonic()
+    try:
+        if args.command == 'down':
+            report({}, down(books), {})
+            return 0
+        try:
+            allocations, proofs, problems = up(books)
+        except LabFailed:
+            if args.command == 'run':
+                log('cleaning up after the failure')
+                down(books)
+            raise
+        releases = down(books) if args.command == 'run' else {}
+    except LabFailed as exc:
+        log(str(exc))
+        return 1
+    report(allocations, releases, proofs)
+    for problem in problems:
+        log('PROBLEM %s' % problem)
+    log('%s in %.0f s%s' % ('FAILED' if problems else 'passed', time.monotonic() - start,
+                            '' if args.command == 'run' else '; both allocations are running: '
+                            'virsh list, ovs-ofctl dump-flows br-gpuaas; make lab-down ends them'))
+    return 1 if problems else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
