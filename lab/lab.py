@@ -76,9 +76,11 @@ class Playbooks:
         env = {'ANSIBLE_CONFIG': os.path.join(REPO, 'ansible.cfg'),
                'ANSIBLE_COLLECTIONS_PATH': os.path.join(REPO, '.build', 'collections'),
                'ANSIBLE_PYTHON_INTERPRETER': sys.executable}
+        if not os.path.isabs(playbook):
+            playbook = os.path.join(REPO, 'playbooks', playbook)
         start = time.monotonic()
         result = ansible_runner.run(
-            private_data_dir=data_dir, ident=ident, playbook=os.path.join(REPO, 'playbooks', playbook),
+            private_data_dir=data_dir, ident=ident, playbook=playbook,
             inventory=INVENTORY, limit=hosts, extravars=dict(extravars, gpuaas_hosts=hosts),
             envvars=env, quiet=True, event_handler=on_event, timeout=1800)
         stats = {}
@@ -261,6 +263,13 @@ def down(books):
     return releases
 
 
+def stop_network(books=None):
+    """Stop the lab's dnsmasq and sink and remove br-gpuaas and the nftables table."""
+    books = books or Playbooks()
+    log('taking the slot network down (dnsmasq, sink, br-gpuaas, nftables)')
+    check(books.run(os.path.join(HERE, 'teardown.yml'), 'this-machine', {}, 'teardown'), 'teardown')
+
+
 class LabFailed(Exception):
     pass
 
@@ -288,7 +297,9 @@ def main():
     start = time.monotonic()
     try:
         if args.command == 'down':
-            report({}, down(books), {})
+            releases = down(books)
+            stop_network(books)
+            report({}, releases, {})
             return 0
         try:
             allocations, proofs, problems = up(books)
@@ -297,7 +308,10 @@ def main():
                 log('cleaning up after the failure')
                 down(books)
             raise
-        releases = down(books) if args.command == 'run' else {}
+        releases = {}
+        if args.command == 'run':
+            releases = down(books)
+            stop_network(books)
     except LabFailed as exc:
         log(str(exc))
         return 1

@@ -108,8 +108,9 @@ class Daemon:
             after = {'running': False, 'argv': None}
         else:
             want = list(self.p['argv'])
-            if pid is not None and argv != want:
-                result['actions'].append('restart pid %d: its command line differs' % pid)
+            if pid is not None and (argv != want or self.p.get('restart')):
+                result['actions'].append('restart pid %d: %s' % (
+                    pid, 'its command line differs' if argv != want else 'restart was asked for'))
                 if not self.check_mode:
                     self.stop(pid)
                 pid = None
@@ -133,7 +134,9 @@ class Daemon:
             os.unlink(self.p['pidfile'])   # stale: running() said no process owns it
         out = open(log_file, 'ab') if log_file else open(os.devnull, 'wb')
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            # run_command waits for the program; a daemon must outlive the module.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
+                                    stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd='/')
         except OSError as exc:
             raise DaemonError('%s: cannot run %s: %s' % (self.p['name'], argv[0], exc))

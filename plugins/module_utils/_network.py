@@ -33,7 +33,7 @@ import re
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     atomic_write, check_path, has_control_chars)
 from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
-    COOKIE_BASE, SLOT_GATEWAY, SLOT_NETWORK, slot_cookie)
+    COOKIE_BASE, SLOT_NETWORK, slot_cookie)
 
 IFNAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}\Z')
 TABLE_RE = re.compile(r'^[a-z][a-z0-9_]{0,31}\Z')
@@ -313,4 +313,3 @@ def config_path(path, what):
     if has_control_chars(path) or ',' in path or ' ' in path:
         raise NetworkError('%s %r may not hold spaces or commas (dnsmasq reads it)' % (what, path))
     return path
-

@@ -68,6 +68,12 @@ options:
   ready_path:
     description: A socket or file the daemon creates once it serves; the module waits for it.
     type: path
+  restart:
+    description:
+      - With O(state=started), restart a running daemon even when its command line is the same (its
+        configuration file changed, for example).
+    type: bool
+    default: false
   timeout:
     description: Seconds to wait for the daemon to start (or stop before it is killed).
     type: float
@@ -136,6 +142,7 @@ def main():
             log_file=dict(type='path'),
             ready_path=dict(type='path'),
             timeout=dict(type='float', default=15),
+            restart=dict(type='bool', default=False),
         ),
         required_if=[('state', 'started', ['argv'])],
         supports_check_mode=True,

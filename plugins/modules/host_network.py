@@ -29,11 +29,18 @@ description:
     never the private networks in O(blocked_networks); with O(nat) their egress is masqueraded and
     IPv4 forwarding is turned on.
   - V(absent) removes the bridge, the table and the configuration file.
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
 attributes:
   check_mode:
     support: full
+    details: Reports what it would create or change; changes nothing.
   diff_mode:
+    support: full
+    details: Before and after of the bridge, gateway, flows count, dnsmasq configuration and nftables ruleset.
+  idempotent:
     support: full
 requirements:
   - Open vSwitch (ovs-vsctl, ovs-ofctl), iproute2, nftables

@@ -21,12 +21,18 @@ description:
   - Anything that cannot be read (libvirt down, the bridge missing, a directory that cannot be
     listed) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
     cannot see is how a GPU in use is handed out twice.
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
 attributes:
   check_mode:
     support: full
+    details: Read-only; the same in check mode.
   diff_mode:
     support: none
+  idempotent:
+    support: full
 options:
   node_id:
     description: The node's id; slot ids are C({node_id}-s{index}).

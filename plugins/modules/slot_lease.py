@@ -27,11 +27,18 @@ description:
     re-run of allocate or release reports no change. A slot being released cannot be allocated
     again by the same allocation.
   - A lease file that is not valid JSON is treated as held, never as free.
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
 attributes:
   check_mode:
     support: full
+    details: Says whether the lease would change; writes nothing.
   diff_mode:
+    support: full
+    details: The lease file before and after.
+  idempotent:
     support: full
 options:
   slot_id:

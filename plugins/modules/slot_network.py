@@ -27,11 +27,18 @@ description:
     untouched.
   - Refused before anything changes are slot ids that are not C({node_id}-s{index}), host names that
     are not one RFC 1123 label, and a O(mac) or O(ip) that is not the layout's.
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
 attributes:
   check_mode:
     support: full
+    details: Reports what it would create or remove; changes nothing.
   diff_mode:
+    support: full
+    details: The dhcp host entry, the port and the number of flows before and after.
+  idempotent:
     support: full
 requirements:
   - Open vSwitch (ovs-vsctl, ovs-ofctl), iproute2

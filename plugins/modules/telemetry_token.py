@@ -21,13 +21,19 @@ description:
     the slot replaces the file, so the previous allocation's token stops working at once.
   - V(absent) revokes the token of O(allocation_id) (a token of another allocation is left alone
     unless O(force=true)).
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
+extends_documentation_fragment:
+  - gpuaas.slice.attributes
 attributes:
   check_mode:
     support: full
+    details: Says whether a token would be created or revoked; writes nothing.
   diff_mode:
     support: full
-    details: The diff never shows the token.
+    details: The token file before and after, without the token.
+  idempotent:
+    support: full
 options:
   slot_id:
     description: The slot, C({node_id}-s{index}).

@@ -43,7 +43,8 @@ def module(name, args, check_mode=False, diff=False):
         json.dump({'ANSIBLE_MODULE_ARGS': args}, handle)
     try:
         proc = subprocess.run([sys.executable, os.path.join(MODULES, name + '.py'), handle.name],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+                              capture_output=True, text=True, check=False,
+                              env=dict(os.environ, PYTHONPATH=COLLECTIONS))
     finally:
         os.unlink(handle.name)
     try:

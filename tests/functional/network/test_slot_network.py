@@ -64,11 +64,12 @@ def net():
             slot_id = '%s-s%d' % (NODE, index)
             ns = env.SlotNamespace('gpuaas-t%d' % index, slot_mac(NODE, index), 'gtv%d' % index)
             state['slots'][index] = ns
-            result = env.module('slot_network', dict(slot_id=slot_id, bridge=BRIDGE, hosts_dir=state['hosts'],
-                                                      hostname='slot-%d' % index, port=ns.port, port_type='existing'))
+            result = env.module('slot_network', dict(
+                slot_id=slot_id, bridge=BRIDGE, hosts_dir=state['hosts'], hostname='slot-%d' % index,
+                port=ns.port, port_type='existing'))
             assert result['changed'] and not result.get('failed'), result
-            token = env.module('telemetry_token', dict(slot_id=slot_id, allocation_id='alloc-%d' % index,
-                                                        token_dir=state['tokens']))
+            token = env.module('telemetry_token', dict(
+                slot_id=slot_id, allocation_id='alloc-%d' % index, token_dir=state['tokens']))
             state['tokens_by_slot'][index] = token['token']
         # A port on the bridge that belongs to no slot.
         state['stranger'] = env.SlotNamespace('gpuaas-tx', '52:54:00:12:34:56', 'gtvx')

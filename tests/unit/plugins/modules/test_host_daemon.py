@@ -65,6 +65,15 @@ def test_a_changed_command_line_restarts_the_daemon(daemon, capsys):
     assert cmdline(first['pid']) is None
 
 
+def test_restart_restarts_a_daemon_whose_command_line_is_the_same(daemon, capsys):
+    first = run(capsys, **daemon)
+    again = run(capsys, **dict(daemon, restart=True))
+    assert again['changed'] is True and again['pid'] != first['pid']
+    assert again['actions'][0] == 'restart pid %d: restart was asked for' % first['pid']
+    assert cmdline(first['pid']) is None
+    assert run(capsys, **daemon)['changed'] is False
+
+
 def test_stop_and_stop_again(daemon, capsys):
     first = run(capsys, **daemon)
     stopped = run(capsys, name='sleeper', pidfile=daemon['pidfile'], state='stopped')
@@ -105,11 +114,11 @@ def test_a_daemon_that_dies_at_once_fails_with_its_log(daemon, capsys):
     ({'pidfile': 'relative.pid'}, 'absolute path'),
 ])
 def test_bad_input_is_refused_and_starts_nothing(daemon, capsys, args, message):
-    before = subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True).stdout
+    before = subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True, check=False).stdout
     result = run(capsys, **dict(daemon, **args))
     assert result['failed'] is True and message in result['msg']
     assert not os.path.exists(daemon['pidfile'])
-    assert subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True).stdout == before
+    assert subprocess.run(['pgrep', '-c', '-f', 'sleep 300'], capture_output=True, text=True, check=False).stdout == before
 
 
 def test_a_process_in_the_middle_of_exec_is_alive(tmp_path):

@@ -145,7 +145,7 @@ def test_racing_processes_exactly_one_wins(tmp_path):
     for proc in procs:
         proc.start()
     start.set()
-    outcomes = dict(results.get(timeout=30) for _ in procs)
+    outcomes = dict(results.get(timeout=30) for _proc in procs)
     for proc in procs:
         proc.join(10)
     winners = [alloc for alloc, outcome in outcomes.items() if outcome == 'won']
