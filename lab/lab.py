@@ -39,10 +39,11 @@ NODE = 'sample-hgx'
 SLOTS = ['sample-hgx-s0', 'sample-hgx-s1']
 STATE = os.path.join(BUILD, 'allocations.json')
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
+VARS_ONLY = 'vars' in sys.argv[1:2]
 
 
 def log(message):
-    print('lab: %s' % message, flush=True)
+    print('lab: %s' % message, file=sys.stderr if VARS_ONLY else sys.stdout, flush=True)
 
 
 class Playbooks:
@@ -284,9 +285,17 @@ def check(result, what):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('command', choices=['run', 'up', 'down'])
+    parser.add_argument('command', choices=['run', 'up', 'down', 'vars'],
+                        help='vars: print the extra vars of an allocation of --slot (for molecule)')
+    parser.add_argument('--slot', default=SLOTS[0])
+    parser.add_argument('--allocation-id', default='lab-allocation')
     parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
     args = parser.parse_args()
+    if args.command == 'vars':
+        guest, image, checksum, pubkey = prepare()
+        alloc = dict(allocation(args.slot, image, checksum, pubkey), id=args.allocation_id)
+        print(json.dumps(dict(lab_vars(guest, image), gpuaas_slot_id=args.slot, gpuaas_allocation=alloc)))
+        return 0
     if os.geteuid() != 0:
         log('the lab runs libvirt, Open vSwitch and nftables on this machine: run it as root')
         return 2

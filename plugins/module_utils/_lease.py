@@ -153,7 +153,8 @@ def plan(current, slot_id, allocation_id, state, phase, data, reason, force, mis
         'slot_id': slot_id, 'allocation_id': allocation_id, 'created_at': now, 'data': {}}
     lease['phase'] = phase
     if data is not None:
-        lease['data'] = data
+        # Merged, so a re-run of an earlier step (allocate again) keeps what a later one added.
+        lease['data'] = dict(lease.get('data') or {}, **data)
     if phase == 'quarantined':
         lease['reason'] = reason
     elif reason:

@@ -63,8 +63,9 @@ options:
     default: provisioning
   data:
     description:
-      - What the allocation needs recorded (devices, MAC/IP, wipe policy, domain name). Replaces the
-        lease's data when given; kept when omitted. At most 64 KiB as JSON.
+      - What the allocation needs recorded (devices, MAC/IP, wipe policy, domain name). Merged into
+        the lease's data (a key given replaces that key), so a re-run of an earlier step keeps what a
+        later one added. At most 64 KiB as JSON.
     type: dict
   reason:
     description: Why the slot is quarantined (required with O(phase=quarantined)); shown to operators.

@@ -38,11 +38,14 @@ def test_take_advance_and_free(lease):
     assert json.loads(lease.file.read_text())['allocation_id'] == 'a1'
     again = lease(allocation_id='a1', data={'devices': ['0000:1b:00.0']})
     assert not again['changed']
-    running = lease(allocation_id='a1', phase='running')
-    assert running['changed'] and running['lease']['data'] == {'devices': ['0000:1b:00.0']}
-    # A re-run of allocate asks for provisioning again: the lease stays running, unchanged.
+    running = lease(allocation_id='a1', phase='running', data={'domain': 'gpuaas-gpu-node-01-s0'})
+    assert running['changed'] and running['lease']['data'] == {'devices': ['0000:1b:00.0'],
+                                                                'domain': 'gpuaas-gpu-node-01-s0'}
+    # A re-run of allocate asks for provisioning again with its first data: the lease stays
+    # running, with what the later step added, unchanged.
     rerun = lease(allocation_id='a1', phase='provisioning', data={'devices': ['0000:1b:00.0']})
     assert not rerun['changed'] and rerun['lease']['phase'] == 'running'
+    assert rerun['lease']['data']['domain'] == 'gpuaas-gpu-node-01-s0'
     assert lease(allocation_id='a1', phase='releasing')['lease']['phase'] == 'releasing'
     refused = lease(allocation_id='a1', phase='provisioning')
     assert refused['failed'] and 'being released' in refused['msg']
