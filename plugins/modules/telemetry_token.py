@@ -14,8 +14,9 @@ short_description: Create or revoke an allocation's telemetry token
 version_added: 0.1.0
 description:
   - Each allocation gets its own token for the host-only telemetry sink. The token file
-    C({token_dir}/{slot_id}.json) (mode 0600, in a 0700 directory) holds the allocation id, the slot's
-    IP (from the layout) and the token; the sink accepts a sample only with a known token coming from
+    C({token_dir}/{slot_id}.json) (mode 0600, in a 0700 directory) holds the allocation id, the slot id,
+    the slot's IP (from the layout), C(token_sha256) (what the sink compares) and the token itself (so
+    a re-run can return it; root only). The sink accepts a sample only with a known token coming from
     that token's slot address.
   - Running it again for the same allocation returns the same token (no change). A new allocation on
     the slot replaces the file, so the previous allocation's token stops working at once.
@@ -84,6 +85,7 @@ path:
 '''
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -107,11 +109,16 @@ def read(path):
         return {'damaged': True}
 
 
-def shown(record):
+def record(allocation_id, slot_id, ip, token):
+    return {'allocation_id': allocation_id, 'slot_id': slot_id, 'ip': ip, 'token': token,
+            'token_sha256': hashlib.sha256(token.encode('utf-8')).hexdigest()}
+
+
+def shown(data):
     """The record as the diff shows it: never the token."""
-    if record is None:
+    if data is None:
         return ''
-    return json.dumps(dict((k, v) for k, v in record.items() if k != 'token'), indent=2, sort_keys=True) + '\n'
+    return json.dumps(dict((k, v) for k, v in data.items() if k != 'token'), indent=2, sort_keys=True) + '\n'
 
 
 def main():
@@ -138,12 +145,14 @@ def main():
     current = read(path)
     result = dict(changed=False, path=path)
     if p['state'] == 'present':
-        if current and current.get('allocation_id') == p['allocation_id'] and current.get('token') \
-                and current.get('ip') == slot_ip(index):
+        token = None
+        if current and current.get('allocation_id') == p['allocation_id'] and current.get('ip') == slot_ip(index):
+            token = current.get('token') if isinstance(current.get('token'), str) else None
+        new = record(p['allocation_id'], p['slot_id'], slot_ip(index), token or secrets.token_urlsafe(32))
+        if current == new:
             module.exit_json(token=current['token'], **result)
-        new = {'allocation_id': p['allocation_id'], 'slot_id': p['slot_id'], 'ip': slot_ip(index),
-               'token': secrets.token_urlsafe(32)}
-        result.update(changed=True, token=None if module.check_mode else new['token'])
+        # The same allocation keeps its token (a file of an older format is only completed).
+        result.update(changed=True, token=new['token'] if token or not module.check_mode else None)
         if not module.check_mode:
             ensure_dir(token_dir, 0o700)
             atomic_write(module, path, (json.dumps(new, sort_keys=True) + '\n').encode('utf-8'), mode=0o600)

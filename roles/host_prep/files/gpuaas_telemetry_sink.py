@@ -9,7 +9,8 @@
 POST /metrics (or /v1/metrics) with ``Authorization: Bearer <token>`` and a JSON object of
 at most 64 KiB. A sample is kept only when the token is an allocation's current token
 (gpuaas.slice.telemetry_token writes them) *and* comes from that allocation's slot address:
-a token copied into another slot is refused. Accepted samples are appended, one JSON line
+a token copied into another slot is refused. The token's SHA-256 is compared, in constant
+time, with the ``token_sha256`` of each token file. Accepted samples are appended, one JSON line
 each, to ``{data_dir}/{allocation_id}.jsonl``. Answers: 200 stored, 400 bad body,
 401 unknown token, 403 token from the wrong address, 404 other paths, 413 too large.
 GET /healthz answers 200. Standard library only: it runs with the host's python3.
@@ -28,6 +29,13 @@ import time
 
 MAX_BODY = 64 * 1024
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')
+DIGEST_RE = re.compile(r'^[0-9a-f]{64}$')
+# A directory's mtime moves in clock ticks: two changes within one tick leave it equal. A
+# directory changed this recently is read again on every request, so a token revoked right
+# after it was read is never served from the cache.
+SETTLE_SECONDS = 2.0
+# A client that sends nothing for this long loses its connection (and its thread).
+CLIENT_TIMEOUT = 10
 
 
 class Tokens:
@@ -41,11 +49,12 @@ class Tokens:
 
     def _load(self):
         try:
-            stamp = os.stat(self.token_dir).st_mtime_ns
+            info = os.stat(self.token_dir)
         except OSError:
             self.by_digest, self.stamp = {}, None   # no token directory: no tokens
             return
-        if stamp == self.stamp:
+        stamp = (info.st_mtime_ns, info.st_ino)
+        if stamp == self.stamp and time.time() - info.st_mtime > SETTLE_SECONDS:
             return
         tokens = {}
         for name in os.listdir(self.token_dir):
@@ -54,9 +63,11 @@ class Tokens:
             try:
                 with open(os.path.join(self.token_dir, name)) as handle:
                     record = json.load(handle)
-                token = record['token']
-                if ID_RE.match(record['allocation_id']) and isinstance(token, str) and len(token) >= 16:
-                    tokens[hashlib.sha256(token.encode()).hexdigest()] = record
+                digest = record.get('token_sha256')
+                if digest is None and isinstance(record.get('token'), str) and len(record['token']) >= 16:
+                    digest = hashlib.sha256(record['token'].encode()).hexdigest()   # an older token file
+                if ID_RE.match(record['allocation_id']) and isinstance(digest, str) and DIGEST_RE.match(digest):
+                    tokens[digest] = record
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         self.by_digest, self.stamp = tokens, stamp
@@ -76,6 +87,7 @@ class Tokens:
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = 'gpuaas-telemetry-sink'
     sys_version = ''
+    timeout = CLIENT_TIMEOUT
 
     def reply(self, status, message=''):
         body = (json.dumps({'status': status, 'message': message}) + '\n').encode() if message else b''
@@ -100,7 +112,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(411, 'Content-Length required')
         if length > MAX_BODY or length < 0:
             return self.reply(413, 'a sample is at most %d bytes' % MAX_BODY)
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except OSError:   # the client stalled past the timeout or went away
+            self.close_connection = True
+            return None
+        if len(raw) < length:
+            self.close_connection = True
+            return self.reply(400, 'the body is shorter than its Content-Length')
         auth = self.headers.get('Authorization', '')
         if not auth.startswith('Bearer ') or len(auth) > 1024:
             return self.reply(401, 'a bearer token is required')

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -34,6 +35,10 @@ def sink(tmp_path):
         {'allocation_id': 'a0', 'slot_id': 'n-s0', 'ip': '127.0.0.1', 'token': 'tok-a0-0123456789abcdef'}))
     (tokens / 'n-s1.json').write_text(json.dumps(
         {'allocation_id': 'a1', 'slot_id': 'n-s1', 'ip': '10.100.0.11', 'token': 'tok-a1-0123456789abcdef'}))
+    # What telemetry_token writes: the sink needs only the digest.
+    (tokens / 'n-s2.json').write_text(json.dumps(
+        {'allocation_id': 'a2', 'slot_id': 'n-s2', 'ip': '127.0.0.1',
+         'token_sha256': hashlib.sha256(b'tok-a2-0123456789abcdef').hexdigest()}))
     port = free_port()
     proc = subprocess.Popen([sys.executable, SINK, '--listen', '127.0.0.1', '--port', str(port),
                              '--token-dir', str(tokens), '--data-dir', str(data)], stderr=subprocess.PIPE)
@@ -77,4 +82,28 @@ def test_refusals(sink):
 def test_a_revoked_token_stops_working_at_once(sink):
     assert sink('tok-a0-0123456789abcdef') == 200
     os.unlink(sink.tokens / 'n-s0.json')
+    assert sink('tok-a0-0123456789abcdef') == 401
+
+
+def test_the_digest_alone_admits_a_token(sink):
+    assert sink('tok-a2-0123456789abcdef') == 200
+    assert json.loads((sink.data / 'a2.jsonl').read_text())['slot_id'] == 'n-s2'
+    assert sink(hashlib.sha256(b'tok-a2-0123456789abcdef').hexdigest()) == 401   # the digest is no token
+
+
+def test_a_body_shorter_than_announced_is_refused(sink):
+    with socket.create_connection(('127.0.0.1', sink.port), 5) as conn:
+        conn.sendall(b'POST /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-a0-0123456789abcdef\r\n'
+                     b'Content-Length: 100\r\n\r\n{"a": 1}')
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(100).startswith(b'HTTP/1.0 400')
+    assert not (sink.data / 'a0.jsonl').exists()
+
+
+def test_a_token_revoked_right_after_it_was_read_stops_working(sink):
+    """Two changes of the token directory within one clock tick leave its mtime equal."""
+    assert sink('tok-a0-0123456789abcdef') == 200
+    stamp = os.stat(sink.tokens).st_mtime_ns
+    os.unlink(sink.tokens / 'n-s0.json')
+    os.utime(sink.tokens, ns=(stamp, stamp))   # as if within the same tick
     assert sink('tok-a0-0123456789abcdef') == 401
