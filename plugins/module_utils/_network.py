@@ -16,6 +16,17 @@ does so because a flow says it may:
   gateway sends to its MAC or asks about its IP.
 
 Two slots never exchange a frame: no flow outputs from one slot port to another.
+
+A slot port is also a device of the host's kernel, which sees every frame on it: with the
+userspace datapath Open vSwitch reads the port with a packet socket and the kernel still
+handles the frame itself. Left alone, the host would answer ARP for its addresses there and
+accept and route what the slot sends to that device's MAC, past both the flows and the nft
+rules about the bridge. ``PORT_SYSCTLS`` cut the port off the host's own stack: strict
+reverse-path filtering (no route leads to the port, so nothing from it is accepted), no ARP
+answers, no IPv6 (so the host sends nothing on the port by itself either).
+dnsmasq reads a *new* file in its dhcp-hostsdir by inotify, but keeps serving the record
+of a file that was changed or deleted until it gets SIGHUP: a slot whose entry changes or
+goes sends it one (``reload_dnsmasq``), through the pid file the configuration names.
 nftables (table ``inet gpuaas``) guards the host side: slots reach only DHCP, ICMP echo
 and the sink on the host, never another slot through the host's routing, nor private
 networks behind the host; their egress is masqueraded.
@@ -29,7 +40,10 @@ import ipaddress
 import json
 import os
 import re
+import signal
+import tempfile
 
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     atomic_write, check_path, has_control_chars)
 from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
@@ -43,6 +57,16 @@ DHCP_GROUP = 0x677075     # 'gpu'
 FIRST_OFPORT = 100
 OFCTL = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names']
 MAC_BROADCAST = 'ff:ff:ff:ff:ff:ff'
+LOCAL_OFPORT = 65534
+# (path under /proc/sys/net with {port}, value) that keep the host's own stack off a slot port.
+PORT_SYSCTLS = (
+    ('ipv4/conf/{port}/rp_filter', '1'),
+    ('ipv4/conf/{port}/arp_ignore', '8'),
+    ('ipv6/conf/{port}/disable_ipv6', '1'),
+)
+# /run itself, not a directory under it: /run is empty after a reboot and dnsmasq refuses to
+# start when it cannot write its pid file.
+DNSMASQ_PID_FILE = '/run/gpuaas-dnsmasq.pid'
 # Where slots may never go through the host, NAT or not: the host's own networks, link-local
 # (cloud metadata services), carrier-grade NAT. The slot network itself is handled apart.
 DEFAULT_BLOCKED = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10']
@@ -131,6 +155,55 @@ def bridge_info(run, bridge):
     row = json.loads(out)['data'][0]
     values = [value if isinstance(value, str) else '' for value in row]   # ["set", []] is unset
     return {'datapath_type': values[0] or 'system', 'fail_mode': values[1]}
+
+
+def bridge_ofport(run, bridge):
+    """The OpenFlow port of the bridge's own interface: 65534 once the switch has made it.
+
+    ovs-vsctl succeeds even when ovs-vswitchd cannot open the bridge's datapath (the kernel
+    datapath without the openvswitch module); the interface then has no OpenFlow port.
+    """
+    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=ofport,error', 'list', 'Interface', bridge])
+    rows = json.loads(out)['data']
+    if not rows:
+        return None, ''
+    ofport, error = rows[0]
+    return (ofport if isinstance(ofport, int) else None), (error if isinstance(error, str) else '')
+
+
+def interface_addresses(run, name):
+    """(IPv4 addresses with prefix, up) of a network device, ([], False) when there is none."""
+    rc, out, _err = run(['ip', '-j', 'address', 'show', 'dev', name], check=False)
+    info = json.loads(out or '[]') if rc == 0 else []
+    if not info:
+        return [], False
+    found = ['%s/%s' % (a['local'], a['prefixlen']) for a in info[0].get('addr_info', []) if a.get('family') == 'inet']
+    return found, 'UP' in info[0].get('flags', [])
+
+
+def port_sysctls(port, proc_net='/proc/sys/net'):
+    """{path: (have, want)} of the port's isolation settings that differ from what they must be."""
+    wrong = {}
+    for template, want in PORT_SYSCTLS:
+        path = os.path.join(proc_net, template.format(port=port))
+        try:
+            with open(path) as handle:
+                have = handle.read().strip()
+        except (IOError, OSError):
+            have = None
+        if have != want:
+            wrong[path] = (have, want)
+    return wrong
+
+
+def isolate_port(port, proc_net='/proc/sys/net'):
+    for path, (_have, want) in sorted(port_sysctls(port, proc_net).items()):
+        try:
+            with open(path, 'w') as handle:
+                handle.write(want + '\n')
+        except (IOError, OSError) as exc:
+            raise NetworkError('cannot set %s to %s, which keeps the host off slot port %s: %s'
+                               % (path, want, port, exc))
 
 
 # -- flows --------------------------------------------------------------------
@@ -233,6 +306,8 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
         'table inet %s {' % table,
         '  chain input {',
         '    type filter hook input priority filter - 1; policy accept;',
+        # A slot address arrives on the bridge or nowhere (not on a slot port's own device).
+        '    ip saddr %s iifname != { "%s", "lo" } drop' % (net, bridge),
         '    iifname "%s" ct state established,related accept' % bridge,
         '    iifname "%s" udp dport 67 accept' % bridge,
         '    iifname "%s" ip daddr %s icmp type echo-request accept' % (bridge, gw),
@@ -241,6 +316,7 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
         '  }',
         '  chain forward {',
         '    type filter hook forward priority filter - 1; policy accept;',
+        '    ip saddr %s iifname != "%s" drop' % (net, bridge),
         '    iifname "%s" oifname "%s" drop' % (bridge, bridge),
         '    oifname "%s" ct state established,related accept' % bridge,
         '    oifname "%s" drop' % bridge,
@@ -256,7 +332,9 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
         lines += [
             '  chain postrouting {',
             '    type nat hook postrouting priority srcnat; policy accept;',
-            '    ip saddr %s %s masquerade' % (net, 'oifname "%s"' % uplink if uplink else 'oifname != "%s"' % bridge),
+            # Not the host's own traffic from the gateway address to itself (lo).
+            '    ip saddr %s %s masquerade' % (net, 'oifname "%s"' % uplink if uplink
+                                             else 'oifname != { "%s", "lo" }' % bridge),
             '  }',
         ]
     lines.append('}')
@@ -265,7 +343,7 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
 
 # -- dnsmasq ------------------------------------------------------------------
 
-def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers):
+def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE):
     net = gateway.network
     lines = [
         '# Written by gpuaas.slice.host_network: DHCP for the slot network %s only.' % net,
@@ -277,6 +355,8 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers):
         'dhcp-range=%s,static,%s,12h' % (net.network_address, net.netmask),
         'dhcp-hostsdir=%s' % hosts_dir,
         'dhcp-leasefile=%s' % lease_file,
+        # Its own pid file: the distribution's dnsmasq service owns the default one.
+        'pid-file=%s' % pid_file,
         'dhcp-option=option:router,%s' % gateway.ip,
         'dhcp-authoritative',
         'dhcp-no-override',
@@ -286,6 +366,40 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers):
     if dns_servers:
         lines.append('dhcp-option=option:dns-server,%s' % ','.join(dns_servers))
     return '\n'.join(lines) + '\n'
+
+
+def reload_dnsmasq(pid_file, proc_root='/proc'):
+    """SIGHUP the dnsmasq of ``pid_file`` so it drops changed or removed dhcp-hostsdir entries.
+
+    True when a dnsmasq got the signal; False when none runs (it reads everything when it
+    starts). A pid file whose process is not dnsmasq is left alone.
+    """
+    pid = read_pid(pid_file)
+    argv = cmdline(pid, proc_root) if pid else None
+    if not argv or os.path.basename(argv[0]) != 'dnsmasq':
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True
+
+
+def apply_nft(module, run, path, ruleset):
+    """Load ``ruleset`` with nft -f, then keep it at ``path``: a ruleset nft refuses is never recorded."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
+    try:
+        with os.fdopen(handle, 'wb') as out:
+            out.write(ruleset.encode('utf-8'))
+        run(['nft', '-f', tmp])
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def dhcp_host_line(mac, ip, hostname):

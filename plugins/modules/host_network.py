@@ -21,13 +21,19 @@ description:
     ports, through a group each slot adds its own bucket to). Each slot's own flows come from
     M(gpuaas.slice.slot_network).
   - Writes the dnsmasq configuration O(dnsmasq_conf), with DHCP on the bridge only, fixed addresses only
-    (C(dhcp-hostsdir), read by inotify, so slots come and go without a reload), no dynamic range, no
-    DNS. It does not run dnsmasq; RV(dnsmasq_argv) is the command line to run it with (a systemd unit
-    or M(gpuaas.slice.host_daemon)).
+    (C(dhcp-hostsdir), one file per slot), no dynamic range, no
+    DNS, and its own pid file O(pid_file). It does not run dnsmasq; RV(dnsmasq_argv) is the command
+    line to run it with (a systemd unit or M(gpuaas.slice.host_daemon)).
+  - dnsmasq reads a new file in O(hosts_dir) by itself but keeps the record of a changed or deleted
+    one until it gets C(SIGHUP); M(gpuaas.slice.slot_network) sends it one through O(pid_file).
   - Applies the nftables table C(inet {nft_table}) atomically; the slots reach DHCP, ping and the
     telemetry sink on the host and nothing else of it, never each other through the host's routing,
     never the private networks in O(blocked_networks); with O(nat) their egress is masqueraded and
     IPv4 forwarding is turned on.
+  - A bridge Open vSwitch cannot open the datapath of (V(system) without the openvswitch kernel
+    module) is removed again and the module fails, saying so.
+  - The nftables ruleset is loaded before it is recorded in O(nft_file), so a ruleset C(nft) refuses
+    is tried again on the next run.
   - V(absent) removes the bridge, the table and the configuration file.
 author:
   - gpuaas.slice contributors (@gpuaas)
@@ -104,6 +110,12 @@ options:
     description: Where the applied ruleset is kept (what boot-time units load, and what idempotence compares).
     type: path
     default: /etc/gpuaas/nftables.nft
+  pid_file:
+    description:
+      - dnsmasq's pid file (C(pid-file) in O(dnsmasq_conf)); M(gpuaas.slice.slot_network) signals dnsmasq through it.
+      - Directly under C(/run) by default, which exists after a reboot; a distribution's own dnsmasq keeps its default one.
+    type: path
+    default: /run/gpuaas-dnsmasq.pid
 '''
 
 EXAMPLES = r'''
@@ -130,6 +142,26 @@ gateway:
   returned: always
   type: str
   sample: 10.100.0.1/24
+datapath_type:
+  description: The bridge's datapath.
+  returned: always
+  type: str
+  sample: netdev
+nft_table:
+  description: The nftables table (family C(inet)).
+  returned: always
+  type: str
+  sample: gpuaas
+dnsmasq_conf:
+  description: The dnsmasq configuration file.
+  returned: always
+  type: str
+  sample: /etc/gpuaas/dnsmasq.conf
+dnsmasq_pid_file:
+  description: dnsmasq's pid file, as written in its configuration.
+  returned: always
+  type: str
+  sample: /run/gpuaas-dnsmasq.pid
 dnsmasq_argv:
   description: The command line that runs dnsmasq for the slot network in the foreground.
   returned: always
@@ -144,7 +176,6 @@ changes:
   sample: [bridge br-gpuaas created, gateway 10.100.0.1/24 on br-gpuaas, host flows, dnsmasq.conf, nftables]
 '''
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -153,15 +184,6 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathErr
 
 DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
-
-
-def addresses(run, bridge):
-    _rc, out, _err = run(['ip', '-j', 'address', 'show', 'dev', bridge])
-    info = json.loads(out or '[]')
-    if not info:
-        return [], False
-    found = ['%s/%s' % (a['local'], a['prefixlen']) for a in info[0].get('addr_info', []) if a.get('family') == 'inet']
-    return found, 'UP' in info[0].get('flags', [])
 
 
 class HostNetwork(object):
@@ -182,6 +204,7 @@ class HostNetwork(object):
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
+        self.pid_file = net.config_path(p['pid_file'], 'pid_file')
         self.changes = []
         self.diff = {'before': {}, 'after': {}}
 
@@ -204,18 +227,39 @@ class HostNetwork(object):
         if have is None and check:
             self.plan_rest_for_new_bridge()
             return
-        found, up = addresses(self.run, self.bridge)
+        if have != want and not check:
+            self.check_datapath(created=have is None)
+        found, up = net.interface_addresses(self.run, self.bridge)
         gateway = str(self.gateway)
-        if gateway not in found or not up:
+        if found != [gateway] or not up:
             self.changed('gateway %s on %s' % (gateway, self.bridge), {'addresses': found, 'up': up},
                          {'addresses': [gateway], 'up': True})
             if not check:
+                # The bridge is the slot network's alone: an address it should not have goes.
+                for address in found:
+                    if address != gateway:
+                        self.run(['ip', 'address', 'del', address, 'dev', self.bridge])
                 self.run(['ip', 'address', 'replace', gateway, 'dev', self.bridge])
                 self.run(['ip', 'link', 'set', self.bridge, 'up'])
         self.flows()
         self.files()
         self.nftables()
         self.forwarding()
+
+    def check_datapath(self, created):
+        """Fail clearly (removing a bridge made just now) when the switch could not open the datapath."""
+        ofport, error = net.bridge_ofport(self.run, self.bridge)
+        if ofport == net.LOCAL_OFPORT:
+            return
+        datapath = self.module.params['datapath_type']
+        if created:
+            self.run(['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
+        hint = ('the kernel datapath needs the openvswitch kernel module (modprobe openvswitch); '
+                'without it use datapath_type=netdev' if datapath == 'system'
+                else 'see the ovs-vswitchd log')
+        raise net.NetworkError('Open vSwitch could not open the %s datapath of bridge %s%s: %s%s'
+                               % (datapath, self.bridge, ' (%s)' % error if error else '', hint,
+                                  '; the bridge was removed again' if created else ''))
 
     def plan_rest_for_new_bridge(self):
         self.changed('gateway %s on %s' % (self.gateway, self.bridge))
@@ -242,7 +286,7 @@ class HostNetwork(object):
             self.changed('directory %s' % self.hosts_dir)
             if not self.module.check_mode:
                 os.makedirs(self.hosts_dir, 0o755)
-        conf = net.dnsmasq_conf(self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns)
+        conf = net.dnsmasq_conf(self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file)
         changed, before = net.write_if_changed(self.module, self.conf, conf)
         if changed:
             self.changed(self.conf, before or '', conf)
@@ -251,11 +295,14 @@ class HostNetwork(object):
         ruleset = net.nft_ruleset(self.module.params['nft_table'], self.bridge, self.gateway, self.port,
                                   self.module.params['nat'], self.uplink, self.blocked)
         rc, _out, _err = self.run(['nft', 'list', 'table', 'inet', self.module.params['nft_table']], check=False)
-        changed, before = net.write_if_changed(self.module, self.nft_file, ruleset)
-        if changed or rc != 0:
+        before = None
+        if os.path.exists(self.nft_file):
+            with open(self.nft_file, 'rb') as handle:
+                before = handle.read().decode('utf-8', 'replace')
+        if before != ruleset or rc != 0:
             self.changed('nftables table inet %s' % self.module.params['nft_table'], before or '', ruleset)
             if not self.module.check_mode:
-                self.run(['nft', '-f', self.nft_file])
+                net.apply_nft(self.module, self.run, self.nft_file, ruleset)
 
     def forwarding(self):
         if not self.module.params['nat']:
@@ -288,10 +335,12 @@ class HostNetwork(object):
                     remove(path)
 
     def result(self):
+        dnsmasq = self.module.get_bin_path('dnsmasq', opt_dirs=['/usr/sbin']) or DNSMASQ
         result = dict(changed=bool(self.changes), changes=self.changes, bridge=self.bridge,
-                      gateway=str(self.gateway), nft_table=self.module.params['nft_table'],
-                      dnsmasq_conf=self.conf,
-                      dnsmasq_argv=[DNSMASQ, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
+                      gateway=str(self.gateway), datapath_type=self.module.params['datapath_type'],
+                      nft_table=self.module.params['nft_table'], dnsmasq_conf=self.conf,
+                      dnsmasq_pid_file=self.pid_file,
+                      dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
         if self.module._diff:
             result['diff'] = self.diff
         return result
@@ -314,6 +363,7 @@ def main():
             blocked_networks=dict(type='list', elements='str', default=list(net.DEFAULT_BLOCKED)),
             nft_table=dict(type='str', default='gpuaas'),
             nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
+            pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
         ),
         supports_check_mode=True,
     )

@@ -25,8 +25,13 @@ description:
     before its rules exist. With V(existing), the device exists already (a veth end in tests).
   - V(absent) removes exactly that slot's entry, rules, group bucket, port and tap; other slots are
     untouched.
+  - dnsmasq reads a new entry by itself (inotify on its C(dhcp-hostsdir)) but serves a changed or
+    removed entry's old record until it gets C(SIGHUP): the module sends it one, through
+    O(dnsmasq_pid_file), whenever it rewrites or removes an entry.
   - Refused before anything changes are slot ids that are not C({node_id}-s{index}), host names that
-    are not one RFC 1123 label, and a O(mac) or O(ip) that is not the layout's.
+    are not one RFC 1123 label, a O(mac) or O(ip) that is not the layout's, a port that is the bridge,
+    sits on another bridge, belongs to another slot, is not a tap with O(port_type=tap), or carries an
+    IPv4 address (a host interface), and an OpenFlow port number another port holds.
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
@@ -85,6 +90,12 @@ options:
     description: The telemetry sink's TCP port on the gateway.
     type: int
     default: 9110
+  dnsmasq_pid_file:
+    description:
+      - The pid file of the slot network's dnsmasq (M(gpuaas.slice.host_network)'s O(gpuaas.slice.host_network#module:pid_file)).
+      - When no dnsmasq runs there nothing is signalled; it reads every entry when it starts.
+    type: path
+    default: /run/gpuaas-dnsmasq.pid
 '''
 
 EXAMPLES = r'''
@@ -134,6 +145,16 @@ hosts_file:
   description: The slot's dnsmasq host entry.
   returned: always
   type: str
+hostname:
+  description: The host name in the entry (lower case); null with O(state=absent).
+  returned: always
+  type: str
+  sample: train-01
+dnsmasq_reloaded:
+  description: Whether dnsmasq was sent C(SIGHUP) because an entry was rewritten or removed.
+  returned: always
+  type: bool
+  sample: false
 changes:
   description: What changed (or would change in check mode).
   returned: always
@@ -153,6 +174,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
 
 
 class SlotNetwork(object):
+    """One slot's entry, port and flows: everything is read and checked first, then changed."""
+
     def __init__(self, module):
         self.module = module
         self.run = net.Runner(module)
@@ -167,12 +190,16 @@ class SlotNetwork(object):
         self.hostname = net.check_hostname(p['hostname']) if p['state'] == 'present' else None
         self.bridge = net.check_ifname(p['bridge'], 'bridge')
         self.port = net.check_ifname(p['port'] or tap_name(self.slot_id), 'port')
+        if self.port == self.bridge:
+            raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
         self.gateway = str(net.gateway_interface('%s/24' % p['gateway']).ip)
         self.sink_port = net.check_port(p['telemetry_port'], 'telemetry_port')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
+        self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = os.path.join(self.hosts_dir, self.slot_id)
         self.ofport = net.FIRST_OFPORT + self.index
         self.cookie = slot_cookie(self.index)
+        self.reloaded = False
         self.changes = []
         self.diff = {'before': {}, 'after': {}}
 
@@ -185,6 +212,9 @@ class SlotNetwork(object):
     def device_exists(self, name):
         return os.path.exists('/sys/class/net/%s' % name)
 
+    def is_tap(self, name):
+        return os.path.exists('/sys/class/net/%s/tun_flags' % name)
+
     def port_row(self):
         """(bridge the port is on or None, ofport, external_ids) of our port."""
         rc, out, _err = self.run(['ovs-vsctl', 'port-to-br', self.port], check=False)
@@ -195,35 +225,89 @@ class SlotNetwork(object):
         data = json.loads(row)['data'][0]
         return out.strip(), data[0], dict(data[1][1])
 
+    def ofport_holder(self):
+        """Another interface on our bridge that has the slot's OpenFlow port number, or None."""
+        _rc, out, _err = self.run(['ovs-vsctl', '--format=json', '--columns=name', 'find', 'Interface',
+                                   'ofport=%d' % self.ofport])
+        for (name,) in json.loads(out)['data']:
+            if name == self.port:
+                continue
+            rc, bridge, _err = self.run(['ovs-vsctl', 'port-to-br', name], check=False)
+            if rc == 0 and bridge.strip() == self.bridge:
+                return name
+        return None
+
+    def read_entry(self):
+        if not os.path.exists(self.hosts_file):
+            return None
+        with open(self.hosts_file, 'rb') as handle:
+            return handle.read().decode('utf-8', 'replace')
+
+    def check_port(self, on_bridge, ids):
+        """Refuse, before any change, a port that is not this slot's to use or remove."""
+        if on_bridge is not None and on_bridge != self.bridge:
+            raise net.NetworkError('port %s is on bridge %s, not %s' % (self.port, on_bridge, self.bridge))
+        owner = ids.get('gpuaas-slot')
+        if on_bridge is not None and owner not in (None, self.slot_id):
+            raise net.NetworkError('port %s belongs to slot %s, not %s: release that slot first'
+                                   % (self.port, owner, self.slot_id))
+        if self.device_exists(self.port):
+            if self.module.params['port_type'] == 'tap' and not self.is_tap(self.port):
+                raise net.NetworkError('port %s exists and is not a tap device: give port_type=existing for a '
+                                       'device made elsewhere' % self.port)
+            addresses, _up = net.interface_addresses(self.run, self.port)
+            if addresses:
+                raise net.NetworkError('port %s has the IPv4 address(es) %s: a host interface, never a slot port'
+                                       % (self.port, ', '.join(addresses)))
+
     def present(self):
         check = self.module.check_mode
         net.ovs_available(self.run)
         if net.bridge_info(self.run, self.bridge) is None:
             raise net.NetworkError('bridge %s does not exist: set up the host network first '
                                    '(gpuaas.slice.host_network, run by host_prep)' % self.bridge)
-        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
-        changed, before = net.write_if_changed(self.module, self.hosts_file, entry)
-        if changed:
-            self.changed('dhcp host %s' % self.hosts_file, before or '', entry)
+        buckets = net.group_buckets(self.run, self.bridge)
+        if buckets is None:
+            raise net.NetworkError('bridge %s has no DHCP broadcast group: run gpuaas.slice.host_network' % self.bridge)
         port_type = self.module.params['port_type']
-        if not self.device_exists(self.port):
-            if port_type == 'existing':
-                raise net.NetworkError('port %s does not exist (port_type=existing)' % self.port)
+        exists = self.device_exists(self.port)
+        if not exists and port_type == 'existing':
+            raise net.NetworkError('port %s does not exist (port_type=existing)' % self.port)
+        on_bridge, ofport, ids = self.port_row()
+        self.check_port(on_bridge, ids)
+        holder = self.ofport_holder()
+        if holder is not None:
+            raise net.NetworkError('OpenFlow port %d of slot %s is held by %s on %s: remove that port first'
+                                   % (self.ofport, self.slot_id, holder, self.bridge))
+
+        # Everything checked: now the changes, in an order where each step's inputs exist.
+        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
+        before = self.read_entry()
+        if before != entry:
+            self.changed('dhcp host %s' % self.hosts_file, before or '', entry)
+            if not check:
+                net.write_if_changed(self.module, self.hosts_file, entry)
+                if before is not None:
+                    # dnsmasq keeps a changed file's old record until SIGHUP.
+                    self.reloaded = net.reload_dnsmasq(self.pid_file)
+        if not exists:
             self.changed('tap %s' % self.port)
             if not check:
                 self.run(['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'])
-        on_bridge, ofport, ids = self.port_row()
-        if on_bridge is not None and on_bridge != self.bridge:
-            raise net.NetworkError('port %s is on bridge %s, not %s' % (self.port, on_bridge, self.bridge))
-        want_ids = {'gpuaas-slot': self.slot_id}
+        # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
+        wrong = net.port_sysctls(self.port) if exists else {}
+        if wrong:
+            self.changed('port %s kept off the host stack' % self.port,
+                         dict((k, v[0]) for k, v in wrong.items()), dict((k, v[1]) for k, v in wrong.items()))
+        if not check:
+            net.isolate_port(self.port)
         if on_bridge is None or ofport != self.ofport or ids.get('gpuaas-slot') != self.slot_id:
             self.changed('port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
                          {'bridge': on_bridge, 'ofport': ofport}, {'bridge': self.bridge, 'ofport': self.ofport})
             if not check:
                 self.run(['ovs-vsctl', '--if-exists', 'del-port', self.bridge, self.port, '--',
                           'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
-                          'ofport_request=%d' % self.ofport,
-                          'external_ids:gpuaas-slot=%s' % want_ids['gpuaas-slot']])
+                          'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id])
                 self.check_ofport()
         if not check and not self.up(self.port):
             self.run(['ip', 'link', 'set', self.port, 'up'])
@@ -234,9 +318,6 @@ class SlotNetwork(object):
             self.changed('flows cookie=%#x' % self.cookie, len(have), len(want))
             if not check:
                 net.install_flows(self.run, self.bridge, self.cookie, flows)
-        buckets = net.group_buckets(self.run, self.bridge)
-        if buckets is None:
-            raise net.NetworkError('bridge %s has no DHCP broadcast group: run gpuaas.slice.host_network' % self.bridge)
         if buckets.get(self.ofport) != 'output:%d' % self.ofport:
             self.changed('DHCP broadcast bucket %d' % self.ofport)
             if not check:
@@ -266,6 +347,8 @@ class SlotNetwork(object):
     def absent(self):
         check = self.module.check_mode
         bridge_there = net.bridge_info(self.run, self.bridge) is not None
+        on_bridge, _ofport, ids = self.port_row()
+        self.check_port(on_bridge, ids)
         if bridge_there:
             if net.dump_flows(self.run, self.bridge, self.cookie):
                 self.changed('flows cookie=%#x removed' % self.cookie)
@@ -276,10 +359,7 @@ class SlotNetwork(object):
                 self.changed('DHCP broadcast bucket %d removed' % self.ofport)
                 if not check:
                     self.remove_bucket()
-        on_bridge, _ofport, ids = self.port_row()
         if on_bridge is not None:
-            if ids.get('gpuaas-slot') not in (None, self.slot_id):
-                raise net.NetworkError('port %s belongs to slot %s, not %s' % (self.port, ids['gpuaas-slot'], self.slot_id))
             self.changed('port %s removed from %s' % (self.port, on_bridge))
             if not check:
                 self.run(['ovs-vsctl', '--if-exists', 'del-port', on_bridge, self.port])
@@ -287,15 +367,18 @@ class SlotNetwork(object):
             self.changed('tap %s removed' % self.port)
             if not check:
                 self.run(['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'])
-        if os.path.exists(self.hosts_file):
-            self.changed('dhcp host %s removed' % self.hosts_file)
+        before = self.read_entry()
+        if before is not None:
+            self.changed('dhcp host %s removed' % self.hosts_file, before, '')
             if not check:
                 remove(self.hosts_file)
+                # dnsmasq keeps a deleted file's record until SIGHUP.
+                self.reloaded = net.reload_dnsmasq(self.pid_file)
 
     def result(self):
         result = dict(changed=bool(self.changes), changes=self.changes, slot_id=self.slot_id, mac=self.mac,
                       ip=self.ip, port=self.port, ofport=self.ofport, cookie='%#x' % self.cookie,
-                      hosts_file=self.hosts_file, hostname=self.hostname)
+                      hosts_file=self.hosts_file, hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
         if self.module._diff:
             result['diff'] = self.diff
         return result
@@ -315,6 +398,7 @@ def main():
             port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
             gateway=dict(type='str', default='10.100.0.1'),
             telemetry_port=dict(type='int', default=9110),
+            dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
         ),
         required_if=[('state', 'present', ('hostname',))],
         supports_check_mode=True,
