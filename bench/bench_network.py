@@ -5,8 +5,8 @@
 
     python bench/bench_network.py [--slots 8] [--runs 3]
 
-Real Open vSwitch (userspace datapath, started when none runs), on a bridge of its own
-(br-gpuaas-b) with its own nftables table. Per run: host_network once, then slot_network
+Real Open vSwitch (userspace datapath), private to a network namespace of its own (the
+tests' env.Host), so the machine's own switch, 10.100.0.1 and firewall are never touched. Per run: host_network once, then slot_network
 present for each slot (a tap port, its flows, its dnsmasq entry), then absent for each,
 then host_network absent. Each module runs as Ansible runs it (python module.py args.json),
 so the figures include the module's start-up (about 0.1 s) but not Ansible's per-task cost.
@@ -30,24 +30,25 @@ BRIDGE = 'br-gpuaas-b'
 NODE = 'benchnode'
 
 
-def timed(name, args):
+def timed(host, name, args):
     start = time.monotonic()
-    result = env.module(name, args)
+    result = host.module(name, args)
     if result.get('failed'):
         raise SystemExit('%s failed: %s' % (name, result.get('msg')))
     return time.monotonic() - start
 
 
-def one_run(work, slots):
+def one_run(node, work, slots):
     host = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
                 hosts_dir=os.path.join(work, 'hosts'), lease_file=os.path.join(work, 'leases'),
-                nft_table='gpuaas_bench', nft_file=os.path.join(work, 'gpuaas.nft'))
-    figures = {'host up': timed('host_network', host)}
-    up = [timed('slot_network', dict(slot_id='%s-s%d' % (NODE, i), bridge=BRIDGE, hosts_dir=host['hosts_dir'],
-                                     hostname='slot-%d' % i)) for i in range(slots)]
-    down = [timed('slot_network', dict(slot_id='%s-s%d' % (NODE, i), bridge=BRIDGE, hosts_dir=host['hosts_dir'],
-                                       state='absent')) for i in range(slots)]
-    figures['host down'] = timed('host_network', dict(host, state='absent'))
+                nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'))
+    slot = dict(bridge=BRIDGE, hosts_dir=host['hosts_dir'], dnsmasq_pid_file=host['pid_file'])
+    figures = {'host up': timed(node, 'host_network', host)}
+    up = [timed(node, 'slot_network', dict(slot, slot_id='%s-s%d' % (NODE, i), hostname='slot-%d' % i))
+          for i in range(slots)]
+    down = [timed(node, 'slot_network', dict(slot, slot_id='%s-s%d' % (NODE, i), state='absent'))
+            for i in range(slots)]
+    figures['host down'] = timed(node, 'host_network', dict(host, state='absent'))
     figures['slots up'] = sum(up)
     figures['slots down'] = sum(down)
     figures['per slot up'] = statistics.mean(up)
@@ -65,8 +66,8 @@ def main():
         return 0
     work = tempfile.mkdtemp(prefix='gpuaas-benchnet-')
     try:
-        with env.OpenVSwitch():
-            runs = [one_run(work, args.slots) for _ in range(args.runs)]
+        with env.Host(work, tag='b') as node:
+            runs = [one_run(node, work, args.slots) for _ in range(args.runs)]
     except env.EnvironmentMissing as exc:
         print('bench_network: %s; skipped' % exc)
         return 0

@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 apt_packages=(git rsync pciutils bc iproute2
   qemu-system-x86 qemu-utils busybox-static
   libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
-  openvswitch-switch nftables openssh-client systemd)
+  openvswitch-switch nftables ethtool openssh-client systemd)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -329,12 +329,12 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
     lines.append('    iifname "%s" drop' % bridge)
     lines.append('  }')
     if nat:
+        # Not the host's own traffic from the gateway address to itself (lo).
+        out = 'oifname "%s"' % uplink if uplink else 'oifname != { "%s", "lo" }' % bridge
         lines += [
             '  chain postrouting {',
             '    type nat hook postrouting priority srcnat; policy accept;',
-            # Not the host's own traffic from the gateway address to itself (lo).
-            '    ip saddr %s %s masquerade' % (net, 'oifname "%s"' % uplink if uplink
-                                             else 'oifname != { "%s", "lo" }' % bridge),
+            '    ip saddr %s %s masquerade' % (net, out),
             '  }',
         ]
     lines.append('}')

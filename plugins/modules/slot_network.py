@@ -26,7 +26,7 @@ description:
   - V(absent) removes exactly that slot's entry, rules, group bucket, port and tap; other slots are
     untouched.
   - dnsmasq reads a new entry by itself (inotify on its C(dhcp-hostsdir)) but serves a changed or
-    removed entry's old record until it gets C(SIGHUP): the module sends it one, through
+    removed entry's old record until it gets C(SIGHUP); the module sends it one, through
     O(dnsmasq_pid_file), whenever it rewrites or removes an entry.
   - Refused before anything changes are slot ids that are not C({node_id}-s{index}), host names that
     are not one RFC 1123 label, a O(mac) or O(ip) that is not the layout's, a port that is the bridge,

@@ -54,6 +54,22 @@ def sh(*argv, check=True, ns=None, env=None, timeout=60):
                           env=dict(env or os.environ, LANG='C'))
 
 
+def module(name, args, check_mode=False, diff=False, ns=None, env=None):
+    """Run a collection module as Ansible does (in namespace ``ns``, else here); its JSON result."""
+    args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as handle:
+        json.dump({'ANSIBLE_MODULE_ARGS': args}, handle)
+    try:
+        proc = sh(sys.executable, os.path.join(MODULES, name + '.py'), handle.name, check=False, ns=ns,
+                  env=env or dict(os.environ, PYTHONPATH=COLLECTIONS), timeout=300)
+    finally:
+        os.unlink(handle.name)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError('%s printed no JSON (exit %d): %s %s' % (name, proc.returncode, proc.stdout, proc.stderr))
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -160,18 +176,7 @@ class Host:
 
     def module(self, name, args, check_mode=False, diff=False):
         """Run a collection module in the host namespace, as Ansible does; returns its JSON result."""
-        args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
-        with tempfile.NamedTemporaryFile('w', suffix='.json', dir=self.work, delete=False) as handle:
-            json.dump({'ANSIBLE_MODULE_ARGS': args}, handle)
-        try:
-            proc = self.sh(sys.executable, os.path.join(MODULES, name + '.py'), handle.name, check=False)
-        finally:
-            os.unlink(handle.name)
-        try:
-            return json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError('%s printed no JSON (exit %d): %s %s'
-                                 % (name, proc.returncode, proc.stdout, proc.stderr))
+        return module(name, args, check_mode, diff, ns=self.ns, env=self.env)
 
     def flows(self, bridge, cookie=None):
         argv = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names', '--no-stats', 'dump-flows', bridge]

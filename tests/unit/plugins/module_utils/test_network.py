@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
@@ -51,3 +53,48 @@ def test_nft_ruleset_is_atomic_and_guards_the_host():
 def test_gateways_off_the_slot_network_are_refused(value):
     with pytest.raises(net.NetworkError):
         net.gateway_interface(value)
+
+
+def test_the_nft_ruleset_refuses_slot_addresses_off_the_bridge_and_spares_loopback():
+    text = net.nft_ruleset('gpuaas', 'br-gpuaas', net.gateway_interface('10.100.0.1/24'), 9110, True, None, [])
+    lines = text.splitlines()
+    forward = lines.index('  chain forward {')
+    assert lines.index('    ip saddr 10.100.0.0/24 iifname != { "br-gpuaas", "lo" } drop') < forward
+    assert lines[forward + 2] == '    ip saddr 10.100.0.0/24 iifname != "br-gpuaas" drop'
+    assert '    ip saddr 10.100.0.0/24 oifname != { "br-gpuaas", "lo" } masquerade' in lines
+    with_uplink = net.nft_ruleset('gpuaas', 'br-gpuaas', net.gateway_interface('10.100.0.1/24'), 9110, True,
+                                  'eth1', [])
+    assert '    ip saddr 10.100.0.0/24 oifname "eth1" masquerade' in with_uplink.splitlines()
+
+
+def test_dnsmasq_writes_its_own_pid_file():
+    conf = net.dnsmasq_conf('br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid')
+    assert 'pid-file=/run/x.pid' in conf.splitlines()
+    assert 'pid-file=%s' % net.DNSMASQ_PID_FILE in net.dnsmasq_conf(
+        'br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', []).splitlines()
+
+
+def test_a_port_is_kept_off_the_host_stack(tmp_path):
+    proc_net = tmp_path / 'net'
+    for family, key, value in (('ipv4', 'rp_filter', '0'), ('ipv4', 'arp_ignore', '0'), ('ipv6', 'disable_ipv6', '0')):
+        (proc_net / family / 'conf' / 'gs3-0a1b2c3d').mkdir(parents=True, exist_ok=True)
+        (proc_net / family / 'conf' / 'gs3-0a1b2c3d' / key).write_text(value + '\n')
+    assert len(net.port_sysctls('gs3-0a1b2c3d', str(proc_net))) == 3
+    net.isolate_port('gs3-0a1b2c3d', str(proc_net))
+    assert net.port_sysctls('gs3-0a1b2c3d', str(proc_net)) == {}
+    assert (proc_net / 'ipv4' / 'conf' / 'gs3-0a1b2c3d' / 'arp_ignore').read_text() == '8\n'
+    with pytest.raises(net.NetworkError, match='keeps the host off slot port gone'):
+        net.isolate_port('gone', str(proc_net))
+
+
+def test_only_a_running_dnsmasq_is_signalled(tmp_path):
+    pid_file = tmp_path / 'dnsmasq.pid'
+    assert not net.reload_dnsmasq(str(pid_file))                 # no pid file
+    pid_file.write_text('%d\n' % os.getpid())                     # a process, but not dnsmasq
+    assert not net.reload_dnsmasq(str(pid_file))
+    proc = tmp_path / 'proc' / '4242'
+    proc.mkdir(parents=True)
+    (proc / 'stat').write_text('4242 (dnsmasq) Z 1 1')            # a zombie dnsmasq
+    (proc / 'cmdline').write_bytes(b'/usr/sbin/dnsmasq\0--keep-in-foreground\0')
+    pid_file.write_text('4242\n')
+    assert not net.reload_dnsmasq(str(pid_file), proc_root=str(tmp_path / 'proc'))
