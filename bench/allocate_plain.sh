@@ -43,9 +43,11 @@ FLOWS
   qemu-img convert -f qcow2 -O raw "$IMAGE" "$disk"
   qemu-img resize -q -f raw "$disk" 1G
   seed=$(mktemp -d)
-  printf 'instance-id: %s\nlocal-hostname: plain-slot\n' "$ALLOC" > "$seed/meta-data"
-  printf '#cloud-config\nssh_authorized_keys:\n  - "%s"\n' "$PUBKEY" > "$seed/user-data"
-  printf 'version: 2\nethernets:\n  eth0:\n    match: {macaddress: "%s"}\n    dhcp4: true\n' "$MAC" > "$seed/network-config"
+  # JSON, one key per line (valid YAML, and what the test guest's init reads).
+  printf '{\n  "instance-id": "%s",\n  "local-hostname": "plain-slot"\n}\n' "$ALLOC" > "$seed/meta-data"
+  printf '#cloud-config\n{\n  "ssh_authorized_keys": [\n    "%s"\n  ]\n}\n' "$PUBKEY" > "$seed/user-data"
+  printf '{\n  "version": 2,\n  "ethernets": {\n    "slot0": {\n      "match": {\n        "macaddress": "%s"\n      },\n      "dhcp4": true\n    }\n  }\n}\n' \
+    "$MAC" > "$seed/network-config"
   genisoimage -quiet -o "$state/seeds/$SLOT-seed.iso" -V cidata -J -R "$seed"
   rm -rf "$seed"
   xml=$(mktemp)
