@@ -164,10 +164,9 @@ def addresses(run, bridge):
     return found, 'UP' in info[0].get('flags', [])
 
 
-class HostNetwork(object):
+class HostNetwork(net.Changes):
     def __init__(self, module):
-        self.module = module
-        self.run = net.Runner(module)
+        super(HostNetwork, self).__init__(module)
         p = module.params
         self.bridge = net.check_ifname(p['bridge'], 'bridge')
         self.gateway = net.gateway_interface(p['gateway'])
@@ -182,14 +181,6 @@ class HostNetwork(object):
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
-        self.changes = []
-        self.diff = {'before': {}, 'after': {}}
-
-    def changed(self, what, before=None, after=None):
-        self.changes.append(what)
-        if before is not None or after is not None:
-            self.diff['before'][what] = before
-            self.diff['after'][what] = after
 
     def present(self):
         check = self.module.check_mode
@@ -288,13 +279,10 @@ class HostNetwork(object):
                     remove(path)
 
     def result(self):
-        result = dict(changed=bool(self.changes), changes=self.changes, bridge=self.bridge,
-                      gateway=str(self.gateway), nft_table=self.module.params['nft_table'],
-                      dnsmasq_conf=self.conf,
-                      dnsmasq_argv=[DNSMASQ, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
-        if self.module._diff:
-            result['diff'] = self.diff
-        return result
+        return self.report(bridge=self.bridge, gateway=str(self.gateway), nft_table=self.module.params['nft_table'],
+                           dnsmasq_conf=self.conf,
+                           dnsmasq_argv=[DNSMASQ, '--keep-in-foreground', '--log-facility=-',
+                                         '--conf-file=%s' % self.conf])
 
 
 def main():

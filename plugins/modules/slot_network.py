@@ -152,10 +152,9 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
     LayoutError, slot_cookie, slot_ip, slot_mac)
 
 
-class SlotNetwork(object):
+class SlotNetwork(net.Changes):
     def __init__(self, module):
-        self.module = module
-        self.run = net.Runner(module)
+        super(SlotNetwork, self).__init__(module)
         p = module.params
         self.slot_id = p['slot_id']
         node, self.index = check_slot_id(self.slot_id)
@@ -173,14 +172,6 @@ class SlotNetwork(object):
         self.hosts_file = os.path.join(self.hosts_dir, self.slot_id)
         self.ofport = net.FIRST_OFPORT + self.index
         self.cookie = slot_cookie(self.index)
-        self.changes = []
-        self.diff = {'before': {}, 'after': {}}
-
-    def changed(self, what, before=None, after=None):
-        self.changes.append(what)
-        if before is not None or after is not None:
-            self.diff['before'][what] = before
-            self.diff['after'][what] = after
 
     def device_exists(self, name):
         return os.path.exists('/sys/class/net/%s' % name)
@@ -293,12 +284,8 @@ class SlotNetwork(object):
                 remove(self.hosts_file)
 
     def result(self):
-        result = dict(changed=bool(self.changes), changes=self.changes, slot_id=self.slot_id, mac=self.mac,
-                      ip=self.ip, port=self.port, ofport=self.ofport, cookie='%#x' % self.cookie,
-                      hosts_file=self.hosts_file, hostname=self.hostname)
-        if self.module._diff:
-            result['diff'] = self.diff
-        return result
+        return self.report(slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port, ofport=self.ofport,
+                           cookie='%#x' % self.cookie, hosts_file=self.hosts_file, hostname=self.hostname)
 
 
 def main():
