@@ -31,7 +31,9 @@ for part in "${parts[@]}"; do
     sanity) run sanity hack/sanity.sh "$venv" ;;
     lint)   run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
-    molecule) run molecule molecule test --all ;;
+    # Molecule keeps scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and
+    # checkouts: start from none, so every run prepares what it needs.
+    molecule) molecule reset --all >/dev/null 2>&1; run molecule molecule test --all ;;
     units)  run units python -m pytest tests/unit tests/functional ;;
     *) echo "unknown part $part (sanity, lint, docs, molecule, units)" >&2; exit 2 ;;
   esac

@@ -76,6 +76,28 @@ class NetworkError(ValueError):
     """A network request refused or a command that failed; the message says which and why."""
 
 
+class Changes(object):
+    """What a network module changed (or would change), for its result and its diff."""
+
+    def __init__(self, module):
+        self.module = module
+        self.run = Runner(module)
+        self.changes = []
+        self.diff = {'before': {}, 'after': {}}
+
+    def changed(self, what, before=None, after=None):
+        self.changes.append(what)
+        if before is not None or after is not None:
+            self.diff['before'][what] = before
+            self.diff['after'][what] = after
+
+    def report(self, **fields):
+        result = dict(fields, changed=bool(self.changes), changes=self.changes)
+        if self.module._diff:
+            result['diff'] = self.diff
+        return result
+
+
 # -- validation ---------------------------------------------------------------
 
 def check_ifname(value, what):

@@ -186,10 +186,9 @@ DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
 
 
-class HostNetwork(object):
+class HostNetwork(net.Changes):
     def __init__(self, module):
-        self.module = module
-        self.run = net.Runner(module)
+        super(HostNetwork, self).__init__(module)
         p = module.params
         self.bridge = net.check_ifname(p['bridge'], 'bridge')
         self.gateway = net.gateway_interface(p['gateway'])
@@ -205,14 +204,6 @@ class HostNetwork(object):
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
-        self.changes = []
-        self.diff = {'before': {}, 'after': {}}
-
-    def changed(self, what, before=None, after=None):
-        self.changes.append(what)
-        if before is not None or after is not None:
-            self.diff['before'][what] = before
-            self.diff['after'][what] = after
 
     def present(self):
         check = self.module.check_mode
@@ -336,14 +327,12 @@ class HostNetwork(object):
 
     def result(self):
         dnsmasq = self.module.get_bin_path('dnsmasq', opt_dirs=['/usr/sbin']) or DNSMASQ
-        result = dict(changed=bool(self.changes), changes=self.changes, bridge=self.bridge,
-                      gateway=str(self.gateway), datapath_type=self.module.params['datapath_type'],
-                      nft_table=self.module.params['nft_table'], dnsmasq_conf=self.conf,
-                      dnsmasq_pid_file=self.pid_file,
-                      dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
-        if self.module._diff:
-            result['diff'] = self.diff
-        return result
+        return self.report(bridge=self.bridge, gateway=str(self.gateway),
+                           datapath_type=self.module.params['datapath_type'],
+                           nft_table=self.module.params['nft_table'], dnsmasq_conf=self.conf,
+                           dnsmasq_pid_file=self.pid_file,
+                           dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-',
+                                         '--conf-file=%s' % self.conf])
 
 
 def main():

@@ -173,12 +173,11 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
     LayoutError, slot_cookie, slot_ip, slot_mac)
 
 
-class SlotNetwork(object):
+class SlotNetwork(net.Changes):
     """One slot's entry, port and flows: everything is read and checked first, then changed."""
 
     def __init__(self, module):
-        self.module = module
-        self.run = net.Runner(module)
+        super(SlotNetwork, self).__init__(module)
         p = module.params
         self.slot_id = p['slot_id']
         node, self.index = check_slot_id(self.slot_id)
@@ -200,14 +199,6 @@ class SlotNetwork(object):
         self.ofport = net.FIRST_OFPORT + self.index
         self.cookie = slot_cookie(self.index)
         self.reloaded = False
-        self.changes = []
-        self.diff = {'before': {}, 'after': {}}
-
-    def changed(self, what, before=None, after=None):
-        self.changes.append(what)
-        if before is not None or after is not None:
-            self.diff['before'][what] = before
-            self.diff['after'][what] = after
 
     def device_exists(self, name):
         return os.path.exists('/sys/class/net/%s' % name)
@@ -376,12 +367,9 @@ class SlotNetwork(object):
                 self.reloaded = net.reload_dnsmasq(self.pid_file)
 
     def result(self):
-        result = dict(changed=bool(self.changes), changes=self.changes, slot_id=self.slot_id, mac=self.mac,
-                      ip=self.ip, port=self.port, ofport=self.ofport, cookie='%#x' % self.cookie,
-                      hosts_file=self.hosts_file, hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
-        if self.module._diff:
-            result['diff'] = self.diff
-        return result
+        return self.report(slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port, ofport=self.ofport,
+                           cookie='%#x' % self.cookie, hosts_file=self.hosts_file, hostname=self.hostname,
+                           dnsmasq_reloaded=self.reloaded)
 
 
 def main():

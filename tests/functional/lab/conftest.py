@@ -80,8 +80,9 @@ class LabNode:
         return json.load(open(path)) if os.path.exists(path) else None
 
 
-@pytest.fixture(scope='session')
-def node(tmp_path_factory):
+@pytest.fixture(scope='module')
+def node():
+    """Module-scoped: the slot network it made is gone before the next test module runs."""
     if os.geteuid() != 0:
         pytest.skip('the lab node needs root (libvirt, Open vSwitch, nftables)')
     try:

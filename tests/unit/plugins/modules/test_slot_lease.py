@@ -39,8 +39,8 @@ def test_take_advance_and_free(lease):
     again = lease(allocation_id='a1', data={'devices': ['0000:1b:00.0']})
     assert not again['changed']
     running = lease(allocation_id='a1', phase='running', data={'domain': 'gpuaas-gpu-node-01-s0'})
-    assert running['changed'] and running['lease']['data'] == {'devices': ['0000:1b:00.0'],
-                                                                'domain': 'gpuaas-gpu-node-01-s0'}
+    assert running['changed']
+    assert running['lease']['data'] == {'devices': ['0000:1b:00.0'], 'domain': 'gpuaas-gpu-node-01-s0'}
     # A re-run of allocate asks for provisioning again with its first data: the lease stays
     # running, with what the later step added, unchanged.
     rerun = lease(allocation_id='a1', phase='provisioning', data={'devices': ['0000:1b:00.0']})
