@@ -32,7 +32,7 @@ for part in "${parts[@]}"; do
     lint)   run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
     molecule) run molecule molecule test --all ;;
-    units)  run units python -m pytest tests/unit tests/functional ;;
+    units)  run units python -m pytest tests/unit tests/controlplane tests/functional ;;
     *) echo "unknown part $part (sanity, lint, docs, molecule, units)" >&2; exit 2 ;;
   esac
 done
