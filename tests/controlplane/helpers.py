@@ -37,3 +37,8 @@ def add_node(db, discovery, entries, node_id=None):
 
 def add_tenant(db, name, max_gpus=-1):
     db.transact(service.set_quota, OPERATOR, name, max_gpus)
+
+
+def make_token(db, role, tenant_name=None):
+    token, _row = db.transact(service.create_token, OPERATOR, role, tenant_name)
+    return {'Authorization': 'Bearer %s' % token}
