@@ -87,6 +87,9 @@ def pytest_generate_tests(metafunc):
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'backends(*names): the database backends a test runs on')
+    # ansible-runner starts ansible-playbook with pexpect (forkpty) from worker threads.
+    config.addinivalue_line('filterwarnings',
+                            'ignore:This process .* is multi-threaded, use of forkpty:DeprecationWarning')
 
 
 @pytest.fixture(scope='session')
