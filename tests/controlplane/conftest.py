@@ -79,10 +79,12 @@ def db(db_url):
 
 
 def pytest_generate_tests(metafunc):
-    if 'db_url' in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker('backends')
-        backends = marker.args if marker else BACKENDS
-        metafunc.parametrize('db_url', backends, indirect=True)
+    for name in ('db_url', 'fresh_url'):
+        if name in metafunc.fixturenames:
+            marker = metafunc.definition.get_closest_marker('backends')
+            backends = marker.args if marker else BACKENDS
+            metafunc.parametrize(name, backends, indirect=True)
+            return
 
 
 def pytest_configure(config):
