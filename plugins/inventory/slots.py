@@ -9,7 +9,8 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 name: slots
-author: gpuaas.slice contributors
+author:
+  - gpuaas.slice contributors (@gpuaas)
 version_added: 0.1.0
 short_description: The control plane's slot table as an inventory
 description:

@@ -17,7 +17,7 @@ from gpuaas_control import api
 from gpuaas_control.config import Settings
 from gpuaas_control.models import Allocation, AuditEntry, Node, Slot
 from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, make_token, ssh_key
+from tests.controlplane.helpers import make_token, ssh_key
 
 BODY = {'image': 'debian-12.qcow2', 'image_checksum': 'sha256:' + 'ab' * 32,
         'ssh_keys': [ssh_key()], 'vcpus': 4, 'memory_mib': 8192}

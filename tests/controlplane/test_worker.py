@@ -242,7 +242,7 @@ def test_killing_the_worker_mid_run_then_another_resumes(db, db_url, settings, p
 
     # Another worker takes the job over once the dead one's lease runs out, and re-runs it.
     worker = Worker(db, settings, worker_id='survivor')
-    _wait_for(lambda: worker.run_once(), timeout=30, what='the lease to expire')
+    _wait_for(worker.run_once, timeout=30, what='the lease to expire')
     got, slot, jobs, _usage, events = _allocation(db, allocation.id)
     assert got.state == 'running' and slot.allocation_id == allocation.id
     assert jobs == [('allocate', 'done', 2)]

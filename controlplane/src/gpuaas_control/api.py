@@ -9,10 +9,12 @@ tenant 403). Errors are JSON ``{"detail": "...", "problems": [...]}``.
 
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Header, Query, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -239,7 +241,17 @@ def _validation_problems(exc: RequestValidationError):
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     db = db or Database(settings.db_url, pool_size=20)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # Endpoints run in a thread pool. Fewer threads than anyio's default 40 keep the
+        # database transactions short: each thread holding a row lock or SQLite's write
+        # lock would otherwise share the GIL with dozens of others.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        yield
+        db.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title='gpuaas.slice control plane', version=__version__,
         description='Allocate GPU slots (one passthrough GPU with its own NVMe, fabric VF, '
                     'network and NUMA-local CPUs) and operate the slot table.',

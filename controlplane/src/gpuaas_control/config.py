@@ -58,6 +58,7 @@ class Settings:
     image_dir: str = '/var/lib/gpuaas/images'
     # The API.
     max_body: int = 256 * 1024
+    api_threads: int = 8
     default_max_gpus: int = -1
 
     @classmethod
@@ -75,6 +76,7 @@ class Settings:
             poll_interval=_float('GPUAAS_POLL_INTERVAL', cls.poll_interval),
             image_dir=os.environ.get('GPUAAS_IMAGE_DIR') or cls.image_dir,
             max_body=_int('GPUAAS_MAX_BODY', cls.max_body),
+            api_threads=_int('GPUAAS_API_THREADS', cls.api_threads),
             default_max_gpus=_int('GPUAAS_DEFAULT_MAX_GPUS', cls.default_max_gpus),
         )
         for key, value in overrides.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 
 from sqlalchemy import create_engine, event
@@ -72,6 +73,10 @@ class Database:
             self.engine = create_engine(self.url, echo=echo, pool_size=pool_size,
                                         max_overflow=pool_size, pool_pre_ping=True)
         self._writer = self.engine.execution_options(gpuaas_write=True)
+        # SQLite has one writer at a time: threads of one process queue here, on a lock that
+        # wakes the next one at once, rather than in SQLite's busy handler, which polls with
+        # sleeps of up to 100 ms. Other processes still meet on the busy timeout.
+        self._write_lock = threading.Lock() if self.backend == 'sqlite' else None
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
 
@@ -89,8 +94,9 @@ class Database:
 
     @contextlib.contextmanager
     def write(self):
-        with self._write_sessions() as session, session.begin():
-            yield session
+        with self._write_lock or contextlib.nullcontext():
+            with self._write_sessions() as session, session.begin():
+                yield session
 
     def transact(self, fn, *args, retries: int = 8, **kwargs):
         """Run ``fn(session, *args, **kwargs)`` in a write transaction, retried when the
