@@ -10,6 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 apt_packages=(git rsync pciutils bc iproute2
   qemu-system-x86 qemu-utils busybox-static
   libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
+  postgresql
   openvswitch-switch nftables ethtool openssh-client systemd)
 
 missing=()
@@ -52,6 +53,15 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r "$here/requirements.txt"
   echo "$want" > "$stamp"
+fi
+
+# The control plane (controlplane/, its dependencies pinned above): the package itself,
+# editable so the checkout is what runs, and its `gpuaas` command in the venv.
+src="$here/controlplane/src"
+if [ ! -x "$venv/bin/gpuaas" ] || ! "$venv/bin/python" -c 'import os, sys, gpuaas_control
+sys.exit(os.path.realpath(gpuaas_control.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep) is False)' "$src" 2>/dev/null; then
+  echo "setup: installing the control plane (controlplane/) into $venv"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$here/controlplane"
 fi
 
 # The checkout is the collection gpuaas.slice: expose it where Ansible looks for collections.

@@ -1,0 +1,117 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The audit ledger: every privileged mutation, append-only and hash-chained.
+
+Each entry's ``hash`` is ``sha256(prev_hash + canonical JSON of the entry)``, where the
+canonical JSON has sorted keys, no spaces and ASCII only, and the entry's time is ISO 8601
+UTC with microseconds. ``audit_head`` holds the last link, so removing the newest entries
+is caught as well as editing or removing one in the middle. Appends are serialized by the
+head row's lock (``SELECT ... FOR UPDATE``; SQLite's write lock does the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from sqlalchemy import select
+
+from gpuaas_control.models import AuditEntry, AuditHead, utcnow
+
+GENESIS = '0' * 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    """Who did it: a token's name and role (``system`` for the worker and migrations)."""
+
+    name: str
+    role: str
+    tenant: str | None = None
+
+
+SYSTEM = Actor('system', 'system')
+
+
+def canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+
+
+def entry_document(entry: AuditEntry) -> dict:
+    return {
+        'seq': entry.seq,
+        'at': entry.at.isoformat(timespec='microseconds'),
+        'actor': entry.actor,
+        'role': entry.role,
+        'action': entry.action,
+        'target_type': entry.target_type,
+        'target_id': entry.target_id,
+        'before': entry.before,
+        'after': entry.after,
+    }
+
+
+def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
+    return hashlib.sha256((prev_hash + canonical(entry_document(entry))).encode('ascii')).hexdigest()
+
+
+def _plain(value):
+    """JSON round trip: what the database will give back is what gets hashed."""
+    return None if value is None else json.loads(canonical(value))
+
+
+def append(session, actor: Actor, action: str, target_type: str, target_id: str,
+           before=None, after=None) -> AuditEntry:
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+    entry = AuditEntry(seq=head.seq + 1, at=utcnow(), actor=actor.name, role=actor.role,
+                       action=action, target_type=target_type, target_id=str(target_id),
+                       before=_plain(before), after=_plain(after), prev_hash=head.hash)
+    entry.hash = entry_hash(head.hash, entry)
+    session.add(entry)
+    head.seq, head.hash = entry.seq, entry.hash
+    session.flush()
+    return entry
+
+
+@dataclasses.dataclass
+class Verification:
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def verify(session, limit_problems: int = 50) -> Verification:
+    """Walk the chain from the start; report every broken link (up to ``limit_problems``)."""
+    problems = []
+    prev_hash, prev_seq, count = GENESIS, 0, 0
+    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars()
+    for entry in rows:
+        count += 1
+        if entry.seq != prev_seq + 1:
+            problems.append('entries %d to %d are missing (deleted?)' % (prev_seq + 1, entry.seq - 1))
+        if entry.prev_hash != prev_hash:
+            problems.append('entry %d: prev_hash does not match the entry before it '
+                            '(an entry before it was changed or removed)' % entry.seq)
+        if entry_hash(entry.prev_hash, entry) != entry.hash:
+            problems.append('entry %d: its content does not match its hash (edited after '
+                            'it was written)' % entry.seq)
+        prev_hash, prev_seq = entry.hash, entry.seq
+        if len(problems) >= limit_problems:
+            break
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    if head is None:
+        problems.append('the audit head row is missing')
+        head_seq, head_hash = 0, GENESIS
+    else:
+        head_seq, head_hash = head.seq, head.hash
+        if len(problems) < limit_problems and (head.seq != prev_seq or head.hash != prev_hash):
+            problems.append('the chain ends at entry %d but the head records entry %d: the newest '
+                            'entries were removed or the head was changed' % (prev_seq, head.seq))
+    return Verification(ok=not problems, entries=count, head_seq=head_seq, head_hash=head_hash,
+                        problems=problems)

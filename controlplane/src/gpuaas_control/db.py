@@ -1,0 +1,137 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Engines and transactions, SQLite (the embedded default) and PostgreSQL alike.
+
+SQLite runs in WAL mode with a busy timeout, and every write transaction starts with
+``BEGIN IMMEDIATE``: it takes the write lock up front, so two writers queue on the busy
+timeout instead of failing when one upgrades a read lock. PostgreSQL runs at READ
+COMMITTED with row locks (``SELECT ... FOR UPDATE [SKIP LOCKED]``) where it matters.
+A transaction that loses a race the database reports (busy, deadlock, serialization
+failure) is retried from the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT = 30.0
+RETRYABLE_PG_CODES = ('40001', '40P01', '55P03')
+
+
+class DatabaseError(RuntimeError):
+    """The database URL is not usable."""
+
+
+def normalize_url(url: str):
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError('%r is not a database URL (sqlite:////path/to.db or '
+                            'postgresql://user@host/db)' % (url,)) from exc
+    backend = parsed.get_backend_name()
+    if backend == 'postgresql':
+        return parsed.set(drivername='postgresql+psycopg')
+    if backend == 'sqlite':
+        if parsed.database in (None, '', ':memory:'):
+            raise DatabaseError('an in-memory SQLite database cannot be shared by the API and '
+                                'the worker: give a file, sqlite:////var/lib/gpuaas/control/gpuaas.db')
+        return parsed
+    raise DatabaseError('database %r is not supported: use SQLite or PostgreSQL' % backend)
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    orig = getattr(exc, 'orig', None)
+    code = getattr(orig, 'sqlstate', None) or getattr(orig, 'pgcode', None)
+    if code in RETRYABLE_PG_CODES:
+        return True
+    message = str(orig).lower()
+    return 'database is locked' in message or 'database is busy' in message
+
+
+class Database:
+    """One engine for a URL; ``read()``/``write()`` open a transaction (a Session)."""
+
+    def __init__(self, url: str, pool_size: int = 10, echo: bool = False):
+        self.url = normalize_url(url)
+        self.backend = self.url.get_backend_name()
+        if self.backend == 'sqlite':
+            self.engine = create_engine(
+                self.url, echo=echo,
+                connect_args={'timeout': SQLITE_BUSY_TIMEOUT, 'check_same_thread': False},
+                pool_size=pool_size, max_overflow=pool_size)
+            event.listen(self.engine, 'connect', _sqlite_connect)
+            event.listen(self.engine, 'begin', _sqlite_begin)
+        else:
+            self.engine = create_engine(self.url, echo=echo, pool_size=pool_size,
+                                        max_overflow=pool_size, pool_pre_ping=True)
+        self._writer = self.engine.execution_options(gpuaas_write=True)
+        # SQLite has one writer at a time: threads of one process queue here, on a lock that
+        # wakes the next one at once, rather than in SQLite's busy handler, which polls with
+        # sleeps of up to 100 ms. Other processes still meet on the busy timeout.
+        self._write_lock = threading.Lock() if self.backend == 'sqlite' else None
+        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.backend == 'postgresql'
+
+    @contextlib.contextmanager
+    def read(self):
+        """A transaction that never commits: closing the session gives the connection back
+        to the pool, which rolls it back (the objects read stay loaded)."""
+        with self._read_sessions() as session:
+            session.begin()
+            yield session
+
+    @contextlib.contextmanager
+    def write(self):
+        with self._write_lock or contextlib.nullcontext():
+            with self._write_sessions() as session, session.begin():
+                yield session
+
+    def transact(self, fn, *args, retries: int = 8, **kwargs):
+        """Run ``fn(session, *args, **kwargs)`` in a write transaction, retried when the
+        database reports a lost race; other errors propagate, the transaction rolled back."""
+        for attempt in range(retries + 1):
+            try:
+                with self.write() as session:
+                    return fn(session, *args, **kwargs)
+            except (OperationalError, DBAPIError) as exc:
+                if attempt == retries or not _retryable(exc):
+                    raise
+                time.sleep(min(0.5, 0.01 * (2 ** attempt)) * random.random())
+        raise AssertionError('unreachable')
+
+    def session(self) -> Session:
+        """A plain session on the writer (the caller begins and commits)."""
+        return self._write_sessions()
+
+    def dispose(self):
+        self.engine.dispose()
+
+
+def _sqlite_connect(dbapi_connection, _record):
+    # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute('PRAGMA journal_mode=WAL')
+    cursor.execute('PRAGMA synchronous=NORMAL')
+    cursor.execute('PRAGMA foreign_keys=ON')
+    cursor.execute('PRAGMA busy_timeout=%d' % int(SQLITE_BUSY_TIMEOUT * 1000))
+    cursor.close()
+
+
+def _sqlite_begin(conn):
+    if conn.get_execution_options().get('gpuaas_write'):
+        conn.exec_driver_sql('BEGIN IMMEDIATE')
+    else:
+        conn.exec_driver_sql('BEGIN')

@@ -1,0 +1,286 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The schema. Alembic's migrations (``migrations/versions``) create exactly this; a test
+compares the two.
+
+Safety nets that hold even if the code above them is wrong:
+
+* ``allocations``: a partial unique index on ``slot_id`` over the active states, so a slot
+  can never hold two live allocations;
+* ``slots``: ``(node_id, slot_index)`` unique;
+* ``audit_log``: ``prev_hash`` unique (the chain cannot fork) and triggers refusing UPDATE
+  and DELETE (created by the migration).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Allocation states. requested -> provisioning -> running -> releasing -> released;
+# failed when provisioning gave up and the slot was handed back (or blocked).
+REQUESTED = 'requested'
+PROVISIONING = 'provisioning'
+RUNNING = 'running'
+RELEASING = 'releasing'
+RELEASED = 'released'
+FAILED = 'failed'
+ALLOCATION_STATES = (REQUESTED, PROVISIONING, RUNNING, RELEASING, RELEASED, FAILED)
+ACTIVE_STATES = (REQUESTED, PROVISIONING, RUNNING, RELEASING)
+TERMINAL_STATES = (RELEASED, FAILED)
+
+# Slot states: free (schedulable when approved and its node is not drained), reserved (an
+# active allocation holds it), blocked (a release could not finish: an operator must look).
+SLOT_FREE = 'free'
+SLOT_RESERVED = 'reserved'
+SLOT_BLOCKED = 'blocked'
+SLOT_STATES = (SLOT_FREE, SLOT_RESERVED, SLOT_BLOCKED)
+
+# Outbox job kinds and statuses.
+JOB_ALLOCATE = 'allocate'
+JOB_RELEASE = 'release'
+JOB_PENDING = 'pending'
+JOB_RUNNING = 'running'
+JOB_DONE = 'done'
+JOB_FAILED = 'failed'
+JOB_CANCELLED = 'cancelled'
+
+ROLE_OPERATOR = 'operator'
+ROLE_TENANT = 'tenant'
+
+_ACTIVE_SQL = "state IN ('requested', 'provisioning', 'running', 'releasing')"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError('naive datetime %r: the control plane stores UTC only' % (value,))
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == 'sqlite' else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = 'tenants'
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    # As CloudStack's max.account.gpus: -1 is unlimited.
+    max_gpus: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = 'api_tokens'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey('tenants.id'), nullable=True)
+    name: Mapped[str] = mapped_column(String(63), nullable=False, default='')
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Node(Base):
+    __tablename__ = 'nodes'
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    schedulable: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    drain_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    discovery: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    discovered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The approved slot map as the operator posted it (docs/approved-slot-map.md).
+    approved_slots: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Slot(Base):
+    __tablename__ = 'slots'
+    __table_args__ = (
+        UniqueConstraint('node_id', 'slot_index', name='uq_slots_node_index'),
+        Index('ix_slots_state', 'state'),
+    )
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey('nodes.id'), nullable=False)
+    slot_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    gpu_address: Mapped[str] = mapped_column(String(32), nullable=False)
+    # '{vendor_id}:{device_id}', as lspci -n shows it: what a request's gpu_model names.
+    gpu_model: Mapped[str] = mapped_column(String(16), nullable=False)
+    numa_node: Mapped[int] = mapped_column(Integer, nullable=False)
+    cpulist: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    companions: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    nvme_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    fabric_pf_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    fabric_vf_pci_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mac: Mapped[str] = mapped_column(String(17), nullable=False)
+    ip: Mapped[str] = mapped_column(String(15), nullable=False)
+    capacity_metadata: Mapped[dict] = mapped_column(JSON, nullable=False)
+    fingerprint: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    destructive_wipe_policy: Mapped[str] = mapped_column(String(32), nullable=False)
+    approved: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    approved_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=SLOT_FREE)
+    allocation_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Allocation(Base):
+    __tablename__ = 'allocations'
+    __table_args__ = (
+        # The backstop: one active allocation per slot, whatever the code above does.
+        Index('uq_allocations_active_slot', 'slot_id', unique=True,
+              sqlite_where=text(_ACTIVE_SQL), postgresql_where=text(_ACTIVE_SQL)),
+        UniqueConstraint('tenant_id', 'idempotency_key', name='uq_allocations_idempotency'),
+        Index('ix_allocations_tenant_state', 'tenant_id', 'state'),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey('tenants.id'), nullable=False)
+    slot_id: Mapped[str] = mapped_column(ForeignKey('slots.id'), nullable=False)
+    node_id: Mapped[str] = mapped_column(ForeignKey('nodes.id'), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image: Mapped[str] = mapped_column(String(255), nullable=False)
+    image_checksum: Mapped[str] = mapped_column(String(80), nullable=False)
+    image_format: Mapped[str] = mapped_column(String(8), nullable=False)
+    ssh_keys: Mapped[list] = mapped_column(JSON, nullable=False)
+    vcpus: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mib: Mapped[int] = mapped_column(Integer, nullable=False)
+    disk_gib: Mapped[int] = mapped_column(Integer, nullable=False)
+    hostname: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    request: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    # Known at reservation from the layout; confirmed by the node.
+    mac: Mapped[str] = mapped_column(String(17), nullable=False)
+    address: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    ssh: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    telemetry_token: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    hostdevs_attached: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    timings: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    running_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    release_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class OutboxJob(Base):
+    __tablename__ = 'outbox'
+    __table_args__ = (Index('ix_outbox_status_available', 'status', 'available_at'),
+                      Index('ix_outbox_allocation', 'allocation_id'))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JOB_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    available_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Event(Base):
+    __tablename__ = 'events'
+    __table_args__ = (Index('ix_events_allocation', 'allocation_id', 'id'),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), nullable=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    data: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class UsageRecord(Base):
+    """One per allocation: allocated time (reservation to end) and running time (running to
+    end), for billing."""
+
+    __tablename__ = 'usage_records'
+    __table_args__ = (Index('ix_usage_tenant', 'tenant_id'),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), nullable=False,
+                                               unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey('tenants.id'), nullable=False)
+    slot_id: Mapped[str] = mapped_column(String(80), nullable=False)
+    node_id: Mapped[str] = mapped_column(String(63), nullable=False)
+    gpu_model: Mapped[str] = mapped_column(String(16), nullable=False)
+    gpus: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    allocated_start: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    allocated_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    running_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    running_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditEntry(Base):
+    """Append-only and hash-chained: hash = sha256(prev_hash + canonical JSON of the row)."""
+
+    __tablename__ = 'audit_log'
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    target_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    target_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+
+
+class AuditHead(Base):
+    """The chain's last link (one row): deleting the newest entries breaks the match."""
+
+    __tablename__ = 'audit_head'
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+

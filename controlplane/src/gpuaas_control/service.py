@@ -1,0 +1,648 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control plane's operations, each one database transaction (the caller's session).
+
+The API and the CLI call these; nothing else writes the slot table. Privileged mutations
+append to the audit ledger in the same transaction, so an entry exists exactly when the
+change does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import secrets
+
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gpuaas_control import audit
+from gpuaas_control.collection import approval, layout
+from gpuaas_control.models import (
+    ACTIVE_STATES,
+    FAILED,
+    JOB_ALLOCATE,
+    JOB_CANCELLED,
+    JOB_PENDING,
+    JOB_RELEASE,
+    RELEASED,
+    RELEASING,
+    REQUESTED,
+    ROLE_OPERATOR,
+    ROLE_TENANT,
+    SLOT_BLOCKED,
+    SLOT_FREE,
+    SLOT_RESERVED,
+    Allocation,
+    ApiToken,
+    Event,
+    Node,
+    OutboxJob,
+    Slot,
+    Tenant,
+    UsageRecord,
+    utcnow,
+)
+from gpuaas_control.validation import (
+    CPULIST_RE,
+    GPU_MODEL_RE,
+    HEX_ID_RE,
+    NOTE_RE,
+    PCI_ADDRESS_RE,
+    TENANT_RE,
+    TOKEN_NAME_RE,
+    show,
+)
+
+TOKEN_PREFIX = 'gpuaas_'
+
+
+class ControlError(Exception):
+    """A refusal the client can act on; ``status`` is its HTTP status."""
+
+    status = 400
+
+    def __init__(self, message, problems=None):
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+
+class NotFound(ControlError):
+    status = 404
+
+
+class Forbidden(ControlError):
+    status = 403
+
+
+class Conflict(ControlError):
+    status = 409
+
+
+class Invalid(ControlError):
+    status = 422
+
+
+# -- tokens and tenants -------------------------------------------------------------------
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode('utf-8')).hexdigest()
+
+
+def ensure_tenant(session, tenant_id: str, default_max_gpus: int = -1) -> Tenant:
+    if not isinstance(tenant_id, str) or not TENANT_RE.match(tenant_id):
+        raise Invalid('tenant %s is not valid: 1-63 characters from lowercase letters, digits, '
+                      "'.', '_' and '-', starting with a letter or digit" % show(tenant_id))
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        tenant = Tenant(id=tenant_id, max_gpus=default_max_gpus, created_at=utcnow())
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_token(session, actor: audit.Actor, role: str, tenant: str | None = None,
+                 name: str = '', default_max_gpus: int = -1):
+    """Create a bearer token; return (the token, its row). Only its sha256 is stored."""
+    if role not in (ROLE_OPERATOR, ROLE_TENANT):
+        raise Invalid('role must be operator or tenant, not %s' % show(role))
+    if role == ROLE_TENANT and not tenant:
+        raise Invalid('a tenant token needs its tenant (--tenant NAME)')
+    if role == ROLE_OPERATOR and tenant:
+        raise Invalid('an operator token belongs to no tenant')
+    if name and not TOKEN_NAME_RE.match(name):
+        raise Invalid('token name %s is not valid: letters, digits and ._@- (1-63)' % show(name))
+    if tenant:
+        ensure_tenant(session, tenant, default_max_gpus)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(token_hash=hash_token(token), role=role, tenant_id=tenant,
+                   name=name or ('%s-%s' % (tenant or role, secrets.token_hex(3))),
+                   created_at=utcnow())
+    session.add(row)
+    session.flush()
+    audit.append(session, actor, 'token.create', 'token', row.id, None,
+                 {'id': row.id, 'name': row.name, 'role': role, 'tenant': tenant})
+    return token, row
+
+
+def revoke_token(session, actor: audit.Actor, token_id: int) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound('no token %s' % show(token_id))
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.append(session, actor, 'token.revoke', 'token', row.id,
+                     {'revoked': False}, {'revoked': True})
+    return row
+
+
+def authenticate(session, token: str) -> audit.Actor | None:
+    if not token or len(token) > 200:
+        return None
+    row = session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token))
+                          ).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return audit.Actor(name='token:%d:%s' % (row.id, row.name), role=row.role, tenant=row.tenant_id)
+
+
+def set_quota(session, actor: audit.Actor, tenant_id: str, max_gpus: int,
+              default_max_gpus: int = -1) -> Tenant:
+    if isinstance(max_gpus, bool) or not isinstance(max_gpus, int) or max_gpus < -1:
+        raise Invalid('max_gpus must be an integer >= 0, or -1 for unlimited')
+    tenant = ensure_tenant(session, tenant_id, default_max_gpus)
+    before = tenant.max_gpus
+    if before != max_gpus:
+        tenant.max_gpus = max_gpus
+        audit.append(session, actor, 'quota.set', 'tenant', tenant_id,
+                     {'max_gpus': before}, {'max_gpus': max_gpus})
+    return tenant
+
+
+def active_count(session, tenant_id: str) -> int:
+    return session.execute(select(func.count()).select_from(Allocation).where(
+        Allocation.tenant_id == tenant_id, Allocation.state.in_(ACTIVE_STATES))).scalar_one()
+
+
+# -- nodes, discovery, approval ----------------------------------------------------------------
+
+def _check_pci(value, where, problems, optional=True):
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not PCI_ADDRESS_RE.match(value):
+        problems.append('%s: %s is not a PCI address (dddd:bb:dd.f)' % (where, show(value)))
+
+
+def _check_discovery_fields(node_id, discovery):
+    """The fields the slot table keeps must have their kernel shapes: a posted discovery is
+    data from the network, not from the module."""
+    problems = []
+    try:
+        approval.validate(discovery, [])
+    except approval.ApprovalError as exc:
+        raise Invalid(str(exc).split(':\n- ')[-1], exc.problems) from None
+    if discovery['node_id'] != node_id:
+        raise Invalid('the discovery result is of node %s, not %s'
+                      % (show(discovery['node_id']), node_id))
+    gpus = discovery.get('gpus') or []
+    if not isinstance(gpus, list):
+        problems.append('gpus must be a list')
+        gpus = []
+    for position, gpu in enumerate(gpus):
+        where = 'gpus[%d]' % position
+        if not isinstance(gpu, dict):
+            problems.append('%s is not a mapping' % where)
+            continue
+        _check_pci(gpu.get('address'), where + '.address', problems, optional=False)
+        for key in ('vendor_id', 'device_id'):
+            if not isinstance(gpu.get(key), str) or not HEX_ID_RE.match(gpu[key]):
+                problems.append('%s.%s: %s is not 4 hex digits' % (where, key, show(gpu.get(key))))
+    for position, slot in enumerate(discovery['slots']):
+        where = 'slots[%d]' % position
+        if not isinstance(slot, dict):
+            problems.append('%s is not a mapping' % where)
+            continue
+        index = slot.get('slot_index')
+        try:
+            expected = layout.slot_id(node_id, index)
+        except layout.LayoutError as exc:
+            problems.append('%s: %s' % (where, exc))
+            continue
+        if slot.get('slot_id') != expected:
+            problems.append('%s: slot_id %s is not %s' % (where, show(slot.get('slot_id')), expected))
+        _check_pci(slot.get('gpu_address'), where + '.gpu_address', problems, optional=False)
+        for key in ('nvme_address', 'fabric_pf_address', 'fabric_vf_pci_address'):
+            _check_pci(slot.get(key), '%s.%s' % (where, key), problems)
+        companions = slot.get('companions') or []
+        if not isinstance(companions, list):
+            problems.append('%s.companions must be a list' % where)
+        else:
+            for member in companions:
+                _check_pci(member, where + '.companions', problems, optional=False)
+        numa = slot.get('numa_node')
+        if isinstance(numa, bool) or not isinstance(numa, int) or not -1 <= numa < 1024:
+            problems.append('%s.numa_node: %s is not a NUMA node' % (where, show(numa)))
+        cpulist = slot.get('cpulist')
+        if cpulist is not None and (not isinstance(cpulist, str) or len(cpulist) > 255
+                                    or not CPULIST_RE.match(cpulist)):
+            problems.append('%s.cpulist: %s is not a CPU list' % (where, show(cpulist)))
+    if problems:
+        raise Invalid('the discovery result is refused: ' + '; '.join(problems[:5]), problems)
+
+
+def _discovery_summary(discovery):
+    if not discovery:
+        return None
+    slots = discovery.get('slots') or []
+    return {
+        'slots': len(slots),
+        'eligible': sorted(s['slot_id'] for s in slots if s.get('eligible')),
+        'sha256': hashlib.sha256(audit.canonical(discovery).encode('ascii')).hexdigest(),
+    }
+
+
+def record_discovery(session, actor: audit.Actor, node_id: str, discovery) -> Node:
+    try:
+        layout.check_node_id(node_id)
+    except layout.LayoutError as exc:
+        raise Invalid(str(exc)) from None
+    _check_discovery_fields(node_id, discovery)
+    node = session.get(Node, node_id, with_for_update=True)
+    now = utcnow()
+    before = None
+    if node is None:
+        node = Node(id=node_id, schedulable=True, created_at=now, updated_at=now)
+        session.add(node)
+    else:
+        before = _discovery_summary(node.discovery)
+    node.discovery = discovery
+    node.discovered_at = now
+    node.updated_at = now
+    session.flush()
+    audit.append(session, actor, 'node.discovery', 'node', node_id, before,
+                 _discovery_summary(discovery))
+    return node
+
+
+def get_node(session, node_id: str, lock=False) -> Node:
+    node = session.get(Node, node_id, with_for_update=lock) if isinstance(node_id, str) else None
+    if node is None:
+        raise NotFound('no node %s' % show(node_id))
+    return node
+
+
+def _gpu_model(discovery, gpu_address):
+    for gpu in discovery.get('gpus') or []:
+        if isinstance(gpu, dict) and gpu.get('address') == gpu_address:
+            return '%s:%s' % (gpu['vendor_id'], gpu['device_id'])
+    raise Invalid('the discovery result lists no GPU %s for its slot' % show(gpu_address))
+
+
+def _parse_time(value):
+    if value in (None, ''):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace('Z', '+00:00'))
+    except ValueError:
+        raise Invalid('approved_at %s is not an ISO 8601 time' % show(value)) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _slot_view(slot: Slot) -> dict:
+    return {'approved': slot.approved, 'gpu_address': slot.gpu_address,
+            'destructive_wipe_policy': slot.destructive_wipe_policy,
+            'capacity_metadata': slot.capacity_metadata, 'state': slot.state}
+
+
+def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[Slot]:
+    """Apply an operator's approved slot map to the node's latest discovery.
+
+    The collection's own rules (``_approval.validate``) decide; as there, the map is all or
+    nothing. Slots missing from the map stop being schedulable; a slot an allocation holds
+    cannot be withdrawn or changed.
+    """
+    node = get_node(session, node_id, lock=True)
+    if not node.discovery:
+        raise Conflict('node %s has no discovery result yet: post one first' % node_id)
+    if not isinstance(approved_slots, list):
+        raise Invalid('approved_slots must be a list (docs/approved-slot-map.md)')
+    for position, entry in enumerate(approved_slots):
+        if isinstance(entry, dict):
+            for key in ('approved_by', 'note'):
+                value = entry.get(key)
+                if value is not None and (not isinstance(value, str) or not NOTE_RE.match(value)):
+                    raise Invalid('approved_slots[%d].%s must be text of at most 255 characters '
+                                  'without control characters' % (position, key))
+    try:
+        records = approval.validate(node.discovery, approved_slots)
+    except approval.ApprovalError as exc:
+        raise Invalid('the approved slot map was refused, no slot is approved', exc.problems) from None
+
+    existing = {s.id: s for s in session.execute(
+        select(Slot).where(Slot.node_id == node_id).with_for_update()).scalars()}
+    wanted = {r['slot_id']: r for r in records}
+    problems = []
+    for slot_id, slot in existing.items():
+        record = wanted.get(slot_id)
+        if slot.state == SLOT_FREE:
+            continue
+        if record is None and slot.approved:
+            problems.append('slot %s is %s (allocation %s): it cannot be withdrawn now; drain '
+                            'the node and release it first' % (slot_id, slot.state, slot.allocation_id))
+        elif record is not None and record['gpu_address'] != slot.gpu_address:
+            problems.append('slot %s is %s and its GPU changed from %s to %s: release it first'
+                            % (slot_id, slot.state, slot.gpu_address, record['gpu_address']))
+    if problems:
+        raise Conflict('the approved slot map was refused, no slot is approved', problems)
+
+    now = utcnow()
+    changed = []
+    for slot_id, slot in existing.items():
+        if slot_id not in wanted and slot.approved:
+            before = _slot_view(slot)
+            slot.approved = False
+            slot.updated_at = now
+            changed.append((slot, before))
+    for slot_id, record in wanted.items():
+        index = record['slot_index']
+        values = {
+            'node_id': node_id,
+            'slot_index': index,
+            'gpu_address': record['gpu_address'],
+            'gpu_model': _gpu_model(node.discovery, record['gpu_address']),
+            'numa_node': max(int(record['numa_node']), 0),
+            'cpulist': record.get('cpulist'),
+            'companions': list(record.get('companions') or []),
+            'nvme_address': record.get('nvme_address'),
+            'fabric_pf_address': record.get('fabric_pf_address'),
+            'fabric_vf_pci_address': record.get('fabric_vf_pci_address'),
+            # The layout, computed here from the collection's formula, not taken from the post.
+            'mac': layout.slot_mac(node_id, index),
+            'ip': layout.slot_ip(index),
+            'capacity_metadata': dict(
+                next(e for e in approved_slots if e.get('slot_id') == slot_id)['capacity_metadata']),
+            'fingerprint': record.get('fingerprint'),
+            'destructive_wipe_policy': record['destructive_wipe_policy'],
+            'approved': True,
+            'approved_by': record.get('approved_by') or actor.name,
+            'approved_at': _parse_time(record.get('approved_at')) or now,
+        }
+        slot = existing.get(slot_id)
+        if slot is None:
+            slot = Slot(id=slot_id, state=SLOT_FREE, updated_at=now, **values)
+            session.add(slot)
+            changed.append((slot, None))
+            continue
+        before = _slot_view(slot)
+        for key, value in values.items():
+            setattr(slot, key, value)
+        if _slot_view(slot) != before:
+            slot.updated_at = now
+            changed.append((slot, before))
+    node.approved_slots = approved_slots
+    node.approved_at = now
+    node.updated_at = now
+    session.flush()
+    audit.append(session, actor, 'node.approve', 'node', node_id,
+                 {s.id: b for s, b in changed if b is not None} or None,
+                 {'approved': sorted(wanted), 'changed': sorted(s.id for s, _ in changed)})
+    return sorted(session.execute(select(Slot).where(Slot.node_id == node_id)).scalars(),
+                  key=lambda s: s.slot_index)
+
+
+def set_drain(session, actor: audit.Actor, node_id: str, drain: bool, reason: str | None = None) -> Node:
+    if reason is not None and not NOTE_RE.match(reason):
+        raise Invalid('the drain reason must be text of at most 255 characters without control '
+                      'characters')
+    node = get_node(session, node_id, lock=True)
+    before = {'schedulable': node.schedulable, 'drain_reason': node.drain_reason}
+    node.schedulable = not drain
+    node.drain_reason = reason if drain else None
+    after = {'schedulable': node.schedulable, 'drain_reason': node.drain_reason}
+    if before != after:
+        node.updated_at = utcnow()
+        audit.append(session, actor, 'node.drain' if drain else 'node.undrain', 'node', node_id,
+                     before, after)
+    return node
+
+
+# -- reservation ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class AllocationRequest:
+    """What a tenant asks for (validated by the API's model before it gets here)."""
+
+    image: str
+    image_checksum: str
+    ssh_keys: list
+    vcpus: int
+    memory_mib: int
+    image_format: str = 'qcow2'
+    disk_gib: int = 20
+    hostname: str | None = None
+    gpu_model: str | None = None
+    node_id: str | None = None
+    numa_node: int | None = None
+    idempotency_key: str | None = None
+
+    def constraints(self):
+        return {'gpu_model': self.gpu_model, 'node_id': self.node_id, 'numa_node': self.numa_node}
+
+
+def new_allocation_id() -> str:
+    return 'alloc-' + secrets.token_hex(10)
+
+
+def add_event(session, allocation_id: str, kind: str, message: str, data=None) -> Event:
+    event = Event(allocation_id=allocation_id, at=utcnow(), kind=kind, message=message,
+                  data=data or {})
+    session.add(event)
+    return event
+
+
+def _candidate(session, request: AllocationRequest, skip: set):
+    query = (select(Slot.id).join(Node, Node.id == Slot.node_id)
+             .where(Slot.state == SLOT_FREE, Slot.approved.is_(True), Node.schedulable.is_(True)))
+    if request.gpu_model:
+        query = query.where(Slot.gpu_model == request.gpu_model)
+    if request.node_id:
+        query = query.where(Slot.node_id == request.node_id)
+    if skip:
+        query = query.where(Slot.id.not_in(skip))
+    order = [Slot.node_id, Slot.slot_index]
+    if request.numa_node is not None:
+        order.insert(0, case((Slot.numa_node == request.numa_node, 0), else_=1))
+    # PostgreSQL: lock the candidate, skipping those another reservation holds right now.
+    # SQLite ignores FOR UPDATE: its write transaction already excludes every other writer.
+    query = query.order_by(*order).limit(1).with_for_update(skip_locked=True, of=Slot)
+    return session.execute(query).scalar_one_or_none()
+
+
+def _explain_no_fit(session, request: AllocationRequest) -> str:
+    wanted = ', '.join('%s=%s' % (k, v) for k, v in request.constraints().items() if v is not None)
+    return 'no free, approved slot on a schedulable node matches the request%s; try again later' % (
+        ' (%s)' % wanted if wanted else '')
+
+
+def reserve(session, actor: audit.Actor, request: AllocationRequest,
+            default_max_gpus: int = -1) -> tuple[Allocation, bool]:
+    """Reserve a slot for the actor's tenant in this transaction; (allocation, created).
+
+    The tenant row is locked first, so the quota count cannot race; the slot is chosen with
+    ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) and taken with a conditional UPDATE, and the
+    partial unique index on allocations(slot_id) refuses a second active allocation anyway.
+    """
+    if actor.role != ROLE_TENANT or not actor.tenant:
+        raise Forbidden('allocations are made with a tenant token')
+    ensure_tenant(session, actor.tenant, default_max_gpus)
+    tenant = session.execute(select(Tenant).where(Tenant.id == actor.tenant).with_for_update()
+                             ).scalar_one()
+    if request.idempotency_key:
+        existing = session.execute(select(Allocation).where(
+            Allocation.tenant_id == tenant.id,
+            Allocation.idempotency_key == request.idempotency_key)).scalar_one_or_none()
+        if existing is not None:
+            return existing, False
+    if request.node_id is not None and session.get(Node, request.node_id) is None:
+        raise Invalid('unknown node %s' % show(request.node_id))
+    if request.gpu_model is not None:
+        if not GPU_MODEL_RE.match(request.gpu_model):
+            raise Invalid('gpu_model %s is not vendor:device (4 hex digits each)'
+                          % show(request.gpu_model))
+        known = session.execute(select(Slot.gpu_model).where(Slot.approved.is_(True))
+                                .distinct()).scalars().all()
+        if request.gpu_model not in known:
+            raise Invalid('no approved slot has GPU model %s (known: %s)'
+                          % (request.gpu_model, ', '.join(sorted(known)) or 'none'))
+    if tenant.max_gpus >= 0:
+        used = active_count(session, tenant.id)
+        if used >= tenant.max_gpus:
+            raise Conflict('tenant %s has used its GPU quota: %d of %d GPUs are allocated'
+                           % (tenant.id, used, tenant.max_gpus))
+
+    allocation_id = new_allocation_id()
+    now = utcnow()
+    skip = set()
+    slot = None
+    for _ in range(8):
+        slot_id = _candidate(session, request, skip)
+        if slot_id is None:
+            break
+        taken = session.execute(
+            update(Slot).where(Slot.id == slot_id, Slot.state == SLOT_FREE)
+            .values(state=SLOT_RESERVED, allocation_id=allocation_id, updated_at=now)
+            .execution_options(synchronize_session=False)).rowcount
+        if taken == 1:
+            slot = session.get(Slot, slot_id, populate_existing=True)
+            break
+        skip.add(slot_id)
+    if slot is None:
+        raise Conflict(_explain_no_fit(session, request))
+
+    allocation = Allocation(
+        id=allocation_id, tenant_id=tenant.id, slot_id=slot.id, node_id=slot.node_id,
+        state=REQUESTED, idempotency_key=request.idempotency_key, image=request.image,
+        image_checksum=request.image_checksum, image_format=request.image_format,
+        ssh_keys=list(request.ssh_keys), vcpus=request.vcpus, memory_mib=request.memory_mib,
+        disk_gib=request.disk_gib, hostname=request.hostname, request=request.constraints(),
+        mac=slot.mac, timings={}, created_at=now, updated_at=now)
+    session.add(allocation)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The unique index caught what the code above should have prevented.
+        raise Conflict('slot %s is already held by another allocation' % slot.id) from exc
+    session.add(OutboxJob(allocation_id=allocation_id, kind=JOB_ALLOCATE, status=JOB_PENDING,
+                          attempts=0, available_at=now, created_at=now, updated_at=now))
+    session.add(UsageRecord(allocation_id=allocation_id, tenant_id=tenant.id, slot_id=slot.id,
+                            node_id=slot.node_id, gpu_model=slot.gpu_model, gpus=1,
+                            allocated_start=now))
+    add_event(session, allocation_id, 'state', 'requested: slot %s reserved' % slot.id,
+              {'state': REQUESTED, 'slot_id': slot.id})
+    session.flush()
+    audit.append(session, actor, 'allocation.create', 'allocation', allocation_id, None,
+                 {'tenant': tenant.id, 'slot_id': slot.id, 'state': REQUESTED})
+    return allocation, True
+
+
+# -- reading and releasing -----------------------------------------------------------------
+
+def get_allocation(session, actor: audit.Actor, allocation_id: str, lock=False) -> Allocation:
+    """The allocation, if the actor may see it; a tenant gets NotFound for another's."""
+    allocation = None
+    if isinstance(allocation_id, str) and len(allocation_id) <= 64:
+        allocation = session.get(Allocation, allocation_id, with_for_update=lock)
+    if allocation is None or (actor.role != ROLE_OPERATOR and allocation.tenant_id != actor.tenant):
+        raise NotFound('no allocation %s' % show(allocation_id))
+    return allocation
+
+
+def list_allocations(session, actor: audit.Actor, tenant: str | None = None,
+                     state: str | None = None, limit: int = 100, offset: int = 0):
+    query = select(Allocation)
+    if actor.role != ROLE_OPERATOR:
+        query = query.where(Allocation.tenant_id == actor.tenant)
+    elif tenant:
+        query = query.where(Allocation.tenant_id == tenant)
+    if state:
+        query = query.where(Allocation.state == state)
+    query = query.order_by(Allocation.created_at.desc(), Allocation.id).limit(limit).offset(offset)
+    return session.execute(query).scalars().all()
+
+
+def request_release(session, actor: audit.Actor, allocation_id: str) -> Allocation:
+    """Ask for the allocation's release (idempotent). A running allocate job is cancelled by
+    its worker, which sees the state; the release job runs after it."""
+    allocation = get_allocation(session, actor, allocation_id, lock=True)
+    slot = session.get(Slot, allocation.slot_id, with_for_update=True)
+    if allocation.state in (RELEASING, RELEASED):
+        return allocation
+    if allocation.state == FAILED:
+        # A failed allocation whose release could not finish blocks its slot; an operator
+        # asks again once the node is fixed.
+        if not (actor.role == ROLE_OPERATOR and slot.state == SLOT_BLOCKED
+                and slot.allocation_id == allocation.id):
+            return allocation
+    now = utcnow()
+    before = allocation.state
+    allocation.state = RELEASING
+    allocation.release_requested_at = allocation.release_requested_at or now
+    allocation.updated_at = now
+    session.execute(update(OutboxJob).where(
+        OutboxJob.allocation_id == allocation.id, OutboxJob.kind == JOB_ALLOCATE,
+        OutboxJob.status == JOB_PENDING).values(status=JOB_CANCELLED, updated_at=now,
+                                                finished_at=now,
+                                                last_error='release requested before it ran'))
+    session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_RELEASE, status=JOB_PENDING,
+                          attempts=0, available_at=now, created_at=now, updated_at=now))
+    add_event(session, allocation.id, 'state', 'releasing: release requested by %s' % actor.role,
+              {'state': RELEASING})
+    audit.append(session, actor, 'allocation.release', 'allocation', allocation.id,
+                 {'state': before}, {'state': RELEASING})
+    return allocation
+
+
+def events_after(session, allocation_id: str, after_id: int = 0, limit: int = 500):
+    return session.execute(select(Event).where(Event.allocation_id == allocation_id,
+                                               Event.id > after_id)
+                           .order_by(Event.id).limit(limit)).scalars().all()
+
+
+# -- usage ---------------------------------------------------------------------------------
+
+def _seconds(start, end, now, since, until):
+    if start is None:
+        return 0.0
+    end = end or now
+    start = max(start, since) if since else start
+    end = min(end, until) if until else end
+    return max(0.0, (end - start).total_seconds())
+
+
+def usage(session, tenant: str | None = None, since: dt.datetime | None = None,
+          until: dt.datetime | None = None):
+    """Per-allocation usage in [since, until): allocated and running GPU-seconds."""
+    now = utcnow()
+    query = select(UsageRecord).order_by(UsageRecord.allocated_start, UsageRecord.id)
+    if tenant:
+        query = query.where(UsageRecord.tenant_id == tenant)
+    if until:
+        query = query.where(UsageRecord.allocated_start < until)
+    if since:
+        query = query.where(and_(
+            (UsageRecord.allocated_end.is_(None)) | (UsageRecord.allocated_end > since)))
+    records = []
+    for rec in session.execute(query).scalars():
+        records.append({
+            'allocation_id': rec.allocation_id, 'tenant': rec.tenant_id, 'slot_id': rec.slot_id,
+            'node_id': rec.node_id, 'gpu_model': rec.gpu_model, 'gpus': rec.gpus,
+            'allocated_start': rec.allocated_start, 'allocated_end': rec.allocated_end,
+            'running_start': rec.running_start, 'running_end': rec.running_end,
+            'allocated_seconds': round(rec.gpus * _seconds(rec.allocated_start, rec.allocated_end,
+                                                           now, since, until), 3),
+            'running_seconds': round(rec.gpus * _seconds(rec.running_start, rec.running_end,
+                                                         now, since, until), 3),
+        })
+    return records

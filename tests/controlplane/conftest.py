@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures of the control plane tests: a database on each backend (a SQLite file, and a
+database in a private PostgreSQL cluster started once per session), migrated by the real
+Alembic migrations; a real discovery result of the sample 8-GPU host; tokens."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import shutil
+
+import pytest
+
+from tests.controlplane import pg as pgmod
+
+BACKENDS = ('sqlite', 'postgresql')
+_names = itertools.count()
+
+
+@pytest.fixture(scope='session')
+def pg_cluster():
+    try:
+        cluster = pgmod.PostgresCluster().start()
+    except pgmod.PostgresMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope='session')
+def pg_template(pg_cluster):
+    """A database migrated once; each test gets a copy (CREATE DATABASE ... TEMPLATE)."""
+    from gpuaas_control import migrate
+    from gpuaas_control.db import Database
+    url = pg_cluster.create_database('template_gpuaas')
+    db = Database(url)
+    migrate.upgrade(db)
+    db.dispose()
+    return 'template_gpuaas'
+
+
+@pytest.fixture(scope='session')
+def sqlite_template(tmp_path_factory):
+    from gpuaas_control import migrate
+    from gpuaas_control.db import Database
+    path = tmp_path_factory.mktemp('sqlite-template') / 'template.db'
+    db = Database('sqlite:///%s' % path)
+    migrate.upgrade(db)
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql('PRAGMA wal_checkpoint(TRUNCATE)')
+    db.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(request, tmp_path):
+    """A freshly migrated, empty database URL on the backend the test is parametrized with."""
+    backend = getattr(request, 'param', 'sqlite')
+    if backend == 'sqlite':
+        template = request.getfixturevalue('sqlite_template')
+        path = tmp_path / 'gpuaas.db'
+        shutil.copyfile(template, path)
+        return 'sqlite:///%s' % path
+    cluster = request.getfixturevalue('pg_cluster')
+    template = request.getfixturevalue('pg_template')
+    return cluster.create_database('t%d' % next(_names), template=template)
+
+
+@pytest.fixture
+def db(db_url):
+    from gpuaas_control.db import Database
+    database = Database(db_url, pool_size=20)
+    yield database
+    database.dispose()
+
+
+def pytest_generate_tests(metafunc):
+    for name in ('db_url', 'fresh_url'):
+        if name in metafunc.fixturenames:
+            marker = metafunc.definition.get_closest_marker('backends')
+            backends = marker.args if marker else BACKENDS
+            metafunc.parametrize(name, backends, indirect=True)
+            return
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'backends(*names): the database backends a test runs on')
+    # ansible-runner starts ansible-playbook with pexpect (forkpty) from worker threads.
+    config.addinivalue_line('filterwarnings',
+                            'ignore:This process .* is multi-threaded, use of forkpty:DeprecationWarning')
+
+
+@pytest.fixture(scope='session')
+def hgx_discovery_factory(tmp_path_factory):
+    """``discovery(node_id)``: the real slot_discovery result of the sample 8-GPU host."""
+    from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+    from tests.sysfs import hosts
+    sysfs, proc = hosts.HOSTS['hgx'](str(tmp_path_factory.mktemp('hgx') / 'hgx'))
+    cache = {}
+
+    def discovery(node_id):
+        if node_id not in cache:
+            cache[node_id] = Discovery(node_id, sysfs, proc).run()
+        return copy.deepcopy(cache[node_id])
+    return discovery
+
+
+def approved_map(discovery, policy='nvme-format', only=None):
+    """An approved slot map approving every eligible slot (or those of ``only``)."""
+    entries = []
+    for slot in discovery['slots']:
+        if not slot['eligible'] or (only is not None and slot['slot_id'] not in only):
+            continue
+        entries.append({
+            'slot_id': slot['slot_id'],
+            'gpu_address': slot['gpu_address'],
+            'destructive_wipe_policy': policy,
+            'capacity_metadata': dict(slot['capacity_metadata']),
+            'approved_by': 'test',
+        })
+    return entries

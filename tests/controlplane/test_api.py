@@ -1,0 +1,268 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The HTTP API: authentication and roles, a tenant's view (404 for anything not its own),
+operator endpoints (403 for a tenant), validation (422 with the reason, 413 for a huge body)
+and every refusal changing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from gpuaas_control import api
+from gpuaas_control.config import Settings
+from gpuaas_control.models import Allocation, AuditEntry, Node, Slot
+from tests.controlplane.conftest import approved_map
+from tests.controlplane.helpers import make_token, ssh_key
+
+BODY = {'image': 'debian-12.qcow2', 'image_checksum': 'sha256:' + 'ab' * 32,
+        'ssh_keys': [ssh_key()], 'vcpus': 4, 'memory_mib': 8192}
+
+
+@pytest.fixture
+def client(db, db_url):
+    settings = Settings(db_url=db_url, max_body=64 * 1024)
+    with TestClient(api.create_app(settings, db)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tokens(db):
+    return {'operator': make_token(db, 'operator'), 'acme': make_token(db, 'tenant', 'acme'),
+            'globex': make_token(db, 'tenant', 'globex')}
+
+
+@pytest.fixture
+def node(client, tokens, hgx_discovery_factory):
+    discovery = hgx_discovery_factory('n1')
+    op = tokens['operator']
+    assert client.put('/v1/nodes/n1/discovery', json=discovery, headers=op).status_code == 200
+    reply = client.put('/v1/nodes/n1/approval', json={'approved_slots': approved_map(discovery)},
+                       headers=op)
+    assert reply.status_code == 200, reply.text
+    return discovery
+
+
+def _snapshot(db):
+    with db.read() as session:
+        return (session.execute(select(func.count()).select_from(Allocation)).scalar(),
+                session.execute(select(func.count()).select_from(AuditEntry)).scalar(),
+                sorted(session.execute(select(Slot.id, Slot.state, Slot.approved)).all()),
+                sorted(session.execute(select(Node.id, Node.schedulable)).all()))
+
+
+def test_openapi_document_and_health(client):
+    doc = client.get('/openapi.json').json()
+    for path in ('/v1/allocations', '/v1/allocations/{allocation_id}',
+                 '/v1/allocations/{allocation_id}/events', '/v1/nodes/{node_id}/approval',
+                 '/v1/tenants/{tenant_id}/quota', '/v1/usage', '/v1/audit/verify'):
+        assert path in doc['paths']
+    assert client.get('/docs').status_code == 200
+    assert client.get('/healthz').json()['ok'] is True
+
+
+def test_authentication(client, db, tokens):
+    assert client.get('/v1/allocations').status_code == 401
+    reply = client.get('/v1/allocations', headers={'Authorization': 'Bearer gpuaas_nope'})
+    assert reply.status_code == 401 and reply.headers['www-authenticate'] == 'Bearer'
+    assert client.get('/v1/allocations', headers={'Authorization': 'Basic eDp5'}).status_code == 401
+    created = client.post('/v1/tokens', json={'role': 'tenant', 'tenant': 'initech'},
+                          headers=tokens['operator']).json()
+    mine = {'Authorization': 'Bearer ' + created['token']}
+    assert client.get('/v1/allocations', headers=mine).status_code == 200
+    assert client.delete('/v1/tokens/%d' % created['id'], headers=tokens['operator']).status_code == 200
+    assert client.get('/v1/allocations', headers=mine).status_code == 401
+    # Only the hash is kept.
+    with db.read() as session:
+        stored = session.execute(select(api.ApiToken.token_hash)).scalars().all()
+    assert created['token'] not in stored and len(stored) == 4
+
+
+def test_a_tenant_sees_only_its_own(client, tokens, node):
+    reply = client.post('/v1/allocations', json=BODY, headers=tokens['acme'])
+    assert reply.status_code == 201, reply.text
+    mine = reply.json()
+    assert mine['state'] == 'requested' and mine['tenant'] == 'acme'
+    assert reply.headers['location'] == '/v1/allocations/' + mine['id']
+    url = '/v1/allocations/' + mine['id']
+    got = client.get(url, headers=tokens['acme']).json()
+    assert 'telemetry_token' in got and got['mac'].startswith('52:54:')
+    for request in (lambda h: client.get(url, headers=h),
+                    lambda h: client.delete(url, headers=h),
+                    lambda h: client.get(url + '/events?follow=false', headers=h)):
+        reply = request(tokens['globex'])
+        assert reply.status_code == 404 and reply.json()['detail'] == 'no allocation %r' % mine['id']
+    assert client.get('/v1/allocations', headers=tokens['globex']).json() == {'allocations': []}
+    assert [a['id'] for a in client.get('/v1/allocations', headers=tokens['acme']).json()['allocations']] \
+        == [mine['id']]
+    assert client.get('/v1/allocations/alloc-00000000000000000000', headers=tokens['acme']).status_code == 404
+    # The operator sees it, but not the guest's telemetry credential.
+    seen = client.get(url, headers=tokens['operator']).json()
+    assert seen['id'] == mine['id'] and 'telemetry_token' not in seen
+    # A tenant's usage is its own.
+    usage = client.get('/v1/usage', headers=tokens['globex']).json()
+    assert usage['usage'] == []
+
+
+OPERATOR_CALLS = [
+    ('get', '/v1/nodes', None), ('get', '/v1/nodes/n1', None),
+    ('put', '/v1/nodes/n1/discovery', {}), ('put', '/v1/nodes/n1/approval', {'approved_slots': []}),
+    ('post', '/v1/nodes/n1/drain', None), ('post', '/v1/nodes/n1/undrain', None),
+    ('get', '/v1/slots', None), ('get', '/v1/tenants', None),
+    ('put', '/v1/tenants/acme/quota', {'max_gpus': 100}), ('get', '/v1/tokens', None),
+    ('post', '/v1/tokens', {'role': 'operator'}), ('delete', '/v1/tokens/1', None),
+    ('get', '/v1/audit', None), ('get', '/v1/audit/verify', None),
+]
+
+
+@pytest.mark.backends('sqlite')
+@pytest.mark.parametrize('method, path, body', OPERATOR_CALLS)
+def test_operator_endpoints_refuse_a_tenant(client, db, tokens, node, method, path, body):
+    before = _snapshot(db)
+    kwargs = {'json': body} if body is not None else {}
+    reply = client.request(method, path, headers=tokens['acme'], **kwargs)
+    assert reply.status_code == 403 and reply.json()['detail'] == 'this endpoint is for operators'
+    assert _snapshot(db) == before
+
+
+def test_an_operator_does_not_allocate(client, tokens, node):
+    assert client.post('/v1/allocations', json=BODY, headers=tokens['operator']).status_code == 403
+
+
+HOSTILE = [
+    ({'image': '../../etc/passwd'}, 'image'),
+    ({'image': '/var/lib/gpuaas/images/x.qcow2'}, 'image'),
+    ({'image': 'x.qcow2; rm -rf /'}, 'image'),
+    ({'image_checksum': 'sha256:' + 'AB' * 32}, 'image_checksum'),
+    ({'image_checksum': 'md5:abc'}, 'image_checksum'),
+    ({'image_format': 'vmdk'}, 'image_format'),
+    ({'hostname': 'a;reboot'}, 'hostname'),
+    ({'hostname': '<evil/>'}, 'hostname'),
+    ({'hostname': 'x' * 64}, 'hostname'),
+    ({'ssh_keys': ['command="rm -rf /" ' + ssh_key()]}, 'ssh_keys'),
+    ({'ssh_keys': [ssh_key() + '\nssh-ed25519 AAAA x']}, 'ssh_keys'),
+    ({'ssh_keys': [ssh_key(comment='$(reboot)')]}, 'ssh_keys'),
+    ({'ssh_keys': ['ssh-rsa ' + ssh_key().split()[1]]}, 'ssh_keys'),
+    ({'ssh_keys': []}, 'ssh_keys'),
+    ({'vcpus': '4'}, 'vcpus'),
+    ({'vcpus': True}, 'vcpus'),
+    ({'vcpus': 0}, 'vcpus'),
+    ({'memory_mib': 10 ** 12}, 'memory_mib'),
+    ({'gpu_model': "10de:2330' OR 1=1"}, 'gpu_model'),
+    ({'node_id': '../n1'}, 'node_id'),
+    ({'numa_node': -1}, 'numa_node'),
+    ({'tenant': 'globex'}, 'tenant'),
+]
+
+
+@pytest.mark.backends('sqlite')
+@pytest.mark.parametrize('change, field', HOSTILE)
+def test_hostile_or_bad_input_is_422_and_changes_nothing(client, db, tokens, node, change, field):
+    before = _snapshot(db)
+    reply = client.post('/v1/allocations', json=dict(BODY, **change), headers=tokens['acme'])
+    assert reply.status_code == 422, reply.text
+    body = reply.json()
+    assert body['detail'].startswith('invalid request: ') and field in body['detail']
+    assert _snapshot(db) == before
+
+
+@pytest.mark.backends('sqlite')
+def test_unknown_node_malformed_json_and_wrong_types(client, db, tokens, node):
+    before = _snapshot(db)
+    reply = client.post('/v1/allocations', json=dict(BODY, node_id='n9'), headers=tokens['acme'])
+    assert reply.status_code == 422 and reply.json()['detail'] == "unknown node 'n9'"
+    reply = client.post('/v1/allocations', content=b'{"image": ', headers=dict(
+        tokens['acme'], **{'content-type': 'application/json'}))
+    assert reply.status_code == 422 and 'not valid JSON' in reply.json()['detail']
+    reply = client.post('/v1/allocations', json=[BODY], headers=tokens['acme'])
+    assert reply.status_code == 422
+    reply = client.put('/v1/nodes/n1/discovery', json=['x'], headers=tokens['operator'])
+    assert reply.status_code == 422
+    reply = client.post('/v1/allocations', json=BODY, headers=dict(tokens['acme'],
+                                                                   **{'Idempotency-Key': 'a b'}))
+    assert reply.status_code == 422
+    assert _snapshot(db) == before
+
+
+@pytest.mark.backends('sqlite')
+def test_huge_bodies_are_413(client, db, tokens, node):
+    before = _snapshot(db)
+    huge = dict(BODY, ssh_keys=[ssh_key()] * 2, padding='x' * 100000)
+    reply = client.post('/v1/allocations', json=huge, headers=tokens['acme'])
+    assert reply.status_code == 413
+    # Streamed without a length: cut off as it arrives.
+
+    def chunks():
+        yield b'{"image": "'
+        for _chunk in range(100):
+            yield b'x' * 4096
+        yield b'"}'
+    reply = client.post('/v1/allocations', content=chunks(), headers=dict(
+        tokens['acme'], **{'content-type': 'application/json'}))
+    assert reply.status_code == 413
+    reply = client.put('/v1/nodes/n1/discovery', content=json.dumps({'x': 'y' * 70000}),
+                       headers=dict(tokens['operator'], **{'content-type': 'application/json'}))
+    assert reply.status_code == 413
+    assert _snapshot(db) == before
+
+
+def test_conflicts_quota_and_idempotency(client, db, tokens, node):
+    op = tokens['operator']
+    assert client.put('/v1/tenants/acme/quota', json={'max_gpus': 2}, headers=op).json() == {
+        'id': 'acme', 'max_gpus': 2}
+    first = client.post('/v1/allocations', json=BODY, headers=dict(tokens['acme'], **{'Idempotency-Key': 'k1'}))
+    again = client.post('/v1/allocations', json=BODY, headers=dict(tokens['acme'], **{'Idempotency-Key': 'k1'}))
+    assert (first.status_code, again.status_code) == (201, 200) and first.json()['id'] == again.json()['id']
+    assert client.post('/v1/allocations', json=BODY, headers=tokens['acme']).status_code == 201
+    reply = client.post('/v1/allocations', json=BODY, headers=tokens['acme'])
+    assert reply.status_code == 409 and 'quota' in reply.json()['detail']
+    for _attempt in range(6):
+        assert client.post('/v1/allocations', json=BODY, headers=tokens['globex']).status_code == 201
+    reply = client.post('/v1/allocations', json=BODY, headers=tokens['globex'])
+    assert reply.status_code == 409 and 'no free, approved slot' in reply.json()['detail']
+    tenants = client.get('/v1/tenants', headers=op).json()['tenants']
+    assert {t['id']: t['allocated_gpus'] for t in tenants} == {'acme': 2, 'globex': 6}
+
+
+def test_release_is_accepted_once_and_idempotent(client, tokens, node):
+    mine = client.post('/v1/allocations', json=BODY, headers=tokens['acme']).json()
+    url = '/v1/allocations/' + mine['id']
+    first = client.delete(url, headers=tokens['acme'])
+    again = client.delete(url, headers=tokens['acme'])
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.json()['state'] == again.json()['state'] == 'releasing'
+    events = client.get(url + '/events?follow=false', headers=tokens['acme'])
+    assert events.headers['content-type'].startswith('text/event-stream')
+    kinds = [line for line in events.text.splitlines() if line.startswith('data: ')]
+    messages = [json.loads(line[6:])['message'] for line in kinds]
+    assert messages[0].startswith('requested: slot n1-s') and messages[1].startswith('releasing')
+
+
+def test_operator_endpoints(client, db, tokens, node):
+    op = tokens['operator']
+    nodes = client.get('/v1/nodes', headers=op).json()['nodes']
+    assert [(n['id'], n['approved_slots'], n['free_slots']) for n in nodes] == [('n1', 8, 8)]
+    assert client.post('/v1/nodes/n1/drain', json={'reason': 'firmware update'}, headers=op).json()[
+        'schedulable'] is False
+    assert client.post('/v1/allocations', json=BODY, headers=tokens['acme']).status_code == 409
+    assert client.post('/v1/nodes/n1/undrain', headers=op).json()['schedulable'] is True
+    assert client.post('/v1/nodes/n9/drain', headers=op).status_code == 404
+    slots = client.get('/v1/slots?state=free', headers=op).json()['slots']
+    assert len(slots) == 8 and slots[0]['ip'] == '10.100.0.10'
+    refused = client.put('/v1/nodes/n1/approval', json={'approved_slots': [
+        dict(approved_map(node)[0], destructive_wipe_policy='')]}, headers=op)
+    assert refused.status_code == 422
+    assert refused.json()['problems'][0].startswith('slot n1-s0: destructive_wipe_policy must be set')
+    assert client.put('/v1/nodes/n2/approval', json={'approved_slots': []}, headers=op).status_code == 404
+    entries = client.get('/v1/audit', headers=op).json()['entries']
+    assert [e['action'] for e in entries][-3:] == ['node.approve', 'node.drain', 'node.undrain']
+    assert entries[-1]['actor'].startswith('token:') and entries[-1]['role'] == 'operator'
+    verified = client.get('/v1/audit/verify', headers=op).json()
+    assert verified['ok'] is True and verified['entries'] == len(entries)
+    usage = client.get('/v1/usage?since=2020-01-01T00:00:00Z', headers=op).json()
+    assert usage == {'usage': [], 'totals': {'allocated_seconds': 0, 'running_seconds': 0}}
+    assert client.get('/v1/usage?since=2020-01-01T00:00:00', headers=op).status_code == 422

@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``gpuaas`` command end to end: ``db upgrade`` on an empty database, tokens, the API
+under a real uvicorn (``gpuaas serve``) on 127.0.0.1, a real worker (``gpuaas worker``,
+ansible-runner against the stand-in project), an operator registering the lab's sample host
+with its approved slot map, and a tenant allocating with a progress display."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import text
+
+from gpuaas_control.db import Database
+from tests.controlplane.helpers import ssh_key
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+GPUAAS = os.path.join(os.path.dirname(sys.executable), 'gpuaas')
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_url(request, tmp_path):
+    """An empty database (no schema yet): `gpuaas db upgrade` creates it."""
+    if getattr(request, 'param', 'sqlite') == 'sqlite':
+        return 'sqlite:///%s' % (tmp_path / 'cli' / 'gpuaas.db')
+    cluster = request.getfixturevalue('pg_cluster')
+    return cluster.create_database('cli_%d' % os.getpid() + '_%d' % int(time.time() * 1000))
+
+
+class Gpuaas:
+    def __init__(self, env):
+        self.env = env
+
+    def __call__(self, *argv, token=None, check=True, stdin=None):
+        env = dict(self.env)
+        if token:
+            env['GPUAAS_TOKEN'] = token
+        done = subprocess.run([GPUAAS] + list(argv), env=env, capture_output=True, text=True,
+                              input=stdin, timeout=120, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError('gpuaas %s: exit %d\n%s%s' % (' '.join(argv), done.returncode,
+                                                               done.stdout, done.stderr))
+        return done
+
+
+@pytest.fixture
+def stack(fresh_url, tmp_path):
+    """`gpuaas serve` and `gpuaas worker` on ``fresh_url``, stopped at the end."""
+    project = tmp_path / 'project'
+    shutil.copytree(os.path.join(HERE, 'fake_node'), project)
+    state = tmp_path / 'state'
+    state.mkdir()
+    inventory = tmp_path / 'inventory.yml'
+    inventory.write_text(yaml.safe_dump({'all': {
+        'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+                 'fake_state_dir': str(state), 'fake_mode': 'ok'},
+        'hosts': {'sample-hgx': {}}}}))
+    port = _free_port()
+    env = dict(os.environ, GPUAAS_DB_URL=fresh_url, GPUAAS_API='http://127.0.0.1:%d' % port,
+               GPUAAS_PROJECT_DIR=str(project), GPUAAS_INVENTORY=str(inventory),
+               GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_POLL_INTERVAL='0.2')
+    env.pop('GPUAAS_TOKEN', None)
+    gpuaas = Gpuaas(env)
+    upgraded = gpuaas('db', 'upgrade')
+    assert 'revision 0001 (newest 0001)' in upgraded.stdout
+    procs = []
+    try:
+        procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
+                                      env=env, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(env['GPUAAS_API'] + '/healthz', timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and procs[0].poll() is None, 'gpuaas serve did not start'
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([GPUAAS, 'worker', '--id', 'cli-worker'], env=env,
+                                      stderr=subprocess.PIPE, text=True))
+        gpuaas.procs = procs
+        yield gpuaas
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, tmp_path):
+    gpuaas = stack
+    operator = gpuaas('token', 'create', '--role', 'operator', '--name', 'alice').stdout.strip()
+    tenant = gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'acme').stdout.strip()
+    assert operator.startswith('gpuaas_') and tenant.startswith('gpuaas_')
+
+    discovery = tmp_path / 'discovery.json'
+    discovery.write_text(json.dumps(dict(hgx_discovery_factory('sample-hgx'), changed=False)))
+    assert 'discovery stored (8 slots proposed)' in gpuaas(
+        'node', 'discovery', 'sample-hgx', str(discovery), token=operator).stdout
+    approved = gpuaas('node', 'approve', 'sample-hgx',
+                      os.path.join(REPO, 'lab', 'host_vars', 'sample-hgx.yml'), token=operator).stdout
+    lines = approved.splitlines()
+    assert lines[0].split()[:3] == ['SLOT', 'STATE', 'APPROVED']
+    assert [line.split()[:3] for line in lines[1:3]] == [['sample-hgx-s0', 'free', 'yes'],
+                                                         ['sample-hgx-s1', 'free', 'yes']]
+    nodes = gpuaas('node', 'list', token=operator).stdout
+    assert nodes.splitlines()[1].split()[:4] == ['sample-hgx', 'yes', '2', '2']
+
+    # The tenant: a refused request says why and changes nothing; a good one comes up
+    # with its progress shown.
+    bad = gpuaas('allocation', 'create', '--image', '../../etc/shadow', '--checksum',
+                 'sha256:' + '0' * 64, '--ssh-key', ssh_key(), '--vcpus', '2', '--memory-mib',
+                 '2048', token=tenant, check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith('gpuaas: 422: invalid request: image')
+    assert gpuaas('node', 'list', token=tenant, check=False).stderr.strip() == \
+        'gpuaas: 403: this endpoint is for operators'
+    created = gpuaas('allocation', 'create', '--image', 'debian-12.qcow2', '--checksum',
+                     'sha256:' + '0' * 64, '--ssh-key', ssh_key(), '--vcpus', '2',
+                     '--memory-mib', '2048', '--hostname', 'train-1', '--wait', token=tenant).stdout
+    assert 'slot sample-hgx-s0 reserved; waiting for it to run' in created
+    assert '==> provisioning: attempt 1 on cli-worker' in created
+    assert '    task: Return the allocation' in created
+    assert '==> running: 10.100.0.10, ssh root@10.100.0.10' in created
+    shown = dict(line.split(None, 1) for line in created.splitlines() if line[:1].isalpha()
+                 and not line.startswith('allocation '))
+    assert shown['state'].strip() == 'running' and shown['address'].strip() == '10.100.0.10'
+    assert shown['telemetry_token'].strip().startswith('tok-alloc-')
+    allocation_id = shown['id'].strip()
+
+    listed = gpuaas('--json', 'allocation', 'list', token=operator).stdout
+    assert [a['id'] for a in json.loads(listed)['allocations']] == [allocation_id]
+    released = gpuaas('allocation', 'release', allocation_id, '--wait', token=tenant).stdout
+    assert released.rstrip().endswith('allocation %s: released' % allocation_id)
+    usage = gpuaas('usage', token=operator).stdout
+    assert allocation_id in usage and 'GPU-seconds allocated' in usage
+    events = gpuaas('allocation', 'events', allocation_id, token=tenant).stdout
+    assert 'released: slot sample-hgx-s0 is free again' in events
+
+    # The ledger: who did what, verified on the database; an edit behind the API's back
+    # is found.
+    entries = json.loads(gpuaas('--json', 'audit', 'list', token=operator).stdout)['entries']
+    assert [e['action'] for e in entries] == ['token.create', 'token.create', 'node.discovery',
+                                              'node.approve', 'allocation.create',
+                                              'allocation.release']
+    assert entries[2]['actor'].endswith(':alice')
+    verified = gpuaas('audit', 'verify')
+    assert verified.stdout.startswith('audit chain ok: 6 entries')
+    head = verified.stdout.split()[-1]
+    assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
+    db = Database(fresh_url)
+    with db.write() as session:
+        if db.is_postgres:
+            session.execute(text('ALTER TABLE audit_log DISABLE TRIGGER USER'))
+        else:
+            session.execute(text('DROP TRIGGER audit_log_no_update'))
+        session.execute(text("UPDATE audit_log SET actor = 'nobody' WHERE seq = 4"))
+    db.dispose()
+    broken = gpuaas('audit', 'verify', check=False)
+    assert broken.returncode == 1 and 'entry 4: its content does not match its hash' in broken.stdout
+
+    # The worker stops on SIGTERM, between jobs.
+    worker = gpuaas.procs[1]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The slot table as inventory data: hosts, host vars and groups from table rows."""
+
+from __future__ import annotations
+
+import json
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _slot_inventory as inv
+
+
+def _slot(node, index, **values):
+    row = {'id': '%s-s%d' % (node, index), 'node_id': node, 'slot_index': index, 'state': 'free',
+           'approved': 1, 'allocation_id': None, 'state_reason': None, 'gpu_model': '10de:2330',
+           'gpu_address': '0000:%02x:00.0' % (0x18 + index), 'companions': '[]', 'numa_node': 0,
+           'cpulist': '0-7', 'nvme_address': None, 'fabric_pf_address': None,
+           'fabric_vf_pci_address': None, 'mac': '52:54:00:00:00:%02x' % index,
+           'ip': '10.100.0.%d' % (10 + index), 'destructive_wipe_policy': 'zero',
+           'capacity_metadata': '{"storage_ownership": "slice"}'}
+    row.update(values)
+    return row
+
+
+def test_hosts_groups_and_host_vars():
+    approved = [{'slot_id': 'n1-s0', 'gpu_address': '0000:18:00.0'}]
+    nodes = [{'id': 'n2', 'schedulable': 0, 'drain_reason': 'bios', 'approved_slots': None},
+             {'id': 'n1', 'schedulable': 1, 'drain_reason': None,
+              'approved_slots': json.dumps(approved)}]
+    slots = [_slot('n1', 1, state='reserved', allocation_id='alloc-1', numa_node=1),
+             _slot('n1', 0),
+             _slot('n2', 0, gpu_model='1002:74a1'),
+             _slot('n2', 1, approved=0),
+             _slot('gone', 0)]
+    data = inv.build(nodes, slots)
+    assert sorted(data['hosts']) == ['n1', 'n2']
+    n1 = data['hosts']['n1']
+    assert n1['gpuaas_node_id'] == 'n1' and n1['gpuaas_schedulable'] is True
+    assert n1['gpuaas_approved_slots'] == approved
+    assert [s['slot_id'] for s in n1['gpuaas_slots']] == ['n1-s0', 'n1-s1']
+    assert n1['gpuaas_slots'][1]['allocation_id'] == 'alloc-1'
+    assert n1['gpuaas_slots'][0]['capacity_metadata'] == {'storage_ownership': 'slice'}
+    assert n1['gpuaas_slots'][0]['approved'] is True
+    assert n1['gpuaas_slot_counts'] == {'free': 1, 'reserved': 1}
+    assert data['hosts']['n2']['gpuaas_approved_slots'] == []
+    assert [s['slot_id'] for s in data['hosts']['n2']['gpuaas_slots']] == ['n2-s0']
+    assert data['groups'] == {
+        'gpuaas_nodes': ['n1', 'n2'],
+        'gpuaas_schedulable': ['n1'],
+        'gpuaas_drained': ['n2'],
+        'gpuaas_state_free': ['n1', 'n2'],
+        'gpuaas_gpu_10de_2330': ['n1'],
+        'gpuaas_numa_0': ['n1', 'n2'],
+        'gpuaas_state_reserved': ['n1'],
+        'gpuaas_numa_1': ['n1'],
+        'gpuaas_gpu_1002_74a1': ['n2'],
+    }
+    withdrawn = inv.build(nodes, slots, include_unapproved=True)['hosts']['n2']['gpuaas_slots']
+    assert [s['slot_id'] for s in withdrawn] == ['n2-s0', 'n2-s1']
+
+
+def test_group_names_are_valid_names():
+    assert inv.group_name('gpuaas_gpu', '10de:2330') == 'gpuaas_gpu_10de_2330'
+    assert inv.group_name('x', 'a-b.c d') == 'x_a_b_c_d'
