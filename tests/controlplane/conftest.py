@@ -92,6 +92,8 @@ def pytest_configure(config):
     # ansible-runner starts ansible-playbook with pexpect (forkpty) from worker threads.
     config.addinivalue_line('filterwarnings',
                             'ignore:This process .* is multi-threaded, use of forkpty:DeprecationWarning')
+    # Starlette's TestClient prefers a package (httpx2) this project does not pin.
+    config.addinivalue_line('filterwarnings', 'ignore:Using `httpx` with `starlette.testclient`')
 
 
 @pytest.fixture(scope='session')

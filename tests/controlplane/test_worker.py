@@ -218,6 +218,20 @@ def _wait_for(predicate, timeout=60.0, what='condition'):
     raise AssertionError('timed out waiting for %s' % what)
 
 
+def _processes_mentioning(text):
+    """Processes whose command line holds ``text`` (the stand-in's long task names its
+    state directory)."""
+    found = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                if text.encode() in handle.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _sleeping(db, allocation_id):
     return lambda: 'task: Take long the first time' in _allocation(db, allocation_id)[4]
 
@@ -263,6 +277,9 @@ def test_releasing_while_it_provisions_cancels_the_run(db, settings, project, no
     db.transact(service.request_release, tenant('acme'), allocation.id)
     runner.join(60)
     assert time.monotonic() - started < 60   # cancelled, not waited out (the task sleeps 120 s)
+    # Nothing of the cancelled run is left: not ansible-playbook's forked task worker, not
+    # the task's own process.
+    assert _processes_mentioning(str(project.state_dir)) == []
     worker.drain()
     got, slot, jobs, _usage, events = _allocation(db, allocation.id)
     assert jobs == [('allocate', 'cancelled', 1), ('release', 'done', 1)]
@@ -282,6 +299,7 @@ def test_a_stopping_worker_hands_its_job_back(db, settings, project, node):
     worker.stop()
     runner.join(60)
     assert _allocation(db, allocation.id)[2] == [('allocate', 'pending', 0)]
+    assert _processes_mentioning(str(project.state_dir)) == []
     Worker(db, settings).drain()
     assert _allocation(db, allocation.id)[0].state == 'running'
 

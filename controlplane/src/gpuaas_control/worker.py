@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -290,6 +291,7 @@ class Worker:
         finally:
             done.set()
             monitor.join()
+            _end_leftovers(private)
             if not self.settings.keep_runs:
                 shutil.rmtree(private, ignore_errors=True)
         seconds = time.monotonic() - started
@@ -522,6 +524,50 @@ class Worker:
         usage.allocated_end = usage.allocated_end or now
         if usage.running_start is not None:
             usage.running_end = usage.running_end or now
+
+
+def _leftovers(marker: str) -> set:
+    """The processes of a run that outlived it. On a cancel or a timeout ansible-runner kills
+    ansible-playbook's process group, but ansible-playbook's forked task workers run in a
+    session of their own, so they (and the task they run) would carry on. Their command line
+    is still ansible-playbook's, naming the run's private data directory; everything they
+    started is found through the parent links."""
+    table = {}
+    try:
+        entries = os.listdir('/proc')
+    except OSError:
+        return set()
+    needle = marker.encode()
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                cmdline = handle.read()
+            with open('/proc/%s/stat' % entry, encoding='ascii', errors='replace') as handle:
+                ppid = int(handle.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry)] = (ppid, needle in cmdline)
+    found = {pid for pid, (_ppid, named) in table.items() if named}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _named) in table.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    found.discard(os.getpid())
+    return found
+
+
+def _end_leftovers(marker: str):
+    for pid in _leftovers(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            log.warning('killed process %d left over by a run in %s', pid, marker)
+        except OSError:
+            pass
 
 
 def _seconds(value):
