@@ -80,6 +80,9 @@ def stack(fresh_url, tmp_path):
                GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_POLL_INTERVAL='0.2')
     env.pop('GPUAAS_TOKEN', None)
     gpuaas = Gpuaas(env)
+    refused = gpuaas('serve', '--port', str(port), check=False)
+    assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
+    assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
     assert 'revision 0001 (newest 0001)' in upgraded.stdout
     procs = []

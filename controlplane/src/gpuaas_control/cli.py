@@ -159,11 +159,33 @@ def _database(args):
         raise CliError(str(exc)) from None
 
 
+def _require_schema(db):
+    """Refuse to serve or work on a database the migrations have not brought up to date."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gpuaas_control import migrate
+    if db.backend == 'sqlite' and not os.path.exists(db.url.database):
+        raise CliError('the database %s does not exist yet: run `gpuaas db upgrade`' % db.url.database)
+    try:
+        current, head = migrate.status(db)
+    except SQLAlchemyError as exc:
+        raise CliError('cannot read the database %s: %s' % (
+            db.url.render_as_string(hide_password=True), getattr(exc, 'orig', exc))) from None
+    if current != head:
+        raise CliError('the database %s is at schema revision %s, this version needs %s: run '
+                       '`gpuaas db upgrade`' % (db.url.render_as_string(hide_password=True),
+                                                current or 'none (empty)', head))
+    return db
+
+
 def cmd_db(args):
     from gpuaas_control import migrate
     db = _database(args)
     if args.action == 'upgrade':
         migrate.upgrade(db)
+    elif db.backend == 'sqlite' and not os.path.exists(db.url.database):
+        print('database %s does not exist yet (run `gpuaas db upgrade`)' % db.url.database)
+        return 1
     current, head = migrate.status(db)
     print('database %s: revision %s (newest %s)' % (
         db.url.render_as_string(hide_password=True), current or 'none', head))
@@ -174,7 +196,7 @@ def cmd_serve(args):
     import uvicorn
     if args.db:
         os.environ['GPUAAS_DB_URL'] = args.db
-    _database(args).dispose()   # refuse a bad URL here, not in each worker process
+    _require_schema(_database(args)).dispose()   # refuse here, not in each worker process
     uvicorn.run('gpuaas_control.api:factory', factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=args.access_log)
     return 0
@@ -186,7 +208,7 @@ def cmd_worker(args):
     settings = _settings(args, project_dir=args.project_dir, inventory=args.inventory,
                          runs_dir=args.runs_dir)
     try:
-        worker = Worker(_database(args), settings, worker_id=args.id)
+        worker = Worker(_require_schema(_database(args)), settings, worker_id=args.id)
     except WorkerError as exc:
         raise CliError(str(exc)) from None
     if args.once:
@@ -583,6 +605,14 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Database errors (unreachable server, missing file, permissions) are the
+        # operator's to fix: say what the database said, without a traceback.
+        from sqlalchemy.exc import SQLAlchemyError
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        print('gpuaas: database error: %s' % (getattr(exc, 'orig', None) or exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':
