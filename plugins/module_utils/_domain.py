@@ -304,6 +304,10 @@ def build_xml(spec, uuid=None):
         iface = _sub(devices, 'interface', type='ethernet')
         _sub(iface, 'mac', address=spec.mac)
         _sub(iface, 'target', dev=spec.tap, managed='no')
+        # Open vSwitch's userspace datapath reads the tap with a packet socket and does not
+        # complete checksums a guest left to offload: the guest must send whole ones.
+        driver = _sub(iface, 'driver')
+        _sub(driver, 'host', csum='off')
     else:
         iface = _sub(devices, 'interface', type='bridge')
         _sub(iface, 'mac', address=spec.mac)
