@@ -35,6 +35,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     remove,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATION_ID_RE
 
 VOLUME_ID = 'cidata'
 APP_ID_PREFIX = 'GPUAAS-SEED-SHA256-'
@@ -44,7 +45,6 @@ DEFAULT_TELEMETRY_FILE = '/etc/gpuaas/telemetry.env'
 REDACTED = '********'
 
 HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$')
-ALLOCATION_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')
 TOKEN_RE = re.compile(r'^[A-Za-z0-9._~+/=-]{16,512}$')
 SINK_RE = re.compile(r'^(https?)://([A-Za-z0-9.-]{1,253})(:([0-9]{1,5}))?(/[A-Za-z0-9/._~-]*)?$')
 GUEST_PATH_RE = re.compile(r'^/[A-Za-z0-9/._-]{1,255}$')
