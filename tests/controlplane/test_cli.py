@@ -189,3 +189,17 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     worker = gpuaas.procs[1]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+@pytest.mark.backends('sqlite')
+def test_the_worker_says_what_it_does_without_alembics_set_up_chatter(fresh_url, tmp_path):
+    """The schema check before the worker starts is not news: its log starts with the worker."""
+    inventory = tmp_path / 'inventory.yml'
+    inventory.write_text(yaml.safe_dump({'all': {'hosts': {'n1': {}}}}))
+    env = dict(os.environ, GPUAAS_DB_URL=fresh_url, GPUAAS_PROJECT_DIR=os.path.join(HERE, 'fake_node'),
+               GPUAAS_INVENTORY=str(inventory), GPUAAS_RUNS_DIR=str(tmp_path / 'runs'))
+    gpuaas = Gpuaas(env)
+    gpuaas('db', 'upgrade')
+    ran = gpuaas('worker', '--once')
+    assert ran.stdout == 'ran 0 job(s)\n'
+    assert 'alembic' not in ran.stderr, ran.stderr

@@ -205,6 +205,7 @@ def cmd_serve(args):
 def cmd_worker(args):
     from gpuaas_control.worker import Worker, WorkerError
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    logging.getLogger('alembic').setLevel(logging.WARNING)   # the schema check below is not news
     settings = _settings(args, project_dir=args.project_dir, inventory=args.inventory,
                          runs_dir=args.runs_dir)
     try:
