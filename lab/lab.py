@@ -102,6 +102,26 @@ def lab_vars(guest, image):
             'gpuaas_guest_cmdline': guest['cmdline'], 'gpuaas_image_dirs': [os.path.dirname(image)]}
 
 
+def worker_inventory(directory, extravars):
+    """Write the lab's inventory for the control plane's worker into ``directory``; return it.
+
+    The worker (``gpuaas worker``) passes the playbooks only the allocation: what the lab adds
+    to every run (the test guest, where images are) goes into the inventory, beside the
+    node's approved slot map (host_vars), and paths relative to lab/ become absolute."""
+    import yaml
+    with open(INVENTORY) as handle:
+        text = handle.read().replace('{{ inventory_dir }}', HERE)
+    inventory = yaml.safe_load(text)
+    inventory['all']['vars'].update(extravars, ansible_python_interpreter=sys.executable)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, 'inventory.yml')
+    with open(path, 'w') as handle:
+        yaml.safe_dump(inventory, handle, default_flow_style=False, sort_keys=False)
+    shutil.copytree(os.path.join(HERE, 'host_vars'), os.path.join(directory, 'host_vars'),
+                    dirs_exist_ok=True)
+    return path
+
+
 def prepare():
     """The sample host, the test guest, the tenant image and an SSH key; all cached in .build/."""
     from tests.guest import build_image

@@ -1,0 +1,221 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control plane end to end: the API and the worker, as their own processes, drive the
+real playbooks against the lab node.
+
+An operator creates the database, stores the sample host's discovery and approves its slot
+map with the ``gpuaas`` command; a tenant asks for a slot over HTTP and waits with
+``gpuaas allocation create --wait``; the worker runs allocate.yml through ansible-runner;
+the guest boots under TCG, gets its fixed address from dnsmasq and posts to the telemetry
+sink with the token the API gave its owner. Then the release runs release.yml and the node
+and the slot table agree that the slot is free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO
+from tests.functional.lab.conftest import NODE
+from tests.functional.lab.test_crash_safety import assert_clean
+
+import lab  # noqa: E402  (lab/lab.py, on sys.path through the lab conftest)
+
+pytestmark = pytest.mark.slow
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class ControlPlane:
+    """The ``gpuaas`` processes of one test, on a SQLite database of its own."""
+
+    def __init__(self, tmp_path, inventory, image_dir):
+        self.tmp = tmp_path
+        self.url = 'http://127.0.0.1:%d' % free_port()
+        self.env = dict(os.environ, GPUAAS_DB_URL='sqlite:///%s' % (tmp_path / 'gpuaas.db'),
+                        GPUAAS_API=self.url, GPUAAS_PROJECT_DIR=REPO, GPUAAS_INVENTORY=inventory,
+                        GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_IMAGE_DIR=image_dir,
+                        GPUAAS_POLL_INTERVAL='0.3', GPUAAS_RETRY_BASE='1', GPUAAS_JOB_TIMEOUT='900',
+                        PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1')
+        self.env.pop('GPUAAS_TOKEN', None)
+        self.procs = []
+
+    def gpuaas(self, *args, token=None, check=True, timeout=900):
+        env = dict(self.env, GPUAAS_TOKEN=token) if token else self.env
+        done = subprocess.run([os.path.join(BIN, 'gpuaas'), *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise AssertionError('gpuaas %s: rc %d\n%s\n%s' % (' '.join(args), done.returncode,
+                                                               done.stdout[-3000:], done.stderr[-3000:]))
+        return done
+
+    def start(self, name, *args):
+        log = open(self.tmp / ('%s.log' % name), 'w')
+        proc = subprocess.Popen([os.path.join(BIN, 'gpuaas'), *args], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name):
+        return (self.tmp / ('%s.log' % name)).read_text()
+
+    def http(self, method, path, token, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            'Authorization': 'Bearer %s' % token, 'Content-Type': 'application/json'})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read().decode(), error.code
+        if path.endswith('/events') or '/events?' in path:
+            return status, raw
+        return status, json.loads(raw) if raw else None
+
+    def wait_healthy(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + '/healthz', timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError('the API did not come up: %s' % self.log('serve'))
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def sse(raw):
+    """The events of a server-sent event stream, as (kind, data) pairs."""
+    events = []
+    for block in raw.split('\n\n'):
+        fields = dict(line.split(': ', 1) for line in block.splitlines() if ': ' in line
+                      and not line.startswith(':'))
+        if 'event' in fields:
+            events.append((fields['event'], json.loads(fields['data'])))
+    return events
+
+
+@pytest.fixture
+def control(node, tmp_path):
+    from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+    inventory = lab.worker_inventory(str(tmp_path / 'inventory'), node.extravars)
+    plane = ControlPlane(tmp_path, inventory, os.path.dirname(node.image))
+    plane.gpuaas('db', 'upgrade')
+    plane.operator = plane.gpuaas('token', 'create', '--role', 'operator').stdout.strip()
+    plane.tenant = plane.gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'acme').stdout.strip()
+    plane.other = plane.gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'rival').stdout.strip()
+    plane.start('serve', 'serve', '--port', plane.url.rsplit(':', 1)[1], '--no-access-log')
+    plane.wait_healthy()
+    plane.start('worker', 'worker')
+    # What slot_discovery reports for the node (the engine the module runs), stored by an operator.
+    hgx = os.path.join(lab.BUILD, 'hgx')
+    discovery = Discovery(NODE, os.path.join(hgx, 'sys'), os.path.join(hgx, 'proc')).run()
+    (tmp_path / 'discovery.json').write_text(json.dumps(discovery))
+    plane.gpuaas('node', 'discovery', NODE, str(tmp_path / 'discovery.json'), token=plane.operator)
+    plane.gpuaas('node', 'approve', NODE, os.path.join(REPO, 'lab', 'host_vars', '%s.yml' % NODE),
+                 token=plane.operator)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def test_an_allocation_through_the_api_runs_the_real_playbooks_on_the_lab_node(node, control, tmp_path):
+    slots = control.http('GET', '/v1/slots', control.operator)[1]['slots']
+    assert sorted(s['id'] for s in slots if s['approved'] and s['state'] == 'free') == lab.SLOTS
+
+    # The tenant asks, and the CLI shows the progress until the slot runs.
+    key = node.pubkey
+    (tmp_path / 'key.pub').write_text(key + '\n')
+    image = os.path.basename(node.image)
+    created = control.gpuaas('--json', 'allocation', 'create', '--image', image, '--checksum', node.checksum,
+                             '--ssh-key-file', str(tmp_path / 'key.pub'), '--vcpus', '1',
+                             '--memory-mib', '512', '--disk-gib', '1', '--wait',
+                             '--timeout', '600', token=control.tenant, check=False)
+    assert created.returncode == 0, '%s\n%s\nworker:\n%s' % (created.stdout, created.stderr[:8000],
+                                                           control.log('worker')[-4000:])
+    allocation = json.loads(created.stdout)
+    ident, slot = allocation['id'], allocation['slot_id']
+    assert allocation['state'] == 'running' and slot in lab.SLOTS
+    assert 'task: ' in created.stderr, created.stderr   # the playbook's tasks, as they ran
+
+    # What the node built is what the API reports.
+    lease = node.lease(slot)
+    assert lease['allocation_id'] == ident and lease['phase'] == 'running'
+    index = int(slot.rsplit('s', 1)[1])
+    assert allocation['address'] == '10.100.0.%d' % (10 + index)
+    assert allocation['ssh'] == {'user': 'root', 'host': allocation['address'], 'port': 22}
+    assert allocation['telemetry_token'] and allocation['timings']['node']['total'] > 0
+    assert_clean(node, leased=[slot])
+    domains = subprocess.run(['virsh', '-c', 'qemu:///system', 'list', '--name'], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert slot in ' '.join(domains), domains
+
+    # The guest talks to the sink with the token its owner got, and only its owner sees it.
+    def probes():
+        return [lab.body(s) for s in lab.sink_samples(ident) if lab.body(s).get('metric') == 'probe']
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not probes():
+        time.sleep(1)
+    probe = probes()
+    assert probe, 'the guest posted no probe to the telemetry sink within 240 s: %s' % lab.sink_samples(ident)
+    assert probe and probe[-1]['ip'] == allocation['address'] and probe[-1]['gateway_ok'] == 1, samples
+    assert not probe[-1].get('peers_reachable'), probe
+    status, seen = control.http('GET', '/v1/allocations/%s' % ident, control.other)
+    assert status == 404, seen
+    status, _ = control.http('DELETE', '/v1/allocations/%s' % ident, control.other)
+    assert status == 404 and node.lease(slot)['phase'] == 'running'
+
+    # The release runs release.yml; the slot is free on the node and in the table.
+    released = control.gpuaas('--json', 'allocation', 'release', ident, '--wait', '--timeout', '600',
+                              token=control.tenant, check=False)
+    assert released.returncode == 0, '%s\n%s\nworker:\n%s' % (released.stdout, released.stderr[-4000:],
+                                                            control.log('worker')[-4000:])
+    assert json.loads(released.stdout)['state'] == 'released'
+    assert node.lease(slot) is None
+    assert_clean(node)
+    status, view = control.http('GET', '/v1/allocations/%s' % ident, control.tenant)
+    assert status == 200 and view['state'] == 'released'
+    assert view['timings']['release']['runner'] > 0
+    slots = control.http('GET', '/v1/slots', control.operator)[1]['slots']
+    assert {s['id']: s['state'] for s in slots}[slot] == 'free'
+
+    # Its whole story, as the tenant's event stream tells it.
+    status, raw = control.http('GET', '/v1/allocations/%s/events?follow=false' % ident, control.tenant)
+    assert status == 200
+    states = [data['data'].get('state') for kind, data in sse(raw) if kind == 'state']
+    assert states[:1] == ['requested'] and states[-1] == 'released', states
+    assert {'provisioning', 'running', 'releasing'} <= set(states), states
+    usage = control.http('GET', '/v1/usage?tenant=acme', control.operator)[1]['usage']
+    assert [u['allocation_id'] for u in usage] == [ident], usage
+    assert 0 < usage[0]['running_seconds'] < usage[0]['allocated_seconds'], usage
+    assert control.gpuaas('audit', 'verify').returncode == 0
