@@ -115,6 +115,11 @@ seealso:
 notes:
   - Needs root and, for Ethernet and for InfiniBand without the mlx5 sysfs files, C(ip) from
     iproute2.
+  - With C(sriov_drivers_autoprobe) on, the PF driver probes each new VF. An NVMe controller keeps
+    its VFs offline until its Virtualization Management command brings them online (QEMU's do),
+    and nvme's probe of an offline VF fails shortly after the module returns, leaving it without
+    a driver (RV(vfs) may still show V(nvme) for it). For VFs that go to vfio-pci, set
+    O(drivers_autoprobe=false).
 '''
 
 EXAMPLES = r'''
