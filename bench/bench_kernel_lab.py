@@ -16,7 +16,8 @@ minute, overlapping the first tests) and a nested TCG QEMU that opens a real VFI
 On the 2-core development machine (shared with other work, load about 5), December 2026,
 `--runs 1 --suite`: image build 17.0 s cold, 7.1 s cached; boot to `true` 67.7 s; the
 suite 213.8 s (20 tests in 98 s, the rest the guest's boot and pytest's start, about 55 s
-of collecting under TCG). `make kernel-lab` with the image cached: 3 min 32 s. Before the
+of collecting under TCG). `make kernel-lab` with the image cached: 3 min 32 s, and 2 min 35 s on a quieter moment
+(guest 149 s, the tests 64 s). Before the
 real-VF and slot_vm tests, and with the host's tree mounted without cache=loose, it took
 3 min 8 s for 15 tests.
 """
