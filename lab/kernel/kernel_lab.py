@@ -219,7 +219,10 @@ def run(command, timeout=900, keep=None):
         log('the command left no exit status: the guest failed before running it')
         return 1
     with open(rc_file) as handle:
-        return int(handle.read().strip() or 1)
+        rc = int(handle.read().strip() or 1)
+    if keep is None and rc == 0:
+        shutil.rmtree(results)      # its drive images (the wipe tests fill one) and the log
+    return rc
 
 
 def main(argv=None):
