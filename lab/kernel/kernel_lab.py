@@ -47,11 +47,12 @@ BUSYBOX = 'busybox-static'
 # Loaded in this order (their dependencies first, from modules.dep). vfio is not built
 # in to Debian's kernel: irqbypass, vfio, vfio_iommu_type1, vfio_virqfd, vfio-pci-core,
 # vfio-pci come from here.
-MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'nvme', 'vfio_iommu_type1', 'vfio_pci']
+MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'nvme', 'vfio_iommu_type1', 'vfio_pci',
+           'bridge', 'tun']   # bridge, tun: the slot VM's NIC (tests/kernel_lab/test_slot_vm.py)
 BUSYBOX_APPLETS = ['sh', 'mount', 'insmod', 'chroot', 'poweroff', 'mkdir', 'cat', 'echo',
                    'grep', 'sync', 'uname', 'sleep', 'ls']
 # Made tmpfs in the guest (the host's tree is shared read-only); /run must be one.
-SCRATCH_DIRS = ['/run', '/tmp', '/var/lib', '/var/tmp', '/var/log']
+SCRATCH_DIRS = ['/run', '/tmp', '/var/lib', '/var/tmp', '/var/log', '/var/cache']
 DEFAULT_COMMAND = ['.venv/bin/python', '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
                    'tests/kernel_lab']
 
@@ -150,6 +151,33 @@ def qemu_argv(vmlinuz, initrd, results, memory_mb=2048):
     return argv
 
 
+def libvirt_lines():
+    """run.sh lines that start libvirtd and virtlogd in the guest (no systemd there).
+
+    libvirt writes under /etc/libvirt (domain XML), so it gets a writable copy of the
+    host's, bound over it, without the host's domains and autostart links. QEMU runs in
+    the guest's own mount namespace (``namespaces = []``): libvirt's private /dev for each
+    domain cannot be built inside the lab's chroot, whose /dev is a bind mount (devpts is
+    mounted there for the domain's serial console). The
+    capability probe takes a while under TCG, so the daemons start before the tests;
+    tests/kernel_lab/test_slot_vm.py waits for them to answer.
+    """
+    etc = '/run/lab/etc-libvirt'
+    return [
+        'if [ -x /usr/sbin/libvirtd ] && [ -d /etc/libvirt ]; then',
+        '  mkdir -p %s && cp -a /etc/libvirt/. %s/' % (etc, etc),
+        '  rm -rf %s/qemu/*.xml %s/qemu/autostart %s/qemu/networks/autostart '
+        '%s/storage/autostart' % (etc, etc, etc, etc),
+        "  echo 'namespaces = []' >> %s/qemu.conf" % etc,
+        '  mount --bind %s /etc/libvirt' % etc,
+        '  mkdir -p /var/log/libvirt /var/lib/libvirt /var/cache/libvirt /run/libvirt',
+        # QEMU's serial console is a pty.
+        '  mkdir -p /dev/pts && mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts',
+        '  /usr/sbin/virtlogd -d && /usr/sbin/libvirtd -d',
+        'fi',
+    ]
+
+
 def run(command, timeout=900, keep=None):
     """Boot the lab, run ``command`` (argv, relative to the checkout) inside; return its rc."""
     vmlinuz, initrd = build()
@@ -167,11 +195,14 @@ def run(command, timeout=900, keep=None):
         for directory in scratch:
             handle.write('mount -t tmpfs -o mode=1777 tmpfs %s\n' % shlex.quote(directory))
         handle.write('mkdir -p /run/lab/home /run/lab/tmp\n')
+        handle.write('\n'.join(libvirt_lines()) + '\n')
         handle.write('cd %s || exit 1\n' % shlex.quote(REPO))
         handle.write('export HOME=/run/lab/home TMPDIR=/run/lab/tmp GPUAAS_KERNEL_LAB=1 '
                      'PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8\n')
         handle.write('{ %s; echo $? > /mnt/rc; } 2>&1 | tee /mnt/output.log\n'
                      % ' '.join(shlex.quote(a) for a in command))
+        handle.write('for pid in /run/libvirtd.pid /run/virtlogd.pid; do '
+                     '[ -f $pid ] && kill "$(cat $pid)"; done 2>/dev/null\n')
     rc_file = os.path.join(results, 'rc')
     if os.path.exists(rc_file):
         os.unlink(rc_file)
@@ -188,7 +219,10 @@ def run(command, timeout=900, keep=None):
         log('the command left no exit status: the guest failed before running it')
         return 1
     with open(rc_file) as handle:
-        return int(handle.read().strip() or 1)
+        rc = int(handle.read().strip() or 1)
+    if keep is None and rc == 0:
+        shutil.rmtree(results)      # its drive images (the wipe tests fill one) and the log
+    return rc
 
 
 def main(argv=None):

@@ -17,6 +17,13 @@ Each VF then gets, from the PF side where the tenant cannot touch it:
 The values are a pure function of the node id, the PF's address and the VF index (see
 :func:`vf_mac` and :func:`vf_guids`): every run, a re-run after a crash and the control
 plane compute the same ones, and two hosts never share one.
+
+A PF of any other class (an NVMe controller, an accelerator) has VFs that carry no MAC or
+GUID: there is nothing for the PF side to set, so the module would be converging a count
+while claiming to guarantee identities it cannot. It refuses such a PF unless the operator
+says so with ``vf_identity='none'``; then only the count is converged. ``none`` is refused
+on an Ethernet or InfiniBand PF, whose VFs must always get their MAC or GUID, spoof
+checking and trust off (a VF without them lets a tenant pick its own address).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -43,6 +50,10 @@ LINK_STATES = ('auto', 'enable', 'disable')
 MLX5_POLICY = {'auto': 'Follow', 'enable': 'Up', 'disable': 'Down'}
 ETHERNET = 'ethernet'
 INFINIBAND = 'infiniband'
+OTHER = 'other'
+# vf_identity: 'derived' (each VF gets its MAC or GUIDs, the default) or 'none' (VFs of a PF
+# class that has no network identity: only the count is converged).
+VF_IDENTITIES = ('derived', 'none')
 
 
 def _digest(kind, node_id, pf_address, index):
@@ -82,7 +93,8 @@ class SriovVfs:
     """want / have / actions for one PF's VFs."""
 
     def __init__(self, module, address, num_vfs, node_id, link_state='auto', autoprobe=None,
-                 ib_method='auto', sysfs_root='/sys', proc_root='/proc', timeout=10.0):
+                 ib_method='auto', vf_identity='derived', sysfs_root='/sys', proc_root='/proc',
+                 timeout=10.0):
         self.module = module
         self.address = devctl.check_address(address)
         if num_vfs < 0:
@@ -95,6 +107,10 @@ class SriovVfs:
         self.link_state = link_state
         self.autoprobe = autoprobe
         self.ib_method = ib_method
+        if vf_identity not in VF_IDENTITIES:
+            raise devctl.DeviceError('vf_identity must be one of %s, got %r'
+                                     % (', '.join(VF_IDENTITIES), vf_identity))
+        self.vf_identity = vf_identity
         self.sysfs = devctl.open_sysfs(sysfs_root)
         self.proc_root = proc_root
         self.timeout = timeout
@@ -170,11 +186,15 @@ class SriovVfs:
     def read_props(self, count):
         if not count:
             return {}
+        if self.kind == OTHER:
+            return dict((index, {}) for index in range(count))
         if self.method == 'sysfs':
             return self._sysfs_vfinfo(count)
         return self._ip_vfinfo(self.netdev)
 
     def want_props(self, index):
+        if self.kind == OTHER:
+            return {}
         if self.kind == ETHERNET:
             return {'mac': vf_mac(self.node_id, self.address, index), 'spoofchk': True,
                     'trust': False, 'link_state': self.link_state}
@@ -197,14 +217,22 @@ class SriovVfs:
                 'num_vfs %d is more than %s offers: sriov_totalvfs is %d (the kernel refuses '
                 'with ERANGE)' % (self.num_vfs, pf.address, total), total_vfs=total)
         sub = (pf.pci_class or 0) >> 8
-        if sub == CLASS_ETHERNET:
-            self.kind = ETHERNET
-        elif sub == CLASS_INFINIBAND:
-            self.kind = INFINIBAND
+        if sub in (CLASS_ETHERNET, CLASS_INFINIBAND):
+            self.kind = ETHERNET if sub == CLASS_ETHERNET else INFINIBAND
+            if self.vf_identity == 'none':
+                raise devctl.DeviceError(
+                    '%s is an %s PF: its VFs always get their derived %s, spoof checking on and '
+                    'trust off, so vf_identity=none does not apply to it (leave vf_identity at '
+                    'derived)' % (pf.describe(), 'Ethernet' if sub == CLASS_ETHERNET else
+                                  'InfiniBand', 'MAC' if sub == CLASS_ETHERNET else 'GUIDs'))
+        elif self.vf_identity == 'none':
+            self.kind = OTHER
         else:
             raise devctl.DeviceError(
                 '%s is not an Ethernet (0x0200) or InfiniBand (0x0207) PF: this module sets VF '
-                'MACs or GUIDs and knows no other kind' % pf.describe())
+                'MACs or GUIDs and knows no other kind. If its VFs carry no MAC or GUID (an NVMe '
+                'controller, an accelerator), set vf_identity=none to converge only their '
+                'count' % pf.describe())
         if pf.driver is None:
             raise devctl.DeviceError('%s has no driver bound, and only its driver can create VFs '
                                      '(the kernel answers ENOENT): load it' % pf.describe())
@@ -216,6 +244,9 @@ class SriovVfs:
     def _choose_method(self):
         names = devctl.netdevs(self.sysfs, self.pf)
         self.netdev = names[0] if names else None
+        if self.kind == OTHER:
+            self.method = None
+            return
         if self.kind == ETHERNET:
             self.method = 'ip'
         elif self.ib_method == 'auto':
@@ -281,6 +312,8 @@ class SriovVfs:
                           lambda: '%d virtfn links exist' % len(self.vf_addresses()))
         for index in range(self.num_vfs):
             want = self.want_props(index)
+            if not want:
+                continue            # vf_identity=none: nothing to set on the VF
             cur = have.get(index, {}) if not count_changes else {}
             if not count_changes and all(cur.get(k, want[k]) == want[k] for k in want) and \
                     not self._unverifiable(cur, want):

@@ -20,7 +20,11 @@ description:
     non-zero count, so a change goes through 0, which destroys every VF; the module refuses
     that while a VF is bound to vfio-pci or a process holds its C(/dev/vfio) node. It refuses
     more than C(sriov_totalvfs) VFs, a VF's address, a PF without a driver or bound to vfio-pci,
-    and PFs that are neither Ethernet (class 0x0200) nor InfiniBand (0x0207).
+    and, unless O(vf_identity=none), PFs that are neither Ethernet (class 0x0200) nor
+    InfiniBand (0x0207).
+  - "VFs of other PFs (an NVMe controller, an accelerator) carry no MAC or GUID. With
+    O(vf_identity=none) the module converges only their count; nothing is set on the VFs, and
+    RV(kind) is V(other)."
   - "Ethernet VFs are set in one command each, from the PF's interface:
     C(ip link set dev <pf> vf N mac <mac> spoofchk on trust off state <link_state>)."
   - "InfiniBand VFs are set through the mlx5 C(sriov/N/node), C(sriov/N/port) and
@@ -90,6 +94,16 @@ options:
     type: str
     choices: [auto, sysfs, ip]
     default: auto
+  vf_identity:
+    description:
+      - V(derived) gives every VF its derived MAC (Ethernet) or node and port GUID (InfiniBand), and
+        refuses a PF of any other class.
+      - "V(none) says the PF's VFs carry no MAC or GUID (NVMe controllers, accelerators): only their
+        count is converged. It is refused on an Ethernet or InfiniBand PF, whose VFs always get
+        their identity, spoof checking and trust off."
+    type: str
+    choices: [derived, none]
+    default: derived
   timeout:
     description:
       - Seconds to wait for the kernel to create or remove the VFs.
@@ -101,6 +115,11 @@ seealso:
 notes:
   - Needs root and, for Ethernet and for InfiniBand without the mlx5 sysfs files, C(ip) from
     iproute2.
+  - With C(sriov_drivers_autoprobe) on, the PF driver probes each new VF. An NVMe controller keeps
+    its VFs offline until its Virtualization Management command brings them online (QEMU's do),
+    and nvme's probe of an offline VF fails shortly after the module returns, leaving it without
+    a driver (RV(vfs) may still show V(nvme) for it). For VFs that go to vfio-pci, set
+    O(drivers_autoprobe=false).
 '''
 
 EXAMPLES = r'''
@@ -114,6 +133,14 @@ EXAMPLES = r'''
 - name: Hand VF 0 to vfio-pci for slot 0
   gpuaas.slice.vfio_bind:
     address: "{{ fabric.vf_addresses[0] }}"
+
+- name: Two VFs of an SR-IOV NVMe controller (no MAC or GUID), left without a host driver
+  gpuaas.slice.sriov_vfs:
+    address: "0000:1c:00.0"
+    num_vfs: 2
+    node_id: ws-01
+    vf_identity: none
+    drivers_autoprobe: false
 
 - name: VFs that come up without a host driver
   gpuaas.slice.sriov_vfs:
@@ -130,12 +157,13 @@ address:
   type: str
   sample: "0000:1a:00.0"
 kind:
-  description: V(ethernet) or V(infiniband), from the PF's class.
+  description: V(ethernet) or V(infiniband), from the PF's class; V(other) with O(vf_identity=none).
   returned: always
   type: str
   sample: infiniband
 method:
-  description: How the VF properties were set (V(ip) or V(sysfs)); null without VFs.
+  description: How the VF properties were set (V(ip) or V(sysfs)); null without VFs and with
+    O(vf_identity=none).
   returned: always
   type: str
   sample: sysfs
@@ -189,7 +217,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
-from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import LINK_STATES, SriovVfs
+from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import (
+    LINK_STATES,
+    VF_IDENTITIES,
+    SriovVfs,
+)
 
 
 def main():
@@ -201,6 +233,7 @@ def main():
             link_state=dict(type='str', choices=list(LINK_STATES), default='auto'),
             drivers_autoprobe=dict(type='bool'),
             ib_method=dict(type='str', choices=['auto', 'sysfs', 'ip'], default='auto'),
+            vf_identity=dict(type='str', choices=list(VF_IDENTITIES), default='derived'),
             timeout=dict(type='float', default=30.0),
         )),
         supports_check_mode=True,
@@ -209,7 +242,8 @@ def main():
     try:
         engine = SriovVfs(module, p['address'], p['num_vfs'], p['node_id'],
                           link_state=p['link_state'], autoprobe=p['drivers_autoprobe'],
-                          ib_method=p['ib_method'], sysfs_root=p['sysfs_root'],
+                          ib_method=p['ib_method'], vf_identity=p['vf_identity'],
+                          sysfs_root=p['sysfs_root'],
                           proc_root=p['proc_root'], timeout=p['timeout'])
         result = engine.run()
     except DeviceError as exc:

@@ -20,6 +20,7 @@ from ansible_collections.gpuaas.slice.plugins.modules import (
     sriov_vfs,
     vfio_bind,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import vf_address
 from tests.unit.module_runner import run_module
 
 from .conftest import SHARED_GPU, SHARED_NIC, SLOTS
@@ -154,9 +155,82 @@ def test_nvme_wipe_refuses_a_namespace_a_process_holds(capsys):
     assert '/dev/%s is open by pid %d' % (name, os.getpid()) in result['msg']
 
 
+def numvfs(pf=PF):
+    with open('%s/%s/sriov_numvfs' % (PCI, pf)) as handle:
+        return int(handle.read())
+
+
+def virtfns(pf=PF):
+    base = '%s/%s' % (PCI, pf)
+    links = sorted((e for e in os.listdir(base) if e.startswith('virtfn')), key=lambda e: int(e[6:]))
+    return [os.path.basename(os.readlink('%s/%s' % (base, e))) for e in links]
+
+
 def test_sriov_vfs_refuses_a_pf_that_is_neither_ethernet_nor_infiniband(capsys):
     result = run_module(sriov_vfs, {'address': PF, 'num_vfs': 2, 'node_id': 'lab'},
                         capsys=capsys)
     assert result['failed'] is True and 'is not an Ethernet' in result['msg']
-    with open('%s/%s/sriov_numvfs' % (PCI, PF)) as handle:
-        assert handle.read().strip() == '0'
+    assert 'set vf_identity=none' in result['msg']
+    assert numvfs() == 0
+
+
+def nvme_vfs(capsys, count, **extra):
+    args = dict(address=PF, num_vfs=count, node_id='lab', vf_identity='none',
+                drivers_autoprobe=False)
+    check_mode = extra.pop('check_mode', False)
+    args.update(extra)
+    return run_module(sriov_vfs, args, check_mode=check_mode, diff=True, capsys=capsys)
+
+
+def test_sriov_vfs_converges_the_count_of_real_nvme_vfs(capsys, state_dir):
+    """vf_identity=none on the lab's SR-IOV NVMe: real VFs, where the kernel puts them."""
+    base = '%s/%s' % (PCI, PF)
+    with open(base + '/sriov_offset') as offset, open(base + '/sriov_stride') as stride:
+        offset, stride = int(offset.read()), int(stride.read())
+    with open(base + '/sriov_drivers_autoprobe') as handle:
+        autoprobe = handle.read().strip()
+    expected = [vf_address(PF, offset, stride, i) for i in range(3)]
+    try:
+        checked = nvme_vfs(capsys, 2, check_mode=True)
+        assert checked['changed'] is True and checked['vf_addresses'] == expected[:2]
+        assert numvfs() == 0 and virtfns() == []
+
+        created = nvme_vfs(capsys, 2)
+        assert created['changed'] is True, created
+        assert created['kind'] == 'other' and created['commands'] == []
+        assert virtfns() == created['vf_addresses'] == expected[:2]
+        assert [vf['driver'] for vf in created['vfs']] == [None, None]   # autoprobe off
+        for vf in expected[:2]:
+            assert os.path.basename(os.readlink('%s/%s/physfn' % (PCI, vf))) == PF
+        assert nvme_vfs(capsys, 2)['changed'] is False
+
+        bound = bind(capsys, expected[1], state_dir)
+        assert bound['changed'] is True and binding(expected[1])[0] == 'vfio-pci'
+        try:
+            refused = nvme_vfs(capsys, 3)
+            assert refused['failed'] is True
+            assert 'VF 1 (%s) is bound to vfio-pci' % expected[1] in refused['msg']
+            assert numvfs() == 2 and binding(expected[1])[0] == 'vfio-pci'
+        finally:
+            assert bind(capsys, expected[1], state_dir, state='absent')['changed'] is True
+
+        grown = nvme_vfs(capsys, 3)
+        assert grown['changed'] is True
+        assert [a.split(': ', 1)[1].split(':', 1)[0] for a in grown['actions']] == [
+            'remove the 2 VFs', 'create 3 VFs']
+        assert virtfns() == expected
+
+        too_many = nvme_vfs(capsys, 5)
+        assert too_many['failed'] is True and 'sriov_totalvfs is 4' in too_many['msg']
+        assert numvfs() == 3
+
+        removed = nvme_vfs(capsys, 0)
+        assert removed['changed'] is True and removed['vfs'] == []
+        assert numvfs() == 0 and virtfns() == []
+        assert not any(os.path.exists('%s/%s' % (PCI, vf)) for vf in expected)
+        assert nvme_vfs(capsys, 0)['changed'] is False
+    finally:
+        with open(base + '/sriov_numvfs', 'w') as handle:
+            handle.write('0')
+        with open(base + '/sriov_drivers_autoprobe', 'w') as handle:
+            handle.write(autoprobe)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -72,6 +73,60 @@ def test_sriov_vfs_appear_at_offset_and_stride_and_a_count_change_needs_zero_fir
     with pytest.raises(OSError) as too_many:
         write(base + '/sriov_numvfs', '5')
     assert too_many.value.errno == errno.ERANGE
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_nvme_probes_the_offline_vfs_of_qemus_nvme_and_leaves_them_unbound():
+    """The kernel model's offline_vfs: with autoprobe nvme's probe fails, without it none runs."""
+    pf = SLOTS[0][2]
+    base = '%s/%s' % (PCI, pf)
+    assert read(base + '/sriov_drivers_autoprobe') == '1'
+    vfs = ['%s/%s' % (PCI, a) for a in ('0000:23:00.1', '0000:23:00.2')]
+    try:
+        write(base + '/sriov_numvfs', '2')
+        # nvme's reset work fails asynchronously (CSTS=0x2, ENODEV) and unbinds the VF.
+        assert wait_for(lambda: not any(os.path.exists(v + '/driver') for v in vfs))
+        write(base + '/sriov_numvfs', '0')
+        write(base + '/sriov_drivers_autoprobe', '0')
+        write(base + '/sriov_numvfs', '2')
+        time.sleep(1)
+        assert not any(os.path.exists(v + '/driver') for v in vfs)
+        write(vfs[0] + '/driver_override', 'vfio-pci')
+        write('/sys/bus/pci/drivers_probe', os.path.basename(vfs[0]))
+        assert os.path.basename(os.readlink(vfs[0] + '/driver')) == 'vfio-pci'
+        write('/sys/bus/pci/drivers/vfio-pci/unbind', os.path.basename(vfs[0]))
+        write(vfs[0] + '/driver_override', '\n')
+    finally:
+        write(base + '/sriov_numvfs', '0')
+        write(base + '/sriov_drivers_autoprobe', '1')
+
+
+def test_unbinding_nvme_leaves_its_vfs():
+    """The kernel model's DISABLES_SRIOV_ON_REMOVE: nvme's remove() leaves SR-IOV enabled."""
+    pf = SLOTS[1][2]
+    base = '%s/%s' % (PCI, pf)
+    write(base + '/sriov_drivers_autoprobe', '0')
+    try:
+        write(base + '/sriov_numvfs', '2')
+        write('/sys/bus/pci/drivers/nvme/unbind', pf)
+        assert read(base + '/sriov_numvfs') == '2' and os.path.islink(base + '/virtfn1')
+        with pytest.raises(OSError) as no_driver:
+            write(base + '/sriov_numvfs', '0')
+        assert no_driver.value.errno == errno.ENOENT
+    finally:
+        if not os.path.exists(base + '/driver'):
+            write('/sys/bus/pci/drivers/nvme/bind', pf)
+        write(base + '/sriov_numvfs', '0')
+        write(base + '/sriov_drivers_autoprobe', '1')
+    assert not os.path.exists(base + '/virtfn0')
 
 
 def test_driver_override_and_drivers_probe_bind_vfio_pci_and_create_the_group_node():

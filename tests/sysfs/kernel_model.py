@@ -46,7 +46,15 @@ vfio-pci probe (drivers/vfio/pci/vfio_pci.c, vfio_pci_core.c)
     ENOENT. 0: the VFs are removed. Non-zero while VFs exist: EBUSY. Otherwise the VFs are
     created as the PCI core creates them (``virtfnN``/``physfn`` links, one IOMMU group per
     VF, as behind ACS) and, with ``sriov_drivers_autoprobe`` 1, bound to the PF driver's VF
-    driver. Unbinding a PF's driver removes its VFs (its remove() disables SR-IOV).
+    driver. Unbinding a PF's driver removes its VFs (its remove() disables SR-IOV); nvme's
+    does not (the PCI core warns "driver left SR-IOV enabled after remove").
+Offline VFs (``offline_vfs``: PF addresses; checked on Linux 6.1 with QEMU 7.2's NVMe)
+    QEMU's NVMe secondary controllers are offline until the PF's Virtualization Management
+    command gives them resources and brings them online. With autoprobe the nvme driver
+    probes each new VF and fails ("Device not ready; aborting initialisation, CSTS=0x2",
+    ENODEV), so the VFs end up without a driver. On the real kernel that failure comes from
+    nvme's asynchronous reset work: the ``driver`` link exists for a moment, then goes; the
+    model leaves it out. vfio-pci still binds them.
 ``sriov_drivers_autoprobe`` (iov.c): kstrtobool, else EINVAL.
 ``bus/pci/devices/<BDF>/reset`` (pci-sysfs.c reset_store)
     The attribute exists only on a device with reset methods (the model creates the file for
@@ -182,18 +190,20 @@ class KernelModel(Sysfs):
     ``native_drivers`` maps an address to the driver that claims it without an override
     (default: the driver it is bound to now). ``vfio_pci_loaded=False`` models a host
     without the vfio-pci module. ``reset_faults`` and ``probe_faults`` map an address to
-    the errno its reset / probe fails with.
+    the errno its reset / probe fails with. ``offline_vfs`` lists PFs whose VFs the device
+    keeps offline: their native driver's probe fails with ENODEV.
     """
 
     def __init__(self, root, dev_root=None, proc_root=None, native_drivers=None,
                  vfio_pci_loaded=True, mlx5_sriov_sysfs=False, reset_faults=None,
-                 probe_faults=None):
+                 probe_faults=None, offline_vfs=()):
         super().__init__(root)
         self.dev_root = dev_root
         self.proc_root = proc_root
         self.mlx5_sriov_sysfs = mlx5_sriov_sysfs
         self.reset_faults = dict(reset_faults or {})
         self.probe_faults = dict(probe_faults or {})
+        self.offline_vfs = frozenset(offline_vfs)
         self.writes = []
         self.resets = []
         self.open_groups = {}
@@ -305,6 +315,8 @@ class KernelModel(Sysfs):
         """0, or the errno the driver's probe() fails with."""
         if bdf in self.probe_faults:
             return self.probe_faults[bdf]
+        if driver != VFIO and self.link_name(self._dev(bdf) + '/physfn') in self.offline_vfs:
+            return errno.ENODEV
         if driver == VFIO:
             pci_class = self.read_int(self._dev(bdf) + '/class', 16) or 0
             if pci_class >> 8 in (0x0604, 0x0607, 0x0609):

@@ -251,6 +251,21 @@ def test_unbinding_nvme_leaves_its_vfs_and_zero_then_needs_the_driver(kernel):
     assert m.read(dev(pf, 'sriov_numvfs')) == '0'
 
 
+def test_offline_vfs_fail_their_native_probe_and_stay_unbound(kernel):
+    """As the lab's QEMU NVMe shows on Linux 6.1: nvme cannot start an offline VF."""
+    host = kernel('gpu_box', model={'offline_vfs': ['0000:1c:00.0']})
+    m = host.model
+    pf = '0000:1c:00.0'
+    m.write(dev(pf, 'sriov_numvfs'), '2')
+    assert [host.driver(vf) for vf in ('0000:1c:00.1', '0000:1c:00.2')] == [None, None]
+    m.write('bus/pci/drivers_probe', '0000:1c:00.1')          # silent, as for any failed probe
+    assert host.driver('0000:1c:00.1') is None
+    fails(m, 'bus/pci/drivers/nvme/bind', '0000:1c:00.1', errno.ENODEV)
+    m.write(dev('0000:1c:00.1', 'driver_override'), 'vfio-pci')
+    m.write('bus/pci/drivers_probe', '0000:1c:00.1')
+    assert host.driver('0000:1c:00.1') == 'vfio-pci'
+
+
 def test_mlx5_sriov_files_take_guids_and_policies(kernel):
     host = kernel('gpu_box', model={'mlx5_sriov_sysfs': True})
     m = host.model

@@ -12,8 +12,12 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _domain, _slot_vm
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import Sysfs
-from ansible_collections.gpuaas.slice.plugins.modules import slot_vm
+from ansible_collections.gpuaas.slice.plugins.modules import slot_vm, vfio_bind
+from tests.sysfs import kernel_fixture
 from tests.sysfs.builder import SysfsBuilder
+from tests.unit.module_runner import run_module
+
+kernel = kernel_fixture.kernel  # the fixture
 
 
 def problems(sys_root, addresses):
@@ -188,3 +192,47 @@ def test_console_tail(tmp_path):
     log.write_bytes(b'\r\n'.join(b'line %d' % n for n in range(100)))
     assert _slot_vm.console_tail(str(log), 3) == 'line 97\nline 98\nline 99'
     assert _slot_vm.console_tail(str(tmp_path / 'missing')) == ''
+
+
+class NoDomainConnection:
+    """A libvirt without the slot's domain that records every call the engine makes."""
+
+    calls = []
+
+    def __init__(self, uri):
+        self.uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def lookup(self, name):
+        self.calls.append(('lookup', name))
+        return None
+
+    def define(self, xml):
+        self.calls.append(('define', xml))
+        raise AssertionError('the domain was defined although its devices cannot start')
+
+
+def test_a_group_vfio_bind_moved_is_refused_whole_or_not_at_all(kernel, capsys, tmp_path):
+    """vfio_bind moves the GPU's group (with its audio function) to vfio-pci on the kernel
+    model; a slot naming the GPU alone is refused before libvirt defines anything."""
+    host = kernel('workstation')
+    bound = run_module(vfio_bind, dict(host.args, address='0000:01:00.0', dev_root=host.dev,
+                                       state_dir=host.state), capsys=capsys)
+    assert bound['bindings'] == {'0000:01:00.0': 'vfio-pci', '0000:01:00.1': 'vfio-pci'}
+    NoDomainConnection.calls = []
+    vm = _slot_vm.SlotVm(Module(tmp_path, sysfs_root=host.sys, numatune=False,
+                                gpu_address='0000:01:00.0'), connection=NoDomainConnection)
+    with pytest.raises(_slot_vm.SlotVmError) as refused:
+        vm.run()
+    group = host.model.link_name('bus/pci/devices/0000:01:00.0/iommu_group')
+    assert 'shares IOMMU group %s with 0000:01:00.1 (audio device' % group in str(refused.value)
+    assert 'bound to' not in str(refused.value)          # both are on vfio-pci: only the group
+    assert NoDomainConnection.calls == [('lookup', 'gpuaas-gpu-node-01-s3')]
+    whole = _slot_vm.SlotVm(Module(tmp_path, sysfs_root=host.sys, numatune=False,
+                                   gpu_address='0000:01:00.0', companions=['0000:01:00.1']))
+    assert _slot_vm.hostdev_problems(whole.sysfs, [a for _r, a in whole.spec().hostdevs]) == []

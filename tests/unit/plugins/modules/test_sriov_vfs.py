@@ -10,6 +10,7 @@ import pytest
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids, vf_mac
 from ansible_collections.gpuaas.slice.plugins.modules import sriov_vfs, vfio_bind
 from tests.sysfs import kernel_fixture
+from tests.sysfs.snapshot import changes, snapshot
 from tests.unit.module_runner import run_module
 
 kernel = kernel_fixture.kernel  # the fixture
@@ -235,3 +236,90 @@ def test_an_ib_pf_without_ipoib_or_sysfs_files_cannot_take_guids(kernel, capsys)
     result = run(host2, capsys, address='0000:1a:00.0', num_vfs=2, ib_method='ip')
     assert result['failed'] and 'has no network interface' in result['msg']
     host2.assert_unchanged(before)
+
+
+# -- PFs whose VFs carry no MAC or GUID (vf_identity=none) -------------------------------
+
+NVME_PF = '0000:1c:00.0'       # gpu_box: an NVMe controller with 4 VFs at offset 1
+
+
+@pytest.fixture
+def nvme_box(kernel):
+    """QEMU's NVMe in the kernel lab: nvme cannot start its offline VFs (see the model)."""
+    return kernel('gpu_box', model={'offline_vfs': [NVME_PF]})
+
+
+def test_a_pf_without_vf_identities_is_refused_unless_the_operator_says_so(nvme_box, capsys):
+    before = nvme_box.snapshot()
+    result = run(nvme_box, capsys, address=NVME_PF, num_vfs=2)
+    assert result['failed'] is True and 'is not an Ethernet (0x0200)' in result['msg']
+    assert 'set vf_identity=none to converge only their count' in result['msg']
+    nvme_box.assert_unchanged(before)
+
+
+def test_vf_identity_none_is_refused_on_an_ethernet_or_infiniband_pf(kernel, capsys):
+    for name, address, what in (('gpu_box', IB_PF, 'is an InfiniBand PF'),
+                                ('workstation', PF, 'is an Ethernet PF')):
+        host = kernel(name)
+        before = host.snapshot()
+        result = run(host, capsys, address=address, num_vfs=2, vf_identity='none')
+        assert result['failed'] is True and what in result['msg'], result['msg']
+        assert 'vf_identity=none does not apply to it' in result['msg']
+        host.assert_unchanged(before)
+        assert host.tools.calls == []
+
+
+def test_vf_identity_none_converges_only_the_count(nvme_box, capsys):
+    host = nvme_box
+    numvfs = 'bus/pci/devices/%s/sriov_numvfs' % NVME_PF
+    before = host.snapshot()
+    sys_before = snapshot(host.sys, host.dev)
+    checked = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none', check_mode=True)
+    assert checked['changed'] is True and checked['kind'] == 'other'
+    assert checked['vf_addresses'] == ['0000:1c:00.1', '0000:1c:00.2']
+    host.assert_unchanged(before)
+
+    created = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none')
+    assert created['changed'] is True and created['method'] is None
+    assert host.model.writes == [(numvfs, '2')]
+    assert created['vf_addresses'] == checked['vf_addresses']
+    assert created['vfs'] == [{'index': 0, 'address': '0000:1c:00.1', 'driver': None},
+                              {'index': 1, 'address': '0000:1c:00.2', 'driver': None}]
+    assert created['diff'] == {'before': {'num_vfs': 0, 'vfs': {}},
+                               'after': {'num_vfs': 2, 'vfs': {'0': {}, '1': {}}}}
+    assert host.tools.calls == []                        # nothing is set through ip
+    again = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none')
+    assert again['changed'] is False and again['actions'] == []
+
+    host.model.writes[:] = []
+    more = run(host, capsys, address=NVME_PF, num_vfs=3, vf_identity='none')
+    assert more['changed'] is True
+    assert host.model.writes == [(numvfs, '0'), (numvfs, '3')]
+    assert more['vf_addresses'] == ['0000:1c:00.1', '0000:1c:00.2', '0000:1c:00.3']
+
+    too_many = run(host, capsys, address=NVME_PF, num_vfs=5, vf_identity='none')
+    assert too_many['failed'] is True and 'sriov_totalvfs is 4' in too_many['msg']
+
+    bound = run_module(vfio_bind, dict(host.args, address='0000:1c:00.2', dev_root=host.dev,
+                                       state_dir=host.state), capsys=capsys)
+    assert bound['changed'] is True
+    held = host.snapshot()
+    refused = run(host, capsys, address=NVME_PF, num_vfs=0, vf_identity='none')
+    assert refused['failed'] is True
+    assert 'VF 1 (0000:1c:00.2) is bound to vfio-pci' in refused['msg']
+    host.assert_unchanged(held)
+    run_module(vfio_bind, dict(host.args, address='0000:1c:00.2', dev_root=host.dev,
+                               state_dir=host.state, state='absent'), capsys=capsys)
+
+    removed = run(host, capsys, address=NVME_PF, num_vfs=0, vf_identity='none')
+    assert removed['changed'] is True and removed['vfs'] == []
+    assert not changes(sys_before, snapshot(host.sys, host.dev))   # vfio_bind kept its state dir
+
+
+def test_online_nvme_vfs_come_up_on_nvme_with_autoprobe(kernel, capsys):
+    host = kernel('gpu_box')
+    created = run(host, capsys, address=NVME_PF, num_vfs=1, vf_identity='none')
+    assert created['vfs'][0]['driver'] == 'nvme'
+    fresh = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none',
+                drivers_autoprobe=False)
+    assert [vf['driver'] for vf in fresh['vfs']] == [None, None]
