@@ -71,6 +71,7 @@ class NodeState(object):
         self.sysfs_root = sysfs_root
         self.bin_path = bin_path
         self.blind = []
+        self.foreign_domains = {}
         self._tools = {}
 
     def _list(self, kind):
@@ -83,12 +84,16 @@ class NodeState(object):
             self.blind.append('cannot list %s (%s): %s' % (path, kind, exc.strerror))
             return []
 
+    def _own(self, slot):
+        """Whether ``slot`` is one of this node's (a lab host can carry several nodes' slots)."""
+        return parse_slot_id(slot)[0] == self.node_id
+
     def _slots_in(self, kind, suffixes):
         found = set()
         for name in self._list(kind):
             for suffix in suffixes:
                 slot = _slot_of(name, suffix)
-                if slot:
+                if slot and self._own(slot):
                     found.add(slot)
         return found
 
@@ -96,7 +101,7 @@ class NodeState(object):
         leases, damaged = {}, []
         for name in self._list('lease'):
             slot = _slot_of(name, '.json')
-            if not slot:
+            if not slot or not self._own(slot):
                 continue
             path = os.path.join(self.dirs['lease'], name)
             try:
@@ -122,8 +127,14 @@ class NodeState(object):
             if not slot:
                 continue
             facts = domain_facts(xml)
-            domains[slot] = {'name': name, 'active': bool(active),
-                             'hostdevs': [item.split(' ')[0] for item in facts.get('hostdevs', [])]}
+            entry = {'name': name, 'active': bool(active),
+                     'hostdevs': [item.split(' ')[0] for item in facts.get('hostdevs', [])]}
+            if self._own(slot):
+                domains[slot] = entry
+            else:
+                # Another node's slot on the same libvirt: never this node's orphan, but
+                # what it holds is held.
+                self.foreign_domains[slot] = entry
         return domains
 
     def _tool(self, name):
@@ -240,7 +251,7 @@ class NodeState(object):
         for lease in leases.values():
             leased_devices.update((lease.get('data') or {}).get('devices') or [])
         in_domains = set()
-        for domain in domains.values():
+        for domain in list(domains.values()) + list(self.foreign_domains.values()):
             in_domains.update(domain['hostdevs'])
         records = self.vfio_records()
         devices_to_return, kept_for_domain = [], []
@@ -252,7 +263,7 @@ class NodeState(object):
             else:
                 devices_to_return.append(address)
         holder_of = {}
-        for other in domains.values():
+        for other in list(domains.values()) + list(self.foreign_domains.values()):
             for address in other['hostdevs']:
                 holder_of.setdefault(address, other['name'])
         mismatches, incomplete, drift = [], [], []
@@ -281,6 +292,7 @@ class NodeState(object):
                                        'its lease lists' % (domain['name'], ', '.join(entry['missing']))})
         return dict(
             leases=leases, damaged_leases=damaged, domains=domains,
+            other_nodes_domains=sorted(d['name'] for d in self.foreign_domains.values()),
             orphans=orphans, orphan_slots=sorted(orphans),
             unknown_ports=sorted(port for port, slot in ports.items() if not slot),
             devices_to_return=devices_to_return, devices_kept_for_domains=kept_for_domain,

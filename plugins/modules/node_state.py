@@ -17,6 +17,7 @@ description:
     its tap port on the slot bridge, its OpenFlow rules (by cookie), its dnsmasq host entry, its
     telemetry token, its boot disk, its cloud-init seed and the vfio-pci binding records, and
     compares them with the slot leases in O(lease_dir).
+  - Only the slots of O(node_id) are judged; another node's slots on the same host are left alone.
   - Read-only; the C(gpuaas.slice.slot_reconcile) role acts on what it reports.
   - Anything that cannot be read (libvirt down, the bridge missing, C(ovs-vsctl) or C(ovs-ofctl) not
     installed, a directory that cannot be listed, the host's PCI devices under O(sysfs_root) not
@@ -108,6 +109,14 @@ domains:
   description: The slot domains, by slot id, with C(active) and C(hostdevs).
   returned: always
   type: dict
+other_nodes_domains:
+  description:
+    - Slot domains of other nodes on the same libvirt (a lab host can carry several nodes). They are
+      never this node's orphans; the devices they hold count as held.
+  returned: always
+  type: list
+  elements: str
+  sample: [gpuaas-sample-hgx-s0]
 orphans:
   description: "Slots that hold something but have no lease: slot id -> kinds (domain, port, flows, dhcp_host, token, disk, seed)."
   returned: always
