@@ -355,7 +355,8 @@ def restore_hostdevs(xml_text, hostdevs):
     ``hostdevs`` is :func:`slot_hostdevs`' list. Everything else in the definition is kept
     as it is (libvirt's own additions included); the aliases of the added devices are
     numbered after the ones of their role already present, and a restored NVMe boots a domain
-    that has no disk image and no other boot device, as in :func:`build_xml`. ``added`` lists the addresses
+    that has no disk image and no other boot device, as in :func:`build_xml` (libvirt's
+    default ``<os><boot dev='hd'/>`` is dropped then: the two cannot be combined). ``added`` lists the addresses
     given back, in order; when it is empty the XML is returned unchanged.
     """
     root = ET.fromstring(xml_text)
@@ -371,13 +372,20 @@ def restore_hostdevs(xml_text, hostdevs):
         if match:
             role = match.group(1).replace('-', '_')
             roles[role] = max(roles.get(role, 0), int(match.group(2)) + 1)
-    # The NVMe boots a slot without a disk image (as build_xml makes it), if nothing else does.
+    # The NVMe boots a slot without a disk image (as build_xml makes it), if no device does.
+    # libvirt gives a domain without per-device boot an <os><boot dev='hd'/>, which cannot
+    # be combined with one: that default goes when the NVMe gets its boot order back.
     boots = devices.find('disk[@device="disk"]') is None and devices.find('.//boot') is None
     added = []
     for role, address in hostdevs:
         if address in have:
             continue
-        _hostdev(devices, role, address, roles, boot=boots and role == 'nvme')
+        nvme_boots = boots and role == 'nvme'
+        _hostdev(devices, role, address, roles, boot=nvme_boots)
+        if nvme_boots:
+            os_el = root.find('os')
+            for default in (os_el.findall('boot') if os_el is not None else []):
+                os_el.remove(default)
         added.append(address)
     if not added:
         return xml_text, []

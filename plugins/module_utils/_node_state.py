@@ -382,9 +382,10 @@ def report_lines(state, repairs=None, check_mode=False):
             add(slot, '%s: the repair failed: %s; operator: run allocate again with allocation %s, or '
                 'release it' % (found, result.get('msg', 'see the job log'), entry['allocation_id']))
         elif entry['active']:
-            add(slot, '%s: its definition %shas them again; the guest runs WITHOUT them until it is '
+            add(slot, '%s: its definition %s them again; the guest runs WITHOUT them until it is '
                 'restarted; operator: restart the VM when its tenant allows (shut it down, then run '
-                'allocate again with allocation %s)' % (found, done, entry['allocation_id']))
+                'allocate again with allocation %s)' % (found, 'would get' if check_mode else 'has',
+                                                        entry['allocation_id']))
         else:
             add(slot, '%s: %sredefined with them; operator: run allocate again with allocation %s, which '
                 'binds the devices to vfio-pci and starts it' % (found, done, entry['allocation_id']))
