@@ -72,7 +72,7 @@ class Node:
                 '-e', '@' + path, os.path.join(REPO, 'playbooks', playbook)]
         if check:
             argv.append('--check')
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
         output = proc.stdout + proc.stderr
         return proc.returncode, output, custom_stats(output)
 
