@@ -304,7 +304,7 @@ def test_nvidia_853_a_gpu_that_fails_to_reset_is_quarantined_and_never_allocated
     data = _namespace(node)
     rc, out, _stats = node.run('release.yml', gpuaas_slot_id=slot, gpuaas_allocation_id='alloc-1',
                                gpuaas_wipe_allowed_file_dirs=[node.dirs['dev']])
-    assert rc != 0 and 'The slot is quarantined until an operator clears it' in out, out[-3000:]
+    assert rc != 0 and 'after every use. The slot is quarantined until an operator clears it' in out, out[-3000:]
     lease = node.lease(slot)
     assert lease['phase'] == 'quarantined' and lease['allocation_id'] == 'alloc-1'
     assert "failed at 'Reset the GPU'" in lease['reason'] and '%s' % GPU in lease['reason']
