@@ -85,8 +85,8 @@ def slot_xml(slot, hostdevs=(), domain_type='qemu'):
 class NodeDirs:
     """A node's state directories, for NodeState read in-process."""
 
-    def __init__(self, base, sys_root=None):
-        self.node = Node(base, NODE, sys_root)
+    def __init__(self, base, sys_root=None, node_id=NODE):
+        self.node = Node(base, node_id, sys_root)
         self.sys_root = sys_root
         self.domains = []
         self.libvirt_error = None
@@ -108,7 +108,7 @@ class NodeDirs:
 
     def report(self, bridge='br-gpuaas'):
         d = self.node.dirs
-        return NodeState(self.run_command, NODE, d['leases'], d['dhcp-hosts.d'], d['tokens'], d['disks'],
+        return NodeState(self.run_command, self.node.node_id, d['leases'], d['dhcp-hosts.d'], d['tokens'], d['disks'],
                          d['seeds'], d['vfio'], bridge, self.listed, sysfs_root=self.sys_root,
                          bin_path=self.tools.get).report()
 
@@ -224,19 +224,16 @@ def test_cloudstack_12960_a_pci_segment_0001_slot_works_end_to_end(kernel, tmp_p
     # The failure: the segment was dropped (or mangled) in the hostdev's <address>.
     assert "<address domain=\"0x0001\" bus=\"0x01\" slot=\"0x00\" function=\"0x0\" />" in xml
     assert [h.split(' ')[0] for h in domain_facts(xml)['hostdevs']] == [gpu, nvme]
-    node = NodeDirs(tmp_path / 'node')
-    node.node.node_id = 'seg'
+    node = NodeDirs(tmp_path / 'node', node_id='seg')
     data = dict(passthrough=True, devices=[gpu, nvme], gpu_address=gpu, companions=[], nvme_address=nvme)
     node.node.write_lease('seg-s0', 'alloc-seg', **data)
     node.domains.append(('gpuaas-seg-s0', 1, xml))
-    state = NodeState(node.run_command, 'seg', *[node.node.dirs[k] for k in (
-        'leases', 'dhcp-hosts.d', 'tokens', 'disks', 'seeds', 'vfio')], '', node.listed).report()
+    state = node.report(bridge='')
     assert state['mismatches'] == [] and state['hostdev_drift'] == []
     # A domain holding the same bus/slot/function on segment 0000 is not the slot's device.
     wrong = xml.replace('domain="0x0001"', 'domain="0x0000"')
     node.domains[0] = ('gpuaas-seg-s0', 1, wrong)
-    state = NodeState(node.run_command, 'seg', *[node.node.dirs[k] for k in (
-        'leases', 'dhcp-hosts.d', 'tokens', 'disks', 'seeds', 'vfio')], '', node.listed).report()
+    state = node.report(bridge='')
     assert state['hostdev_drift'][0]['missing'] == [gpu, nvme]
     restored, added = _domain.restore_hostdevs(wrong, _domain.slot_hostdevs(gpu, [], nvme))
     assert added == [gpu, nvme] and "domain=\"0x0001\"" in restored
