@@ -34,7 +34,7 @@ for part in "${parts[@]}"; do
     # Molecule keeps scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and
     # checkouts: start from none, so every run prepares what it needs.
     molecule) molecule reset --all >/dev/null 2>&1; run molecule molecule test --all ;;
-    units)  run units python -m pytest tests/unit tests/controlplane tests/functional ;;
+    units)  run units python -m pytest tests/unit tests/integrity tests/controlplane tests/functional ;;
     *) echo "unknown part $part (sanity, lint, docs, molecule, units)" >&2; exit 2 ;;
   esac
 done

@@ -98,9 +98,47 @@ def _check_entry(entry, slot, where):
     if 'capacity_metadata' in entry:
         problems.extend(_check_capacity(entry, slot, where))
     if entry.get('fingerprint') is not None and entry['fingerprint'] != slot.get('fingerprint'):
+        changes = fingerprint_changes(entry['fingerprint'], slot.get('fingerprint'))
         problems.append('%s: the devices no longer match the fingerprint taken at approval '
-                        '(hardware changed): inspect the host, then re-approve' % where)
+                        '(hardware changed: %s): inspect the host, then re-approve'
+                        % (where, '; '.join(changes) or 'the fingerprint differs'))
     return problems
+
+
+def _device_label(role, recorded, now):
+    address = (recorded or {}).get('address') if isinstance(recorded, dict) else None
+    if address is None and isinstance(now, dict):
+        address = now.get('address')
+    return '%s %s' % (role, address) if address else role
+
+
+def fingerprint_changes(recorded, now):
+    """['gpu 0000:01:00.0: subsystem_device_id 1533 -> 1f00', ...]: what differs, for people."""
+    changes = []
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = now if isinstance(now, dict) else {}
+    for role in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(role), now.get(role)
+        if before == after:
+            continue
+        if isinstance(before, list) or isinstance(after, list):
+            before, after = list(before or []), list(after or [])
+            pairs = [('%s[%d]' % (role, i), before[i] if i < len(before) else None,
+                      after[i] if i < len(after) else None) for i in range(max(len(before), len(after)))]
+        else:
+            pairs = [(role, before, after)]
+        for name, old, new in pairs:
+            if old == new:
+                continue
+            label = _device_label(name, old, new)
+            if not isinstance(old, dict) or not isinstance(new, dict):
+                changes.append('%s: %s -> %s' % (label, 'none' if old is None else 'a device',
+                                                 'none' if new is None else 'a device'))
+                continue
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    changes.append('%s: %s %s -> %s' % (label, key, old.get(key), new.get(key)))
+    return changes
 
 
 def validate(discovery, approved_slots):

@@ -46,6 +46,7 @@ CPULIST_RE = re.compile(r'^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$')
 IFNAME_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,15}$')
 MACHINE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
 MAX_CPU = 8191
+ALIAS_RE = re.compile(r'^ua-(gpu|companion|nvme|fabric-vf)([0-9]+)$')
 
 
 class DomainError(ValueError):
@@ -327,19 +328,68 @@ def build_xml(spec, uuid=None):
 
     roles = {}
     for role, address in spec.hostdevs:
-        domain, bus, slot, function = bdf_parts(address)
-        hostdev = _sub(devices, 'hostdev', mode='subsystem', type='pci', managed='no')
-        _sub(hostdev, 'driver', name='vfio')
-        _sub(_sub(hostdev, 'source'), 'address', domain='0x%04x' % domain, bus='0x%02x' % bus,
-             slot='0x%02x' % slot, function='0x%x' % function)
-        count = roles.get(role, 0)
-        roles[role] = count + 1
-        _sub(hostdev, 'alias', name='ua-%s%d' % (role.replace('_', '-'), count))
-        if address == spec.boot_hostdev:
-            _sub(hostdev, 'boot', order=1)
+        _hostdev(devices, role, address, roles, boot=address == spec.boot_hostdev)
     # VFIO pins all guest memory: a balloon could not give any back.
     _sub(devices, 'memballoon', model='none')
     return ET.tostring(root, encoding='unicode')
+
+
+def _hostdev(devices, role, address, roles, boot=False):
+    """Append one VFIO <hostdev> for ``address``; ``roles`` counts the aliases per role."""
+    domain, bus, slot, function = bdf_parts(address)
+    hostdev = _sub(devices, 'hostdev', mode='subsystem', type='pci', managed='no')
+    _sub(hostdev, 'driver', name='vfio')
+    _sub(_sub(hostdev, 'source'), 'address', domain='0x%04x' % domain, bus='0x%02x' % bus,
+         slot='0x%02x' % slot, function='0x%x' % function)
+    count = roles.get(role, 0)
+    roles[role] = count + 1
+    _sub(hostdev, 'alias', name='ua-%s%d' % (role.replace('_', '-'), count))
+    if boot:
+        _sub(hostdev, 'boot', order=1)
+    return hostdev
+
+
+def restore_hostdevs(xml_text, hostdevs):
+    """(xml, added): ``xml_text`` with a <hostdev> for each of ``hostdevs`` it lacks.
+
+    ``hostdevs`` is :func:`slot_hostdevs`' list. Everything else in the definition is kept
+    as it is (libvirt's own additions included); the aliases of the added devices are
+    numbered after the ones of their role already present, and a restored NVMe boots a domain
+    that has no disk image and no other boot device, as in :func:`build_xml` (libvirt's
+    default ``<os><boot dev='hd'/>`` is dropped then: the two cannot be combined). ``added`` lists the addresses
+    given back, in order; when it is empty the XML is returned unchanged.
+    """
+    root = ET.fromstring(xml_text)
+    devices = root.find('devices')
+    if devices is None:
+        devices = _sub(root, 'devices')
+    have, roles = set(), {}
+    for element in devices.findall('hostdev'):
+        if element.get('type') == 'pci':
+            have.add(_hostdev_address(element))
+        alias = element.find('alias')
+        match = ALIAS_RE.match(alias.get('name', '')) if alias is not None else None
+        if match:
+            role = match.group(1).replace('-', '_')
+            roles[role] = max(roles.get(role, 0), int(match.group(2)) + 1)
+    # The NVMe boots a slot without a disk image (as build_xml makes it), if no device does.
+    # libvirt gives a domain without per-device boot an <os><boot dev='hd'/>, which cannot
+    # be combined with one: that default goes when the NVMe gets its boot order back.
+    boots = devices.find('disk[@device="disk"]') is None and devices.find('.//boot') is None
+    added = []
+    for role, address in hostdevs:
+        if address in have:
+            continue
+        nvme_boots = boots and role == 'nvme'
+        _hostdev(devices, role, address, roles, boot=nvme_boots)
+        if nvme_boots:
+            os_el = root.find('os')
+            for default in (os_el.findall('boot') if os_el is not None else []):
+                os_el.remove(default)
+        added.append(address)
+    if not added:
+        return xml_text, []
+    return ET.tostring(root, encoding='unicode'), added
 
 
 def _int(text, base=10):

@@ -8,8 +8,15 @@ dnsmasq host entry, telemetry token, boot disk, seed, vfio-pci binding records) 
 compares it with the leases. Anything of a slot that has no lease is an orphan; a device
 on vfio-pci that no lease lists and no domain holds goes back to its host driver; a leased,
 running slot whose domain is gone or holds other devices is a mismatch for an operator.
-Whatever cannot be read makes the node *blind*: the caller then removes nothing, because
-cleaning what it cannot see is how a GPU in use gets handed out twice.
+A leased slot whose domain lacks some of the slot's hostdevs (a host reboot that brought it
+back without them) is *hostdev drift*, which reconcile repairs (``slot_vm state=repaired``)
+unless another domain holds the device.
+Whatever cannot be read makes the node *blind*: a missing tool (ovs-vsctl), libvirt down,
+a state directory or the host's PCI devices in sysfs that cannot be listed. The caller then
+removes nothing, because cleaning what it cannot see is how a GPU in use gets handed out twice.
+
+:func:`report_lines` turns what reconcile found and did into one line per finding, grouped
+by slot, each saying what was found, what was done and what the operator must do.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,15 +27,19 @@ import json
 import os
 import re
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._domain import domain_facts, tap_name
+from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
+    DomainError, domain_facts, slot_hostdevs, tap_name)
 from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
     LayoutError, MAX_SLOTS, cookie_slot_index, parse_slot_id, slot_id as make_slot_id)
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, read_lease
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciBus, PciError, Sysfs
 
 DOMAIN_PREFIX = 'gpuaas-'
 TAP_RE = re.compile(r'^gs[0-9]{1,3}-[0-9a-f]{8}$')
 COOKIE_RE = re.compile(r'cookie=(0x[0-9a-f]+)')
 INCOMPLETE_PHASES = ('reserved', 'provisioning', 'releasing', 'wiping', 'quarantined')
+TOOLS = {'ovs-vsctl': 'Open vSwitch, Debian package openvswitch-switch',
+         'ovs-ofctl': 'Open vSwitch, Debian package openvswitch-switch'}
 
 
 def _slot_of(name, suffix=''):
@@ -45,15 +56,23 @@ def _slot_of(name, suffix=''):
 
 class NodeState(object):
     def __init__(self, run_command, node_id, lease_dir, hosts_dir, token_dir, disk_dir, seed_dir,
-                 vfio_state_dir, bridge, libvirt_domains):
-        """``libvirt_domains`` is a callable returning [(name, active, xml)] or raising."""
+                 vfio_state_dir, bridge, libvirt_domains, sysfs_root=None, bin_path=None):
+        """``libvirt_domains`` is a callable returning [(name, active, xml)] or raising.
+
+        ``bin_path(name)`` finds a tool (AnsibleModule.get_bin_path), None when it is not
+        installed; ``sysfs_root``, when given, is where the host's PCI devices must be readable.
+        """
         self.run_command = run_command
         self.node_id = node_id
         self.dirs = dict(lease=lease_dir, dhcp_host=hosts_dir, token=token_dir, disk=disk_dir,
                          seed=seed_dir, vfio=vfio_state_dir)
         self.bridge = bridge
         self.libvirt_domains = libvirt_domains
+        self.sysfs_root = sysfs_root
+        self.bin_path = bin_path
         self.blind = []
+        self.foreign_domains = {}
+        self._tools = {}
 
     def _list(self, kind):
         path = self.dirs[kind]
@@ -65,12 +84,16 @@ class NodeState(object):
             self.blind.append('cannot list %s (%s): %s' % (path, kind, exc.strerror))
             return []
 
+    def _own(self, slot):
+        """Whether ``slot`` is one of this node's (a lab host can carry several nodes' slots)."""
+        return parse_slot_id(slot)[0] == self.node_id
+
     def _slots_in(self, kind, suffixes):
         found = set()
         for name in self._list(kind):
             for suffix in suffixes:
                 slot = _slot_of(name, suffix)
-                if slot:
+                if slot and self._own(slot):
                     found.add(slot)
         return found
 
@@ -78,7 +101,7 @@ class NodeState(object):
         leases, damaged = {}, []
         for name in self._list('lease'):
             slot = _slot_of(name, '.json')
-            if not slot:
+            if not slot or not self._own(slot):
                 continue
             path = os.path.join(self.dirs['lease'], name)
             try:
@@ -104,12 +127,32 @@ class NodeState(object):
             if not slot:
                 continue
             facts = domain_facts(xml)
-            domains[slot] = {'name': name, 'active': bool(active),
-                             'hostdevs': [item.split(' ')[0] for item in facts.get('hostdevs', [])]}
+            entry = {'name': name, 'active': bool(active),
+                     'hostdevs': [item.split(' ')[0] for item in facts.get('hostdevs', [])]}
+            if self._own(slot):
+                domains[slot] = entry
+            else:
+                # Another node's slot on the same libvirt: never this node's orphan, but
+                # what it holds is held.
+                self.foreign_domains[slot] = entry
         return domains
 
+    def _tool(self, name):
+        """The path of ``name``, or None (and the node is blind) when it is not installed."""
+        if self.bin_path is None:
+            return name
+        if name not in self._tools:
+            self._tools[name] = self.bin_path(name)
+            if self._tools[name] is None:
+                self.blind.append('%s is not installed (%s): the slot ports and flows on %s cannot '
+                                  'be read' % (name, TOOLS.get(name, 'a host tool'), self.bridge))
+        return self._tools[name]
+
     def _ovs(self, args):
-        rc, out, err = self.run_command(args)
+        tool = self._tool(args[0])
+        if tool is None:
+            return None
+        rc, out, err = self.run_command([tool] + list(args[1:]))
         if rc != 0:
             self.blind.append('%s failed: %s' % (' '.join(args[:2]), (err or out).strip()))
             return None
@@ -157,9 +200,35 @@ class NodeState(object):
                 self.blind.append('cannot read the vfio record %s: %s' % (path, exc))
         return records
 
+    def pci_devices(self):
+        """The host's PCI addresses in sysfs, or None (and the node is blind) when unreadable."""
+        if not self.sysfs_root:
+            return None
+        try:
+            return set(PciBus(Sysfs(self.sysfs_root)).addresses())
+        except PciError as exc:
+            self.blind.append('cannot read the host\'s PCI devices: %s' % exc)
+            return None
+
+    @staticmethod
+    def wanted_hostdevs(data, records):
+        """[(role, address)] a passthrough lease's domain must hold (DomainError if unusable).
+
+        The companions are the lease's (allocate records them); a lease written before they
+        were recorded has them in the GPU's vfio_bind record (its group's other functions).
+        """
+        gpu = data.get('gpu_address')
+        if 'companions' in data:
+            companions = data.get('companions') or []
+        else:
+            companions = [f for f in records.get(gpu, []) if f != gpu]
+        return slot_hostdevs(gpu, companions, data.get('nvme_address'),
+                             data.get('fabric_vf_pci_address'))
+
     def report(self):
         leases, damaged = self.leases()
         domains = self.domains()
+        self.pci_devices()
         artefacts = {
             'domain': set(domains),
             'dhcp_host': self._slots_in('dhcp_host', ('',)),
@@ -182,7 +251,7 @@ class NodeState(object):
         for lease in leases.values():
             leased_devices.update((lease.get('data') or {}).get('devices') or [])
         in_domains = set()
-        for domain in domains.values():
+        for domain in list(domains.values()) + list(self.foreign_domains.values()):
             in_domains.update(domain['hostdevs'])
         records = self.vfio_records()
         devices_to_return, kept_for_domain = [], []
@@ -193,7 +262,11 @@ class NodeState(object):
                 kept_for_domain.append(address)   # never free what a domain holds
             else:
                 devices_to_return.append(address)
-        mismatches, incomplete = [], []
+        holder_of = {}
+        for other in list(domains.values()) + list(self.foreign_domains.values()):
+            for address in other['hostdevs']:
+                holder_of.setdefault(address, other['name'])
+        mismatches, incomplete, drift = [], [], []
         for slot, lease in sorted(leases.items()):
             data = lease.get('data') or {}
             phase = lease.get('phase')
@@ -212,16 +285,139 @@ class NodeState(object):
                 mismatches.append({'slot_id': slot, 'problem': 'domain %s is defined but not running'
                                    % domain['name']})
             if data.get('passthrough'):
-                want = set(data.get('devices') or [])
-                have = set(domain['hostdevs'])
-                if not want <= have:
+                entry = self._drift(slot, lease, domain, records, holder_of)
+                if entry:
+                    drift.append(entry)
                     mismatches.append({'slot_id': slot, 'problem': 'domain %s lacks the hostdevs %s '
-                                       'its lease lists' % (domain['name'], ', '.join(sorted(want - have)))})
+                                       'its lease lists' % (domain['name'], ', '.join(entry['missing']))})
         return dict(
             leases=leases, damaged_leases=damaged, domains=domains,
+            other_nodes_domains=sorted(d['name'] for d in self.foreign_domains.values()),
             orphans=orphans, orphan_slots=sorted(orphans),
             unknown_ports=sorted(port for port, slot in ports.items() if not slot),
             devices_to_return=devices_to_return, devices_kept_for_domains=kept_for_domain,
-            mismatches=mismatches, incomplete=incomplete, blind=self.blind,
+            mismatches=mismatches, incomplete=incomplete, hostdev_drift=drift, blind=self.blind,
             clean=not (orphans or devices_to_return or mismatches or damaged or self.blind
                        or any(not slot for slot in ports.values())))
+
+    def _drift(self, slot, lease, domain, records, holder_of):
+        """The slot's hostdev drift (what its domain lacks, and whether reconcile may repair it)."""
+        data = lease.get('data') or {}
+        entry = {'slot_id': slot, 'allocation_id': lease.get('allocation_id'), 'domain': domain['name'],
+                 'active': domain['active'], 'gpu_address': data.get('gpu_address'), 'companions': [],
+                 'nvme_address': data.get('nvme_address'),
+                 'fabric_vf_pci_address': data.get('fabric_vf_pci_address'), 'repairable': False}
+        try:
+            wanted = self.wanted_hostdevs(data, records)
+        except DomainError as exc:
+            wanted = [('device', address) for address in data.get('devices') or []]
+            entry['blocked'] = 'the lease does not say which devices the domain holds: %s' % exc
+        missing = [address for _role, address in wanted if address not in domain['hostdevs']]
+        # A lease written before its GPU and companions were recorded still lists its devices.
+        missing += [a for a in sorted(data.get('devices') or []) if a not in domain['hostdevs']
+                    and a not in missing]
+        if not missing:
+            return None
+        entry['missing'] = missing
+        entry['companions'] = [address for role, address in wanted if role == 'companion']
+        held = dict((address, holder_of[address]) for address in missing
+                    if holder_of.get(address) not in (None, domain['name']))
+        if held:
+            entry['blocked'] = 'another domain holds %s' % ', '.join(
+                '%s (%s)' % (address, name) for address, name in sorted(held.items()))
+        elif 'blocked' not in entry and not all(a in [w for _r, w in wanted] for a in missing):
+            entry['blocked'] = 'the lease lists %s, which is not one of the slot\'s gpu, companions, ' \
+                'nvme or fabric VF' % ', '.join(a for a in missing if a not in [w for _r, w in wanted])
+        entry['repairable'] = 'blocked' not in entry
+        return entry
+
+
+def _join(items):
+    return ', '.join(str(item) for item in items) or 'none'
+
+
+def report_lines(state, repairs=None, check_mode=False):
+    """What reconcile found and did on one node, for a person: one line per finding.
+
+    ``state`` is node_state's result; ``repairs`` maps a slot id to the result of its
+    ``slot_vm state=repaired`` task (``restored``, or ``failed``/``msg``). Lines about a
+    slot start with the slot id, lines about the node with ``node``; each says what was
+    found, what was done (or, in check mode, would be) and what the operator must do.
+    """
+    repairs = repairs or {}
+    blind = state.get('blind') or []
+    done = 'would be ' if check_mode else ''
+    lines = []
+    for what in blind:
+        lines.append('node: cannot see: %s. Reconcile removed and repaired NOTHING; operator: fix '
+                     'this and run reconcile again' % what)
+    by_slot = {}
+
+    def add(slot, text):
+        by_slot.setdefault(slot, []).append(text)
+
+    for slot, kinds in sorted((state.get('orphans') or {}).items()):
+        if blind:
+            add(slot, 'has no lease but holds %s: left alone (the node cannot be seen whole)' % _join(kinds))
+        else:
+            add(slot, 'has no lease but held %s: %sremoved' % (_join(kinds), done))
+    for damaged in state.get('damaged_leases') or []:
+        add(damaged['slot_id'], 'lease %s cannot be read (%s): the slot counts as held; operator: look '
+            'at the file, then free it (gpuaas.slice.slot_lease state=absent force=true)'
+            % (damaged['path'], damaged['problem']))
+    drift = dict((entry['slot_id'], entry) for entry in state.get('hostdev_drift') or [])
+    for slot, entry in sorted(drift.items()):
+        found = 'domain %s (%s) lacks the hostdevs %s of allocation %s' % (
+            entry['domain'], 'running' if entry['active'] else 'shut off', _join(entry['missing']),
+            entry['allocation_id'])
+        result = repairs.get(slot)
+        if blind:
+            add(slot, '%s: not repaired (the node cannot be seen whole)' % found)
+        elif not entry.get('repairable'):
+            add(slot, '%s: not repaired, %s; operator: release the allocation, or free the device and '
+                'run reconcile again' % (found, entry.get('blocked')))
+        elif result is None or result.get('skipped'):
+            add(slot, '%s: not repaired (reconcile did not try); operator: run reconcile again' % found)
+        elif result.get('failed') or 'restored' not in result:
+            add(slot, '%s: the repair failed: %s; operator: run allocate again with allocation %s, or '
+                'release it' % (found, result.get('msg', 'see the job log'), entry['allocation_id']))
+        elif entry['active']:
+            add(slot, '%s: its definition %s them again; the guest runs WITHOUT them until it is '
+                'restarted; operator: restart the VM when its tenant allows (shut it down, then run '
+                'allocate again with allocation %s)' % (found, 'would get' if check_mode else 'has',
+                                                        entry['allocation_id']))
+        else:
+            add(slot, '%s: %sredefined with them; operator: run allocate again with allocation %s, which '
+                'binds the devices to vfio-pci and starts it' % (found, done, entry['allocation_id']))
+    for mismatch in state.get('mismatches') or []:
+        if mismatch['slot_id'] in drift and 'lacks the hostdevs' in mismatch['problem']:
+            continue
+        lease = (state.get('leases') or {}).get(mismatch['slot_id']) or {}
+        add(mismatch['slot_id'], '%s: left as it is; operator: run allocate again with allocation %s, '
+            'or release it' % (mismatch['problem'], lease.get('allocation_id')))
+    for item in state.get('incomplete') or []:
+        if item['phase'] == 'quarantined':
+            add(item['slot_id'], 'is quarantined since %s (allocation %s): %s; it is never allocated; '
+                'operator: deal with that, then run release with gpuaas_clear_quarantine=true'
+                % (item.get('since'), item.get('allocation_id'), item.get('reason') or 'no reason recorded'))
+        else:
+            add(item['slot_id'], 'allocation %s stopped in phase %s (since %s): left as it is; operator '
+                'or control plane: run %s again with that allocation id, or release it'
+                % (item.get('allocation_id'), item['phase'], item.get('since'),
+                   'release' if item['phase'] in ('releasing', 'wiping') else 'allocate'))
+    for slot in sorted(by_slot):
+        lines.extend('%s: %s' % (slot, text) for text in by_slot[slot])
+    for address in state.get('devices_to_return') or []:
+        lines.append('node: device %s was on vfio-pci with no lease and no domain holding it: %s'
+                     % (address, 'left alone (the node cannot be seen whole)' if blind else
+                        '%sgiven back to its host driver' % done))
+    for address in state.get('devices_kept_for_domains') or []:
+        lines.append('node: device %s is on vfio-pci with no lease, but a domain holds it: kept; operator: '
+                     'find out whose VM that is (virsh dumpxml) before releasing anything' % address)
+    for port in state.get('unknown_ports') or []:
+        lines.append('node: tap port %s belongs to no slot of this node: reported, not removed; operator: '
+                     'remove it by hand if nothing uses it' % port)
+    if not lines:
+        lines.append('node: agrees with its leases (%d leased slot(s)): nothing to do'
+                     % len(state.get('leases') or {}))
+    return lines

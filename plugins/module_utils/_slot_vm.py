@@ -9,6 +9,12 @@ the host's sysfs, what would otherwise fail inside QEMU or, worse, succeed wrong
 every passed-through function bound to vfio-pci, and no function of their IOMMU groups
 left behind on a host driver (a GPU's audio function, for one). After a start it waits
 for the guest's DHCP lease in dnsmasq's lease file.
+
+``state=repaired`` is reconcile's repair of a domain that lost its ``<hostdev>`` elements
+(a host reboot, a hand edit): the definition is kept and only the slot's missing hostdevs
+are put back. It never creates, starts, stops or destroys a domain, and a running guest
+keeps running as it is (a GPU is not hot-plugged under a tenant): the new definition takes
+effect at its next start.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,6 +32,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     domain_facts,
     domain_name,
     hostdev_report,
+    restore_hostdevs,
     slot_hostdevs,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_slot_id, ensure_dir
@@ -33,7 +40,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_i
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
 
-STATES = ('present', 'running', 'stopped', 'absent')
+STATES = ('present', 'running', 'stopped', 'absent', 'repaired')
 VFIO_DRIVER = 'vfio-pci'
 LEASE_POLL_S = 0.1
 STOP_POLL_S = 0.2
@@ -340,8 +347,51 @@ class SlotVm:
                 self._timed('release_lease_s', self.release_lease)
         return domain, started_at, forced
 
+    def repair(self):
+        """state=repaired: give the existing domain back the hostdevs it lacks."""
+        p = self.params
+        hostdevs = self.wanted_hostdevs()
+        if not hostdevs:
+            raise SlotVmError('state=repaired needs the slot\'s devices (gpu_address, companions, '
+                              'nvme_address, fabric_vf_pci_address) to put back')
+        result = {'name': self.name, 'mac': self.mac, 'console_log': self.console_log(),
+                  'hostdevs': [{'role': role, 'address': address} for role, address in hostdevs]}
+        with self.connection(p['uri']) as conn:
+            domain = conn.lookup(self.name)
+            if domain is None:
+                raise SlotVmError('slot %s has no domain %s to repair: its definition is gone; run '
+                                  'allocate again with the allocation id, or release the slot'
+                                  % (self.slot_id, self.name))
+            have_xml = conn.inactive_xml(domain)
+            active = conn.is_active(domain)
+            want_xml, added = restore_hostdevs(have_xml, hostdevs)
+            actions = ['redefine with hostdevs %s' % ', '.join(added)] if added else []
+            after_xml = want_xml
+            if actions and not self.module.check_mode:
+                domain = self._timed('define_s', conn.define, want_xml)
+                after_xml = conn.inactive_xml(domain)
+                missing = [a for _role, a in hostdevs
+                           if a not in [h.split(' ')[0] for h in domain_facts(after_xml)['hostdevs']]]
+                if missing:
+                    raise SlotVmError('libvirt dropped the hostdevs %s of %s again when it was '
+                                      'redefined' % (', '.join(missing), self.name))
+            result['uuid'] = conn.call('reading the UUID of %s' % self.name, domain.UUIDString)
+        if added and active:
+            self.warnings.append('%s runs without %s: its definition has them again, the running '
+                                 'guest gets them at its next start' % (self.name, ', '.join(added)))
+        result.update(changed=bool(actions), actions=actions, restored=added, differences=[],
+                      domain_state='running' if active else 'shut off', forced_off=False,
+                      xml=after_xml, timings=self.timings)
+        if self.module._diff:
+            result['diff'] = {'before': have_xml, 'after': after_xml,
+                              'before_header': '%s (inactive XML)' % self.name,
+                              'after_header': '%s (inactive XML)' % self.name}
+        return result
+
     def run(self):
         p = self.params
+        if p['state'] == 'repaired':
+            return self.repair()
         check_mode = self.module.check_mode
         result = {'name': self.name, 'mac': self.mac, 'console_log': self.console_log()}
         spec = None

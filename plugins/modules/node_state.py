@@ -17,10 +17,15 @@ description:
     its tap port on the slot bridge, its OpenFlow rules (by cookie), its dnsmasq host entry, its
     telemetry token, its boot disk, its cloud-init seed and the vfio-pci binding records, and
     compares them with the slot leases in O(lease_dir).
+  - Only the slots of O(node_id) are judged; another node's slots on the same host are left alone.
   - Read-only; the C(gpuaas.slice.slot_reconcile) role acts on what it reports.
-  - Anything that cannot be read (libvirt down, the bridge missing, a directory that cannot be
-    listed) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
+  - Anything that cannot be read (libvirt down, the bridge missing, C(ovs-vsctl) or C(ovs-ofctl) not
+    installed, a directory that cannot be listed, the host's PCI devices under O(sysfs_root) not
+    readable) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
     cannot see is how a GPU in use is handed out twice.
+  - A leased, running passthrough slot whose domain lacks some of the slot's hostdevs (its GPU, the
+    GPU's companion functions, its NVMe, its fabric VF) is listed in RV(hostdev_drift), with whether
+    the C(gpuaas.slice.slot_reconcile) role may repair it (not when another domain holds the device).
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
@@ -70,6 +75,10 @@ options:
     description: The vfio_bind records.
     type: path
     default: /var/lib/gpuaas/vfio
+  sysfs_root:
+    description: Where sysfs is mounted; the host's PCI devices must be readable there.
+    type: path
+    default: /sys
 requirements:
   - libvirt-python
   - Open vSwitch's ovs-vsctl and ovs-ofctl (unless O(bridge) is empty)
@@ -100,6 +109,14 @@ domains:
   description: The slot domains, by slot id, with C(active) and C(hostdevs).
   returned: always
   type: dict
+other_nodes_domains:
+  description:
+    - Slot domains of other nodes on the same libvirt (a lab host can carry several nodes). They are
+      never this node's orphans; the devices they hold count as held.
+  returned: always
+  type: list
+  elements: str
+  sample: [gpuaas-sample-hgx-s0]
 orphans:
   description: "Slots that hold something but have no lease: slot id -> kinds (domain, port, flows, dhcp_host, token, disk, seed)."
   returned: always
@@ -130,6 +147,18 @@ mismatches:
   returned: always
   type: list
   elements: dict
+hostdev_drift:
+  description:
+    - Leased running passthrough slots whose domain lacks some of the slot's hostdevs, each with
+      C(slot_id), C(allocation_id), C(domain), C(active), C(missing) (addresses), the slot's
+      C(gpu_address), C(companions), C(nvme_address) and C(fabric_vf_pci_address), C(repairable), and
+      C(blocked) (why not) when it is not.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{slot_id: gpu-node-01-s0, allocation_id: alloc-7f3a, domain: gpuaas-gpu-node-01-s0, active: false,
+            missing: ["0000:1b:00.0", "0000:1b:00.1"], gpu_address: "0000:1b:00.0", companions: ["0000:1b:00.1"],
+            nvme_address: null, fabric_vf_pci_address: null, repairable: true}]
 incomplete:
   description: Leases not in phase running (an allocate or release that has not finished, or a quarantine).
   returned: always
@@ -171,6 +200,7 @@ def main():
             disk_dir=dict(type='path', default='/var/lib/gpuaas/disks'),
             seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
             vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
+            sysfs_root=dict(type='path', default='/sys'),
         ),
         supports_check_mode=True,
     )
@@ -182,7 +212,7 @@ def main():
         module.fail_json(msg=str(exc))
     state = NodeState(module.run_command, p['node_id'], p['lease_dir'], p['hosts_dir'], p['token_dir'],
                       p['disk_dir'], p['seed_dir'], p['vfio_state_dir'], p['bridge'],
-                      libvirt_domains(p['uri']))
+                      libvirt_domains(p['uri']), sysfs_root=p['sysfs_root'], bin_path=module.get_bin_path)
     module.exit_json(changed=False, **state.report())
 
 

@@ -63,8 +63,13 @@ options:
       - V(stopped) defines it and shuts it down (ACPI power button; powered off after O(stop_timeout)).
       - V(absent) powers it off, undefines it and releases its DHCP lease (O(release_lease)). The
         disk and seed are left to M(gpuaas.slice.slot_image) and M(gpuaas.slice.slot_seed).
+      - V(repaired) is reconcile's repair of a domain that lost its C(<hostdev>) entries, after a host
+        reboot for one. It keeps the existing definition and puts back the hostdevs of
+        O(gpu_address), O(companions), O(nvme_address) and O(fabric_vf_pci_address) that it lacks. It
+        never creates, starts, stops or destroys a domain; a running guest keeps running as it is and
+        gets the devices at its next start (a warning says so). A slot without a domain is an error.
     type: str
-    choices: [present, running, stopped, absent]
+    choices: [present, running, stopped, absent, repaired]
     default: running
   domain_type:
     description:
@@ -77,11 +82,12 @@ options:
     type: str
     default: q35
   memory_mb:
-    description: The VM's memory in MiB. Required unless O(state=absent).
+    description: The VM's memory in MiB. Required with O(state=present), V(running) and V(stopped).
     type: int
   cpulist:
     description:
-      - The slot's host CPUs as a kernel CPU list (V(8-15,120-127)). Required unless O(state=absent).
+      - The slot's host CPUs as a kernel CPU list (V(8-15,120-127)). Required with O(state=present), V(running)
+        and V(stopped).
       - vCPU I(n) is pinned to the I(n)-th CPU of the list; the emulator threads may run on any of them.
     type: str
   vcpus:
@@ -254,6 +260,15 @@ EXAMPLES = r'''
   gpuaas.slice.slot_vm:
     slot_id: gpu-node-01-s0
     state: absent
+
+- name: Give a domain that came back from a reboot without its hostdevs its devices again (reconcile)
+  gpuaas.slice.slot_vm:
+    slot_id: gpu-node-01-s0
+    state: repaired
+    gpu_address: "0000:1b:00.0"
+    companions: ["0000:1b:00.1"]
+    nvme_address: "0000:1c:00.0"
+    fabric_vf_pci_address: "0000:3b:00.1"
 '''
 
 RETURN = r'''
@@ -289,6 +304,12 @@ differences:
   type: list
   elements: str
   sample: ["memory_kib: 1048576 -> 2097152"]
+restored:
+  description: With O(state=repaired), the addresses whose hostdevs were put back (empty when none were missing).
+  returned: when O(state=repaired)
+  type: list
+  elements: str
+  sample: ["0000:1b:00.0", "0000:1b:00.1"]
 domain_state:
   description: V(running), V(shut off) or V(absent) after the run (predicted in check mode).
   returned: always

@@ -283,3 +283,33 @@ def test_uuid_is_kept():
 def test_format_cpulist():
     assert _domain.format_cpulist([5, 0, 1, 2, 8, 9]) == '0-2,5,8-9'
     assert _domain.format_cpulist([3]) == '3'
+
+
+def _hostdev_lines(xml):
+    return [h.split(' ')[0] for h in _domain.domain_facts(xml)['hostdevs']]
+
+
+def test_restore_hostdevs_puts_back_only_what_is_missing_and_keeps_the_rest():
+    spec = _domain.DomainSpec(slot_id='gpu-node-01-s0', memory_mib=1024, cpulist='0-1', disk='/var/lib/gpuaas/disks/s0.raw',
+                              hostdevs=[('gpu', '0000:1b:00.0')])
+    have = _domain.build_xml(spec, uuid='6f1c3e4a-0000-4000-8000-000000000001')
+    wanted = _domain.slot_hostdevs('0000:1b:00.0', ['0000:1b:00.1'], '0001:1c:00.0')
+    xml, added = _domain.restore_hostdevs(have, wanted)
+    assert added == ['0000:1b:00.1', '0001:1c:00.0']
+    assert _hostdev_lines(xml) == ['0000:1b:00.0', '0000:1b:00.1', '0001:1c:00.0']
+    assert 'ua-companion0' in xml and 'ua-nvme0' in xml and xml.count('ua-gpu0') == 1
+    assert '<boot order="1" />' in xml and xml.count('<boot ') == 1          # the disk boots, not the NVMe
+    before = dict(_domain.domain_facts(have), hostdevs=None)
+    assert dict(_domain.domain_facts(xml), hostdevs=None) == before
+    assert _domain.restore_hostdevs(xml, wanted) == (xml, [])
+
+
+def test_a_restored_nvme_boots_a_diskless_slot_instead_of_libvirts_default():
+    spec = _domain.DomainSpec(slot_id='gpu-node-01-s0', memory_mib=1024, cpulist='0-1')
+    # libvirt's normalised copy of a domain without per-device boot has <os><boot dev='hd'/>.
+    have = _domain.build_xml(spec).replace("</type>", "</type><boot dev='hd' />")
+    xml, added = _domain.restore_hostdevs(have, _domain.slot_hostdevs('0000:1b:00.0', [], '0000:1c:00.0'))
+    assert added == ['0000:1b:00.0', '0000:1c:00.0']
+    assert "dev='hd'" not in xml and 'dev="hd"' not in xml
+    nvme = [h for h in xml.split('<hostdev ') if '0x1c' in h][0]
+    assert '<boot order="1" />' in nvme

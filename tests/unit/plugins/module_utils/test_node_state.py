@@ -142,3 +142,49 @@ def test_what_cannot_be_read_is_reported_as_blind(node, blind):
     report = node.report()
     assert report['blind'] and not report['clean']
     assert ('libvirt' if blind == 'libvirt' else 'database connection failed') in report['blind'][0]
+
+
+def test_another_nodes_slots_on_the_same_host_are_never_this_nodes_orphans(node):
+    """A lab host runs several nodes' slots on one libvirt: reconcile of one removed the other's VM."""
+    node.domains.append(('gpuaas-sample-hgx-s0', 1, domain('sample-hgx-s0', ['0000:1a:00.0'])))
+    (node.dirs['disk'] / 'sample-hgx-s0.raw').write_text('')              # (its own bridge: no flows here)
+    (node.dirs['seed'] / 'sample-hgx-s0-seed.iso').write_text('')
+    node.vfio('0000:1a:00.0', ['0000:1a:00.0'])
+    (node.dirs['lease'] / 'sample-hgx-s1.json').write_text('{not json')   # not this node's either
+    report = node.report()
+    assert report['orphans'] == {} and report['domains'] == {} and report['damaged_leases'] == []
+    assert report['other_nodes_domains'] == ['gpuaas-sample-hgx-s0']
+    assert report['devices_to_return'] == [] and report['devices_kept_for_domains'] == ['0000:1a:00.0']
+
+
+def test_hostdev_drift_is_reported_with_what_a_repair_needs(node):
+    slot = 'gpu-node-01-s0'
+    (node.dirs['lease'] / ('%s.json' % slot)).write_text(json.dumps(dict(
+        slot_id=slot, allocation_id='a0', phase='running', updated_at='t', data=dict(
+            passthrough=True, devices=['0000:18:00.0', '0000:19:00.0'], gpu_address='0000:18:00.0',
+            nvme_address='0000:19:00.0', fabric_vf_pci_address=None))))
+    node.vfio('0000:18:00.0', ['0000:18:00.0', '0000:18:00.1'])   # a lease without companions: the record has them
+    node.domains.append(('gpuaas-%s' % slot, 0, domain(slot, ['0000:19:00.0'])))
+    (drift,) = node.report()['hostdev_drift']
+    assert drift['missing'] == ['0000:18:00.0', '0000:18:00.1'] and drift['repairable']
+    assert drift['companions'] == ['0000:18:00.1'] and drift['nvme_address'] == '0000:19:00.0'
+    assert drift['active'] is False and drift['allocation_id'] == 'a0'
+
+
+def test_the_report_is_one_line_per_finding_grouped_by_slot(node):
+    from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import report_lines
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])                  # running, no domain
+    node.lease('gpu-node-01-s2', phase='quarantined')
+    node.slot_files('gpu-node-01-s1')                                       # orphan
+    node.vfio('0000:19:00.0', ['0000:19:00.0'])                             # to return
+    lines = report_lines(node.report())
+    assert lines == [
+        'gpu-node-01-s0: the lease says running but there is no domain gpuaas-gpu-node-01-s0: left as it is; '
+        'operator: run allocate again with allocation a-gpu-node-01-s0, or release it',
+        'gpu-node-01-s1: has no lease but held dhcp_host, disk, flows, port, seed, token: removed',
+        'gpu-node-01-s2: is quarantined since t (allocation a-gpu-node-01-s2): no reason recorded; it is never '
+        'allocated; operator: deal with that, then run release with gpuaas_clear_quarantine=true',
+        'node: device 0000:19:00.0 was on vfio-pci with no lease and no domain holding it: given back to its '
+        'host driver',
+    ]
+    assert report_lines(node.report(), check_mode=True)[1].endswith(': would be removed')
