@@ -5,6 +5,7 @@
 
     python lab/kernel/kernel_lab.py build            # kernel + initramfs, cached
     python lab/kernel/kernel_lab.py run [-- CMD...]  # boot, run CMD in the guest, power off
+    python lab/kernel/kernel_lab.py run --systemd [-- CMD...]  # the same under systemd as PID 1
 
 The guest runs Debian's own kernel with an emulated Intel IOMMU (intel-iommu, interrupt
 remapping, caching mode), two NUMA nodes (a pxb-pcie expander bridge on each), and on
@@ -19,6 +20,10 @@ guest runs the same virtualenv and checkout; /tmp, /run, /var/lib and /root are 
 the guest. CMD (default: the kernel-lab test suite) runs as root in a chroot of that
 tree against the guest's /sys, /proc and /dev. Its output and exit status come back
 through a second, writable 9p share.
+
+With --systemd the guest boots into Debian's systemd instead (see run_systemd): its root is
+an overlay of the host's tree with a tmpfs upper layer, and CMD (default: the test of
+host_prep's systemd units) runs as the one service of the lab's target.
 
 Everything built is cached under .build/kernel-lab/ and never committed.
 """
@@ -352,11 +357,23 @@ def systemd_setup(modules):
         # No emptying of /tmp at boot (tmp.conf's D /tmp): the checkout may live there.
         'mkdir -p /etc/tmpfiles.d',
         'ln -sf /dev/null /etc/tmpfiles.d/tmp.conf',
+        # postgresql-common's generator (a shell script, seconds under TCG at every boot
+        # and daemon-reload) makes units for a database the lab never starts.
+        'mkdir -p /etc/systemd/system-generators',
+        'ln -sf /dev/null /etc/systemd/system-generators/postgresql-generator',
         'cp /mnt/systemd/%s /mnt/systemd/%s /etc/systemd/system/' % (SYSTEMD_TARGET, SYSTEMD_SERVICE),
         'mkdir -p /lib/modules',
         'mount --bind %s /lib/modules' % quote(modules),
     ]
     return ''.join(line + '\n' for line in lines)
+
+
+def systemd_qemu_argv(vmlinuz, initrd, results):
+    """The lab's machine (qemu_argv), its kernel command line naming the lab's target."""
+    argv = qemu_argv(vmlinuz, initrd, results)
+    append = argv.index('-append') + 1
+    argv[append] += ' systemd.unit=%s systemd.firstboot=off systemd.show_status=error' % SYSTEMD_TARGET
+    return argv
 
 
 def run_systemd(command, timeout=900, keep=None):
@@ -385,9 +402,7 @@ def run_systemd(command, timeout=900, keep=None):
     rc_file = os.path.join(results, 'rc')
     if os.path.exists(rc_file):
         os.unlink(rc_file)
-    argv = qemu_argv(vmlinuz, initrd, results)
-    append = argv.index('-append') + 1
-    argv[append] += ' systemd.unit=%s systemd.firstboot=off systemd.show_status=error' % SYSTEMD_TARGET
+    argv = systemd_qemu_argv(vmlinuz, initrd, results)
     log('booting the lab guest into systemd (TCG); results in %s' % results)
     start = time.time()
     try:
