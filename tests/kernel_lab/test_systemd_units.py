@@ -147,8 +147,8 @@ def module(name, args):
     try:
         return json.loads(proc.stdout)
     except ValueError:
-        raise AssertionError('%s printed no JSON (exit %d): %s %s' % (name, proc.returncode, proc.stdout,
-                                                                     proc.stderr))
+        raise AssertionError('%s printed no JSON (exit %d): %s %s'
+                             % (name, proc.returncode, proc.stdout, proc.stderr)) from None
 
 
 def enable(*units):
