@@ -415,7 +415,10 @@ def run_systemd(command, timeout=900, keep=None):
         log('the command left no exit status: the guest failed before running it')
         return 1
     with open(rc_file) as handle:
-        return int(handle.read().strip() or 1)
+        rc = int(handle.read().strip() or 1)
+    if keep is None and rc == 0:
+        shutil.rmtree(results)      # as run() does: its drive images and logs
+    return rc
 
 
 def main(argv=None):
