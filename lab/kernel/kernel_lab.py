@@ -5,6 +5,7 @@
 
     python lab/kernel/kernel_lab.py build            # kernel + initramfs, cached
     python lab/kernel/kernel_lab.py run [-- CMD...]  # boot, run CMD in the guest, power off
+    python lab/kernel/kernel_lab.py run --systemd [-- CMD...]  # the same under systemd as PID 1
 
 The guest runs Debian's own kernel with an emulated Intel IOMMU (intel-iommu, interrupt
 remapping, caching mode), two NUMA nodes (a pxb-pcie expander bridge on each), and on
@@ -19,6 +20,10 @@ guest runs the same virtualenv and checkout; /tmp, /run, /var/lib and /root are 
 the guest. CMD (default: the kernel-lab test suite) runs as root in a chroot of that
 tree against the guest's /sys, /proc and /dev. Its output and exit status come back
 through a second, writable 9p share.
+
+With --systemd the guest boots into Debian's systemd instead (see run_systemd): its root is
+an overlay of the host's tree with a tmpfs upper layer, and CMD (default: the test of
+host_prep's systemd units) runs as the one service of the lab's target.
 
 Everything built is cached under .build/kernel-lab/ and never committed.
 """
@@ -225,6 +230,197 @@ def run(command, timeout=900, keep=None):
     return rc
 
 
+
+# The systemd boot (run --systemd): the same machine, booted into Debian's systemd as PID 1
+# on an overlay of the host's tree, to run host_prep's units for real (the host's own PID 1
+# is no systemd). Its own initramfs (init_systemd) adds the overlay module; the guest
+# kernel's modules, with a modules.dep, are kept under the cache and bound over
+# /lib/modules, so that modprobe (Open vSwitch, nftables) works in the guest.
+SYSTEMD_MODULES = MODULES + ['overlay']
+SYSTEMD_APPLETS = BUSYBOX_APPLETS + ['umount', 'switch_root']
+SYSTEMD_TARGET = 'gpuaas-lab.target'
+SYSTEMD_SERVICE = 'gpuaas-lab.service'
+SYSTEMD_COMMAND = ['.venv/bin/python', '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
+                   'tests/kernel_lab/test_systemd_units.py']
+# The host's own state of what host_prep manages: the guest starts from an empty node, not
+# from a copy of whatever this (shared) machine holds now. Removed in the overlay only.
+SYSTEMD_FRESH = ['/etc/openvswitch/conf.db', '/var/lib/openvswitch/*',
+                 '/etc/gpuaas', '/var/lib/gpuaas', '/var/log/gpuaas', '/usr/local/lib/gpuaas',
+                 '/etc/libvirt/qemu/*.xml', '/var/lib/libvirt/qemu/*', '/var/cache/libvirt/qemu',
+                 '/etc/systemd/system/gpuaas-*', '/etc/modules-load.d/gpuaas-vfio.conf',
+                 '/etc/udev/rules.d/70-gpuaas-sriov.rules']
+
+
+def build_modules():
+    """The guest kernel's /lib/modules (with modules.dep), extracted once; return its path."""
+    kernel_deb = download(kernel_package(KERNEL_META), os.path.join(CACHE, 'debs'))
+    root = os.path.join(CACHE, 'modules-' + os.path.basename(kernel_deb)[:-len('.deb')])
+    modules = os.path.join(root, 'lib', 'modules')
+    if os.path.isdir(modules):
+        return modules
+    start = time.time()
+    work = tempfile.mkdtemp(dir=CACHE)
+    try:
+        _run(['dpkg-deb', '-x', kernel_deb, os.path.join(work, 'kernel')])
+        version = os.listdir(os.path.join(work, 'kernel', 'lib', 'modules'))[0]
+        _run(['depmod', '-b', os.path.join(work, 'kernel'), version])
+        shutil.rmtree(os.path.join(work, 'kernel', 'boot'), ignore_errors=True)
+        shutil.rmtree(os.path.join(work, 'kernel', 'usr'), ignore_errors=True)
+        os.rename(os.path.join(work, 'kernel'), root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log('extracted the guest kernel\'s modules in %.1f s: %s' % (time.time() - start, modules))
+    return modules
+
+
+def build_systemd():
+    """Build (or reuse) the systemd boot's vmlinuz, initramfs and modules; return their paths."""
+    vmlinuz, _initrd = build()
+    modules = build_modules()
+    busybox_deb = download(BUSYBOX, os.path.join(CACHE, 'debs'))
+    with open(os.path.join(HERE, 'init_systemd'), 'rb') as handle:
+        init = handle.read()
+    key = hashlib.sha256(('systemd|%s|%s|%s|%s' % (vmlinuz, os.path.basename(busybox_deb),
+                                                   ','.join(SYSTEMD_MODULES),
+                                                   ','.join(SYSTEMD_APPLETS))).encode())
+    key.update(init)
+    with open(os.path.join(REPO, 'tests', 'guest', 'debian.py'), 'rb') as handle:
+        key.update(handle.read())
+    out = os.path.join(CACHE, 'systemd-' + key.hexdigest()[:16])
+    initrd = os.path.join(out, 'initrd.img')
+    if os.path.exists(initrd):
+        return vmlinuz, initrd, modules
+    start = time.time()
+    work = tempfile.mkdtemp(dir=CACHE)
+    try:
+        _run(['dpkg-deb', '-x', busybox_deb, os.path.join(work, 'busybox')])
+        modules_dir = os.path.join(modules, os.listdir(modules)[0])
+        cpio = Cpio()
+        for name in ('bin', 'sbin', 'proc', 'sys', 'dev', 'lib', 'lib/modules'):
+            cpio.directory(name)
+        add_busybox(cpio, os.path.join(work, 'busybox'), SYSTEMD_APPLETS)
+        add_modules(cpio, modules_dir, module_order(modules_dir, SYSTEMD_MODULES))
+        cpio.file('init', init, 0o755)
+        staging = os.path.join(work, 'out')
+        os.makedirs(staging)
+        write_initrd(os.path.join(staging, 'initrd.img'), cpio, level=1)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log('built the systemd boot\'s initramfs in %.1f s: %s' % (time.time() - start, out))
+    return vmlinuz, initrd, modules
+
+
+def systemd_units(timeout):
+    """The lab's target and service: run /mnt/run.sh once, then power the guest off."""
+    target = '\n'.join([
+        '[Unit]',
+        'Description=gpuaas kernel lab: the lab command under systemd, nothing else',
+        # What a host's boot reaches before its services (sockets, timers, paths), and the
+        # lab's command; nothing of multi-user.target.
+        'Wants=basic.target',
+        'Requires=%s' % SYSTEMD_SERVICE,
+        'After=%s' % SYSTEMD_SERVICE,
+        'AllowIsolate=yes',
+        # A boot that never gets to the command must not hang the suite.
+        'JobTimeoutSec=%d' % timeout,
+        'JobTimeoutAction=poweroff-force',
+        '']) + '\n'
+    service = '\n'.join([
+        '[Unit]',
+        'Description=gpuaas kernel lab: run the lab command, then power off',
+        'SuccessAction=poweroff-force',
+        'FailureAction=poweroff-force',
+        '',
+        '[Service]',
+        'Type=oneshot',
+        'ExecStart=/bin/sh /mnt/run.sh',
+        'StandardOutput=journal+console',
+        'StandardError=journal+console',
+        'TimeoutStartSec=infinity',
+        '']) + '\n'
+    return {SYSTEMD_TARGET: target, SYSTEMD_SERVICE: service}
+
+
+def systemd_setup(modules):
+    """The script init_systemd runs in a chroot of the guest's overlay root before systemd."""
+    quote = shlex.quote
+    lines = [
+        'set -e',
+        # Nothing the host enabled starts in the lab: only the target's own dependencies
+        # (and what they pull from /lib/systemd/system) start.
+        'rm -rf /etc/systemd/system/*.target.wants',
+        'rm -rf %s' % ' '.join(SYSTEMD_FRESH),
+        # The host's tree is a container's: systemd would take the guest for one (and then
+        # ignore the kernel command line, systemd.unit= with it).
+        'rm -f /.dockerenv /run/.containerenv',
+        # No emptying of /tmp at boot (tmp.conf's D /tmp): the checkout may live there.
+        'mkdir -p /etc/tmpfiles.d',
+        'ln -sf /dev/null /etc/tmpfiles.d/tmp.conf',
+        # postgresql-common's generator (a shell script, seconds under TCG at every boot
+        # and daemon-reload) makes units for a database the lab never starts.
+        'mkdir -p /etc/systemd/system-generators',
+        'ln -sf /dev/null /etc/systemd/system-generators/postgresql-generator',
+        'cp /mnt/systemd/%s /mnt/systemd/%s /etc/systemd/system/' % (SYSTEMD_TARGET, SYSTEMD_SERVICE),
+        'mkdir -p /lib/modules',
+        'mount --bind %s /lib/modules' % quote(modules),
+    ]
+    return ''.join(line + '\n' for line in lines)
+
+
+def systemd_qemu_argv(vmlinuz, initrd, results):
+    """The lab's machine (qemu_argv), its kernel command line naming the lab's target."""
+    argv = qemu_argv(vmlinuz, initrd, results)
+    append = argv.index('-append') + 1
+    argv[append] += ' systemd.unit=%s systemd.firstboot=off systemd.show_status=error' % SYSTEMD_TARGET
+    return argv
+
+
+def run_systemd(command, timeout=900, keep=None):
+    """Boot the lab into systemd, run ``command`` there as a service; return its rc."""
+    vmlinuz, initrd, modules = build_systemd()
+    results = keep or tempfile.mkdtemp(prefix='kernel-lab-systemd-')
+    os.makedirs(os.path.join(results, 'systemd'), exist_ok=True)
+    for node in (0, 1):
+        with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
+            handle.truncate(64 << 20)
+    for name, text in systemd_units(timeout).items():
+        with open(os.path.join(results, 'systemd', name), 'w') as handle:
+            handle.write(text)
+    with open(os.path.join(results, 'systemd-setup.sh'), 'w') as handle:
+        handle.write(systemd_setup(modules))
+    with open(os.path.join(results, 'run.sh'), 'w') as handle:
+        handle.write('mkdir -p /run/lab/home /run/lab/tmp\n')
+        handle.write('cd %s || exit 1\n' % shlex.quote(REPO))
+        handle.write('export HOME=/run/lab/home TMPDIR=/run/lab/tmp GPUAAS_KERNEL_LAB=1 '
+                     'GPUAAS_KERNEL_LAB_MODE=systemd PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8\n')
+        handle.write('{ %s; echo $? > /mnt/rc; } 2>&1 | tee /mnt/output.log\n'
+                     % ' '.join(shlex.quote(a) for a in command))
+        # What systemd did, for when a unit misbehaves.
+        handle.write('journalctl -b --no-pager -o short-monotonic > /mnt/journal.log 2>&1\n')
+        handle.write('sync\n')
+    rc_file = os.path.join(results, 'rc')
+    if os.path.exists(rc_file):
+        os.unlink(rc_file)
+    argv = systemd_qemu_argv(vmlinuz, initrd, results)
+    log('booting the lab guest into systemd (TCG); results in %s' % results)
+    start = time.time()
+    try:
+        subprocess.run(argv, timeout=timeout + 60, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        log('the guest did not finish within %d s' % (timeout + 60))
+        return 124
+    log('guest ran for %.1f s' % (time.time() - start))
+    if not os.path.exists(rc_file):
+        log('the command left no exit status: the guest failed before running it')
+        return 1
+    with open(rc_file) as handle:
+        rc = int(handle.read().strip() or 1)
+    if keep is None and rc == 0:
+        shutil.rmtree(results)      # as run() does: its drive images and logs
+    return rc
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='action', required=True)
@@ -232,11 +428,15 @@ def main(argv=None):
     run_parser = sub.add_parser('run', help='boot the lab and run a command inside')
     run_parser.add_argument('--timeout', type=int, default=900)
     run_parser.add_argument('--results', help='directory to keep results in')
+    run_parser.add_argument('--systemd', action='store_true',
+                            help='boot into systemd as PID 1 (default command: %s)' % SYSTEMD_COMMAND[-1])
     run_parser.add_argument('command', nargs='*', help='argv to run in the checkout')
     args = parser.parse_args(argv)
     if args.action == 'build':
         print('\n'.join(build()))
         return 0
+    if args.systemd:
+        return run_systemd(args.command or SYSTEMD_COMMAND, timeout=args.timeout, keep=args.results)
     return run(args.command or DEFAULT_COMMAND, timeout=args.timeout, keep=args.results)
 
 
