@@ -186,11 +186,7 @@ def libvirt_lines():
 def run(command, timeout=900, keep=None):
     """Boot the lab, run ``command`` (argv, relative to the checkout) inside; return its rc."""
     vmlinuz, initrd = build()
-    results = keep or tempfile.mkdtemp(prefix='kernel-lab-')
-    os.makedirs(results, exist_ok=True)
-    for node in (0, 1):
-        with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
-            handle.truncate(64 << 20)
+    results = _results(keep, 'kernel-lab-')
     script = os.path.join(results, 'run.sh')
     # The host's tree is read-only in the guest: writable tmpfs where programs write, but
     # never over the directory holding the checkout (a CI clone may live under /tmp).
@@ -208,11 +204,28 @@ def run(command, timeout=900, keep=None):
                      % ' '.join(shlex.quote(a) for a in command))
         handle.write('for pid in /run/libvirtd.pid /run/virtlogd.pid; do '
                      '[ -f $pid ] && kill "$(cat $pid)"; done 2>/dev/null\n')
+    return _boot(qemu_argv(vmlinuz, initrd, results), results, timeout, keep, 'the lab guest')
+
+
+def _results(keep, prefix):
+    """The results share of one boot (``keep``, or a new temporary directory) with the
+    slots' blank 64 MiB NVMe drive images in it."""
+    results = keep or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(results, exist_ok=True)
+    for node in (0, 1):
+        with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
+            handle.truncate(64 << 20)
+    return results
+
+
+def _boot(argv, results, timeout, keep, what):
+    """Run the guest until it powers off; return the exit status its command left in
+    ``results`` (124: it ran past ``timeout``; 1: it left none). A passing run's temporary
+    results directory goes (its drive images, which the wipe tests fill, and the logs)."""
     rc_file = os.path.join(results, 'rc')
     if os.path.exists(rc_file):
         os.unlink(rc_file)
-    argv = qemu_argv(vmlinuz, initrd, results)
-    log('booting the lab guest (TCG); results in %s' % results)
+    log('booting %s (TCG); results in %s' % (what, results))
     start = time.time()
     try:
         subprocess.run(argv, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
@@ -226,7 +239,7 @@ def run(command, timeout=900, keep=None):
     with open(rc_file) as handle:
         rc = int(handle.read().strip() or 1)
     if keep is None and rc == 0:
-        shutil.rmtree(results)      # its drive images (the wipe tests fill one) and the log
+        shutil.rmtree(results)
     return rc
 
 
@@ -379,11 +392,8 @@ def systemd_qemu_argv(vmlinuz, initrd, results):
 def run_systemd(command, timeout=900, keep=None):
     """Boot the lab into systemd, run ``command`` there as a service; return its rc."""
     vmlinuz, initrd, modules = build_systemd()
-    results = keep or tempfile.mkdtemp(prefix='kernel-lab-systemd-')
+    results = _results(keep, 'kernel-lab-systemd-')
     os.makedirs(os.path.join(results, 'systemd'), exist_ok=True)
-    for node in (0, 1):
-        with open(os.path.join(results, 'nvme%d.img' % node), 'wb') as handle:
-            handle.truncate(64 << 20)
     for name, text in systemd_units(timeout).items():
         with open(os.path.join(results, 'systemd', name), 'w') as handle:
             handle.write(text)
@@ -399,26 +409,8 @@ def run_systemd(command, timeout=900, keep=None):
         # What systemd did, for when a unit misbehaves.
         handle.write('journalctl -b --no-pager -o short-monotonic > /mnt/journal.log 2>&1\n')
         handle.write('sync\n')
-    rc_file = os.path.join(results, 'rc')
-    if os.path.exists(rc_file):
-        os.unlink(rc_file)
-    argv = systemd_qemu_argv(vmlinuz, initrd, results)
-    log('booting the lab guest into systemd (TCG); results in %s' % results)
-    start = time.time()
-    try:
-        subprocess.run(argv, timeout=timeout + 60, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        log('the guest did not finish within %d s' % (timeout + 60))
-        return 124
-    log('guest ran for %.1f s' % (time.time() - start))
-    if not os.path.exists(rc_file):
-        log('the command left no exit status: the guest failed before running it')
-        return 1
-    with open(rc_file) as handle:
-        rc = int(handle.read().strip() or 1)
-    if keep is None and rc == 0:
-        shutil.rmtree(results)      # as run() does: its drive images and logs
-    return rc
+    return _boot(systemd_qemu_argv(vmlinuz, initrd, results), results, timeout + 60, keep,
+                 'the lab guest into systemd')
 
 
 def main(argv=None):
