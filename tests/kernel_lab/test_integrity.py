@@ -36,7 +36,7 @@ from .conftest import SLOTS
 PCI = '/sys/bus/pci/devices'
 GPU, NVME, _PF, _NODE = SLOTS[0]
 SLOT = 'lab-s0'
-PLAYBOOK_TIMEOUT_S = 600      # ansible-playbook under TCG: a few seconds a task
+PLAYBOOK_TIMEOUT_S = 900      # ansible-playbook under TCG: 6 to 9 minutes on a shared 2-core host
 
 # ovs-vsctl of a switch that has neither the slot's bridge nor its port (exit statuses as
 # ovs-vsctl's: br-exists 2 for "no such bridge", port-to-br 1 for "no port named").
@@ -200,10 +200,10 @@ def test_nvidia_853_a_gpu_the_kernel_cannot_reset_is_quarantined_on_a_real_kerne
 
 @pytest.mark.skipif(os.environ.get('GPUAAS_KERNEL_LAB_PLAYBOOKS') != '1',
                     reason='the release playbook takes minutes under TCG: '
-                    'kernel_lab.py run -- env GPUAAS_KERNEL_LAB_PLAYBOOKS=1 .venv/bin/python -m pytest ...')
+                    'kernel_lab.py run --timeout 1200 -- env GPUAAS_KERNEL_LAB_PLAYBOOKS=1 .venv/bin/python -m pytest ...')
 def test_nvidia_853_the_release_playbook_quarantines_a_gpu_the_kernel_cannot_reset(
         node, unresettable_gpu, dev_shm, capsys):
-    """The whole release playbook, as AWX runs it, on the real kernel (about 6 minutes under TCG)."""
+    """The whole release playbook, as AWX runs it, on the real kernel (6 to 9 minutes under TCG)."""
     allocated_slot(node, capsys)
     rc, out, _stats = node.run('release.yml', timeout=PLAYBOOK_TIMEOUT_S, gpuaas_slot_id=SLOT,
                                gpuaas_allocation_id='alloc-1')
