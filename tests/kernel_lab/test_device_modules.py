@@ -23,29 +23,9 @@ from ansible_collections.gpuaas.slice.plugins.modules import (
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import vf_address
 from tests.unit.module_runner import run_module
 
-from .conftest import SHARED_GPU, SHARED_NIC, SLOTS
+from .conftest import PCI, SHARED_GPU, SHARED_NIC, SLOTS, binding, group_of, namespace_of
 
-PCI = '/sys/bus/pci/devices'
 GPU, NVME, PF, _NODE = SLOTS[0]
-
-
-def binding(address):
-    link = '%s/%s/driver' % (PCI, address)
-    with open('%s/%s/driver_override' % (PCI, address)) as handle:
-        override = handle.read().strip()
-    return (os.path.basename(os.readlink(link)) if os.path.islink(link) else None, override)
-
-
-def group_of(address):
-    return os.path.basename(os.readlink('%s/%s/iommu_group' % (PCI, address)))
-
-
-def namespace_of(address):
-    prefix = os.path.realpath('%s/%s' % (PCI, address)) + '/'
-    names = [n for n in sorted(os.listdir('/sys/class/block'))
-             if os.path.realpath('/sys/class/block/' + n).startswith(prefix)
-             and not os.path.exists('/sys/class/block/%s/partition' % n)]
-    return names[0]
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -31,9 +30,8 @@ from ansible_collections.gpuaas.slice.plugins.modules import pci_reset, slot_lea
 from tests.integrity.playbooks import Node, fake_tool
 from tests.unit.module_runner import run_module
 
-from .conftest import SLOTS
+from .conftest import PCI, SLOTS, binding, namespace_of, read, write
 
-PCI = '/sys/bus/pci/devices'
 GPU, NVME, _PF, _NODE = SLOTS[0]
 SLOT = 'lab-s0'
 PLAYBOOK_TIMEOUT_S = 900      # ansible-playbook under TCG: 6 to 9 minutes on a shared 2-core host
@@ -49,36 +47,6 @@ if sys.argv[1:2] == ['port-to-br']:
 sys.stderr.write('ovs-vsctl stand-in: unexpected call %r\\n' % (sys.argv[1:],))
 sys.exit(1)
 '''
-
-
-def read(path):
-    with open(path) as handle:
-        return handle.read().strip()
-
-
-def write(path, value):
-    with open(path, 'w') as handle:
-        handle.write(value)
-
-
-def binding(address):
-    link = '%s/%s/driver' % (PCI, address)
-    return (os.path.basename(os.readlink(link)) if os.path.islink(link) else None,
-            read('%s/%s/driver_override' % (PCI, address)))
-
-
-def namespace_of(address, wait_s=60):
-    """The controller's namespace; the nvme driver scans it a moment after it binds."""
-    prefix = os.path.realpath('%s/%s' % (PCI, address)) + '/'
-    deadline = time.monotonic() + wait_s
-    while True:
-        names = [n for n in sorted(os.listdir('/sys/class/block'))
-                 if os.path.realpath('/sys/class/block/' + n).startswith(prefix)
-                 and not os.path.exists('/sys/class/block/%s/partition' % n)]
-        if names or time.monotonic() > deadline:
-            assert names, 'no namespace of %s appeared within %d s' % (address, wait_s)
-            return names[0]
-        time.sleep(0.2)
 
 
 def kernel_reset(address):

@@ -16,19 +16,7 @@ import time
 
 import pytest
 
-from .conftest import SHARED_GPU, SHARED_NIC, SLOTS
-
-PCI = '/sys/bus/pci/devices'
-
-
-def read(path):
-    with open(path) as handle:
-        return handle.read().strip()
-
-
-def write(path, value):
-    with open(path, 'w') as handle:
-        handle.write(value)
+from .conftest import PCI, SHARED_GPU, SHARED_NIC, SLOTS, read, write
 
 
 def test_the_iommu_is_on_and_each_slot_device_has_a_group_of_its_own():

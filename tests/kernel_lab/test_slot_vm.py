@@ -23,33 +23,16 @@ import pytest
 from ansible_collections.gpuaas.slice.plugins.modules import slot_vm, vfio_bind
 from tests.unit.module_runner import run_module
 
-from .conftest import SHARED_GPU, SHARED_NIC, SLOTS
+from .conftest import PCI, SHARED_GPU, SHARED_NIC, SLOTS, binding, group_of, write
 
 libvirt = pytest.importorskip('libvirt')
 
-PCI = '/sys/bus/pci/devices'
 URI = 'qemu:///system'
 GPU, _NVME, _PF, NODE = SLOTS[0]
 BRIDGE = 'labbr0'
 SLOT = 'lab-s0'
 NAME = 'gpuaas-' + SLOT
 LIBVIRT_WAIT_S = 300
-
-
-def binding(address):
-    link = '%s/%s/driver' % (PCI, address)
-    with open('%s/%s/driver_override' % (PCI, address)) as handle:
-        override = handle.read().strip()
-    return (os.path.basename(os.readlink(link)) if os.path.islink(link) else None, override)
-
-
-def group_of(address):
-    return os.path.basename(os.readlink('%s/%s/iommu_group' % (PCI, address)))
-
-
-def write(path, value):
-    with open(path, 'w') as handle:
-        handle.write(value)
 
 
 def libvirtd_log():
