@@ -43,6 +43,21 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'lab', 'kernel'))
 import kernel_lab  # noqa: E402
 
 
+def time_boots(boot, runs, what):
+    """Seconds of ``runs`` boots of ``boot`` (kernel_lab.run or run_systemd) to ``true`` and
+    power-off; None (and why) when one fails."""
+    seconds = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as results:
+            start = time.perf_counter()
+            rc = boot(['true'], timeout=600, keep=results)
+            seconds.append(time.perf_counter() - start)
+            if rc != 0:
+                print('kernel-lab: %s failed (exit %d)' % (what, rc))
+                return None
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--runs', type=int, default=3)
@@ -61,25 +76,13 @@ def main():
     start = time.perf_counter()
     kernel_lab.build()
     warm = time.perf_counter() - start
-    boots = []
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as results:
-            start = time.perf_counter()
-            rc = kernel_lab.run(['true'], timeout=600, keep=results)
-            boots.append(time.perf_counter() - start)
-            if rc != 0:
-                print('kernel-lab: the guest failed (exit %d)' % rc)
-                return 1
-    systemd_boots = []
+    boots = time_boots(kernel_lab.run, args.runs, 'the guest')
+    if boots is None:
+        return 1
     kernel_lab.build_systemd()                      # the modules tree, once
-    for _ in range(args.systemd_runs):
-        with tempfile.TemporaryDirectory() as results:
-            start = time.perf_counter()
-            rc = kernel_lab.run_systemd(['true'], timeout=600, keep=results)
-            systemd_boots.append(time.perf_counter() - start)
-            if rc != 0:
-                print('kernel-lab: the systemd boot failed (exit %d)' % rc)
-                return 1
+    systemd_boots = time_boots(kernel_lab.run_systemd, args.systemd_runs, 'the systemd boot')
+    if systemd_boots is None:
+        return 1
     print('kernel-lab: image build %.1f s cold, %.1f s cached' % (cold, warm))
     print('kernel-lab: boot to a command and power-off: median %.1f s, min %.1f s, max %.1f s '
           'over %d runs (TCG)' % (statistics.median(boots), min(boots), max(boots), len(boots)))
