@@ -82,13 +82,10 @@ class ControlPlane:
             'Authorization': 'Bearer %s' % token, 'Content-Type': 'application/json'})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read().decode()
-                status = response.status
+                raw, status, kind = response.read().decode(), response.status, response.headers.get_content_type()
         except urllib.error.HTTPError as error:
-            raw, status = error.read().decode(), error.code
-        if path.endswith('/events') or '/events?' in path:
-            return status, raw
-        return status, json.loads(raw) if raw else None
+            raw, status, kind = error.read().decode(), error.code, error.headers.get_content_type()
+        return status, json.loads(raw) if kind == 'application/json' else raw
 
     def wait_healthy(self, timeout=60):
         deadline = time.monotonic() + timeout
