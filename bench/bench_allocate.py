@@ -28,8 +28,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'lab'))
 import tests.conftest  # noqa: E402,F401  (puts the collection on sys.path)
 import lab  # noqa: E402
-from ansible_collections.gpuaas.slice.plugins.module_utils._domain import tap_name  # noqa: E402
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_cookie, slot_ip, slot_mac  # noqa: E402
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot  # noqa: E402
 
 SLOT = 'sample-hgx-s0'
 
@@ -73,9 +72,9 @@ def main():
         raise SystemExit('host_prep failed: %s' % prep['failures'])
     work = os.path.join(REPO, '.build', 'bench')
     os.makedirs(work, exist_ok=True)
-    index = int(SLOT.rsplit('-s', 1)[1])
-    env = {'SLOT': SLOT, 'MAC': slot_mac(lab.NODE, index), 'IP': slot_ip(index), 'TAP': tap_name(SLOT),
-           'OFPORT': str(100 + index), 'COOKIE': '%#x' % slot_cookie(index), 'IMAGE': image, 'CHECKSUM': checksum,
+    slot = Slot.parse(SLOT)
+    env = {'SLOT': SLOT, 'MAC': slot.mac, 'IP': slot.ip, 'TAP': slot.tap,
+           'OFPORT': str(slot.ofport), 'COOKIE': '%#x' % slot.cookie, 'IMAGE': image, 'CHECKSUM': checksum,
            'KERNEL': guest['kernel'], 'INITRD': guest['initrd'], 'CMDLINE': guest['cmdline'], 'PUBKEY': pubkey}
     figures = {'playbook allocate': [], 'playbook release': [], 'script allocate': [], 'script release': []}
     for run in range(args.runs):

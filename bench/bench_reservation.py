@@ -79,12 +79,12 @@ def populate(url, slots, workdir):
 
 def _renamed(discovery, node_id):
     import copy
-    from gpuaas_control.collection import layout
+    from gpuaas_control.collection import contract
     result = copy.deepcopy(discovery)
     result['node_id'] = node_id
     for slot in result['slots']:
-        slot['slot_id'] = layout.slot_id(node_id, slot['slot_index'])
-        slot['mac'] = layout.slot_mac(node_id, slot['slot_index'])
+        identity = contract.Slot(node_id, slot['slot_index'])
+        slot['slot_id'], slot['mac'] = identity.slot_id, identity.mac
     return result
 
 

@@ -38,7 +38,7 @@ import tests.conftest  # noqa: E402,F401  (puts the collection on sys.path)
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from tests.functional.vm import env  # noqa: E402
 from tests.guest import build_image  # noqa: E402
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac  # noqa: E402
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot  # noqa: E402
 from ansible_collections.gpuaas.slice.plugins.modules import slot_image, slot_seed, slot_vm  # noqa: E402
 
 NODE, INDEX = 'bench', 5
@@ -73,7 +73,7 @@ def prepare(workdir, network, guest, uri):
     seed = call(slot_seed, dict(slot_id=SLOT, allocation_id='bench-alloc', hostname='bench-vm',
                                 telemetry_token=TOKEN, telemetry_sink=network.sink.url,
                                 seed_dir=os.path.join(workdir, 'seeds')))
-    network.add_host(slot_mac(NODE, INDEX), network.ip(INDEX))
+    network.add_host(Slot(NODE, INDEX).mac, network.ip(INDEX))
     return dict(uri=uri, slot_id=SLOT, state='running', memory_mb=192, cpulist='0-1', vcpus=1,
                 numatune=False, passthrough=False, bridge=network.bridge, bridge_type='linux',
                 console_log_dir=os.path.join(workdir, 'console'), disk=image['target'], seed=seed['path'],

@@ -64,9 +64,14 @@ sys.exit(os.path.realpath(gpuaas_control.__file__).startswith(os.path.realpath(s
   "$venv/bin/python" -m pip install -q --no-deps -e "$here/controlplane"
 fi
 
-# The checkout is the collection gpuaas.slice: expose it where Ansible looks for collections.
+# The checkout is the collection gpuaas.slice: expose it where Ansible looks for collections,
+# and to the venv's Python, so the control plane imports the collection's contract as a package.
 link="$here/.build/collections/ansible_collections/gpuaas/slice"
 if [ ! -L "$link" ]; then
   mkdir -p "$(dirname "$link")"
   ln -sfn "$here" "$link"
+fi
+pth=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpuaas-slice-collection.pth
+if [ "$(cat "$pth" 2>/dev/null)" != "$here/.build/collections" ]; then
+  echo "$here/.build/collections" > "$pth"
 fi

@@ -12,6 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError
+
 WIPE_POLICIES = ('nvme-format', 'blkdiscard', 'zero')
 # Policies that need a block device of the slot's own.
 BLOCK_WIPE_POLICIES = ('nvme-format', 'blkdiscard')
@@ -21,7 +23,7 @@ OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note')
 CAPACITY_KEYS = ('storage_ownership', 'fabric_claim_mode', 'fabric_vf_pci_address')
 
 
-class ApprovalError(ValueError):
+class ApprovalError(ContractError):
     """The approved slot map cannot be accepted; ``problems`` lists every reason."""
 
     def __init__(self, problems):

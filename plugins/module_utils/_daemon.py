@@ -19,11 +19,12 @@ import re
 import signal
 import subprocess
 import time
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z')
 
 
-class DaemonError(Exception):
+class DaemonError(GpuaasError):
     pass
 
 

@@ -39,6 +39,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     Sysfs,
     parse_bdf,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 VFIO_DRIVER = 'vfio-pci'
 # A sysfs write is done when write() returns for almost every attribute; the polls are for
@@ -49,12 +50,8 @@ POLL_INTERVAL = 0.02
 IFNAME_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}$')
 
 
-class DeviceError(Exception):
+class DeviceError(GpuaasError):
     """A device operation that must not or could not be done; ``details`` go into the result."""
-
-    def __init__(self, msg, **details):
-        super(DeviceError, self).__init__(msg)
-        self.details = details
 
 
 def open_sysfs(root):

@@ -12,7 +12,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.gpuaas.slice.plugins.module_utils import _layout as layout
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
@@ -26,6 +25,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     same_device,
     vf_address,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, NODE_ID, Slot
 
 DEFAULT_GPU_VENDORS = ('10de', '1002', '8086')
 DEFAULT_FABRIC_CLASSES = ('%04x' % CLASS_INFINIBAND, '%04x' % CLASS_ETHERNET)
@@ -133,7 +133,7 @@ class Discovery:
     def __init__(self, node_id, sysfs_root='/sys', proc_root='/proc',
                  gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True,
                  fabric_classes=DEFAULT_FABRIC_CLASSES):
-        self.node_id = layout.check_node_id(node_id)
+        self.node_id = NODE_ID.check(node_id, 'node_id')
         self.sysfs = Sysfs(sysfs_root)
         self.gpu_vendors = [normalize_vendor(v) for v in gpu_vendors]
         self.fabric_classes = [normalize_class(c) for c in fabric_classes]
@@ -286,15 +286,14 @@ class Discovery:
                            % (gpu.address, gpu.driver))
 
         try:
-            mac = layout.slot_mac(self.node_id, index)
-            ip = layout.slot_ip(index)
-        except layout.LayoutError as exc:
-            mac = ip = None
+            slot = Slot(self.node_id, index).layout()
+        except ContractError as exc:
+            slot = {'slot_id': None, 'mac': None, 'ip': None}
             reasons.append(str(exc))
 
         return {
             'slot_index': index,
-            'slot_id': '%s-s%d' % (self.node_id, index),
+            'slot_id': slot['slot_id'],
             'gpu_address': gpu.address,
             'companions': companions,
             'numa_node': numa,
@@ -302,8 +301,8 @@ class Discovery:
             'nvme_address': nvme.address if nvme is not None else None,
             'fabric_pf_address': fabric_pf.address if fabric_pf is not None else None,
             'fabric_vf_pci_address': vf,
-            'mac': mac,
-            'ip': ip,
+            'mac': slot['mac'],
+            'ip': slot['ip'],
             'capacity_metadata': {
                 'storage_ownership': 'slice',
                 'fabric_claim_mode': 'per_slot_vf' if fabric_pf is not None else 'none',

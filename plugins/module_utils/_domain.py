@@ -17,22 +17,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
 import re
 import xml.etree.ElementTree as ET
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_slot_id, has_control_chars
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import has_control_chars
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     PciError,
     bdf_key,
     bdf_parts,
     format_bdf,
     parse_bdf,
-    parse_cpulist,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    IFNAME, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist)
 
-NAME_PREFIX = 'gpuaas-'
 METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
 ET.register_namespace('gpuaas', METADATA_NS)
 
@@ -41,67 +39,11 @@ BRIDGE_TYPES = ('openvswitch', 'linux', 'ethernet')
 DISK_FORMATS = ('raw', 'qcow2')
 HOSTDEV_ROLES = ('gpu', 'companion', 'nvme', 'fabric_vf')
 
-CPULIST_RE = re.compile(r'^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$')
-# Linux interface names: at most 15 bytes, no '/', no white space.
-IFNAME_RE = re.compile(r'^[A-Za-z0-9_.:-]{1,15}$')
-MACHINE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
-MAX_CPU = 8191
-ALIAS_RE = re.compile(r'^ua-(gpu|companion|nvme|fabric-vf)([0-9]+)$')
+ALIAS_RE = re.compile(r'ua-(gpu|companion|nvme|fabric-vf)([0-9]+)')
 
 
-class DomainError(ValueError):
+class DomainError(ContractError):
     """A slot domain that cannot be built as asked; the message says which value and why."""
-
-
-def domain_name(slot_id):
-    """'gpuaas-{slot_id}': the libvirt name of a slot's domain (the slot id is validated)."""
-    try:
-        check_slot_id(slot_id)
-    except LayoutError as exc:
-        raise DomainError(str(exc))
-    return NAME_PREFIX + slot_id
-
-
-def tap_name(slot_id):
-    """The slot's tap device: 'gs{index}-' + 8 hex digits of sha256(slot id), <= 15 chars.
-
-    The hash keeps two nodes' slot 0 apart on a lab host that runs both; libvirt's own
-    'vnet'/'macvtap' prefixes are avoided.
-    """
-    try:
-        _node, index = check_slot_id(slot_id)
-    except LayoutError as exc:
-        raise DomainError(str(exc))
-    return 'gs%d-%s' % (index, hashlib.sha256(slot_id.encode('utf-8')).hexdigest()[:8])
-
-
-def format_cpulist(cpus):
-    """[0, 1, 2, 5] -> '0-2,5'."""
-    parts = []
-    cpus = sorted(set(cpus))
-    index = 0
-    while index < len(cpus):
-        end = index
-        while end + 1 < len(cpus) and cpus[end + 1] == cpus[end] + 1:
-            end += 1
-        parts.append(str(cpus[index]) if end == index else '%d-%d' % (cpus[index], cpus[end]))
-        index = end + 1
-    return ','.join(parts)
-
-
-def check_cpulist(text, what='cpulist'):
-    """The CPUs of a kernel cpulist as sorted ints, or DomainError."""
-    if not isinstance(text, str) or not CPULIST_RE.match(text.strip()):
-        raise DomainError("%s %r is not a CPU list such as '0-3,8'" % (what, text))
-    cpus = parse_cpulist(text)
-    for part in text.strip().split(','):
-        if '-' in part:
-            low, high = part.split('-')
-            if int(low) > int(high):
-                raise DomainError('%s %r has a range that runs backwards (%s)' % (what, text, part))
-    if not cpus or cpus[-1] > MAX_CPU:
-        raise DomainError('%s %r names no CPU or a CPU beyond %d' % (what, text, MAX_CPU))
-    return cpus
 
 
 def slot_hostdevs(gpu_address=None, companions=None, nvme_address=None, fabric_vf_address=None):
@@ -160,21 +102,18 @@ class DomainSpec:
                  hostdevs=(), bridge='br-gpuaas', bridge_type='openvswitch', disk=None,
                  disk_format='raw', disk_is_block=False, seed=None, kernel=None, initrd=None,
                  cmdline=None, console_log=None):
-        self.slot_id = slot_id
-        self.name = domain_name(slot_id)
-        node_id, self.slot_index = check_slot_id(slot_id)
-        self.mac = slot_mac(node_id, self.slot_index)
-        self.tap = tap_name(slot_id)
+        slot = Slot.parse(slot_id)
+        self.slot_id = slot.slot_id
+        self.slot_index = slot.index
+        self.name, self.mac, self.tap = slot.domain, slot.mac, slot.tap
         if domain_type not in DOMAIN_TYPES:
             raise DomainError('domain_type must be one of %s, not %r' % (', '.join(DOMAIN_TYPES), domain_type))
         self.domain_type = domain_type
-        if not isinstance(machine, str) or not MACHINE_RE.match(machine):
-            raise DomainError('machine %r is not a QEMU machine type name' % (machine,))
-        self.machine = machine
+        self.machine = MACHINE_TYPE.check(machine, 'machine')
         if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 64:
             raise DomainError('memory_mb must be a whole number of MiB, at least 64, not %r' % (memory_mib,))
         self.memory_kib = memory_mib * 1024
-        self.cpus = check_cpulist(cpulist)
+        self.cpus = parse_cpulist(cpulist)
         if vcpus is None:
             vcpus = len(self.cpus)
         if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1:
@@ -198,9 +137,7 @@ class DomainSpec:
             if role not in HOSTDEV_ROLES:
                 raise DomainError('unknown hostdev role %r' % (role,))
             parse_bdf(address)
-        if not isinstance(bridge, str) or not IFNAME_RE.match(bridge):
-            raise DomainError('bridge %r is not a network interface name' % (bridge,))
-        self.bridge = bridge
+        self.bridge = IFNAME.check(bridge, 'bridge')
         if bridge_type not in BRIDGE_TYPES:
             raise DomainError('bridge_type must be one of %s, not %r' % (', '.join(BRIDGE_TYPES), bridge_type))
         self.bridge_type = bridge_type
@@ -368,7 +305,7 @@ def restore_hostdevs(xml_text, hostdevs):
         if element.get('type') == 'pci':
             have.add(_hostdev_address(element))
         alias = element.find('alias')
-        match = ALIAS_RE.match(alias.get('name', '')) if alias is not None else None
+        match = ALIAS_RE.fullmatch(alias.get('name', '')) if alias is not None else None
         if match:
             role = match.group(1).replace('-', '_')
             roles[role] = max(roles.get(role, 0), int(match.group(2)) + 1)

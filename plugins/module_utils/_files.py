@@ -17,31 +17,11 @@ __metaclass__ = type
 import os
 import tempfile
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, parse_slot_id
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, has_control_chars
 
 
-class PathError(ValueError):
+class PathError(ContractError):
     """A path the collection refuses to use; the message says which and why."""
-
-
-def has_control_chars(text):
-    """True when ``text`` holds a C0/C1 control character or a Unicode line separator."""
-    for char in text:
-        code = ord(char)
-        if code < 0x20 or 0x7f <= code < 0xa0 or char in u'\u2028\u2029':
-            return True
-    return False
-
-
-def check_slot_id(value):
-    """(node_id, index) of a slot id that is safe in names and paths, or LayoutError.
-
-    The layout's pattern ends in '$', which also matches before a final newline; a slot
-    id names files and libvirt domains here, so control characters are refused first.
-    """
-    if not isinstance(value, str) or has_control_chars(value):
-        raise LayoutError('slot id %r contains control characters' % (value,))
-    return parse_slot_id(value)
 
 
 def check_path(path, what, allowed_dirs=None):

@@ -35,31 +35,27 @@ from ansible.module_utils.common.text.formatters import human_to_bytes
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     atomic_write,
     check_path,
-    check_slot_id,
     ensure_dir,
     install,
     remove,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import CHECKSUM, GpuaasError, Slot
 
-CHECKSUM_RE = re.compile(r'^(sha256|sha512):([0-9a-fA-F]+)$')
-CHECKSUM_LENGTHS = {'sha256': 64, 'sha512': 128}
-DEVICE_RE = re.compile(r'^/dev/[A-Za-z0-9_./-]+$')
+DEVICE_RE = re.compile(r'/dev/[A-Za-z0-9_./-]+')
 PROGRESS_RE = re.compile(br'\((\d+(?:\.\d+)?)/100%\)')
 MARKER_VERSION = 1
 FORMATS = ('raw', 'qcow2')
 
 
-class ImageError(Exception):
+class ImageError(GpuaasError):
     """The image cannot be put on the slot's disk; the message says why and what to do."""
 
 
 def parse_checksum(value):
     """('sha256', hex) from 'sha256:<hex>' (or sha512), or ImageError."""
-    match = CHECKSUM_RE.match(value.strip()) if isinstance(value, str) else None
-    if not match or len(match.group(2)) != CHECKSUM_LENGTHS[match.group(1)]:
-        raise ImageError("checksum %r is not 'sha256:<64 hex digits>' (or 'sha512:<128 hex digits>')"
-                         % (value,))
-    return match.group(1), match.group(2).lower()
+    algorithm, _colon, digest = CHECKSUM.check(value.strip() if isinstance(value, str) else value,
+                                               'checksum').partition(':')
+    return algorithm, digest
 
 
 def parse_size(value):
@@ -110,7 +106,7 @@ class Image:
         self.module = module
         self.params = module.params
         self.clock = clock
-        check_slot_id(self.params['slot_id'])
+        Slot.parse(self.params['slot_id'])
         self.warnings = []
 
     # -- where ----------------------------------------------------------------
@@ -121,15 +117,15 @@ class Image:
         slot_id = p['slot_id']
         if p['target_device']:
             device = check_path(p['target_device'], 'target_device')
-            if not DEVICE_RE.match(device):
+            if not DEVICE_RE.fullmatch(device):
                 raise ImageError('target_device %r is not a device under /dev' % (p['target_device'],))
             if p['format'] != 'raw':
                 raise ImageError('a block device target holds a raw image: set format=raw '
                                  '(qcow2 on a device gains nothing the device does not have)')
             state_dir = check_path(p['state_dir'], 'state_dir')
-            return device, 'device', os.path.join(state_dir, '%s.image.json' % slot_id)
+            return device, 'device', Slot.parse(slot_id).file(state_dir, '.image.json')
         image_dir = check_path(p['image_dir'], 'image_dir')
-        target = os.path.join(image_dir, '%s.%s' % (slot_id, p['format']))
+        target = Slot.parse(slot_id).file(image_dir, '.' + p['format'])
         return target, 'file', target + '.gpuaas.json'
 
     def source(self):

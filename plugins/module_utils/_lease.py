@@ -19,15 +19,11 @@ import errno
 import fcntl
 import json
 import os
-import re
 import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    atomic_write, check_path, check_slot_id, ensure_dir, has_control_chars, remove)
-
-# Allocation ids come from the control plane (or an operator); they end up in file
-# content, libvirt metadata and cloud-init's instance-id.
-ALLOCATION_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z')
+    atomic_write, check_path, ensure_dir, has_control_chars, remove)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot
 
 # The phases of a lease, in the order an allocation goes through them.
 ALLOCATE_PHASES = ('reserved', 'provisioning', 'running')
@@ -37,20 +33,12 @@ MAX_DATA_BYTES = 64 * 1024
 LOCK_TIMEOUT = 30
 
 
-class LeaseError(ValueError):
+class LeaseError(GpuaasError, ValueError):
     """A lease request the module refuses; the message says why and what to do."""
 
 
-def check_allocation_id(value):
-    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
-        raise LeaseError("allocation_id %r is not valid: 1-128 letters, digits, '.', '_', ':' and "
-                         "'-', starting with a letter or digit" % (value,))
-    return value
-
-
 def lease_path(lease_dir, slot_id):
-    check_slot_id(slot_id)
-    return os.path.join(check_path(lease_dir, 'lease_dir'), '%s.json' % slot_id)
+    return Slot.parse(slot_id).file(check_path(lease_dir, 'lease_dir'), '.json')
 
 
 class LeaseLock(object):
@@ -178,7 +166,7 @@ def converge(module, lease_dir, slot_id, allocation_id, state='present', phase='
         if allocation_id is None and not (state == 'absent' and force):
             raise LeaseError('allocation_id is required to take, change or free a lease')
         if allocation_id is not None:
-            check_allocation_id(allocation_id)
+            ALLOCATION_ID.check(allocation_id, 'allocation_id')
         if phase not in PHASES:
             raise LeaseError('phase must be one of %s, not %r' % (', '.join(PHASES), phase))
         if reason is not None and (has_control_chars(reason.replace('\n', ' ')) or len(reason) > 4096):

@@ -17,6 +17,7 @@ __metaclass__ = type
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 try:
     import libvirt
@@ -32,7 +33,7 @@ DEFAULT_URI = 'qemu:///system'
 LIBVIRT_ARGS = dict(uri=dict(type='str', default=DEFAULT_URI))
 
 
-class LibvirtError(Exception):
+class LibvirtError(GpuaasError):
     """A libvirt call failed; the message says which call, on what, and libvirt's reason."""
 
 

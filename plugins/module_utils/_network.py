@@ -10,7 +10,7 @@ does so because a flow says it may:
 * host flows (cookie ``HOST_COOKIE``): default drop; DHCP replies broadcast by dnsmasq go
   to the group ``DHCP_GROUP``, whose buckets are the slot ports (one bucket per slot,
   added and removed by that slot alone, so slots never rewrite each other's state);
-* slot flows (cookie ``slot_cookie(index)``): from the slot's port only its own MAC with
+* slot flows (cookie ``Slot.cookie``): from the slot's port only its own MAC with
   its own IP (ARP included), and only to the gateway's services (DHCP, ICMP, the
   telemetry sink) or past the slot network (NAT); towards the slot's port only what the
   gateway sends to its MAC or asks about its IP.
@@ -46,15 +46,10 @@ import tempfile
 from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     atomic_write, check_path, has_control_chars)
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
-    COOKIE_BASE, SLOT_NETWORK, slot_cookie)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKIE_BASE, SLOT_NETWORK, GpuaasError
 
-IFNAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}\Z')
-TABLE_RE = re.compile(r'^[a-z][a-z0-9_]{0,31}\Z')
-HOSTNAME_RE = re.compile(r'^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z')
 HOST_COOKIE = COOKIE_BASE | 0xffff
 DHCP_GROUP = 0x677075     # 'gpu'
-FIRST_OFPORT = 100
 OFCTL = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names']
 MAC_BROADCAST = 'ff:ff:ff:ff:ff:ff'
 LOCAL_OFPORT = 65534
@@ -72,7 +67,7 @@ DNSMASQ_PID_FILE = '/run/gpuaas-dnsmasq.pid'
 DEFAULT_BLOCKED = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10']
 
 
-class NetworkError(ValueError):
+class NetworkError(GpuaasError, ValueError):
     """A network request refused or a command that failed; the message says which and why."""
 
 
@@ -100,20 +95,6 @@ class Changes(object):
 
 # -- validation ---------------------------------------------------------------
 
-def check_ifname(value, what):
-    if not isinstance(value, str) or not IFNAME_RE.match(value):
-        raise NetworkError("%s %r is not a network interface name (1-15 letters, digits, '.', '_', '-')"
-                           % (what, value))
-    return value
-
-
-def check_hostname(value):
-    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
-        raise NetworkError('hostname %r is not one RFC 1123 label (1-63 letters, digits and hyphens, '
-                           'not starting or ending with a hyphen)' % (value,))
-    return value.lower()
-
-
 def check_port(value, what):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise NetworkError('%s must be a TCP/UDP port number, not %r' % (what, value))
@@ -126,7 +107,7 @@ def gateway_interface(gateway):
         iface = ipaddress.ip_interface(u'%s' % gateway)
     except ValueError:
         raise NetworkError('gateway %r is not an address with a prefix (10.100.0.1/24)' % (gateway,))
-    if iface.network != ipaddress.ip_network(u'%s' % SLOT_NETWORK):
+    if iface.network != SLOT_NETWORK:
         raise NetworkError('gateway %s is not on the slot network %s' % (gateway, SLOT_NETWORK))
     if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
         raise NetworkError('gateway %s is the network or broadcast address' % gateway)
@@ -282,8 +263,10 @@ def host_flows(gateway_ip):
     ]
 
 
-def slot_flows(index, ofport, mac, ip, gateway_ip, sink_port):
-    c = 'cookie=%#x' % slot_cookie(index)
+def slot_flows(slot, gateway_ip, sink_port):
+    """The flows of one slot (a contract.Slot): its cookie, port, MAC and IP."""
+    c = 'cookie=%#x' % slot.cookie
+    ofport, mac, ip = slot.ofport, slot.mac, slot.ip
     src = 'in_port=%d,dl_src=%s' % (ofport, mac)
     net = SLOT_NETWORK
     return [

@@ -28,14 +28,18 @@ import os
 import re
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
-    DomainError, domain_facts, slot_hostdevs, tap_name)
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
-    LayoutError, MAX_SLOTS, cookie_slot_index, parse_slot_id, slot_id as make_slot_id)
+    DomainError, domain_facts, slot_hostdevs)
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciBus, PciError, Sysfs
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ContractError,
+    DOMAIN_PREFIX,
+    MAX_SLOTS,
+    Slot,
+    cookie_slot_index,
+)
 
-DOMAIN_PREFIX = 'gpuaas-'
-TAP_RE = re.compile(r'^gs[0-9]{1,3}-[0-9a-f]{8}$')
+TAP_RE = re.compile(r'gs[0-9]{1,3}-[0-9a-f]{8}')
 COOKIE_RE = re.compile(r'cookie=(0x[0-9a-f]+)')
 INCOMPLETE_PHASES = ('reserved', 'provisioning', 'releasing', 'wiping', 'quarantined')
 TOOLS = {'ovs-vsctl': 'Open vSwitch, Debian package openvswitch-switch',
@@ -48,8 +52,8 @@ def _slot_of(name, suffix=''):
         return None
     candidate = name[:len(name) - len(suffix)] if suffix else name
     try:
-        parse_slot_id(candidate)
-    except LayoutError:
+        Slot.parse(candidate)
+    except ContractError:
         return None
     return candidate
 
@@ -86,7 +90,7 @@ class NodeState(object):
 
     def _own(self, slot):
         """Whether ``slot`` is one of this node's (a lab host can carry several nodes' slots)."""
-        return parse_slot_id(slot)[0] == self.node_id
+        return Slot.parse(slot).node_id == self.node_id
 
     def _slots_in(self, kind, suffixes):
         found = set()
@@ -167,11 +171,11 @@ class NodeState(object):
         listed = self._ovs(['ovs-vsctl', 'list-ports', self.bridge])
         if listed is None:
             return {}
-        taps = dict((tap_name(slot), slot) for slot in
-                    (make_slot_id(self.node_id, index) for index in range(MAX_SLOTS)))
+        taps = dict((slot.tap, slot.slot_id) for slot in
+                    (Slot(self.node_id, index) for index in range(MAX_SLOTS)))
         ports = {}
         for port in listed.split():
-            if TAP_RE.match(port):
+            if TAP_RE.fullmatch(port):
                 ports[port] = taps.get(port)
         return ports
 
@@ -183,7 +187,7 @@ class NodeState(object):
         for match in COOKIE_RE.finditer(out):
             index = cookie_slot_index(int(match.group(1), 16))
             if index is not None:
-                slots.add(make_slot_id(self.node_id, index))
+                slots.add(Slot(self.node_id, index).slot_id)
         return slots
 
     def vfio_records(self):

@@ -16,9 +16,14 @@ __metaclass__ = type
 import os
 import re
 
-# A full PCI address as the kernel names it: domain (4 hex digits, more on VMD
-# domains), bus, device (0-1f) and function (0-7).
-BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])\Z')
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    GpuaasError,
+    PCI_ADDRESS,
+    parse_cpulist as contract_cpulist,
+)
+
+# A full PCI address (the contract's rule), matched whole.
+BDF_RE = PCI_ADDRESS.regex
 PCI_ROOT_RE = re.compile(r'^pci([0-9a-f]{4,8}):([0-9a-f]{2})\Z')
 
 # PCI class codes (base class << 8 | subclass) that the collection cares about.
@@ -66,7 +71,7 @@ SUBCLASS_NAMES = {
 }
 
 
-class PciError(Exception):
+class PciError(GpuaasError):
     """A PCI address or sysfs tree the collection cannot work with."""
 
 
@@ -79,7 +84,7 @@ def parse_bdf(value):
     if not isinstance(value, str):
         raise PciError('PCI address must be a string, got %s' % type(value).__name__)
     canonical = value.lower()
-    if not BDF_RE.match(canonical):
+    if not BDF_RE.fullmatch(canonical):
         raise PciError(
             "%r is not a full PCI address: expected domain:bus:device.function, "
             "for example '0000:1b:00.0'" % (value,))
@@ -88,7 +93,7 @@ def parse_bdf(value):
 
 def bdf_key(address):
     """Sort key that orders PCI addresses numerically (segment 0001 after 0000)."""
-    match = BDF_RE.match(address)
+    match = BDF_RE.fullmatch(address)
     if not match:
         return (float('inf'), address)
     return tuple(int(part, 16) for part in match.groups())
@@ -131,17 +136,12 @@ def class_name(pci_class):
 
 
 def parse_cpulist(text):
-    """Expand a kernel cpulist ('0-3,8,10-11') into a sorted list of ints."""
-    cpus = set()
-    for part in (text or '').strip().split(','):
-        if not part:
-            continue
-        if '-' in part:
-            low, high = part.split('-', 1)
-            cpus.update(range(int(low), int(high) + 1))
-        else:
-            cpus.add(int(part))
-    return sorted(cpus)
+    """The CPUs of a cpulist the kernel wrote ('0-3,8,10-11'); '' or None is none.
+
+    The contract's parser, so a damaged or hostile file is refused before it is expanded.
+    """
+    text = (text or '').strip()
+    return contract_cpulist(text) if text else []
 
 
 class Sysfs:
@@ -303,8 +303,8 @@ class PciDevice:
             parts = self.sysfs_path.split('/')
             for index, part in enumerate(parts):
                 if PCI_ROOT_RE.match(part):
-                    return [part] + [p for p in parts[index + 1:] if BDF_RE.match(p)]
-            return [p for p in parts if BDF_RE.match(p)]
+                    return [part] + [p for p in parts[index + 1:] if BDF_RE.fullmatch(p)]
+            return [p for p in parts if BDF_RE.fullmatch(p)]
         return self._attr('pcie_path', parse)
 
     def describe(self):
@@ -326,7 +326,7 @@ class PciBus:
                 '(is sysfs mounted, and is sysfs_root right?)' % sysfs.root)
         self._devices = {}
         for name in sysfs.listdir_strict('bus/pci/devices'):
-            if BDF_RE.match(name):
+            if BDF_RE.fullmatch(name):
                 self._devices[name] = PciDevice(sysfs, name)
 
     def __contains__(self, address):
@@ -346,6 +346,6 @@ class PciBus:
         groups = {}
         for group in self.sysfs.listdir_strict('kernel/iommu_groups', missing_ok=True):
             members = [m for m in self.sysfs.listdir_strict('kernel/iommu_groups/%s/devices' % group)
-                       if BDF_RE.match(m)]
+                       if BDF_RE.fullmatch(m)]
             groups[group] = sorted(members, key=bdf_key)
         return groups

@@ -16,26 +16,29 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import base64
-import binascii
 import hashlib
 import json
 import os
-import re
 import shutil
-import struct
 import tempfile
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     check_path,
-    check_slot_id,
     ensure_dir,
-    has_control_chars,
     install,
     remove,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATION_ID_RE
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ALLOCATION_ID,
+    GUEST_PATH,
+    HOSTNAME,
+    MAX_SSH_KEYS,
+    TELEMETRY_TOKEN,
+    ContractError,
+    Slot,
+    check_sink_url,
+    check_ssh_key,
+)
 
 VOLUME_ID = 'cidata'
 APP_ID_PREFIX = 'GPUAAS-SEED-SHA256-'
@@ -44,112 +47,27 @@ DEFAULT_SINK = 'http://10.100.0.1:9110/metrics'
 DEFAULT_TELEMETRY_FILE = '/etc/gpuaas/telemetry.env'
 REDACTED = '********'
 
-HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$')
-TOKEN_RE = re.compile(r'^[A-Za-z0-9._~+/=-]{16,512}$')
-SINK_RE = re.compile(r'^(https?)://([A-Za-z0-9.-]{1,253})(:([0-9]{1,5}))?(/[A-Za-z0-9/._~-]*)?$')
-GUEST_PATH_RE = re.compile(r'^/[A-Za-z0-9/._-]{1,255}$')
-BASE64_RE = re.compile(r'^[A-Za-z0-9+/]+={0,2}$')
-SSH_KEY_TYPES = (
-    'ssh-ed25519',
-    'ssh-rsa',
-    'ecdsa-sha2-nistp256',
-    'ecdsa-sha2-nistp384',
-    'ecdsa-sha2-nistp521',
-    'sk-ssh-ed25519@openssh.com',
-    'sk-ecdsa-sha2-nistp256@openssh.com',
-)
-MAX_KEY_LENGTH = 16384
-MAX_COMMENT_LENGTH = 256
 MAX_USER_DATA = 256 * 1024
 # cloud-config keys the module sets itself; a tenant's user_data may not override them.
 RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
                  'ssh_authorized_keys')
 
 
-class SeedError(ValueError):
+class SeedError(ContractError):
     """Tenant input or a seed the module refuses; the message says which value and why."""
 
 
-def check_hostname(value):
-    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
-        raise SeedError('hostname %r is not a valid host name: 1-63 letters, digits and hyphens, '
-                        'not starting or ending with a hyphen (RFC 1123)' % (value,))
-    return value
-
-
-def check_allocation_id(value):
-    if not isinstance(value, str) or not ALLOCATION_ID_RE.match(value):
-        raise SeedError("allocation_id %r is not valid: 1-128 letters, digits, '.', '_', ':' and '-', "
-                        'starting with a letter or digit' % (value,))
-    return value
-
-
 def check_token(value):
-    if not isinstance(value, str) or not TOKEN_RE.match(value):
-        # Never echo the token itself.
-        raise SeedError("telemetry_token is not valid: 16-512 characters from letters, digits and "
-                        "'._~+/=-'")
+    """The telemetry token, or SeedError that never shows it."""
+    if not TELEMETRY_TOKEN.matches(value):
+        raise SeedError('telemetry_token is not valid: %s' % TELEMETRY_TOKEN.explain)
     return value
 
 
-def check_sink(value):
-    match = SINK_RE.match(value) if isinstance(value, str) else None
-    if not match:
-        raise SeedError("telemetry_sink %r is not an http(s) URL of the form "
-                        "http://host[:port][/path] (no query, no user name)" % (value,))
-    host, port = match.group(2), match.group(4)
-    labels = host.split('.')
-    if not all(HOSTNAME_RE.match(label) for label in labels):
-        raise SeedError('telemetry_sink %r: %r is not a host name or IPv4 address' % (value, host))
-    if port is not None and not 0 < int(port) < 65536:
-        raise SeedError('telemetry_sink %r: port %s is out of range' % (value, port))
-    return value
-
-
-def check_guest_path(value, what):
-    if not isinstance(value, str) or not GUEST_PATH_RE.match(value) or '..' in value.split('/'):
-        raise SeedError("%s %r must be an absolute guest path of letters, digits, '/', '.', '_' and "
-                        "'-', without '..'" % (what, value))
-    return value
-
-
-def check_ssh_key(value, position):
-    """'type base64 [comment]' of one OpenSSH public key, checked and normalised.
-
-    Refused: anything but a known key type first (so no 'command=...' options), a body
-    that is not base64 or does not encode a key of the stated type, control characters
-    or line breaks anywhere.
-    """
-    where = 'ssh_authorized_keys[%d]' % position
-    if not isinstance(value, str):
-        raise SeedError('%s is not a string' % where)
-    if len(value) > MAX_KEY_LENGTH:
-        raise SeedError('%s is longer than %d characters' % (where, MAX_KEY_LENGTH))
-    if has_control_chars(value):
-        raise SeedError('%s contains a line break or control character: give one key per list item'
-                        % where)
-    parts = value.strip().split(None, 2)
-    if len(parts) < 2:
-        raise SeedError('%s is not an OpenSSH public key (expected "type base64 [comment]")' % where)
-    key_type, body = parts[0], parts[1]
-    comment = parts[2].strip() if len(parts) > 2 else ''
-    if key_type not in SSH_KEY_TYPES:
-        raise SeedError('%s starts with %r, not a key type (%s); key options are not accepted'
-                        % (where, key_type[:40], ', '.join(SSH_KEY_TYPES)))
-    if not BASE64_RE.match(body) or len(body) % 4:
-        raise SeedError('%s: the key body is not base64' % where)
-    try:
-        blob = base64.b64decode(body.encode('ascii'))
-    except (binascii.Error, ValueError):
-        raise SeedError('%s: the key body is not base64' % where)
-    if len(blob) < 4:
-        raise SeedError('%s: the key body is too short to be a key' % where)
-    (length,) = struct.unpack('>I', blob[:4])
-    if blob[4:4 + length] != key_type.encode('ascii'):
-        raise SeedError('%s: the key body does not hold a %s key' % (where, key_type))
-    if len(comment) > MAX_COMMENT_LENGTH:
-        raise SeedError('%s: the comment is longer than %d characters' % (where, MAX_COMMENT_LENGTH))
-    return ' '.join(p for p in (key_type, body, comment) if p)
+def check_ssh_keys(values):
+    if len(values) > MAX_SSH_KEYS:
+        raise SeedError('ssh_authorized_keys holds %d keys; at most %d are accepted' % (len(values), MAX_SSH_KEYS))
+    return [check_ssh_key(key, 'ssh_authorized_keys[%d]' % index) for index, key in enumerate(values)]
 
 
 def _check_user_data(user_data, telemetry_file):
@@ -182,14 +100,13 @@ def _dump(value):
 def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
                  telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None):
     """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac)."""
-    node_id, index = check_slot_id(slot_id)
-    mac = slot_mac(node_id, index)
-    check_allocation_id(allocation_id)
-    check_hostname(hostname)
-    keys = [check_ssh_key(key, position) for position, key in enumerate(ssh_keys or [])]
+    mac = Slot.parse(slot_id).mac
+    ALLOCATION_ID.check(allocation_id, 'allocation_id')
+    hostname = HOSTNAME.check(hostname, 'hostname')
+    keys = check_ssh_keys(ssh_keys or [])
     check_token(token)
-    check_sink(sink)
-    check_guest_path(telemetry_file, 'telemetry_file')
+    check_sink_url(sink, 'telemetry_sink')
+    GUEST_PATH.check(telemetry_file, 'telemetry_file')
     extra = _check_user_data(user_data, telemetry_file)
 
     meta = {'instance-id': allocation_id, 'local-hostname': hostname}
@@ -268,9 +185,7 @@ class Seed:
 
     def path(self):
         p = self.params
-        check_slot_id(p['slot_id'])
-        seed_dir = check_path(p['seed_dir'], 'seed_dir')
-        return os.path.join(seed_dir, '%s-seed.iso' % p['slot_id'])
+        return Slot.parse(p['slot_id']).file(check_path(p['seed_dir'], 'seed_dir'), '-seed.iso')
 
     def write(self, path, files, app_id):
         directory = os.path.dirname(path)

@@ -30,15 +30,14 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     build_xml,
     differences,
     domain_facts,
-    domain_name,
     hostdev_report,
     restore_hostdevs,
     slot_hostdevs,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_slot_id, ensure_dir
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_ip, slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import ensure_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot
 
 STATES = ('present', 'running', 'stopped', 'absent', 'repaired')
 VFIO_DRIVER = 'vfio-pci'
@@ -47,7 +46,7 @@ STOP_POLL_S = 0.2
 SHUTDOWN_REPEAT_S = 5
 
 
-class SlotVmError(Exception):
+class SlotVmError(GpuaasError):
     """The slot VM cannot be brought to the wanted state; nothing unsafe was done."""
 
 
@@ -139,16 +138,15 @@ class SlotVm:
         self.sleep = sleep
         self.sysfs = Sysfs(self.params['sysfs_root'])
         self.slot_id = self.params['slot_id']
-        self.name = domain_name(self.slot_id)
-        node_id, self.slot_index = check_slot_id(self.slot_id)
-        self.mac = slot_mac(node_id, self.slot_index)
+        self.slot = Slot.parse(self.slot_id)
+        self.slot_index, self.name, self.mac = self.slot.index, self.slot.domain, self.slot.mac
         self.timings = {}
         self.warnings = []
 
     # -- want ---------------------------------------------------------------
 
     def console_log(self):
-        return os.path.join(self.params['console_log_dir'], '%s.log' % self.slot_id)
+        return self.slot.file(self.params['console_log_dir'], '.log')
 
     def wanted_hostdevs(self):
         p = self.params
@@ -448,7 +446,7 @@ class SlotVm:
                 waited = self.clock()
                 lease = self.wait_for_lease(conn, domain, stale)
                 self.timings['lease_wait_s'] = round(self.clock() - waited, 3)
-                expected = p['expected_ip'] or slot_ip(self.slot_index)
+                expected = p['expected_ip'] or self.slot.ip
                 if lease['ip'] != expected:
                     raise SlotVmError('dnsmasq gave %s the address %s, but the slot layout says %s: '
                                       'fix the dhcp-host entry for %s' % (self.name, lease['ip'], expected, self.mac))

@@ -34,16 +34,13 @@ import hashlib
 import json
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
-    LayoutError,
-    check_node_id,
-)
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
     CLASS_INFINIBAND,
     PciError,
     vf_address,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID
 
 LINK_STATES = ('auto', 'enable', 'disable')
 # mlx5 sysfs policy for each ip-link state.
@@ -57,7 +54,7 @@ VF_IDENTITIES = ('derived', 'none')
 
 
 def _digest(kind, node_id, pf_address, index):
-    text = '%s:%s:%s:%d' % (kind, check_node_id(node_id), pf_address, index)
+    text = '%s:%s:%s:%d' % (kind, NODE_ID.check(node_id, 'node_id'), pf_address, index)
     return bytearray(hashlib.sha256(text.encode('utf-8')).digest())
 
 
@@ -100,10 +97,7 @@ class SriovVfs:
         if num_vfs < 0:
             raise devctl.DeviceError('num_vfs must be 0 or more, got %d' % num_vfs)
         self.num_vfs = num_vfs
-        try:
-            self.node_id = check_node_id(node_id)
-        except LayoutError as exc:
-            raise devctl.DeviceError(str(exc))
+        self.node_id = NODE_ID.check(node_id, 'node_id')
         self.link_state = link_state
         self.autoprobe = autoprobe
         self.ib_method = ib_method

@@ -158,7 +158,7 @@ class NvmeWipe:
 
     def resolve(self):
         text = self.target.strip() if isinstance(self.target, str) else self.target
-        if isinstance(text, str) and BDF_RE.match(text.lower()):
+        if isinstance(text, str) and BDF_RE.fullmatch(text.lower()):
             return self._controller(devctl.check_address(text, 'target'))
         self._check_path(text)
         return [self._node(text)]

@@ -180,7 +180,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError, remove
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, IFNAME, NFT_TABLE
 
 DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
@@ -190,12 +191,11 @@ class HostNetwork(net.Changes):
     def __init__(self, module):
         super(HostNetwork, self).__init__(module)
         p = module.params
-        self.bridge = net.check_ifname(p['bridge'], 'bridge')
+        self.bridge = IFNAME.check(p['bridge'], 'bridge')
         self.gateway = net.gateway_interface(p['gateway'])
         self.port = net.check_port(p['telemetry_port'], 'telemetry_port')
-        self.uplink = net.check_ifname(p['uplink'], 'uplink') if p['uplink'] else None
-        if not net.TABLE_RE.match(p['nft_table'] or ''):
-            raise net.NetworkError('nft_table %r is not a table name (lower-case letters, digits, _)' % (p['nft_table'],))
+        self.uplink = IFNAME.check(p['uplink'], 'uplink') if p['uplink'] else None
+        NFT_TABLE.check(p['nft_table'], 'nft_table')
         self.blocked = net.check_networks(p['blocked_networks'], 'blocked_networks')
         dns = net.check_networks(p['dns_servers'], 'dns_servers')
         self.dns = [item.split('/')[0] for item in dns]
@@ -362,7 +362,7 @@ def main():
             host.present()
         else:
             host.absent()
-    except (net.NetworkError, PathError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**host.result())
 

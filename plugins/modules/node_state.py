@@ -177,8 +177,8 @@ clean:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuaas.slice.plugins.module_utils import _libvirt
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, check_node_id
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID, GpuaasError
 
 
 def libvirt_domains(uri):
@@ -207,8 +207,8 @@ def main():
     _libvirt.require_libvirt(module)
     p = module.params
     try:
-        check_node_id(p['node_id'])
-    except LayoutError as exc:
+        NODE_ID.check(p['node_id'], 'node_id')
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc))
     state = NodeState(module.run_command, p['node_id'], p['lease_dir'], p['hosts_dir'], p['token_dir'],
                       p['disk_dir'], p['seed_dir'], p['vfio_state_dir'], p['bridge'],

@@ -120,8 +120,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
-from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
 from ansible_collections.gpuaas.slice.plugins.module_utils._reset import RESET_METHODS, PciReset
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -137,7 +137,7 @@ def main():
         engine = PciReset(module, p['address'], method=p['method'], sysfs_root=p['sysfs_root'],
                           proc_root=p['proc_root'])
         result = engine.run()
-    except DeviceError as exc:
+    except GpuaasError as exc:
         details = dict(exc.details)
         details.setdefault('needs_manual_care', False)
         module.fail_json(msg=str(exc), exception=traceback.format_exc(), **details)

@@ -239,8 +239,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     DEFAULT_GPU_VENDORS,
     Discovery,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
-from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -262,7 +261,7 @@ def main():
             require_nvme=params['require_nvme'], require_fabric=params['require_fabric'],
             fabric_classes=params['fabric_classes'])
         result = discovery.run()
-    except (PciError, LayoutError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     for warning in discovery.warnings:
         module.warn(warning)

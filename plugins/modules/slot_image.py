@@ -196,9 +196,8 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError
-from ansible_collections.gpuaas.slice.plugins.module_utils._image import Image, ImageError
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
+from ansible_collections.gpuaas.slice.plugins.module_utils._image import Image
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -226,7 +225,7 @@ def main():
     try:
         engine = Image(module)
         result = engine.run()
-    except (ImageError, PathError, LayoutError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     except (IOError, OSError) as exc:
         module.fail_json(msg='putting the image of %s in place failed: %s' % (module.params['slot_id'], exc),

@@ -149,9 +149,8 @@ path:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, PHASES, converge
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import PHASES, converge
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -175,7 +174,7 @@ def main():
         result = converge(module, p['lease_dir'], p['slot_id'], p['allocation_id'], state=p['state'],
                           phase=p['phase'], data=p['data'], reason=p['reason'], force=p['force'],
                           missing_ok=p['missing_ok'], timeout=p['lock_timeout'])
-    except (LeaseError, LayoutError, PathError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc))
     except (IOError, OSError) as exc:
         module.fail_json(msg='lease of %s: %s' % (p['slot_id'], exc), exception=traceback.format_exc())

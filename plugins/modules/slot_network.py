@@ -167,10 +167,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
-from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainError, tap_name
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError, check_slot_id, remove
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import (
-    LayoutError, slot_cookie, slot_ip, slot_mac)
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, GpuaasError, Slot
 
 
 class SlotNetwork(net.Changes):
@@ -180,15 +178,15 @@ class SlotNetwork(net.Changes):
         super(SlotNetwork, self).__init__(module)
         p = module.params
         self.slot_id = p['slot_id']
-        node, self.index = check_slot_id(self.slot_id)
-        self.mac, self.ip = slot_mac(node, self.index), slot_ip(self.index)
+        self.slot = Slot.parse(self.slot_id)
+        self.index, self.mac, self.ip = self.slot.index, self.slot.mac, self.slot.ip
         if p['mac'] is not None and p['mac'].lower() != self.mac:
             raise net.NetworkError('mac %r is not slot %s\'s: the layout gives %s' % (p['mac'], self.slot_id, self.mac))
         if p['ip'] is not None and p['ip'] != self.ip:
             raise net.NetworkError('ip %r is not slot %s\'s: the layout gives %s' % (p['ip'], self.slot_id, self.ip))
-        self.hostname = net.check_hostname(p['hostname']) if p['state'] == 'present' else None
-        self.bridge = net.check_ifname(p['bridge'], 'bridge')
-        self.port = net.check_ifname(p['port'] or tap_name(self.slot_id), 'port')
+        self.hostname = HOSTNAME.check(p['hostname'], 'hostname') if p['state'] == 'present' else None
+        self.bridge = IFNAME.check(p['bridge'], 'bridge')
+        self.port = IFNAME.check(p['port'] or self.slot.tap, 'port')
         if self.port == self.bridge:
             raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
         self.gateway = str(net.gateway_interface('%s/24' % p['gateway']).ip)
@@ -196,8 +194,7 @@ class SlotNetwork(net.Changes):
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = os.path.join(self.hosts_dir, self.slot_id)
-        self.ofport = net.FIRST_OFPORT + self.index
-        self.cookie = slot_cookie(self.index)
+        self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
         self.reloaded = False
 
     def device_exists(self, name):
@@ -302,7 +299,7 @@ class SlotNetwork(net.Changes):
                 self.check_ofport()
         if not check and not self.up(self.port):
             self.run(['ip', 'link', 'set', self.port, 'up'])
-        flows = net.slot_flows(self.index, self.ofport, self.mac, self.ip, self.gateway, self.sink_port)
+        flows = net.slot_flows(self.slot, self.gateway, self.sink_port)
         want = set(net.canonical_flow(flow) for flow in flows)
         have = net.dump_flows(self.run, self.bridge, self.cookie)
         if have != want:
@@ -397,7 +394,7 @@ def main():
             slot.present()
         else:
             slot.absent()
-    except (net.NetworkError, LayoutError, PathError, DomainError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**slot.result())
 

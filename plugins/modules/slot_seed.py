@@ -174,9 +174,8 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import PathError
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
-from ansible_collections.gpuaas.slice.plugins.module_utils._seed import DEFAULT_SINK, DEFAULT_TELEMETRY_FILE, Seed, SeedError
+from ansible_collections.gpuaas.slice.plugins.module_utils._seed import DEFAULT_SINK, DEFAULT_TELEMETRY_FILE, Seed
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -198,7 +197,7 @@ def main():
     )
     try:
         result = Seed(module).run()
-    except (SeedError, PathError, LayoutError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     except (IOError, OSError) as exc:
         module.fail_json(msg='writing the seed of %s failed: %s' % (module.params['slot_id'], exc),

@@ -372,15 +372,9 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainError
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
-from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import (
-    LIBVIRT_ARGS,
-    LibvirtError,
-    require_libvirt,
-)
-from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciError
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import STATES, SlotVm, SlotVmError
+from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, require_libvirt
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import STATES, SlotVm
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def argument_spec():
@@ -438,7 +432,7 @@ def main():
     try:
         engine = SlotVm(module)
         result = engine.run()
-    except (SlotVmError, DomainError, LayoutError, PciError, LibvirtError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     except (IOError, OSError) as exc:
         module.fail_json(msg='%s: %s' % (module.params['slot_id'], exc), exception=traceback.format_exc())

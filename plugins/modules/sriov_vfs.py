@@ -216,12 +216,12 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
-from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import (
     LINK_STATES,
     VF_IDENTITIES,
     SriovVfs,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -246,7 +246,7 @@ def main():
                           sysfs_root=p['sysfs_root'],
                           proc_root=p['proc_root'], timeout=p['timeout'])
         result = engine.run()
-    except DeviceError as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
     for warning in engine.warnings:
         module.warn(warning)

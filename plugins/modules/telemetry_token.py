@@ -87,14 +87,11 @@ path:
 import errno
 import hashlib
 import json
-import os
 import secrets
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    PathError, atomic_write, check_path, check_slot_id, ensure_dir, remove)
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError, slot_ip
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, check_allocation_id
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import atomic_write, check_path, ensure_dir, remove
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot
 
 
 def read(path):
@@ -135,20 +132,20 @@ def main():
     )
     p = module.params
     try:
-        _node, index = check_slot_id(p['slot_id'])
+        slot = Slot.parse(p['slot_id'])
         if p['allocation_id'] is not None:
-            check_allocation_id(p['allocation_id'])
+            ALLOCATION_ID.check(p['allocation_id'], 'allocation_id')
         token_dir = check_path(p['token_dir'], 'token_dir')
-    except (LayoutError, LeaseError, PathError) as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc))
-    path = os.path.join(token_dir, '%s.json' % p['slot_id'])
+    path = slot.file(token_dir, '.json')
     current = read(path)
     result = dict(changed=False, path=path)
     if p['state'] == 'present':
         token = None
-        if current and current.get('allocation_id') == p['allocation_id'] and current.get('ip') == slot_ip(index):
+        if current and current.get('allocation_id') == p['allocation_id'] and current.get('ip') == slot.ip:
             token = current.get('token') if isinstance(current.get('token'), str) else None
-        new = record(p['allocation_id'], p['slot_id'], slot_ip(index), token or secrets.token_urlsafe(32))
+        new = record(p['allocation_id'], p['slot_id'], slot.ip, token or secrets.token_urlsafe(32))
         if current == new:
             module.exit_json(token=current['token'], **result)
         # The same allocation keeps its token (a file of an older format is only completed).

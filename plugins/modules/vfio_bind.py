@@ -199,8 +199,8 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
-from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import DEFAULT_STATE_DIR, VfioBind
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
 def main():
@@ -222,7 +222,7 @@ def main():
                           state_dir=p['state_dir'], timeout=p['timeout'],
                           allow_group_members=p['allow_group_members'])
         result = engine.run()
-    except DeviceError as exc:
+    except GpuaasError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
     for warning in engine.warnings:
         module.warn(warning)

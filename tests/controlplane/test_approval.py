@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gpuaas_control import audit, service
-from gpuaas_control.collection import layout
+from gpuaas_control.collection import contract
 from gpuaas_control.models import AuditEntry, Slot
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
@@ -30,7 +30,7 @@ def test_approval_creates_slots_with_the_collections_layout(db, hgx_discovery_fa
     slots = add_node(db, discovery, approved_map(discovery))
     assert [s.id for s in slots] == ['n1-s%d' % i for i in range(8)]
     for slot in slots:
-        assert slot.mac == layout.slot_mac('n1', slot.slot_index)
+        assert slot.mac == contract.Slot('n1', slot.slot_index).mac
         assert slot.ip == '10.100.0.%d' % (10 + slot.slot_index)
         assert slot.gpu_model == '10de:2330' and slot.state == 'free' and slot.approved
         assert slot.capacity_metadata['fabric_claim_mode'] == 'per_slot_vf'

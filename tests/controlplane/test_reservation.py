@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gpuaas_control import service
-from gpuaas_control.collection import layout
+from gpuaas_control.collection import contract
 from gpuaas_control.db import Database
 from gpuaas_control.models import Allocation, OutboxJob, Slot, UsageRecord
 from tests.controlplane.conftest import approved_map
@@ -37,7 +37,7 @@ def test_a_reservation_is_slot_allocation_outbox_usage_and_audit(db, node):
     with db.read() as session:
         slot = session.get(Slot, allocation.slot_id)
         assert (slot.state, slot.allocation_id) == ('reserved', allocation.id)
-        assert allocation.mac == layout.slot_mac('n1', slot.slot_index) == slot.mac
+        assert allocation.mac == contract.Slot('n1', slot.slot_index).mac == slot.mac
         jobs = session.execute(select(OutboxJob)).scalars().all()
         assert [(j.kind, j.status, j.allocation_id) for j in jobs] == [
             ('allocate', 'pending', allocation.id)]

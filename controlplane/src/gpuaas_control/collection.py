@@ -1,71 +1,53 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's own rules, imported rather than copied.
+"""The gpuaas.slice collection, imported as a package: the control plane depends on it.
 
-The slot layout (ids, MAC, IP) and the approved-slot-map rules live in the collection's
-``plugins/module_utils/_layout.py`` and ``_approval.py``; both are plain Python without
-Ansible imports. They are loaded from the collection checkout this package sits in (or
-``GPUAAS_COLLECTION_ROOT``), else from an installed ``gpuaas.slice`` collection.
+The rules both sides keep (identifiers, SSH keys, sizes, the slot identity) live in the
+collection's ``plugins/module_utils/contract.py``, the approved-slot-map rules in
+``_approval.py``; both are plain Python. They are imported as
+``ansible_collections.gpuaas.slice...`` from ``sys.path`` (the project's virtualenv has a
+``.pth`` for the checkout, see hack/setup.sh) or, failing that, from the collection paths
+Ansible itself searches (``ANSIBLE_COLLECTIONS_PATH``, ``~/.ansible/collections``,
+``/usr/share/ansible/collections``), where ``ansible-galaxy collection install`` puts it.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
-_MODULE_UTILS = ('plugins', 'module_utils')
+PACKAGE = 'ansible_collections.gpuaas.slice'
+DEFAULT_PATHS = ('~/.ansible/collections', '/usr/share/ansible/collections')
 
 
 class CollectionMissing(ImportError):
-    """Neither a checkout nor an installed gpuaas.slice collection was found."""
+    """The gpuaas.slice collection is not installed where Python or Ansible looks."""
 
 
-def _is_collection(path: Path) -> bool:
-    galaxy = path / 'galaxy.yml'
-    if not galaxy.is_file() or not path.joinpath(*_MODULE_UTILS, '_approval.py').is_file():
-        return False
-    text = galaxy.read_text(encoding='utf-8')
-    return 'namespace: gpuaas' in text and 'name: slice' in text
-
-
-def collection_root() -> Path | None:
-    """The gpuaas.slice checkout: GPUAAS_COLLECTION_ROOT, else the one holding this package."""
-    configured = os.environ.get('GPUAAS_COLLECTION_ROOT')
-    if configured:
-        path = Path(configured).resolve()
-        if not _is_collection(path):
-            raise CollectionMissing('GPUAAS_COLLECTION_ROOT=%s is not a gpuaas.slice collection '
-                                    '(no galaxy.yml naming gpuaas.slice, or no %s)'
-                                    % (configured, '/'.join(_MODULE_UTILS) + '/_approval.py'))
-        return path
-    for parent in Path(__file__).resolve().parents:
-        if _is_collection(parent):
-            return parent
-    return None
-
-
-def _load(name: str):
-    qualified = 'gpuaas_control._collection.' + name
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    root = collection_root()
-    if root is not None:
-        spec = importlib.util.spec_from_file_location(
-            qualified, root.joinpath(*_MODULE_UTILS, name + '.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[qualified] = module
-        spec.loader.exec_module(module)
-        return module
+def _import(name: str):
     try:
-        return importlib.import_module('ansible_collections.gpuaas.slice.plugins.module_utils.' + name)
+        return importlib.import_module(name)
+    except ImportError:
+        pass
+    configured = os.environ.get('ANSIBLE_COLLECTIONS_PATH') or os.environ.get('ANSIBLE_COLLECTIONS_PATHS') or ''
+    for entry in [p for p in configured.split(os.pathsep) if p] + list(DEFAULT_PATHS):
+        path = os.path.expanduser(entry)
+        if os.path.isdir(os.path.join(path, 'ansible_collections', 'gpuaas', 'slice')) and path not in sys.path:
+            sys.path.append(path)
+    try:
+        return importlib.import_module(name)
     except ImportError as exc:
         raise CollectionMissing(
-            'the gpuaas.slice collection is needed for its %s rules: run from the checkout, '
-            'set GPUAAS_COLLECTION_ROOT, or install the collection' % name) from exc
+            'the gpuaas.slice collection is needed (%s): install it with ansible-galaxy or put '
+            'its collections directory on ANSIBLE_COLLECTIONS_PATH' % exc) from exc
 
 
-layout = _load('_layout')
-approval = _load('_approval')
+contract = _import(PACKAGE + '.plugins.module_utils.contract')
+approval = _import(PACKAGE + '.plugins.module_utils._approval')
+
+
+def collection_root() -> Path:
+    """The collection's directory (its playbooks are the worker's default project)."""
+    return Path(contract.__file__).resolve().parents[2]

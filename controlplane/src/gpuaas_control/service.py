@@ -18,7 +18,7 @@ from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gpuaas_control import audit
-from gpuaas_control.collection import approval, layout
+from gpuaas_control.collection import approval, contract
 from gpuaas_control.models import (
     ACTIVE_STATES,
     FAILED,
@@ -206,8 +206,8 @@ def _check_discovery_fields(node_id, discovery):
             continue
         index = slot.get('slot_index')
         try:
-            expected = layout.slot_id(node_id, index)
-        except layout.LayoutError as exc:
+            expected = contract.Slot(node_id, index).slot_id
+        except contract.ContractError as exc:
             problems.append('%s: %s' % (where, exc))
             continue
         if slot.get('slot_id') != expected:
@@ -245,8 +245,8 @@ def _discovery_summary(discovery):
 
 def record_discovery(session, actor: audit.Actor, node_id: str, discovery) -> Node:
     try:
-        layout.check_node_id(node_id)
-    except layout.LayoutError as exc:
+        contract.NODE_ID.check(node_id, 'node_id')
+    except contract.ContractError as exc:
         raise Invalid(str(exc)) from None
     _check_discovery_fields(node_id, discovery)
     node = session.get(Node, node_id, with_for_update=True)
@@ -359,8 +359,8 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
             'fabric_pf_address': record.get('fabric_pf_address'),
             'fabric_vf_pci_address': record.get('fabric_vf_pci_address'),
             # The layout, computed here from the collection's formula, not taken from the post.
-            'mac': layout.slot_mac(node_id, index),
-            'ip': layout.slot_ip(index),
+            'mac': contract.Slot(node_id, index).mac,
+            'ip': contract.Slot(node_id, index).ip,
             'capacity_metadata': dict(
                 next(e for e in approved_slots if e.get('slot_id') == slot_id)['capacity_metadata']),
             'fingerprint': record.get('fingerprint'),

@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_cookie, slot_ip, slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot
 from tests.functional.network import env
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def net():
         state['dnsmasq_pid'] = open(host_args['pid_file']).read().strip()
         # dnsmasq runs before any slot exists: slots appear through its hostsdir (inotify).
         for index in SLOTS:
-            ns = env.SlotNamespace(host, 'gpuaas-s%d-%d' % (index, pid), slot_mac(NODE, index), 'gtv%d' % index, work)
+            ns = env.SlotNamespace(host, 'gpuaas-s%d-%d' % (index, pid), Slot(NODE, index).mac, 'gtv%d' % index, work)
             state['slots'][index] = ns
             state['peers'].append(ns)
             result = host.module('slot_network', slot_args(state, index))
@@ -127,7 +127,7 @@ def test_check_mode_on_a_fresh_host_changes_nothing(net):
 
 def test_slots_get_their_fixed_address_and_reach_gateway_and_sink(net):
     for index, ns in net['slots'].items():
-        assert ns.dhcp() == (slot_ip(index), 'slot-%d' % index, env.GATEWAY), 'slot %d: wrong or no lease' % index
+        assert ns.dhcp() == (Slot(NODE, index).ip, 'slot-%d' % index, env.GATEWAY), 'slot %d: wrong or no lease' % index
         assert ns.ping(env.GATEWAY)
         assert ns.post(net['tokens_by_slot'][index]) == 200
     assert sorted(os.listdir(net['data'])) == ['alloc-0.jsonl', 'alloc-1.jsonl', 'alloc-2.jsonl']
@@ -138,14 +138,14 @@ def test_slots_cannot_reach_each_other(net):
     for index, ns in net['slots'].items():
         for other in SLOTS:
             if other != index:
-                assert not ns.ping(slot_ip(other)), 'slot %d reaches slot %d' % (index, other)
+                assert not ns.ping(Slot(NODE, other).ip), 'slot %d reaches slot %d' % (index, other)
     # Not through the host either: slot 0 sends to slot 1's address at the gateway's MAC.
     s0 = net['slots'][0]
-    env.sh('ip', 'neigh', 'replace', slot_ip(1), 'lladdr', gateway_mac, 'dev', 'eth0', 'nud', 'permanent', ns=s0.ns)
+    env.sh('ip', 'neigh', 'replace', Slot(NODE, 1).ip, 'lladdr', gateway_mac, 'dev', 'eth0', 'nud', 'permanent', ns=s0.ns)
     try:
-        assert not s0.ping(slot_ip(1))
+        assert not s0.ping(Slot(NODE, 1).ip)
     finally:
-        env.sh('ip', 'neigh', 'del', slot_ip(1), 'dev', 'eth0', ns=s0.ns, check=False)
+        env.sh('ip', 'neigh', 'del', Slot(NODE, 1).ip, 'dev', 'eth0', ns=s0.ns, check=False)
 
 
 def test_a_token_works_only_from_its_own_slot_and_allocation(net):
@@ -165,14 +165,14 @@ def test_a_token_works_only_from_its_own_slot_and_allocation(net):
 def test_spoofed_addresses_get_nowhere(net):
     s0 = net['slots'][0]
     assert s0.ping(env.GATEWAY)
-    s0.set_address(slot_ip(1))                               # slot 1's IP
+    s0.set_address(Slot(NODE, 1).ip)                               # slot 1's IP
     assert not s0.ping(env.GATEWAY)
     assert s0.post(net['tokens_by_slot'][1]) is None         # nor the sink with slot 1's token
-    s0.set_address(slot_ip(0), mac=slot_mac(NODE, 1))        # its own IP, slot 1's MAC
+    s0.set_address(Slot(NODE, 0).ip, mac=Slot(NODE, 1).mac)        # its own IP, slot 1's MAC
     assert not s0.ping(env.GATEWAY)
-    s0.set_address('10.100.0.77', mac=slot_mac(NODE, 0))     # its MAC, an address nobody has
+    s0.set_address('10.100.0.77', mac=Slot(NODE, 0).mac)     # its MAC, an address nobody has
     assert not s0.ping(env.GATEWAY)
-    s0.set_address(slot_ip(0))
+    s0.set_address(Slot(NODE, 0).ip)
     assert s0.ping(env.GATEWAY)
 
 
@@ -181,7 +181,7 @@ def test_a_port_no_slot_owns_gets_nothing(net):
     assert stranger.dhcp(tries=2) is None
     stranger.set_address('10.100.0.200')
     assert not stranger.ping(env.GATEWAY)
-    assert not stranger.ping(slot_ip(0))
+    assert not stranger.ping(Slot(NODE, 0).ip)
 
 
 def test_egress_is_masqueraded_and_private_networks_stay_out(net):
@@ -232,7 +232,7 @@ def test_the_port_device_itself_is_no_way_into_the_host(net):
                ns=s0.ns)
         assert s0.get('http://%s:%d/' % (env.UPLINK_HOST, HOST_SERVICE_PORT)) is None
     finally:
-        s0.set_address(slot_ip(0))
+        s0.set_address(Slot(NODE, 0).ip)
     assert s0.ping(env.GATEWAY)
 
 
@@ -295,10 +295,10 @@ def test_a_changed_entry_reaches_the_running_dnsmasq(net):
     host, s1 = net['host'], net['slots'][1]
     changed = host.module('slot_network', slot_args(net, 1, hostname='renamed'))
     assert changed['changed'] and changed['dnsmasq_reloaded'], changed
-    assert s1.dhcp() == (slot_ip(1), 'renamed', env.GATEWAY)
+    assert s1.dhcp() == (Slot(NODE, 1).ip, 'renamed', env.GATEWAY)
     back = host.module('slot_network', slot_args(net, 1))
     assert back['dnsmasq_reloaded']
-    assert s1.dhcp() == (slot_ip(1), 'slot-1', env.GATEWAY)
+    assert s1.dhcp() == (Slot(NODE, 1).ip, 'slot-1', env.GATEWAY)
     assert open(net['host_args']['pid_file']).read().strip() == net['dnsmasq_pid']   # never restarted
 
 
@@ -362,17 +362,17 @@ def test_hostile_host_settings_change_nothing(net, args, message):
 def test_release_removes_exactly_that_slot(net):
     """Runs last: slot 2 goes, slots 0 and 1 keep their flows, entries and traffic."""
     host = net['host']
-    others = {index: host.flows(BRIDGE, slot_cookie(index)) for index in (0, 1)}
+    others = {index: host.flows(BRIDGE, Slot(NODE, index).cookie) for index in (0, 1)}
     s2 = net['slots'][2]
     args = slot_args(net, 2, state='absent')
     gone = host.module('slot_network', args)
     assert gone['changed'] and gone['dnsmasq_reloaded'], gone
-    assert host.flows(BRIDGE, slot_cookie(2)) == []
+    assert host.flows(BRIDGE, Slot(NODE, 2).cookie) == []
     assert s2.port not in host.ports(BRIDGE)
     assert sorted(os.listdir(net['hosts'])) == ['%s-s0' % NODE, '%s-s1' % NODE]
     groups = host.sh('ovs-ofctl', '-O', 'OpenFlow15', 'dump-groups', BRIDGE).stdout
     assert 'bucket_id:102' not in groups and 'bucket_id:100' in groups and 'bucket_id:101' in groups
-    assert {index: host.flows(BRIDGE, slot_cookie(index)) for index in (0, 1)} == others
+    assert {index: host.flows(BRIDGE, Slot(NODE, index).cookie) for index in (0, 1)} == others
     assert not host.module('slot_network', args)['changed']
     revoked = host.module('telemetry_token', dict(slot_id='%s-s2' % NODE, allocation_id='alloc-2', state='absent',
                                                   token_dir=net['tokens']))
@@ -383,7 +383,7 @@ def test_release_removes_exactly_that_slot(net):
     # release) and reads the new one by itself, without a restart.
     back = host.module('slot_network', slot_args(net, 2, hostname='slot-2-again'))
     assert back['changed'] and not back['dnsmasq_reloaded'], back
-    assert s2.dhcp() == (slot_ip(2), 'slot-2-again', env.GATEWAY)
+    assert s2.dhcp() == (Slot(NODE, 2).ip, 'slot-2-again', env.GATEWAY)
     assert open(net['host_args']['pid_file']).read().strip() == net['dnsmasq_pid']
 
 

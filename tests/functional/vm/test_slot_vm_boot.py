@@ -27,7 +27,7 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot
 from ansible_collections.gpuaas.slice.plugins.modules import slot_image, slot_seed, slot_vm
 from tests.functional.vm import env
 from tests.unit.module_runner import run_module
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 NODE, INDEX = 'vmtest', 3
 SLOT = '%s-s%d' % (NODE, INDEX)
-MAC = slot_mac(NODE, INDEX)
+MAC = Slot(NODE, INDEX).mac
 HOSTNAME = 'tenant-vm-7'
 ALLOCATION = 'alloc-2f9c'
 MIB = 1 << 20

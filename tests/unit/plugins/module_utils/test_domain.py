@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _domain
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainError, DomainSpec
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, Slot
 
 
 def spec(**extra):
@@ -111,14 +111,14 @@ def test_cpu_pinning_and_numatune():
 
 @pytest.mark.parametrize('cpulist,vcpus,message', [
     ('8-11', 5, 'more than the 4 CPUs'),
-    ('0-3;reboot', None, 'not a CPU list'),
+    ('0-3;reboot', None, 'not a valid CPU list'),
     ('3-1', None, 'runs backwards'),
-    ('', None, 'not a CPU list'),
+    ('', None, 'not a valid CPU list'),
     ('99999', None, 'beyond'),
     ('0-3', 0, 'positive'),
 ])
 def test_bad_cpus(cpulist, vcpus, message):
-    with pytest.raises(DomainError, match=message):
+    with pytest.raises(ContractError, match=message):
         spec(cpulist=cpulist, vcpus=vcpus)
 
 
@@ -139,12 +139,12 @@ def test_network_interface_openvswitch_and_linux():
     root = tree(spec())
     iface = root.find('devices/interface')
     assert iface.get('type') == 'bridge'
-    assert iface.find('mac').get('address') == slot_mac('gpu-node-01', 3)
+    assert iface.find('mac').get('address') == Slot('gpu-node-01', 3).mac
     assert iface.find('source').get('bridge') == 'br-gpuaas'
     assert iface.find('virtualport').get('type') == 'openvswitch'
     assert iface.find('model').get('type') == 'virtio'
     tap = iface.find('target').get('dev')
-    assert tap == _domain.tap_name('gpu-node-01-s3') and len(tap) <= 15
+    assert tap == Slot.parse('gpu-node-01-s3').tap and len(tap) <= 15
     linux = tree(spec(bridge='br-test', bridge_type='linux')).find('devices/interface')
     assert linux.find('virtualport') is None and linux.find('source').get('bridge') == 'br-test'
     # ethernet: the VM opens the tap the slot network made (and filtered) beforehand.
@@ -152,11 +152,11 @@ def test_network_interface_openvswitch_and_linux():
     assert eth.get('type') == 'ethernet' and eth.find('source') is None
     assert eth.find('virtualport') is None
     assert eth.find('target').get('dev') == tap and eth.find('target').get('managed') == 'no'
-    assert eth.find('mac').get('address') == slot_mac('gpu-node-01', 3)
+    assert eth.find('mac').get('address') == Slot('gpu-node-01', 3).mac
     # The guest sends whole checksums (the userspace datapath does not complete them).
     assert eth.find('driver/host').get('csum') == 'off'
     for bridge in ('br0;reboot', 'a' * 16, 'br 0', 'br/0', ''):
-        with pytest.raises(DomainError, match='not a network interface name'):
+        with pytest.raises(ContractError, match='not a valid network interface name'):
             spec(bridge=bridge)
 
 
@@ -166,11 +166,11 @@ def test_names_derive_from_the_slot_id_only():
     assert tree(value).findtext('name') == 'gpuaas-gpu-node-01-s3'
     # The longest node id and the highest index still give a tap name the kernel accepts.
     long_id = 'n' * 63 + '-s244'
-    assert len(_domain.tap_name(long_id)) <= 15
-    assert _domain.tap_name('a-s0') != _domain.tap_name('b-s0')
+    assert len(Slot.parse(long_id).tap) <= 15
+    assert Slot.parse('a-s0').tap != Slot.parse('b-s0').tap
     for hostile in ('../../x-s0', 'x-s0<y>', "x'-s0", 'x-s0; reboot', 'x-s0\n', 'tenant name-s0', 'x-s999'):
-        with pytest.raises(DomainError):
-            _domain.domain_name(hostile)
+        with pytest.raises(ContractError):
+            spec(slot_id=hostile)
     # DomainSpec has no parameter a tenant string could come through for a name.
     assert 'hostname' not in DomainSpec.__init__.__code__.co_varnames
 

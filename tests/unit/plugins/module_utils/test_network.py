@@ -10,6 +10,7 @@ import os
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot
 
 
 def test_our_flow_text_and_ovs_dump_compare_equal():
@@ -21,14 +22,15 @@ def test_our_flow_text_and_ovs_dump_compare_equal():
 
 
 def test_no_slot_flow_outputs_to_another_slot_port():
-    flows = net.slot_flows(3, 103, '52:54:aa:00:00:01', '10.100.0.13', '10.100.0.1', 9110)
+    slot = Slot('gpu-node-01', 3)
+    flows = net.slot_flows(slot, '10.100.0.1', 9110)
     for flow in flows:
         actions = flow.split(' actions=')[1]
         assert actions in ('LOCAL', 'drop', 'output:103'), flow
         if actions == 'output:103':
             assert 'in_port=LOCAL' in flow
         else:
-            assert 'in_port=103,dl_src=52:54:aa:00:00:01' in flow and 'cookie=0x6770750000000003' in flow
+            assert 'in_port=103,dl_src=%s' % slot.mac in flow and 'cookie=0x6770750000000003' in flow
 
 
 def test_dnsmasq_serves_fixed_addresses_only():

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainSpec, build_xml, tap_name
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_cookie
+from ansible_collections.gpuaas.slice.plugins.module_utils._domain import DomainSpec, build_xml
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
 
 NODE = 'gpu-node-01'
@@ -44,8 +44,8 @@ class Node:
         (self.dirs['token'] / ('%s.json' % slot)).write_text('{}')
         (self.dirs['disk'] / ('%s.raw' % slot)).write_text('')
         (self.dirs['seed'] / ('%s-seed.iso' % slot)).write_text('')
-        self.ports.append(tap_name(slot))
-        self.cookies.append(slot_cookie(int(slot.rsplit('-s', 1)[1])))
+        self.ports.append(Slot.parse(slot).tap)
+        self.cookies.append(Slot.parse(slot).cookie)
 
     def vfio(self, address, functions):
         (self.dirs['vfio'] / ('%s.json' % address)).write_text(json.dumps(
@@ -91,10 +91,10 @@ def test_everything_of_a_slot_without_lease_is_an_orphan(node):
     node.domains.append(('gpuaas-gpu-node-01-s1', 0, domain('gpu-node-01-s1')))
     node.domains.append(('someone-elses-vm', 1, domain('gpu-node-01-s5')))
     node.ports.append('vnet0')
-    node.ports.append(tap_name('other-node-s0'))            # not this node's: reported only
+    node.ports.append(Slot.parse('other-node-s0').tap)            # not this node's: reported only
     report = node.report()
     assert report['orphans'] == {'gpu-node-01-s1': ['dhcp_host', 'disk', 'domain', 'flows', 'port', 'seed', 'token']}
-    assert report['unknown_ports'] == [tap_name('other-node-s0')]
+    assert report['unknown_ports'] == [Slot.parse('other-node-s0').tap]
     assert not report['clean']
 
 

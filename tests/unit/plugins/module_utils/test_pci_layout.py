@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils import _layout as layout
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     PciError, bdf_key, class_name, parse_bdf, parse_cpulist, vf_address)
 
@@ -58,24 +56,3 @@ def test_cpulists_and_class_names():
     assert class_name(0x0c0330) == 'USB controller'
     assert class_name(0x120000) == 'processing accelerator'
     assert class_name(None) == 'device of unknown class'
-
-
-@pytest.mark.parametrize('node, index', [('gpu-node-01', 0), ('gpu-node-01', 7), ('a', 244)])
-def test_mac_ip_and_slot_id_follow_the_layout(node, index):
-    digest = hashlib.sha256(('%s:%d' % (node, index)).encode()).digest()
-    assert layout.slot_mac(node, index) == '52:54:%02x:%02x:%02x:%02x' % tuple(digest[:4])
-    assert layout.slot_ip(index) == '10.100.0.%d' % (10 + index)
-    assert layout.slot_id(node, index) == '%s-s%d' % (node, index)
-    assert layout.parse_slot_id(layout.slot_id(node, index)) == (node, index)
-
-
-@pytest.mark.parametrize('index', [-1, 245, True, '1', 1.0])
-def test_slot_indexes_outside_the_network_are_refused(index):
-    with pytest.raises(layout.LayoutError):
-        layout.slot_ip(index)
-
-
-@pytest.mark.parametrize('slot_id', ['n-s', 'n-s1x', '../n-s1', 'n-s1/..', 'n-s999', 's1', 'n-s1\n'])
-def test_malformed_slot_ids_are_refused(slot_id):
-    with pytest.raises(layout.LayoutError):
-        layout.parse_slot_id(slot_id)

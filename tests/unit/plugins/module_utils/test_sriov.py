@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _sriov
 from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import LayoutError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError
 
 
 def test_the_derivation_is_pinned():
@@ -43,7 +43,7 @@ def test_guids_are_never_zero_and_node_and_port_differ():
 
 
 def test_a_bad_node_id_is_not_hashed():
-    with pytest.raises(LayoutError):
+    with pytest.raises(ContractError):
         _sriov.vf_mac('node 1', '0000:1a:00.0', 0)
 
 

@@ -32,7 +32,7 @@ def test_a_hostile_node_id_is_refused(capsys, host_tree, node_id):
     result = run_module(slot_discovery, {'node_id': node_id, 'sysfs_root': sys_root,
                                          'proc_root': proc_root}, capsys=capsys)
     assert result['failed'] is True
-    assert result['msg'].startswith('node_id %r is not valid' % node_id)
+    assert result['msg'].startswith('node_id %r is not a valid node id' % node_id)
 
 
 def test_a_tree_that_is_not_sysfs_fails_clearly(capsys, tmp_path):

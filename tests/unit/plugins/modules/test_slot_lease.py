@@ -108,7 +108,7 @@ def test_a_damaged_lease_means_held(lease):
 
 @pytest.mark.parametrize('args, message', [
     (dict(slot_id='../../etc/passwd-s0'), 'slot id'),
-    (dict(slot_id='gpu-node-01-s0\n'), 'control characters'),
+    (dict(slot_id='gpu-node-01-s0\n'), 'not a valid slot id'),
     (dict(allocation_id='a1; rm -rf /'), 'allocation_id'),
     (dict(allocation_id='../a1'), 'allocation_id'),
     (dict(lease_dir='relative/leases'), 'absolute'),

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _seed
-from ansible_collections.gpuaas.slice.plugins.module_utils._layout import slot_mac
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import SSH_KEY_TYPES, Slot
 from ansible_collections.gpuaas.slice.plugins.modules import slot_seed
 from tests.unit.module_runner import run_module
 
@@ -67,7 +67,7 @@ def test_seed_content_read_back(tmp_path, capsys):
     assert meta == {'instance-id': 'alloc-7f3a', 'local-hostname': 'train-01'}
     network = yaml.safe_load(iso_file(path, 'network-config'))
     assert network == {'version': 2, 'ethernets': {'slot0': {
-        'match': {'macaddress': slot_mac('gpu-node-01', 3)}, 'dhcp4': True}}}
+        'match': {'macaddress': Slot('gpu-node-01', 3).mac}, 'dhcp4': True}}}
     raw_user = iso_file(path, 'user-data').decode()
     assert raw_user.startswith('#cloud-config\n')
     user = yaml.safe_load(raw_user)
@@ -174,9 +174,9 @@ def test_hostile_input_refused_before_anything_is_written(tmp_path, capsys, fiel
 
 
 def test_key_normalisation():
-    assert _seed.check_ssh_key('  %s  ' % key(comment=''), 0) == key(comment='')
-    for kind in _seed.SSH_KEY_TYPES:
-        assert _seed.check_ssh_key(key(kind), 0).startswith(kind + ' ')
+    assert _seed.check_ssh_key('  %s  ' % key(comment='')) == key(comment='')
+    for kind in SSH_KEY_TYPES:
+        assert _seed.check_ssh_key(key(kind)).startswith(kind + ' ')
 
 
 def test_content_hash_covers_every_file():
