@@ -135,7 +135,8 @@ class Slot(Base):
     __tablename__ = 'slots'
     __table_args__ = (
         UniqueConstraint('node_id', 'slot_index', name='uq_slots_node_index'),
-        Index('ix_slots_state', 'state'),
+        # The reservation's candidate order (service._take_slot_statement), and lookups by state.
+        Index('ix_slots_free', 'state', 'approved', 'node_id', 'slot_index'),
     )
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
