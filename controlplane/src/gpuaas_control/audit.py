@@ -70,13 +70,14 @@ def append(session, actor: Actor, action: str, target_type: str, target_id: str,
     """Append an entry in the caller's transaction: lock the head, insert the entry, move the
     head, in three prebuilt Core statements (the ORM's unit of work cost more than the SQL).
     The head's lock is held from here to the commit, so callers append last."""
-    seq, prev_hash = session.execute(_LOCK_HEAD).one()
+    connection = session.connection()
+    seq, prev_hash = connection.execute(_LOCK_HEAD).one()
     row = {'seq': seq + 1, 'at': utcnow(), 'actor': actor.name, 'role': actor.role,
            'action': action, 'target_type': target_type, 'target_id': str(target_id),
            'before': _plain(before), 'after': _plain(after), 'prev_hash': prev_hash}
     row['hash'] = entry_hash(prev_hash, row)
-    session.execute(_INSERT, row)
-    session.execute(_SET_HEAD, {'seq': row['seq'], 'hash': row['hash']})
+    connection.execute(_INSERT, row)
+    connection.execute(_SET_HEAD, {'seq': row['seq'], 'hash': row['hash']})
 
 
 @dataclasses.dataclass

@@ -146,7 +146,7 @@ _TOKEN = select(ApiToken.__table__).where(ApiToken.__table__.c.token_hash == bin
 def authenticate(session, token: str) -> audit.Actor | None:
     if not token or len(token) > 200:
         return None
-    row = session.execute(_TOKEN, {'token_hash': hash_token(token)}).first()
+    row = session.connection().execute(_TOKEN, {'token_hash': hash_token(token)}).first()
     if row is None or row.revoked_at is not None:
         return None
     return audit.Actor(name='token:%d:%s' % (row.id, row.name), role=row.role, tenant=row.tenant_id)
@@ -495,7 +495,7 @@ def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
     # Parameter names are not column names: an UPDATE would take those as SET values.
     params = {'want_model': request.gpu_model, 'want_node': request.node_id,
               'want_numa': request.numa_node, 'take_for': allocation_id, 'take_at': now}
-    return session.execute(statement, params).first()
+    return session.connection().execute(statement, params).first()
 
 
 def _explain_no_fit(session, request: AllocationRequest) -> str:
@@ -533,7 +533,8 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
     """
     if actor.role != ROLE_TENANT or not actor.tenant:
         raise Forbidden('allocations are made with a tenant token')
-    max_gpus = session.execute(_LOCK_TENANT, {'tenant': actor.tenant}).scalar_one_or_none()
+    connection = session.connection()
+    max_gpus = connection.execute(_LOCK_TENANT, {'tenant': actor.tenant}).scalar_one_or_none()
     if max_gpus is None:
         max_gpus = ensure_tenant(session, actor.tenant, default_max_gpus).max_gpus
     if request.idempotency_key:
@@ -564,18 +565,18 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
         'hostname': request.hostname, 'request': request.constraints(), 'mac': slot.mac,
         'timings': {}, 'created_at': now, 'updated_at': now}
     try:
-        session.execute(_INSERT_ALLOCATION, values)
+        connection.execute(_INSERT_ALLOCATION, values)
     except IntegrityError as exc:
         # The unique index caught what the code above should have prevented.
         raise Conflict('slot %s is already held by another allocation' % slot.id) from exc
-    session.execute(_INSERT_JOB, {
+    connection.execute(_INSERT_JOB, {
         'allocation_id': allocation_id, 'kind': JOB_ALLOCATE, 'status': JOB_PENDING,
         'attempts': 0, 'available_at': now, 'created_at': now, 'updated_at': now})
-    session.execute(_INSERT_USAGE, {
+    connection.execute(_INSERT_USAGE, {
         'allocation_id': allocation_id, 'tenant_id': actor.tenant, 'slot_id': slot.id,
         'node_id': slot.node_id, 'gpu_model': slot.gpu_model, 'gpus': 1,
         'allocated_start': now})
-    session.execute(_INSERT_EVENT, {
+    connection.execute(_INSERT_EVENT, {
         'allocation_id': allocation_id, 'at': now, 'kind': 'state',
         'message': 'requested: slot %s reserved' % slot.id,
         'data': {'state': REQUESTED, 'slot_id': slot.id}})
