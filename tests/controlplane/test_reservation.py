@@ -13,11 +13,13 @@ import time
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from gpuaas_control import service
 from gpuaas_control.collection import contract
 from gpuaas_control.db import Database
-from gpuaas_control.models import Allocation, OutboxJob, Slot, UsageRecord
+from gpuaas_control.models import Allocation, Event, OutboxJob, Slot, UsageRecord
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
 
@@ -45,6 +47,13 @@ def test_a_reservation_is_slot_allocation_outbox_usage_and_audit(db, node):
         assert usage.allocation_id == allocation.id and usage.allocated_end is None
         entries = service.audit.verify(session)
         assert entries.ok
+        # The allocation returned is built from what was inserted: it is what was stored.
+        stored = session.get(Allocation, allocation.id)
+        columns = [c.key for c in Allocation.__table__.columns]
+        assert {k: getattr(allocation, k) for k in columns} == {k: getattr(stored, k) for k in columns}
+        event = session.execute(select(Event)).scalar_one()
+        assert (event.allocation_id, event.data) == (allocation.id, {'state': 'requested',
+                                                                     'slot_id': slot.id})
 
 
 def test_nothing_fits_is_a_conflict_and_changes_nothing(db, node):
@@ -166,3 +175,32 @@ def test_processes_race_for_fewer_slots(db, db_url, node):
     _check_consistent(db)
     with db.read() as session:
         assert service.active_count(session, 'globex') <= 2
+
+
+def _drop_connections(pg_cluster, db_url):
+    """What a server restart does to the pool: every connection to the database is gone."""
+    pg_cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'"
+                    % make_url(db_url).database)
+
+
+@pytest.mark.backends('postgresql')
+def test_a_dropped_connection_is_pinged_when_idle_and_retried_when_busy(db_url, node, pg_cluster):
+    # A connection used within ping_after_idle seconds is handed out unchecked (no round trip
+    # per checkout): a read on it fails once the server dropped it, a transaction is retried.
+    busy = Database(db_url, ping_after_idle=3600)
+    idle = Database(db_url, ping_after_idle=0)
+    try:
+        for database in (busy, idle):
+            with database.read() as session:
+                session.execute(select(1))
+        _drop_connections(pg_cluster, db_url)
+        allocation, created = busy.transact(service.reserve, tenant('acme'), request())
+        assert created and allocation.slot_id
+        with idle.read() as session:
+            assert session.execute(select(1)).scalar() == 1
+        _drop_connections(pg_cluster, db_url)
+        with pytest.raises(OperationalError), busy.read() as session:
+            session.execute(select(1))
+    finally:
+        busy.dispose()
+        idle.dispose()

@@ -19,10 +19,12 @@ import time
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT = 30.0
+# A PostgreSQL connection idle for longer is checked (SELECT 1) before it is handed out.
+PING_AFTER_IDLE = 5.0
 RETRYABLE_PG_CODES = ('40001', '40P01', '55P03')
 
 
@@ -48,6 +50,10 @@ def normalize_url(url: str):
 
 
 def _retryable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        # The server went away under a connection (a restart): the pool has dropped its
+        # connections; the transaction never committed, so run it again on a new one.
+        return True
     orig = getattr(exc, 'orig', None)
     code = getattr(orig, 'sqlstate', None) or getattr(orig, 'pgcode', None)
     if code in RETRYABLE_PG_CODES:
@@ -59,7 +65,8 @@ def _retryable(exc: DBAPIError) -> bool:
 class Database:
     """One engine for a URL; ``read()``/``write()`` open a transaction (a Session)."""
 
-    def __init__(self, url: str, pool_size: int = 10, echo: bool = False):
+    def __init__(self, url: str, pool_size: int = 10, echo: bool = False,
+                 ping_after_idle: float = PING_AFTER_IDLE):
         self.url = normalize_url(url)
         self.backend = self.url.get_backend_name()
         if self.backend == 'sqlite':
@@ -71,7 +78,8 @@ class Database:
             event.listen(self.engine, 'begin', _sqlite_begin)
         else:
             self.engine = create_engine(self.url, echo=echo, pool_size=pool_size,
-                                        max_overflow=pool_size, pool_pre_ping=True)
+                                        max_overflow=pool_size)
+            _ping_when_idle(self.engine, ping_after_idle)
         self._writer = self.engine.execution_options(gpuaas_write=True)
         # SQLite has one writer at a time: threads of one process queue here, on a lock that
         # wakes the next one at once, rather than in SQLite's busy handler, which polls with
@@ -117,6 +125,28 @@ class Database:
 
     def dispose(self):
         self.engine.dispose()
+
+
+def _ping_when_idle(engine, after: float):
+    """Check a connection that sat idle in the pool for ``after`` seconds before handing it
+    out, as ``pool_pre_ping`` does for every checkout: a round trip that cost a fifth of a
+    reservation's time under load (bench/bench_reservation.py). A busy connection is not
+    pinged; if the server drops it, ``Database.transact`` retries on a new one."""
+    def checkin(_dbapi_connection, record):
+        record.info['idle_since'] = time.monotonic()
+
+    def checkout(dbapi_connection, record, _proxy):
+        now = time.monotonic()
+        if now - record.info.get('idle_since', now) < after:
+            return  # in use lately, or new (the record's info goes with its connection)
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool replaces the connection and tries again.
+            raise DisconnectionError(str(exc)) from exc
+
+    event.listen(engine, 'checkin', checkin)
+    event.listen(engine, 'checkout', checkout)
 
 
 def _sqlite_connect(dbapi_connection, _record):
