@@ -85,7 +85,12 @@ class Database:
         # wakes the next one at once, rather than in SQLite's busy handler, which polls with
         # sleeps of up to 100 ms. Other processes still meet on the busy timeout.
         self._write_lock = threading.Lock() if self.backend == 'sqlite' else None
-        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL reads run in autocommit: at READ COMMITTED every statement has its own
+        # snapshot inside a transaction too, so BEGIN and ROLLBACK were two round trips for
+        # nothing (every request reads its token).
+        reader = self.engine.execution_options(isolation_level='AUTOCOMMIT') \
+            if self.backend == 'postgresql' else self.engine
+        self._read_sessions = sessionmaker(reader, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
 
     @property
@@ -94,8 +99,10 @@ class Database:
 
     @contextlib.contextmanager
     def read(self):
-        """A transaction that never commits: closing the session gives the connection back
-        to the pool, which rolls it back (the objects read stay loaded)."""
+        """Reads that never commit: closing the session gives the connection back to the
+        pool, which rolls it back (the objects read stay loaded). On PostgreSQL each
+        statement is its own transaction (autocommit), as at READ COMMITTED; take no lock
+        here, write() is for that."""
         with self._read_sessions() as session:
             session.begin()
             yield session
