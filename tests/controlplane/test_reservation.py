@@ -154,6 +154,17 @@ def test_quota_holds_under_the_race(db, node):
         assert service.active_count(session, 'acme') == 3
 
 
+def test_an_idempotency_key_holds_under_the_race(db, node):
+    def one(_index):
+        return db.transact(service.reserve, tenant('acme'),
+                           request(idempotency_key='race-1'))[0].id
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        ids = set(pool.map(one, range(16)))
+    assert len(ids) == 1
+    with db.read() as session:
+        assert service.active_count(session, 'acme') == 1
+
+
 def _process_worker(url, who, count, start_at):
     db = Database(url)
     time.sleep(max(0.0, start_at - time.time()))
