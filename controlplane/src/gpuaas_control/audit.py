@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from gpuaas_control.models import AuditEntry, AuditHead, utcnow
 
@@ -63,19 +63,52 @@ _HEAD = AuditHead.__table__
 _LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
 _INSERT = insert(AuditEntry.__table__)
+# PostgreSQL: lock the head, insert the entry hashed by the server (its sha256 of the same
+# text), move the head, in one statement.
+_APPEND_PG = text("""
+WITH head AS (SELECT seq + 1 AS seq, hash AS prev_hash FROM audit_head WHERE id = 1 FOR UPDATE),
+entry AS (
+  INSERT INTO audit_log (seq, at, actor, role, action, target_type, target_id, before, after,
+                         prev_hash, hash)
+  SELECT head.seq, :at, :actor, :role, :action, :target_type, :target_id,
+         CAST(:before AS json), CAST(:after AS json), head.prev_hash,
+         encode(sha256(convert_to(head.prev_hash || :text_before_seq || head.seq || :text_after_seq,
+                                  'UTF8')), 'hex')
+  FROM head RETURNING seq, hash)
+UPDATE audit_head SET seq = entry.seq, hash = entry.hash FROM entry WHERE audit_head.id = 1
+""")
+
+
+def _around_seq(document: dict) -> tuple[str, str]:
+    """``canonical(document)`` in two parts, before and after the value of its ``seq``: the
+    entry's number is known only once the head is locked, in the database."""
+    items = sorted(dict(document, seq=None).items())
+    position = [key for key, _value in items].index('seq')
+    pairs = ['%s:%s' % (canonical(key), canonical(value)) for key, value in items]
+    return ('{' + ''.join(pair + ',' for pair in pairs[:position]) + '"seq":',
+            ''.join(',' + pair for pair in pairs[position + 1:]) + '}')
 
 
 def append(session, actor: Actor, action: str, target_type: str, target_id: str,
            before=None, after=None) -> None:
-    """Append an entry in the caller's transaction: lock the head, insert the entry, move the
-    head, in three prebuilt Core statements (the ORM's unit of work cost more than the SQL).
-    The head's lock is held from here to the commit, so callers append last."""
+    """Append an entry in the caller's transaction. The head's lock serializes appends and is
+    held to the commit (callers append last), so the time it is held is kept short: on
+    PostgreSQL one statement (the server hashes), elsewhere three prebuilt Core statements
+    (SQLite's write lock already serializes the whole transaction)."""
     connection = session.connection()
+    row = {'at': utcnow(), 'actor': actor.name, 'role': actor.role, 'action': action,
+           'target_type': target_type, 'target_id': str(target_id),
+           'before': _plain(before), 'after': _plain(after)}
+    text_before_seq, text_after_seq = _around_seq(entry_document(dict(row, seq=0)))
+    if connection.dialect.name == 'postgresql':
+        connection.execute(_APPEND_PG, dict(
+            row, before=None if before is None else canonical(row['before']),
+            after=None if after is None else canonical(row['after']),
+            text_before_seq=text_before_seq, text_after_seq=text_after_seq))
+        return
     seq, prev_hash = connection.execute(_LOCK_HEAD).one()
-    row = {'seq': seq + 1, 'at': utcnow(), 'actor': actor.name, 'role': actor.role,
-           'action': action, 'target_type': target_type, 'target_id': str(target_id),
-           'before': _plain(before), 'after': _plain(after), 'prev_hash': prev_hash}
-    row['hash'] = entry_hash(prev_hash, row)
+    row.update(seq=seq + 1, prev_hash=prev_hash, hash=hashlib.sha256(
+        (prev_hash + text_before_seq + str(seq + 1) + text_after_seq).encode('ascii')).hexdigest())
     connection.execute(_INSERT, row)
     connection.execute(_SET_HEAD, {'seq': row['seq'], 'hash': row['hash']})
 
