@@ -1,23 +1,34 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Reservation under load: POST /v1/allocations from many concurrent clients.
+"""Reservation under load: POST /v1/allocations, closed loop, open loop, and at scale.
 
-    python bench/bench_reservation.py [--requests N] [--clients C] [--workers W]
-                                      [--backends sqlite,postgresql]
+    python bench/bench_reservation.py [--requests N] [--clients C] [--rate R] [--seconds S]
+                                      [--scale SLOTS] [--workers W] [--backends sqlite,postgresql]
 
-For each backend: a fresh database (a SQLite file; a private PostgreSQL cluster started and
-stopped here, as the tests do), migrated, with N approved slots (the sample 8-GPU host's
-real discovery result under N/8 node ids) and 20 tenant tokens; then `gpuaas serve` (a real
-uvicorn with W worker processes) on 127.0.0.1, and C clients (asyncio streams, one
-connection each, HTTP/1.1 keep-alive) sending N reservation requests in all. Every request fits, so each is the
-whole transaction: tenant lock and quota count, slot choice and conditional UPDATE,
-allocation, outbox, usage, event and audit rows.
+For each backend and each table size: a fresh database (a SQLite file; a private PostgreSQL
+cluster started and stopped here, as the tests do), migrated, with approved slots (the
+sample 8-GPU host's real discovery result under 8-slot node ids, through the service's own
+discovery and approval path, 50 nodes per transaction) and 20 tenant tokens; then `gpuaas
+serve` (a real uvicorn with W worker processes) on 127.0.0.1, and two loads on it:
 
-Reports throughput and p50/p90/p99/max latency per backend, and checks that the slot table
-is consistent afterwards (as many reserved slots as active allocations, none twice). A
-bounded number of requests: it stops by itself (under two minutes on 2 cores). No target:
-it reports.
+* closed loop: C clients (asyncio streams, one keep-alive connection each) sending N
+  requests in all, each client its next one when the last is answered: the throughput the
+  server sustains (its latency is C / throughput, by Little's law);
+* open loop: R requests per second for S seconds on a fixed schedule, latency measured from
+  each request's scheduled send time, so queueing behind a slow answer is counted
+  (no coordinated omission).
+
+The tables: one holding what a run reserves (N + R*S slots, 2,000 by default) and one of
+--scale slots (10,000 on 1,250 nodes by default). (The issue compares the scale run with
+"64-slot figures"; 64 slots cannot take 1,000 reservations, so the small table is the
+smallest that does.) Every request fits, so each is the whole transaction: tenant lock and
+quota, slot choice and conditional UPDATE, allocation, outbox, usage, event and audit rows.
+
+Reports throughput and p50/p90/p99/max latency per backend, table and load, and checks that
+the slot table is consistent afterwards (as many reserved slots as active allocations, none
+twice). Bounded: it stops by itself (about 3 minutes on 2 cores). No target: it reports.
+FIGURES
 """
 
 import argparse
@@ -33,7 +44,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+# This checkout's control plane, here and in the server (the venv may hold another one).
+CONTROLPLANE = os.path.join(os.path.dirname(HERE), 'controlplane', 'src')
+sys.path[:0] = [os.path.dirname(HERE), CONTROLPLANE]
 import tests.conftest  # noqa: E402,F401  (puts the collection on sys.path)
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
@@ -60,19 +73,33 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def populate(url, slots, workdir):
-    """Migrate; approve ceil(slots / 8) copies of the sample host; create tenant tokens."""
+def populate(url, slots, workdir, batch=50):
+    """Migrate; approve ceil(slots / 8) copies of the sample host; create tenant tokens.
+
+    Through the service's own path (record_discovery, then approve, each audited), the first
+    node from a real discovery of the sample host and the others renamed copies of it, 50
+    nodes per transaction: 10,000 slots on 1,250 nodes take about 10 s on SQLite."""
     db = Database(url)
     migrate.upgrade(db)
     sysfs, proc = hosts.HOSTS['hgx'](os.path.join(workdir, 'hgx'))
     template = Discovery('bench-node-0000', sysfs, proc).run()
-    for index in range((slots + 7) // 8):
-        node_id = 'bench-node-%04d' % index
-        discovery = Discovery(node_id, sysfs, proc).run() if index == 0 else _renamed(template, node_id)
-        db.transact(service.record_discovery, OPERATOR, node_id, discovery)
-        db.transact(service.approve, OPERATOR, node_id, approved_map(discovery))
+
+    def add_nodes(session, node_ids):
+        for node_id in node_ids:
+            discovery = _renamed(template, node_id)
+            service.record_discovery(session, OPERATOR, node_id, discovery)
+            service.approve(session, OPERATOR, node_id, approved_map(discovery))
+
+    node_ids = ['bench-node-%04d' % index for index in range((slots + 7) // 8)]
+    for start in range(0, len(node_ids), batch):
+        db.transact(add_nodes, node_ids[start:start + batch])
     tokens = [db.transact(service.create_token, OPERATOR, 'tenant', 'tenant%02d' % i)[0]
               for i in range(TENANTS)]
+    if db.is_postgres:
+        # The planner's statistics, as autovacuum would have them on a running server
+        # (without them it guesses, and scans the nodes table for the drained ones).
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql('ANALYZE')
     db.dispose()
     return tokens
 
@@ -92,7 +119,8 @@ class Server:
     def __init__(self, url, workers):
         self.port = _free_port()
         self.base = 'http://127.0.0.1:%d' % self.port
-        env = dict(os.environ, GPUAAS_DB_URL=url)
+        env = dict(os.environ, GPUAAS_DB_URL=url, PYTHONPATH=os.pathsep.join(
+            filter(None, [CONTROLPLANE, os.environ.get('PYTHONPATH')])))
         self.proc = subprocess.Popen([GPUAAS, 'serve', '--port', str(self.port), '--workers',
                                       str(workers), '--no-access-log', '--log-level', 'warning'],
                                      env=env)
@@ -151,13 +179,26 @@ class Connection:
             await self.close()
         return int(status_line.split()[1])
 
+    async def post_counted(self, body, statuses):
+        """POST; count the status (or the error, after which the connection is reopened)."""
+        try:
+            status = await self.post(body)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            status = type(exc).__name__
+            await self.close()
+        statuses[status] = statuses.get(status, 0) + 1
+        return status
+
     async def close(self):
         if self.writer is not None:
             self.writer.close()
             self.reader = self.writer = None
 
 
-async def load(port, tokens, requests, clients, deadline_s):
+async def closed_loop(port, tokens, requests, clients, deadline_s):
+    """C clients, each sending its next request when the last one is answered; latency from
+    send to answer. Throughput is what the server sustains; latency hides queueing (a slow
+    answer delays the requests behind it, which are then not sent, not counted late)."""
     latencies, statuses = [], {}
     remaining = [requests]
     deadline = time.monotonic() + deadline_s
@@ -169,19 +210,54 @@ async def load(port, tokens, requests, clients, deadline_s):
             while remaining[0] > 0 and time.monotonic() < deadline:
                 remaining[0] -= 1
                 started = time.perf_counter()
-                try:
-                    status = await connection.post(body)
-                except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
-                    status = type(exc).__name__
-                    await connection.close()
+                await connection.post_counted(body, statuses)
                 latencies.append(time.perf_counter() - started)
-                statuses[status] = statuses.get(status, 0) + 1
         finally:
             await connection.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     return time.perf_counter() - started, latencies, statuses
+
+
+async def open_loop(port, tokens, rate, seconds, max_connections=400):
+    """Requests sent on a fixed schedule, one every 1/rate s for ``seconds``, whatever the
+    answers do; each one's latency is measured from its scheduled send time, so time spent
+    queueing (for the server, or for a connection here) is counted (no coordinated
+    omission). A request goes out on an idle keep-alive connection, or a new one (at most
+    ``max_connections``; past that it waits for one, and that wait counts too)."""
+    latencies, statuses = [], {}
+    body = json.dumps(BODY).encode()
+    idle = asyncio.Queue()
+    opened = [0]
+    loop = asyncio.get_running_loop()
+
+    async def one(index, scheduled):
+        if idle.empty() and opened[0] < max_connections:
+            opened[0] += 1
+            connection = Connection(port, tokens[opened[0] % len(tokens)])
+        else:
+            connection = await idle.get()
+        await connection.post_counted(body, statuses)
+        latencies.append(loop.time() - scheduled)
+        idle.put_nowait(connection)
+
+    count = int(rate * seconds)
+    started = loop.time() + 0.1
+    tasks = []
+    for index in range(count):
+        scheduled = started + index / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(index, scheduled)))
+    done, pending = await asyncio.wait(tasks, timeout=60)
+    for task in pending:
+        task.cancel()
+    statuses['unanswered'] = len(pending)
+    while not idle.empty():
+        await idle.get_nowait().close()
+    return loop.time() - started, latencies, {k: v for k, v in statuses.items() if v}
 
 
 def consistent(url):
@@ -200,7 +276,9 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def run_backend(backend, args):
+def run_table(backend, slots, args):
+    """A fresh database with ``slots`` approved slots, one server on it, the closed loop
+    then the open loop; rows of results, the slot table checked at the end."""
     workdir = tempfile.mkdtemp(prefix='gpuaas-bench-')
     cluster = None
     try:
@@ -210,17 +288,25 @@ def run_backend(backend, args):
             cluster = pgmod.PostgresCluster(max_connections=400).start()
             url = cluster.create_database('bench')
         setup_started = time.monotonic()
-        tokens = populate(url, args.requests, workdir)
+        tokens = populate(url, slots, workdir)
         setup = time.monotonic() - setup_started
         server = Server(url, args.workers)
+        rows = []
         try:
             elapsed, latencies, statuses = asyncio.run(
-                load(server.port, tokens, args.requests, args.clients, args.deadline))
+                closed_loop(server.port, tokens, args.requests, args.clients, args.deadline))
+            rows.append(('closed %d' % args.clients, elapsed, latencies, statuses))
+            if args.rate > 0:
+                elapsed, latencies, statuses = asyncio.run(
+                    open_loop(server.port, tokens, args.rate, args.seconds))
+                rows.append(('open %g/s' % args.rate, elapsed, latencies, statuses))
         finally:
             server.stop()
         ok, allocations = consistent(url)
-        return {'backend': backend, 'setup': setup, 'elapsed': elapsed, 'latencies': latencies,
-                'statuses': statuses, 'consistent': ok, 'allocations': allocations}
+        return [{'backend': backend, 'slots': (slots + 7) // 8 * 8, 'setup': setup, 'mode': mode,
+                 'elapsed': elapsed, 'latencies': latencies, 'statuses': statuses,
+                 'consistent': ok, 'allocations': allocations}
+                for mode, elapsed, latencies, statuses in rows]
     finally:
         if cluster is not None:
             cluster.stop()
@@ -229,32 +315,45 @@ def run_backend(backend, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--requests', type=int, default=1000)
-    parser.add_argument('--clients', type=int, default=200)
+    parser.add_argument('--requests', type=int, default=1000, help='closed loop: requests in all')
+    parser.add_argument('--clients', type=int, default=200, help='closed loop: concurrent clients')
+    parser.add_argument('--rate', type=float, default=100.0,
+                        help='open loop: offered requests per second (0: no open loop)')
+    parser.add_argument('--seconds', type=float, default=10.0, help='open loop: how long')
+    parser.add_argument('--scale', type=int, default=10000,
+                        help='also run on a table of this many approved slots (0: no scale run)')
     parser.add_argument('--workers', type=int, default=2, help='uvicorn worker processes')
     parser.add_argument('--backends', default='sqlite,postgresql')
     parser.add_argument('--deadline', type=float, default=45.0,
-                        help='stop sending after this many seconds per backend')
+                        help='closed loop: stop sending after this many seconds')
     args = parser.parse_args(argv)
-    print('reservation benchmark: %d x POST /v1/allocations, %d concurrent clients, '
-          '%d uvicorn workers, %d CPUs' % (args.requests, args.clients, args.workers, os.cpu_count()))
+    # The small table holds what one run reserves; the scale run's holds --scale slots.
+    small = args.requests + int(args.rate * args.seconds)
+    tables = [small] + ([max(args.scale, small)] if args.scale else [])
+    print('reservation benchmark: POST /v1/allocations; closed loop %d requests from %d clients, '
+          'open loop %g/s for %g s; tables of %s approved slots; %d uvicorn workers, %d CPUs'
+          % (args.requests, args.clients, args.rate, args.seconds,
+             ' and '.join('%d' % ((n + 7) // 8 * 8) for n in tables), args.workers, os.cpu_count()))
     results = []
     for backend in args.backends.split(','):
-        try:
-            results.append(run_backend(backend.strip(), args))
-        except pgmod.PostgresMissing as exc:
-            print('%s: skipped: %s' % (backend, exc))
+        for slots in tables:
+            try:
+                results.extend(run_table(backend.strip(), slots, args))
+            except pgmod.PostgresMissing as exc:
+                print('%s: skipped: %s' % (backend, exc))
+                break
     print()
-    print('%-10s %8s %9s %8s %8s %8s %8s  %s' % ('backend', 'requests', 'req/s', 'p50 ms',
-                                                 'p90 ms', 'p99 ms', 'max ms', 'statuses / check'))
+    print('%-10s %6s %-11s %8s %8s %8s %8s %8s %8s  %s' % (
+        'backend', 'slots', 'load', 'requests', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms',
+        'statuses / check'))
     for r in results:
         lat = [x * 1000 for x in r['latencies']]
         if not lat:
-            print('%-10s no requests completed' % r['backend'])
+            print('%-10s %6d %-11s no requests completed' % (r['backend'], r['slots'], r['mode']))
             continue
-        print('%-10s %8d %9.1f %8.1f %8.1f %8.1f %8.1f  %s; %d allocations, slot table %s'
-              % (r['backend'], len(lat), len(lat) / r['elapsed'], statistics.median(lat),
-                 percentile(lat, 0.90), percentile(lat, 0.99), max(lat),
+        print('%-10s %6d %-11s %8d %8.1f %8.1f %8.1f %8.1f %8.1f  %s; %d allocations, slot table %s'
+              % (r['backend'], r['slots'], r['mode'], len(lat), len(lat) / r['elapsed'],
+                 statistics.median(lat), percentile(lat, 0.90), percentile(lat, 0.99), max(lat),
                  ' '.join('%s:%d' % kv for kv in sorted(r['statuses'].items(), key=str)),
                  r['allocations'], 'consistent' if r['consistent'] else 'INCONSISTENT'))
     return 0 if all(r['consistent'] for r in results) else 1
