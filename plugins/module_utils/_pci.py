@@ -6,7 +6,9 @@
 Everything the collection knows about PCI devices is read here, through one
 :class:`Sysfs` accessor rooted at ``sysfs_root`` (``/sys`` on a real host, a tree
 built by the tests elsewhere). Nothing in this file writes; the device modules
-write through :meth:`Sysfs.write` so the kernel model in the tests can react.
+write through :meth:`Sysfs.write` so the kernel model in the tests can react. A path that
+resolves outside the tree (an attribute that is a symlink leaving ``sysfs_root``) is
+neither read nor written: :meth:`Sysfs.resolve` refuses it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -148,12 +150,14 @@ class Sysfs:
     """Read (and, for the device modules, write) a sysfs tree rooted at ``root``.
 
     Paths given to the methods are relative to the root ('bus/pci/devices/...').
-    Callers validate PCI addresses with :func:`parse_bdf` before building paths, so
-    no caller-supplied string can walk out of the tree.
+    Callers validate PCI addresses with :func:`parse_bdf` before building paths, and
+    :meth:`read` and :meth:`write` refuse a path that resolves outside the tree, so neither a
+    caller-supplied string nor a symlink planted in the tree reaches a file elsewhere.
     """
 
     def __init__(self, root='/sys'):
         self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
 
     def path(self, rel):
         return os.path.join(self.root, rel)
@@ -164,10 +168,22 @@ class Sysfs:
     def isdir(self, rel):
         return os.path.isdir(self.path(rel))
 
+    def resolve(self, rel):
+        """The real path of ``rel``, or PciError when it resolves outside the tree."""
+        real = os.path.realpath(self.path(rel))
+        if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
+            raise PciError('%s resolves to %s, outside the sysfs tree %s: refusing to follow it'
+                           % (self.path(rel), real, self.root))
+        return real
+
     def read(self, rel):
-        """File content stripped of surrounding white space, or None when absent/unreadable."""
+        """File content stripped of surrounding white space, or None when absent/unreadable.
+
+        PciError when the path resolves outside the tree: what it says is not the kernel's.
+        """
+        real = self.resolve(rel)
         try:
-            with open(self.path(rel), 'r') as handle:
+            with open(real, 'r') as handle:
                 return handle.read().strip()
         except (IOError, OSError, UnicodeDecodeError):
             return None
@@ -211,8 +227,8 @@ class Sysfs:
         return os.path.realpath(self.path(rel))
 
     def write(self, rel, value):
-        """Write ``value`` to a sysfs attribute the way ``echo value > attr`` does."""
-        with open(self.path(rel), 'w') as handle:
+        """Write ``value`` to a sysfs attribute the way ``echo value > attr`` does, inside the tree."""
+        with open(self.resolve(rel), 'w') as handle:
             handle.write(value)
 
 

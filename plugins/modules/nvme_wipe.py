@@ -215,49 +215,29 @@ verification:
   sample: {samples: 64, zero: 3, ones: 0, changed: 0, passed: false, failed_offsets: [0]}
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import engine_of
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._wipe import (
     DEFAULT_CHUNK,
     POLICIES,
     NvmeWipe,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    target=dict(type='str', required=True),
+    policy=dict(type='str', required=True, choices=list(POLICIES)),
+    allowed_file_dirs=dict(type='list', elements='path', default=[]),
+    chunk_size=dict(type='int', default=DEFAULT_CHUNK),
+    verify_samples=dict(type='int', default=64),
+    format_ses=dict(type='list', elements='int', choices=[0, 1, 2], default=[1, 0]),
+    format_timeout=dict(type='int', default=3600),
+    dev_root=dict(type='path', default='/dev'),
+))
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            target=dict(type='str', required=True),
-            policy=dict(type='str', required=True, choices=list(POLICIES)),
-            allowed_file_dirs=dict(type='list', elements='path', default=[]),
-            chunk_size=dict(type='int', default=DEFAULT_CHUNK),
-            verify_samples=dict(type='int', default=64),
-            format_ses=dict(type='list', elements='int', choices=[0, 1, 2], default=[1, 0]),
-            format_timeout=dict(type='int', default=3600),
-            dev_root=dict(type='path', default='/dev'),
-        )),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        engine = NvmeWipe(module, p['target'], p['policy'],
-                          allowed_file_dirs=p['allowed_file_dirs'], chunk_size=p['chunk_size'],
-                          verify_samples=p['verify_samples'], format_ses=p['format_ses'],
-                          format_timeout=p['format_timeout'], sysfs_root=p['sysfs_root'],
-                          proc_root=p['proc_root'], dev_root=p['dev_root'])
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
-    for warning in engine.warnings:
-        module.warn(warning)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine_of(NvmeWipe))
 
 
 if __name__ == '__main__':

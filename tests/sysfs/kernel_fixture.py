@@ -82,9 +82,10 @@ def kernel(tmp_path, monkeypatch):
 class StubModule:
     """What the engines use of AnsibleModule, for engine-level tests and the benchmark."""
 
-    def __init__(self, tools=None, check_mode=False):
+    def __init__(self, tools=None, check_mode=False, diff=False):
         self.tools = tools
         self.check_mode = check_mode
+        self._diff = diff
         self.warnings = []
 
     def atomic_move(self, src, dest):

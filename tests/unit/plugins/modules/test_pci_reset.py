@@ -41,8 +41,7 @@ def test_check_mode_resets_nothing_then_a_reset_is_a_change(ws, capsys):
     assert done['changed'] is True and done['needs_manual_care'] is False
     assert ws.model.resets == [(GPU, 'flr')]
     assert ws.model.writes == [('bus/pci/devices/%s/reset' % GPU, '1')]
-    assert done['diff'] == {'before': '%s: not reset\n' % GPU,
-                            'after': '%s: reset by flr\n' % GPU}
+    assert done['diff'] == {'before': {GPU: 'not reset'}, 'after': {GPU: 'reset by flr'}}
     assert done['duration_s'] >= 0
     run(ws, capsys)
     assert len(ws.model.resets) == 2                  # an action: every run resets

@@ -58,8 +58,10 @@ def test_check_mode_then_create_then_nothing_to_do(ws, capsys):
         assert (vf['spoofchk'], vf['trust'], vf['link_state']) == (True, False, 'auto')
         assert vf['driver'] == 'mlx5_core'
         assert ws.model.link_name('bus/pci/devices/%s/virtfn%d' % (PF, index)) == vf['address']
-    assert created['diff']['before'] == {'num_vfs': 0, 'vfs': {}}
+    # The diff is the plan's: the count, and each VF's properties (new VFs start with none).
+    assert created['diff']['before'] == dict({'num_vfs': 0}, **{'vf %d' % i: {} for i in range(4)})
     assert created['diff']['after']['num_vfs'] == 4
+    assert created['diff']['after']['vf 3']['mac'] == vf_mac('ws-01', PF, 3)
 
     ws.tools.calls[:] = []
     again = run(ws, capsys)
@@ -117,7 +119,7 @@ def test_more_than_the_total_is_refused(ws, capsys):
 
 def test_a_negative_count_is_refused(ws, capsys):
     result = run(ws, capsys, num_vfs=-1)
-    assert result['failed'] and 'num_vfs must be 0 or more' in result['msg']
+    assert result['failed'] and 'num_vfs must be a whole number from 0 to 65535, not -1' in result['msg']
 
 
 @pytest.mark.parametrize('address, message', [
@@ -285,8 +287,7 @@ def test_vf_identity_none_converges_only_the_count(nvme_box, capsys):
     assert created['vf_addresses'] == checked['vf_addresses']
     assert created['vfs'] == [{'index': 0, 'address': '0000:1c:00.1', 'driver': None},
                               {'index': 1, 'address': '0000:1c:00.2', 'driver': None}]
-    assert created['diff'] == {'before': {'num_vfs': 0, 'vfs': {}},
-                               'after': {'num_vfs': 2, 'vfs': {'0': {}, '1': {}}}}
+    assert created['diff'] == {'before': {'num_vfs': 0}, 'after': {'num_vfs': 2}}
     assert host.tools.calls == []                        # nothing is set through ip
     again = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none')
     assert again['changed'] is False and again['actions'] == []
