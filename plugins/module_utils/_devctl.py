@@ -149,12 +149,16 @@ def write(sysfs, rel, value):
 class SysfsWrite(Step):
     """Write ``value`` to a sysfs attribute (relative to the root), never outside the tree.
 
+    The target is resolved when the step is made (so a plan with a write that would leave the
+    tree is refused before its first step runs) and again when it is applied.
+
     ``readback``: what the attribute shows once the kernel took the value (driver_override,
     sriov_numvfs...); None for the attributes that only act (bind, unbind, reset).
     """
 
     def __init__(self, sysfs, what, rel, value, readback=None, **kwargs):
         super(SysfsWrite, self).__init__('%s: write %r to %s' % (what, value, sysfs.path(rel)), **kwargs)
+        sysfs.resolve(rel)          # refused when planned, before any step of the plan runs
         self.sysfs = sysfs
         self.rel = rel
         self.value = value

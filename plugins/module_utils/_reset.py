@@ -46,7 +46,7 @@ class PciReset:
         """The reset; every failure says whether the device now needs manual care."""
         try:
             return self._run()
-        except devctl.DeviceError as exc:
+        except devctl.GpuaasError as exc:
             exc.details.setdefault('needs_manual_care', False)
             raise
 

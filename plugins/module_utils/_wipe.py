@@ -167,7 +167,7 @@ class NvmeWipe:
                                             ' (regular files need allowed_file_dirs)'))
 
     def resolve(self):
-        text = self.target.strip() if isinstance(self.target, str) else self.target
+        text = self.target
         if isinstance(text, str) and BDF_RE.fullmatch(text.lower()):
             return self._controller(devctl.check_address(text, 'target'))
         self._check_path(text)

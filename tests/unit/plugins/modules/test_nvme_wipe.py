@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.modules import nvme_wipe, vfio_bind
 from tests.sysfs import kernel_fixture
+from tests.sysfs.fake_tools import HANG
 from tests.unit.module_runner import run_module
 
 kernel = kernel_fixture.kernel  # the fixture
@@ -264,3 +266,84 @@ def test_option_rules(ws, capsys):
     assert result['failed'] and 'format_ses' in result['msg']
     result = run(ws, capsys, FREE_NVME, policy='shred')
     assert result['failed'] and 'policy' in result['msg']
+
+
+# -- hostile input (issue 16): a clean refusal naming the option, not a byte wiped -------------
+
+
+def refused(host, capsys, target, *expected, **extra):
+    data = content(node(host))
+    before = host.snapshot()
+    result = run(host, capsys, target, **extra)
+    assert result.get('failed') is True, result
+    for text in expected:
+        assert text in result['msg'], result['msg']
+    assert content(node(host)) == data
+    host.assert_unchanged(before)
+    assert host.tools.calls == []
+    return result
+
+
+@pytest.mark.parametrize('make', [
+    lambda proc: shutil.rmtree(proc),
+    lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
+    lambda proc: os.unlink(os.path.join(proc, 'mounts')),
+    lambda proc: (os.unlink(os.path.join(proc, 'mounts')), os.mkdir(os.path.join(proc, 'mounts'))),
+])
+@pytest.mark.parametrize('policy', ['zero', 'nvme-format'])
+def test_a_proc_root_that_cannot_be_read_never_means_nothing_is_mounted(ws, capsys, make, policy):
+    """Fail closed: the boot NVMe is not offered, nor any other, when /proc cannot be read."""
+    make(ws.proc)
+    for target in (BOOT_NVME, FREE_NVME, node(ws)):
+        refused(ws, capsys, target, 'cannot read', 'proc_root', policy=policy)
+
+
+@pytest.mark.parametrize('option, value, expected', [
+    ('chunk_size', 0, 'chunk_size (a multiple of 4096) must be a whole number from 4096 to 268435456'),
+    ('chunk_size', -4096, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 2 ** 63, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 10 ** 30, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 4097, 'chunk_size must be a multiple of 4096'),
+    ('verify_samples', 0, 'verify_samples must be a whole number from 1 to 4096'),
+    ('verify_samples', 10 ** 9, 'verify_samples must be a whole number from 1 to 4096'),
+    ('format_timeout', 0, 'format_timeout must be a whole number from 1 to 604800'),
+    ('format_timeout', -1, 'format_timeout must be a whole number'),
+    ('format_timeout', 2 ** 40, 'format_timeout must be a whole number'),
+    ('format_ses', [], 'format_ses must name at least one'),
+    ('allowed_file_dirs', ['relative'], "allowed_file_dirs[0] 'relative' must be an absolute path"),
+    ('allowed_file_dirs', ['/tmp', ''], 'allowed_file_dirs[1] must be a non-empty path'),
+    ('dev_root', 'dev', "dev_root 'dev' must be an absolute path"),
+])
+def test_an_option_out_of_range_is_refused_before_anything_is_read(ws, capsys, option, value, expected):
+    refused(ws, capsys, FREE_NVME, expected, **{option: value})
+
+
+@pytest.mark.parametrize('target', ['/dev/nvme1n1\n', '/dev/../etc/passwd', 'nvme1n1',
+                                    '/dev/nvme1n1 ; reboot', '0000:02:00.0\n', '/' + 'a' * 5000])
+def test_a_target_that_is_neither_an_address_nor_a_clean_path_is_refused(ws, capsys, target):
+    refused(ws, capsys, target, 'target ')
+
+
+@pytest.mark.parametrize('option', ['target', 'allowed_file_dirs'])
+def test_a_nul_is_refused_by_name(ws, option):
+    """Below Ansible (whose syslog line refuses a NUL first): the engine refuses it by name."""
+    from ansible_collections.gpuaas.slice.plugins.module_utils._wipe import NvmeWipe
+    from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+    from tests.sysfs.kernel_fixture import StubModule
+    options = dict(ws.args, target=node(ws), policy='zero', allowed_file_dirs=[ws.dev])
+    options[option] = node(ws) + '\x00x' if option == 'target' else [ws.dev + '\x00x']
+    data = content(node(ws))
+    with pytest.raises(GpuaasError) as info:
+        NvmeWipe(StubModule(ws.tools), **options).run()
+    assert str(info.value).startswith(option)
+    assert content(node(ws)) == data
+
+
+@pytest.mark.parametrize('policy, tool, seconds', [('nvme-format', 'nvme', 3660), ('blkdiscard', 'blkdiscard', 3600)])
+def test_a_tool_that_hangs_is_ended_by_its_time_limit(ws, capsys, policy, tool, seconds):
+    ws.tools.handlers[tool] = lambda argv: HANG
+    result = run(ws, capsys, FREE_NVME, policy=policy)
+    assert result['failed'] is True
+    assert 'did not finish within %d s' % seconds in result['msg']
+    assert result['failed_step'] == 'wipe %s with %s and verify it' % (node(ws), policy)
+    assert ws.tools.calls[0][:3] == ['/usr/sbin/timeout', '--kill-after=5', '%ds' % seconds]
