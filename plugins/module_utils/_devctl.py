@@ -34,12 +34,10 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsag
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     BASE_CLASS_NAMES,
     PciBus,
-    PciDevice,
     PciError,
     Sysfs,
     parse_bdf,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path  # noqa: F401 (the modules' path rule)
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Step, Wait, oserror
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     IFNAME,

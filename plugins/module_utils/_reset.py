@@ -18,6 +18,7 @@ import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 
 RESET_METHODS = ('device_specific', 'acpi', 'flr', 'af_flr', 'pm', 'bus', 'cxl_bus')
 
@@ -52,8 +53,8 @@ class PciReset:
 
     def _run(self):
         self.address = devctl.check_address(self.address)
-        self.sysfs = devctl.open_sysfs(devctl.check_path(self.sysfs_root, 'sysfs_root'))
-        self.proc_root = devctl.check_path(self.proc_root, 'proc_root')
+        self.sysfs = devctl.open_sysfs(check_path(self.sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(self.proc_root, 'proc_root')
         bus = devctl.open_bus(self.sysfs)
         device = devctl.get_device(self.sysfs, bus, self.address)
         methods = self.methods(device)

@@ -34,6 +34,7 @@ import hashlib
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
     CLASS_INFINIBAND,
@@ -106,8 +107,8 @@ class SriovVfs:
             raise devctl.DeviceError('vf_identity must be one of %s, got %r'
                                      % (', '.join(VF_IDENTITIES), vf_identity))
         self.vf_identity = vf_identity
-        self.sysfs = devctl.open_sysfs(devctl.check_path(sysfs_root, 'sysfs_root'))
-        self.proc_root = devctl.check_path(proc_root, 'proc_root')
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
         self.runner = Runner(module, devctl.DeviceError)
         self.warnings = []
 

@@ -29,7 +29,7 @@ import os
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, Step
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import atomic_write, ensure_dir, remove
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import atomic_write, check_path, ensure_dir, remove
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, bdf_key, same_device
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Rule, show
 
@@ -44,7 +44,7 @@ DRIVER = Rule('driver name', r'(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,64}', "1-64 letters,
 
 def check_state_dir(value):
     """An absolute path of a directory (or of one to create), or DeviceError naming state_dir."""
-    value = devctl.check_path(value, 'state_dir')
+    value = check_path(value, 'state_dir')
     if os.path.lexists(value) and not os.path.isdir(value):
         raise devctl.DeviceError('state_dir %s exists and is not a directory' % show(value))
     return value
@@ -142,9 +142,9 @@ class VfioBind:
                         (allow_group_members or [])]
         self.state_dir = check_state_dir(state_dir)
         self.record_file = StateFile(module, self.state_dir, self.address)
-        self.sysfs = devctl.open_sysfs(devctl.check_path(sysfs_root, 'sysfs_root'))
-        self.proc_root = devctl.check_path(proc_root, 'proc_root')
-        self.dev_root = devctl.check_path(dev_root, 'dev_root')
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
+        self.dev_root = check_path(dev_root, 'dev_root')
         self.runner = Runner(module, devctl.DeviceError)
         self.warnings = []
 

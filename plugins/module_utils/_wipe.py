@@ -37,6 +37,7 @@ import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import NVME_NS_RE, HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, CLASS_NVME
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import check_int, show
@@ -108,7 +109,7 @@ class NvmeWipe:
         if policy not in POLICIES:
             raise devctl.DeviceError('policy must be one of %s, not %s' % (', '.join(POLICIES), show(policy)))
         self.policy = policy
-        self.allowed = [os.path.realpath(devctl.check_path(d, 'allowed_file_dirs[%d]' % index))
+        self.allowed = [os.path.realpath(check_path(d, 'allowed_file_dirs[%d]' % index))
                         for index, d in enumerate(allowed_file_dirs or [])]
         self.chunk_size = check_int(chunk_size, 'chunk_size (a multiple of 4096)', SAMPLE, MAX_CHUNK)
         if chunk_size % SAMPLE:
@@ -118,9 +119,9 @@ class NvmeWipe:
         self.format_ses = [check_int(ses, 'format_ses[%d]' % i, 0, 2) for i, ses in enumerate(format_ses)]
         self.verify_samples = check_int(verify_samples, 'verify_samples', 1, MAX_SAMPLES)
         self.format_timeout = check_int(format_timeout, 'format_timeout', 1, MAX_FORMAT_TIMEOUT)
-        self.sysfs = devctl.open_sysfs(devctl.check_path(sysfs_root, 'sysfs_root'))
-        self.proc_root = devctl.check_path(proc_root, 'proc_root')
-        self.dev_root = devctl.check_path(dev_root, 'dev_root')
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
+        self.dev_root = check_path(dev_root, 'dev_root')
         self.runner = Runner(module, devctl.DeviceError)
         self.warnings = []
 

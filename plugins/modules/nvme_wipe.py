@@ -43,6 +43,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -50,7 +51,8 @@ attributes:
       nothing.
   diff_mode:
     support: partial
-    details: Before/after name each device and whether it is wiped; the data itself is not shown.
+    details: Before/after, keyed by each device's path, give its size and whether it is wiped;
+      the data itself is not shown.
   idempotent:
     support: none
     details: Each run wipes again.
@@ -76,12 +78,12 @@ options:
     default: []
   chunk_size:
     description:
-      - Bytes written per write with V(zero); a multiple of 4096.
+      - Bytes written per write with V(zero); a multiple of 4096 from 4096 to 268435456 (256 MiB).
     type: int
     default: 4194304
   verify_samples:
     description:
-      - How many 4 KiB blocks the verification reads.
+      - How many 4 KiB blocks the verification reads; 1 to 4096.
     type: int
     default: 64
   format_ses:
@@ -96,7 +98,10 @@ options:
   format_timeout:
     description:
       - Seconds C(nvme format) may take per namespace (a user data erase of a large drive takes
-        minutes).
+        minutes); 1 to 604800 (a week).
+      - It is passed to C(nvme format --timeout), and the command runs under coreutils
+        C(timeout) with a further minute of grace, so a drive that never answers fails the module
+        instead of hanging it. C(blkdiscard) runs under the same limit.
     type: int
     default: 3600
   dev_root:

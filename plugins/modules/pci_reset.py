@@ -31,13 +31,15 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
     details: Checks everything and reports the method it would use; resets nothing.
   diff_mode:
     support: partial
-    details: Before/after say which method reset the device; a reset changes no visible state.
+    details: Before/after, keyed by the address, say which method reset the device; a reset
+      changes no visible state.
   idempotent:
     support: none
     details: Each run resets the device again.

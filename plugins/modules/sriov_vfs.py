@@ -45,6 +45,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -52,7 +53,8 @@ attributes:
       give the new VFs (from C(sriov_offset) and C(sriov_stride)).
   diff_mode:
     support: full
-    details: The VF count and every VF's properties before and after.
+    details: The plan's changes before and after, by key; V(num_vfs) for the VF count and
+      C(vf N) for the properties of each VF that is set.
   idempotent:
     support: partial
     details: Fully idempotent where the kernel reports the VF properties back (Ethernet, and
@@ -67,6 +69,8 @@ options:
   num_vfs:
     description:
       - The number of VFs the PF must have; V(0) removes them all.
+      - 0 to 65535 (the kernel's C(sriov_numvfs) is a 16-bit number), and at most the PF's
+        C(sriov_totalvfs); anything else is refused before the module reads or writes sysfs.
     type: int
     required: true
   node_id:
@@ -106,7 +110,8 @@ options:
     default: derived
   timeout:
     description:
-      - Seconds to wait for the kernel to create or remove the VFs.
+      - Seconds to wait for the kernel to create or remove the VFs; a finite number from
+        0.001 to 3600 (V(nan), V(inf) and the like are refused before anything is written).
     type: float
     default: 30
 seealso:

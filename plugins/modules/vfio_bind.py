@@ -43,6 +43,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -75,7 +76,7 @@ options:
   timeout:
     description:
       - Seconds to wait for the kernel to finish each unbind and bind (and for C(/dev/vfio/<group>)
-        to appear).
+        to appear); a finite number from 0.001 to 3600, checked before anything is written.
     type: float
     default: 10
   allow_group_members:
