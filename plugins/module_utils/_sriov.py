@@ -110,6 +110,7 @@ class SriovVfs:
         self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
         self.proc_root = check_path(proc_root, 'proc_root')
         self.runner = Runner(module, devctl.DeviceError)
+        self.verified = None            # the VF properties read back after a change
         self.warnings = []
 
     # -- have -------------------------------------------------------------
@@ -379,7 +380,7 @@ class SriovVfs:
             plan.change('read the VF properties of %s back' % self.address, verify=self._verify,
                         mutates=False)
         if plan.execute():
-            props = self.read_props(self.num_vfs)
+            props = self.verified
             addresses = self.vf_addresses()
         else:
             props = dict((i, self.want_props(i)) for i in range(self.num_vfs)) if changed else have
@@ -412,4 +413,5 @@ class SriovVfs:
                                                              self.netdev or self.address))
         if wrong:
             return 'the VFs of %s do not hold what was set: %s' % (self.address, '; '.join(wrong))
+        self.verified = props
         return None

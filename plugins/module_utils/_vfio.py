@@ -430,8 +430,10 @@ class VfioBind:
         return want
 
     def _not_on_vfio(self, functions):
-        wrong = ['%s is bound to %s' % (a, self._binding(a)['driver'] or 'no driver')
-                 for a in functions if self._binding(a)['driver'] != devctl.VFIO_DRIVER]
+        """None when every function is bound to vfio-pci, else what they are bound to."""
+        drivers = dict((a, self._binding(a)['driver']) for a in functions)
+        wrong = ['%s is bound to %s' % (a, d or 'no driver') for a, d in sorted(drivers.items())
+                 if d != devctl.VFIO_DRIVER]
         if wrong:
             return ('%s; the state file %s keeps the original drivers (state=absent restores them)'
                     % ('; '.join(wrong), self.record_file.path))
