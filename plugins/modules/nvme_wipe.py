@@ -98,7 +98,7 @@ options:
   format_timeout:
     description:
       - Seconds C(nvme format) may take per namespace (a user data erase of a large drive takes
-        minutes); 1 to 604800 (a week).
+        minutes); 1 to 82800 (23 hours).
       - It is passed to C(nvme format --timeout), and the command runs under coreutils
         C(timeout) with a further minute of grace, so a drive that never answers fails the module
         instead of hanging it. C(blkdiscard) runs under the same limit.
