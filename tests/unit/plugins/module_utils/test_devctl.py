@@ -178,3 +178,36 @@ def test_check_address_names_the_option():
 def test_the_fake_tools_stand_in_for_the_module():
     tools = FakeTools()
     assert StubModule(tools).get_bin_path('ip') == '/usr/sbin/ip'
+
+
+@pytest.mark.parametrize('rel', [
+    'bus/pci/devices/0000:01:00.0/reset',
+    'bus/pci/devices/0000:01:00.0/driver_override',
+    'bus/pci/devices/0000:03:00.0/sriov_numvfs',
+    'bus/pci/devices/0000:01:00.0/remove',
+    'bus/pci/devices/0000:01:00.0/rescan',
+    'bus/pci/rescan',
+    'bus/pci/drivers/nvidia/unbind',
+    'bus/pci/drivers/nvidia/bind',
+    'bus/pci/drivers_probe',
+])
+def test_a_write_step_never_leaves_the_tree(kernel, rel):
+    """A plan with a write through a symlink out of sysfs is refused when planned, and a step
+    made before the link was planted is refused when applied: the outside file keeps its bytes."""
+    host = kernel('workstation')
+    plan = devctl.DevicePlan(StubModule(host.tools), host.model)
+    made_early = devctl.SysfsWrite(host.model, 'early', rel, '1')
+    victim = host.divert(rel)
+    with pytest.raises(GpuaasError) as info:
+        plan.write(None, 'late', rel, '1')
+    assert str(info.value) == '%s resolves to %s, outside the sysfs tree %s: refusing to follow it' % (
+        host.model.path(rel), victim, host.model.root)
+    plan.add(made_early)
+    with pytest.raises(devctl.DeviceError) as info:
+        plan.execute()
+    assert 'outside the sysfs tree' in str(info.value)
+    with open(victim) as handle:
+        assert handle.read() == '1\n'
+    assert host.model.escaped == [] and host.model.writes == []
+    with pytest.raises(GpuaasError):
+        host.model.read(rel)                      # nor is it read
