@@ -26,6 +26,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 
 # A full PCI address (the contract's rule), matched whole.
 BDF_RE = PCI_ADDRESS.regex
+O_PATH = getattr(os, 'O_PATH', None)
 PCI_ROOT_RE = re.compile(r'^pci([0-9a-f]{4,8}):([0-9a-f]{2})\Z')
 
 # PCI class codes (base class << 8 | subclass) that the collection cares about.
@@ -146,6 +147,27 @@ def parse_cpulist(text):
     return contract_cpulist(text) if text else []
 
 
+def real_path(path):
+    """``os.path.realpath(path)``, asked of the kernel where it can answer.
+
+    An ``O_PATH`` descriptor follows every symlink without opening the file (no device is
+    opened, no FIFO waited on) and ``/proc/self/fd`` names where it landed: three system calls
+    instead of an lstat per component. A path that does not exist is resolved as realpath does.
+    """
+    if O_PATH is not None:
+        try:
+            fd = os.open(path, O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return os.path.realpath(path)
+        try:
+            return os.readlink('/proc/self/fd/%d' % fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return os.path.realpath(path)
+
+
 class Sysfs:
     """Read (and, for the device modules, write) a sysfs tree rooted at ``root``.
 
@@ -170,7 +192,7 @@ class Sysfs:
 
     def resolve(self, rel):
         """The real path of ``rel``, or PciError when it resolves outside the tree."""
-        real = os.path.realpath(self.path(rel))
+        real = real_path(self.path(rel))
         if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
             raise PciError('%s resolves to %s, outside the sysfs tree %s: refusing to follow it'
                            % (self.path(rel), real, self.root))
