@@ -239,11 +239,16 @@ class Sysfs:
             raise PciError('cannot read %s: %s' % (self.path(rel), exc.strerror or exc))
 
     def link_name(self, rel):
-        """Basename of a symlink's target (a driver's or IOMMU group's name), or None."""
+        """Basename of a symlink's target (a driver's or IOMMU group's name), or None.
+
+        PciError when the link leads outside the tree: the kernel's links never do.
+        """
         try:
-            return os.path.basename(os.readlink(self.path(rel)))
+            name = os.path.basename(os.readlink(self.path(rel)))
         except (IOError, OSError):
             return None
+        self.resolve(rel)
+        return name
 
     def realpath(self, rel):
         return os.path.realpath(self.path(rel))

@@ -465,3 +465,14 @@ def test_a_state_file_that_is_a_directory_is_reported(ws, capsys):
     os.makedirs(os.path.join(ws.state, GPU + '.json'))
     before = ws.snapshot()
     refused(ws, capsys, before, 'cannot read the state file', 'EISDIR')
+
+
+def test_a_driver_link_that_leads_out_of_sysfs_is_refused(ws, capsys):
+    """The driver a decision rests on is read from a link; one leaving the tree is not the kernel's."""
+    link = ws.model.path('bus/pci/devices/%s/driver' % GPU)
+    fake = os.path.join(ws.base, 'outside', 'drivers', 'snd_hda_intel')
+    os.makedirs(fake)
+    os.unlink(os.path.realpath(os.path.dirname(link)) + '/driver')
+    os.symlink(fake, os.path.realpath(os.path.dirname(link)) + '/driver')
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'driver resolves to %s, outside the sysfs tree' % fake)
