@@ -147,8 +147,11 @@ def _load_document(path):
 # -- service commands ----------------------------------------------------------------------
 
 def _settings(args, **extra):
-    from gpuaas_control.config import Settings
-    return Settings.from_env(db_url=getattr(args, 'db', None), **extra)
+    from gpuaas_control.config import Settings, SettingsError
+    try:
+        return Settings.from_env(db_url=getattr(args, 'db', None), **extra)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _database(args):

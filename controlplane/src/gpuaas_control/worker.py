@@ -39,7 +39,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import service
+from gpuaas_control import audit, lifecycle, service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -121,6 +121,7 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or '%s:%d:%s' % (socket.gethostname(), os.getpid(),
                                                     secrets.token_hex(3))
+        self.actor = audit.Actor(('worker:' + self.worker_id)[:128], 'system')
         self.stopping = threading.Event()
         self._check_settings()
 
@@ -212,12 +213,13 @@ class Worker:
         job.updated_at = now
         note = ' (resumed: the worker before stopped answering)' if resumed else ''
         if job.kind == JOB_ALLOCATE:
+            message = 'provisioning: attempt %d on %s%s' % (job.attempts, self.worker_id, note)
             if allocation.state == REQUESTED:
-                allocation.state = PROVISIONING
-                allocation.updated_at = now
-            service.add_event(session, allocation.id, 'state',
-                              'provisioning: attempt %d on %s%s' % (job.attempts, self.worker_id, note),
-                              {'state': PROVISIONING, 'attempt': job.attempts})
+                lifecycle.move(session, self.actor, allocation, PROVISIONING, message,
+                               data={'attempt': job.attempts}, now=now)
+            else:
+                service.add_event(session, allocation.id, 'state', message,
+                                  {'state': PROVISIONING, 'attempt': job.attempts})
         else:
             service.add_event(session, allocation.id, 'progress',
                               'releasing: attempt %d on %s%s' % (job.attempts, self.worker_id, note),
@@ -330,26 +332,28 @@ class Worker:
     def _on_event(self, claim: Claim, event: dict, captured: dict):
         kind = event.get('event')
         data = event.get('event_data') or {}
-        message = None
+        message, detail = None, None
         if kind == 'playbook_on_task_start':
             message, level = 'task: %s' % (data.get('task') or data.get('name') or '?'), 'progress'
         elif kind in ('runner_on_failed', 'runner_on_unreachable') and not data.get('ignore_errors'):
             result = data.get('res') or {}
             reason = result.get('msg') or result.get('stderr') or 'failed'
-            message = '%s: %s on %s: %s' % ('unreachable' if kind == 'runner_on_unreachable'
-                                            else 'failed', data.get('task') or '?',
-                                            data.get('host') or '?', _short(reason, 500))
-            level = 'error'
-            captured['error'] = message
+            # The task's name is the tenant's to read; what it said is the operator's.
+            message = '%s: %s on %s' % ('unreachable' if kind == 'runner_on_unreachable'
+                                        else 'failed', data.get('task') or '?',
+                                        data.get('host') or '?')
+            level, detail = 'error', _short(reason, 500)
+            captured['error'] = '%s: %s' % (message, detail)
         elif kind == 'playbook_on_stats':
             artifact = data.get('artifact_data') or {}
             captured['result'] = artifact.get('gpuaas_result')
         if message is None:
             return
         try:
-            self.db.transact(lambda s: service.add_event(s, claim.allocation_id, level, message,
-                                                         {'job': claim.job_id,
-                                                          'attempt': claim.attempts}))
+            data = {'job': claim.job_id, 'attempt': claim.attempts}
+            if detail is not None:
+                data['detail'] = detail
+            self.db.transact(lambda s: service.add_event(s, claim.allocation_id, level, message, data))
         except SQLAlchemyError:
             log.exception('job %d: could not record an event', claim.job_id)
 
@@ -402,9 +406,10 @@ class Worker:
             job.status, job.claim_token = JOB_PENDING, None
             job.available_at = now + _seconds(delay)
             service.add_event(session, allocation.id, 'error',
-                              'attempt %d of %d failed: %s; retrying in %.1fs'
-                              % (job.attempts, self.settings.max_attempts, _short(error, 500), delay),
-                              {'attempt': job.attempts, 'retry_in': round(delay, 3)})
+                              'attempt %d of %d failed; retrying in %.1fs'
+                              % (job.attempts, self.settings.max_attempts, delay),
+                              {'attempt': job.attempts, 'retry_in': round(delay, 3),
+                               'detail': _short(error, 500)})
             return
         job.status, job.finished_at = JOB_FAILED, now
         if claim.kind == JOB_ALLOCATE:
@@ -451,7 +456,6 @@ class Worker:
                                       'runner': round(outcome.seconds, 3),
                                       'total': round((now - allocation.created_at).total_seconds(), 3),
                                   })
-        allocation.updated_at = now
         if allocation.address != claim.slot_ip:
             service.add_event(session, allocation.id, 'progress',
                               'warning: the node reports address %s, the layout says %s'
@@ -461,61 +465,49 @@ class Worker:
                               'provisioned, but the allocation is %s: not running it'
                               % allocation.state)
             return
-        allocation.state = RUNNING
         allocation.running_at = now
         usage = session.execute(select(UsageRecord).where(
             UsageRecord.allocation_id == allocation.id)).scalar_one()
         usage.running_start = now
-        service.add_event(session, allocation.id, 'state', 'running: %s, ssh %s@%s'
-                          % (allocation.address, allocation.ssh['user'], allocation.ssh['host']),
-                          {'state': RUNNING, 'timings': allocation.timings})
+        lifecycle.move(session, self.actor, allocation, RUNNING, 'running: %s, ssh %s@%s'
+                       % (allocation.address, allocation.ssh['user'], allocation.ssh['host']),
+                       data={'timings': allocation.timings}, now=now)
 
     def _compensate(self, session, claim: Claim, allocation: Allocation, error, now):
         """The allocation cannot be built: release whatever part of it exists."""
-        allocation.error = _short(error)
+        allocation.error = _short('%s: %s' % (lifecycle.PROVISIONING_FAILED, error))
         allocation.updated_at = now
         service.add_event(session, allocation.id, 'error',
-                          'provisioning failed after %d attempts: %s; releasing the slot'
-                          % (claim.attempts, _short(error, 500)))
+                          '%s after %d attempts; releasing the slot'
+                          % (lifecycle.PROVISIONING_FAILED, claim.attempts),
+                          {'detail': _short(error, 500)})
         if allocation.state != RELEASING:
-            allocation.state = RELEASING
             session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_RELEASE, status=JOB_PENDING,
                                   attempts=0, available_at=now, created_at=now, updated_at=now))
-            service.add_event(session, allocation.id, 'state', 'releasing: compensating',
-                              {'state': RELEASING})
+            lifecycle.move(session, self.actor, allocation, RELEASING, 'releasing: compensating',
+                           now=now)
 
     def _released(self, session, claim: Claim, allocation: Allocation, outcome: Outcome, now):
         final = FAILED if (allocation.error and allocation.running_at is None) else RELEASED
-        allocation.state = final
         allocation.ended_at = now
-        allocation.updated_at = now
         allocation.timings = dict(allocation.timings or {}, release={
             'node': (outcome.result or {}).get('timings') or {},
             'runner': round(outcome.seconds, 3)})
-        slot = session.get(Slot, claim.slot_id, with_for_update=True)
-        if slot.allocation_id == allocation.id:
-            slot.state, slot.allocation_id, slot.state_reason = SLOT_FREE, None, None
-            slot.updated_at = now
         self._close_usage(session, allocation, now)
-        service.add_event(session, allocation.id, 'state', '%s: slot %s is free again'
-                          % (final, claim.slot_id), {'state': final})
+        lifecycle.move(session, self.actor, allocation, final, '%s: slot %s is free again'
+                       % (final, claim.slot_id), slot_to=SLOT_FREE, now=now)
 
     def _release_failed(self, session, claim: Claim, allocation: Allocation, error, now):
-        allocation.state = FAILED
-        allocation.error = _short('release failed: %s' % error)
+        allocation.error = _short('%s: %s' % (lifecycle.RELEASE_FAILED, error))
         allocation.ended_at = allocation.ended_at or now
-        allocation.updated_at = now
-        slot = session.get(Slot, claim.slot_id, with_for_update=True)
-        if slot.allocation_id == allocation.id:
-            slot.state = SLOT_BLOCKED
-            slot.state_reason = _short('release of %s failed after %d attempts: %s (fix the node, '
-                                       'then release the allocation again)'
-                                       % (allocation.id, claim.attempts, error))
-            slot.updated_at = now
         self._close_usage(session, allocation, now)
-        service.add_event(session, allocation.id, 'error',
-                          'release failed after %d attempts: %s; slot %s is blocked for an operator'
-                          % (claim.attempts, _short(error, 500), claim.slot_id), {'state': FAILED})
+        lifecycle.move(session, self.actor, allocation, FAILED,
+                       '%s after %d attempts; slot %s is blocked for an operator'
+                       % (lifecycle.RELEASE_FAILED, claim.attempts, claim.slot_id),
+                       slot_to=SLOT_BLOCKED, kind='error', data={'detail': _short(error, 500)},
+                       reason=_short('release of %s failed after %d attempts: %s (fix the node, '
+                                     'then release the allocation again)'
+                                     % (allocation.id, claim.attempts, error)), now=now)
 
     @staticmethod
     def _close_usage(session, allocation: Allocation, now):
