@@ -152,6 +152,12 @@ def _check_discovery_fields(node_id, discovery):
     """The fields the slot table keeps must have their kernel shapes: a posted discovery is
     data from the network, not from the module."""
     problems = []
+    slots = discovery.get('slots') if isinstance(discovery, dict) else None
+    if isinstance(slots, list):
+        problems = ['slots[%d] is not a mapping' % position
+                    for position, slot in enumerate(slots) if not isinstance(slot, dict)]
+        if problems:
+            raise Invalid('the discovery result is refused: ' + '; '.join(problems[:5]), problems)
     try:
         approval.validate(discovery, [])
     except approval.ApprovalError as exc:
@@ -174,9 +180,6 @@ def _check_discovery_fields(node_id, discovery):
                 problems.append('%s.%s: %s is not 4 hex digits' % (where, key, show(gpu.get(key))))
     for position, slot in enumerate(discovery['slots']):
         where = 'slots[%d]' % position
-        if not isinstance(slot, dict):
-            problems.append('%s is not a mapping' % where)
-            continue
         index = slot.get('slot_index')
         try:
             expected = contract.Slot(node_id, index).slot_id
