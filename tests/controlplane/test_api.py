@@ -12,7 +12,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from gpuaas_control import api
+from gpuaas_control.models import ApiToken
 from tests.controlplane.conftest import approved_map, snapshot as _snapshot
 from tests.controlplane.helpers import ssh_key
 
@@ -43,7 +43,7 @@ def test_authentication(client, db, tokens):
     assert client.get('/v1/allocations', headers=mine).status_code == 401
     # Only the hash is kept.
     with db.read() as session:
-        stored = session.execute(select(api.ApiToken.token_hash)).scalars().all()
+        stored = session.execute(select(ApiToken.token_hash)).scalars().all()
     assert created['token'] not in stored and len(stored) == 4
 
 

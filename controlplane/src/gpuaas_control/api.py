@@ -21,7 +21,6 @@ from gpuaas_control import __version__
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.errors import ControlError
-from gpuaas_control.models import ApiToken  # noqa: F401 - tests read the table through here
 from gpuaas_control.routers import ROUTERS
 
 

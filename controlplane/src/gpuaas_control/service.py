@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The control plane's operations, each one database transaction (the caller's session).
 
-The API and the CLI call these; nothing else writes the slot table. Privileged mutations
-append to the audit ledger in the same transaction, so an entry exists exactly when the
-change does.
+The API and the CLI call these. Allocation and slot states change only through
+``lifecycle`` (here and in the worker alike); privileged mutations append to the audit
+ledger in the same transaction, so an entry exists exactly when the change does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gpuaas_control import audit, lifecycle
 from gpuaas_control.collection import approval, contract
-from gpuaas_control.errors import Conflict, ControlError, Forbidden, Invalid, NotFound  # noqa: F401
+from gpuaas_control.errors import Conflict, Forbidden, Invalid, NotFound
 from gpuaas_control.models import (
     ACTIVE_STATES,
     FAILED,

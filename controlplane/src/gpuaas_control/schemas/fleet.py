@@ -107,8 +107,32 @@ class InventoryNode(View):
     approved_slots: list[dict[str, Any]] | None
 
 
+class InventorySlot(View):
+    """A slot as the inventory holds it (the plugin's host vars)."""
+
+    id: str
+    node_id: str
+    slot_index: int
+    state: str
+    approved: bool
+    allocation_id: str | None
+    state_reason: str | None
+    gpu_model: str
+    gpu_address: str
+    companions: list[Any]
+    numa_node: int
+    cpulist: str | None
+    nvme_address: str | None
+    fabric_pf_address: str | None
+    fabric_vf_pci_address: str | None
+    mac: str
+    ip: str
+    destructive_wipe_policy: str
+    capacity_metadata: dict[str, Any]
+
+
 class Inventory(View):
     """The whole fleet in one answer (the gpuaas.slice.slots inventory plugin reads it)."""
 
     nodes: list[InventoryNode]
-    slots: list[SlotView]
+    slots: list[InventorySlot]
