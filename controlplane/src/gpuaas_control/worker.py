@@ -350,10 +350,10 @@ class Worker:
         if message is None:
             return
         try:
-            data = {'job': claim.job_id, 'attempt': claim.attempts}
+            payload = {'job': claim.job_id, 'attempt': claim.attempts}
             if detail is not None:
-                data['detail'] = detail
-            self.db.transact(lambda s: service.add_event(s, claim.allocation_id, level, message, data))
+                payload['detail'] = detail
+            self.db.transact(lambda s: service.add_event(s, claim.allocation_id, level, message, payload))
         except SQLAlchemyError:
             log.exception('job %d: could not record an event', claim.job_id)
 
