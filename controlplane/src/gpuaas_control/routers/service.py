@@ -31,8 +31,9 @@ def healthz(session: ReadSession):
 
 @router.get('/docs', include_in_schema=False, response_class=HTMLResponse)
 def docs(request: Request):
-    assets = request.scope.get('root_path', '') + '/docs/assets'
-    return get_swagger_ui_html(openapi_url=request.app.openapi_url,
+    root = request.scope.get('root_path', '')
+    assets = root + '/docs/assets'
+    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url,
                                title=request.app.title + ' - API',
                                swagger_js_url=assets + '/swagger-ui-bundle.js',
                                swagger_css_url=assets + '/swagger-ui.css',

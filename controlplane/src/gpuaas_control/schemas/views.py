@@ -87,7 +87,7 @@ class AllocationList(View):
     allocations: list[AllocationView]
 
 
-class EventView(Restricted):
+class EventView(View):
     id: int
     at: Time
     kind: str
