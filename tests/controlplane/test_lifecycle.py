@@ -24,8 +24,6 @@ from gpuaas_control.models import (
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, request, tenant
 
-pytestmark = pytest.mark.backends('sqlite')
-
 ALLOCATION_EDGES = sorted(lifecycle.ALLOCATION_TRANSITIONS, key=str)
 FORBIDDEN = [(frm, to) for frm, to in itertools.product((None,) + ALLOCATION_STATES, ALLOCATION_STATES)
              if (frm, to) not in lifecycle.ALLOCATION_TRANSITIONS]
