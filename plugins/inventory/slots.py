@@ -85,10 +85,11 @@ cache_timeout: 60
 # GPUAAS_API_TOKEN=gpuaas_... ansible-inventory -i production.gpuaas_slots.yml --graph gpuaas_state_free
 '''
 
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlencode
+
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.six.moves.urllib.parse import urlencode
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import SSLValidationError, open_url
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
