@@ -93,9 +93,12 @@ def lease_problem(lease):
     data = lease.get('data', {})
     if not isinstance(data, dict):
         return 'has data that is not a mapping'
-    devices = data.get('devices', [])
-    if not isinstance(devices, list) or not all(PCI_ADDRESS.matches(item) for item in devices):
-        return 'has data.devices that is not a list of PCI addresses'
+    for key in ('devices', 'companions'):
+        if not isinstance(data.get(key) or [], list) or not all(PCI_ADDRESS.matches(a) for a in data.get(key) or []):
+            return 'has data.%s that is not a list of PCI addresses' % key
+    for key in ('gpu_address', 'nvme_address', 'fabric_vf_pci_address'):
+        if data.get(key) not in (None, '') and not PCI_ADDRESS.matches(data[key]):
+            return 'has data.%s %s, not a PCI address' % (key, show(data[key]))
     return None
 
 
