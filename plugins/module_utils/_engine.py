@@ -99,10 +99,11 @@ class Runner:
             args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout)] + args
         return args
 
-    def __call__(self, args, check=True, data=None, timeout=None, binary=False):
+    def __call__(self, args, check=True, data=None, timeout=None, binary=False, **run_kwargs):
+        """``run_kwargs`` go to ``run_command`` as they are (``before_communicate_callback``)."""
         argv = self.argv(args, timeout)
         rc, out, err = self.module.run_command(argv, environ_update=dict(C_LOCALE), data=data,
-                                               binary_data=binary)
+                                               binary_data=binary, **run_kwargs)
         if timeout is not None and rc == TIMED_OUT:
             raise self.error('%s did not finish within %s s' % (' '.join(args), seconds(timeout)),
                              command=list(args))
