@@ -10,10 +10,10 @@ command line so a stale pidfile whose pid was reused never counts as running, st
 session of its own with its output in a log file, stopped with SIGTERM then SIGKILL.
 
 A pidfile is only trusted inside the module's run directory (``run_dir``, symlinks resolved)
-and a process only counts as the daemon when its ``/proc/<pid>/cmdline`` is the daemon's
-command line (the one asked for, or the one recorded beside the pidfile when it was started)
-or its ``/proc/<pid>/exe`` is the program of one: no signal goes to any other process, and no
-pidfile outside ``run_dir`` is written or removed.
+and a process only counts as the daemon while its ``/proc/<pid>/cmdline`` is the daemon's
+command line (the one asked for, or the one recorded beside the pidfile when it was started),
+checked again before every signal: no signal goes to any other process (not even another
+instance of the same program), and no pidfile outside ``run_dir`` is written or removed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -67,14 +67,6 @@ def cmdline(pid, proc_root='/proc'):
     return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]]
 
 
-def executable(pid, proc_root='/proc'):
-    """The resolved program a process runs, or None when it cannot be read."""
-    try:
-        return os.path.realpath(os.readlink(os.path.join(proc_root, str(pid), 'exe')))
-    except (IOError, OSError):
-        return None
-
-
 def check_argv(argv):
     if not argv:
         raise DaemonError('argv is required with state=started')
@@ -117,15 +109,7 @@ class Daemon:
     def ours(self, pid):
         """The argv of ``pid`` when it is this daemon, else None."""
         argv = cmdline(pid, self.proc_root)
-        if not argv:
-            return None
-        known = self.known()
-        if argv in known:
-            return argv
-        program = executable(pid, self.proc_root)
-        if program and any(program == os.path.realpath(want[0]) for want in known):
-            return argv
-        return None
+        return argv if argv and argv in self.known() else None
 
     def running(self):
         """(pid, its argv) of the daemon when it runs, else (None, None)."""

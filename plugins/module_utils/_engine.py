@@ -255,6 +255,37 @@ class Plan:
         return result
 
 
+def nul_option(value, where):
+    """The first place in an option's value that holds a NUL character ('argv[1]'), or None."""
+    if isinstance(value, str):
+        return where if '\0' in value else None
+    if isinstance(value, dict):
+        items = (('%s.%s' % (where, key if '\0' not in str(key) else repr(key)), item) for key, item in value.items())
+        if any('\0' in str(key) for key in value):
+            return where
+    elif isinstance(value, (list, tuple)):
+        items = (('%s[%d]' % (where, index), item) for index, item in enumerate(value))
+    else:
+        return None
+    for place, item in items:
+        found = nul_option(item, place)
+        if found:
+            return found
+    return None
+
+
+class _Module(AnsibleModule):
+    """AnsibleModule that refuses, naming the option, a NUL character its invocation log would trip on."""
+
+    def _log_invocation(self):
+        for name in sorted(self.params):
+            where = nul_option(self.params[name], name)
+            if where:
+                self.fail_json(msg='%s holds a NUL character, which no path, name or command line can '
+                                   'carry; nothing was changed' % where)
+        super(_Module, self)._log_invocation()
+
+
 def run_module(argument_spec, engine, **module_kwargs):
     """The one ``main()``: the module from its spec, ``engine(module)`` -> result, reported.
 
@@ -262,7 +293,7 @@ def run_module(argument_spec, engine, **module_kwargs):
     :class:`GpuaasError` for every known failure, which becomes ``fail_json`` with the
     error's details. Every module supports check mode.
     """
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **module_kwargs)
+    module = _Module(argument_spec=argument_spec, supports_check_mode=True, **module_kwargs)
     try:
         result = engine(module)
     except GpuaasError as exc:

@@ -40,11 +40,11 @@ def check_path(path, what, allowed_dirs=None):
     if not isinstance(path, str) or not path:
         raise PathError('%s must be a non-empty path' % what)
     if has_control_chars(path):
-        raise PathError('%s %s contains control characters' % (what, show(path)))
+        raise PathError('%s %s contains control characters' % (what, show(path, 4096)))
     if not path.startswith('/'):
-        raise PathError('%s %s must be an absolute path' % (what, show(path)))
+        raise PathError('%s %s must be an absolute path' % (what, show(path, 4096)))
     if '..' in path.split('/'):
-        raise PathError("%s %s contains a '..' component: give the path without it" % (what, show(path)))
+        raise PathError("%s %s contains a '..' component: give the path without it" % (what, show(path, 4096)))
     normal = os.path.normpath(path)
     if allowed_dirs:
         real = os.path.realpath(normal)
@@ -53,8 +53,8 @@ def check_path(path, what, allowed_dirs=None):
             if real == base or real.startswith(base.rstrip('/') + '/'):
                 return normal
         raise PathError('%s %s is outside the allowed directories (%s)%s'
-                        % (what, show(path), ', '.join(show(d) for d in allowed_dirs),
-                           '' if real == normal else '; it resolves to %s' % show(real)))
+                        % (what, show(path, 4096), ', '.join(show(d, 4096) for d in allowed_dirs),
+                           '' if real == normal else '; it resolves to %s' % show(real, 4096)))
     return normal
 
 
@@ -62,7 +62,7 @@ def check_dir(path, what, allowed_dirs=None):
     """:func:`check_path` for a directory: one that exists must be a directory (or a link to one)."""
     normal = check_path(path, what, allowed_dirs)
     if os.path.lexists(normal) and not os.path.isdir(normal):
-        raise PathError('%s %s is not a directory' % (what, show(path)))
+        raise PathError('%s %s is not a directory' % (what, show(path, 4096)))
     return normal
 
 
@@ -78,13 +78,13 @@ def read_json(path, what, kind=dict):
     except (IOError, OSError) as exc:
         if exc.errno == errno.ENOENT:
             return None
-        raise StateFileError('%s %s cannot be read: %s' % (what, show(path), exc.strerror or exc))
+        raise StateFileError('%s %s cannot be read: %s' % (what, show(path, 4096), exc.strerror or exc))
     try:
         value = json.loads(raw.decode('utf-8'))
     except ValueError as exc:
-        raise StateFileError('%s %s is not valid JSON (%s)' % (what, show(path), exc))
+        raise StateFileError('%s %s is not valid JSON (%s)' % (what, show(path, 4096), exc))
     if not isinstance(value, kind):
-        raise StateFileError('%s %s holds %s, not a %s' % (what, show(path), type(value).__name__, kind.__name__))
+        raise StateFileError('%s %s holds %s, not a %s' % (what, show(path, 4096), type(value).__name__, kind.__name__))
     return value
 
 

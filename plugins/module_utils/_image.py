@@ -122,7 +122,7 @@ class Image:
         if p['target_device']:
             device = check_path(p['target_device'], 'target_device')
             if not os.path.realpath(device).startswith('/dev/'):
-                raise ImageError('target_device %s is not a device under /dev' % show(p['target_device']))
+                raise ImageError('target_device %s is not a device under /dev' % show(p['target_device'], 4096))
             if p['format'] != 'raw':
                 raise ImageError('a block device target holds a raw image: set format=raw '
                                  '(qcow2 on a device gains nothing the device does not have)')
@@ -135,7 +135,7 @@ class Image:
         dirs = [check_dir(path, 'source_dirs[%d]' % index) for index, path in enumerate(p['source_dirs'])]
         source = check_path(p['source'], 'source', allowed_dirs=dirs)
         if not os.path.isfile(source):
-            raise ImageError('source image %s does not exist or is not a regular file' % show(source))
+            raise ImageError('source image %s does not exist or is not a regular file' % show(source, 4096))
         return source
 
     # -- have -----------------------------------------------------------------

@@ -65,7 +65,7 @@ class LeaseLock(object):
                 if time.monotonic() >= deadline:
                     os.close(self.handle)
                     raise LeaseError('the lease lock %s is held by another process for more than '
-                                     '%ds' % (show(self.path), self.timeout))
+                                     '%ds' % (show(self.path, 4096), self.timeout))
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
@@ -80,7 +80,7 @@ def read_lease(path):
         raise LeaseError('%s: %s' % (exc, HELD))
     problem = lease_problem(lease) if lease is not None else None
     if problem:
-        raise LeaseError('lease %s %s: %s' % (show(path), problem, HELD))
+        raise LeaseError('lease %s %s: %s' % (show(path, 4096), problem, HELD))
     return lease
 
 

@@ -36,12 +36,12 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     DOMAIN_PREFIX,
     MAX_SLOTS,
     PCI_ADDRESS,
+    TAP_NAME,
     Slot,
     cookie_slot_index,
     show,
 )
 
-TAP_RE = re.compile(r'gs[0-9]{1,3}-[0-9a-f]{8}')
 COOKIE_RE = re.compile(r'cookie=(0x[0-9a-f]+)')
 INCOMPLETE_PHASES = ('reserved', 'provisioning', 'releasing', 'wiping', 'quarantined')
 TOOLS = {'ovs-vsctl': 'Open vSwitch, Debian package openvswitch-switch',
@@ -177,7 +177,7 @@ class NodeState(object):
                     (Slot(self.node_id, index) for index in range(MAX_SLOTS)))
         ports = {}
         for port in listed.split():
-            if TAP_RE.fullmatch(port):
+            if TAP_NAME.matches(port):
                 ports[port] = taps.get(port)
         return ports
 
@@ -208,7 +208,7 @@ class NodeState(object):
             if not PCI_ADDRESS.matches(name[:-5]) or not isinstance(functions, dict) \
                     or not all(PCI_ADDRESS.matches(address) for address in functions):
                 self.blind.append('the vfio record %s is not the layout vfio_bind writes (named after a PCI '
-                                  'address, "functions" keyed by PCI addresses)' % show(path))
+                                  'address, "functions" keyed by PCI addresses)' % show(path, 4096))
                 continue
             records[name[:-5]] = sorted(functions)
         return records

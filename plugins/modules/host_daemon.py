@@ -19,12 +19,14 @@ description:
     installs; that role picks this module only where systemd does not run.
   - The daemon is known by its pidfile. A pidfile whose pid is gone, is a zombie, or runs another
     program is stale and does not count as running.
-  - A daemon that runs with a different command line than O(argv) is restarted, so a changed
-    configuration option takes effect and a second run reports no change.
+  - A daemon that runs with a different command line than O(argv) (the module started it with
+    another) is restarted, so a changed configuration option takes effect and a second run reports no
+    change.
   - The module signals only the daemon it manages. A pid counts as the daemon only while
     C(/proc/<pid>/cmdline) is O(argv) or the command line the module started it with (recorded in
-    C({pidfile}.argv)), or C(/proc/<pid>/exe) is the program of one of them. A pidfile that names any
-    other process is left alone, and that process with it (the module warns).
+    C({pidfile}.argv)), checked again before every signal. A pidfile that names any other process
+    (even the same program with other arguments) does not count; that process is left alone and the
+    module warns.
   - O(pidfile) must lie inside O(run_dir) and O(log_file) inside O(log_dir), with symlinks resolved:
     the module never writes or removes a pidfile anywhere else.
 author:
