@@ -14,6 +14,7 @@ __metaclass__ = type
 
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     HEX_ID,
+    MAX_CPU,
     NODE_ID,
     NOTE,
     PCI_ADDRESS,
@@ -106,12 +107,15 @@ def _slot_problems(node_id, slot, where):
     companions = slot.get('companions')
     if not isinstance(companions, list) or not all(PCI_ADDRESS.matches(item) for item in companions):
         problems.append('%s.companions %s is not a list of PCI addresses' % (where, show(companions)))
+    numa = slot.get('numa_node')
+    if isinstance(numa, bool) or not isinstance(numa, int) or not -1 <= numa <= MAX_NUMA_NODE:
+        problems.append('%s.numa_node %s is not a NUMA node (-1 to %d)' % (where, show(numa), MAX_NUMA_NODE))
     try:
-        check_int(slot.get('numa_node'), where + '.numa_node', -1, MAX_NUMA_NODE)
         if slot.get('cpulist') is not None:
             parse_cpulist(slot['cpulist'], where + '.cpulist')
-    except ContractError as exc:
-        problems.append(str(exc))
+    except ContractError:
+        problems.append('%s.cpulist %s is not a CPU list (kernel cpulist syntax, CPUs 0 to %d)'
+                        % (where, show(slot['cpulist']), MAX_CPU))
     if not isinstance(slot.get('eligible'), bool):
         problems.append('%s.eligible %s is not true or false' % (where, show(slot.get('eligible'))))
     reasons = slot.get('reasons')
