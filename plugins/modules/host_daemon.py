@@ -27,7 +27,7 @@ description:
     C({pidfile}.argv)), checked again before every signal. A pidfile that names any other process
     (even the same program with other arguments) does not count; that process is left alone and the
     module warns.
-  - O(pidfile) must lie inside O(run_dir) and O(log_file) inside O(log_dir), with symlinks resolved:
+  - O(pidfile) must lie inside O(run_dir) and O(log_file) inside O(log_dir), with symlinks resolved;
     the module never writes or removes a pidfile anywhere else.
 author:
   - gpuaas.slice contributors (@gpuaas)

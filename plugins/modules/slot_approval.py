@@ -23,7 +23,7 @@ description:
     C(fabric_claim_mode=per_slot_vf) or the slot's C(fabric_vf_pci_address) (where the slot has a
     fabric PF); when an entry has keys the format does not know; or when a recorded
     C(fingerprint) no longer matches the devices.
-  - The discovery is not taken on trust: every slot in it must be what M(gpuaas.slice.slot_discovery)
+  - The discovery is not taken on trust. Every slot in it must be what M(gpuaas.slice.slot_discovery)
     could have reported (its C(slot_id), C(mac) and C(ip) those of its node and index, PCI addresses,
     a NUMA node and a bounded C(cpulist), a fingerprint of PCI ids), else the map is refused naming
     the field. Every value in a message is quoted, so no value can start a line of its own.

@@ -23,10 +23,10 @@ description:
   - V(absent) revokes the token of O(allocation_id) (a token of another allocation is left alone
     unless O(force=true)).
   - The result's RV(token) is a secret. Ansible cannot hide one key of a module's result, so the task
-    must run with C(no_log: true) (as the C(slot_allocate) role does); with O(state=present) the module
+    must run with C(no_log=true) (as the C(slot_allocate) role does); with O(state=present) the module
     refuses to run without it, before it changes anything. The token never appears in the diff or in
     a message.
-  - A token file that cannot be read back (not JSON, not a mapping) is reported naming the file:
+  - A token file that cannot be read back (not JSON, not a mapping) is reported naming the file;
     V(present) refuses, V(absent) leaves it alone unless O(force=true).
 author:
   - gpuaas.slice contributors (@gpuaas)
@@ -83,7 +83,7 @@ RETURN = r'''
 token:
   description:
     - The allocation's token (only with O(state=present); null in check mode before it exists).
-    - A secret: the task runs with C(no_log: true).
+    - A secret, so the task runs with C(no_log=true).
   returned: success
   type: str
 path:
