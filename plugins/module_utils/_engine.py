@@ -29,7 +29,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, has_control_chars, show
 
 C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C'}
 POLL_INTERVAL = 0.02
@@ -260,11 +260,12 @@ def nul_option(value, where):
     if isinstance(value, str):
         return where if '\0' in value else None
     if isinstance(value, dict):
-        items = (('%s.%s' % (where, key if '\0' not in str(key) else repr(key)), item) for key, item in value.items())
         if any('\0' in str(key) for key in value):
             return where
+        items = [('%s.%s' % (where, key if isinstance(key, str) and not has_control_chars(key) else show(key)), item)
+                 for key, item in value.items()]
     elif isinstance(value, (list, tuple)):
-        items = (('%s[%d]' % (where, index), item) for index, item in enumerate(value))
+        items = [('%s[%d]' % (where, index), item) for index, item in enumerate(value)]
     else:
         return None
     for place, item in items:
