@@ -69,20 +69,27 @@ def _check_discovery(discovery):
         raise ApprovalError(problems)
 
 
+def _pcie_path(value):
+    """'pci0000:17/0000:17:00.0/0000:18:00.0': the PCI root and the addresses below it, as discovery writes it."""
+    if not isinstance(value, str) or len(value) > 1024:
+        return False
+    parts = value.split('/') if value else []
+    return all(PCI_ADDRESS.matches(part) or (index == 0 and part.startswith('pci')
+                                             and PCI_ADDRESS.matches(part[3:] + ':00.0'))
+               for index, part in enumerate(parts))
+
+
 def _fingerprint_problems(device, where):
     """What no discovery could have written in one device's fingerprint."""
     if device is None:
         return []
     if not isinstance(device, dict):
         return ['%s must be a mapping, not %s' % (where, show(device))]
-    problems = []
-    checks = [('address', PCI_ADDRESS.matches)] + [(key, lambda v: v is None or HEX_ID.matches(v)) for key in ID_KEYS] + [
-        ('serial', lambda v: v is None or NOTE.matches(v)),
-        ('pcie_path', lambda v: isinstance(v, str) and len(v) <= 1024 and not has_control_chars(v))]
-    for key, good in checks:
-        if not good(device.get(key)):
-            problems.append('%s.%s %s is not what discovery reports' % (where, key, show(device.get(key))))
-    return problems
+    good = dict((key, device.get(key) is None or HEX_ID.matches(device[key])) for key in ID_KEYS)
+    good.update(address=PCI_ADDRESS.matches(device.get('address')), pcie_path=_pcie_path(device.get('pcie_path')),
+                serial=device.get('serial') is None or NOTE.matches(device['serial']))
+    return ['%s.%s %s is not what discovery reports' % (where, key, show(device.get(key)))
+            for key in sorted(good) if not good[key]]
 
 
 def _slot_problems(node_id, slot, where):
