@@ -150,10 +150,11 @@ def engine(module):
         token = current.get('token') if current and current.get('allocation_id') == p['allocation_id'] \
             and current.get('ip') == slot.ip and isinstance(current.get('token'), str) else None
         new = record(p['allocation_id'], p['slot_id'], slot.ip, token or secrets.token_urlsafe(32))
-        # The same allocation keeps its token (a file of an older format is only completed).
+
         def write():
             ensure_dir(os.path.dirname(path), 0o700)
             atomic_write(module, path, (json.dumps(new, sort_keys=True) + '\n').encode('utf-8'), mode=0o600)
+        # The same allocation keeps its token (a file of an older format is only completed).
         if current != new:
             plan.change('write the token file', write, before=shown(current), after=shown(new), key='file')
         result['token'] = new['token'] if token or not module.check_mode else None

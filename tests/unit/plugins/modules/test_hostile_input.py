@@ -127,6 +127,13 @@ def write(name, text):
     return make
 
 
+def replace_by_a_directory(name):
+    def make(t):
+        os.unlink(t(name))
+        os.mkdir(t(name))
+    return make
+
+
 def _t(*parts):
     """A path under the tree, filled in when the case runs."""
     return lambda t: t('/'.join(parts))
@@ -156,8 +163,7 @@ CASES = [
      write('leases/%s.json' % SLOT, '{"allocation_id": "a1", "phase": "running", "data": {"devices": [1]}}')),
     (slot_lease, lease_args, dict(slot_id=SLOT), 'data.gpu_address',
      write('leases/%s.json' % SLOT, '{"allocation_id": "a1", "phase": "running", "data": {"gpu_address": []}}')),
-    (slot_lease, lease_args, dict(slot_id=SLOT), 'Is a directory', lambda t: (os.unlink(t('leases/%s.json' % SLOT)),
-                                                                             os.mkdir(t('leases/%s.json' % SLOT)))),
+    (slot_lease, lease_args, dict(slot_id=SLOT), 'Is a directory', replace_by_a_directory('leases/%s.json' % SLOT)),
     (telemetry_token, token_args, dict(token_dir=_t('a-file')), 'token_dir', None),
     (telemetry_token, token_args, dict(token_dir=''), 'token_dir', None),
     (telemetry_token, token_args, dict(token_dir='/var/lib\0/tokens'), 'token_dir', None),
