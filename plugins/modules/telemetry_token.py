@@ -157,7 +157,6 @@ def engine(module):
         # The same allocation keeps its token (a file of an older format is only completed).
         if current != new:
             plan.change('write the token file', write, before=shown(current), after=shown(new), key='file')
-        result['token'] = new['token'] if token or not module.check_mode else None
     elif current is not None and not (p['force'] or current.get('allocation_id') == p['allocation_id']):
         result['msg'] = 'the token of slot %s belongs to allocation %s: left alone' % (
             p['slot_id'], show(current.get('allocation_id')))
@@ -166,7 +165,10 @@ def engine(module):
     elif current is not None or damaged:
         plan.change('remove the token file', lambda: remove(path), before=shown(current) or str(damaged), after='',
                     key='file')
-    plan.execute()
+    done = plan.execute()
+    if p['state'] == 'present':
+        # A token that does not exist yet (check mode) is not made up.
+        result['token'] = new['token'] if token or done else None
     result.update(plan.result())
     if 'diff' in result:
         result['diff'] = dict((side, value.get('file', '')) for side, value in result['diff'].items())
