@@ -22,14 +22,21 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
 import fcntl
 import json
 import os
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, Step
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import atomic_write, check_path, ensure_dir, remove
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    StateFileError,
+    atomic_write,
+    check_dir,
+    check_path,
+    ensure_dir,
+    read_json,
+    remove,
+)
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, bdf_key, same_device
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Rule, show
 
@@ -40,14 +47,6 @@ IOMMU_OFF = ('the IOMMU is off (no groups under %s/kernel/iommu_groups): enable 
              'isolate the device')
 # A driver name as the kernel lists it under bus/pci/drivers: a record's names go into paths.
 DRIVER = Rule('driver name', r'(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,64}', "1-64 letters, digits, '_', '.', ':' and '-'")
-
-
-def check_state_dir(value):
-    """An absolute path of a directory (or of one to create), or DeviceError naming state_dir."""
-    value = check_path(value, 'state_dir')
-    if os.path.lexists(value) and not os.path.isdir(value):
-        raise devctl.DeviceError('state_dir %s exists and is not a directory' % show(value))
-    return value
 
 
 class StateFile:
@@ -67,20 +66,19 @@ class StateFile:
     def _damaged(self, why):
         return devctl.DeviceError(
             'the state file %s %s: it records the drivers the devices had before vfio_bind; check '
-            'them by hand and move the file away' % (self.path, why), state_file=self.path)
+            'them by hand and move the file away' % (show(self.path, 4096), why), state_file=self.path)
 
     def load(self):
         try:
-            with open(self.path, 'rb') as handle:
-                data = json.loads(handle.read(1024 * 1024 + 1).decode('utf-8'))
-        except (IOError, OSError) as exc:
-            if getattr(exc, 'errno', None) == errno.ENOENT:
-                return None
-            raise devctl.DeviceError('cannot read the state file %s: %s' % (self.path, devctl.oserror(exc)),
-                                     state_file=self.path)
-        except (ValueError, RecursionError) as exc:
-            raise self._damaged('is not valid JSON (%s)' % show(str(exc)))
-        functions = data.get('functions') if isinstance(data, dict) else None
+            data = read_json(self.path, 'the state file', dict)
+        except RecursionError:
+            raise self._damaged('is not valid JSON (nested too deep)')
+        except StateFileError as exc:
+            raise devctl.DeviceError('%s: it records the drivers the devices had before vfio_bind; check '
+                                     'them by hand and move the file away' % exc, state_file=self.path)
+        if data is None:
+            return None
+        functions = data.get('functions')
         if not isinstance(functions, dict) or not all(
                 isinstance(v, dict) for v in functions.values()):
             raise self._damaged('does not have the layout vfio_bind writes (a "functions" mapping)')
@@ -140,7 +138,7 @@ class VfioBind:
         self.timeout = devctl.check_timeout(timeout)
         self.allowed = [devctl.check_address(a, 'allow_group_members') for a in
                         (allow_group_members or [])]
-        self.state_dir = check_state_dir(state_dir)
+        self.state_dir = check_dir(state_dir, 'state_dir')
         self.record_file = StateFile(module, self.state_dir, self.address)
         self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
         self.proc_root = check_path(proc_root, 'proc_root')

@@ -42,12 +42,17 @@ def test_the_record_is_written_atomically_and_read_back(tmp_path):
     assert state.load() is None
 
 
-@pytest.mark.parametrize('text', ['[]', '{"functions": []}', '{"functions": {"x": 1}}'])
-def test_a_record_of_another_shape_is_refused(tmp_path, text):
+@pytest.mark.parametrize('text, expected', [
+    ('[]', 'holds list, not a dict'),
+    ('{"functions": []}', 'does not have the layout vfio_bind writes'),
+    ('{"functions": {"x": 1}}', 'does not have the layout vfio_bind writes'),
+])
+def test_a_record_of_another_shape_is_refused(tmp_path, text, expected):
     (tmp_path / (GPU + '.json')).write_text(text)
     with pytest.raises(devctl.DeviceError) as info:
         _vfio.StateFile(StubModule(), str(tmp_path), GPU).load()
-    assert 'does not have the layout vfio_bind writes' in str(info.value)
+    assert expected in str(info.value)
+    assert info.value.details['state_file'] == str(tmp_path / (GPU + '.json'))
 
 
 def test_check_mode_plans_the_record_first_and_writes_nothing(kernel):

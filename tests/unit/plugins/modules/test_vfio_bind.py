@@ -429,13 +429,13 @@ def test_a_state_dir_that_is_a_file_is_refused(ws, capsys):
     with open(ws.state, 'w') as handle:
         handle.write('not a directory\n')
     before = ws.snapshot()
-    refused(ws, capsys, before, 'exists and is not a directory')
+    refused(ws, capsys, before, 'state_dir %r is not a directory' % ws.state)
 
 
 @pytest.mark.parametrize('members', [['0000:00:17.0\x00'], ['0000:00:17.0\n'], ['../../x'], [''], ['0' * 5000]])
 def test_a_bad_group_member_is_refused_naming_the_option(ws, capsys, members):
     before = ws.snapshot()
-    refused(ws, capsys, before, 'allow_group_members: ', allow_group_members=members)
+    refused(ws, capsys, before, 'allow_group_members', allow_group_members=members)
 
 
 @pytest.mark.parametrize('content, expected', [
@@ -443,7 +443,8 @@ def test_a_bad_group_member_is_refused_naming_the_option(ws, capsys, members):
     (b'{"functions": ', 'is not valid JSON'),
     (b'\xff\xfe{}', 'is not valid JSON'),
     (b'[' * 100000 + b']' * 100000, 'is not valid JSON'),
-    (b'null', 'does not have the layout'),
+    (b'null', 'holds NoneType, not a dict'),
+    (b'[]', 'holds list, not a dict'),
     (b'{"functions": {"0000:01:00.0": []}}', 'does not have the layout'),
     (b'{"functions": {"0000:01:00.0": {"driver": "../../../../tmp/x"}}}', 'which is not a PCI address'),
     (b'{"functions": {"0000:01:00.0": {"driver": 7}}}', 'which is not a PCI address'),
@@ -457,14 +458,14 @@ def test_a_damaged_state_file_is_reported_named_never_used(ws, capsys, content, 
     with open(record, 'wb') as handle:
         handle.write(content)
     before = ws.snapshot()
-    result = refused(ws, capsys, before, 'the state file %s' % record, expected, state=state)
+    result = refused(ws, capsys, before, 'the state file %r' % record, expected, state=state)
     assert result['state_file'] == record
 
 
 def test_a_state_file_that_is_a_directory_is_reported(ws, capsys):
     os.makedirs(os.path.join(ws.state, GPU + '.json'))
     before = ws.snapshot()
-    refused(ws, capsys, before, 'cannot read the state file', 'EISDIR')
+    refused(ws, capsys, before, 'the state file %r cannot be read: Is a directory' % os.path.join(ws.state, GPU + '.json'))
 
 
 def test_a_driver_link_that_leads_out_of_sysfs_is_refused(ws, capsys):
