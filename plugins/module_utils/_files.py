@@ -83,6 +83,8 @@ def read_json(path, what, kind=dict):
         value = json.loads(raw.decode('utf-8'))
     except ValueError as exc:
         raise StateFileError('%s %s is not valid JSON (%s)' % (what, show(path, 4096), exc))
+    except RecursionError:
+        raise StateFileError('%s %s is not valid JSON (nested too deep)' % (what, show(path, 4096)))
     if not isinstance(value, kind):
         raise StateFileError('%s %s holds %s, not a %s' % (what, show(path, 4096), type(value).__name__, kind.__name__))
     return value

@@ -71,8 +71,6 @@ class StateFile:
     def load(self):
         try:
             data = read_json(self.path, 'the state file', dict)
-        except RecursionError:
-            raise self._damaged('is not valid JSON (nested too deep)')
         except StateFileError as exc:
             raise devctl.DeviceError('%s: it records the drivers the devices had before vfio_bind; check '
                                      'them by hand and move the file away' % exc, state_file=self.path)
