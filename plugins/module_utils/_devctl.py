@@ -8,11 +8,12 @@ What the four device modules share:
 * :func:`open_sysfs`, the one way they reach sysfs. The unit tests replace it with the
   kernel model of ``tests/sysfs/kernel_model.py``, whose ``write`` behaves as the
   kernel's attributes do, so every write a module makes goes through it.
-* :class:`Plan`, an ordered list of steps (sysfs writes, commands, waits for the kernel,
-  file writes). A module computes its plan from the wanted and the current state, returns
-  it as ``actions`` (``changed`` is "the plan is not empty"), and runs it only outside
-  check mode. A failing step raises :class:`DeviceError` saying which step, of how many,
-  failed and why.
+* :class:`DevicePlan`, the engine's plan (``_engine.Plan``) over one sysfs tree, with the
+  sysfs write as a step (:class:`SysfsWrite`): the attribute must resolve inside the tree
+  it was given, and where the kernel shows the value written it is read back. A module
+  builds its plan from the wanted and the current state, the engine runs it (nothing in
+  check mode) and a failing step is a :class:`DeviceError` saying which step, of how many,
+  failed and why. Every command goes through the engine's ``Runner``.
 * The "in use" checks: who holds a ``/dev/vfio`` node or a block device open (the fd
   links under ``/proc/<pid>/fd``), whether the host uses a device's block devices
   (mounts, swap, holders, through :class:`HostUsage`), its network interfaces (up with an
@@ -28,26 +29,28 @@ import errno
 import json
 import os
 import re
-import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     BASE_CLASS_NAMES,
     PciBus,
-    PciDevice,
     PciError,
     Sysfs,
     parse_bdf,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Step, Wait, oserror
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    IFNAME,
+    GpuaasError,
+    check_number,
+    show,
+)
 
 VFIO_DRIVER = 'vfio-pci'
-# A sysfs write is done when write() returns for almost every attribute; the polls are for
-# drivers that probe asynchronously and for udev creating /dev nodes.
-POLL_INTERVAL = 0.02
-# Interface names as the kernel allows them (IFNAMSIZ 16, no '/', no white space); used
-# before a name read from sysfs goes into an argv list.
-IFNAME_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}$')
+# The longest wait a device module accepts (seconds): the kernel answers a sysfs write in
+# milliseconds, a probe in seconds; anything longer is a typo or a hostile value.
+MAX_TIMEOUT = 3600
+MIN_TIMEOUT = 0.001
 
 
 class DeviceError(GpuaasError):
@@ -65,6 +68,11 @@ def check_address(value, what='address'):
         return parse_bdf(value)
     except PciError as exc:
         raise DeviceError('%s: %s' % (what, exc))
+
+
+def check_timeout(value, what='timeout'):
+    """Seconds to wait: finite and in [MIN_TIMEOUT, MAX_TIMEOUT], checked before any write."""
+    return check_number(value, what, MIN_TIMEOUT, MAX_TIMEOUT)
 
 
 def open_bus(sysfs):
@@ -91,11 +99,6 @@ def get_device(sysfs, bus, address):
     return bus.get(address)
 
 
-def fresh(device):
-    """A new PciDevice for the same address, so no cached attribute hides a change."""
-    return PciDevice(device.sysfs, device.address)
-
-
 def read_override(sysfs, address):
     """The device's driver_override, None when unset (the kernel shows '(null)')."""
     value = sysfs.read('bus/pci/devices/%s/driver_override' % address)
@@ -109,168 +112,88 @@ def base_class(device):
     return None if pci_class is None else pci_class >> 16
 
 
-def is_storage_or_network(device):
-    return base_class(device) in (0x01, 0x02)
+def tool(runner, name, package, why):
+    """The path of a command the module needs, or DeviceError saying what it is for."""
+    try:
+        return runner.path(name)
+    except GpuaasError:
+        raise DeviceError("the '%s' command (%s) is not installed; %s" % (name, package, why))
 
 
-def wait_until(predicate, timeout, interval=POLL_INTERVAL):
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed; its last value."""
-    deadline = time.monotonic() + max(timeout, 0)
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+def engine_of(cls):
+    """``run_module``'s engine for a device module: ``cls(module, **params).run()``, warned."""
+    def engine(module):
+        device_engine = cls(module, **module.params)
+        result = device_engine.run()
+        for warning in device_engine.warnings:
+            module.warn(warning)
+        return result
+    return engine
 
 
 # -- plans -------------------------------------------------------------------
 
 
-class Step:
-    """One step of a plan. ``mutates`` steps are the actions a module reports."""
-
-    mutates = True
-
-    def __init__(self, device, description):
-        self.device = device
-        self.description = description
-
-    def run(self, ctx):
-        raise NotImplementedError
-
-    def __str__(self):
-        return ('%s: %s' % (self.device, self.description)) if self.device else self.description
+def label(device, text):
+    return ('%s: %s' % (device, text)) if device else text
 
 
-class WriteStep(Step):
-    """Write ``value`` to a sysfs attribute (relative to the sysfs root)."""
+def write(sysfs, rel, value):
+    """Write a sysfs attribute that resolves inside the tree (Sysfs.resolve refuses others)."""
+    sysfs.resolve(rel)
+    sysfs.write(rel, value)
 
-    def __init__(self, device, description, rel, value):
-        super(WriteStep, self).__init__(device, description)
+
+class SysfsWrite(Step):
+    """Write ``value`` to a sysfs attribute (relative to the root), never outside the tree.
+
+    The target is resolved when the step is made (so a plan with a write that would leave the
+    tree is refused before its first step runs) and again when it is applied.
+
+    ``readback``: what the attribute shows once the kernel took the value (driver_override,
+    sriov_numvfs...); None for the attributes that only act (bind, unbind, reset).
+    """
+
+    def __init__(self, sysfs, what, rel, value, readback=None, **kwargs):
+        super(SysfsWrite, self).__init__('%s: write %r to %s' % (what, value, sysfs.path(rel)), **kwargs)
+        sysfs.resolve(rel)          # refused when planned, before any step of the plan runs
+        self.sysfs = sysfs
         self.rel = rel
         self.value = value
+        self.readback = readback
 
-    def run(self, ctx):
-        ctx.sysfs.write(self.rel, self.value)
+    def apply(self, plan):
+        write(self.sysfs, self.rel, self.value)
 
-
-class CommandStep(Step):
-    """Run an argv list; fail on a non-zero exit status (``check`` may refine that)."""
-
-    def __init__(self, device, description, argv, check=None):
-        super(CommandStep, self).__init__(device, description)
-        self.argv = argv
-        self.check = check
-
-    def run(self, ctx):
-        rc, out, err = ctx.module.run_command(self.argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
-        if self.check is not None:
-            self.check(rc, out, err)
-        elif rc != 0:
-            raise DeviceError('%s exited with status %d: %s'
-                              % (self.argv[0], rc, (err or out).strip()))
+    def verify(self, plan):
+        if self.readback is None:
+            return None
+        now = self.sysfs.read(self.rel)
+        return None if now == self.readback else '%s reads %r, not %r' % (
+            self.sysfs.path(self.rel), now, self.readback)
 
 
-class CallStep(Step):
-    """Run a function of the engine (a file write, a wipe pass)."""
+class DevicePlan(Plan):
+    """An engine plan over one sysfs tree; steps are labelled with the device they touch."""
 
-    def __init__(self, device, description, func, mutates=True):
-        super(CallStep, self).__init__(device, description)
-        self.func = func
-        self.mutates = mutates
-
-    def run(self, ctx):
-        self.func()
-
-
-class WaitStep(Step):
-    """Wait until ``predicate()`` is true; ``failure()`` explains a timeout."""
-
-    mutates = False
-
-    def __init__(self, device, description, predicate, failure):
-        super(WaitStep, self).__init__(device, description)
-        self.predicate = predicate
-        self.failure = failure
-
-    def __str__(self):
-        return ('%s: wait for %s' % (self.device, self.description)) if self.device \
-            else 'wait for %s' % self.description
-
-    def run(self, ctx):
-        if not wait_until(self.predicate, ctx.timeout):
-            raise DeviceError('timed out after %s s: %s' % (_seconds(ctx.timeout), self.failure()))
-
-
-def _seconds(value):
-    return ('%g' % value) if isinstance(value, float) else str(value)
-
-
-class Plan:
-    """The ordered steps a module derived from the wanted and the current state."""
-
-    def __init__(self, sysfs, module=None, timeout=10.0):
+    def __init__(self, module, sysfs, timeout=10.0):
+        super(DevicePlan, self).__init__(module, error=DeviceError, timeout=check_timeout(timeout))
         self.sysfs = sysfs
-        self.module = module
-        self.timeout = timeout
-        self.steps = []
 
-    def __bool__(self):
-        return any(step.mutates for step in self.steps)
+    def write(self, device, description, rel, value, readback=None, **kwargs):
+        return self.add(SysfsWrite(self.sysfs, label(device, description), rel, value, readback,
+                                   **kwargs))
 
-    __nonzero__ = __bool__
+    def wait_for(self, device, description, predicate, failure):
+        step = Wait(description, predicate, failure)
+        step.what = step.key = label(device, step.what)
+        return self.add(step)
 
-    def add(self, step):
-        self.steps.append(step)
-        return step
+    def run(self, device, description, argv, **kwargs):
+        return self.command(label(device, '%s: run %s' % (description, ' '.join(argv))), argv, **kwargs)
 
-    def write(self, device, description, rel, value):
-        return self.add(WriteStep(device, '%s: write %r to %s' % (
-            description, value, self.sysfs.path(rel)), rel, value))
-
-    def command(self, device, description, argv, check=None):
-        return self.add(CommandStep(device, '%s: run %s' % (description, ' '.join(argv)), argv,
-                                    check))
-
-    def call(self, device, description, func, mutates=True):
-        return self.add(CallStep(device, description, func, mutates))
-
-    def wait(self, device, description, predicate, failure):
-        return self.add(WaitStep(device, description, predicate, failure))
-
-    def actions(self):
-        """What the plan changes, in order, as the module reports it."""
-        return [str(step) for step in self.steps if step.mutates]
-
-    def commands(self):
-        return [list(step.argv) for step in self.steps if isinstance(step, CommandStep)]
-
-    def run(self):
-        """Run every step; a failure raises DeviceError naming the step and what was done."""
-        done = []
-        total = len(self.steps)
-        for number, step in enumerate(self.steps, 1):
-            try:
-                step.run(self)
-            except (IOError, OSError) as exc:
-                raise DeviceError(
-                    'step %d of %d failed: %s: %s' % (number, total, step, _oserror(exc)),
-                    failed_step=str(step), completed_steps=done)
-            except DeviceError as exc:
-                details = dict(exc.details)
-                details.update(failed_step=str(step), completed_steps=done)
-                raise DeviceError('step %d of %d failed: %s: %s' % (number, total, step, exc),
-                                  **details)
-            done.append(str(step))
-        return done
-
-
-def _oserror(exc):
-    """'[Errno 16] Device or resource busy' with the errno's name, for messages."""
-    code = getattr(exc, 'errno', None)
-    name = errno.errorcode.get(code, '') if code else ''
-    text = getattr(exc, 'strerror', None) or str(exc)
-    return '%s (%s)' % (text, name) if name else text
+    def touches_sysfs(self):
+        return any(isinstance(step, SysfsWrite) for step in self.steps)
 
 
 # -- who uses a device -------------------------------------------------------
@@ -279,29 +202,39 @@ def _oserror(exc):
 def open_files(proc_root, paths):
     """{path: [{'pid': N, 'comm': name}]} for every process holding one of ``paths`` open.
 
-    Reads the fd links under ``proc_root/<pid>/fd``, as lsof and fuser do. Processes
-    that exit during the scan, or whose fds cannot be read, are skipped.
+    Reads the fd links under ``proc_root/<pid>/fd``, as lsof and fuser do. A process that
+    exits during the scan is skipped; a ``proc_root`` that cannot be read, or is not a procfs
+    (no ``mounts``), or a process whose fds cannot be read for another reason, is a
+    DeviceError: a check that cannot see refuses, it never reads as "nobody holds it".
     """
     wanted = set(paths)
     found = {}
     if not wanted:
         return found
     try:
+        if not os.path.isfile(os.path.join(proc_root, 'mounts')):
+            raise OSError(errno.ENOENT, 'not a procfs: it has no mounts file')
         pids = [entry for entry in os.listdir(proc_root) if entry.isdigit()]
-    except (IOError, OSError):
-        return found
+    except (IOError, OSError, ValueError, TypeError) as exc:
+        raise DeviceError('cannot read the processes under proc_root %s (%s), so the module cannot '
+                          'see who holds %s open; it changes nothing'
+                          % (show(proc_root), oserror(exc), ', '.join(sorted(wanted))))
     for pid in sorted(pids, key=int):
         fd_dir = os.path.join(proc_root, pid, 'fd')
         try:
             fds = os.listdir(fd_dir)
-        except (IOError, OSError):
-            continue
+        except (IOError, OSError) as exc:
+            if exc.errno in (errno.ENOENT, errno.ESRCH):
+                continue                        # the process has exited
+            raise DeviceError('cannot read %s (%s), so the module cannot see whether that '
+                              'process holds %s open; it changes nothing'
+                              % (fd_dir, oserror(exc), ', '.join(sorted(wanted))))
         hits = set()
         for fd in fds:
             try:
                 target = os.readlink(os.path.join(fd_dir, fd))
             except (IOError, OSError):
-                continue
+                continue                        # closed meanwhile
             if target in wanted:
                 hits.add(target)
         if hits:
@@ -344,7 +277,7 @@ def vfio_nodes(sysfs, device):
 
 def netdevs(sysfs, device):
     """Network interface names the kernel created for a function (its ``net/`` entries)."""
-    return [name for name in sysfs.listdir(device.rel + '/net') if IFNAME_RE.match(name)]
+    return [name for name in sysfs.listdir(device.rel + '/net') if IFNAME.matches(name)]
 
 
 def block_devices(sysfs, device):
@@ -358,6 +291,15 @@ def block_devices(sysfs, device):
     return names
 
 
+def ip_json(argv, out):
+    """The first link of ``ip -j ... show``'s output, {} when it printed none."""
+    try:
+        data = json.loads(out or '[]')
+    except ValueError as exc:
+        raise DeviceError('%s printed something that is not JSON (%s)' % (' '.join(argv), exc))
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+
+
 class NetdevUsage:
     """Whether the host uses a network interface, from ``ip -j addr show dev IFNAME``.
 
@@ -366,32 +308,18 @@ class NetdevUsage:
     when it is enslaved to a bridge, bond or team (``master``), addresses or not.
     """
 
-    def __init__(self, module):
-        self.module = module
-        self._ip = None
-
-    def ip(self):
-        if self._ip is None:
-            path = self.module.get_bin_path('ip')
-            if not path:
-                raise DeviceError(
-                    "the 'ip' command (iproute2) is not installed, so the module cannot see "
-                    'whether the host uses a network interface; it changes nothing until it '
-                    'can (install iproute2)')
-            self._ip = path
-        return self._ip
+    def __init__(self, runner):
+        self.runner = runner
 
     def show(self, ifname):
-        argv = [self.ip(), '-j', 'addr', 'show', 'dev', ifname]
-        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        argv = [tool(self.runner, 'ip', 'iproute2', 'the module cannot see whether the host uses a '
+                     'network interface, so it changes nothing until it can (install iproute2)'),
+                '-j', 'addr', 'show', 'dev', ifname]
+        rc, out, err = self.runner(argv, check=False)
         if rc != 0:
             raise DeviceError('%s failed (status %d): %s; the module cannot see whether the host '
                               'uses %s' % (' '.join(argv), rc, (err or out).strip(), ifname))
-        try:
-            data = json.loads(out or '[]')
-        except ValueError as exc:
-            raise DeviceError('%s printed something that is not JSON (%s)' % (' '.join(argv), exc))
-        return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+        return ip_json(argv, out)
 
     def usage(self, ifname):
         """Why the host uses ``ifname``, or None."""
@@ -412,11 +340,11 @@ class NetdevUsage:
 class InUse:
     """Everything the device modules check before they touch a device."""
 
-    def __init__(self, module, sysfs, proc_root):
+    def __init__(self, runner, sysfs, proc_root):
         self.sysfs = sysfs
         self.proc_root = proc_root
         self.host = HostUsage(sysfs, proc_root)
-        self.net = NetdevUsage(module)
+        self.net = NetdevUsage(runner)
 
     def host_reasons(self, device):
         """Why the host itself uses a function (storage, network, console): list of strings."""

@@ -4,25 +4,36 @@
 """Internal to gpuaas.slice: what the host itself is using.
 
 A device the host uses (its boot disk, a mounted namespace, swap, a device-mapper
-or md stack on top of it) must never be offered to or handed to a tenant.
+or md stack on top of it) must never be offered to or handed to a tenant. A ``proc_root``
+whose ``mounts`` cannot be read is an error, never "nothing is mounted": a check that
+cannot see refuses.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import os
 import re
 
-NVME_NS_RE = re.compile(r'^nvme(\d+)(?:c\d+)?(n\d+)$')
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciError
+
+NVME_NS_RE = re.compile(r'^nvme(\d+)(?:c\d+)?(n\d+)\Z')
 
 
-def _proc_lines(proc_root, name):
+def _proc_lines(proc_root, name, missing_ok=False):
+    """The lines of ``proc_root/name``; PciError when it cannot be read (ENOENT too, unless ok)."""
+    path = os.path.join(proc_root, name)
     try:
-        with open(os.path.join(proc_root, name), 'r') as handle:
+        with open(path, 'r') as handle:
             return handle.read().splitlines()
-    except (IOError, OSError):
-        return []
+    except (IOError, OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        if missing_ok and getattr(exc, 'errno', None) == errno.ENOENT and os.path.isdir(proc_root):
+            return []
+        raise PciError('cannot read %s (%s), so the module cannot see what the host has mounted; '
+                       'it refuses rather than take every disk for unused (is proc_root right?)'
+                       % (path, getattr(exc, 'strerror', None) or exc))
 
 
 class HostUsage:
@@ -49,7 +60,7 @@ class HostUsage:
         used = {}
         dm_names = None
         sources = [(line.split(), 1) for line in _proc_lines(self.proc_root, 'mounts')]
-        sources += [(line.split(), None) for line in _proc_lines(self.proc_root, 'swaps')[1:]]
+        sources += [(line.split(), None) for line in _proc_lines(self.proc_root, 'swaps', missing_ok=True)[1:]]
         for fields, where in sources:
             if not fields or not fields[0].startswith('/dev/'):
                 continue

@@ -6,7 +6,9 @@
 Everything the collection knows about PCI devices is read here, through one
 :class:`Sysfs` accessor rooted at ``sysfs_root`` (``/sys`` on a real host, a tree
 built by the tests elsewhere). Nothing in this file writes; the device modules
-write through :meth:`Sysfs.write` so the kernel model in the tests can react.
+write through :meth:`Sysfs.write` so the kernel model in the tests can react. A path that
+resolves outside the tree (an attribute that is a symlink leaving ``sysfs_root``) is
+neither read nor written: :meth:`Sysfs.resolve` refuses it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -24,6 +26,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 
 # A full PCI address (the contract's rule), matched whole.
 BDF_RE = PCI_ADDRESS.regex
+O_PATH = getattr(os, 'O_PATH', None)
 PCI_ROOT_RE = re.compile(r'^pci([0-9a-f]{4,8}):([0-9a-f]{2})\Z')
 
 # PCI class codes (base class << 8 | subclass) that the collection cares about.
@@ -144,16 +147,39 @@ def parse_cpulist(text):
     return contract_cpulist(text) if text else []
 
 
+def real_path(path):
+    """``os.path.realpath(path)``, asked of the kernel where it can answer.
+
+    An ``O_PATH`` descriptor follows every symlink without opening the file (no device is
+    opened, no FIFO waited on) and ``/proc/self/fd`` names where it landed: three system calls
+    instead of an lstat per component. A path that does not exist is resolved as realpath does.
+    """
+    if O_PATH is not None:
+        try:
+            fd = os.open(path, O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return os.path.realpath(path)
+        try:
+            return os.readlink('/proc/self/fd/%d' % fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return os.path.realpath(path)
+
+
 class Sysfs:
     """Read (and, for the device modules, write) a sysfs tree rooted at ``root``.
 
     Paths given to the methods are relative to the root ('bus/pci/devices/...').
-    Callers validate PCI addresses with :func:`parse_bdf` before building paths, so
-    no caller-supplied string can walk out of the tree.
+    Callers validate PCI addresses with :func:`parse_bdf` before building paths, and
+    :meth:`read` and :meth:`write` refuse a path that resolves outside the tree, so neither a
+    caller-supplied string nor a symlink planted in the tree reaches a file elsewhere.
     """
 
     def __init__(self, root='/sys'):
         self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
 
     def path(self, rel):
         return os.path.join(self.root, rel)
@@ -164,10 +190,22 @@ class Sysfs:
     def isdir(self, rel):
         return os.path.isdir(self.path(rel))
 
+    def resolve(self, rel):
+        """The real path of ``rel``, or PciError when it resolves outside the tree."""
+        real = real_path(self.path(rel))
+        if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
+            raise PciError('%s resolves to %s, outside the sysfs tree %s: refusing to follow it'
+                           % (self.path(rel), real, self.root))
+        return real
+
     def read(self, rel):
-        """File content stripped of surrounding white space, or None when absent/unreadable."""
+        """File content stripped of surrounding white space, or None when absent/unreadable.
+
+        PciError when the path resolves outside the tree: what it says is not the kernel's.
+        """
+        real = self.resolve(rel)
         try:
-            with open(self.path(rel), 'r') as handle:
+            with open(real, 'r') as handle:
                 return handle.read().strip()
         except (IOError, OSError, UnicodeDecodeError):
             return None
@@ -201,18 +239,23 @@ class Sysfs:
             raise PciError('cannot read %s: %s' % (self.path(rel), exc.strerror or exc))
 
     def link_name(self, rel):
-        """Basename of a symlink's target (a driver's or IOMMU group's name), or None."""
+        """Basename of a symlink's target (a driver's or IOMMU group's name), or None.
+
+        PciError when the link leads outside the tree: the kernel's links never do.
+        """
         try:
-            return os.path.basename(os.readlink(self.path(rel)))
+            name = os.path.basename(os.readlink(self.path(rel)))
         except (IOError, OSError):
             return None
+        self.resolve(rel)
+        return name
 
     def realpath(self, rel):
         return os.path.realpath(self.path(rel))
 
     def write(self, rel, value):
-        """Write ``value`` to a sysfs attribute the way ``echo value > attr`` does."""
-        with open(self.path(rel), 'w') as handle:
+        """Write ``value`` to a sysfs attribute the way ``echo value > attr`` does, inside the tree."""
+        with open(self.resolve(rel), 'w') as handle:
             handle.write(value)
 
 

@@ -17,6 +17,8 @@ __metaclass__ = type
 import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 
 RESET_METHODS = ('device_specific', 'acpi', 'flr', 'af_flr', 'pm', 'bus', 'cxl_bus')
 
@@ -26,9 +28,9 @@ class PciReset:
 
     def __init__(self, module, address, method=None, sysfs_root='/sys', proc_root='/proc'):
         self.module = module
-        self.address = devctl.check_address(address)
+        self.address = address
         self.method = method
-        self.sysfs = devctl.open_sysfs(sysfs_root)
+        self.sysfs_root = sysfs_root
         self.proc_root = proc_root
         self.warnings = []
 
@@ -42,6 +44,17 @@ class PciReset:
         return text.split()
 
     def run(self):
+        """The reset; every failure says whether the device now needs manual care."""
+        try:
+            return self._run()
+        except devctl.GpuaasError as exc:
+            exc.details.setdefault('needs_manual_care', False)
+            raise
+
+    def _run(self):
+        self.address = devctl.check_address(self.address)
+        self.sysfs = devctl.open_sysfs(check_path(self.sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(self.proc_root, 'proc_root')
         bus = devctl.open_bus(self.sysfs)
         device = devctl.get_device(self.sysfs, bus, self.address)
         methods = self.methods(device)
@@ -56,13 +69,12 @@ class PciReset:
                 raise devctl.DeviceError(
                     'this kernel has no reset_method attribute (Linux 5.15 added it), so method '
                     '%s cannot be chosen for %s; leave method unset to use the kernel\'s order'
-                    % (self.method, self.address), reset_methods=None, needs_manual_care=False)
+                    % (self.method, self.address), reset_methods=None)
             if self.method not in methods:
                 raise devctl.DeviceError(
                     'method %s is not offered by %s (reset_method: %s)'
-                    % (self.method, self.address, ' '.join(methods)), reset_methods=methods,
-                    needs_manual_care=False)
-        in_use = devctl.InUse(self.module, self.sysfs, self.proc_root)
+                    % (self.method, self.address, ' '.join(methods)), reset_methods=methods)
+        in_use = devctl.InUse(Runner(self.module, devctl.DeviceError), self.sysfs, self.proc_root)
         reasons = ['%s is in use by the host: %s' % (device.describe(), why)
                    for why in in_use.host_reasons(device)]
         holders = in_use.vfio_holders([device]) if device.driver == devctl.VFIO_DRIVER else {}
@@ -70,44 +82,32 @@ class PciReset:
             reasons.append('a VM holds it: %s' % devctl.describe_holders(holders))
         if reasons:
             raise devctl.DeviceError('refusing to reset %s: %s' % (self.address, '; '.join(reasons)),
-                                     reasons=reasons, reset_methods=methods,
-                                     needs_manual_care=False)
+                                     reasons=reasons, reset_methods=methods)
 
         used = self.method or (methods[0] if methods else 'kernel default')
-        plan = devctl.Plan(self.sysfs, self.module)
+        plan = devctl.DevicePlan(self.module, self.sysfs)
         rel = device.rel
         forced = self.method is not None and methods[0] != self.method
         if forced:
-            plan.write(self.address, 'use only %s' % self.method, rel + '/reset_method', self.method)
-        plan.write(self.address, 'reset (%s)' % used, rel + '/reset', '1')
+            plan.write(self.address, 'use only %s' % self.method, rel + '/reset_method', self.method,
+                       readback=self.method)
+        plan.write(self.address, 'reset (%s)' % used, rel + '/reset', '1', key=self.address,
+                   before='not reset', after='reset by %s' % used)
         if forced:
             plan.write(self.address, 'restore the reset methods', rel + '/reset_method',
-                       ' '.join(methods))
-
-        result = {
-            'changed': True,
-            'address': self.address,
-            'reset_methods': methods,
-            'method': used,
-            'needs_manual_care': False,
-            'actions': plan.actions(),
-            'duration_s': 0.0,
-            'diff': {'before': '%s: not reset\n' % self.address,
-                     'after': '%s: reset by %s\n' % (self.address, used)},
-        }
-        if not self.module.check_mode:
-            start = time.monotonic()
-            try:
-                plan.run()
-            except devctl.DeviceError as exc:
-                note = self._restore(rel, methods) if forced else None
-                raise devctl.DeviceError(
-                    'resetting %s with %s failed: %s; the device may be unusable: quarantine the '
-                    'slot and check the kernel log (dmesg)%s'
-                    % (self.address, used, exc, ('; ' + note) if note else ''),
-                    reset_methods=methods, needs_manual_care=True, method=used, **exc.details)
-            result['duration_s'] = round(time.monotonic() - start, 3)
-        return result
+                       ' '.join(methods), readback=' '.join(methods))
+        start = time.monotonic()
+        try:
+            plan.execute()
+        except devctl.DeviceError as exc:
+            note = self._restore(rel, methods) if forced else None
+            raise devctl.DeviceError(
+                'resetting %s with %s failed: %s; the device may be unusable: quarantine the '
+                'slot and check the kernel log (dmesg)%s'
+                % (self.address, used, exc, ('; ' + note) if note else ''),
+                **dict(exc.details, reset_methods=methods, needs_manual_care=True, method=used))
+        return plan.result(address=self.address, reset_methods=methods, method=used,
+                           needs_manual_care=False, duration_s=round(time.monotonic() - start, 3))
 
     def _restore(self, rel, methods):
         """Put reset_method back after a failed forced reset; a note when that fails too."""
@@ -115,7 +115,7 @@ class PciReset:
         if current == methods:
             return None
         try:
-            self.sysfs.write(rel + '/reset_method', ' '.join(methods))
-        except (IOError, OSError) as exc:
+            devctl.write(self.sysfs, rel + '/reset_method', ' '.join(methods))
+        except (IOError, OSError, devctl.GpuaasError) as exc:
             return 'reset_method could not be restored to "%s" (%s)' % (' '.join(methods), exc)
         return None

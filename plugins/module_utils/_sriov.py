@@ -31,16 +31,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
-import json
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
     CLASS_INFINIBAND,
     PciError,
     vf_address,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID, check_int
 
 LINK_STATES = ('auto', 'enable', 'disable')
 # mlx5 sysfs policy for each ip-link state.
@@ -51,6 +52,8 @@ OTHER = 'other'
 # vf_identity: 'derived' (each VF gets its MAC or GUIDs, the default) or 'none' (VFs of a PF
 # class that has no network identity: only the count is converged).
 VF_IDENTITIES = ('derived', 'none')
+# sriov_numvfs is a u16 in the kernel (kstrtou16).
+MAX_VFS = 0xffff
 
 
 def _digest(kind, node_id, pf_address, index):
@@ -89,37 +92,32 @@ def _norm(value):
 class SriovVfs:
     """want / have / actions for one PF's VFs."""
 
-    def __init__(self, module, address, num_vfs, node_id, link_state='auto', autoprobe=None,
+    def __init__(self, module, address, num_vfs, node_id, link_state='auto', drivers_autoprobe=None,
                  ib_method='auto', vf_identity='derived', sysfs_root='/sys', proc_root='/proc',
                  timeout=10.0):
         self.module = module
         self.address = devctl.check_address(address)
-        if num_vfs < 0:
-            raise devctl.DeviceError('num_vfs must be 0 or more, got %d' % num_vfs)
-        self.num_vfs = num_vfs
+        self.num_vfs = check_int(num_vfs, 'num_vfs', 0, MAX_VFS)
         self.node_id = NODE_ID.check(node_id, 'node_id')
+        self.timeout = devctl.check_timeout(timeout)
         self.link_state = link_state
-        self.autoprobe = autoprobe
+        self.autoprobe = drivers_autoprobe
         self.ib_method = ib_method
         if vf_identity not in VF_IDENTITIES:
             raise devctl.DeviceError('vf_identity must be one of %s, got %r'
                                      % (', '.join(VF_IDENTITIES), vf_identity))
         self.vf_identity = vf_identity
-        self.sysfs = devctl.open_sysfs(sysfs_root)
-        self.proc_root = proc_root
-        self.timeout = timeout
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
+        self.runner = Runner(module, devctl.DeviceError)
+        self.verified = None            # the VF properties read back after a change
         self.warnings = []
-        self._ip = None
 
     # -- have -------------------------------------------------------------
 
     def ip(self):
-        if self._ip is None:
-            self._ip = self.module.get_bin_path('ip')
-            if not self._ip:
-                raise devctl.DeviceError("the 'ip' command (iproute2) is not installed; the VF "
-                                         'properties are set and read through it')
-        return self._ip
+        return devctl.tool(self.runner, 'ip', 'iproute2', 'the VF properties are set and read '
+                           'through it')
 
     def vf_addresses(self):
         """{index: address} of the VFs that exist, from the PF's virtfnN links."""
@@ -131,16 +129,11 @@ class SriovVfs:
 
     def _ip_vfinfo(self, netdev):
         argv = [self.ip(), '-j', 'link', 'show', 'dev', netdev]
-        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        rc, out, err = self.runner(argv, check=False)
         if rc != 0:
             raise devctl.DeviceError('%s failed (status %d): %s'
                                      % (' '.join(argv), rc, (err or out).strip()))
-        try:
-            data = json.loads(out or '[]')
-        except ValueError as exc:
-            raise devctl.DeviceError('%s printed something that is not JSON (%s)'
-                                     % (' '.join(argv), exc))
-        link = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+        link = devctl.ip_json(argv, out)
         props = {}
         for entry in link.get('vfinfo_list') or []:
             if not isinstance(entry, dict) or not isinstance(entry.get('vf'), int):
@@ -285,25 +278,29 @@ class SriovVfs:
 
     def _plan(self, plan, current, count_changes, have):
         rel = self.pf.rel
+        count = dict(key='num_vfs', before=current, after=self.num_vfs)
         if self.autoprobe is not None:
             now = self.pf.read_int('sriov_drivers_autoprobe')
             if now is None:
                 raise devctl.DeviceError('%s has no sriov_drivers_autoprobe attribute'
                                          % self.address)
             if bool(now) != self.autoprobe:
+                flag = '1' if self.autoprobe else '0'
                 plan.write(self.address, 'set sriov_drivers_autoprobe',
-                           rel + '/sriov_drivers_autoprobe', '1' if self.autoprobe else '0')
+                           rel + '/sriov_drivers_autoprobe', flag, readback=flag,
+                           key='drivers_autoprobe', before=bool(now), after=self.autoprobe)
         if count_changes:
             if current:
-                plan.write(self.address, 'remove the %d VFs' % current, rel + '/sriov_numvfs', '0')
-                plan.wait(self.address, 'the VFs to go', self._count_is(0),
-                          lambda: '%d virtfn links remain' % len(self.vf_addresses()))
+                plan.write(self.address, 'remove the %d VFs' % current, rel + '/sriov_numvfs', '0',
+                           readback='0', **count)
+                plan.wait_for(self.address, 'the VFs to go', self._count_is(0),
+                              lambda: '%d virtfn links remain' % len(self.vf_addresses()))
             if self.num_vfs:
                 plan.write(self.address, 'create %d VFs' % self.num_vfs, rel + '/sriov_numvfs',
-                           str(self.num_vfs))
-                plan.wait(self.address, 'the %d VFs to appear' % self.num_vfs,
-                          self._count_is(self.num_vfs),
-                          lambda: '%d virtfn links exist' % len(self.vf_addresses()))
+                           str(self.num_vfs), readback=str(self.num_vfs), **count)
+                plan.wait_for(self.address, 'the %d VFs to appear' % self.num_vfs,
+                              self._count_is(self.num_vfs),
+                              lambda: '%d virtfn links exist' % len(self.vf_addresses()))
         for index in range(self.num_vfs):
             want = self.want_props(index)
             if not want:
@@ -312,33 +309,34 @@ class SriovVfs:
             if not count_changes and all(cur.get(k, want[k]) == want[k] for k in want) and \
                     not self._unverifiable(cur, want):
                 continue
-            self._set_vf(plan, index, want)
+            self._set_vf(plan, index, want, dict(key='vf %d' % index, before=cur, after=want))
 
     def _unverifiable(self, cur, want):
         """GUIDs the kernel does not report: they cannot be compared, so they are set."""
         return self.kind == INFINIBAND and any(k not in cur for k in ('node_guid', 'port_guid')
                                                if k in want)
 
-    def _set_vf(self, plan, index, want):
+    def _set_vf(self, plan, index, want, diff):
         vf = 'VF %d' % index
         if self.kind == ETHERNET:
-            plan.command(self.address, 'set %s MAC %s, spoof checking on, trust off, link state %s'
-                         % (vf, want['mac'], want['link_state']),
-                         [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
-                          'mac', want['mac'], 'spoofchk', 'on', 'trust', 'off',
-                          'state', want['link_state']])
+            plan.run(self.address, 'set %s MAC %s, spoof checking on, trust off, link state %s'
+                     % (vf, want['mac'], want['link_state']),
+                     [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
+                      'mac', want['mac'], 'spoofchk', 'on', 'trust', 'off',
+                      'state', want['link_state']], **diff)
         elif self.method == 'ip':
-            plan.command(self.address, 'set %s node GUID %s, port GUID %s, link state %s'
-                         % (vf, want['node_guid'], want['port_guid'], want['link_state']),
-                         [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
-                          'node_guid', want['node_guid'], 'port_guid', want['port_guid'],
-                          'state', want['link_state']])
+            plan.run(self.address, 'set %s node GUID %s, port GUID %s, link state %s'
+                     % (vf, want['node_guid'], want['port_guid'], want['link_state']),
+                     [self.ip(), 'link', 'set', 'dev', self.netdev, 'vf', str(index),
+                      'node_guid', want['node_guid'], 'port_guid', want['port_guid'],
+                      'state', want['link_state']], **diff)
         else:
             base = '%s/sriov/%d/' % (self.pf.rel, index)
-            plan.write(self.address, 'set %s node GUID' % vf, base + 'node', want['node_guid'])
-            plan.write(self.address, 'set %s port GUID' % vf, base + 'port', want['port_guid'])
-            plan.write(self.address, 'set %s policy' % vf, base + 'policy',
-                       MLX5_POLICY[want['link_state']])
+            for what, attr, value in (('node GUID', 'node', want['node_guid']),
+                                      ('port GUID', 'port', want['port_guid']),
+                                      ('policy', 'policy', MLX5_POLICY[want['link_state']])):
+                plan.write(self.address, 'set %s %s' % (vf, what), base + attr, value,
+                           readback=value.lower() if attr != 'policy' else value, **diff)
 
     # -- run --------------------------------------------------------------
 
@@ -375,41 +373,29 @@ class SriovVfs:
         if count_changes and existing:
             self._check_vfs_free(existing)
         have = self.read_props(current)
-        plan = devctl.Plan(self.sysfs, self.module, self.timeout)
+        plan = devctl.DevicePlan(self.module, self.sysfs, self.timeout)
         self._plan(plan, current, count_changes, have)
-        wanted = dict((i, self.want_props(i)) for i in range(self.num_vfs))
-        before = {'num_vfs': current,
-                  'vfs': dict((str(i), have.get(i, {})) for i in range(current))}
-        after = {'num_vfs': self.num_vfs, 'vfs': dict((str(i), p) for i, p in wanted.items())}
         changed = bool(plan)
-        if changed and not self.module.check_mode:
-            plan.run()
-            props = self._verify()
+        if changed:
+            plan.change('read the VF properties of %s back' % self.address, verify=self._verify,
+                        mutates=False)
+        if plan.execute():
+            props = self.verified
             addresses = self.vf_addresses()
         else:
-            props = wanted if changed else have
+            props = dict((i, self.want_props(i)) for i in range(self.num_vfs)) if changed else have
             addresses = self.vf_addresses() if not count_changes else self._predicted_addresses()
-        return {
-            'changed': changed,
-            'address': self.address,
-            'kind': self.kind,
-            'method': self.method if self.num_vfs else None,
-            'netdev': self.netdev,
-            'num_vfs': self.num_vfs,
-            'total_vfs': total,
-            'vfs': self._vf_list(addresses, props),
-            'vf_addresses': [addresses.get(i) for i in range(self.num_vfs)],
-            'actions': plan.actions(),
-            'commands': plan.commands(),
-            'diff': {'before': before, 'after': after},
-        }
+        return plan.result(
+            address=self.address, kind=self.kind, method=self.method if self.num_vfs else None,
+            netdev=self.netdev, num_vfs=self.num_vfs, total_vfs=total,
+            vfs=self._vf_list(addresses, props),
+            vf_addresses=[addresses.get(i) for i in range(self.num_vfs)], commands=plan.commands())
 
     def _verify(self):
-        """Read every VF's properties back; fail on a value other than the one set."""
+        """Read every VF's properties back: None when they hold what was set, else what differs."""
         count = self.sysfs.read_int(self.pf.rel + '/sriov_numvfs') or 0
         if count != self.num_vfs:
-            raise devctl.DeviceError('%s has %d VFs after setting %d'
-                                     % (self.address, count, self.num_vfs))
+            return '%s has %d VFs after setting %d' % (self.address, count, self.num_vfs)
         props = self.read_props(count)
         wrong = []
         unreported = set()
@@ -426,6 +412,6 @@ class SriovVfs:
                                  'but cannot be verified' % (', '.join(sorted(unreported)),
                                                              self.netdev or self.address))
         if wrong:
-            raise devctl.DeviceError('the VFs of %s do not hold what was set: %s'
-                                     % (self.address, '; '.join(wrong)), reasons=wrong)
-        return props
+            return 'the VFs of %s do not hold what was set: %s' % (self.address, '; '.join(wrong))
+        self.verified = props
+        return None

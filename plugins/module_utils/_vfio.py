@@ -22,20 +22,31 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
 import fcntl
 import json
 import os
-import tempfile
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
-from ansible_collections.gpuaas.slice.plugins.module_utils._pci import bdf_key, same_device
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, Step
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    StateFileError,
+    atomic_write,
+    check_dir,
+    check_path,
+    ensure_dir,
+    read_json,
+    remove,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, bdf_key, same_device
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Rule, show
 
 STATE_VERSION = 1
 DEFAULT_STATE_DIR = '/var/lib/gpuaas/vfio'
 IOMMU_OFF = ('the IOMMU is off (no groups under %s/kernel/iommu_groups): enable VT-d or AMD-Vi '
              'in the firmware and boot with intel_iommu=on (Intel) so that the kernel can '
              'isolate the device')
+# A driver name as the kernel lists it under bus/pci/drivers: a record's names go into paths.
+DRIVER = Rule('driver name', r'(?!\.\.?\Z)[A-Za-z0-9_.:-]{1,64}', "1-64 letters, digits, '_', '.', ':' and '-'")
 
 
 class StateFile:
@@ -43,7 +54,8 @@ class StateFile:
 
     ``{"version": 1, "address": ..., "iommu_group": ..., "functions":
     {"<bdf>": {"driver": "nvidia" | null, "driver_override": null | "..."}}}``.
-    Written atomically (a temporary file in the same directory, fsync, rename).
+    Written atomically (a temporary file in the same directory, fsync, rename). Read back
+    defensively: a record that is not what vfio_bind writes is reported, named, never used.
     """
 
     def __init__(self, module, state_dir, address):
@@ -51,45 +63,37 @@ class StateFile:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, '%s.json' % address)
 
+    def _damaged(self, why):
+        return devctl.DeviceError(
+            'the state file %s %s: it records the drivers the devices had before vfio_bind; check '
+            'them by hand and move the file away' % (show(self.path, 4096), why), state_file=self.path)
+
     def load(self):
         try:
-            with open(self.path, 'r') as handle:
-                data = json.load(handle)
-        except (IOError, OSError) as exc:
-            if getattr(exc, 'errno', None) == errno.ENOENT:
-                return None
-            raise devctl.DeviceError('cannot read the state file %s: %s' % (self.path, exc))
-        except ValueError as exc:
-            raise devctl.DeviceError(
-                'the state file %s is not valid JSON (%s): it records the drivers the devices had '
-                'before vfio_bind; check them by hand and move the file away' % (self.path, exc))
-        functions = data.get('functions') if isinstance(data, dict) else None
+            data = read_json(self.path, 'the state file', dict)
+        except StateFileError as exc:
+            raise devctl.DeviceError('%s: it records the drivers the devices had before vfio_bind; check '
+                                     'them by hand and move the file away' % exc, state_file=self.path)
+        if data is None:
+            return None
+        functions = data.get('functions')
         if not isinstance(functions, dict) or not all(
                 isinstance(v, dict) for v in functions.values()):
-            raise devctl.DeviceError(
-                'the state file %s does not have the layout vfio_bind writes (a "functions" '
-                'mapping); check the devices by hand and move the file away' % self.path)
+            raise self._damaged('does not have the layout vfio_bind writes (a "functions" mapping)')
+        for address, entry in functions.items():
+            names = (entry.get('driver'), entry.get('driver_override'))
+            if not BDF_RE.fullmatch(address) or not all(n is None or DRIVER.matches(n) for n in names):
+                raise self._damaged('holds %s: %s, which is not a PCI address with driver names'
+                                    % (show(address), show(entry)))
         return data
 
     def save(self, data):
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(self.path),
-                                   dir=self.state_dir)
-        try:
-            with os.fdopen(fd, 'w') as handle:
-                json.dump(data, handle, indent=2, sort_keys=True)
-                handle.write('\n')
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.module.atomic_move(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        ensure_dir(self.state_dir, 0o700)
+        atomic_write(self.module, self.path,
+                     (json.dumps(data, indent=2, sort_keys=True) + '\n').encode('utf-8'))
 
     def remove(self):
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        remove(self.path)
 
 
 class _Lock:
@@ -97,18 +101,26 @@ class _Lock:
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
+        self.path = os.path.join(state_dir, '.lock')
         self.handle = None
 
-    def __enter__(self):
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, 0o700)
-        self.handle = open(os.path.join(self.state_dir, '.lock'), 'a')
+    def acquire(self):
+        ensure_dir(self.state_dir, 0o700)
+        self.handle = open(self.path, 'a')
         fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+
+    def release(self):
+        if self.handle is not None:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self):
+        self.acquire()
         return self
 
     def __exit__(self, *exc):
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
-        self.handle.close()
+        self.release()
         return False
 
 
@@ -121,14 +133,15 @@ class VfioBind:
         self.module = module
         self.address = devctl.check_address(address)
         self.state = state
-        self.sysfs = devctl.open_sysfs(sysfs_root)
-        self.proc_root = proc_root
-        self.dev_root = dev_root
-        self.timeout = timeout
+        self.timeout = devctl.check_timeout(timeout)
         self.allowed = [devctl.check_address(a, 'allow_group_members') for a in
                         (allow_group_members or [])]
-        self.record_file = StateFile(module, state_dir, self.address)
-        self.state_dir = state_dir
+        self.state_dir = check_dir(state_dir, 'state_dir')
+        self.record_file = StateFile(module, self.state_dir, self.address)
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
+        self.dev_root = check_path(dev_root, 'dev_root')
+        self.runner = Runner(module, devctl.DeviceError)
         self.warnings = []
 
     # -- have -------------------------------------------------------------
@@ -209,38 +222,41 @@ class VfioBind:
         return lambda: 'it is bound to %s' % (
             self.sysfs.link_name('bus/pci/devices/%s/driver' % address) or 'no driver')
 
-    def _plan_present(self, plan, functions, have):
+    def _plan_present(self, plan, functions, have, want):
         for address in functions:
             cur = have[address]
+            diff = dict(key=address, before=cur, after=want[address])
             if cur['driver_override'] != devctl.VFIO_DRIVER:
                 plan.write(address, 'set driver_override to vfio-pci',
-                           'bus/pci/devices/%s/driver_override' % address, devctl.VFIO_DRIVER)
+                           'bus/pci/devices/%s/driver_override' % address, devctl.VFIO_DRIVER,
+                           readback=devctl.VFIO_DRIVER, **diff)
             if cur['driver'] not in (None, devctl.VFIO_DRIVER):
                 plan.write(address, 'unbind from %s' % cur['driver'],
-                           'bus/pci/drivers/%s/unbind' % cur['driver'], address)
-                plan.wait(address, '%s to release it' % cur['driver'],
-                          self._unbound(address), self._now(address))
+                           'bus/pci/drivers/%s/unbind' % cur['driver'], address, **diff)
+                plan.wait_for(address, '%s to release it' % cur['driver'],
+                              self._unbound(address), self._now(address))
             if cur['driver'] != devctl.VFIO_DRIVER:
                 plan.write(address, 'probe (binds to vfio-pci through driver_override)',
-                           'bus/pci/drivers_probe', address)
-                plan.wait(address, 'vfio-pci to bind it',
-                          self._bound_to(address, devctl.VFIO_DRIVER),
-                          lambda a=address: '%s; vfio-pci refused it or is still probing: '
-                          'see the kernel log (dmesg) for "vfio-pci %s"' % (self._now(a)(), a))
+                           'bus/pci/drivers_probe', address, **diff)
+                plan.wait_for(address, 'vfio-pci to bind it',
+                              self._bound_to(address, devctl.VFIO_DRIVER),
+                              lambda a=address: '%s; vfio-pci refused it or is still probing: '
+                              'see the kernel log (dmesg) for "vfio-pci %s"' % (self._now(a)(), a))
         if plan:
             group = self.bus.get(self.address).iommu_group
             node = os.path.join(self.dev_root, 'vfio', group)
-            plan.wait(None, '%s to appear' % node, lambda: os.path.exists(node),
-                      lambda: 'the group is bound but its device node is missing: check udev '
-                      'and that devtmpfs is mounted on %s' % self.dev_root)
+            plan.wait_for(None, '%s to appear' % node, lambda: os.path.exists(node),
+                          lambda: 'the group is bound but its device node is missing: check udev '
+                          'and that devtmpfs is mounted on %s' % self.dev_root)
 
-    def _plan_absent(self, plan, functions, have, record):
+    def _plan_absent(self, plan, functions, have, want, record):
         for address in functions:
             if address not in have:
                 self.warnings.append('%s is recorded in %s but no longer exists; skipped'
                                      % (address, self.record_file.path))
                 continue
             cur = have[address]
+            diff = dict(key=address, before=cur, after=want[address])
             orig = (record or {}).get('functions', {}).get(address) if record else None
             want_override = orig.get('driver_override') if orig else None
             want_driver = orig.get('driver') if orig else None
@@ -248,21 +264,21 @@ class VfioBind:
                 plan.write(address, ('restore driver_override %s' % want_override)
                            if want_override else 'clear driver_override',
                            'bus/pci/devices/%s/driver_override' % address,
-                           want_override if want_override else '\n')
+                           want_override if want_override else '\n',
+                           readback=want_override or '(null)', **diff)
             if want_driver == devctl.VFIO_DRIVER:
                 continue
             if cur['driver'] == devctl.VFIO_DRIVER:
                 plan.write(address, 'unbind from vfio-pci',
-                           'bus/pci/drivers/%s/unbind' % devctl.VFIO_DRIVER, address)
-                plan.wait(address, 'vfio-pci to release it',
-                          self._unbound(address),
-                          lambda a=address: '%s; a process may still hold the device' %
-                          self._now(a)())
+                           'bus/pci/drivers/%s/unbind' % devctl.VFIO_DRIVER, address, **diff)
+                plan.wait_for(address, 'vfio-pci to release it', self._unbound(address),
+                              lambda a=address: '%s; a process may still hold the device' %
+                              self._now(a)())
                 cur = dict(cur, driver=None)
             if orig is None:
                 if cur['driver'] is None:
                     plan.write(address, 'probe (the original driver is not recorded: the kernel '
-                               'picks one)', 'bus/pci/drivers_probe', address)
+                               'picks one)', 'bus/pci/drivers_probe', address, **diff)
                 continue
             if want_driver is None or cur['driver'] == want_driver:
                 continue
@@ -273,72 +289,86 @@ class VfioBind:
                 continue
             if self.sysfs.isdir('bus/pci/drivers/%s' % want_driver):
                 plan.write(address, 'bind to %s' % want_driver,
-                           'bus/pci/drivers/%s/bind' % want_driver, address)
-                plan.wait(address, '%s to bind it' % want_driver,
-                          self._bound_to(address, want_driver), self._now(address))
+                           'bus/pci/drivers/%s/bind' % want_driver, address, **diff)
+                plan.wait_for(address, '%s to bind it' % want_driver,
+                              self._bound_to(address, want_driver), self._now(address))
             else:
                 self.warnings.append(
                     'driver %s of %s is not loaded, so the kernel picks one (drivers_probe); load '
                     'it and run again to restore it exactly' % (want_driver, address))
                 plan.write(address, 'probe (%s is not loaded)' % want_driver,
-                           'bus/pci/drivers_probe', address)
+                           'bus/pci/drivers_probe', address, **diff)
         if record is not None:
-            plan.call(None, 'remove the state file %s' % self.record_file.path,
-                      self.record_file.remove)
+            plan.change('remove the state file %s' % self.record_file.path, self.record_file.remove)
 
     # -- run --------------------------------------------------------------
 
     def run(self):
-        """Compute the plan; outside check mode, run it under the host-wide lock."""
-        result, plan, want = self._compute()
-        if result['changed'] and not self.module.check_mode:
-            with _Lock(self.state_dir):
-                # Again under the lock: another run may have moved the group meanwhile.
-                result, plan, want = self._compute()
-                if result['changed']:
-                    plan.run()
-                    after = self._bindings(result['functions'])
-                    self._verify(result['functions'], after)
-                    result['bindings'] = dict((a, b['driver']) for a, b in after.items())
-                    result['diff']['after'] = after
+        """Compute the plan; the engine runs it (nothing in check mode) under the host-wide lock.
+
+        The lock is the plan's first step; under it the plan is computed again, and a plan
+        that another run has changed meanwhile is refused (run again) rather than applied.
+        """
+        plan, result = self._compute()
+        lock = _Lock(self.state_dir)
+        if plan:
+            plan.steps.insert(0, Step('take the host-wide lock %s' % lock.path, lock.acquire,
+                                      verify=lambda: self._replanned(plan), mutates=False))
+        try:
+            done = plan.execute()
+        finally:
+            lock.release()
+        if done:
+            result['bindings'] = dict((a, b['driver']) for a, b in
+                                      self._bindings(result['functions']).items())
         return result
+
+    def _replanned(self, plan):
+        """None when the plan computed under the lock is the one about to run, else why not."""
+        again = self._compute()[0].actions()
+        if again != plan.actions():
+            return ('another run changed the group meanwhile (the plan is now %s); nothing was '
+                    'changed by this one: run it again' % (again or 'empty'))
+        return None
 
     def _compute(self):
         self.warnings = []
         self.bus = devctl.open_bus(self.sysfs)
         device = devctl.get_device(self.sysfs, self.bus, self.address)
-        self.in_use = devctl.InUse(self.module, self.sysfs, self.proc_root)
+        self.in_use = devctl.InUse(self.runner, self.sysfs, self.proc_root)
         record = self.record_file.load()
-        plan = devctl.Plan(self.sysfs, self.module, self.timeout)
+        plan = devctl.DevicePlan(self.module, self.sysfs, self.timeout)
 
         if self.state == 'present':
             group, members = self._group(device)
             functions = self._functions(members)
             have = self._bindings(functions)
-            new_record = self._new_record(record, group, functions, have)
-            self._plan_present(plan, functions, have)
-            if new_record != record:
-                plan.steps.insert(0, devctl.CallStep(
-                    None, 'record the original drivers in %s' % self.record_file.path,
-                    lambda: self.record_file.save(new_record)))
-            reasons = self._refusals_present(group, functions, _touches_devices(plan))
             want = dict((a, {'driver': devctl.VFIO_DRIVER, 'driver_override': devctl.VFIO_DRIVER})
                         for a in functions)
+            new_record = self._new_record(record, group, functions, have)
+            self._plan_present(plan, functions, have, want)
+            if new_record != record:
+                plan.steps.insert(0, Step('record the original drivers in %s' % self.record_file.path,
+                                          lambda: self.record_file.save(new_record)))
+            if plan:
+                plan.change('check that every function of group %s is on vfio-pci' % group,
+                            verify=lambda: self._not_on_vfio(functions), mutates=False)
+            reasons = self._refusals_present(group, functions, plan.touches_sysfs())
             originals = new_record['functions']
         else:
             group = device.iommu_group
             functions = self._release_functions(device, record)
             have = self._bindings(functions)
-            self._plan_absent(plan, functions, have, record)
+            want = self._predict_absent(functions, have, record)
+            self._plan_absent(plan, functions, have, want, record)
             reasons = []
-            if _touches_devices(plan):
+            if plan.touches_sysfs():
                 holders = self.in_use.vfio_holders(
                     [self.bus.get(a) for a in functions
                      if a in have and have[a]['driver'] == devctl.VFIO_DRIVER])
                 if holders:
                     reasons.append('the group is in use: %s; stop the VM before releasing it'
                                    % devctl.describe_holders(holders))
-            want = self._predict_absent(functions, have, record)
             originals = (record or {}).get('functions') or {}
 
         if reasons:
@@ -347,23 +377,13 @@ class VfioBind:
                                            self.address, '; '.join(reasons)),
                 reasons=reasons, iommu_group=group, functions=functions)
 
-        changed = bool(plan)
-        after = want if changed else have
-        result = {
-            'changed': changed,
-            'address': self.address,
-            'state': self.state,
-            'iommu_group': group,
-            'functions': functions,
-            'actions': plan.actions(),
-            'original_drivers': dict((a, f.get('driver')) for a, f in originals.items()),
-            'bindings': dict((a, b['driver']) for a, b in after.items()),
-            'vfio_device': (os.path.join(self.dev_root, 'vfio', group)
-                            if self.state == 'present' else None),
-            'state_file': self.record_file.path,
-            'diff': {'before': have, 'after': after},
-        }
-        return result, plan, want
+        after = want if plan else have
+        return plan, plan.result(
+            address=self.address, state=self.state, iommu_group=group, functions=functions,
+            original_drivers=dict((a, f.get('driver')) for a, f in originals.items()),
+            bindings=dict((a, b['driver']) for a, b in after.items()),
+            vfio_device=os.path.join(self.dev_root, 'vfio', group) if self.state == 'present' else None,
+            state_file=self.record_file.path)
 
     def _new_record(self, record, group, functions, have):
         functions_rec = dict(((record or {}).get('functions') or {}))
@@ -405,16 +425,12 @@ class VfioBind:
                                  'driver_override': None}
         return want
 
-    def _verify(self, functions, after):
-        if self.state != 'present':
-            return
-        wrong = ['%s is bound to %s' % (a, after[a]['driver'] or 'no driver')
-                 for a in functions if after[a]['driver'] != devctl.VFIO_DRIVER]
+    def _not_on_vfio(self, functions):
+        """None when every function is bound to vfio-pci, else what they are bound to."""
+        drivers = dict((a, self._binding(a)['driver']) for a in functions)
+        wrong = ['%s is bound to %s' % (a, d or 'no driver') for a, d in sorted(drivers.items())
+                 if d != devctl.VFIO_DRIVER]
         if wrong:
-            raise devctl.DeviceError('after binding, %s; the state file %s keeps the original '
-                                     'drivers (state=absent restores them)'
-                                     % ('; '.join(wrong), self.record_file.path))
-
-
-def _touches_devices(plan):
-    return any(isinstance(step, devctl.WriteStep) for step in plan.steps)
+            return ('%s; the state file %s keeps the original drivers (state=absent restores them)'
+                    % ('; '.join(wrong), self.record_file.path))
+        return None

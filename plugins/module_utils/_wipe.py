@@ -27,6 +27,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import mmap
 import os
 import random
@@ -35,15 +36,24 @@ import stat
 import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
-from ansible_collections.gpuaas.slice.plugins.module_utils._host import NVME_NS_RE
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
+from ansible_collections.gpuaas.slice.plugins.module_utils._host import NVME_NS_RE, HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import BDF_RE, CLASS_NVME
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import check_int, show
 
 POLICIES = ('nvme-format', 'blkdiscard', 'zero')
 SAMPLE = 4096
 DEFAULT_CHUNK = 4 * 1024 * 1024
+MAX_CHUNK = 256 * 1024 * 1024
+MAX_SAMPLES = 4096
+# 23 hours: with the runner's grace, within the day the engine allows any command.
+MAX_FORMAT_TIMEOUT = 23 * 3600
+# nvme format's own --timeout fires first; the runner's limit is for an nvme that hangs anyway.
+RUNNER_GRACE = 60
 # Characters a device path or a file under an allowed directory may have: no white space,
 # no shell metacharacters, no quotes.
-PATH_RE = re.compile(r'^/[A-Za-z0-9._:@+/-]+$')
+PATH_RE = re.compile(r'/[A-Za-z0-9._:@+/-]+')
 INVALID_FIELD_RE = re.compile(r'invalid[ _]field|\b0x(?:4)?002\b', re.IGNORECASE)
 
 
@@ -82,6 +92,7 @@ class Target:
         self.kind = kind
         self.name = name
         self.size = None
+        self.offsets = self.before = self.after = None   # the sampled blocks, around the wipe
 
     @property
     def is_block(self):
@@ -96,22 +107,23 @@ class NvmeWipe:
                  proc_root='/proc', dev_root='/dev'):
         self.module = module
         self.target = target
+        if policy not in POLICIES:
+            raise devctl.DeviceError('policy must be one of %s, not %s' % (', '.join(POLICIES), show(policy)))
         self.policy = policy
-        self.allowed = [os.path.realpath(d) for d in (allowed_file_dirs or [])]
-        if chunk_size <= 0 or chunk_size % SAMPLE:
-            raise devctl.DeviceError('chunk_size must be a positive multiple of 4096, got %d'
-                                     % chunk_size)
+        self.allowed = [os.path.realpath(check_path(d, 'allowed_file_dirs[%d]' % index))
+                        for index, d in enumerate(allowed_file_dirs or [])]
+        self.chunk_size = check_int(chunk_size, 'chunk_size (a multiple of 4096)', SAMPLE, MAX_CHUNK)
+        if chunk_size % SAMPLE:
+            raise devctl.DeviceError('chunk_size must be a multiple of 4096, not %d' % chunk_size)
         if not format_ses:
             raise devctl.DeviceError('format_ses must name at least one secure-erase setting')
-        if verify_samples < 1:
-            raise devctl.DeviceError('verify_samples must be at least 1')
-        self.chunk_size = chunk_size
-        self.verify_samples = verify_samples
-        self.format_ses = list(format_ses)
-        self.format_timeout = format_timeout
-        self.sysfs = devctl.open_sysfs(sysfs_root)
-        self.proc_root = proc_root
-        self.dev_root = os.path.normpath(dev_root)
+        self.format_ses = [check_int(ses, 'format_ses[%d]' % i, 0, 2) for i, ses in enumerate(format_ses)]
+        self.verify_samples = check_int(verify_samples, 'verify_samples', 1, MAX_SAMPLES)
+        self.format_timeout = check_int(format_timeout, 'format_timeout', 1, MAX_FORMAT_TIMEOUT)
+        self.sysfs = devctl.open_sysfs(check_path(sysfs_root, 'sysfs_root'))
+        self.proc_root = check_path(proc_root, 'proc_root')
+        self.dev_root = check_path(dev_root, 'dev_root')
+        self.runner = Runner(module, devctl.DeviceError)
         self.warnings = []
 
     # -- resolving the target ------------------------------------------------
@@ -124,11 +136,11 @@ class NvmeWipe:
         if not isinstance(text, str) or not text:
             raise devctl.DeviceError('target must be a PCI address or an absolute path')
         if '..' in text.split('/'):
-            raise devctl.DeviceError("target %r contains '..': give the device path itself" % text)
-        if not PATH_RE.match(text):
+            raise devctl.DeviceError("target %s contains '..': give the device path itself" % show(text))
+        if not PATH_RE.fullmatch(text):
             raise devctl.DeviceError(
-                'target %r is neither a full PCI address nor an absolute path of letters, '
-                "digits and . _ : @ + - /" % text)
+                'target %s is neither a full PCI address nor an absolute path of letters, '
+                "digits and . _ : @ + - /" % show(text))
         if os.path.normpath(text) != text:
             raise devctl.DeviceError('target %r is not a normalized path (%s)'
                                      % (text, os.path.normpath(text)))
@@ -157,7 +169,7 @@ class NvmeWipe:
                                             ' (regular files need allowed_file_dirs)'))
 
     def resolve(self):
-        text = self.target.strip() if isinstance(self.target, str) else self.target
+        text = self.target
         if isinstance(text, str) and BDF_RE.fullmatch(text.lower()):
             return self._controller(devctl.check_address(text, 'target'))
         self._check_path(text)
@@ -280,8 +292,7 @@ class NvmeWipe:
         for number, ses in enumerate(self.format_ses):
             argv = self._format_argv(target, ses)
             report['commands'].append(argv)
-            rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C',
-                                                                         'LC_ALL': 'C'})
+            rc, out, err = self.runner(argv, check=False, timeout=self.format_timeout + RUNNER_GRACE)
             if rc == 0:
                 report['secure_erase_setting'] = ses
                 if number:
@@ -295,9 +306,9 @@ class NvmeWipe:
                                          commands=report['commands'])
 
     def _discard(self, target, report):
-        argv = [self._tool('blkdiscard', 'util-linux'), target.path]
+        argv = self._planned_commands(target)[0]
         report['commands'].append(argv)
-        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+        rc, out, err = self.runner(argv, check=False, timeout=self.format_timeout)
         if rc != 0:
             raise devctl.DeviceError('%s failed (status %d): %s; if the device does not support '
                                      'discard, use the zero or nvme-format policy'
@@ -335,11 +346,7 @@ class NvmeWipe:
     # -- run -------------------------------------------------------------------
 
     def _tool(self, name, package):
-        path = self.module.get_bin_path(name)
-        if not path:
-            raise devctl.DeviceError('%s (%s) is not installed; the %s policy runs it'
-                                     % (name, package, self.policy))
-        return path
+        return devctl.tool(self.runner, name, package, 'the %s policy runs it' % self.policy)
 
     def _format_argv(self, target, ses):
         return [self._tool('nvme', 'nvme-cli'), 'format', target.path, '--ses=%d' % ses,
@@ -352,56 +359,52 @@ class NvmeWipe:
             return [[self._tool('blkdiscard', 'util-linux'), target.path]]
         return []
 
+    def _wipe(self, target, report):
+        """Sample, wipe and sample again (a plan step's apply)."""
+        start = time.monotonic()
+        report['commands'] = []
+        target.offsets = sample_offsets(target.size, self.verify_samples)
+        target.before = self._read_samples(target, target.offsets) if self.policy != 'zero' else None
+        if self.policy == 'zero':
+            self._zero(target, report)
+        elif self.policy == 'nvme-format':
+            self._format(target, report)
+        else:
+            self._discard(target, report)
+        target.after = self._read_samples(target, target.offsets)
+        report['verification'] = self._verify(target, target.offsets, target.before, target.after)
+        report['duration_s'] = round(time.monotonic() - start, 3)
+
     def run(self):
         self.controller = None
-        self.host = devctl.InUse(self.module, self.sysfs, self.proc_root).host
+        self.host = HostUsage(self.sysfs, self.proc_root)
         targets = self.resolve()
         reasons = self._refusals(targets)
         if reasons:
             raise devctl.DeviceError('refusing to wipe %s: %s' % (self.target, '; '.join(reasons)),
                                      reasons=reasons)
+        plan = devctl.DevicePlan(self.module, self.sysfs)
+        reports = []
         for target in targets:
             target.size = self._size(target)
-        reports = []
-        started = time.monotonic()
-        for target in targets:
             report = {'path': target.path, 'device': target.name, 'kind': target.kind,
-                      'size_bytes': target.size, 'policy': self.policy, 'commands': []}
+                      'size_bytes': target.size, 'policy': self.policy,
+                      'commands': self._planned_commands(target)}
             reports.append(report)
-            if self.module.check_mode:
-                report['commands'] = self._planned_commands(target)
-                continue
-            t0 = time.monotonic()
-            offsets = sample_offsets(target.size, self.verify_samples)
-            before = self._read_samples(target, offsets) if self.policy != 'zero' else None
-            try:
-                if self.policy == 'zero':
-                    self._zero(target, report)
-                elif self.policy == 'nvme-format':
-                    self._format(target, report)
-                else:
-                    self._discard(target, report)
-            except (IOError, OSError) as exc:
-                raise devctl.DeviceError('wiping %s with %s failed: %s' % (
-                    target.path, self.policy, devctl._oserror(exc)), targets=reports)
-            after = self._read_samples(target, offsets)
-            report['verification'] = self._verify(target, offsets, before, after)
-            report['duration_s'] = round(time.monotonic() - t0, 3)
-        total = round(time.monotonic() - started, 3) if not self.module.check_mode else 0.0
-        paths = ', '.join(t.path for t in targets)
-        return {
-            'changed': True,
-            'target': self.target,
-            'policy': self.policy,
-            'controller': self.controller.address if self.controller is not None else None,
-            'targets': reports,
-            'commands': [c for r in reports for c in r['commands']],
-            'duration_s': total,
-            'diff': {'before': ''.join('%s: %d bytes, not wiped\n' % (t.path, t.size)
-                                       for t in targets),
-                     'after': ''.join('%s: %d bytes, wiped (%s)%s\n' % (
-                         t.path, t.size, self.policy,
-                         '' if self.module.check_mode else ', verified') for t in targets)},
-            'msg': '%s %s with %s' % ('would wipe' if self.module.check_mode else 'wiped', paths,
-                                      self.policy),
-        }
+            plan.change('wipe %s with %s and verify it' % (target.path, self.policy),
+                        functools.partial(self._wipe, target, report), key=target.path,
+                        before='%d bytes, not wiped' % target.size,
+                        after='%d bytes, wiped (%s), verified' % (target.size, self.policy))
+        started = time.monotonic()
+        try:
+            done = plan.execute()
+        except devctl.DeviceError as exc:
+            exc.details.setdefault('targets', reports)
+            raise
+        return plan.result(
+            target=self.target, policy=self.policy, targets=reports,
+            controller=self.controller.address if self.controller is not None else None,
+            commands=[c for r in reports for c in r['commands']],
+            duration_s=round(time.monotonic() - started, 3) if done else 0.0,
+            msg='%s %s with %s' % ('wiped' if done else 'would wipe',
+                                   ', '.join(t.path for t in targets), self.policy))

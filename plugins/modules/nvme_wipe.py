@@ -43,6 +43,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -50,7 +51,8 @@ attributes:
       nothing.
   diff_mode:
     support: partial
-    details: Before/after name each device and whether it is wiped; the data itself is not shown.
+    details: Before/after, keyed by each device's path, give its size and whether it is wiped;
+      the data itself is not shown.
   idempotent:
     support: none
     details: Each run wipes again.
@@ -76,12 +78,12 @@ options:
     default: []
   chunk_size:
     description:
-      - Bytes written per write with V(zero); a multiple of 4096.
+      - Bytes written per write with V(zero); a multiple of 4096 from 4096 to 268435456 (256 MiB).
     type: int
     default: 4194304
   verify_samples:
     description:
-      - How many 4 KiB blocks the verification reads.
+      - How many 4 KiB blocks the verification reads; 1 to 4096.
     type: int
     default: 64
   format_ses:
@@ -96,7 +98,10 @@ options:
   format_timeout:
     description:
       - Seconds C(nvme format) may take per namespace (a user data erase of a large drive takes
-        minutes).
+        minutes); 1 to 82800 (23 hours).
+      - It is passed to C(nvme format --timeout), and the command runs under coreutils
+        C(timeout) with a further minute of grace, so a drive that never answers fails the module
+        instead of hanging it. C(blkdiscard) runs under the same limit.
     type: int
     default: 3600
   dev_root:
@@ -215,49 +220,29 @@ verification:
   sample: {samples: 64, zero: 3, ones: 0, changed: 0, passed: false, failed_offsets: [0]}
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import engine_of
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._wipe import (
     DEFAULT_CHUNK,
     POLICIES,
     NvmeWipe,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    target=dict(type='str', required=True),
+    policy=dict(type='str', required=True, choices=list(POLICIES)),
+    allowed_file_dirs=dict(type='list', elements='path', default=[]),
+    chunk_size=dict(type='int', default=DEFAULT_CHUNK),
+    verify_samples=dict(type='int', default=64),
+    format_ses=dict(type='list', elements='int', choices=[0, 1, 2], default=[1, 0]),
+    format_timeout=dict(type='int', default=3600),
+    dev_root=dict(type='path', default='/dev'),
+))
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            target=dict(type='str', required=True),
-            policy=dict(type='str', required=True, choices=list(POLICIES)),
-            allowed_file_dirs=dict(type='list', elements='path', default=[]),
-            chunk_size=dict(type='int', default=DEFAULT_CHUNK),
-            verify_samples=dict(type='int', default=64),
-            format_ses=dict(type='list', elements='int', choices=[0, 1, 2], default=[1, 0]),
-            format_timeout=dict(type='int', default=3600),
-            dev_root=dict(type='path', default='/dev'),
-        )),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        engine = NvmeWipe(module, p['target'], p['policy'],
-                          allowed_file_dirs=p['allowed_file_dirs'], chunk_size=p['chunk_size'],
-                          verify_samples=p['verify_samples'], format_ses=p['format_ses'],
-                          format_timeout=p['format_timeout'], sysfs_root=p['sysfs_root'],
-                          proc_root=p['proc_root'], dev_root=p['dev_root'])
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
-    for warning in engine.warnings:
-        module.warn(warning)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine_of(NvmeWipe))
 
 
 if __name__ == '__main__':

@@ -31,13 +31,15 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
     details: Checks everything and reports the method it would use; resets nothing.
   diff_mode:
     support: partial
-    details: Before/after say which method reset the device; a reset changes no visible state.
+    details: Before/after, keyed by the address, say which method reset the device; a reset
+      changes no visible state.
   idempotent:
     support: none
     details: Each run resets the device again.
@@ -115,38 +117,19 @@ duration_s:
   sample: 0.112
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import engine_of
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._reset import RESET_METHODS, PciReset
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    address=dict(type='str', required=True),
+    method=dict(type='str', choices=list(RESET_METHODS)),
+))
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            address=dict(type='str', required=True),
-            method=dict(type='str', choices=list(RESET_METHODS)),
-        )),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        engine = PciReset(module, p['address'], method=p['method'], sysfs_root=p['sysfs_root'],
-                          proc_root=p['proc_root'])
-        result = engine.run()
-    except GpuaasError as exc:
-        details = dict(exc.details)
-        details.setdefault('needs_manual_care', False)
-        module.fail_json(msg=str(exc), exception=traceback.format_exc(), **details)
-    for warning in engine.warnings:
-        module.warn(warning)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine_of(PciReset))
 
 
 if __name__ == '__main__':

@@ -45,6 +45,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -52,7 +53,8 @@ attributes:
       give the new VFs (from C(sriov_offset) and C(sriov_stride)).
   diff_mode:
     support: full
-    details: The VF count and every VF's properties before and after.
+    details: The plan's changes before and after, by key; V(num_vfs) for the VF count and
+      C(vf N) for the properties of each VF that is set.
   idempotent:
     support: partial
     details: Fully idempotent where the kernel reports the VF properties back (Ethernet, and
@@ -67,6 +69,8 @@ options:
   num_vfs:
     description:
       - The number of VFs the PF must have; V(0) removes them all.
+      - 0 to 65535 (the kernel's C(sriov_numvfs) is a 16-bit number), and at most the PF's
+        C(sriov_totalvfs); anything else is refused before the module reads or writes sysfs.
     type: int
     required: true
   node_id:
@@ -106,7 +110,8 @@ options:
     default: derived
   timeout:
     description:
-      - Seconds to wait for the kernel to create or remove the VFs.
+      - Seconds to wait for the kernel to create or remove the VFs; a finite number from
+        0.001 to 3600 (V(nan), V(inf) and the like are refused before anything is written).
     type: float
     default: 30
 seealso:
@@ -211,49 +216,29 @@ commands:
             "96:bf:df:86:c9:f5", "spoofchk", "on", "trust", "off", "state", "auto"]]
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import engine_of
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import (
     LINK_STATES,
     VF_IDENTITIES,
     SriovVfs,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    address=dict(type='str', required=True),
+    num_vfs=dict(type='int', required=True),
+    node_id=dict(type='str', required=True),
+    link_state=dict(type='str', choices=list(LINK_STATES), default='auto'),
+    drivers_autoprobe=dict(type='bool'),
+    ib_method=dict(type='str', choices=['auto', 'sysfs', 'ip'], default='auto'),
+    vf_identity=dict(type='str', choices=list(VF_IDENTITIES), default='derived'),
+    timeout=dict(type='float', default=30.0),
+))
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            address=dict(type='str', required=True),
-            num_vfs=dict(type='int', required=True),
-            node_id=dict(type='str', required=True),
-            link_state=dict(type='str', choices=list(LINK_STATES), default='auto'),
-            drivers_autoprobe=dict(type='bool'),
-            ib_method=dict(type='str', choices=['auto', 'sysfs', 'ip'], default='auto'),
-            vf_identity=dict(type='str', choices=list(VF_IDENTITIES), default='derived'),
-            timeout=dict(type='float', default=30.0),
-        )),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        engine = SriovVfs(module, p['address'], p['num_vfs'], p['node_id'],
-                          link_state=p['link_state'], autoprobe=p['drivers_autoprobe'],
-                          ib_method=p['ib_method'], vf_identity=p['vf_identity'],
-                          sysfs_root=p['sysfs_root'],
-                          proc_root=p['proc_root'], timeout=p['timeout'])
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
-    for warning in engine.warnings:
-        module.warn(warning)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine_of(SriovVfs))
 
 
 if __name__ == '__main__':

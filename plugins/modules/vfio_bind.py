@@ -43,6 +43,7 @@ author:
 extends_documentation_fragment:
   - gpuaas.slice.attributes
   - gpuaas.slice.sysfs
+  - gpuaas.slice.device
 attributes:
   check_mode:
     support: full
@@ -75,7 +76,7 @@ options:
   timeout:
     description:
       - Seconds to wait for the kernel to finish each unbind and bind (and for C(/dev/vfio/<group>)
-        to appear).
+        to appear); a finite number from 0.001 to 3600, checked before anything is written.
     type: float
     default: 10
   allow_group_members:
@@ -194,42 +195,23 @@ completed_steps:
   sample: []
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
+from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import engine_of
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import DEFAULT_STATE_DIR, VfioBind
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    address=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    state_dir=dict(type='path', default=DEFAULT_STATE_DIR),
+    timeout=dict(type='float', default=10.0),
+    allow_group_members=dict(type='list', elements='str', default=[]),
+    dev_root=dict(type='path', default='/dev'),
+))
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            address=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            state_dir=dict(type='path', default=DEFAULT_STATE_DIR),
-            timeout=dict(type='float', default=10.0),
-            allow_group_members=dict(type='list', elements='str', default=[]),
-            dev_root=dict(type='path', default='/dev'),
-        )),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        engine = VfioBind(module, p['address'], state=p['state'], sysfs_root=p['sysfs_root'],
-                          proc_root=p['proc_root'], dev_root=p['dev_root'],
-                          state_dir=p['state_dir'], timeout=p['timeout'],
-                          allow_group_members=p['allow_group_members'])
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc(), **exc.details)
-    for warning in engine.warnings:
-        module.warn(warning)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine_of(VfioBind))
 
 
 if __name__ == '__main__':

@@ -16,7 +16,10 @@ state next to a :class:`~tests.sysfs.kernel_model.KernelModel`:
   (``RTNETLINK answers: Invalid argument``, status 2);
 * ``ip -j addr show dev IF`` reports the interface's flags (UP when the tree's operstate
   is up), its addresses and master, from :attr:`addresses` and :attr:`masters`;
-* ``nvme format`` and ``blkdiscard`` call the handlers the test sets in :attr:`handlers`.
+* ``nvme format`` and ``blkdiscard`` call the handlers the test sets in :attr:`handlers`;
+* ``timeout [--kill-after=N] DURATION CMD...`` (coreutils) runs CMD; a handler that returns
+  :data:`HANG` stands for a command that never finishes, which ``timeout`` ends with its
+  status 124, as coreutils does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import os
 
 ZERO_MAC = '00:00:00:00:00:00'
 ZERO_GUID = '00:00:00:00:00:00:00:00'
+# A handler's answer for a command that would never finish (only timeout(1) ends it).
+HANG = object()
+TIMED_OUT = 124
 
 
 class FakeTools:
@@ -51,12 +57,24 @@ class FakeTools:
     def run_command(self, args, **kwargs):
         argv = list(args)
         self.calls.append(argv)
+        limited = os.path.basename(argv[0]) == 'timeout'
+        if limited:
+            argv = argv[1:]
+            while argv and argv[0].startswith('-'):
+                argv = argv[1:]
+            argv = argv[1:]                     # the duration
         tool = os.path.basename(argv[0])
         if tool in self.handlers:
-            return self.handlers[tool](argv)
-        if tool == 'ip':
-            return self._ip(argv[1:])
-        return 127, '', '%s: command not found in the fake' % tool
+            answer = self.handlers[tool](argv)
+        elif tool == 'ip':
+            answer = self._ip(argv[1:])
+        else:
+            answer = 127, '', '%s: command not found in the fake' % tool
+        if answer is HANG:
+            if not limited:
+                raise AssertionError('%s would hang forever: it was run without timeout(1)' % argv)
+            return TIMED_OUT, '', ''
+        return answer
 
     def install(self, monkeypatch):
         """Put this fake in place of AnsibleModule.run_command/get_bin_path."""

@@ -50,6 +50,22 @@ class KernelHost:
         diff = changes(before, self.snapshot())
         assert not diff, 'the tree changed:\n' + '\n'.join(diff[:40])
 
+    def divert(self, rel):
+        """Make the attribute ``rel`` a symlink to a file outside the tree; that file's path.
+
+        The hostile host of issue 16: a module that follows the link writes the outside file
+        (the model does what open() does there) or trusts what it reads from it.
+        """
+        victim = os.path.join(self.base, 'outside', rel.replace('/', '_'))
+        os.makedirs(os.path.dirname(victim), exist_ok=True)
+        with open(victim, 'w') as handle:
+            handle.write('1\n')
+        real = os.path.realpath(self.model.path(rel))
+        if os.path.lexists(real):
+            os.unlink(real)
+        os.symlink(victim, real)
+        return victim
+
     def driver(self, address):
         return self.model.link_name('bus/pci/devices/%s/driver' % address)
 
@@ -82,9 +98,10 @@ def kernel(tmp_path, monkeypatch):
 class StubModule:
     """What the engines use of AnsibleModule, for engine-level tests and the benchmark."""
 
-    def __init__(self, tools=None, check_mode=False):
+    def __init__(self, tools=None, check_mode=False, diff=False):
         self.tools = tools
         self.check_mode = check_mode
+        self._diff = diff
         self.warnings = []
 
     def atomic_move(self, src, dest):

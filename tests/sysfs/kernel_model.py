@@ -71,6 +71,10 @@ Offline VFs (``offline_vfs``: PF addresses; checked on Linux 6.1 with QEMU 7.2's
 Anything else
     An existing attribute that the model does not know as writable (``vendor``,
     ``class``...): EACCES, as kernfs answers for a read-only attribute.
+A symlink that leaves the tree (planted by a test: real sysfs has none among attributes)
+    ``open(path, 'w')`` follows it: the file it points to, outside sysfs, is an ordinary
+    file and is overwritten with the value, as the OS would do. Such writes are logged in
+    :attr:`KernelModel.escaped`, not in :attr:`KernelModel.writes`.
 
 Every accepted write is logged in :attr:`KernelModel.writes` as ``(path relative to the
 root, value)``, in order.
@@ -205,6 +209,7 @@ class KernelModel(Sysfs):
         self.probe_faults = dict(probe_faults or {})
         self.offline_vfs = frozenset(offline_vfs)
         self.writes = []
+        self.escaped = []
         self.resets = []
         self.open_groups = {}
         self.sriov_generation = {}
@@ -340,6 +345,11 @@ class KernelModel(Sysfs):
             raise _err(errno.EISDIR, path)
         parent, attr = os.path.split(real)
         root = os.path.realpath(self.root)
+        if not real.startswith(root + os.sep):
+            with open(real, 'w') as handle:      # not sysfs: what open() does to a plain file
+                handle.write(value)
+            self.escaped.append((rel, real, value))
+            return
         if real == os.path.join(root, 'bus/pci/drivers_probe'):
             handler = self._drivers_probe
         elif os.path.dirname(parent) == os.path.join(root, 'bus/pci/drivers'):

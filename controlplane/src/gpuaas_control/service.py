@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The control plane's operations, each one database transaction (the caller's session).
 
-The API and the CLI call these; nothing else writes the slot table. Privileged mutations
-append to the audit ledger in the same transaction, so an entry exists exactly when the
-change does.
+The API and the CLI call these. Allocation and slot states change only through
+``lifecycle`` (here and in the worker alike); privileged mutations append to the audit
+ledger in the same transaction, so an entry exists exactly when the change does.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import secrets
 from sqlalchemy import and_, bindparam, case, func, insert, not_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpuaas_control import audit
+from gpuaas_control import audit, lifecycle
 from gpuaas_control.collection import approval, contract
+from gpuaas_control.errors import Conflict, Forbidden, Invalid, NotFound
 from gpuaas_control.models import (
     ACTIVE_STATES,
     FAILED,
@@ -57,33 +58,6 @@ from gpuaas_control.validation import (
 )
 
 TOKEN_PREFIX = 'gpuaas_'
-
-
-class ControlError(Exception):
-    """A refusal the client can act on; ``status`` is its HTTP status."""
-
-    status = 400
-
-    def __init__(self, message, problems=None):
-        super().__init__(message)
-        self.message = message
-        self.problems = problems or []
-
-
-class NotFound(ControlError):
-    status = 404
-
-
-class Forbidden(ControlError):
-    status = 403
-
-
-class Conflict(ControlError):
-    status = 409
-
-
-class Invalid(ControlError):
-    status = 422
 
 
 # -- tokens and tenants -------------------------------------------------------------------
@@ -183,6 +157,12 @@ def _check_discovery_fields(node_id, discovery):
     """The fields the slot table keeps must have their kernel shapes: a posted discovery is
     data from the network, not from the module."""
     problems = []
+    slots = discovery.get('slots') if isinstance(discovery, dict) else None
+    if isinstance(slots, list):
+        problems = ['slots[%d] is not a mapping' % position
+                    for position, slot in enumerate(slots) if not isinstance(slot, dict)]
+        if problems:
+            raise Invalid('the discovery result is refused: ' + '; '.join(problems[:5]), problems)
     try:
         approval.validate(discovery, [])
     except approval.ApprovalError as exc:
@@ -205,9 +185,6 @@ def _check_discovery_fields(node_id, discovery):
                 problems.append('%s.%s: %s is not 4 hex digits' % (where, key, show(gpu.get(key))))
     for position, slot in enumerate(discovery['slots']):
         where = 'slots[%d]' % position
-        if not isinstance(slot, dict):
-            problems.append('%s is not a mapping' % where)
-            continue
         index = slot.get('slot_index')
         try:
             expected = contract.Slot(node_id, index).slot_id
@@ -289,9 +266,11 @@ def _parse_time(value):
         return None
     try:
         parsed = dt.datetime.fromisoformat(str(value).replace('Z', '+00:00'))
-    except ValueError:
-        raise Invalid('approved_at %s is not an ISO 8601 time' % show(value)) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+                ).astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):
+        raise Invalid('approved_at %s is not an ISO 8601 time within years 1-9999 UTC'
+                      % show(value)) from None
 
 
 def _slot_view(slot: Slot) -> dict:
@@ -434,6 +413,19 @@ class AllocationRequest:
     def constraints(self):
         return {'gpu_model': self.gpu_model, 'node_id': self.node_id, 'numa_node': self.numa_node}
 
+    def differences(self, allocation: Allocation) -> list[str]:
+        """The fields in which this request is not the one that made ``allocation`` (an
+        Idempotency-Key names one request, not any request)."""
+        asked = dict(dataclasses.asdict(self), **self.constraints())
+        made = dict({key: getattr(allocation, key) for key in _REQUESTED_FIELDS},
+                    **(allocation.request or {}))
+        return [key for key in _REQUESTED_FIELDS + tuple(self.constraints())
+                if asked[key] != made.get(key)]
+
+
+_REQUESTED_FIELDS = ('image', 'image_checksum', 'image_format', 'ssh_keys', 'vcpus',
+                     'memory_mib', 'disk_gib', 'hostname')
+
 
 def new_allocation_id() -> str:
     return 'alloc-' + secrets.token_hex(10)
@@ -454,7 +446,6 @@ _LOCK_TENANT = _TENANT_QUOTA.with_for_update()
 _INSERT_ALLOCATION = insert(Allocation.__table__)
 _INSERT_JOB = insert(OutboxJob.__table__)
 _INSERT_USAGE = insert(UsageRecord.__table__)
-_INSERT_EVENT = insert(Event.__table__)
 
 
 @functools.lru_cache(maxsize=None)
@@ -492,6 +483,7 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
 def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
     """Choose a free slot and take it in one statement; its row, or None when every
     candidate is taken (or, on PostgreSQL, held by a reservation still in flight)."""
+    lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'a slot', SLOT_FREE, SLOT_RESERVED)
     statement = _take_slot_statement(request.gpu_model is not None, request.node_id is not None,
                                      request.numa_node is not None)
     # Parameter names are not column names: an UPDATE would take those as SET values.
@@ -513,11 +505,11 @@ def _check_constraints(session, request: AllocationRequest):
         if not GPU_MODEL_RE.match(request.gpu_model):
             raise Invalid('gpu_model %s is not vendor:device (4 hex digits each)'
                           % show(request.gpu_model))
-        known = session.execute(select(Slot.gpu_model).where(Slot.approved.is_(True))
-                                .distinct()).scalars().all()
-        if request.gpu_model not in known:
-            raise Invalid('no approved slot has GPU model %s (known: %s)'
-                          % (request.gpu_model, ', '.join(sorted(known)) or 'none'))
+        known = session.execute(select(Slot.id).where(
+            Slot.approved.is_(True), Slot.gpu_model == request.gpu_model).limit(1)).first()
+        if known is None:
+            # The fleet's models are not the tenant's business: name only the one asked for.
+            raise Invalid('no approved slot has GPU model %s' % request.gpu_model)
 
 
 def reserve(session, actor: audit.Actor, request: AllocationRequest,
@@ -528,14 +520,14 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
     so the quota count and the idempotency check cannot race; an unlimited tenant's
     reservations do not wait for each other (a quota set meanwhile applies from its commit
     on, as if they had committed just before it). The slot is chosen and taken in one
-    statement (``_take_slot``), and the partial unique index on allocations(slot_id)
-    refuses a second active allocation anyway.
+    statement (``_take_slot``, the lifecycle's free -> reserved edge), and the partial
+    unique index on allocations(slot_id) refuses a second active allocation anyway.
 
     The hot path is SQLAlchemy Core on the session's connection, not the ORM's unit of work
     (which cost three quarters of a reservation's time, bench/bench_reservation.py): a
-    SELECT of the quota, one UPDATE ... RETURNING, four INSERTs (allocation, outbox job,
-    usage record, event) and the audit entry. The allocation returned is built from the
-    values inserted, not read back.
+    SELECT of the quota, one UPDATE ... RETURNING, three INSERTs (allocation, outbox job,
+    usage record), then ``lifecycle.move`` writes the event and the audit entry. The
+    allocation returned is built from the values inserted, not read back.
     """
     if actor.role != ROLE_TENANT or not actor.tenant:
         raise Forbidden('allocations are made with a tenant token')
@@ -551,6 +543,11 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
             Allocation.tenant_id == actor.tenant,
             Allocation.idempotency_key == request.idempotency_key)).scalar_one_or_none()
         if existing is not None:
+            differ = request.differences(existing)
+            if differ:
+                raise Conflict('Idempotency-Key %s was used by allocation %s for another request '
+                               '(%s differ): send a new key for a new request'
+                               % (show(request.idempotency_key), existing.id, ', '.join(differ)))
             return existing, False
     _check_constraints(session, request)
     if max_gpus >= 0:
@@ -585,13 +582,10 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
         'allocation_id': allocation_id, 'tenant_id': actor.tenant, 'slot_id': slot.id,
         'node_id': slot.node_id, 'gpu_model': slot.gpu_model, 'gpus': 1,
         'allocated_start': now})
-    connection.execute(_INSERT_EVENT, {
-        'allocation_id': allocation_id, 'at': now, 'kind': 'state',
-        'message': 'requested: slot %s reserved' % slot.id,
-        'data': {'state': REQUESTED, 'slot_id': slot.id}})
-    audit.append(session, actor, 'allocation.create', 'allocation', allocation_id, None,
-                 {'tenant': actor.tenant, 'slot_id': slot.id, 'state': REQUESTED})
-    return Allocation(**values), True
+    allocation = Allocation(**values)
+    lifecycle.move(session, actor, allocation, REQUESTED, 'requested: slot %s reserved' % slot.id,
+                   frm=None, data={'slot_id': slot.id}, now=now)
+    return allocation, True
 
 
 # -- reading and releasing -----------------------------------------------------------------
@@ -633,10 +627,7 @@ def request_release(session, actor: audit.Actor, allocation_id: str) -> Allocati
                 and slot.allocation_id == allocation.id):
             return allocation
     now = utcnow()
-    before = allocation.state
-    allocation.state = RELEASING
     allocation.release_requested_at = allocation.release_requested_at or now
-    allocation.updated_at = now
     session.execute(update(OutboxJob).where(
         OutboxJob.allocation_id == allocation.id, OutboxJob.kind == JOB_ALLOCATE,
         OutboxJob.status == JOB_PENDING).values(status=JOB_CANCELLED, updated_at=now,
@@ -644,10 +635,8 @@ def request_release(session, actor: audit.Actor, allocation_id: str) -> Allocati
                                                 last_error='release requested before it ran'))
     session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_RELEASE, status=JOB_PENDING,
                           attempts=0, available_at=now, created_at=now, updated_at=now))
-    add_event(session, allocation.id, 'state', 'releasing: release requested by %s' % actor.role,
-              {'state': RELEASING})
-    audit.append(session, actor, 'allocation.release', 'allocation', allocation.id,
-                 {'state': before}, {'state': RELEASING})
+    lifecycle.move(session, actor, allocation, RELEASING,
+                   'releasing: release requested by %s' % actor.role, now=now)
     return allocation
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils import _vfio
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 from tests.sysfs import kernel_fixture
 from tests.sysfs.kernel_fixture import StubModule
 
@@ -24,8 +25,9 @@ AUDIO = '0000:01:00.1'
 
 def engine(host, address=GPU, check_mode=False, **kwargs):
     module = StubModule(host.tools, check_mode=check_mode)
-    return _vfio.VfioBind(module, address, sysfs_root=host.sys, proc_root=host.proc,
-                          dev_root=host.dev, state_dir=host.state, **kwargs)
+    options = dict(sysfs_root=host.sys, proc_root=host.proc, dev_root=host.dev, state_dir=host.state)
+    options.update(kwargs)
+    return _vfio.VfioBind(module, address, **options)
 
 
 def test_the_record_is_written_atomically_and_read_back(tmp_path):
@@ -40,12 +42,17 @@ def test_the_record_is_written_atomically_and_read_back(tmp_path):
     assert state.load() is None
 
 
-@pytest.mark.parametrize('text', ['[]', '{"functions": []}', '{"functions": {"x": 1}}'])
-def test_a_record_of_another_shape_is_refused(tmp_path, text):
+@pytest.mark.parametrize('text, expected', [
+    ('[]', 'holds list, not a dict'),
+    ('{"functions": []}', 'does not have the layout vfio_bind writes'),
+    ('{"functions": {"x": 1}}', 'does not have the layout vfio_bind writes'),
+])
+def test_a_record_of_another_shape_is_refused(tmp_path, text, expected):
     (tmp_path / (GPU + '.json')).write_text(text)
     with pytest.raises(devctl.DeviceError) as info:
         _vfio.StateFile(StubModule(), str(tmp_path), GPU).load()
-    assert 'does not have the layout vfio_bind writes' in str(info.value)
+    assert expected in str(info.value)
+    assert info.value.details['state_file'] == str(tmp_path / (GPU + '.json'))
 
 
 def test_check_mode_plans_the_record_first_and_writes_nothing(kernel):
@@ -99,3 +106,15 @@ def test_releasing_a_function_that_vanished_warns(kernel):
     result = release.run()
     assert any('no longer exists' in w for w in release.warnings)
     assert not os.path.exists(result['state_file'])
+
+
+@pytest.mark.parametrize('option, value', [
+    ('state_dir', '/var/lib/gp\x00uaas'), ('sysfs_root', '/s\x00ys'), ('proc_root', '/pr\x00oc'),
+    ('dev_root', 'dev'), ('state_dir', None),
+])
+def test_a_path_option_with_a_nul_or_not_absolute_is_refused_by_name(kernel, option, value):
+    """A NUL never reaches os.* (where it would be a ValueError, not a refusal)."""
+    host = kernel('workstation')
+    with pytest.raises(GpuaasError) as info:
+        engine(host, **{option: value})
+    assert str(info.value).startswith(option)

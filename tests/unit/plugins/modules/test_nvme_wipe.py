@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.modules import nvme_wipe, vfio_bind
 from tests.sysfs import kernel_fixture
+from tests.sysfs.fake_tools import HANG
 from tests.unit.module_runner import run_module
 
 kernel = kernel_fixture.kernel  # the fixture
@@ -48,6 +50,11 @@ def run(host, capsys, target, policy='zero', check_mode=False, **extra):
     return run_module(nvme_wipe, args, check_mode=check_mode, diff=True, capsys=capsys)
 
 
+def limited(seconds, *argv):
+    """An argv as the runner runs it: under coreutils timeout, so a hung tool cannot hang the module."""
+    return ['/usr/sbin/timeout', '--kill-after=5', '%ds' % seconds] + list(argv)
+
+
 def fill(path, byte):
     size = os.path.getsize(path)
     with open(path, 'r+b') as handle:
@@ -77,7 +84,8 @@ def test_zero_a_file_check_mode_first(ws, capsys, tmp_path):
     assert report['verification']['passed'] is True
     assert report['verification']['zero'] == report['verification']['samples'] == 16
     assert done['duration_s'] >= report['duration_s'] >= 0
-    assert done['diff']['after'].endswith('wiped (zero), verified\n')
+    assert done['diff'] == {'before': {str(image): '%d bytes, not wiped' % SIZE},
+                            'after': {str(image): '%d bytes, wiped (zero), verified' % SIZE}}
 
 
 def test_zero_every_namespace_of_a_controller(ws, capsys):
@@ -101,8 +109,8 @@ def test_nvme_format_falls_back_from_user_data_erase_to_a_plain_format(ws, capsy
     done = run(ws, capsys, FREE_NVME, policy='nvme-format')
     assert done['changed'] is True
     assert ws.tools.calls == [
-        ['/usr/sbin/nvme', 'format', path, '--ses=1', '--force', '--timeout=3600000'],
-        ['/usr/sbin/nvme', 'format', path, '--ses=0', '--force', '--timeout=3600000'],
+        limited(3660, '/usr/sbin/nvme', 'format', path, '--ses=1', '--force', '--timeout=3600000'),
+        limited(3660, '/usr/sbin/nvme', 'format', path, '--ses=0', '--force', '--timeout=3600000'),
     ]
     assert done['targets'][0]['secure_erase_setting'] == 0
     assert 'does not support secure erase setting 1' in str(done['warnings'])
@@ -151,7 +159,7 @@ def test_no_nvme_cli(kernel, capsys):
     with open(node(host), 'wb') as handle:
         handle.write(os.urandom(8192))
     result = run(host, capsys, FREE_NVME, policy='nvme-format')
-    assert result['failed'] and 'nvme (nvme-cli) is not installed' in result['msg']
+    assert result['failed'] and "the 'nvme' command (nvme-cli) is not installed" in result['msg']
 
 
 # -- blkdiscard ------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ def test_blkdiscard_without_force(ws, capsys):
         return 0, '', ''
     ws.tools.handlers['blkdiscard'] = blkdiscard
     done = run(ws, capsys, FREE_NVME, policy='blkdiscard')
-    assert ws.tools.calls == [['/usr/sbin/blkdiscard', node(ws)]]
+    assert ws.tools.calls == [limited(3600, '/usr/sbin/blkdiscard', node(ws))]
     assert done['targets'][0]['verification']['zero'] == 16
 
 
@@ -258,3 +266,86 @@ def test_option_rules(ws, capsys):
     assert result['failed'] and 'format_ses' in result['msg']
     result = run(ws, capsys, FREE_NVME, policy='shred')
     assert result['failed'] and 'policy' in result['msg']
+
+
+# -- hostile input (issue 16): a clean refusal naming the option, not a byte wiped -------------
+
+
+def refused(host, capsys, target, *expected, **extra):
+    data = content(node(host))
+    before = host.snapshot()
+    result = run(host, capsys, target, **extra)
+    assert result.get('failed') is True, result
+    for text in expected:
+        assert text in result['msg'], result['msg']
+    assert content(node(host)) == data
+    host.assert_unchanged(before)
+    assert host.tools.calls == []
+    return result
+
+
+@pytest.mark.parametrize('make', [
+    lambda proc: shutil.rmtree(proc),
+    lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
+    lambda proc: os.unlink(os.path.join(proc, 'mounts')),
+    lambda proc: (os.unlink(os.path.join(proc, 'mounts')), os.mkdir(os.path.join(proc, 'mounts'))),
+])
+@pytest.mark.parametrize('policy', ['zero', 'nvme-format'])
+def test_a_proc_root_that_cannot_be_read_never_means_nothing_is_mounted(ws, capsys, make, policy):
+    """Fail closed: the boot NVMe is not offered, nor any other, when /proc cannot be read."""
+    make(ws.proc)
+    for target in (BOOT_NVME, FREE_NVME, node(ws)):
+        refused(ws, capsys, target, 'cannot read', 'proc_root', policy=policy)
+
+
+@pytest.mark.parametrize('option, value, expected', [
+    ('chunk_size', 0, 'chunk_size (a multiple of 4096) must be a whole number from 4096 to 268435456'),
+    ('chunk_size', -4096, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 2 ** 63, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 10 ** 30, 'chunk_size (a multiple of 4096) must be a whole number'),
+    ('chunk_size', 4097, 'chunk_size must be a multiple of 4096'),
+    ('verify_samples', 0, 'verify_samples must be a whole number from 1 to 4096'),
+    ('verify_samples', 10 ** 9, 'verify_samples must be a whole number from 1 to 4096'),
+    ('format_timeout', 0, 'format_timeout must be a whole number from 1 to 82800'),
+    ('format_timeout', -1, 'format_timeout must be a whole number'),
+    ('format_timeout', 2 ** 40, 'format_timeout must be a whole number'),
+    ('format_ses', [], 'format_ses must name at least one'),
+    ('allowed_file_dirs', ['relative'], "allowed_file_dirs[0] 'relative' must be an absolute path"),
+    ('allowed_file_dirs', ['/tmp', ''], 'allowed_file_dirs[1] must be a non-empty path'),
+    ('dev_root', 'dev', "dev_root 'dev' must be an absolute path"),
+])
+def test_an_option_out_of_range_is_refused_before_anything_is_read(ws, capsys, option, value, expected):
+    refused(ws, capsys, FREE_NVME, expected, **{option: value})
+
+
+@pytest.mark.parametrize('target', ['/dev/nvme1n1\n', '/dev/../etc/passwd', 'nvme1n1',
+                                    '/dev/nvme1n1 ; reboot', '0000:02:00.0\n', '/' + 'a' * 5000])
+def test_a_target_that_is_neither_an_address_nor_a_clean_path_is_refused(ws, capsys, target):
+    refused(ws, capsys, target, 'target ')
+
+
+@pytest.mark.parametrize('option', ['target', 'allowed_file_dirs'])
+def test_a_nul_is_refused_by_name(ws, option):
+    """Below Ansible (whose syslog line refuses a NUL first): the engine refuses it by name."""
+    from ansible_collections.gpuaas.slice.plugins.module_utils._wipe import NvmeWipe
+    from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+    from tests.sysfs.kernel_fixture import StubModule
+    options = dict(ws.args, target=node(ws), policy='zero', allowed_file_dirs=[ws.dev])
+    options[option] = node(ws) + '\x00x' if option == 'target' else [ws.dev + '\x00x']
+    data = content(node(ws))
+    with pytest.raises(GpuaasError) as info:
+        NvmeWipe(StubModule(ws.tools), **options).run()
+    assert str(info.value).startswith(option)
+    assert content(node(ws)) == data
+
+
+@pytest.mark.parametrize('format_timeout', [3600, 82800])
+@pytest.mark.parametrize('policy, tool, grace', [('nvme-format', 'nvme', 60), ('blkdiscard', 'blkdiscard', 0)])
+def test_a_tool_that_hangs_is_ended_by_its_time_limit(ws, capsys, policy, tool, grace, format_timeout):
+    ws.tools.handlers[tool] = lambda argv: HANG
+    seconds = format_timeout + grace
+    result = run(ws, capsys, FREE_NVME, policy=policy, format_timeout=format_timeout)
+    assert result['failed'] is True
+    assert 'did not finish within %d s' % seconds in result['msg']
+    assert result['failed_step'] == 'wipe %s with %s and verify it' % (node(ws), policy)
+    assert ws.tools.calls[0][:3] == ['/usr/sbin/timeout', '--kill-after=5', '%ds' % seconds]

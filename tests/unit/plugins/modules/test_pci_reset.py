@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 
 import pytest
 
@@ -41,8 +43,7 @@ def test_check_mode_resets_nothing_then_a_reset_is_a_change(ws, capsys):
     assert done['changed'] is True and done['needs_manual_care'] is False
     assert ws.model.resets == [(GPU, 'flr')]
     assert ws.model.writes == [('bus/pci/devices/%s/reset' % GPU, '1')]
-    assert done['diff'] == {'before': '%s: not reset\n' % GPU,
-                            'after': '%s: reset by flr\n' % GPU}
+    assert done['diff'] == {'before': {GPU: 'not reset'}, 'after': {GPU: 'reset by flr'}}
     assert done['duration_s'] >= 0
     run(ws, capsys)
     assert len(ws.model.resets) == 2                  # an action: every run resets
@@ -144,3 +145,56 @@ def test_an_old_kernel_without_reset_method_resets_by_its_default(ws, capsys):
     assert result['reset_methods'] is None and result['method'] == 'kernel default'
     forced = run(ws, capsys, method='flr')
     assert forced['failed'] and 'no reset_method attribute' in forced['msg']
+
+
+# -- hostile input (issue 16): a clean refusal, nothing reset, nothing written ----------------
+
+
+def refused(host, capsys, *expected, **extra):
+    before = host.snapshot()
+    result = run(host, capsys, **extra)
+    assert result.get('failed') is True, result
+    for text in expected:
+        assert text in result['msg'], result['msg']
+    assert result['needs_manual_care'] is False
+    host.assert_unchanged(before)
+    assert host.model.resets == [] and host.model.escaped == []
+    return result
+
+
+@pytest.mark.parametrize('attr', ['reset', 'reset_method'])
+def test_a_reset_attribute_that_is_a_symlink_out_of_sysfs_is_refused(ws, capsys, attr):
+    victim = ws.divert('bus/pci/devices/%s/%s' % (GPU, attr))
+    ws.model.writes[:] = []
+    refused(ws, capsys, '%s resolves to %s, outside the sysfs tree' % (attr, victim))
+    assert ws.model.writes == []
+    with open(victim) as handle:
+        assert handle.read() == '1\n'
+
+
+def test_a_symlinked_reset_method_is_refused_before_a_forced_method_is_written(kernel, capsys):
+    host = kernel('workstation')
+    host.model.reset_supported[GPU] = ['flr', 'bus']
+    host.model.write('bus/pci/devices/%s/reset_method' % GPU, 'flr bus')
+    host.divert('bus/pci/devices/%s/reset' % GPU)
+    host.model.writes[:] = []
+    refused(host, capsys, 'outside the sysfs tree', method='bus')
+    assert host.model.writes == []            # reset_method was not narrowed first
+
+
+@pytest.mark.parametrize('address, expected', [
+    ('0000:06:00.0', 'so the module cannot see what the host has mounted'),   # the boot NVMe
+    (GPU, 'cannot read the processes under proc_root'),                       # on vfio-pci
+])
+@pytest.mark.parametrize('make', [
+    lambda proc: shutil.rmtree(proc),
+    lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
+    lambda proc: (os.unlink(os.path.join(proc, 'mounts')), os.mkdir(os.path.join(proc, 'mounts'))),
+])
+def test_a_proc_root_that_cannot_be_read_refuses_the_reset(ws, capsys, address, expected, make):
+    """Fail closed: a device whose users the module cannot see is not reset."""
+    if address == GPU:
+        run_module(vfio_bind, dict(ws.args, address=GPU, dev_root=ws.dev, state_dir=ws.state),
+                   capsys=capsys)
+    make(ws.proc)
+    refused(ws, capsys, expected, address=address)

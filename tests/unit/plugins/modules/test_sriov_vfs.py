@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids, vf_mac
@@ -58,8 +61,10 @@ def test_check_mode_then_create_then_nothing_to_do(ws, capsys):
         assert (vf['spoofchk'], vf['trust'], vf['link_state']) == (True, False, 'auto')
         assert vf['driver'] == 'mlx5_core'
         assert ws.model.link_name('bus/pci/devices/%s/virtfn%d' % (PF, index)) == vf['address']
-    assert created['diff']['before'] == {'num_vfs': 0, 'vfs': {}}
+    # The diff is the plan's: the count, and each VF's properties (new VFs start with none).
+    assert created['diff']['before'] == dict({'num_vfs': 0}, **{'vf %d' % i: {} for i in range(4)})
     assert created['diff']['after']['num_vfs'] == 4
+    assert created['diff']['after']['vf 3']['mac'] == vf_mac('ws-01', PF, 3)
 
     ws.tools.calls[:] = []
     again = run(ws, capsys)
@@ -117,7 +122,7 @@ def test_more_than_the_total_is_refused(ws, capsys):
 
 def test_a_negative_count_is_refused(ws, capsys):
     result = run(ws, capsys, num_vfs=-1)
-    assert result['failed'] and 'num_vfs must be 0 or more' in result['msg']
+    assert result['failed'] and 'num_vfs must be a whole number from 0 to 65535, not -1' in result['msg']
 
 
 @pytest.mark.parametrize('address, message', [
@@ -285,8 +290,7 @@ def test_vf_identity_none_converges_only_the_count(nvme_box, capsys):
     assert created['vf_addresses'] == checked['vf_addresses']
     assert created['vfs'] == [{'index': 0, 'address': '0000:1c:00.1', 'driver': None},
                               {'index': 1, 'address': '0000:1c:00.2', 'driver': None}]
-    assert created['diff'] == {'before': {'num_vfs': 0, 'vfs': {}},
-                               'after': {'num_vfs': 2, 'vfs': {'0': {}, '1': {}}}}
+    assert created['diff'] == {'before': {'num_vfs': 0}, 'after': {'num_vfs': 2}}
     assert host.tools.calls == []                        # nothing is set through ip
     again = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none')
     assert again['changed'] is False and again['actions'] == []
@@ -323,3 +327,57 @@ def test_online_nvme_vfs_come_up_on_nvme_with_autoprobe(kernel, capsys):
     fresh = run(host, capsys, address=NVME_PF, num_vfs=2, vf_identity='none',
                 drivers_autoprobe=False)
     assert [vf['driver'] for vf in fresh['vfs']] == [None, None]
+
+
+# -- hostile input (issue 16): a clean refusal naming the option, nothing changed -------------
+
+
+def refused(host, capsys, *expected, **extra):
+    before = host.snapshot()
+    result = run(host, capsys, **extra)
+    assert result.get('failed') is True, result
+    for text in expected:
+        assert text in result['msg'], result['msg']
+    host.assert_unchanged(before)
+    assert host.model.escaped == [] and host.tools.mutations() == []
+    return result
+
+
+@pytest.mark.parametrize('num_vfs', [2 ** 64, 2 ** 16, -1, -2 ** 63])
+def test_a_count_beyond_a_u16_is_refused_by_name(ws, capsys, num_vfs):
+    refused(ws, capsys, 'num_vfs must be a whole number from 0 to 65535', num_vfs=num_vfs)
+    assert ws.model.writes == []
+
+
+@pytest.mark.parametrize('timeout', ['nan', 'inf', -1, 0, 1e308])
+def test_a_timeout_that_is_not_finite_and_bounded_is_refused_first(ws, capsys, timeout):
+    refused(ws, capsys, 'timeout must be a finite number from 0.001 to 3600', timeout=timeout)
+    assert ws.model.writes == []
+
+
+@pytest.mark.parametrize('attr, extra', [
+    ('sriov_numvfs', {}),
+    ('sriov_totalvfs', {}),
+    ('sriov_drivers_autoprobe', {'drivers_autoprobe': False}),
+])
+def test_an_sriov_attribute_that_is_a_symlink_out_of_sysfs_is_refused(ws, capsys, attr, extra):
+    victim = ws.divert('bus/pci/devices/%s/%s' % (PF, attr))
+    refused(ws, capsys, '%s resolves to %s, outside the sysfs tree' % (attr, victim), **extra)
+    assert ws.model.writes == []
+    with open(victim) as handle:
+        assert handle.read() == '1\n'
+
+
+@pytest.mark.parametrize('make', [
+    lambda proc: shutil.rmtree(proc),
+    lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
+    lambda proc: os.unlink(os.path.join(proc, 'mounts')),
+])
+def test_a_count_change_whose_vf_users_cannot_be_seen_is_refused(ws, capsys, make):
+    """Fail closed: not seeing who holds the VFs is not "nobody does"."""
+    run(ws, capsys, num_vfs=4)
+    ws.model.writes[:] = []
+    ws.tools.calls[:] = []
+    make(ws.proc)
+    refused(ws, capsys, 'cannot read the processes under proc_root', num_vfs=2)
+    assert ws.model.writes == []

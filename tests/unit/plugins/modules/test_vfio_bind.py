@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -294,10 +295,12 @@ def test_a_probe_that_fails_says_which_step_and_keeps_the_record(kernel, capsys)
     result = run(host, capsys, GPU, timeout=0.05)
     assert result['failed'] is True
     assert result['msg'].startswith(
-        'step 11 of 12 failed: 0000:01:00.1: wait for vfio-pci to bind it: timed out after '
+        'step 12 of 14 failed: 0000:01:00.1: wait for vfio-pci to bind it: timed out after '
         '0.05 s: it is bound to no driver; vfio-pci refused it or is still probing')
     assert result['failed_step'] == '0000:01:00.1: wait for vfio-pci to bind it'
-    assert len(result['completed_steps']) == 10
+    # The lock, the record, the GPU's five steps, the audio function's override, unbind,
+    # wait and probe; the /dev/vfio wait and the final check were still to come.
+    assert len(result['completed_steps']) == 11
     assert host.driver(GPU) == 'vfio-pci'
     assert os.path.exists(os.path.join(host.state, GPU + '.json'))
     # The record lets absent undo the half-done bind.
@@ -353,3 +356,124 @@ def test_a_foreign_device_no_host_driver_uses_moves_along_with_a_warning(ws, cap
     assert bound['changed'] is True
     assert ws.driver('0000:00:17.0') == 'vfio-pci'
     assert 'another physical device that no host driver uses' in str(bound['warnings'])
+
+
+# -- hostile input (issue 16): a clean refusal naming the option, and nothing changed ----------
+
+
+def refused(host, capsys, before, *expected, **extra):
+    """Run vfio_bind on the GPU; it must fail naming ``expected`` and leave the host as it was."""
+    result = run(host, capsys, extra.pop('address', GPU), **extra)
+    assert result.get('failed') is True, result
+    for text in expected:
+        assert text in result['msg'], result['msg']
+    host.assert_unchanged(before)
+    assert host.model.writes == [] and host.model.escaped == []
+    return result
+
+
+@pytest.mark.parametrize('timeout', ['nan', 'inf', '-inf', -1, 0, 1e308, 86400])
+def test_a_timeout_that_is_not_a_finite_bounded_number_is_refused_first(ws, capsys, timeout):
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'timeout must be a finite number from 0.001 to 3600', timeout=timeout)
+    assert not os.path.exists(ws.state)
+
+
+@pytest.mark.parametrize('rel', [
+    'bus/pci/devices/%s/driver_override' % GPU,
+    'bus/pci/devices/%s/driver_override' % AUDIO,
+    'bus/pci/drivers/nvidia/unbind',
+    'bus/pci/drivers/snd_hda_intel/unbind',
+    'bus/pci/drivers_probe',
+])
+def test_an_attribute_that_is_a_symlink_out_of_sysfs_is_refused(ws, capsys, rel):
+    victim = ws.divert(rel)
+    before = ws.snapshot()
+    result = refused(ws, capsys, before, 'outside the sysfs tree %s' % ws.sys, check_mode=False)
+    assert victim in result['msg']
+    with open(victim) as handle:
+        assert handle.read() == '1\n'
+
+
+def test_a_symlinked_bind_attribute_is_refused_on_release(ws, capsys):
+    run(ws, capsys, GPU)
+    victim = ws.divert('bus/pci/drivers/nvidia/bind')
+    ws.model.writes[:] = []
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'nvidia/bind resolves to %s' % victim, state='absent')
+
+
+@pytest.mark.parametrize('make', [
+    lambda proc: shutil.rmtree(proc),
+    lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
+    lambda proc: os.unlink(os.path.join(proc, 'mounts')),
+])
+def test_a_proc_root_that_cannot_be_read_refuses_the_move(ws, capsys, make):
+    """Fail closed: not seeing /proc is not "no VM holds the group"."""
+    make(ws.proc)
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'cannot read the processes under proc_root', 'it changes nothing')
+
+
+@pytest.mark.parametrize('state_dir, expected', [
+    ('', 'state_dir must be a non-empty path'),
+    ('relative/dir', "state_dir 'relative/dir' must be an absolute path"),
+    ('/var/lib/../../etc', "contains a '..' component"),
+])
+def test_a_state_dir_that_is_not_a_path_is_refused(ws, capsys, state_dir, expected):
+    before = ws.snapshot()
+    refused(ws, capsys, before, expected, state_dir=state_dir)
+
+
+def test_a_state_dir_that_is_a_file_is_refused(ws, capsys):
+    with open(ws.state, 'w') as handle:
+        handle.write('not a directory\n')
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'state_dir %r is not a directory' % ws.state)
+
+
+@pytest.mark.parametrize('members', [['0000:00:17.0\x00'], ['0000:00:17.0\n'], ['../../x'], [''], ['0' * 5000]])
+def test_a_bad_group_member_is_refused_naming_the_option(ws, capsys, members):
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'allow_group_members', allow_group_members=members)
+
+
+@pytest.mark.parametrize('content, expected', [
+    (b'', 'is not valid JSON'),
+    (b'{"functions": ', 'is not valid JSON'),
+    (b'\xff\xfe{}', 'is not valid JSON'),
+    (b'[' * 100000 + b']' * 100000, 'is not valid JSON'),
+    (b'null', 'holds NoneType, not a dict'),
+    (b'[]', 'holds list, not a dict'),
+    (b'{"functions": {"0000:01:00.0": []}}', 'does not have the layout'),
+    (b'{"functions": {"0000:01:00.0": {"driver": "../../../../tmp/x"}}}', 'which is not a PCI address'),
+    (b'{"functions": {"0000:01:00.0": {"driver": 7}}}', 'which is not a PCI address'),
+    (b'{"functions": {"/etc/passwd": {"driver": null}}}', 'which is not a PCI address'),
+    (b'{"functions": {"0000:01:00.0": {"driver_override": "x\\ny"}}}', 'which is not a PCI address'),
+])
+@pytest.mark.parametrize('state', ['present', 'absent'])
+def test_a_damaged_state_file_is_reported_named_never_used(ws, capsys, content, expected, state):
+    os.makedirs(ws.state)
+    record = os.path.join(ws.state, GPU + '.json')
+    with open(record, 'wb') as handle:
+        handle.write(content)
+    before = ws.snapshot()
+    result = refused(ws, capsys, before, 'the state file %r' % record, expected, state=state)
+    assert result['state_file'] == record
+
+
+def test_a_state_file_that_is_a_directory_is_reported(ws, capsys):
+    os.makedirs(os.path.join(ws.state, GPU + '.json'))
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'the state file %r cannot be read: Is a directory' % os.path.join(ws.state, GPU + '.json'))
+
+
+def test_a_driver_link_that_leads_out_of_sysfs_is_refused(ws, capsys):
+    """The driver a decision rests on is read from a link; one leaving the tree is not the kernel's."""
+    link = ws.model.path('bus/pci/devices/%s/driver' % GPU)
+    fake = os.path.join(ws.base, 'outside', 'drivers', 'snd_hda_intel')
+    os.makedirs(fake)
+    os.unlink(os.path.realpath(os.path.dirname(link)) + '/driver')
+    os.symlink(fake, os.path.realpath(os.path.dirname(link)) + '/driver')
+    before = ws.snapshot()
+    refused(ws, capsys, before, 'driver resolves to %s, outside the sysfs tree' % fake)
