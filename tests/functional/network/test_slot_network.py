@@ -81,7 +81,8 @@ def net():
             host, [sys.executable, '-m', 'http.server', '--bind', '0.0.0.0', '--directory', state['hosts'],
                    str(HOST_SERVICE_PORT)], os.path.join(work, 'service.log'))
         env.wait_for(lambda: os.path.exists(host_args['pid_file']), 10, 'dnsmasq to write its pid file')
-        env.wait_for(lambda: host.http_ok('http://%s:9110/healthz' % env.GATEWAY), 10, 'the sink to answer')
+        env.wait_for(lambda: host.http_ok('http://%s:9110/healthz' % env.GATEWAY), 30,
+                     'the sink to answer (its log: %r)' % os.path.join(work, 'sink.log'))
         env.wait_for(lambda: host.http_ok('http://%s:%d/' % (env.GATEWAY, HOST_SERVICE_PORT)), 10,
                      'the host service to answer')
         state['dnsmasq_pid'] = open(host_args['pid_file']).read().strip()
@@ -313,9 +314,9 @@ def test_a_changed_entry_reaches_the_running_dnsmasq(net):
     (dict(ip='10.100.0.99'), 'layout gives'),
     (dict(ip='192.168.1.14'), 'layout gives'),
     (dict(slot_id='../../etc/x-s0'), 'slot id'),
-    (dict(slot_id='netnode-s999'), 'outside the slot network'),
-    (dict(port='gtv0;ls'), 'not a network interface name'),
-    (dict(bridge='br x'), 'not a network interface name'),
+    (dict(slot_id='netnode-s999'), 'slot index must be a whole number from 0 to 244'),
+    (dict(port='gtv0;ls'), 'not a valid network interface name'),
+    (dict(bridge='br x'), 'not a valid network interface name'),
     (dict(hosts_dir='/tmp/../etc'), "'..'"),
     (dict(port=BRIDGE), 'the bridge itself'),
     (dict(port='gtv0', port_type='existing'), 'belongs to slot netnode-s0'),
@@ -340,9 +341,9 @@ def test_hostile_input_changes_nothing(net, args, message):
 @pytest.mark.parametrize('args, message', [
     (dict(gateway='192.168.1.1/24'), 'not on the slot network'),
     (dict(gateway='10.100.0.0/24'), 'network or broadcast'),
-    (dict(bridge='br-gpuaas-toolong'), 'not a network interface name'),
-    (dict(nft_table='x; flush ruleset'), 'not a table name'),
-    (dict(uplink='eth0 accept'), 'not a network interface name'),
+    (dict(bridge='br-gpuaas-toolong'), 'not a valid network interface name'),
+    (dict(nft_table='x; flush ruleset'), 'not a valid nftables table name'),
+    (dict(uplink='eth0 accept'), 'not a valid network interface name'),
     (dict(blocked_networks=['10.0.0.1/8']), 'not a network'),
     (dict(pid_file='/run/a,b.pid'), 'spaces or commas'),
     (dict(hosts_dir='/var/lib/x\ndhcp-range=10.100.0.0,10.100.0.250'), 'control characters'),

@@ -21,7 +21,7 @@ NO_DAEMON = 'qemu:///system?socket=/nonexistent/libvirt-sock'
 def args(tmp_path, **extra):
     base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mb=1024, cpulist='0-1',
                 numatune=False, console_log_dir=str(tmp_path / 'console'),
-                lease_file=str(tmp_path / 'leases'))
+                lease_file=str(tmp_path / 'leases'), allowed_dirs=[str(tmp_path)])
     base.update(extra)
     return base
 
