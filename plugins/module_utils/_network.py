@@ -86,6 +86,16 @@ def report(plan, **fields):
     return result
 
 
+def engine(cls):
+    """The engine of a network module: ``cls(module)`` plans its ``present()`` or ``absent()``,
+    and its ``result()`` runs the plan and reports."""
+    def run(module):
+        target = cls(module)
+        getattr(target, module.params['state'])()
+        return target.result()
+    return run
+
+
 def read_text(path):
     """A text file's content, or None when there is none."""
     if not os.path.exists(path):

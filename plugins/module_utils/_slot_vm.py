@@ -38,7 +38,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, 
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path, ensure_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, check_int
 
 STATES = ('present', 'running', 'stopped', 'absent', 'repaired')
 VFIO_DRIVER = 'vfio-pci'
@@ -47,6 +47,7 @@ STOP_POLL_S = 0.2
 SHUTDOWN_REPEAT_S = 5
 MAX_LEASE_TIMEOUT = 3600
 MAX_STOP_TIMEOUT = 3600
+MAX_NUMA_NODE = 1023
 # Where a slot's disk, seed, boot files and console logs may be, unless allowed_dirs says otherwise.
 ALLOWED_DIRS = ['/var/lib/gpuaas', '/var/log/gpuaas']
 
@@ -191,6 +192,8 @@ class SlotVm:
             else:
                 disk_is_block = disk.startswith('/dev/')
         numa_node = p['numa_node'] if p['numatune'] else None
+        if numa_node is not None:
+            check_int(numa_node, 'numa_node', 0, MAX_NUMA_NODE)
         node_dir = 'devices/system/node/node%d' % (numa_node or 0)
         if numa_node is not None and not self.sysfs.isdir(node_dir):
             raise SlotVmError('the host has no NUMA node %d (no %s): the slot\'s memory cannot be '

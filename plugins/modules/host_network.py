@@ -307,12 +307,6 @@ class HostNetwork:
                           dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
 
 
-def engine(module):
-    host = HostNetwork(module)
-    host.present() if module.params['state'] == 'present' else host.absent()
-    return host.result()
-
-
 def main():
     run_module(dict(
         state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -330,7 +324,7 @@ def main():
         nft_table=dict(type='str', default='gpuaas'),
         nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
         pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
-    ), engine)
+    ), net.engine(HostNetwork))
 
 
 if __name__ == '__main__':

@@ -165,7 +165,7 @@ changes:
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
 
 
 class SlotNetwork:
@@ -187,7 +187,7 @@ class SlotNetwork:
         self.port = IFNAME.check(p['port'] or self.slot.tap, 'port')
         if self.port == self.bridge:
             raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
-        self.gateway = str(net.gateway_interface('%s/24' % p['gateway']).ip)
+        self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
         self.sink_port = net.check_port(p['telemetry_port'], 'telemetry_port')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
@@ -222,11 +222,13 @@ class SlotNetwork:
         net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
         if not exists:
             # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
-            self.plan.command('tap %s' % self.port, ['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'])
+            self.plan.command('tap %s' % self.port, ['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'],
+                              verify=lambda: None if net.device_exists(self.port) else 'there is no such device')
         wrong = net.port_sysctls(self.port) if exists else {}
         if wrong or not exists:
             self.plan.change('port %s kept off the host stack' % self.port, lambda: net.isolate_port(self.port),
-                             verify=lambda: net.port_sysctls(self.port) or None, before=dict((k, v[0]) for k, v in wrong.items()) or None,
+                             verify=lambda: net.port_sysctls(self.port) or None,
+                             before=dict((k, v[0]) for k, v in wrong.items()) or None,
                              after=dict((k, v[1]) for k, v in wrong.items()) or None)
         if on_bridge is None or ofport != self.ofport or ids.get('gpuaas-slot') != self.slot_id:
             self.plan.command(
@@ -272,14 +274,15 @@ class SlotNetwork:
                                  else None)
         if on_bridge is not None:
             self.plan.command('port %s removed from %s' % (self.port, on_bridge),
-                              ['ovs-vsctl', '--if-exists', 'del-port', on_bridge, self.port])
+                              ['ovs-vsctl', '--if-exists', 'del-port', on_bridge, self.port],
+                              verify=lambda: net.port_row(self.run, self.port)[0] and 'the port is still on a bridge')
         if self.tap and net.device_exists(self.port):
             self.plan.command('tap %s removed' % self.port, ['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'],
                               verify=lambda: 'the device is left' if net.device_exists(self.port) else None)
         before = net.read_text(self.hosts_file)
         if before is not None:
-            self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry,
-                             before=before, after='')
+            self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
+                             verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
 
     def remove_entry(self):
         remove(self.hosts_file)
@@ -290,12 +293,6 @@ class SlotNetwork:
         return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
                           ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
                           hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
-
-
-def engine(module):
-    slot = SlotNetwork(module)
-    slot.present() if module.params['state'] == 'present' else slot.absent()
-    return slot.result()
 
 
 def main():
@@ -312,7 +309,7 @@ def main():
         gateway=dict(type='str', default=str(SLOT_GATEWAY)),
         telemetry_port=dict(type='int', default=9110),
         dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
-    ), engine, required_if=[('state', 'present', ('hostname',))])
+    ), net.engine(SlotNetwork), required_if=[('state', 'present', ('hostname',))])
 
 
 if __name__ == '__main__':
