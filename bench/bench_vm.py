@@ -42,7 +42,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot 
 from ansible_collections.gpuaas.slice.plugins.modules import slot_image, slot_seed, slot_vm  # noqa: E402
 
 NODE, INDEX = 'bench', 5
-SLOT = '%s-s%d' % (NODE, INDEX)
+SLOT = Slot(NODE, INDEX).slot_id
 TOKEN = 'bench-token-0123456789abcdef'
 
 

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 NODE, INDEX = 'vmtest', 3
-SLOT = '%s-s%d' % (NODE, INDEX)
+SLOT = Slot(NODE, INDEX).slot_id
 MAC = Slot(NODE, INDEX).mac
 HOSTNAME = 'tenant-vm-7'
 ALLOCATION = 'alloc-2f9c'
