@@ -181,6 +181,7 @@ class SlotVm:
         p = self.params
         return slot_hostdevs(p['gpu_address'], p['companions'], p['nvme_address'],
                              p['fabric_vf_pci_address'])
+
     def spec(self):
         p = self.params
         hostdevs = self.wanted_hostdevs()

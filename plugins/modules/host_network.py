@@ -236,8 +236,8 @@ class HostNetwork:
                              before={'addresses': found, 'up': up}, after={'addresses': [gateway], 'up': True})
         # The group first: OVS refuses a flow that names a group that does not exist.
         if have is None or net.group_buckets(self.run, self.bridge) is None:
-            self.plan.command('DHCP broadcast group', net.OFCTL + ['add-group', self.bridge,
-                                                                     'group_id=%d,type=all' % net.DHCP_GROUP],
+            self.plan.command('DHCP broadcast group',
+                              net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP],
                               verify=lambda: net.group_buckets(self.run, self.bridge) is None and 'no group')
         net.flows_step(self.plan, self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)),
                        'host flows', force=have is None)
