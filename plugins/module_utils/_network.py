@@ -51,11 +51,14 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKI
 
 HOST_COOKIE = COOKIE_BASE | 0xffff
 DHCP_GROUP = 0x677075     # 'gpu'
-OFCTL = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names']
+# Seconds an ovs-vsctl or ovs-ofctl call may take: a stuck ovsdb-server or ovs-vswitchd must not
+# hang the play. The tools' own --timeout (SIGALRM) costs nothing; coreutils timeout(1) around
+# each call cost about 10 ms a call, a third of a slot's time.
+OVS_TIMEOUT = 30
+VSCTL = ['ovs-vsctl', '--timeout=%d' % OVS_TIMEOUT]
+OFCTL = ['ovs-ofctl', '--timeout=%d' % OVS_TIMEOUT, '-O', 'OpenFlow15', '--no-names']
 MAC_BROADCAST = 'ff:ff:ff:ff:ff:ff'
 LOCAL_OFPORT = 65534
-# Seconds an ovs-vsctl or ovs-ofctl call may take: a stuck ovsdb-server must not hang the play.
-OVS_TIMEOUT = 30
 # (path under /proc/sys/net with {port}, value) that keep the host's own stack off a slot port.
 PORT_SYSCTLS = (
     ('ipv4/conf/{port}/rp_filter', '1'),
@@ -75,8 +78,8 @@ class NetworkError(GpuaasError, ValueError):
 
 
 def runner(module):
-    """The engine's runner for the network tools: NetworkError, and a time limit on Open vSwitch calls."""
-    return Runner(module, NetworkError, timeouts=dict((tool, OVS_TIMEOUT) for tool in ('ovs-vsctl', 'ovs-ofctl')))
+    """The engine's runner, failing with NetworkError."""
+    return Runner(module, NetworkError)
 
 
 def report(plan, **fields):
@@ -168,12 +171,12 @@ def ovs_available(run):
 
 def bridge_info(run, bridge):
     """{'datapath_type', 'fail_mode'} of an existing bridge, or None."""
-    rc, _out, _err = run(['ovs-vsctl', 'br-exists', bridge], check=False)
+    rc, _out, _err = run(VSCTL + ['br-exists', bridge], check=False)
     if rc == 2:
         return None
     if rc != 0:
         raise NetworkError('ovs-vsctl br-exists %s failed' % bridge)
-    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=datapath_type,fail_mode',
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=datapath_type,fail_mode',
                           'list', 'Bridge', bridge])
     row = json.loads(out)['data'][0]
     values = [value if isinstance(value, str) else '' for value in row]   # ["set", []] is unset
@@ -186,7 +189,7 @@ def bridge_ofport(run, bridge):
     ovs-vsctl succeeds even when ovs-vswitchd cannot open the bridge's datapath (the kernel
     datapath without the openvswitch module); the interface then has no OpenFlow port.
     """
-    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=ofport,error', 'list', 'Interface', bridge])
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=ofport,error', 'list', 'Interface', bridge])
     rows = json.loads(out)['data']
     if not rows:
         return None, ''
@@ -247,21 +250,21 @@ def link_up(name):
 
 def port_row(run, port):
     """(bridge the port is on or None, ofport, external_ids) of an Open vSwitch port."""
-    rc, out, _err = run(['ovs-vsctl', 'port-to-br', port], check=False)
+    rc, out, _err = run(VSCTL + ['port-to-br', port], check=False)
     if rc != 0:
         return None, None, {}
-    _rc, row, _err = run(['ovs-vsctl', '--format=json', '--columns=ofport,external_ids', 'list', 'Interface', port])
+    _rc, row, _err = run(VSCTL + ['--format=json', '--columns=ofport,external_ids', 'list', 'Interface', port])
     data = json.loads(row)['data'][0]
     return out.strip(), data[0], dict(data[1][1])
 
 
 def ofport_holder(run, bridge, port, ofport):
     """Another interface on ``bridge`` than ``port`` that has OpenFlow port ``ofport``, or None."""
-    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=name', 'find', 'Interface', 'ofport=%d' % ofport])
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=name', 'find', 'Interface', 'ofport=%d' % ofport])
     for (name,) in json.loads(out)['data']:
         if name == port:
             continue
-        rc, on, _err = run(['ovs-vsctl', 'port-to-br', name], check=False)
+        rc, on, _err = run(VSCTL + ['port-to-br', name], check=False)
         if rc == 0 and on.strip() == bridge:
             return name
     return None

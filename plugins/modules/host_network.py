@@ -254,13 +254,13 @@ class HostNetwork:
         """Create or reconfigure the bridge; fail clearly (removing a bridge made just now) when
         the switch could not open its datapath."""
         datapath = self.module.params['datapath_type']
-        self.run(['ovs-vsctl', '--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
+        self.run(net.VSCTL + ['--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
                   'datapath_type=%s' % datapath, 'fail_mode=secure'])
         ofport, error = net.bridge_ofport(self.run, self.bridge)
         if ofport == net.LOCAL_OFPORT:
             return
         if created:
-            self.run(['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
+            self.run(net.VSCTL + ['--if-exists', 'del-br', self.bridge])
         hint = ('the kernel datapath needs the openvswitch kernel module (modprobe openvswitch); '
                 'without it use datapath_type=netdev' if datapath == 'system'
                 else 'see the ovs-vswitchd log')
@@ -290,8 +290,8 @@ class HostNetwork:
                              before=before or '', after=ruleset)
 
     def absent(self):
-        if self.run(['ovs-vsctl', 'br-exists', self.bridge], check=False)[0] == 0:
-            self.plan.command('bridge %s removed' % self.bridge, ['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
+        if self.run(net.VSCTL + ['br-exists', self.bridge], check=False)[0] == 0:
+            self.plan.command('bridge %s removed' % self.bridge, net.VSCTL + ['--if-exists', 'del-br', self.bridge])
         if self.table_exists():
             self.plan.command('nftables table inet %s removed' % self.table, ['nft', 'delete', 'table', 'inet', self.table])
         for path in (self.conf, self.nft_file):

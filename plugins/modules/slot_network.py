@@ -233,7 +233,7 @@ class SlotNetwork:
         if on_bridge is None or ofport != self.ofport or ids.get('gpuaas-slot') != self.slot_id:
             self.plan.command(
                 'port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
-                ['ovs-vsctl', '--if-exists', 'del-port', self.bridge, self.port, '--',
+                net.VSCTL + ['--if-exists', 'del-port', self.bridge, self.port, '--',
                  'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
                  'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id],
                 verify=self.ofport_taken, before={'bridge': on_bridge, 'ofport': ofport},
@@ -274,7 +274,7 @@ class SlotNetwork:
                                  else None)
         if on_bridge is not None:
             self.plan.command('port %s removed from %s' % (self.port, on_bridge),
-                              ['ovs-vsctl', '--if-exists', 'del-port', on_bridge, self.port],
+                              net.VSCTL + ['--if-exists', 'del-port', on_bridge, self.port],
                               verify=lambda: net.port_row(self.run, self.port)[0] and 'the port is still on a bridge')
         if self.tap and net.device_exists(self.port):
             self.plan.command('tap %s removed' % self.port, ['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'],

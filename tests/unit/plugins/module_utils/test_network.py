@@ -115,23 +115,22 @@ class RecordingModule:
 
     def run_command(self, argv, environ_update=None, data=None, binary_data=False):
         self.calls.append((argv, environ_update, data))
-        return 0, '', ''
+        return (2, '', '') if 'br-exists' in argv else (0, '', '')   # no such bridge; nothing else fails
 
 
-def test_the_network_runner_limits_open_vswitch_calls_only():
+def test_open_vswitch_calls_carry_a_time_limit_and_run_in_the_c_locale():
     module = RecordingModule()
     run = net.runner(module)
-    run(['ovs-vsctl', 'br-exists', 'br-gpuaas'])
+    assert net.bridge_info(run, 'br-gpuaas') is None
     run(['ip', 'link', 'set', 'gs3-0a1b2c3d', 'up'])
     net.install_flows(run, 'br-gpuaas', 0x6770750000000003, ['cookie=0x6770750000000003 actions=drop'])
     argvs = [argv for argv, _env, _data in module.calls]
-    limit = ['/usr/bin/timeout', '--kill-after=5', '%ds' % net.OVS_TIMEOUT]
-    assert argvs == [
-        limit + ['/usr/bin/ovs-vsctl', 'br-exists', 'br-gpuaas'],
+    ofctl = ['/usr/bin/ovs-ofctl', '--timeout=30', '-O', 'OpenFlow15', '--no-names']
+    assert argvs[0] == ['/usr/bin/ovs-vsctl', '--timeout=30', 'br-exists', 'br-gpuaas']
+    assert argvs[-3:] == [
         ['/usr/bin/ip', 'link', 'set', 'gs3-0a1b2c3d', 'up'],
-        limit + ['/usr/bin/ovs-ofctl', '-O', 'OpenFlow15', '--no-names', 'del-flows', 'br-gpuaas',
-                 'cookie=0x6770750000000003/-1'],
-        limit + ['/usr/bin/ovs-ofctl', '-O', 'OpenFlow15', '--no-names', 'add-flows', 'br-gpuaas', '-'],
+        ofctl + ['del-flows', 'br-gpuaas', 'cookie=0x6770750000000003/-1'],
+        ofctl + ['add-flows', 'br-gpuaas', '-'],
     ]
     assert all(env == {'LANG': 'C', 'LC_ALL': 'C'} for _argv, env, _data in module.calls)
     assert module.calls[-1][2] == b'cookie=0x6770750000000003 actions=drop\n'
