@@ -176,8 +176,7 @@ def bridge_info(run, bridge):
         return None
     if rc != 0:
         raise NetworkError('ovs-vsctl br-exists %s failed' % bridge)
-    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=datapath_type,fail_mode',
-                          'list', 'Bridge', bridge])
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=datapath_type,fail_mode', 'list', 'Bridge', bridge])
     row = json.loads(out)['data'][0]
     values = [value if isinstance(value, str) else '' for value in row]   # ["set", []] is unset
     return {'datapath_type': values[0] or 'system', 'fail_mode': values[1]}

@@ -255,7 +255,7 @@ class HostNetwork:
         the switch could not open its datapath."""
         datapath = self.module.params['datapath_type']
         self.run(net.VSCTL + ['--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
-                  'datapath_type=%s' % datapath, 'fail_mode=secure'])
+                              'datapath_type=%s' % datapath, 'fail_mode=secure'])
         ofport, error = net.bridge_ofport(self.run, self.bridge)
         if ofport == net.LOCAL_OFPORT:
             return

@@ -234,8 +234,8 @@ class SlotNetwork:
             self.plan.command(
                 'port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
                 net.VSCTL + ['--if-exists', 'del-port', self.bridge, self.port, '--',
-                 'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
-                 'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id],
+                             'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
+                             'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id],
                 verify=self.ofport_taken, before={'bridge': on_bridge, 'ofport': ofport},
                 after={'bridge': self.bridge, 'ofport': self.ofport})
         if not exists or not net.link_up(self.port):
