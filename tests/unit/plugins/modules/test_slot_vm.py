@@ -86,7 +86,7 @@ BIG = 2 ** 64
     ({'kernel': '/boot/vmlinuz'}, "kernel '/boot/vmlinuz' is outside the allowed directories"),
     ({'kernel': '{tmp}/k', 'initrd': '/boot/initrd.img'}, "initrd '/boot/initrd.img' is outside"),
     ({'console_log_dir': '/var/tmp/console'}, "console_log_dir '/var/tmp/console' is outside"),
-    ({'disk': '{tmp}/escape/shadow'}, 'it resolves to /etc/shadow'),
+    ({'disk': '{tmp}/escape/shadow'}, "it resolves to '/etc/shadow'"),
     ({'allowed_dirs': []}, 'allowed_dirs is empty'),
     ({'allowed_dirs': ['relative/dir']}, 'allowed_dirs'),
 ])
