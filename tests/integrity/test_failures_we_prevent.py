@@ -475,8 +475,8 @@ def test_kubevirt_enhancements_344_a_restarted_vm_keeps_its_devices():
     for state, active, expected in (('stopped', True, ['shutdown']), ('running', False, ['start'])):
         engine = _slot_vm.SlotVm(StubModule(state=state, **params))
         want = build_xml(engine.spec(), uuid='6f1c3e4a-0000-4000-8000-000000000001')
-        actions, _diff = engine.plan(have, active, want)
-        assert [a for a in actions if a != 'create console log directory'] == expected
+        plan, _diff = engine.plan(have, active, want)
+        assert [a for a in plan.actions() if a != 'create console log directory'] == expected
     # The failure: at start the slot's VM is given whatever GPU is free. Here a start with
     # another GPU for the same slot is refused: its devices are its identity.
     moved = dict(params)
