@@ -203,7 +203,7 @@ def prove(results, since, timeout=240):
 
 
 def report(allocations, releases, proofs):
-    phases = ['approval', 'lease', 'network', 'image', 'devices', 'vm', 'done', 'total']
+    phases = ['check', 'image', 'vm', 'total']
     print()
     print('lab report (%s, node %s)' % (time.strftime('%Y-%m-%d %H:%M:%S'), NODE))
     if allocations:
@@ -216,14 +216,14 @@ def report(allocations, releases, proofs):
         omitted = sorted(set(a for r in allocations.values() for a in r.get('hostdevs_omitted', [])))
         print('  passthrough: hostdevs NOT attached (this machine has no IOMMU); on a GPU host they would be: %s'
               % (', '.join(omitted) or '-'))
-        print('  allocate, seconds per phase:')
+        print('  allocate, seconds (the check, image copy and VM as the modules measured them; the whole run):')
         print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in phases))
         for slot, result in allocations.items():
             timings = result.get('timings', {})
             print('    %-15s ' % slot + ' '.join('%8s' % timings.get(p, '-') for p in phases))
     if releases:
-        rphases = ['lease', 'vm', 'network', 'devices', 'wipe', 'total']
-        print('  release, seconds per phase:')
+        rphases = ['reset', 'wall_seconds']
+        print('  release, seconds (the reset as pci_reset measured it; the whole playbook):')
         print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in rphases))
         for slot, result in releases.items():
             timings = result.get('timings', {})

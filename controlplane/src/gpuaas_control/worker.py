@@ -92,6 +92,9 @@ class Claim:
     slot_mac: str
     slot_ip: str
     allocation: dict
+    # The approved slot record reserved for the allocation, as the slot table holds it: the node
+    # checks this one slot against the host instead of discovering it whole.
+    slot: dict
     queued_seconds: float
 
 
@@ -103,6 +106,17 @@ class Outcome:
     error: str | None
     seconds: float
     cancel_reason: str | None = None
+
+
+SLOT_RECORD = ('slot_index', 'gpu_address', 'companions', 'nvme_address', 'fabric_pf_address',
+               'fabric_vf_pci_address', 'numa_node', 'cpulist', 'destructive_wipe_policy', 'mac', 'ip',
+               'fingerprint')
+
+
+def _slot_record(slot: Slot) -> dict:
+    """The slot's approved record as the node's slot_check takes it (gpuaas_slot)."""
+    return dict({key: getattr(slot, key) for key in SLOT_RECORD}, slot_id=slot.id,
+                companions=list(slot.companions or []))
 
 
 def backoff(attempts: int, base: float) -> float:
@@ -238,7 +252,7 @@ class Worker:
         return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=token,
                      allocation_id=allocation.id, tenant=allocation.tenant_id,
                      node_id=allocation.node_id, slot_id=allocation.slot_id, slot_mac=slot.mac,
-                     slot_ip=slot.ip, allocation=spec,
+                     slot_ip=slot.ip, allocation=spec, slot=_slot_record(slot),
                      queued_seconds=(now - job.created_at).total_seconds())
 
     # -- running -----------------------------------------------------------------------------
@@ -246,7 +260,7 @@ class Worker:
     def _extravars(self, claim: Claim) -> dict:
         if claim.kind == JOB_ALLOCATE:
             return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
-                    'gpuaas_allocation': claim.allocation}
+                    'gpuaas_allocation': claim.allocation, 'gpuaas_slot': claim.slot}
         return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
                 'gpuaas_allocation_id': claim.allocation_id}
 
