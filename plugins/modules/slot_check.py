@@ -11,7 +11,7 @@ DOCUMENTATION = r'''
 ---
 module: slot_check
 short_description: Check one approved slot record against the host before it is allocated
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Checks ONE slot, as its approved record names it, against sysfs, without discovering the
     whole host. The record is the one the control plane reserved (O(slot)) or, without a control
