@@ -103,9 +103,11 @@ def group_intruder(group, device):
             'card to another slot, or enable ACS on the bridge above it)' % (group, described))
 
 
-def drives_console(gpu):
-    """True when a GPU not yet on vfio-pci drives a host framebuffer console."""
-    return bool(gpu.driver and gpu.driver != 'vfio-pci' and gpu.sysfs.listdir(gpu.rel + '/graphics'))
+def console_use(gpu):
+    """Why a GPU not yet on vfio-pci is the host's: it drives a framebuffer console; else None."""
+    if gpu.driver and gpu.driver != 'vfio-pci' and gpu.sysfs.listdir(gpu.rel + '/graphics'):
+        return '%s drives a host framebuffer console (driver %s)' % (gpu.address, gpu.driver)
+    return None
 
 
 def _common_depth(path_a, path_b):
@@ -289,9 +291,8 @@ class Discovery:
                            'root complex with %s (require_fabric is true)'
                            % ('/'.join('%04x' % c for c in self.fabric_classes), gpu.address))
 
-        if drives_console(gpu):
-            reasons.append('%s drives a host framebuffer console (driver %s)'
-                           % (gpu.address, gpu.driver))
+        if console_use(gpu):
+            reasons.append(console_use(gpu))
 
         try:
             slot = Slot(self.node_id, index).layout()

@@ -24,7 +24,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._approval import (
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     IOMMU_OFF_REASON,
-    drives_console,
+    console_use,
     fingerprint,
     group_intruder,
     read_numa_nodes,
@@ -268,8 +268,8 @@ class SlotCheck:
         gpu = self.device(devices['gpu'])
         if gpu.read('boot_vga') == '1':
             self.problems.append('gpu %s is the host console (boot_vga = 1)' % gpu.address)
-        elif drives_console(gpu):
-            self.problems.append('gpu %s drives a host framebuffer console (driver %s)' % (gpu.address, gpu.driver))
+        elif console_use(gpu):
+            self.problems.append('gpu ' + console_use(gpu))
         if devices['nvme']:
             usage = self.usage.nvme_usage(self.device(devices['nvme']))
             if usage:

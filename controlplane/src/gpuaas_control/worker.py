@@ -115,8 +115,7 @@ SLOT_RECORD = ('slot_index', 'gpu_address', 'companions', 'nvme_address', 'fabri
 
 def _slot_record(slot: Slot) -> dict:
     """The slot's approved record as the node's slot_check takes it (gpuaas_slot)."""
-    return dict({key: getattr(slot, key) for key in SLOT_RECORD}, slot_id=slot.id,
-                companions=list(slot.companions or []))
+    return dict({key: getattr(slot, key) for key in SLOT_RECORD}, slot_id=slot.id)
 
 
 def backoff(attempts: int, base: float) -> float:
