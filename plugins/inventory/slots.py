@@ -14,9 +14,9 @@ author:
 version_added: 0.1.0
 short_description: The control plane's slot table as an inventory
 description:
-  - Reads the gpuaas.slice control plane's database (SQLite or PostgreSQL, through
-    SQLAlchemy) and returns one host per node, named by its node id, so AWX or
-    C(ansible-playbook) can use the slot table as an inventory source.
+  - Asks the gpuaas.slice control plane's HTTP API for the whole fleet in one request
+    (C(GET /v1/inventory), an operator endpoint) and returns one host per node, named by its
+    node id, so AWX or C(ansible-playbook) can use the slot table as an inventory source.
   - Each node's host vars hold C(gpuaas_node_id), C(gpuaas_approved_slots) (the approved
     slot map the allocate and release plays read), C(gpuaas_slots) (every approved slot with
     its state, allocation, GPU model and address, NUMA node, NVMe, fabric VF, MAC and IP),
@@ -27,8 +27,6 @@ description:
   - The inventory file's name must end in C(gpuaas_slots.yml) or C(gpuaas_slots.yaml).
   - Reads only; the connection details of the nodes (C(ansible_host) and so on) come from
     O(compose), host vars or another inventory source.
-requirements:
-  - SQLAlchemy 2 (and psycopg 3 for PostgreSQL) on the controller
 extends_documentation_fragment:
   - constructed
   - inventory_cache
@@ -40,13 +38,29 @@ options:
     choices: [gpuaas.slice.slots]
   url:
     description:
-      - The control plane's database as an SQLAlchemy URL, for example
-        V(sqlite:////var/lib/gpuaas/control/gpuaas.db) or
-        V(postgresql://gpuaas@db.example.com/gpuaas).
+      - The control plane's API, for example V(https://gpuaas.example.com) or
+        V(http://127.0.0.1:8000) (what C(gpuaas serve) listens on).
     type: str
     required: true
     env:
-      - name: GPUAAS_DB_URL
+      - name: GPUAAS_API
+  token:
+    description:
+      - An operator's bearer token (C(gpuaas token create --role operator)).
+      - Keep it out of the inventory file; set E(GPUAAS_API_TOKEN), or use a vaulted value.
+    type: str
+    required: true
+    secret: true
+    env:
+      - name: GPUAAS_API_TOKEN
+  validate_certs:
+    description: Check the API's TLS certificate.
+    type: bool
+    default: true
+  timeout:
+    description: Seconds to wait for the API's answer.
+    type: int
+    default: 60
   include_unapproved:
     description: Also list slots an approval withdrew (never scheduled).
     type: bool
@@ -54,9 +68,9 @@ options:
 '''
 
 EXAMPLES = r'''
-# inventory/production.gpuaas_slots.yml
+# inventory/production.gpuaas_slots.yml (the token from GPUAAS_API_TOKEN)
 plugin: gpuaas.slice.slots
-url: postgresql://gpuaas@db.example.com/gpuaas
+url: https://gpuaas.example.com
 compose:
   ansible_host: gpuaas_node_id ~ '.nodes.example.com'
 keyed_groups:
@@ -68,25 +82,19 @@ cache_plugin: ansible.builtin.jsonfile
 cache_connection: /var/cache/ansible/gpuaas
 cache_timeout: 60
 
-# ansible-inventory -i production.gpuaas_slots.yml --graph gpuaas_state_free
+# GPUAAS_API_TOKEN=gpuaas_... ansible-inventory -i production.gpuaas_slots.yml --graph gpuaas_state_free
 '''
+
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlencode
 
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import SSLValidationError, open_url
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _slot_inventory
-
-try:
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-    HAS_SQLALCHEMY = True
-except ImportError:
-    HAS_SQLALCHEMY = False
-
-NODES_SQL = 'SELECT id, schedulable, drain_reason, approved_slots FROM nodes'
-SLOTS_SQL = ('SELECT id, node_id, %s FROM slots'
-             % ', '.join(key for key in _slot_inventory.SLOT_KEYS))
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -97,31 +105,24 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         return super(InventoryModule, self).verify_file(path) and \
             path.endswith(('gpuaas_slots.yml', 'gpuaas_slots.yaml'))
 
-    def _read_tables(self, url):
-        if not HAS_SQLALCHEMY:
-            raise AnsibleParserError('gpuaas.slice.slots needs SQLAlchemy 2 on the controller '
-                                     '(pip install sqlalchemy; and psycopg[binary] for PostgreSQL)')
+    def _fetch(self):
+        url = '%s/v1/inventory?%s' % (self.get_option('url').rstrip('/'), urlencode(
+            {'include_unapproved': 'true' if self.get_option('include_unapproved') else 'false'}))
         try:
-            parsed = make_url(url)
-            if parsed.get_backend_name() == 'postgresql' and parsed.drivername == 'postgresql':
-                parsed = parsed.set(drivername='postgresql+psycopg')
-            engine = sqlalchemy.create_engine(parsed)
-        except (sqlalchemy.exc.ArgumentError, ValueError, ImportError) as exc:
-            raise AnsibleParserError('gpuaas.slice.slots: url is not a usable database URL: %s'
-                                     % to_native(exc))
-        try:
-            with engine.connect() as conn:
-                nodes = [dict(row._mapping) for row in conn.execute(sqlalchemy.text(NODES_SQL))]
-                slots = [dict(row._mapping) for row in conn.execute(sqlalchemy.text(SLOTS_SQL))]
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise AnsibleParserError('gpuaas.slice.slots: cannot read the slot table at %s (is it '
-                                     'the control plane\'s database, upgraded with `gpuaas db '
-                                     'upgrade`?): %s' % (parsed.render_as_string(hide_password=True),
-                                                         to_native(exc.orig if hasattr(exc, 'orig') else exc)))
-        finally:
-            engine.dispose()
-        return _slot_inventory.build(nodes, slots,
-                                     include_unapproved=self.get_option('include_unapproved'))
+            reply = open_url(url, headers={'Authorization': 'Bearer %s' % self.get_option('token'),
+                                           'Accept': 'application/json'},
+                             timeout=self.get_option('timeout'),
+                             validate_certs=self.get_option('validate_certs'))
+            return _slot_inventory.parse(reply.read(), self.get_option('include_unapproved'))
+        except HTTPError as exc:
+            raise AnsibleParserError('gpuaas.slice.slots: %s answered %s' % (
+                url, _slot_inventory.http_error(exc.code, exc.read())))
+        except (URLError, UrlsConnectionError, SSLValidationError, OSError) as exc:
+            raise AnsibleParserError('gpuaas.slice.slots: cannot reach the control plane at %s '
+                                     '(is `gpuaas serve` running there?): %s'
+                                     % (url, to_native(getattr(exc, 'reason', exc))))
+        except _slot_inventory.InventoryError as exc:
+            raise AnsibleParserError('gpuaas.slice.slots: %s: %s' % (url, to_native(exc)))
 
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
@@ -135,7 +136,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             except KeyError:
                 data = None
         if data is None:
-            data = self._read_tables(self.get_option('url'))
+            data = self._fetch()
             if self.get_option('cache'):
                 self._cache[cache_key] = data
         self._populate(data)

@@ -12,7 +12,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    HEX_ID,
+    MAX_CPU,
+    NODE_ID,
+    NOTE,
+    PCI_ADDRESS,
+    SLOT_ID,
+    ContractError,
+    Slot,
+    check_int,
+    has_control_chars,
+    parse_cpulist,
+    show,
+)
 
 WIPE_POLICIES = ('nvme-format', 'blkdiscard', 'zero')
 # Policies that need a block device of the slot's own.
@@ -23,13 +36,21 @@ OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note')
 CAPACITY_KEYS = ('storage_ownership', 'fabric_claim_mode', 'fabric_vf_pci_address')
 
 
+# The highest NUMA node number a discovery may report (the kernel's MAX_NUMNODES is 1024).
+MAX_NUMA_NODE = 1023
+ADDRESS_KEYS = ('gpu_address', 'nvme_address', 'fabric_pf_address', 'fabric_vf_pci_address')
+FINGERPRINT_ROLES = ('gpu', 'companions', 'nvme', 'fabric_pf')
+ID_KEYS = ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id')
+
+
 class ApprovalError(ContractError):
-    """The approved slot map cannot be accepted; ``problems`` lists every reason."""
+    """The approved slot map cannot be accepted; ``problems`` lists every reason (values quoted)."""
 
     def __init__(self, problems):
         self.problems = problems
         super(ApprovalError, self).__init__(
-            'the approved slot map was refused, no slot is approved:\n- ' + '\n- '.join(problems))
+            'the approved slot map was refused, no slot is approved:\n- ' + '\n- '.join(problems),
+            problems=problems)
 
 
 def _check_discovery(discovery):
@@ -37,6 +58,88 @@ def _check_discovery(discovery):
             or 'node_id' not in discovery or discovery.get('approval_required') is not True:
         raise ApprovalError(['discovery is not a gpuaas.slice.slot_discovery result '
                              '(register the slot_discovery task and pass it whole)'])
+    try:
+        node_id = NODE_ID.check(discovery['node_id'], 'discovery.node_id')
+    except ContractError as exc:
+        raise ApprovalError([str(exc)])
+    problems = []
+    for position, slot in enumerate(discovery['slots']):
+        problems.extend(_slot_problems(node_id, slot, 'discovery.slots[%d]' % position))
+    if problems:
+        raise ApprovalError(problems)
+
+
+def _pcie_path(value):
+    """'pci0000:17/0000:17:00.0/0000:18:00.0': the PCI root and the addresses below it, as discovery writes it."""
+    if not isinstance(value, str) or len(value) > 1024:
+        return False
+    parts = value.split('/') if value else []
+    return all(PCI_ADDRESS.matches(part) or (index == 0 and part.startswith('pci')
+                                             and PCI_ADDRESS.matches(part[3:] + ':00.0'))
+               for index, part in enumerate(parts))
+
+
+def _fingerprint_problems(device, where):
+    """What no discovery could have written in one device's fingerprint."""
+    if device is None:
+        return []
+    if not isinstance(device, dict):
+        return ['%s must be a mapping, not %s' % (where, show(device))]
+    good = dict((key, device.get(key) is None or HEX_ID.matches(device[key])) for key in ID_KEYS)
+    good.update(address=PCI_ADDRESS.matches(device.get('address')), pcie_path=_pcie_path(device.get('pcie_path')),
+                serial=device.get('serial') is None or NOTE.matches(device['serial']))
+    return ['%s.%s %s is not what discovery reports' % (where, key, show(device.get(key)))
+            for key in sorted(good) if not good[key]]
+
+
+def _slot_problems(node_id, slot, where):
+    """Every field of one discovered slot checked against the rules discovery itself follows."""
+    if not isinstance(slot, dict):
+        return ['%s must be a mapping, not %s' % (where, show(slot))]
+    problems = []
+    try:
+        index = check_int(slot.get('slot_index'), where + '.slot_index', 0, 10 ** 6)
+        layout = Slot(node_id, index).layout() if slot.get('slot_id') is not None or slot.get('eligible') \
+            else {'slot_id': None, 'mac': None, 'ip': None}
+    except ContractError as exc:
+        return [str(exc)]
+    for key in ('slot_id', 'mac', 'ip'):
+        if slot.get(key) != layout[key]:
+            problems.append('%s.%s is %s, but slot %d of node %s has %s'
+                            % (where, key, show(slot.get(key)), index, node_id, show(layout[key])))
+    for key in ADDRESS_KEYS:
+        value = slot.get(key)
+        if not (PCI_ADDRESS.matches(value) or (value is None and key != 'gpu_address')):
+            problems.append('%s.%s %s is not a PCI address' % (where, key, show(value)))
+    companions = slot.get('companions')
+    if not isinstance(companions, list) or not all(PCI_ADDRESS.matches(item) for item in companions):
+        problems.append('%s.companions %s is not a list of PCI addresses' % (where, show(companions)))
+    numa = slot.get('numa_node')
+    if isinstance(numa, bool) or not isinstance(numa, int) or not -1 <= numa <= MAX_NUMA_NODE:
+        problems.append('%s.numa_node %s is not a NUMA node (-1 to %d)' % (where, show(numa), MAX_NUMA_NODE))
+    try:
+        if slot.get('cpulist') is not None:
+            parse_cpulist(slot['cpulist'], where + '.cpulist')
+    except ContractError:
+        problems.append('%s.cpulist %s is not a CPU list (kernel cpulist syntax, CPUs 0 to %d)'
+                        % (where, show(slot['cpulist']), MAX_CPU))
+    if not isinstance(slot.get('eligible'), bool):
+        problems.append('%s.eligible %s is not true or false' % (where, show(slot.get('eligible'))))
+    reasons = slot.get('reasons')
+    if not isinstance(reasons, list) or not all(isinstance(r, str) and not has_control_chars(r) for r in reasons):
+        problems.append('%s.reasons %s is not a list of one-line texts' % (where, show(reasons)))
+    fingerprint = slot.get('fingerprint')
+    if not isinstance(fingerprint, dict) or set(fingerprint) - set(FINGERPRINT_ROLES) \
+            or not isinstance(fingerprint.get('companions', []), list):
+        problems.append('%s.fingerprint %s is not a discovery fingerprint' % (where, show(fingerprint)))
+    else:
+        for role in ('gpu', 'nvme', 'fabric_pf'):
+            problems.extend(_fingerprint_problems(fingerprint.get(role), '%s.fingerprint.%s' % (where, role)))
+        for number, device in enumerate(fingerprint.get('companions', [])):
+            problems.extend(_fingerprint_problems(device, '%s.fingerprint.companions[%d]' % (where, number)))
+    if not isinstance(slot.get('capacity_metadata'), dict):
+        problems.append('%s.capacity_metadata %s is not a mapping' % (where, show(slot.get('capacity_metadata'))))
+    return problems
 
 
 def _check_capacity(entry, slot, where):
@@ -49,22 +152,24 @@ def _check_capacity(entry, slot, where):
         problems.append('%s: capacity_metadata lacks %s' % (where, ', '.join(missing)))
     unknown = sorted(set(metadata) - set(CAPACITY_KEYS))
     if unknown:
-        problems.append('%s: capacity_metadata has unknown keys %s' % (where, ', '.join(unknown)))
+        problems.append('%s: capacity_metadata has unknown keys %s'
+                        % (where, ', '.join(key if isinstance(key, str) and not has_control_chars(key)
+                                            else show(key) for key in unknown)))
     if metadata.get('storage_ownership') != 'slice':
-        problems.append("%s: capacity_metadata.storage_ownership must be 'slice', not %r"
-                        % (where, metadata.get('storage_ownership')))
+        problems.append("%s: capacity_metadata.storage_ownership must be 'slice', not %s"
+                        % (where, show(metadata.get('storage_ownership'))))
     expected_vf = slot.get('fabric_vf_pci_address')
     if slot.get('fabric_pf_address'):
         if metadata.get('fabric_claim_mode') != 'per_slot_vf':
             problems.append("%s: capacity_metadata.fabric_claim_mode must be 'per_slot_vf', "
-                            "not %r" % (where, metadata.get('fabric_claim_mode')))
+                            "not %s" % (where, show(metadata.get('fabric_claim_mode'))))
         if not metadata.get('fabric_vf_pci_address'):
             problems.append('%s: capacity_metadata.fabric_vf_pci_address must name the slot\'s '
                             'fabric VF (%s)' % (where, expected_vf))
         elif metadata.get('fabric_vf_pci_address') != expected_vf:
-            problems.append('%s: capacity_metadata.fabric_vf_pci_address is %r but discovery '
+            problems.append('%s: capacity_metadata.fabric_vf_pci_address is %s but discovery '
                             'says the slot\'s VF is %s'
-                            % (where, metadata.get('fabric_vf_pci_address'), expected_vf))
+                            % (where, show(metadata.get('fabric_vf_pci_address')), expected_vf))
     elif metadata.get('fabric_claim_mode') != 'none' or metadata.get('fabric_vf_pci_address'):
         problems.append("%s: the slot has no fabric PF, so capacity_metadata must say "
                         "fabric_claim_mode 'none' and no fabric_vf_pci_address" % where)
@@ -79,27 +184,35 @@ def _check_entry(entry, slot, where):
     unknown = sorted(set(entry) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         problems.append('%s: unknown keys %s (see docs/approved-slot-map.md)'
-                        % (where, ', '.join(unknown)))
+                        % (where, ', '.join(show(key) if not isinstance(key, str) or has_control_chars(key)
+                                            else key for key in unknown)))
     if not slot.get('eligible'):
         problems.append('%s: discovery says the slot is not eligible: %s'
                         % (where, '; '.join(slot.get('reasons') or ['no reason given'])))
     if 'gpu_address' in entry and entry['gpu_address'] != slot.get('gpu_address'):
-        problems.append('%s: gpu_address is %r but discovery has %s at this slot '
+        problems.append('%s: gpu_address is %s but discovery has %s at this slot '
                         '(hardware or slot order changed: discover again and re-approve)'
-                        % (where, entry['gpu_address'], slot.get('gpu_address')))
+                        % (where, show(entry['gpu_address']), slot.get('gpu_address')))
     policy = entry.get('destructive_wipe_policy')
     if not policy:
         problems.append('%s: destructive_wipe_policy must be set (one of %s)'
                         % (where, ', '.join(WIPE_POLICIES)))
     elif policy not in WIPE_POLICIES:
-        problems.append('%s: destructive_wipe_policy %r is not one of %s'
-                        % (where, policy, ', '.join(WIPE_POLICIES)))
+        problems.append('%s: destructive_wipe_policy %s is not one of %s'
+                        % (where, show(policy), ', '.join(WIPE_POLICIES)))
     elif policy in BLOCK_WIPE_POLICIES and not slot.get('nvme_address'):
         problems.append("%s: destructive_wipe_policy %r needs an NVMe drive of the slot's own; "
                         "this slot has none, use 'zero'" % (where, policy))
+    for key in ('approved_by', 'approved_at', 'note'):
+        if entry.get(key) is not None and not NOTE.matches(entry[key]):
+            problems.append('%s: %s %s must be text of at most 255 characters on one line'
+                            % (where, key, show(entry[key])))
     if 'capacity_metadata' in entry:
         problems.extend(_check_capacity(entry, slot, where))
-    if entry.get('fingerprint') is not None and entry['fingerprint'] != slot.get('fingerprint'):
+    if entry.get('fingerprint') is not None and not isinstance(entry['fingerprint'], dict):
+        problems.append('%s: fingerprint must be a mapping (as discovery reports it), not %s'
+                        % (where, show(entry['fingerprint'])))
+    elif entry.get('fingerprint') is not None and entry['fingerprint'] != slot.get('fingerprint'):
         changes = fingerprint_changes(entry['fingerprint'], slot.get('fingerprint'))
         problems.append('%s: the devices no longer match the fingerprint taken at approval '
                         '(hardware changed: %s): inspect the host, then re-approve'
@@ -107,11 +220,16 @@ def _check_entry(entry, slot, where):
     return problems
 
 
+def _plain(value):
+    """A value for a message: as it is when it is one line of text, else quoted."""
+    return value if isinstance(value, str) and not has_control_chars(value) and len(value) <= 80 else show(value)
+
+
 def _device_label(role, recorded, now):
     address = (recorded or {}).get('address') if isinstance(recorded, dict) else None
     if address is None and isinstance(now, dict):
         address = now.get('address')
-    return '%s %s' % (role, address) if address else role
+    return '%s %s' % (role, _plain(address)) if address else role
 
 
 def fingerprint_changes(recorded, now):
@@ -139,22 +257,27 @@ def fingerprint_changes(recorded, now):
                 continue
             for key in sorted(set(old) | set(new)):
                 if old.get(key) != new.get(key):
-                    changes.append('%s: %s %s -> %s' % (label, key, old.get(key), new.get(key)))
+                    changes.append('%s: %s %s -> %s' % (label, _plain(key), _plain(old.get(key)), _plain(new.get(key))))
     return changes
 
 
 def validate(discovery, approved_slots):
     """Return the approved slots (discovery data + the approval), or raise ApprovalError."""
     _check_discovery(discovery)
-    by_id = dict((slot.get('slot_id'), slot) for slot in discovery['slots'])
+    if not isinstance(approved_slots, list):
+        raise ApprovalError(['approved_slots must be a list of mappings, not %s' % show(approved_slots)])
+    by_id = dict((slot['slot_id'], slot) for slot in discovery['slots'] if slot['slot_id'] is not None)
     problems, approved, seen = [], [], set()
     for position, entry in enumerate(approved_slots or []):
         if not isinstance(entry, dict):
-            problems.append('approved_slots[%d] is not a mapping' % position)
+            problems.append('approved_slots[%d] is not a mapping, but %s' % (position, show(entry)))
             continue
         slot_id = entry.get('slot_id')
         if not isinstance(slot_id, str) or not slot_id:
             problems.append('approved_slots[%d]: slot_id must be a non-empty string' % position)
+            continue
+        if not SLOT_ID.matches(slot_id):
+            problems.append('approved_slots[%d]: slot_id %s is not a slot id' % (position, show(slot_id)))
             continue
         where = 'slot %s' % slot_id
         if slot_id in seen:

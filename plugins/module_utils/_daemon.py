@@ -8,20 +8,29 @@ units that host_prep installs. Hosts without systemd as PID 1 (containers, CI ma
 local lab) get the same daemons from this engine: one process per pidfile, recognised by its
 command line so a stale pidfile whose pid was reused never counts as running, started in a
 session of its own with its output in a log file, stopped with SIGTERM then SIGKILL.
+
+A pidfile is only trusted inside the module's run directory (``run_dir``, symlinks resolved)
+and a process only counts as the daemon while its ``/proc/<pid>/cmdline`` is the daemon's
+command line (the one asked for, or the one recorded beside the pidfile when it was started),
+checked again before every signal: no signal goes to any other process (not even another
+instance of the same program), and no pidfile outside ``run_dir`` is written or removed.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
-import re
 import signal
 import subprocess
 import time
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
-NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z')
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, check_timeout
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    StateFileError, atomic_write, check_dir, check_path, ensure_dir, read_json, remove)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    DAEMON_NAME, GpuaasError, show)
 
 
 class DaemonError(GpuaasError):
@@ -32,9 +41,9 @@ def read_pid(pidfile):
     try:
         with open(pidfile) as handle:
             text = handle.read().strip()
-    except (IOError, OSError):
+    except (IOError, OSError, ValueError):
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdigit() and 0 < len(text) <= 10 else None
 
 
 def alive(pid, proc_root='/proc'):
@@ -58,92 +67,102 @@ def cmdline(pid, proc_root='/proc'):
     return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]]
 
 
-class Daemon:
-    """One daemon, ``params`` as the host_daemon module takes them."""
+def check_argv(argv):
+    if not argv:
+        raise DaemonError('argv is required with state=started')
+    for index, arg in enumerate(argv):
+        if '\0' in arg:
+            raise DaemonError('argv[%d] %s contains a NUL character, which no command line can carry'
+                              % (index, show(arg)))
+    if not os.path.isabs(argv[0]):
+        raise DaemonError('argv[0] must be an absolute path, not %s' % show(argv[0]))
+    return list(argv)
 
-    def __init__(self, params, check_mode=False, proc_root='/proc', clock=time.monotonic,
-                 sleep=time.sleep):
-        self.p = params
-        self.check_mode = check_mode
+
+class Daemon:
+    """One daemon, the host_daemon ``module``'s parameters."""
+
+    def __init__(self, module, proc_root='/proc', clock=time.monotonic, sleep=time.sleep):
+        self.module = module
+        self.p = params = module.params
         self.proc_root = proc_root
         self.clock = clock
         self.sleep = sleep
-        if not NAME_RE.match(params['name'] or ''):
-            raise DaemonError('name %r is not valid: 1-64 letters, digits, ., _, @ or -' % (params['name'],))
-        for key in ('pidfile', 'log_file'):
-            value = params.get(key)
-            if value and (not os.path.isabs(value) or '\0' in value or '\n' in value):
-                raise DaemonError('%s must be an absolute path, not %r' % (key, value))
-        if params['state'] == 'started':
-            argv = params['argv'] or []
-            if not argv:
-                raise DaemonError('argv is required with state=started')
-            if not os.path.isabs(argv[0]):
-                raise DaemonError('argv[0] must be an absolute path, not %r' % (argv[0],))
-            if any('\0' in arg for arg in argv):
-                raise DaemonError('argv must not contain NUL characters')
+        self.name = DAEMON_NAME.check(params['name'], 'name')
+        self.run_dir = check_dir(params['run_dir'], 'run_dir')
+        self.pidfile = check_path(params['pidfile'], 'pidfile', allowed_dirs=[self.run_dir])
+        self.record = self.pidfile + '.argv'
+        self.log_file = params.get('log_file') and check_path(
+            params['log_file'], 'log_file', allowed_dirs=[check_dir(params['log_dir'], 'log_dir')])
+        self.ready_path = params.get('ready_path') and check_path(params['ready_path'], 'ready_path')
+        self.timeout = check_timeout(params['timeout'], 'timeout', 3600)
+        self.argv = check_argv(params['argv']) if params['state'] == 'started' or params['argv'] else None
+
+    def known(self):
+        """The command lines this daemon runs with: the one asked for and the one it was started with."""
+        try:
+            recorded = read_json(self.record, 'argv record', list)
+        except StateFileError:
+            recorded = None
+        return [argv for argv in (self.argv, recorded) if argv and all(isinstance(a, str) for a in argv)]
+
+    def ours(self, pid):
+        """The argv of ``pid`` when it is this daemon, else None."""
+        argv = cmdline(pid, self.proc_root)
+        return argv if argv and argv in self.known() else None
 
     def running(self):
         """(pid, its argv) of the daemon when it runs, else (None, None)."""
-        pid = read_pid(self.p['pidfile'])
-        if pid is None:
-            return None, None
-        argv = cmdline(pid, self.proc_root)
-        if not argv:
-            return None, None
-        # The pidfile names this daemon only while its pid runs the same program.
-        want = os.path.basename((self.p['argv'] or [argv[0]])[0])
-        if os.path.basename(argv[0]) != want:
-            return None, None
-        return pid, argv
+        pid = read_pid(self.pidfile)
+        argv = self.ours(pid) if pid else None
+        return (pid, argv) if argv else (None, None)
 
     def run(self):
+        module = self.module
         pid, argv = self.running()
-        result = {'name': self.p['name'], 'pidfile': self.p['pidfile'], 'actions': []}
+        plan = Plan(module, error=DaemonError, timeout=self.timeout)
+        result = {'name': self.name, 'pidfile': self.pidfile, 'pid': pid}
         before = {'running': pid is not None, 'argv': argv}
         if self.p['state'] == 'stopped':
             if pid is not None:
-                result['actions'].append('stop pid %d' % pid)
-                if not self.check_mode:
-                    self.stop(pid)
+                plan.change('stop pid %d' % pid, lambda: self.stop(pid))
             after = {'running': False, 'argv': None}
         else:
-            want = list(self.p['argv'])
-            if pid is not None and (argv != want or self.p.get('restart')):
-                result['actions'].append('restart pid %d: %s' % (
-                    pid, 'its command line differs' if argv != want else 'restart was asked for'))
-                if not self.check_mode:
-                    self.stop(pid)
-                pid = None
-            if pid is None:
-                result['actions'].append('start %s' % ' '.join(want))
-                if not self.check_mode:
-                    pid = self.start(want)
+            want = self.argv
+            if pid is not None and (argv != want or self.p['restart']):
+                plan.change('restart pid %d: %s' % (pid, 'its command line differs' if argv != want
+                                                    else 'restart was asked for'), lambda: self.stop(pid))
+                result['pid'] = None
+            if result['pid'] is None:
+                plan.change('start %s' % ' '.join(want), lambda: result.update(pid=self.start(want)))
             after = {'running': True, 'argv': want}
-        result.update(changed=bool(result['actions']), pid=pid, running=after['running'],
-                      diff={'before': before, 'after': after})
+        other = read_pid(self.pidfile)
+        if pid is None and other and alive(other, self.proc_root):
+            module.warn('%s names pid %d, which is not %s: that process is left alone'
+                        % (self.pidfile, other, self.name))
+        plan.execute()
+        result.update(plan.result(running=after['running']))
+        if module._diff:
+            result['diff'] = {'before': before, 'after': after}
         return result
 
     def start(self, argv):
-        log_file = self.p['log_file']
-        for path in (self.p['pidfile'], log_file):
-            if path:
-                directory = os.path.dirname(path)
-                if not os.path.isdir(directory):
-                    os.makedirs(directory, 0o755)
-        if os.path.lexists(self.p['pidfile']):
-            os.unlink(self.p['pidfile'])   # stale: running() said no process owns it
-        out = open(log_file, 'ab') if log_file else open(os.devnull, 'wb')
+        ensure_dir(os.path.dirname(self.pidfile), 0o755)
+        if self.log_file:
+            ensure_dir(os.path.dirname(self.log_file), 0o755)
+        remove(self.pidfile)   # stale: running() said no process of this daemon owns it
+        out = open(self.log_file, 'ab') if self.log_file else open(os.devnull, 'wb')
         try:
             # run_command waits for the program; a daemon must outlive the module.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,  # pylint: disable=ansible-bad-function
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, cwd='/')
         except OSError as exc:
-            raise DaemonError('%s: cannot run %s: %s' % (self.p['name'], argv[0], exc))
+            raise DaemonError('%s: cannot run %s: %s' % (self.name, argv[0], exc))
         finally:
             out.close()
-        deadline = self.clock() + self.p['timeout']
+        atomic_write(self.module, self.record, json.dumps(argv).encode('utf-8'), 0o644)
+        deadline = self.clock() + self.timeout
         if self.p['forks']:
             # The program daemonises and writes the pidfile itself: wait for both.
             while True:
@@ -152,43 +171,40 @@ class Daemon:
                 if pid is not None and code is not None:
                     if code != 0:
                         raise DaemonError('%s exited with status %d while daemonising%s'
-                                          % (self.p['name'], code, self.log_hint()))
+                                          % (self.name, code, self.log_hint()))
                     break
                 if code not in (None, 0):
-                    raise DaemonError('%s exited with status %d%s' % (self.p['name'], code, self.log_hint()))
+                    raise DaemonError('%s exited with status %d%s' % (self.name, code, self.log_hint()))
                 if self.clock() > deadline:
                     raise DaemonError('%s did not write %s within %s s%s'
-                                      % (self.p['name'], self.p['pidfile'], self.p['timeout'], self.log_hint()))
+                                      % (self.name, self.pidfile, self.timeout, self.log_hint()))
                 self.sleep(0.05)
         else:
             pid = proc.pid
-            tmp = self.p['pidfile'] + '.tmp'
-            with open(tmp, 'w') as handle:
-                handle.write('%d\n' % pid)
-            os.rename(tmp, self.p['pidfile'])
+            atomic_write(self.module, self.pidfile, ('%d\n' % pid).encode('ascii'), 0o644)
         self.wait_ready(proc, pid, deadline)
         return pid
 
     def wait_ready(self, proc, pid, deadline):
         """Wait for ready_path (a socket or file the daemon creates), failing if it dies."""
-        ready = self.p['ready_path']
         while True:
             if not alive(pid, self.proc_root):
                 if proc.pid == pid:
                     proc.poll()
                 raise DaemonError('%s (pid %d) died right after it started%s'
-                                  % (self.p['name'], pid, self.log_hint()))
-            if not ready or os.path.exists(ready):
+                                  % (self.name, pid, self.log_hint()))
+            if not self.ready_path or os.path.exists(self.ready_path):
                 return
             if self.clock() > deadline:
                 raise DaemonError('%s runs but %s did not appear within %s s%s'
-                                  % (self.p['name'], ready, self.p['timeout'], self.log_hint()))
+                                  % (self.name, self.ready_path, self.timeout, self.log_hint()))
             self.sleep(0.05)
 
     def stop(self, pid):
-        deadline = self.clock() + self.p['timeout']
+        """SIGTERM (SIGKILL after the timeout) to ``pid`` while it is still this daemon."""
+        deadline = self.clock() + self.timeout
         sig = signal.SIGTERM
-        while alive(pid, self.proc_root):
+        while self.ours(pid):
             try:
                 os.kill(pid, sig)
             except OSError:
@@ -200,14 +216,13 @@ class Daemon:
             os.waitpid(pid, os.WNOHANG)   # reap it if it was our child
         except OSError:
             pass
-        if os.path.lexists(self.p['pidfile']):
-            os.unlink(self.p['pidfile'])
+        remove(self.pidfile)
+        remove(self.record)
 
     def log_hint(self):
-        log_file = self.p['log_file']
-        if not log_file or not os.path.exists(log_file):
+        if not self.log_file or not os.path.exists(self.log_file):
             return ''
-        with open(log_file, 'rb') as handle:
-            handle.seek(max(0, os.path.getsize(log_file) - 600))
+        with open(self.log_file, 'rb') as handle:
+            handle.seek(max(0, os.path.getsize(self.log_file) - 600))
             tail = handle.read().decode('utf-8', 'replace').strip()
-        return '; last lines of %s: %s' % (log_file, tail) if tail else ''
+        return '; last lines of %s: %s' % (self.log_file, tail) if tail else ''

@@ -25,7 +25,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     same_device,
     vf_address,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, NODE_ID, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, NODE_ID, Slot, show
 
 DEFAULT_GPU_VENDORS = ('10de', '1002', '8086')
 DEFAULT_FABRIC_CLASSES = ('%04x' % CLASS_INFINIBAND, '%04x' % CLASS_ETHERNET)
@@ -41,7 +41,7 @@ def normalize_vendor(value):
     if text.startswith('0x'):
         text = text[2:]
     if not text or len(text) > 4 or any(c not in '0123456789abcdef' for c in text):
-        raise PciError('%r is not a PCI vendor id (expected 4 hex digits, e.g. 10de)' % (value,))
+        raise PciError('gpu_vendors: %s is not a PCI vendor id (expected 4 hex digits, e.g. 10de)' % show(value))
     return '%04x' % int(text, 16)
 
 
@@ -51,8 +51,8 @@ def normalize_class(value):
     if text.startswith('0x'):
         text = text[2:]
     if len(text) != 4 or any(c not in '0123456789abcdef' for c in text):
-        raise PciError('%r is not a PCI class and subclass (expected 4 hex digits, e.g. 0207)'
-                       % (value,))
+        raise PciError('fabric_classes: %s is not a PCI class and subclass (expected 4 hex digits, e.g. 0207)'
+                       % show(value))
     return int(text, 16)
 
 

@@ -29,7 +29,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, has_control_chars, show
 
 C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C'}
 POLL_INTERVAL = 0.02
@@ -99,10 +99,11 @@ class Runner:
             args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout)] + args
         return args
 
-    def __call__(self, args, check=True, data=None, timeout=None, binary=False):
+    def __call__(self, args, check=True, data=None, timeout=None, binary=False, **run_kwargs):
+        """``run_kwargs`` go to ``run_command`` as they are (``before_communicate_callback``)."""
         argv = self.argv(args, timeout)
         rc, out, err = self.module.run_command(argv, environ_update=dict(C_LOCALE), data=data,
-                                               binary_data=binary)
+                                               binary_data=binary, **run_kwargs)
         if timeout is not None and rc == TIMED_OUT:
             raise self.error('%s did not finish within %s s' % (' '.join(args), seconds(timeout)),
                              command=list(args))
@@ -254,6 +255,38 @@ class Plan:
         return result
 
 
+def nul_option(value, where):
+    """The first place in an option's value that holds a NUL character ('argv[1]'), or None."""
+    if isinstance(value, str):
+        return where if '\0' in value else None
+    if isinstance(value, dict):
+        if any('\0' in str(key) for key in value):
+            return where
+        items = [('%s.%s' % (where, key if isinstance(key, str) and not has_control_chars(key) else show(key)), item)
+                 for key, item in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [('%s[%d]' % (where, index), item) for index, item in enumerate(value)]
+    else:
+        return None
+    for place, item in items:
+        found = nul_option(item, place)
+        if found:
+            return found
+    return None
+
+
+class _Module(AnsibleModule):
+    """AnsibleModule that refuses, naming the option, a NUL character its invocation log would trip on."""
+
+    def _log_invocation(self):
+        for name in sorted(self.params):
+            where = nul_option(self.params[name], name)
+            if where:
+                self.fail_json(msg='%s holds a NUL character, which no path, name or command line can '
+                                   'carry; nothing was changed' % where)
+        super(_Module, self)._log_invocation()
+
+
 def run_module(argument_spec, engine, **module_kwargs):
     """The one ``main()``: the module from its spec, ``engine(module)`` -> result, reported.
 
@@ -261,7 +294,7 @@ def run_module(argument_spec, engine, **module_kwargs):
     :class:`GpuaasError` for every known failure, which becomes ``fail_json`` with the
     error's details. Every module supports check mode.
     """
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **module_kwargs)
+    module = _Module(argument_spec=argument_spec, supports_check_mode=True, **module_kwargs)
     try:
         result = engine(module)
     except GpuaasError as exc:

@@ -14,14 +14,21 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
+import json
 import os
 import tempfile
 
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, has_control_chars
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ContractError, GpuaasError, has_control_chars, show)
 
 
 class PathError(ContractError):
     """A path the collection refuses to use; the message says which and why."""
+
+
+class StateFileError(GpuaasError):
+    """A state file that cannot be read back (damaged JSON, wrong shape, unreadable); names the file."""
 
 
 def check_path(path, what, allowed_dirs=None):
@@ -33,11 +40,11 @@ def check_path(path, what, allowed_dirs=None):
     if not isinstance(path, str) or not path:
         raise PathError('%s must be a non-empty path' % what)
     if has_control_chars(path):
-        raise PathError('%s %r contains control characters' % (what, path))
+        raise PathError('%s %s contains control characters' % (what, show(path, 4096)))
     if not path.startswith('/'):
-        raise PathError('%s %r must be an absolute path' % (what, path))
+        raise PathError('%s %s must be an absolute path' % (what, show(path, 4096)))
     if '..' in path.split('/'):
-        raise PathError("%s %r contains a '..' component: give the path without it" % (what, path))
+        raise PathError("%s %s contains a '..' component: give the path without it" % (what, show(path, 4096)))
     normal = os.path.normpath(path)
     if allowed_dirs:
         real = os.path.realpath(normal)
@@ -45,10 +52,40 @@ def check_path(path, what, allowed_dirs=None):
             base = os.path.realpath(allowed)
             if real == base or real.startswith(base.rstrip('/') + '/'):
                 return normal
-        raise PathError('%s %r is outside the allowed directories (%s)%s'
-                        % (what, path, ', '.join(allowed_dirs),
-                           '' if real == normal else '; it resolves to %s' % real))
+        raise PathError('%s %s is outside the allowed directories (%s)%s'
+                        % (what, show(path, 4096), ', '.join(show(d, 4096) for d in allowed_dirs),
+                           '' if real == normal else '; it resolves to %s' % show(real, 4096)))
     return normal
+
+
+def check_dir(path, what, allowed_dirs=None):
+    """:func:`check_path` for a directory: one that exists must be a directory (or a link to one)."""
+    normal = check_path(path, what, allowed_dirs)
+    if os.path.lexists(normal) and not os.path.isdir(normal):
+        raise PathError('%s %s is not a directory' % (what, show(path, 4096)))
+    return normal
+
+
+def read_json(path, what, kind=dict):
+    """The JSON value of ``path`` (a ``kind``), None when there is no file, else StateFileError.
+
+    A file that is not JSON, holds another type or cannot be read is reported naming the
+    file, so a caller never mistakes a damaged record for a missing one.
+    """
+    try:
+        with open(path, 'rb') as handle:
+            raw = handle.read()
+    except (IOError, OSError) as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise StateFileError('%s %s cannot be read: %s' % (what, show(path, 4096), exc.strerror or exc))
+    try:
+        value = json.loads(raw.decode('utf-8'))
+    except ValueError as exc:
+        raise StateFileError('%s %s is not valid JSON (%s)' % (what, show(path, 4096), exc))
+    if not isinstance(value, kind):
+        raise StateFileError('%s %s holds %s, not a %s' % (what, show(path, 4096), type(value).__name__, kind.__name__))
+    return value
 
 
 def ensure_dir(path, mode):

@@ -32,19 +32,23 @@ import time
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Runner
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    StateFileError,
     atomic_write,
+    check_dir,
     check_path,
     ensure_dir,
     install,
+    read_json,
     remove,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import CHECKSUM, GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import CHECKSUM, LIMITS, GpuaasError, Slot, show
 
-DEVICE_RE = re.compile(r'/dev/[A-Za-z0-9_./-]+')
 PROGRESS_RE = re.compile(br'\((\d+(?:\.\d+)?)/100%\)')
 MARKER_VERSION = 1
 FORMATS = ('raw', 'qcow2')
+MAX_SIZE = LIMITS['disk_gib'][1] << 30
 
 
 class ImageError(GpuaasError):
@@ -65,9 +69,9 @@ def parse_size(value):
     try:
         size = human_to_bytes(str(value).strip())
     except ValueError:
-        raise ImageError("size %r is not a size such as '20G', '512M' or a number of bytes" % (value,))
-    if size <= 0:
-        raise ImageError('size %r must be more than zero' % (value,))
+        raise ImageError("size %s is not a size such as '20G', '512M' or a number of bytes" % show(value))
+    if not 0 < size <= MAX_SIZE:
+        raise ImageError('size %s must be more than zero and at most %d GiB' % (show(value), MAX_SIZE >> 30))
     return int(size)
 
 
@@ -85,13 +89,13 @@ def block_size(path):
         return handle.seek(0, os.SEEK_END)
 
 
-def read_marker(path):
+def read_marker(path, warnings):
+    """The marker at ``path``, or None; a damaged one counts as none (the image is converted again)."""
     try:
-        with open(path, 'r') as handle:
-            marker = json.load(handle)
-    except (IOError, OSError, ValueError):
+        return read_json(path, 'image marker')
+    except StateFileError as exc:
+        warnings.append('%s: the image is converted again' % exc)
         return None
-    return marker if isinstance(marker, dict) else None
 
 
 def parse_progress(data):
@@ -106,7 +110,8 @@ class Image:
         self.module = module
         self.params = module.params
         self.clock = clock
-        Slot.parse(self.params['slot_id'])
+        self.slot = Slot.parse(self.params['slot_id'])
+        self.runner = Runner(module, ImageError)
         self.warnings = []
 
     # -- where ----------------------------------------------------------------
@@ -114,25 +119,23 @@ class Image:
     def target(self):
         """(target path, 'file' or 'device', marker path)."""
         p = self.params
-        slot_id = p['slot_id']
         if p['target_device']:
             device = check_path(p['target_device'], 'target_device')
-            if not DEVICE_RE.fullmatch(device):
-                raise ImageError('target_device %r is not a device under /dev' % (p['target_device'],))
+            if not os.path.realpath(device).startswith('/dev/'):
+                raise ImageError('target_device %s is not a device under /dev' % show(p['target_device'], 4096))
             if p['format'] != 'raw':
                 raise ImageError('a block device target holds a raw image: set format=raw '
                                  '(qcow2 on a device gains nothing the device does not have)')
-            state_dir = check_path(p['state_dir'], 'state_dir')
-            return device, 'device', Slot.parse(slot_id).file(state_dir, '.image.json')
-        image_dir = check_path(p['image_dir'], 'image_dir')
-        target = Slot.parse(slot_id).file(image_dir, '.' + p['format'])
+            return device, 'device', self.slot.file(check_dir(p['state_dir'], 'state_dir'), '.image.json')
+        target = self.slot.file(check_dir(p['image_dir'], 'image_dir'), '.' + p['format'])
         return target, 'file', target + '.gpuaas.json'
 
     def source(self):
         p = self.params
-        source = check_path(p['source'], 'source', allowed_dirs=p['source_dirs'])
+        dirs = [check_dir(path, 'source_dirs[%d]' % index) for index, path in enumerate(p['source_dirs'])]
+        source = check_path(p['source'], 'source', allowed_dirs=dirs)
         if not os.path.isfile(source):
-            raise ImageError('source image %s does not exist or is not a regular file' % source)
+            raise ImageError('source image %s does not exist or is not a regular file' % show(source, 4096))
         return source
 
     # -- have -----------------------------------------------------------------
@@ -164,19 +167,15 @@ class Image:
 
     # -- commands -------------------------------------------------------------
 
-    def qemu_img(self):
-        return self.module.get_bin_path('qemu-img', required=True)
-
     def info(self, path, fmt):
-        argv = [self.qemu_img(), 'info', '-f', fmt, '--output=json', path]
-        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C'})
+        rc, out, err = self.runner(['qemu-img', 'info', '-f', fmt, '--output=json', path], check=False)
         if rc != 0:
             raise ImageError('qemu-img info -f %s %s failed: %s (is source_format right?)'
                              % (fmt, path, (err or out).strip()))
         try:
             return json.loads(out)
         except ValueError:
-            raise ImageError('qemu-img info %s printed no JSON: %s' % (path, out[:200]))
+            raise ImageError('qemu-img info %s printed no JSON: %s' % (path, show(out[:200])))
 
     def check_source_info(self, source, info):
         fmt = self.params['source_format']
@@ -195,7 +194,7 @@ class Image:
             raise ImageError('qemu-img info gave no virtual size for %s' % source)
         return size
 
-    def convert(self, argv):
+    def convert(self, argv, progress_file=None):
         """Run qemu-img convert -p through run_command, following its progress as it goes.
 
         run_command hands its Popen to ``before_communicate_callback`` before reading the
@@ -205,7 +204,8 @@ class Image:
         """
         started = self.clock()
         state = {'milestones': [], 'last_pct': -1.0, 'last_write': 0.0}
-        progress_file = self.params['progress_file']
+        if progress_file:
+            ensure_dir(os.path.dirname(progress_file), 0o711)
 
         def follow(proc):
             pending = b''
@@ -228,11 +228,8 @@ class Image:
                     self.write_progress(progress_file, pct, elapsed)
                     state['last_write'] = self.clock()
 
-        rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C', 'LC_ALL': 'C'},
-                                               before_communicate_callback=follow)
+        self.runner(argv, before_communicate_callback=follow)
         seconds = round(self.clock() - started, 3)
-        if rc != 0:
-            raise ImageError('%s failed (rc %d): %s' % (' '.join(argv[:2]), rc, (err or out).strip()))
         if progress_file:
             self.write_progress(progress_file, 100.0, seconds)
         milestones = state['milestones']
@@ -250,14 +247,22 @@ class Image:
     def run(self):
         p = self.params
         target, kind, marker_path = self.target()
-        marker = read_marker(marker_path)
-        result = {'target': target, 'target_kind': kind, 'target_format': p['format'],
-                  'marker': marker_path}
+        progress = p['progress_file'] and check_path(
+            p['progress_file'], 'progress_file', allowed_dirs=[check_dir(p['state_dir'], 'state_dir')])
+        marker = read_marker(marker_path, self.warnings)
+        result = {'target': target, 'target_kind': kind, 'target_format': p['format'], 'marker': marker_path}
+        plan = Plan(self.module, error=ImageError)
         if p['state'] == 'absent':
-            return self.absent(result, target, kind, marker_path, marker)
+            if kind == 'file' and os.path.lexists(target):
+                plan.change('remove image', lambda: remove(target))
+            if os.path.lexists(marker_path):
+                plan.change('remove marker', lambda: remove(marker_path))
+            if kind == 'device' and plan:
+                self.warnings.append('the image on %s stays until the slot is wiped; only its marker '
+                                     'is removed' % target)
+            plan.execute()
+            return self.finish(result, plan, marker or {}, {})
 
-        if p['progress_file']:
-            check_path(p['progress_file'], 'progress_file')
         source = self.source()
         algorithm, expected = parse_checksum(p['checksum'])
         size = parse_size(p['size'])
@@ -265,12 +270,10 @@ class Image:
                 'source_checksum': '%s:%s' % (algorithm, expected),
                 'source_format': p['source_format'], 'target': target,
                 'target_format': p['format'], 'size': size}
+        result['source_checksum'] = want['source_checksum']
         if not p['force'] and self.target_holds(target, kind, marker, want):
-            result.update(changed=False, actions=[], virtual_size=marker.get('virtual_size'),
-                          source_checksum=want['source_checksum'])
-            if self.module._diff:
-                result['diff'] = {'before': marker, 'after': marker}
-            return result
+            result['virtual_size'] = marker.get('virtual_size')
+            return self.finish(result, plan, marker, marker)
 
         # Everything below reads the source; nothing is created until it has passed.
         actual = file_digest(source, algorithm)
@@ -289,62 +292,44 @@ class Image:
                                  % (target, identity['size'], final_size))
             final_size = identity['size']
             want['device'] = identity
-        want['virtual_size'] = final_size
+        want['virtual_size'] = result['virtual_size'] = final_size
+        # A file is converted into a temporary file next to it and moved over it at the end.
+        work = {'out': target}
 
-        actions = ['verify checksum', 'convert']
-        if kind == 'file' and final_size > virtual_size:
-            actions.append('resize')
-        actions.append('write marker')
-        result.update(changed=True, actions=actions, virtual_size=final_size,
-                      source_checksum=want['source_checksum'])
-        if self.module._diff:
-            result['diff'] = {'before': marker or {}, 'after': want}
-        if self.module.check_mode:
-            return result
-
-        qemu_img = self.qemu_img()
-        marker_dir = os.path.dirname(marker_path)
-        ensure_dir(marker_dir, 0o711)
-        remove(marker_path)
-        if kind == 'device':
-            result['convert'] = self.convert([qemu_img, 'convert', '-p', '-n', '-f', p['source_format'],
-                                              '-O', 'raw', source, target])
-        else:
-            handle, tmp = tempfile.mkstemp(dir=os.path.dirname(target),
-                                           prefix='.%s.' % os.path.basename(target))
-            os.close(handle)
-            try:
-                result['convert'] = self.convert([qemu_img, 'convert', '-p', '-f', p['source_format'],
-                                                  '-O', p['format'], source, tmp])
-                if 'resize' in actions:
-                    argv = [qemu_img, 'resize', '-f', p['format'], tmp, str(final_size)]
-                    rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C'})
-                    if rc != 0:
-                        raise ImageError('qemu-img resize of %s to %d bytes failed: %s'
-                                         % (target, final_size, (err or out).strip()))
-                os.chmod(tmp, 0o600)
-                install(self.module, tmp, target, 0o600)
-            finally:
-                remove(tmp)
-        want['written_at'] = int(time.time())
-        atomic_write(self.module, marker_path,
-                     (json.dumps(want, indent=2, sort_keys=True) + '\n').encode('utf-8'), 0o644)
-        return result
-
-    def absent(self, result, target, kind, marker_path, marker):
-        actions = []
-        if kind == 'file' and os.path.lexists(target):
-            actions.append('remove image')
-        if os.path.lexists(marker_path):
-            actions.append('remove marker')
-        if kind == 'device' and actions:
-            self.warnings.append('the image on %s stays until the slot is wiped; only its marker '
-                                 'is removed' % target)
-        if actions and not self.module.check_mode:
-            if kind == 'file':
-                remove(target)
+        def convert():
+            ensure_dir(os.path.dirname(marker_path), 0o711)
             remove(marker_path)
-        result.update(changed=bool(actions), actions=actions)
+            if kind == 'device':
+                argv = ['qemu-img', 'convert', '-p', '-n', '-f', p['source_format'], '-O', 'raw', source, target]
+            else:
+                handle, work['out'] = tempfile.mkstemp(dir=os.path.dirname(target), prefix='.%s.' % os.path.basename(target))
+                os.close(handle)
+                argv = ['qemu-img', 'convert', '-p', '-f', p['source_format'], '-O', p['format'], source, work['out']]
+            result['convert'] = self.convert(argv, progress)
+
+        def write_marker():
+            if work['out'] != target:
+                os.chmod(work['out'], 0o600)
+                install(self.module, work['out'], target, 0o600)
+            want['written_at'] = int(time.time())
+            atomic_write(self.module, marker_path, (json.dumps(want, indent=2, sort_keys=True) + '\n').encode('utf-8'),
+                         0o644)
+
+        plan.change('verify checksum')   # done above, before anything is planned
+        plan.change('convert', convert)
+        if kind == 'file' and final_size > virtual_size:
+            plan.change('resize', lambda: self.runner(['qemu-img', 'resize', '-f', p['format'], work['out'],
+                                                       str(final_size)]))
+        plan.change('write marker', write_marker)
+        try:
+            plan.execute()
+        finally:
+            if work['out'] != target:
+                remove(work['out'])
+        return self.finish(result, plan, marker or {}, dict((k, v) for k, v in want.items() if k != 'written_at'))
+
+    def finish(self, result, plan, before, after):
+        result.update(plan.result())
         if self.module._diff:
-            result['diff'] = {'before': marker or {}, 'after': {}}
+            result['diff'] = {'before': before, 'after': after}
         return result

@@ -21,9 +21,11 @@ import json
 import os
 import time
 
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    atomic_write, check_path, ensure_dir, has_control_chars, remove)
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot
+    StateFileError, atomic_write, check_dir, ensure_dir, has_control_chars, read_json, remove)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ALLOCATION_ID, PCI_ADDRESS, GpuaasError, Slot, check_int, show)
 
 # The phases of a lease, in the order an allocation goes through them.
 ALLOCATE_PHASES = ('reserved', 'provisioning', 'running')
@@ -31,6 +33,7 @@ RELEASE_PHASES = ('releasing', 'wiping')
 PHASES = ALLOCATE_PHASES + RELEASE_PHASES + ('quarantined',)
 MAX_DATA_BYTES = 64 * 1024
 LOCK_TIMEOUT = 30
+HELD = 'the slot is treated as held; an operator must look at it and remove it with force=true'
 
 
 class LeaseError(GpuaasError, ValueError):
@@ -38,7 +41,7 @@ class LeaseError(GpuaasError, ValueError):
 
 
 def lease_path(lease_dir, slot_id):
-    return Slot.parse(slot_id).file(check_path(lease_dir, 'lease_dir'), '.json')
+    return Slot.parse(slot_id).file(check_dir(lease_dir, 'lease_dir'), '.json')
 
 
 class LeaseLock(object):
@@ -62,7 +65,7 @@ class LeaseLock(object):
                 if time.monotonic() >= deadline:
                     os.close(self.handle)
                     raise LeaseError('the lease lock %s is held by another process for more than '
-                                     '%ds' % (self.path, self.timeout))
+                                     '%ds' % (show(self.path, 4096), self.timeout))
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
@@ -72,21 +75,31 @@ class LeaseLock(object):
 def read_lease(path):
     """The lease at ``path`` as a dict, or None; a damaged lease is an error, never 'free'."""
     try:
-        with open(path, 'rb') as handle:
-            raw = handle.read()
-    except (IOError, OSError) as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    try:
-        lease = json.loads(raw.decode('utf-8'))
-    except ValueError as exc:
-        raise LeaseError('lease %s is not valid JSON (%s): the slot is treated as held; an operator '
-                         'must look at it and remove it with force=true' % (path, exc))
-    if not isinstance(lease, dict) or not isinstance(lease.get('allocation_id'), str):
-        raise LeaseError('lease %s has no allocation_id: the slot is treated as held; an operator '
-                         'must look at it and remove it with force=true' % path)
+        lease = read_json(path, 'lease')
+    except StateFileError as exc:
+        raise LeaseError('%s: %s' % (exc, HELD))
+    problem = lease_problem(lease) if lease is not None else None
+    if problem:
+        raise LeaseError('lease %s %s: %s' % (show(path, 4096), problem, HELD))
     return lease
+
+
+def lease_problem(lease):
+    """What makes a lease read back unusable (None when it is whole)."""
+    if not isinstance(lease.get('allocation_id'), str):
+        return 'has no allocation_id'
+    if lease.get('phase') not in PHASES:
+        return 'has the unknown phase %s' % show(lease.get('phase'))
+    data = lease.get('data', {})
+    if not isinstance(data, dict):
+        return 'has data that is not a mapping'
+    for key in ('devices', 'companions'):
+        if not isinstance(data.get(key) or [], list) or not all(PCI_ADDRESS.matches(a) for a in data.get(key) or []):
+            return 'has data.%s that is not a list of PCI addresses' % key
+    for key in ('gpu_address', 'nvme_address', 'fabric_vf_pci_address'):
+        if data.get(key) not in (None, '') and not PCI_ADDRESS.matches(data[key]):
+            return 'has data.%s %s, not a PCI address' % (key, show(data[key]))
+    return None
 
 
 def check_data(data):
@@ -97,7 +110,7 @@ def check_data(data):
         raise LeaseError('data must be a dictionary')
     for key in data:
         if not isinstance(key, str) or has_control_chars(key):
-            raise LeaseError('data key %r is not a plain string' % (key,))
+            raise LeaseError('data key %s is not a plain string' % show(key))
     try:
         size = len(json.dumps(data, sort_keys=True))
     except (TypeError, ValueError) as exc:
@@ -159,36 +172,54 @@ def plan(current, slot_id, allocation_id, state, phase, data, reason, force, mis
 
 def converge(module, lease_dir, slot_id, allocation_id, state='present', phase='provisioning',
              data=None, reason=None, force=False, missing_ok=False, timeout=LOCK_TIMEOUT):
-    """Apply one lease request under the slot's lock; returns the module result."""
+    """Apply one lease request; returns the module result.
+
+    The lease is read and the change planned without the lock (a lease is replaced by an
+    atomic rename, so a reader sees a whole one): check mode and state=query create nothing,
+    not even the lock file. Applying takes the lock, reads the lease again and plans again,
+    so of two racing requests the second sees the first's lease.
+    """
     path = lease_path(lease_dir, slot_id)
     lease_dir = os.path.dirname(path)
+    check_int(timeout, 'lock_timeout', 1, 3600)
     if state != 'query':
         if allocation_id is None and not (state == 'absent' and force):
             raise LeaseError('allocation_id is required to take, change or free a lease')
         if allocation_id is not None:
             ALLOCATION_ID.check(allocation_id, 'allocation_id')
         if phase not in PHASES:
-            raise LeaseError('phase must be one of %s, not %r' % (', '.join(PHASES), phase))
+            raise LeaseError('phase must be one of %s, not %s' % (', '.join(PHASES), show(phase)))
         if reason is not None and (has_control_chars(reason.replace('\n', ' ')) or len(reason) > 4096):
             raise LeaseError('reason must be at most 4096 characters of text')
         check_data(data)
-    if not os.path.isdir(lease_dir):
-        new, message = plan(None, slot_id, allocation_id, state, phase, data, reason, force,
-                            missing_ok, now_iso())
-        if new is None or module.check_mode:
-            return finish(module, path, None, new, state, message)
+    read = _read_any if force and state == 'absent' else read_lease
+
+    def decide(current):
+        return plan(current, slot_id, allocation_id, state, phase, data, reason, force, missing_ok, now_iso())
+
+    current = read(path)
+    new, message = decide(current)
+    seen = {'current': current, 'new': new}
+
+    def apply():
         ensure_dir(lease_dir, 0o700)
-    with LeaseLock(lease_dir, slot_id, timeout=timeout):
-        current = read_lease(path) if not (force and state == 'absent') else _read_any(path)
-        new, message = plan(current, slot_id, allocation_id, state, phase, data, reason, force,
-                            missing_ok, now_iso())
-        if new != current and not module.check_mode:
-            if new is None:
+        with LeaseLock(lease_dir, slot_id, timeout=timeout):
+            seen['current'] = read(path)
+            seen['new'] = decide(seen['current'])[0]
+            if seen['new'] == seen['current']:
+                return
+            if seen['new'] is None:
                 remove(path)
             else:
-                atomic_write(module, path, (json.dumps(new, indent=2, sort_keys=True) + '\n')
-                             .encode('utf-8'), mode=0o600)
-    return finish(module, path, current, new, state, message)
+                atomic_write(module, path, _render(seen['new']).encode('utf-8'), mode=0o600)
+
+    steps = Plan(module, error=LeaseError)
+    if state != 'query' and new != current:
+        steps.change('remove the lease' if new is None else 'write the lease', apply)
+    steps.execute()
+    result = finish(module, path, seen['current'], seen['new'], state, message)
+    result['actions'] = steps.actions()
+    return result
 
 
 def _read_any(path):

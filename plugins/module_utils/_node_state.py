@@ -23,23 +23,25 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import json
 import os
 import re
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     DomainError, domain_facts, slot_hostdevs)
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import StateFileError, read_json
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciBus, PciError, Sysfs
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ContractError,
     DOMAIN_PREFIX,
     MAX_SLOTS,
+    PCI_ADDRESS,
+    TAP_NAME,
     Slot,
     cookie_slot_index,
+    show,
 )
 
-TAP_RE = re.compile(r'gs[0-9]{1,3}-[0-9a-f]{8}')
 COOKIE_RE = re.compile(r'cookie=(0x[0-9a-f]+)')
 INCOMPLETE_PHASES = ('reserved', 'provisioning', 'releasing', 'wiping', 'quarantined')
 TOOLS = {'ovs-vsctl': 'Open vSwitch, Debian package openvswitch-switch',
@@ -175,7 +177,7 @@ class NodeState(object):
                     (Slot(self.node_id, index) for index in range(MAX_SLOTS)))
         ports = {}
         for port in listed.split():
-            if TAP_RE.fullmatch(port):
+            if TAP_NAME.matches(port):
                 ports[port] = taps.get(port)
         return ports
 
@@ -191,17 +193,24 @@ class NodeState(object):
         return slots
 
     def vfio_records(self):
+        """{GPU address: [its functions]} from vfio_bind's records; one that cannot be read blinds the node."""
         records = {}
         for name in self._list('vfio'):
             if not name.endswith('.json') or name.startswith('.'):
                 continue
             path = os.path.join(self.dirs['vfio'], name)
             try:
-                with open(path) as handle:
-                    record = json.load(handle)
-                records[name[:-5]] = sorted(record.get('functions', {}))
-            except (IOError, OSError, ValueError) as exc:
-                self.blind.append('cannot read the vfio record %s: %s' % (path, exc))
+                record = read_json(path, 'the vfio record')
+            except StateFileError as exc:
+                self.blind.append(str(exc))
+                continue
+            functions = record.get('functions') if record is not None else None
+            if not PCI_ADDRESS.matches(name[:-5]) or not isinstance(functions, dict) \
+                    or not all(PCI_ADDRESS.matches(address) for address in functions):
+                self.blind.append('the vfio record %s is not the layout vfio_bind writes (named after a PCI '
+                                  'address, "functions" keyed by PCI addresses)' % show(path, 4096))
+                continue
+            records[name[:-5]] = sorted(functions)
         return records
 
     def pci_devices(self):

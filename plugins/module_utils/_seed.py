@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Runner
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    check_path,
+    check_dir,
     ensure_dir,
     install,
     remove,
@@ -83,7 +84,8 @@ def _check_user_data(user_data, telemetry_file):
     if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
         raise SeedError('user_data.write_files must be a list of mappings')
     for item in files:
-        if item.get('path') == telemetry_file:
+        path = item.get('path')
+        if isinstance(path, str) and os.path.normpath('/' + path.lstrip('/')) == os.path.normpath(telemetry_file):
             raise SeedError('user_data.write_files may not write %s: it holds the telemetry '
                             'token' % telemetry_file)
     try:
@@ -182,10 +184,11 @@ class Seed:
     def __init__(self, module):
         self.module = module
         self.params = module.params
+        self.runner = Runner(module, SeedError)
 
     def path(self):
         p = self.params
-        return Slot.parse(p['slot_id']).file(check_path(p['seed_dir'], 'seed_dir'), '-seed.iso')
+        return Slot.parse(p['slot_id']).file(check_dir(p['seed_dir'], 'seed_dir'), '-seed.iso')
 
     def write(self, path, files, app_id):
         directory = os.path.dirname(path)
@@ -198,11 +201,7 @@ class Seed:
                 with open(os.path.join(source, name), 'wb') as handle:
                     handle.write(files[name])
             output = os.path.join(work, 'seed.iso')
-            argv = iso_tool_argv(self.module, output, source, app_id)
-            rc, out, err = self.module.run_command(argv, environ_update={'LANG': 'C'})
-            if rc != 0:
-                raise SeedError('%s failed (rc %d) making %s: %s'
-                                % (os.path.basename(argv[0]), rc, path, (err or out).strip()))
+            self.runner(iso_tool_argv(self.module, output, source, app_id))
             os.chmod(output, 0o600)
             install(self.module, output, path, 0o600)
         finally:
@@ -218,22 +217,22 @@ class Seed:
         exists = os.path.lexists(path)
         result = {'path': path, 'volume_id': VOLUME_ID}
         before = {'path': path, 'content_hash': have_hash} if exists else {}
+        plan = Plan(self.module, error=SeedError)
         if p['state'] == 'absent':
-            actions = ['remove seed'] if exists else []
             after = {}
-            if actions and not self.module.check_mode:
-                remove(path)
+            if exists:
+                plan.change('remove seed', lambda: remove(path))
         else:
             files, shown, mac = seed_content(
                 p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_authorized_keys'],
                 p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'])
             want_hash = content_hash(files)
-            actions = [] if have_hash == want_hash else ['write seed']
             after = {'path': path, 'content_hash': want_hash, 'files': shown}
             result.update(content_hash=want_hash, mac=mac, files=shown)
-            if actions and not self.module.check_mode:
-                self.write(path, files, APP_ID_PREFIX + want_hash.upper())
-        result.update(changed=bool(actions), actions=actions)
+            if have_hash != want_hash:
+                plan.change('write seed', lambda: self.write(path, files, APP_ID_PREFIX + want_hash.upper()))
+        plan.execute()
+        result.update(plan.result())
         if self.module._diff:
             result['diff'] = {'before': before, 'after': after}
         return result

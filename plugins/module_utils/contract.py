@@ -103,6 +103,8 @@ PCI_ADDRESS = Rule('PCI address', r'([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])
 # starting with '-' (an argv option) and never '.' or '..'.
 IFNAME = Rule('network interface name', r'(?!\.\.?\Z)[A-Za-z0-9_.:@][A-Za-z0-9_.:@-]{0,14}',
               "1-15 letters, digits, '_', '.', ':', '@' and '-', not starting with '-'")
+# A slot's tap port on the bridge, as Slot.tap names it.
+TAP_NAME = Rule('slot tap name', r'gs[0-9]{1,3}-[0-9a-f]{8}', "'gs{index}-' and 8 hex digits")
 NFT_TABLE = Rule('nftables table name', r'[a-z][a-z0-9_]{0,31}', "1-32 lower-case letters, digits and '_'")
 DAEMON_NAME = Rule('daemon name', r'[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}',
                    "1-64 letters, digits, '.', '_', '@' and '-', starting with a letter or digit")

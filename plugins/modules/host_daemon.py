@@ -19,8 +19,16 @@ description:
     installs; that role picks this module only where systemd does not run.
   - The daemon is known by its pidfile. A pidfile whose pid is gone, is a zombie, or runs another
     program is stale and does not count as running.
-  - A daemon that runs with a different command line than O(argv) is restarted, so a changed
-    configuration option takes effect and a second run reports no change.
+  - A daemon that runs with a different command line than O(argv) (the module started it with
+    another) is restarted, so a changed configuration option takes effect and a second run reports no
+    change.
+  - The module signals only the daemon it manages. A pid counts as the daemon only while
+    C(/proc/<pid>/cmdline) is O(argv) or the command line the module started it with (recorded in
+    C({pidfile}.argv)), checked again before every signal. A pidfile that names any other process
+    (even the same program with other arguments) does not count; that process is left alone and the
+    module warns.
+  - O(pidfile) must lie inside O(run_dir) and O(log_file) inside O(log_dir), with symlinks resolved;
+    the module never writes or removes a pidfile anywhere else.
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
@@ -47,13 +55,18 @@ options:
   argv:
     description:
       - The daemon's command line; the first item an absolute path. Required with O(state=started).
+      - With O(state=stopped), the daemon is recognised by this command line or the one it was started with.
       - Run as given, without a shell, so no item is ever interpreted.
     type: list
     elements: str
   pidfile:
-    description: The daemon's pidfile.
+    description: The daemon's pidfile, inside O(run_dir).
     type: path
     required: true
+  run_dir:
+    description: The directory of the daemons' pidfiles; O(pidfile) must lie inside it.
+    type: path
+    default: /run/gpuaas
   forks:
     description:
       - V(true) when the program daemonises itself and writes O(pidfile) (for example
@@ -63,8 +76,14 @@ options:
     type: bool
     default: false
   log_file:
-    description: Where the daemon's standard output and error go (appended). Unset, they are discarded.
+    description:
+      - Where the daemon's standard output and error go (appended), inside O(log_dir). Unset, they are
+        discarded.
     type: path
+  log_dir:
+    description: The directory O(log_file) must lie in.
+    type: path
+    default: /var/log/gpuaas
   ready_path:
     description: A socket or file the daemon creates once it serves; the module waits for it.
     type: path
@@ -75,7 +94,7 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for the daemon to start (or stop before it is killed).
+    description: Seconds to wait for the daemon to start (or stop before it is killed), above 0 and at most 3600.
     type: float
     default: 15
 seealso:
@@ -126,35 +145,26 @@ actions:
   sample: ["start /usr/bin/python3 /usr/local/lib/gpuaas/gpuaas_telemetry_sink.py"]
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import Daemon
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import Daemon, DaemonError
+ARGUMENT_SPEC = dict(
+    name=dict(type='str', required=True),
+    state=dict(type='str', choices=['started', 'stopped'], default='started'),
+    argv=dict(type='list', elements='str'),
+    pidfile=dict(type='path', required=True),
+    run_dir=dict(type='path', default='/run/gpuaas'),
+    forks=dict(type='bool', default=False),
+    log_file=dict(type='path'),
+    log_dir=dict(type='path', default='/var/log/gpuaas'),
+    ready_path=dict(type='path'),
+    timeout=dict(type='float', default=15),
+    restart=dict(type='bool', default=False),
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type='str', required=True),
-            state=dict(type='str', choices=['started', 'stopped'], default='started'),
-            argv=dict(type='list', elements='str'),
-            pidfile=dict(type='path', required=True),
-            forks=dict(type='bool', default=False),
-            log_file=dict(type='path'),
-            ready_path=dict(type='path'),
-            timeout=dict(type='float', default=15),
-            restart=dict(type='bool', default=False),
-        ),
-        required_if=[('state', 'started', ['argv'])],
-        supports_check_mode=True,
-    )
-    try:
-        result = Daemon(module.params, check_mode=module.check_mode).run()
-    except DaemonError as exc:
-        module.fail_json(msg=str(exc))
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, lambda module: Daemon(module).run(), required_if=[('state', 'started', ['argv'])])
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ description:
   - Read-only; the C(gpuaas.slice.slot_reconcile) role acts on what it reports.
   - Anything that cannot be read (libvirt down, the bridge missing, C(ovs-vsctl) or C(ovs-ofctl) not
     installed, a directory that cannot be listed, the host's PCI devices under O(sysfs_root) not
-    readable) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
+    readable, a vfio_bind record that is not JSON of the expected shape) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
     cannot see is how a GPU in use is handed out twice.
   - A leased, running passthrough slot whose domain lacks some of the slot's hostdevs (its GPU, the
     GPU's companion functions, its NVMe, its fabric VF) is listed in RV(hostdev_drift), with whether
@@ -175,10 +175,29 @@ clean:
   type: bool
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+import functools
+
 from ansible_collections.gpuaas.slice.plugins.module_utils import _libvirt
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir, check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID, GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import IFNAME, NODE_ID
+
+DIRS = dict(
+    lease_dir='/var/lib/gpuaas/node-scheduler/leases',
+    hosts_dir='/var/lib/gpuaas/network/dhcp-hosts.d',
+    token_dir='/var/lib/gpuaas/telemetry/tokens',
+    disk_dir='/var/lib/gpuaas/disks',
+    seed_dir='/var/lib/gpuaas/seeds',
+    vfio_state_dir='/var/lib/gpuaas/vfio',
+)
+ARGUMENT_SPEC = dict(
+    node_id=dict(type='str', required=True),
+    uri=dict(type='str', default=_libvirt.DEFAULT_URI),
+    bridge=dict(type='str', default='br-gpuaas'),
+    sysfs_root=dict(type='path', default='/sys'),
+    **dict((name, dict(type='path', default=default)) for name, default in DIRS.items())
+)
 
 
 def libvirt_domains(uri):
@@ -188,32 +207,21 @@ def libvirt_domains(uri):
     return listed
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            node_id=dict(type='str', required=True),
-            uri=dict(type='str', default=_libvirt.DEFAULT_URI),
-            bridge=dict(type='str', default='br-gpuaas'),
-            lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
-            hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
-            token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
-            disk_dir=dict(type='path', default='/var/lib/gpuaas/disks'),
-            seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
-            vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
-            sysfs_root=dict(type='path', default='/sys'),
-        ),
-        supports_check_mode=True,
-    )
-    _libvirt.require_libvirt(module)
+def engine(module):
     p = module.params
-    try:
-        NODE_ID.check(p['node_id'], 'node_id')
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc))
-    state = NodeState(module.run_command, p['node_id'], p['lease_dir'], p['hosts_dir'], p['token_dir'],
-                      p['disk_dir'], p['seed_dir'], p['vfio_state_dir'], p['bridge'],
-                      libvirt_domains(p['uri']), sysfs_root=p['sysfs_root'], bin_path=module.get_bin_path)
-    module.exit_json(changed=False, **state.report())
+    NODE_ID.check(p['node_id'], 'node_id')
+    if p['bridge']:
+        IFNAME.check(p['bridge'], 'bridge')
+    dirs = [check_dir(p[name], name) for name in DIRS]
+    _libvirt.require_libvirt(module)
+    state = NodeState(functools.partial(Runner(module), check=False), p['node_id'], *dirs, bridge=p['bridge'],
+                      libvirt_domains=libvirt_domains(p['uri']), sysfs_root=check_path(p['sysfs_root'], 'sysfs_root'),
+                      bin_path=module.get_bin_path)
+    return dict(changed=False, **state.report())
+
+
+def main():
+    run_module(ARGUMENT_SPEC, engine)
 
 
 if __name__ == '__main__':

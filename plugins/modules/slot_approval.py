@@ -23,6 +23,10 @@ description:
     C(fabric_claim_mode=per_slot_vf) or the slot's C(fabric_vf_pci_address) (where the slot has a
     fabric PF); when an entry has keys the format does not know; or when a recorded
     C(fingerprint) no longer matches the devices.
+  - The discovery is not taken on trust. Every slot in it must be what M(gpuaas.slice.slot_discovery)
+    could have reported (its C(slot_id), C(mac) and C(ip) those of its node and index, PCI addresses,
+    a NUMA node and a bounded C(cpulist), a fingerprint of PCI ids), else the map is refused naming
+    the field. Every value in a message is quoted, so no value can start a line of its own.
   - Changes nothing on the host.
 author:
   - gpuaas.slice contributors (@gpuaas)
@@ -48,8 +52,10 @@ options:
       - Each entry has C(slot_id), C(gpu_address), C(destructive_wipe_policy) and
         C(capacity_metadata), and optionally C(approved_by), C(approved_at), C(note) and the
         C(fingerprint) recorded at approval.
+      - Each entry must be a mapping; any other item is refused naming its position (it is not
+        converted).
     type: list
-    elements: dict
+    elements: raw
     required: true
 seealso:
   - module: gpuaas.slice.slot_discovery
@@ -114,24 +120,18 @@ problems:
   sample: ["slot gpu-node-01-s3: destructive_wipe_policy must be set (one of nvme-format, blkdiscard, zero)"]
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils._approval import validate
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._approval import ApprovalError, validate
+ARGUMENT_SPEC = dict(
+    discovery=dict(type='dict', required=True),
+    approved_slots=dict(type='list', elements='raw', required=True),
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            discovery=dict(type='dict', required=True),
-            approved_slots=dict(type='list', elements='dict', required=True),
-        ),
-        supports_check_mode=True,
-    )
-    try:
-        slots = validate(module.params['discovery'], module.params['approved_slots'])
-    except ApprovalError as exc:
-        module.fail_json(msg=str(exc), problems=exc.problems)
-    module.exit_json(changed=False, slots=slots)
+    run_module(ARGUMENT_SPEC, lambda module: dict(
+        changed=False, slots=validate(module.params['discovery'], module.params['approved_slots'])))
 
 
 if __name__ == '__main__':

@@ -229,43 +229,38 @@ slots:
       reasons: []
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     DEFAULT_FABRIC_CLASSES,
     DEFAULT_GPU_VENDORS,
     Discovery,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir
+
+ARGUMENT_SPEC = with_sysfs_args(dict(
+    node_id=dict(type='str', required=True),
+    gpu_vendors=dict(type='list', elements='str', default=list(DEFAULT_GPU_VENDORS)),
+    require_nvme=dict(type='bool', default=True),
+    require_fabric=dict(type='bool', default=True),
+    fabric_classes=dict(type='list', elements='str', default=list(DEFAULT_FABRIC_CLASSES)),
+))
+
+
+def engine(module):
+    p = module.params
+    discovery = Discovery(
+        node_id=p['node_id'], sysfs_root=check_dir(p['sysfs_root'], 'sysfs_root'),
+        proc_root=check_dir(p['proc_root'], 'proc_root'), gpu_vendors=p['gpu_vendors'],
+        require_nvme=p['require_nvme'], require_fabric=p['require_fabric'], fabric_classes=p['fabric_classes'])
+    result = discovery.run()
+    for warning in discovery.warnings:
+        module.warn(warning)
+    return dict(changed=False, **result)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=with_sysfs_args(dict(
-            node_id=dict(type='str', required=True),
-            gpu_vendors=dict(type='list', elements='str', default=list(DEFAULT_GPU_VENDORS)),
-            require_nvme=dict(type='bool', default=True),
-            require_fabric=dict(type='bool', default=True),
-            fabric_classes=dict(type='list', elements='str', default=list(DEFAULT_FABRIC_CLASSES)),
-        )),
-        supports_check_mode=True,
-    )
-    params = module.params
-    try:
-        discovery = Discovery(
-            node_id=params['node_id'], sysfs_root=params['sysfs_root'],
-            proc_root=params['proc_root'], gpu_vendors=params['gpu_vendors'],
-            require_nvme=params['require_nvme'], require_fabric=params['require_fabric'],
-            fabric_classes=params['fabric_classes'])
-        result = discovery.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    for warning in discovery.warnings:
-        module.warn(warning)
-    module.exit_json(changed=False, **result)
+    run_module(ARGUMENT_SPEC, engine)
 
 
 if __name__ == '__main__':

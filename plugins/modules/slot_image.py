@@ -90,15 +90,18 @@ options:
   size:
     description:
       - The disk size the VM sees, in bytes or with a binary suffix (V(20G), V(512M)). A file
-        target is grown to it. A device target must be at least this big.
+        target is grown to it. A device target must be at least this big. At most 65536 GiB.
       - Defaults to the image's own virtual size.
     type: str
   state_dir:
-    description: Where the markers of device targets live.
+    description: Where the markers of device targets live, and where O(progress_file) must lie.
     type: path
     default: /var/lib/gpuaas/slot-images
   progress_file:
-    description: A JSON file that shows the copy's progress while it runs (C(percent), C(elapsed_s)).
+    description:
+      - A JSON file that shows the copy's progress while it runs (C(percent), C(elapsed_s)).
+      - It must lie inside O(state_dir), with symlinks resolved; any other path is refused before
+        anything is written.
     type: path
   force:
     description: Convert again even when the marker says the target holds the image.
@@ -130,7 +133,7 @@ EXAMPLES = r'''
     image_dir: /var/lib/gpuaas/disks
     format: qcow2
     size: 40G
-    progress_file: /run/gpuaas/ws-01-s0-image.json
+    progress_file: /var/lib/gpuaas/slot-images/ws-01-s0-progress.json
 
 - name: Remove the disk file after release
   gpuaas.slice.slot_image:
@@ -192,47 +195,39 @@ actions:
   sample: [verify checksum, convert, resize, write marker]
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._image import Image
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    source=dict(type='path'),
+    source_format=dict(type='str', choices=['qcow2', 'raw'], default='qcow2'),
+    checksum=dict(type='str'),
+    source_dirs=dict(type='list', elements='path', default=['/var/lib/gpuaas/images']),
+    target_device=dict(type='path'),
+    image_dir=dict(type='path'),
+    format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
+    size=dict(type='str'),
+    state_dir=dict(type='path', default='/var/lib/gpuaas/slot-images'),
+    progress_file=dict(type='path'),
+    force=dict(type='bool', default=False),
+)
+
+
+def engine(module):
+    image = Image(module)
+    try:
+        return image.run()
+    finally:
+        for warning in image.warnings:
+            module.warn(warning)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            slot_id=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            source=dict(type='path'),
-            source_format=dict(type='str', choices=['qcow2', 'raw'], default='qcow2'),
-            checksum=dict(type='str'),
-            source_dirs=dict(type='list', elements='path', default=['/var/lib/gpuaas/images']),
-            target_device=dict(type='path'),
-            image_dir=dict(type='path'),
-            format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
-            size=dict(type='str'),
-            state_dir=dict(type='path', default='/var/lib/gpuaas/slot-images'),
-            progress_file=dict(type='path'),
-            force=dict(type='bool', default=False),
-        ),
-        mutually_exclusive=[('target_device', 'image_dir')],
-        required_one_of=[('target_device', 'image_dir')],
-        required_if=[('state', 'present', ('source', 'checksum'))],
-        supports_check_mode=True,
-    )
-    try:
-        engine = Image(module)
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    except (IOError, OSError) as exc:
-        module.fail_json(msg='putting the image of %s in place failed: %s' % (module.params['slot_id'], exc),
-                         exception=traceback.format_exc())
-    for warning in engine.warnings:
-        module.warn(warning)
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine, mutually_exclusive=[('target_device', 'image_dir')],
+               required_one_of=[('target_device', 'image_dir')],
+               required_if=[('state', 'present', ('source', 'checksum'))])
 
 
 if __name__ == '__main__':

@@ -18,7 +18,8 @@ description:
     V(quarantined) with a reason) and what the allocation needs to be undone (its devices, its
     wipe policy), so a release or a reconcile after a crash knows what to clean.
   - Every change happens under an exclusive C(flock) on C({lease_dir}/.{slot_id}.lock) and
-    replaces the file atomically. Two allocations racing for one slot get exactly one lease; the
+    replaces the file atomically. Check mode and O(state=query) read the lease without the lock
+    and create nothing, not even the lock file or O(lease_dir). Two allocations racing for one slot get exactly one lease; the
     other fails, naming the holder.
   - A lease held by another allocation is never changed or removed unless O(force=true). A
     quarantined lease only changes with O(force=true), once an operator has dealt with the slot.
@@ -88,7 +89,7 @@ options:
     type: path
     default: /var/lib/gpuaas/node-scheduler/leases
   lock_timeout:
-    description: Seconds to wait for another process's lock on the slot before failing.
+    description: Seconds to wait for another process's lock on the slot before failing (1 to 3600).
     type: int
     default: 30
 '''
@@ -144,41 +145,40 @@ path:
   returned: always
   type: str
   sample: /var/lib/gpuaas/node-scheduler/leases/gpu-node-01-s0.json
+actions:
+  description: What the module changed (in check mode, would change); empty when nothing.
+  returned: always
+  type: list
+  elements: str
+  sample: [write the lease]
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import PHASES, converge
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    allocation_id=dict(type='str'),
+    state=dict(type='str', choices=['present', 'absent', 'query'], default='present'),
+    phase=dict(type='str', choices=list(PHASES), default='provisioning'),
+    data=dict(type='dict'),
+    reason=dict(type='str'),
+    force=dict(type='bool', default=False),
+    missing_ok=dict(type='bool', default=False),
+    lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
+    lock_timeout=dict(type='int', default=30),
+)
+
+
+def engine(module):
+    p = module.params
+    return converge(module, p['lease_dir'], p['slot_id'], p['allocation_id'], state=p['state'],
+                    phase=p['phase'], data=p['data'], reason=p['reason'], force=p['force'],
+                    missing_ok=p['missing_ok'], timeout=p['lock_timeout'])
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            slot_id=dict(type='str', required=True),
-            allocation_id=dict(type='str'),
-            state=dict(type='str', choices=['present', 'absent', 'query'], default='present'),
-            phase=dict(type='str', choices=list(PHASES), default='provisioning'),
-            data=dict(type='dict'),
-            reason=dict(type='str'),
-            force=dict(type='bool', default=False),
-            missing_ok=dict(type='bool', default=False),
-            lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
-            lock_timeout=dict(type='int', default=30),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
-    try:
-        result = converge(module, p['lease_dir'], p['slot_id'], p['allocation_id'], state=p['state'],
-                          phase=p['phase'], data=p['data'], reason=p['reason'], force=p['force'],
-                          missing_ok=p['missing_ok'], timeout=p['lock_timeout'])
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc))
-    except (IOError, OSError) as exc:
-        module.fail_json(msg='lease of %s: %s' % (p['slot_id'], exc), exception=traceback.format_exc())
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, engine)
 
 
 if __name__ == '__main__':

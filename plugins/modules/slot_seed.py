@@ -170,39 +170,26 @@ actions:
   sample: [write seed]
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._seed import DEFAULT_SINK, DEFAULT_TELEMETRY_FILE, Seed
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    allocation_id=dict(type='str'),
+    hostname=dict(type='str'),
+    ssh_authorized_keys=dict(type='list', elements='str', default=[], no_log=False),
+    telemetry_token=dict(type='str', no_log=True),
+    telemetry_sink=dict(type='str', default=DEFAULT_SINK),
+    telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
+    user_data=dict(type='dict', default={}),
+    seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            slot_id=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            allocation_id=dict(type='str'),
-            hostname=dict(type='str'),
-            ssh_authorized_keys=dict(type='list', elements='str', default=[], no_log=False),
-            telemetry_token=dict(type='str', no_log=True),
-            telemetry_sink=dict(type='str', default=DEFAULT_SINK),
-            telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
-            user_data=dict(type='dict', default={}),
-            seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
-        ),
-        required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))],
-        supports_check_mode=True,
-    )
-    try:
-        result = Seed(module).run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    except (IOError, OSError) as exc:
-        module.fail_json(msg='writing the seed of %s failed: %s' % (module.params['slot_id'], exc),
-                         exception=traceback.format_exc())
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, lambda module: Seed(module).run(),
+               required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
 
 
 if __name__ == '__main__':

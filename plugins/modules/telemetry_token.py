@@ -22,6 +22,12 @@ description:
     the slot replaces the file, so the previous allocation's token stops working at once.
   - V(absent) revokes the token of O(allocation_id) (a token of another allocation is left alone
     unless O(force=true)).
+  - The result's RV(token) is a secret. Ansible cannot hide one key of a module's result, so the task
+    must run with C(no_log=true) (as the C(slot_allocate) role does); with O(state=present) the module
+    refuses to run without it, before it changes anything. The token never appears in the diff or in
+    a message.
+  - A token file that cannot be read back (not JSON, not a mapping) is reported naming the file;
+    V(present) refuses, V(absent) leaves it alone unless O(force=true).
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
@@ -64,6 +70,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s3
     allocation_id: alloc-7f3a
   register: token
+  no_log: true
 
 - name: Revoke it on release
   gpuaas.slice.telemetry_token:
@@ -74,7 +81,9 @@ EXAMPLES = r'''
 
 RETURN = r'''
 token:
-  description: The allocation's token (only with O(state=present); null in check mode before it exists).
+  description:
+    - The allocation's token (only with O(state=present); null in check mode before it exists).
+    - A secret, so the task runs with C(no_log=true).
   returned: success
   type: str
 path:
@@ -82,28 +91,31 @@ path:
   returned: always
   type: str
   sample: /var/lib/gpuaas/telemetry/tokens/gpu-node-01-s3.json
+actions:
+  description: What the module changed (in check mode, would change).
+  returned: always
+  type: list
+  elements: str
+  sample: [write the token file]
 '''
 
-import errno
 import hashlib
+import os
 import json
 import secrets
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import atomic_write, check_path, ensure_dir, remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
+    StateFileError, atomic_write, check_dir, ensure_dir, read_json, remove)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot, show
 
-
-def read(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (IOError, OSError) as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    except ValueError:
-        return {'damaged': True}
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    allocation_id=dict(type='str'),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    force=dict(type='bool', default=False),
+    token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
+)
 
 
 def record(allocation_id, slot_id, ip, token):
@@ -118,54 +130,54 @@ def shown(data):
     return json.dumps(dict((k, v) for k, v in data.items() if k != 'token'), indent=2, sort_keys=True) + '\n'
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            slot_id=dict(type='str', required=True),
-            allocation_id=dict(type='str'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            force=dict(type='bool', default=False),
-            token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
-        ),
-        required_if=[('state', 'present', ('allocation_id',)), ('force', False, ('allocation_id',))],
-        supports_check_mode=True,
-    )
+def engine(module):
     p = module.params
+    slot = Slot.parse(p['slot_id'])
+    if p['allocation_id'] is not None:
+        ALLOCATION_ID.check(p['allocation_id'], 'allocation_id')
+    path = slot.file(check_dir(p['token_dir'], 'token_dir'), '.json')
+    if p['state'] == 'present' and not module.no_log:
+        raise GpuaasError('telemetry_token returns a secret: run the task with no_log: true (nothing was changed)')
     try:
-        slot = Slot.parse(p['slot_id'])
-        if p['allocation_id'] is not None:
-            ALLOCATION_ID.check(p['allocation_id'], 'allocation_id')
-        token_dir = check_path(p['token_dir'], 'token_dir')
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc))
-    path = slot.file(token_dir, '.json')
-    current = read(path)
-    result = dict(changed=False, path=path)
+        current, damaged = read_json(path, 'token file'), None
+    except StateFileError as exc:
+        current, damaged = None, exc
+    plan = Plan(module)
+    result = {'path': path}
     if p['state'] == 'present':
-        token = None
-        if current and current.get('allocation_id') == p['allocation_id'] and current.get('ip') == slot.ip:
-            token = current.get('token') if isinstance(current.get('token'), str) else None
+        if damaged:
+            raise GpuaasError('%s: remove it with state=absent force=true, then run again' % damaged)
+        token = current.get('token') if current and current.get('allocation_id') == p['allocation_id'] \
+            and current.get('ip') == slot.ip and isinstance(current.get('token'), str) else None
         new = record(p['allocation_id'], p['slot_id'], slot.ip, token or secrets.token_urlsafe(32))
-        if current == new:
-            module.exit_json(token=current['token'], **result)
-        # The same allocation keeps its token (a file of an older format is only completed).
-        result.update(changed=True, token=new['token'] if token or not module.check_mode else None)
-        if not module.check_mode:
-            ensure_dir(token_dir, 0o700)
+
+        def write():
+            ensure_dir(os.path.dirname(path), 0o700)
             atomic_write(module, path, (json.dumps(new, sort_keys=True) + '\n').encode('utf-8'), mode=0o600)
-    else:
-        mine = current is not None and (p['force'] or current.get('allocation_id') == p['allocation_id'])
-        if current is not None and not mine:
-            result['msg'] = 'the token of slot %s belongs to allocation %s: left alone' % (
-                p['slot_id'], current.get('allocation_id'))
-            module.exit_json(**result)
-        new = None
-        result['changed'] = current is not None
-        if current is not None and not module.check_mode:
-            remove(path)
-    if module._diff:
-        result['diff'] = dict(before=shown(current), after=shown(new))
-    module.exit_json(**result)
+        # The same allocation keeps its token (a file of an older format is only completed).
+        if current != new:
+            plan.change('write the token file', write, before=shown(current), after=shown(new), key='file')
+    elif current is not None and not (p['force'] or current.get('allocation_id') == p['allocation_id']):
+        result['msg'] = 'the token of slot %s belongs to allocation %s: left alone' % (
+            p['slot_id'], show(current.get('allocation_id')))
+    elif damaged and not p['force']:
+        result['msg'] = '%s: left alone; remove it with force=true' % damaged
+    elif current is not None or damaged:
+        plan.change('remove the token file', lambda: remove(path), before=shown(current) or str(damaged), after='',
+                    key='file')
+    done = plan.execute()
+    if p['state'] == 'present':
+        # A token that does not exist yet (check mode) is not made up.
+        result['token'] = new['token'] if token or done else None
+    result.update(plan.result())
+    if 'diff' in result:
+        result['diff'] = dict((side, value.get('file', '')) for side, value in result['diff'].items())
+    return result
+
+
+def main():
+    run_module(ARGUMENT_SPEC, engine,
+               required_if=[('state', 'present', ('allocation_id',)), ('force', False, ('allocation_id',))])
 
 
 if __name__ == '__main__':

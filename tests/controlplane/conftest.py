@@ -125,3 +125,61 @@ def approved_map(discovery, policy='nvme-format', only=None):
             'approved_by': 'test',
         })
     return entries
+
+
+# -- the HTTP API ----------------------------------------------------------------------------
+
+@pytest.fixture
+def client(db, db_url):
+    from fastapi.testclient import TestClient
+
+    from gpuaas_control import api
+    from gpuaas_control.config import Settings
+    settings = Settings(db_url=db_url, max_body=64 * 1024)
+    with TestClient(api.create_app(settings, db)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tokens(db):
+    from tests.controlplane.helpers import make_token
+    return {'operator': make_token(db, 'operator'), 'acme': make_token(db, 'tenant', 'acme'),
+            'globex': make_token(db, 'tenant', 'globex')}
+
+
+@pytest.fixture
+def node(client, tokens, hgx_discovery_factory):
+    discovery = hgx_discovery_factory('n1')
+    op = tokens['operator']
+    assert client.put('/v1/nodes/n1/discovery', json=discovery, headers=op).status_code == 200
+    reply = client.put('/v1/nodes/n1/approval', json={'approved_slots': approved_map(discovery)},
+                       headers=op)
+    assert reply.status_code == 200, reply.text
+    return discovery
+
+
+def snapshot(db):
+    """What a refused request must leave as it was: every table's rows that a request can
+    add or change."""
+    from sqlalchemy import func, select
+
+    from gpuaas_control.models import (
+        Allocation,
+        ApiToken,
+        AuditEntry,
+        Event,
+        Node,
+        OutboxJob,
+        Slot,
+        Tenant,
+    )
+    with db.read() as session:
+        counts = [session.execute(select(func.count()).select_from(table)).scalar()
+                  for table in (Allocation, AuditEntry, Event, OutboxJob)]
+        return (counts,
+                sorted(session.execute(select(Allocation.id, Allocation.state)).all()),
+                sorted(session.execute(select(Slot.id, Slot.state, Slot.approved)).all()),
+                sorted(session.execute(select(Node.id, Node.schedulable, Node.drain_reason,
+                                              Node.discovered_at)).all()),
+                sorted(session.execute(select(Tenant.id, Tenant.max_gpus)).all()),
+                sorted(session.execute(select(ApiToken.id, ApiToken.revoked_at)).all()))

@@ -10,49 +10,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from gpuaas_control import api
-from gpuaas_control.config import Settings
-from gpuaas_control.models import Allocation, AuditEntry, Node, Slot
-from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import make_token, ssh_key
+from gpuaas_control.models import ApiToken
+from tests.controlplane.conftest import approved_map, snapshot as _snapshot
+from tests.controlplane.helpers import ssh_key
 
 BODY = {'image': 'debian-12.qcow2', 'image_checksum': 'sha256:' + 'ab' * 32,
         'ssh_keys': [ssh_key()], 'vcpus': 4, 'memory_mib': 8192}
-
-
-@pytest.fixture
-def client(db, db_url):
-    settings = Settings(db_url=db_url, max_body=64 * 1024)
-    with TestClient(api.create_app(settings, db)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def tokens(db):
-    return {'operator': make_token(db, 'operator'), 'acme': make_token(db, 'tenant', 'acme'),
-            'globex': make_token(db, 'tenant', 'globex')}
-
-
-@pytest.fixture
-def node(client, tokens, hgx_discovery_factory):
-    discovery = hgx_discovery_factory('n1')
-    op = tokens['operator']
-    assert client.put('/v1/nodes/n1/discovery', json=discovery, headers=op).status_code == 200
-    reply = client.put('/v1/nodes/n1/approval', json={'approved_slots': approved_map(discovery)},
-                       headers=op)
-    assert reply.status_code == 200, reply.text
-    return discovery
-
-
-def _snapshot(db):
-    with db.read() as session:
-        return (session.execute(select(func.count()).select_from(Allocation)).scalar(),
-                session.execute(select(func.count()).select_from(AuditEntry)).scalar(),
-                sorted(session.execute(select(Slot.id, Slot.state, Slot.approved)).all()),
-                sorted(session.execute(select(Node.id, Node.schedulable)).all()))
 
 
 def test_openapi_document_and_health(client):
@@ -78,7 +43,7 @@ def test_authentication(client, db, tokens):
     assert client.get('/v1/allocations', headers=mine).status_code == 401
     # Only the hash is kept.
     with db.read() as session:
-        stored = session.execute(select(api.ApiToken.token_hash)).scalars().all()
+        stored = session.execute(select(ApiToken.token_hash)).scalars().all()
     assert created['token'] not in stored and len(stored) == 4
 
 

@@ -166,12 +166,16 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     # The ledger: who did what, verified on the database; an edit behind the API's back
     # is found.
     entries = json.loads(gpuaas('--json', 'audit', 'list', token=operator).stdout)['entries']
+    # Every state change is in it, the worker's too (through the one lifecycle table).
     assert [e['action'] for e in entries] == ['token.create', 'token.create', 'node.discovery',
                                               'node.approve', 'allocation.create',
-                                              'allocation.release']
+                                              'allocation.provision', 'allocation.run',
+                                              'allocation.release', 'allocation.released']
     assert entries[2]['actor'].endswith(':alice')
+    assert entries[5]['actor'] == 'worker:cli-worker' and entries[5]['role'] == 'system'
+    assert entries[8]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
-    assert verified.stdout.startswith('audit chain ok: 6 entries')
+    assert verified.stdout.startswith('audit chain ok: 9 entries')
     head = verified.stdout.split()[-1]
     assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
     db = Database(fresh_url)

@@ -2,21 +2,28 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The gpuaas.slice.slots inventory plugin, run by the real ansible-inventory against the
-control plane's database on SQLite and PostgreSQL: hosts, groups, constructed vars, the
-cache, and a clear error for a database that is not the control plane's."""
+control plane's HTTP API (a real uvicorn on 127.0.0.1) on SQLite and PostgreSQL: hosts,
+groups, constructed vars, the cache, and clear errors for a wrong token, a tenant's token,
+an API that is not there and an answer that is not an inventory."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
+import pytest
+import uvicorn
 import yaml
 
-from gpuaas_control import service
+from gpuaas_control import api, service
+from gpuaas_control.config import Settings
 from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, make_token, request, tenant
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,18 +39,45 @@ def _plain(value):
     return value
 
 
-def _inventory(tmp_path, url, *args, **options):
+@pytest.fixture
+def api_url(db, db_url):
+    """The API on a free port of 127.0.0.1, served by uvicorn in a thread."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db),
+                                           host='127.0.0.1', port=port, log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
+        time.sleep(0.05)
+    yield 'http://127.0.0.1:%d' % port
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture
+def operator_token(db):
+    return make_token(db, 'operator')['Authorization'].split()[1]
+
+
+def _inventory(tmp_path, url, *args, token=None, **options):
     path = tmp_path / 'test.gpuaas_slots.yml'
     path.write_text(yaml.safe_dump(dict({'plugin': 'gpuaas.slice.slots', 'url': url}, **options)))
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'),
                ANSIBLE_INVENTORY_UNPARSED_FAILED='true', ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'))
+    env.pop('GPUAAS_API_TOKEN', None)
+    if token is not None:
+        env['GPUAAS_API_TOKEN'] = token
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible-inventory'),
                            '-i', str(path), '--list'] + list(args),
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     return done
 
 
-def test_the_slot_table_as_an_inventory(db, db_url, tmp_path, hgx_discovery_factory):
+def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, hgx_discovery_factory):
     one, two = hgx_discovery_factory('gpu-node-01'), hgx_discovery_factory('gpu-node-02')
     add_node(db, one, approved_map(one))
     add_node(db, two, approved_map(two, only={'gpu-node-02-s4', 'gpu-node-02-s5'}))
@@ -52,7 +86,7 @@ def test_the_slot_table_as_an_inventory(db, db_url, tmp_path, hgx_discovery_fact
                                                                                 numa_node=1))
     db.transact(service.set_drain, OPERATOR, 'gpu-node-02', True, 'bios update')
     cache_dir = tmp_path / 'cache'
-    done = _inventory(tmp_path, db_url,
+    done = _inventory(tmp_path, api_url, token=operator_token,
                       compose={'ansible_host': "gpuaas_node_id ~ '.example.com'"},
                       keyed_groups=[{'key': 'gpuaas_slot_counts.free | default(0) | string',
                                      'prefix': 'free_slots'}],
@@ -86,15 +120,27 @@ def test_the_slot_table_as_an_inventory(db, db_url, tmp_path, hgx_discovery_fact
     # The cache answers until it is flushed.
     db.transact(service.set_drain, OPERATOR, 'gpu-node-02', False)
     options = dict(cache=True, cache_plugin='ansible.builtin.jsonfile', cache_connection=str(cache_dir))
-    cached = json.loads(_inventory(tmp_path, db_url, **options).stdout)
+    cached = json.loads(_inventory(tmp_path, api_url, token=operator_token, **options).stdout)
     assert cached['_meta']['hostvars']['gpu-node-02']['gpuaas_schedulable'] is False
-    fresh = json.loads(_inventory(tmp_path, db_url, '--flush-cache', **options).stdout)
+    fresh = json.loads(_inventory(tmp_path, api_url, '--flush-cache', token=operator_token,
+                                  **options).stdout)
     assert fresh['_meta']['hostvars']['gpu-node-02']['gpuaas_schedulable'] is True
 
 
-def test_a_database_that_is_not_the_control_planes(tmp_path):
-    done = _inventory(tmp_path, 'sqlite:///%s' % (tmp_path / 'empty.db'))
-    assert done.returncode != 0
-    assert 'cannot read the slot table' in done.stderr and 'gpuaas db upgrade' in done.stderr
-    done = _inventory(tmp_path, 'nosuchdb://x')
-    assert done.returncode != 0 and 'not a usable database URL' in done.stderr
+@pytest.mark.backends('sqlite')
+def test_refusals_say_what_to_do(db, api_url, operator_token, tmp_path):
+    cases = [
+        ({'token': 'gpuaas_nope'}, api_url, '401: the token is not valid or was revoked (set the token'),
+        ({'token': make_token(db, 'tenant', 'acme')['Authorization'].split()[1]}, api_url,
+         '403: this endpoint is for operators (the inventory needs an operator token)'),
+        ({'token': operator_token}, api_url + '/v1/nodes', '404: '),
+        ({'token': operator_token}, 'http://127.0.0.1:9', 'cannot reach the control plane at '
+                                                          'http://127.0.0.1:9/v1/inventory'),
+        ({'token': operator_token}, api_url + '/docs/assets/favicon-32x32.png?', 'the answer is not JSON'),
+        ({}, api_url, 'token'),
+    ]
+    for options, url, message in cases:
+        done = _inventory(tmp_path, url, **options)
+        assert done.returncode != 0 and message in ' '.join(done.stderr.split()), done.stderr
+        if options.get('token'):
+            assert options['token'] not in done.stdout + done.stderr

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from gpuaas_control import service
+from gpuaas_control import audit, service
 from gpuaas_control.config import Settings
-from gpuaas_control.models import Allocation, Event, OutboxJob, Slot, UsageRecord
+from gpuaas_control.models import Allocation, AuditEntry, Event, OutboxJob, Slot, UsageRecord
 from gpuaas_control.worker import Worker, WorkerError
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
@@ -100,6 +100,12 @@ def _allocation(db, allocation_id):
     return allocation, slot, [(j.kind, j.status, j.attempts) for j in jobs], usage, events
 
 
+def _events(db, allocation_id):
+    with db.read() as session:
+        return session.execute(select(Event).where(Event.allocation_id == allocation_id)
+                               .order_by(Event.id)).scalars().all()
+
+
 def _no_leaks(db):
     """Every reserved slot is held by its active allocation and the other way round; no
     job is left pending or running."""
@@ -140,6 +146,15 @@ def test_allocate_then_release(db, settings, project, node):
     assert usage.allocated_end == usage.running_end == got.ended_at
     assert got.timings['release']['node'] == {'wipe': 0.2, 'total': 0.3}
     assert not os.listdir(settings.runs_dir)   # each run's private data dir is removed
+    # Each state change, the worker's too, is an audit entry (one lifecycle table).
+    with db.read() as session:
+        entries = session.execute(select(AuditEntry).where(AuditEntry.target_id == allocation.id)
+                                  .order_by(AuditEntry.seq)).scalars().all()
+        assert audit.verify(session).ok
+    assert [(e.action, e.actor.split(':')[0], e.after.get('slot_state')) for e in entries] == [
+        ('allocation.create', 'test-acme', None), ('allocation.provision', 'worker', None),
+        ('allocation.run', 'worker', None), ('allocation.release', 'test-acme', None),
+        ('allocation.released', 'worker', 'free')]
     _no_leaks(db)
 
 
@@ -153,16 +168,18 @@ def test_a_transient_failure_is_retried(db, settings, project, node):
     worker.drain()
     got, _slot, jobs, _usage, events = _allocation(db, allocation.id)
     assert got.state == 'running' and jobs == [('allocate', 'done', 2)]
-    assert any(e.startswith('attempt 1 of 2 failed: failed: Fail on n1: fake node failure (flaky)')
-               for e in events)
+    # The event says that it failed; what the playbook said is the operator's detail.
+    failed = [e for e in _events(db, allocation.id) if e.message.startswith('attempt 1 of 2 failed')]
+    assert failed[0].message.startswith('attempt 1 of 2 failed; retrying in ')
+    assert failed[0].data['detail'] == 'failed: Fail on n1: fake node failure (flaky)'
+    assert not any('fake node failure' in e for e in events)
     assert got.timings['control_plane']['attempts'] == 2
 
 
 @pytest.mark.backends('sqlite')
 @pytest.mark.parametrize('mode, runs, reason', [
-    ('fail', 2, 'provisioning failed after 2 attempts: failed: Fail on n1: fake node failure (fail)'),
-    ('badmac', 1, "provisioning failed after 1 attempts: the node reported another allocation "
-                  "than asked: mac is '52:54:00:00:00:00'"),
+    ('fail', 2, 'failed: Fail on n1: fake node failure (fail)'),
+    ('badmac', 1, "the node reported another allocation than asked: mac is '52:54:00:00:00:00'"),
 ])
 def test_a_failed_allocation_is_compensated_by_a_release(db, settings, project, node, mode, runs, reason):
     project.set_modes(n1=mode)
@@ -177,7 +194,11 @@ def test_a_failed_allocation_is_compensated_by_a_release(db, settings, project, 
     got, slot, jobs, usage, events = _allocation(db, allocation.id)
     assert got.state == 'failed' and slot.state == 'free'
     assert jobs == [('allocate', 'failed', runs), ('release', 'done', 1)]
-    assert any(e.startswith(reason) for e in events), events
+    assert 'provisioning failed after %d attempts; releasing the slot' % runs in events, events
+    assert got.error.startswith('provisioning failed: ' + reason[:40])
+    details = [e.data.get('detail', '') for e in _events(db, allocation.id)]
+    assert any(d.startswith(reason) for d in details), details
+    assert not any(reason[:30] in e for e in events)
     assert [r[0] for r in project.runs()] == ['allocate'] * runs + ['release']
     assert usage.running_start is None and usage.allocated_end is not None
     _no_leaks(db)

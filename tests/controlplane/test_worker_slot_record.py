@@ -11,6 +11,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Dis
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_check import SlotCheck, SlotCheckError
 from gpuaas_control import service
 from gpuaas_control.config import Settings
+from gpuaas_control.runs import extravars
 from gpuaas_control.worker import Worker
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import add_node, add_tenant, request, tenant
@@ -30,10 +31,10 @@ def test_the_allocate_job_carries_the_reserved_slot_record_the_node_accepts(db, 
     worker = Worker(db, Settings(db_url='sqlite://', project_dir=REPO, inventory=str(inventory),
                                  runs_dir=str(tmp_path / 'runs')))
     claim = db.transact(worker._claim)
-    extravars = worker._extravars(claim)
-    record = extravars['gpuaas_slot']
+    sent = extravars(claim)
+    record = sent['gpuaas_slot']
     slot = next(s for s in discovery['slots'] if s['slot_id'] == allocation.slot_id)
-    assert extravars['gpuaas_slot_id'] == record['slot_id'] == allocation.slot_id
+    assert sent['gpuaas_slot_id'] == record['slot_id'] == allocation.slot_id
     assert record['fingerprint'] == slot['fingerprint'] and record['slot_index'] == slot['slot_index']
     checked = SlotCheck('n1', allocation.slot_id, record, sys_root, proc_root).run()
     assert checked['devices'] == [slot['gpu_address'], slot['nvme_address'], slot['fabric_vf_pci_address']]

@@ -147,8 +147,11 @@ def _load_document(path):
 # -- service commands ----------------------------------------------------------------------
 
 def _settings(args, **extra):
-    from gpuaas_control.config import Settings
-    return Settings.from_env(db_url=getattr(args, 'db', None), **extra)
+    from gpuaas_control.config import Settings, SettingsError
+    try:
+        return Settings.from_env(db_url=getattr(args, 'db', None), **extra)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _database(args):
@@ -230,6 +233,7 @@ def cmd_token(args):
     from sqlalchemy import select
 
     from gpuaas_control import audit, service
+    from gpuaas_control.errors import ControlError
     from gpuaas_control.models import ApiToken
     db = _database(args)
     actor = audit.Actor('cli:%s' % os.environ.get('USER', 'unknown'), 'operator')
@@ -238,7 +242,7 @@ def cmd_token(args):
             token, row = db.transact(service.create_token, actor, args.role, args.tenant,
                                      args.name or '',
                                      default_max_gpus=_settings(args).default_max_gpus)
-        except service.ControlError as exc:
+        except ControlError as exc:
             raise CliError(exc.message) from None
         print(token)
         print('token %d (%s, %s%s): shown once, only its hash is kept'
@@ -248,7 +252,7 @@ def cmd_token(args):
     if args.action == 'revoke':
         try:
             db.transact(service.revoke_token, actor, args.id)
-        except service.ControlError as exc:
+        except ControlError as exc:
             raise CliError(exc.message) from None
         print('token %d revoked' % args.id)
         return 0

@@ -1,35 +1,25 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Settings, from the environment (``GPUAAS_*``) with command-line overrides."""
+"""Settings, from the environment (``GPUAAS_*``, through pydantic-settings) with
+command-line overrides. A bad value is refused with the variable's name and the value."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpuaas_control.collection import collection_root
 
 DEFAULT_DB_URL = 'sqlite:////var/lib/gpuaas/control/gpuaas.db'
+ENV_PREFIX = 'GPUAAS_'
+
+Seconds = Annotated[float, Field(gt=0, le=86400 * 7, allow_inf_nan=False)]
 
 
-def _int(name, default):
-    value = os.environ.get(name)
-    if value in (None, ''):
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit('%s=%r is not an integer' % (name, value)) from None
-
-
-def _float(name, default):
-    value = os.environ.get(name)
-    if value in (None, ''):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit('%s=%r is not a number' % (name, value)) from None
+class SettingsError(ValueError):
+    """A setting from the environment (or an override) is not usable."""
 
 
 def _default_project_dir():
@@ -37,49 +27,45 @@ def _default_project_dir():
     return str(root) if root is not None else ''
 
 
-@dataclasses.dataclass
-class Settings:
+class Settings(BaseSettings):
     """Everything the API, the worker and the CLI read from their environment."""
 
-    db_url: str = DEFAULT_DB_URL
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra='ignore', validate_default=True)
+
+    db_url: str = Field(DEFAULT_DB_URL, min_length=1)
     # The worker: where the playbooks are (the collection root), the inventory it passes.
-    project_dir: str = ''
+    project_dir: str = Field(default_factory=_default_project_dir)
     inventory: str = ''
     runs_dir: str = '/var/lib/gpuaas/control/runs'
     keep_runs: bool = False
     allocate_playbook: str = 'playbooks/allocate.yml'
     release_playbook: str = 'playbooks/release.yml'
-    job_timeout: int = 1800
-    max_attempts: int = 3
-    retry_base: float = 5.0
-    lease_seconds: float = 60.0
-    poll_interval: float = 1.0
+    job_timeout: int = Field(1800, ge=1, le=86400)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_base: Seconds = 5.0
+    lease_seconds: Seconds = 60.0
+    poll_interval: Seconds = 1.0
     # Where base images are on the nodes: tenants name a file, never a path.
     image_dir: str = '/var/lib/gpuaas/images'
     # The API.
-    max_body: int = 256 * 1024
-    api_threads: int = 8
-    default_max_gpus: int = -1
+    max_body: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    api_threads: int = Field(8, ge=1, le=256)
+    default_max_gpus: int = Field(-1, ge=-1, le=100000)
 
     @classmethod
-    def from_env(cls, **overrides):
-        settings = cls(
-            db_url=os.environ.get('GPUAAS_DB_URL') or DEFAULT_DB_URL,
-            project_dir=os.environ.get('GPUAAS_PROJECT_DIR') or _default_project_dir(),
-            inventory=os.environ.get('GPUAAS_INVENTORY', ''),
-            runs_dir=os.environ.get('GPUAAS_RUNS_DIR') or cls.runs_dir,
-            keep_runs=os.environ.get('GPUAAS_KEEP_RUNS', '') not in ('', '0', 'false', 'no'),
-            job_timeout=_int('GPUAAS_JOB_TIMEOUT', cls.job_timeout),
-            max_attempts=_int('GPUAAS_MAX_ATTEMPTS', cls.max_attempts),
-            retry_base=_float('GPUAAS_RETRY_BASE', cls.retry_base),
-            lease_seconds=_float('GPUAAS_LEASE_SECONDS', cls.lease_seconds),
-            poll_interval=_float('GPUAAS_POLL_INTERVAL', cls.poll_interval),
-            image_dir=os.environ.get('GPUAAS_IMAGE_DIR') or cls.image_dir,
-            max_body=_int('GPUAAS_MAX_BODY', cls.max_body),
-            api_threads=_int('GPUAAS_API_THREADS', cls.api_threads),
-            default_max_gpus=_int('GPUAAS_DEFAULT_MAX_GPUS', cls.default_max_gpus),
-        )
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(settings, key, value)
-        return settings
+    def from_env(cls, **overrides) -> Settings:
+        """The environment's settings; ``overrides`` that are not None win (the CLI's
+        options). Raises SettingsError naming each bad variable and its value."""
+        try:
+            return cls(**{key: value for key, value in overrides.items() if value is not None})
+        except ValidationError as exc:
+            raise SettingsError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = ENV_PREFIX + '_'.join(str(part) for part in error['loc']).upper()
+        problems.append('%s=%r: %s' % (name, error.get('input'), error['msg']))
+    return 'bad settings: ' + '; '.join(problems)

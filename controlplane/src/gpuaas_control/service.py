@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The control plane's operations, each one database transaction (the caller's session).
 
-The API and the CLI call these; nothing else writes the slot table. Privileged mutations
-append to the audit ledger in the same transaction, so an entry exists exactly when the
-change does.
+The API and the CLI call these. Allocation and slot states change only through
+``lifecycle`` (here and in the worker alike); privileged mutations append to the audit
+ledger in the same transaction, so an entry exists exactly when the change does.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import secrets
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpuaas_control import audit
+from gpuaas_control import audit, lifecycle
 from gpuaas_control.collection import approval, contract
+from gpuaas_control.errors import Conflict, Forbidden, Invalid, NotFound
 from gpuaas_control.models import (
     ACTIVE_STATES,
     FAILED,
@@ -33,7 +34,6 @@ from gpuaas_control.models import (
     ROLE_TENANT,
     SLOT_BLOCKED,
     SLOT_FREE,
-    SLOT_RESERVED,
     Allocation,
     ApiToken,
     Event,
@@ -56,33 +56,6 @@ from gpuaas_control.validation import (
 )
 
 TOKEN_PREFIX = 'gpuaas_'
-
-
-class ControlError(Exception):
-    """A refusal the client can act on; ``status`` is its HTTP status."""
-
-    status = 400
-
-    def __init__(self, message, problems=None):
-        super().__init__(message)
-        self.message = message
-        self.problems = problems or []
-
-
-class NotFound(ControlError):
-    status = 404
-
-
-class Forbidden(ControlError):
-    status = 403
-
-
-class Conflict(ControlError):
-    status = 409
-
-
-class Invalid(ControlError):
-    status = 422
 
 
 # -- tokens and tenants -------------------------------------------------------------------
@@ -179,6 +152,12 @@ def _check_discovery_fields(node_id, discovery):
     """The fields the slot table keeps must have their kernel shapes: a posted discovery is
     data from the network, not from the module."""
     problems = []
+    slots = discovery.get('slots') if isinstance(discovery, dict) else None
+    if isinstance(slots, list):
+        problems = ['slots[%d] is not a mapping' % position
+                    for position, slot in enumerate(slots) if not isinstance(slot, dict)]
+        if problems:
+            raise Invalid('the discovery result is refused: ' + '; '.join(problems[:5]), problems)
     try:
         approval.validate(discovery, [])
     except approval.ApprovalError as exc:
@@ -201,9 +180,6 @@ def _check_discovery_fields(node_id, discovery):
                 problems.append('%s.%s: %s is not 4 hex digits' % (where, key, show(gpu.get(key))))
     for position, slot in enumerate(discovery['slots']):
         where = 'slots[%d]' % position
-        if not isinstance(slot, dict):
-            problems.append('%s is not a mapping' % where)
-            continue
         index = slot.get('slot_index')
         try:
             expected = contract.Slot(node_id, index).slot_id
@@ -285,9 +261,11 @@ def _parse_time(value):
         return None
     try:
         parsed = dt.datetime.fromisoformat(str(value).replace('Z', '+00:00'))
-    except ValueError:
-        raise Invalid('approved_at %s is not an ISO 8601 time' % show(value)) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+                ).astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):
+        raise Invalid('approved_at %s is not an ISO 8601 time within years 1-9999 UTC'
+                      % show(value)) from None
 
 
 def _slot_view(slot: Slot) -> dict:
@@ -430,6 +408,19 @@ class AllocationRequest:
     def constraints(self):
         return {'gpu_model': self.gpu_model, 'node_id': self.node_id, 'numa_node': self.numa_node}
 
+    def differences(self, allocation: Allocation) -> list[str]:
+        """The fields in which this request is not the one that made ``allocation`` (an
+        Idempotency-Key names one request, not any request)."""
+        asked = dict(dataclasses.asdict(self), **self.constraints())
+        made = dict({key: getattr(allocation, key) for key in _REQUESTED_FIELDS},
+                    **(allocation.request or {}))
+        return [key for key in _REQUESTED_FIELDS + tuple(self.constraints())
+                if asked[key] != made.get(key)]
+
+
+_REQUESTED_FIELDS = ('image', 'image_checksum', 'image_format', 'ssh_keys', 'vcpus',
+                     'memory_mib', 'disk_gib', 'hostname')
+
 
 def new_allocation_id() -> str:
     return 'alloc-' + secrets.token_hex(10)
@@ -484,6 +475,11 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
             Allocation.tenant_id == tenant.id,
             Allocation.idempotency_key == request.idempotency_key)).scalar_one_or_none()
         if existing is not None:
+            differ = request.differences(existing)
+            if differ:
+                raise Conflict('Idempotency-Key %s was used by allocation %s for another request '
+                               '(%s differ): send a new key for a new request'
+                               % (show(request.idempotency_key), existing.id, ', '.join(differ)))
             return existing, False
     if request.node_id is not None and session.get(Node, request.node_id) is None:
         raise Invalid('unknown node %s' % show(request.node_id))
@@ -491,11 +487,11 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
         if not GPU_MODEL_RE.match(request.gpu_model):
             raise Invalid('gpu_model %s is not vendor:device (4 hex digits each)'
                           % show(request.gpu_model))
-        known = session.execute(select(Slot.gpu_model).where(Slot.approved.is_(True))
-                                .distinct()).scalars().all()
-        if request.gpu_model not in known:
-            raise Invalid('no approved slot has GPU model %s (known: %s)'
-                          % (request.gpu_model, ', '.join(sorted(known)) or 'none'))
+        known = session.execute(select(Slot.id).where(
+            Slot.approved.is_(True), Slot.gpu_model == request.gpu_model).limit(1)).first()
+        if known is None:
+            # The fleet's models are not the tenant's business: name only the one asked for.
+            raise Invalid('no approved slot has GPU model %s' % request.gpu_model)
     if tenant.max_gpus >= 0:
         used = active_count(session, tenant.id)
         if used >= tenant.max_gpus:
@@ -510,11 +506,7 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
         slot_id = _candidate(session, request, skip)
         if slot_id is None:
             break
-        taken = session.execute(
-            update(Slot).where(Slot.id == slot_id, Slot.state == SLOT_FREE)
-            .values(state=SLOT_RESERVED, allocation_id=allocation_id, updated_at=now)
-            .execution_options(synchronize_session=False)).rowcount
-        if taken == 1:
+        if lifecycle.take_slot(session, slot_id, allocation_id, now):
             slot = session.get(Slot, slot_id, populate_existing=True)
             break
         skip.add(slot_id)
@@ -539,11 +531,8 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
     session.add(UsageRecord(allocation_id=allocation_id, tenant_id=tenant.id, slot_id=slot.id,
                             node_id=slot.node_id, gpu_model=slot.gpu_model, gpus=1,
                             allocated_start=now))
-    add_event(session, allocation_id, 'state', 'requested: slot %s reserved' % slot.id,
-              {'state': REQUESTED, 'slot_id': slot.id})
-    session.flush()
-    audit.append(session, actor, 'allocation.create', 'allocation', allocation_id, None,
-                 {'tenant': tenant.id, 'slot_id': slot.id, 'state': REQUESTED})
+    lifecycle.move(session, actor, allocation, REQUESTED, 'requested: slot %s reserved' % slot.id,
+                   frm=None, data={'slot_id': slot.id}, now=now)
     return allocation, True
 
 
@@ -586,10 +575,7 @@ def request_release(session, actor: audit.Actor, allocation_id: str) -> Allocati
                 and slot.allocation_id == allocation.id):
             return allocation
     now = utcnow()
-    before = allocation.state
-    allocation.state = RELEASING
     allocation.release_requested_at = allocation.release_requested_at or now
-    allocation.updated_at = now
     session.execute(update(OutboxJob).where(
         OutboxJob.allocation_id == allocation.id, OutboxJob.kind == JOB_ALLOCATE,
         OutboxJob.status == JOB_PENDING).values(status=JOB_CANCELLED, updated_at=now,
@@ -597,10 +583,8 @@ def request_release(session, actor: audit.Actor, allocation_id: str) -> Allocati
                                                 last_error='release requested before it ran'))
     session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_RELEASE, status=JOB_PENDING,
                           attempts=0, available_at=now, created_at=now, updated_at=now))
-    add_event(session, allocation.id, 'state', 'releasing: release requested by %s' % actor.role,
-              {'state': RELEASING})
-    audit.append(session, actor, 'allocation.release', 'allocation', allocation.id,
-                 {'state': before}, {'state': RELEASING})
+    lifecycle.move(session, actor, allocation, RELEASING,
+                   'releasing: release requested by %s' % actor.role, now=now)
     return allocation
 
 

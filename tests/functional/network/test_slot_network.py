@@ -94,7 +94,7 @@ def net():
             assert result['changed'] and not result.get('failed'), result
             assert not result['dnsmasq_reloaded'], result   # a new entry needs no signal
             token = host.module('telemetry_token', dict(
-                slot_id='%s-s%d' % (NODE, index), allocation_id='alloc-%d' % index, token_dir=state['tokens']))
+                slot_id='%s-s%d' % (NODE, index), allocation_id='alloc-%d' % index, token_dir=state['tokens'], _ansible_no_log=True))
             state['tokens_by_slot'][index] = token['token']
         # A port on the bridge that belongs to no slot, holding slot 4's OpenFlow port number.
         state['stranger'] = env.SlotNamespace(host, 'gpuaas-x%d' % pid, '52:54:00:12:34:56', 'gtvx', work)
@@ -155,7 +155,7 @@ def test_a_token_works_only_from_its_own_slot_and_allocation(net):
     assert s1.post(net['tokens_by_slot'][1]) == 200
     # A new allocation on slot 1: the previous allocation's token stops working at once.
     new = net['host'].module('telemetry_token', dict(slot_id='%s-s1' % NODE, allocation_id='alloc-1b',
-                                                     token_dir=net['tokens']))
+                                                     token_dir=net['tokens'], _ansible_no_log=True))
     assert new['changed'] and new['token'] != net['tokens_by_slot'][1]
     assert s1.post(net['tokens_by_slot'][1]) == 401
     net['tokens_by_slot'][1] = new['token']

@@ -188,3 +188,74 @@ def test_the_report_is_one_line_per_finding_grouped_by_slot(node):
         'host driver',
     ]
     assert report_lines(node.report(), check_mode=True)[1].endswith(': would be removed')
+
+
+# Issue 16, item 1: state files read back damaged are reported by name, never a crash, and the
+# node's report then lets reconcile remove nothing on their word.
+DAMAGED_LEASES = [
+    ('{not json', 'not valid JSON'),
+    ('\xff\xfe', 'not valid JSON'),
+    ('[1, 2]', 'holds list'),
+    ('"a string"', 'holds str'),
+    ('{"phase": "running"}', 'has no allocation_id'),
+    ('{"allocation_id": 7, "phase": "running"}', 'has no allocation_id'),
+    ('{"allocation_id": "a", "phase": "gone"}', 'unknown phase'),
+    ('{"allocation_id": "a", "phase": ["running"]}', 'unknown phase'),
+    ('{"allocation_id": "a", "phase": "running", "data": []}', 'data that is not a mapping'),
+    ('{"allocation_id": "a", "phase": "running", "data": {"devices": "0000:18:00.0"}}', 'data.devices'),
+    ('{"allocation_id": "a", "phase": "running", "data": {"devices": [{"x": 1}]}}', 'data.devices'),
+    ('{"allocation_id": "a", "phase": "running", "data": {"companions": [null]}}', 'data.companions'),
+    ('{"allocation_id": "a", "phase": "running", "data": {"passthrough": true, "gpu_address": ["x"]}}',
+     'data.gpu_address'),
+    ('{"allocation_id": "a", "phase": "running", "data": {"nvme_address": "../../dev/sda"}}', 'data.nvme_address'),
+]
+
+
+@pytest.mark.parametrize('text, problem', DAMAGED_LEASES)
+def test_a_damaged_lease_is_named_and_its_slot_held(node, text, problem):
+    path = node.dirs['lease'] / 'gpu-node-01-s4.json'
+    path.write_bytes(text.encode('latin-1'))
+    node.slot_files('gpu-node-01-s4')
+    node.domains.append(('gpuaas-gpu-node-01-s4', 1, domain('gpu-node-01-s4', ['0000:18:00.0'])))
+    node.vfio('0000:18:00.0', ['0000:18:00.0'])
+    report = node.report()
+    (damaged,) = report['damaged_leases']
+    assert damaged['slot_id'] == 'gpu-node-01-s4' and damaged['path'] == str(path)
+    assert problem in damaged['problem'] and str(path) in damaged['problem']
+    assert report['orphans'] == {} and report['devices_to_return'] == [] and not report['clean']
+
+
+DAMAGED_VFIO = [
+    ('0000:19:00.0.json', '{not json'),
+    ('0000:19:00.0.json', '[]'),
+    ('0000:19:00.0.json', '{"functions": ["0000:19:00.0"]}'),
+    ('0000:19:00.0.json', '{"functions": {"../../x": {}}}'),
+    ('0000:19:00.0.json', '{"version": 1}'),
+    ('not-an-address.json', '{"functions": {"0000:19:00.0": {}}}'),
+]
+
+
+@pytest.mark.parametrize('name, text', DAMAGED_VFIO)
+def test_a_damaged_vfio_record_blinds_the_node(node, name, text):
+    (node.dirs['vfio'] / name).write_text(text)
+    node.vfio('0000:1a:00.0', ['0000:1a:00.0'])          # a good record, no lease: would be returned
+    node.slot_files('gpu-node-01-s1')                     # an orphan: would be removed
+    report = node.report()
+    assert any(name in problem for problem in report['blind']), report['blind']
+    assert not report['clean']
+    from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import report_lines
+    lines = report_lines(report)
+    assert lines[0].startswith('node: cannot see: ') and 'removed and repaired NOTHING' in lines[0]
+    assert all(not line.endswith(': removed') and 'given back' not in line for line in lines)
+
+
+@pytest.mark.parametrize('kind, name', [('token', 'gpu-node-01-s0.json'), ('disk', 'gpu-node-01-s0.raw.gpuaas.json'),
+                                        ('disk', 'gpu-node-01-s0.image.json')])
+@pytest.mark.parametrize('text', ['{not json', '[]', '\0\0\0'])
+def test_damaged_tokens_and_image_markers_never_stop_the_report(node, kind, name, text):
+    """node_state judges tokens and image markers by their names; their content cannot crash it."""
+    node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])
+    node.domains.append(('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0', ['0000:18:00.0'])))
+    (node.dirs[kind] / name).write_text(text)
+    report = node.report()
+    assert report['orphans'] == {} and report['blind'] == [] and report['damaged_leases'] == []

@@ -1,38 +1,41 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The slot table as inventory data: hosts, host vars and groups from table rows."""
+"""The slot table as inventory data: the API's inventory document checked, and hosts, host
+vars and groups made from it."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _slot_inventory as inv
 
 
 def _slot(node, index, **values):
     row = {'id': '%s-s%d' % (node, index), 'node_id': node, 'slot_index': index, 'state': 'free',
-           'approved': 1, 'allocation_id': None, 'state_reason': None, 'gpu_model': '10de:2330',
-           'gpu_address': '0000:%02x:00.0' % (0x18 + index), 'companions': '[]', 'numa_node': 0,
+           'approved': True, 'allocation_id': None, 'state_reason': None, 'gpu_model': '10de:2330',
+           'gpu_address': '0000:%02x:00.0' % (0x18 + index), 'companions': [], 'numa_node': 0,
            'cpulist': '0-7', 'nvme_address': None, 'fabric_pf_address': None,
            'fabric_vf_pci_address': None, 'mac': '52:54:00:00:00:%02x' % index,
            'ip': '10.100.0.%d' % (10 + index), 'destructive_wipe_policy': 'zero',
-           'capacity_metadata': '{"storage_ownership": "slice"}'}
+           'capacity_metadata': {'storage_ownership': 'slice'}}
     row.update(values)
     return row
 
 
 def test_hosts_groups_and_host_vars():
     approved = [{'slot_id': 'n1-s0', 'gpu_address': '0000:18:00.0'}]
-    nodes = [{'id': 'n2', 'schedulable': 0, 'drain_reason': 'bios', 'approved_slots': None},
-             {'id': 'n1', 'schedulable': 1, 'drain_reason': None,
-              'approved_slots': json.dumps(approved)}]
+    nodes = [{'id': 'n2', 'schedulable': False, 'drain_reason': 'bios', 'approved_slots': None},
+             {'id': 'n1', 'schedulable': True, 'drain_reason': None, 'approved_slots': approved}]
     slots = [_slot('n1', 1, state='reserved', allocation_id='alloc-1', numa_node=1),
              _slot('n1', 0),
              _slot('n2', 0, gpu_model='1002:74a1'),
-             _slot('n2', 1, approved=0),
+             _slot('n2', 1, approved=False),
              _slot('gone', 0)]
-    data = inv.build(nodes, slots)
+    data = inv.parse(json.dumps({'nodes': nodes, 'slots': slots}).encode())
+    assert data == inv.build(nodes, slots)
     assert sorted(data['hosts']) == ['n1', 'n2']
     n1 = data['hosts']['n1']
     assert n1['gpuaas_node_id'] == 'n1' and n1['gpuaas_schedulable'] is True
@@ -62,3 +65,27 @@ def test_hosts_groups_and_host_vars():
 def test_group_names_are_valid_names():
     assert inv.group_name('gpuaas_gpu', '10de:2330') == 'gpuaas_gpu_10de_2330'
     assert inv.group_name('x', 'a-b.c d') == 'x_a_b_c_d'
+
+
+@pytest.mark.parametrize('raw, message', [
+    (b'<html>', 'the answer is not JSON'),
+    (b'[]', 'not a mapping with nodes and slots'),
+    (b'{"slots": []}', "no list 'nodes'"),
+    (b'{"nodes": {}, "slots": []}', "no list 'nodes'"),
+    (b'{"nodes": ["n1"], "slots": []}', r'nodes\[0\] is not a mapping'),
+    (b'{"nodes": [{"id": "n1"}], "slots": []}', r'nodes\[0\] lacks schedulable, drain_reason, approved_slots'),
+    (json.dumps({'nodes': [], 'slots': [{'id': 'n1-s0', 'node_id': 'n1'}]}).encode(),
+     r'slots\[0\] lacks slot_index, state'),
+])
+def test_an_answer_that_is_not_an_inventory_is_refused(raw, message):
+    with pytest.raises(inv.InventoryError, match=message):
+        inv.parse(raw)
+
+
+def test_api_refusals_say_what_to_do():
+    assert inv.http_error(401, b'{"detail": "the token is not valid or was revoked"}') == (
+        '401: the token is not valid or was revoked (set the token option or GPUAAS_API_TOKEN '
+        'to a valid token)')
+    assert inv.http_error(403, b'{"detail": "this endpoint is for operators"}').endswith(
+        '(the inventory needs an operator token)')
+    assert inv.http_error(502, b'<html>bad gateway</html>') == '502: no JSON error detail'

@@ -22,8 +22,9 @@ SLEEP = shutil.which('sleep')
 
 @pytest.fixture
 def daemon(tmp_path):
-    values = {'name': 'sleeper', 'pidfile': str(tmp_path / 'run' / 'sleeper.pid'),
-              'log_file': str(tmp_path / 'log' / 'sleeper.log'), 'argv': [SLEEP, '300']}
+    values = {'name': 'sleeper', 'pidfile': str(tmp_path / 'run' / 'sleeper.pid'), 'run_dir': str(tmp_path / 'run'),
+              'log_file': str(tmp_path / 'log' / 'sleeper.log'), 'log_dir': str(tmp_path / 'log'),
+              'argv': [SLEEP, '300']}
     yield values
     pid = read_pid(values['pidfile'])
     if pid and cmdline(pid):
@@ -76,10 +77,10 @@ def test_restart_restarts_a_daemon_whose_command_line_is_the_same(daemon, capsys
 
 def test_stop_and_stop_again(daemon, capsys):
     first = run(capsys, **daemon)
-    stopped = run(capsys, name='sleeper', pidfile=daemon['pidfile'], state='stopped')
+    stopped = run(capsys, name='sleeper', pidfile=daemon['pidfile'], run_dir=daemon['run_dir'], state='stopped')
     assert stopped['changed'] is True and stopped['running'] is False
     assert cmdline(first['pid']) is None and not os.path.exists(daemon['pidfile'])
-    again = run(capsys, name='sleeper', pidfile=daemon['pidfile'], state='stopped')
+    again = run(capsys, name='sleeper', pidfile=daemon['pidfile'], run_dir=daemon['run_dir'], state='stopped')
     assert again['changed'] is False
 
 

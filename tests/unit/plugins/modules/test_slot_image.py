@@ -77,9 +77,9 @@ def test_convert_resize_and_idempotence(tmp_path, images, capsys):
     assert check['actions'] == ['verify checksum', 'convert', 'resize', 'write marker']
     assert not os.path.exists(tmp_path / 'disks')
 
-    progress = tmp_path / 'progress.json'
-    first = run_module(slot_image, args(tmp_path, images, progress_file=str(progress)), diff=True,
-                       capsys=capsys)
+    progress = tmp_path / 'state' / 'progress.json'   # progress_file lies in state_dir
+    first = run_module(slot_image, args(tmp_path, images, progress_file=str(progress), state_dir=str(progress.parent)),
+                       diff=True, capsys=capsys)
     assert first['changed'] is True, first
     target = first['target']
     assert target == str(tmp_path / 'disks' / 'ws-01-s0.raw')

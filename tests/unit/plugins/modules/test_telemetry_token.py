@@ -18,6 +18,7 @@ def token(tmp_path, capsys):
     def call(check_mode=False, diff=False, **args):
         args.setdefault('slot_id', 'gpu-node-01-s3')
         args.setdefault('token_dir', str(tmp_path / 'tokens'))
+        args.setdefault('_ansible_no_log', True)   # the token is a secret: the role's task is no_log
         return run_module(telemetry_token, args, check_mode=check_mode, diff=diff, capsys=capsys)
     call.path = tmp_path / 'tokens' / 'gpu-node-01-s3.json'
     return call
@@ -41,7 +42,7 @@ def test_one_token_per_allocation_replaced_by_the_next(token):
 def test_revoke_only_your_own(token):
     token(allocation_id='a1')
     other = token(allocation_id='a2', state='absent')
-    assert not other['changed'] and 'belongs to allocation a1' in other['msg'] and token.path.exists()
+    assert not other['changed'] and "belongs to allocation 'a1'" in other['msg'] and token.path.exists()
     assert token(allocation_id='a1', state='absent', check_mode=True)['changed'] and token.path.exists()
     assert token(allocation_id='a1', state='absent')['changed'] and not token.path.exists()
     token(allocation_id='a1')

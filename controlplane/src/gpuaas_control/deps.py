@@ -1,0 +1,72 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every dependency of the routes, in one place: the database and a read transaction, the
+settings, and who is asking (a bearer token's actor; an operator for operator routes).
+
+Bearer tokens (stored as sha256 hashes) carry a role: ``tenant`` (allocations of its own
+tenant; anything else is 404) or ``operator`` (everything; operator routes answer a tenant
+403)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
+
+from gpuaas_control import audit, service
+from gpuaas_control.config import Settings
+from gpuaas_control.db import Database
+from gpuaas_control.models import ROLE_OPERATOR
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+DB = Annotated[Database, Depends(get_db)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+def read_session(db: DB):
+    """A read transaction for the route's body; closed before the answer is written."""
+    with db.read() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(read_session, scope='function')]
+
+
+def _unauthorized(message):
+    return HTTPException(401, message, headers={'WWW-Authenticate': 'Bearer'})
+
+
+def get_actor(db: DB, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                             Depends(_bearer)]) -> audit.Actor:
+    if credentials is None or credentials.scheme.lower() != 'bearer':
+        raise _unauthorized('a bearer token is required (Authorization: Bearer TOKEN)')
+    with db.read() as session:
+        who = service.authenticate(session, credentials.credentials)
+    if who is None:
+        raise _unauthorized('the token is not valid or was revoked')
+    return who
+
+
+Actor = Annotated[audit.Actor, Depends(get_actor)]
+
+
+def get_operator(who: Actor) -> audit.Actor:
+    if who.role != ROLE_OPERATOR:
+        raise service.Forbidden('this endpoint is for operators')
+    return who
+
+
+Operator = Annotated[audit.Actor, Depends(get_operator)]

@@ -1,0 +1,112 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Views of tenants, quotas, usage, tokens and the audit ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, PlainSerializer
+
+from gpuaas_control.schemas.views import Time, View
+
+AuditTime = Annotated[Time, PlainSerializer(lambda value: value.isoformat(timespec='microseconds'),
+                                            return_type=str)]
+
+
+class TenantView(View):
+    id: str
+    max_gpus: int = Field(description='-1 is unlimited.')
+    allocated_gpus: int
+
+
+class TenantList(View):
+    tenants: list[TenantView]
+
+
+class QuotaView(View):
+    id: str
+    max_gpus: int
+
+
+class UsageRecordView(View):
+    allocation_id: str
+    tenant: str
+    slot_id: str
+    node_id: str
+    gpu_model: str
+    gpus: int
+    allocated_start: Time
+    allocated_end: Time | None
+    running_start: Time | None
+    running_end: Time | None
+    allocated_seconds: float
+    running_seconds: float
+
+
+class UsageTotals(View):
+    allocated_seconds: float
+    running_seconds: float
+
+
+class UsageReport(View):
+    usage: list[UsageRecordView]
+    totals: UsageTotals
+
+    @classmethod
+    def of(cls, records) -> UsageReport:
+        return cls(usage=records, totals=UsageTotals(
+            allocated_seconds=round(sum(r['allocated_seconds'] for r in records), 3),
+            running_seconds=round(sum(r['running_seconds'] for r in records), 3)))
+
+
+class TokenView(View):
+    id: int
+    name: str
+    role: str
+    tenant: str | None = Field(validation_alias=AliasChoices('tenant', 'tenant_id'))
+    created_at: Time
+    revoked_at: Time | None
+
+
+class TokenList(View):
+    tokens: list[TokenView]
+
+
+class TokenCreated(View):
+    id: int
+    name: str
+    role: str
+    tenant: str | None = Field(validation_alias=AliasChoices('tenant', 'tenant_id'))
+    token: str = Field(description='The bearer token: shown once, only its hash is kept.')
+
+
+class TokenRevoked(View):
+    id: int
+    revoked_at: Time | None
+
+
+class AuditEntryView(View):
+    seq: int
+    at: AuditTime
+    actor: str
+    role: str
+    action: str
+    target_type: str
+    target_id: str
+    before: Any
+    after: Any
+    prev_hash: str
+    hash: str
+
+
+class AuditList(View):
+    entries: list[AuditEntryView]
+
+
+class AuditVerification(View):
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list[str]

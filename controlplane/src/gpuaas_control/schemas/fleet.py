@@ -1,0 +1,138 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Views of the fleet (operators): nodes, their discovery, slots and the inventory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from gpuaas_control.schemas.views import Time, View
+
+
+class SlotView(View):
+    id: str
+    node_id: str
+    slot_index: int
+    state: str
+    approved: bool
+    allocation_id: str | None
+    state_reason: str | None
+    gpu_address: str
+    gpu_model: str
+    numa_node: int
+    cpulist: str | None
+    companions: list[Any]
+    nvme_address: str | None
+    fabric_pf_address: str | None
+    fabric_vf_pci_address: str | None
+    mac: str
+    ip: str
+    capacity_metadata: dict[str, Any]
+    destructive_wipe_policy: str
+    approved_by: str | None
+    approved_at: Time | None
+    updated_at: Time
+
+
+class SlotList(View):
+    slots: list[SlotView]
+
+
+class ApprovalResult(View):
+    node_id: str
+    slots: list[SlotView]
+
+
+class DiscoveredSlot(View):
+    slot_id: Any = None
+    gpu_address: Any = None
+    eligible: Any = None
+    reasons: Any = None
+
+
+class DiscoverySummary(View):
+    """What the node's last discovery said (as posted: only its shape was checked)."""
+
+    iommu_enabled: Any = None
+    numa_nodes: Any = None
+    slots: list[DiscoveredSlot] = []
+
+    @field_validator('slots', mode='before')
+    @classmethod
+    def _mappings(cls, slots):
+        return [slot for slot in slots or [] if isinstance(slot, dict)]
+
+
+class NodeView(View):
+    id: str
+    schedulable: bool
+    drain_reason: str | None
+    discovered_at: Time | None
+    approved_at: Time | None
+    discovery: DiscoverySummary | None
+
+    @field_validator('discovery', mode='before')
+    @classmethod
+    def _summary(cls, discovery):
+        return discovery or None
+
+
+class NodeSummary(NodeView):
+    approved_slots: int = Field(description='Approved slots.')
+    free_slots: int = Field(description='Approved slots that are free.')
+
+    @classmethod
+    def of(cls, node, approved: int, free: int) -> NodeSummary:
+        return cls(**dict(NodeView.model_validate(node)), approved_slots=approved, free_slots=free)
+
+
+class NodeList(View):
+    nodes: list[NodeSummary]
+
+
+class NodeDetail(NodeView):
+    slots: list[SlotView]
+
+    @classmethod
+    def of(cls, node, slots) -> NodeDetail:
+        return cls(**dict(NodeView.model_validate(node)), slots=slots)
+
+
+class InventoryNode(View):
+    id: str
+    schedulable: bool
+    drain_reason: str | None
+    approved_slots: list[dict[str, Any]] | None
+
+
+class InventorySlot(View):
+    """A slot as the inventory holds it (the plugin's host vars)."""
+
+    id: str
+    node_id: str
+    slot_index: int
+    state: str
+    approved: bool
+    allocation_id: str | None
+    state_reason: str | None
+    gpu_model: str
+    gpu_address: str
+    companions: list[Any]
+    numa_node: int
+    cpulist: str | None
+    nvme_address: str | None
+    fabric_pf_address: str | None
+    fabric_vf_pci_address: str | None
+    mac: str
+    ip: str
+    destructive_wipe_policy: str
+    capacity_metadata: dict[str, Any]
+
+
+class Inventory(View):
+    """The whole fleet in one answer (the gpuaas.slice.slots inventory plugin reads it)."""
+
+    nodes: list[InventoryNode]
+    slots: list[InventorySlot]

@@ -1,0 +1,107 @@
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the API answers: every route's ``response_model``, read from the ORM rows
+(``from_attributes``). Times are ISO 8601 with their UTC offset, as ``isoformat()`` writes.
+
+Who sees what is decided here, once: an allocation's telemetry token is its own tenant's
+(the guest's credential), a failure's detail (a playbook's msg or stderr) an operator's;
+a tenant reads the stable reason only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, model_serializer
+
+from gpuaas_control.audit import Actor
+from gpuaas_control.lifecycle import public_reason
+from gpuaas_control.models import ROLE_OPERATOR, ROLE_TENANT
+
+Time = Annotated[dt.datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
+
+
+class View(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Restricted(View):
+    """A view with fields only some readers get: ``_hidden`` names those left out."""
+
+    _hidden: frozenset = PrivateAttr(frozenset())
+
+    @model_serializer(mode='wrap')
+    def _without_hidden(self, handler):
+        data = handler(self)
+        for key in self._hidden:
+            data.pop(key, None)
+        return data
+
+
+class AllocationView(Restricted):
+    id: str
+    tenant: str = Field(validation_alias=AliasChoices('tenant', 'tenant_id'))
+    state: str
+    slot_id: str
+    node_id: str
+    image: str
+    image_checksum: str
+    image_format: str
+    ssh_keys: list[str]
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    hostname: str | None
+    request: dict[str, Any]
+    mac: str
+    address: str | None
+    ssh: dict[str, Any] | None
+    hostdevs_attached: bool | None
+    timings: dict[str, Any]
+    error: str | None = Field(description="Why it failed, as a stable reason ('provisioning "
+                              "failed', 'release failed').")
+    error_detail: str | None = Field(None, description='What failed, in the words of the node '
+                                     '(operators only).')
+    created_at: Time
+    updated_at: Time
+    running_at: Time | None
+    release_requested_at: Time | None
+    ended_at: Time | None
+    telemetry_token: str | None = Field(None, description="The guest's telemetry credential "
+                                        '(its own tenant only).')
+
+    @classmethod
+    def of(cls, allocation, actor: Actor) -> AllocationView:
+        owner = actor.role == ROLE_TENANT and actor.tenant == allocation.tenant_id
+        operator = actor.role == ROLE_OPERATOR
+        view = cls.model_validate(allocation)
+        view.error = public_reason(allocation.error)
+        view.error_detail = allocation.error if operator else None
+        view.telemetry_token = allocation.telemetry_token if owner else None
+        view._hidden = frozenset(key for key, shown in (('telemetry_token', owner),
+                                                        ('error_detail', operator)) if not shown)
+        return view
+
+
+class AllocationList(View):
+    allocations: list[AllocationView]
+
+
+class EventView(View):
+    id: int
+    at: Time
+    kind: str
+    message: str
+    data: dict[str, Any] = Field(description="Structured details; 'detail' (a failure in the "
+                                 "node's words) for operators only.")
+
+    @classmethod
+    def of(cls, event, actor: Actor) -> EventView:
+        view = cls.model_validate(event)
+        if actor.role != ROLE_OPERATOR and 'detail' in view.data:
+            view.data = {key: value for key, value in view.data.items() if key != 'detail'}
+        return view
+
+
+class Health(View):
+    ok: bool = Field(description='The service answers and reaches its database.')
