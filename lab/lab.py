@@ -110,7 +110,7 @@ def worker_inventory(directory, extravars):
     node's approved slot map (host_vars), and paths relative to lab/ become absolute."""
     import yaml
     with open(INVENTORY) as handle:
-        text = handle.read().replace('{{ inventory_dir }}', HERE)
+        text = handle.read().replace('{{ inventory_dir | dirname }}', REPO).replace('{{ inventory_dir }}', HERE)
     inventory = yaml.safe_load(text)
     inventory['all']['vars'].update(extravars, ansible_python_interpreter=sys.executable)
     os.makedirs(directory, exist_ok=True)

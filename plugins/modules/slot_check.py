@@ -121,6 +121,7 @@ import time
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_check import SlotCheck, pick_record
 
 
@@ -128,7 +129,8 @@ def check(module):
     started, clock = time.time(), time.monotonic()
     params = module.params
     record = pick_record(params['slot_id'], params['node_id'], params['slot'], params['approved_slots'])
-    slot = SlotCheck(params['node_id'], params['slot_id'], record, params['sysfs_root'], params['proc_root']).run()
+    slot = SlotCheck(params['node_id'], params['slot_id'], record, check_path(params['sysfs_root'], 'sysfs_root'),
+                     check_path(params['proc_root'], 'proc_root')).run()
     return dict(changed=False, slot=slot, started_at=started, seconds=round(time.monotonic() - clock, 4))
 
 

@@ -190,3 +190,8 @@ def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name)
         assert 'failed' not in result, result
         for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist'):
             assert result['slot'][key] == record[key]
+
+
+def test_a_root_with_a_dotdot_component_is_refused(capsys, ws):
+    result = check(capsys, dict(ws, sys=ws['sys'] + '/../sys'), slot=ws['record'])
+    assert result['failed'] and "sysfs_root" in result['msg'] and "contains a '..' component" in result['msg']
