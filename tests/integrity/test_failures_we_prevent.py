@@ -588,7 +588,8 @@ def test_nova_placement_a_second_allocation_cannot_take_a_leased_slot(tmp_path, 
     node.write_lease(slot['slot_id'], 'alloc-1', phase='running', devices=[slot['gpu_address']])
     before = open(node.lease_file(slot['slot_id']), 'rb').read()
     approved = [{'slot_id': slot['slot_id'], 'gpu_address': slot['gpu_address'],
-                 'destructive_wipe_policy': 'zero', 'capacity_metadata': slot['capacity_metadata']}]
+                 'destructive_wipe_policy': 'zero', 'capacity_metadata': slot['capacity_metadata'],
+                 'fingerprint': slot['fingerprint']}]
     allocation = {'id': 'alloc-2', 'tenant': 't2', 'image': '/nonexistent.qcow2', 'image_checksum': 'sha256:' + '0' * 64,
                   'ssh_keys': ['ssh-ed25519 AAAA t2'], 'vcpus': 1, 'memory_mib': 256}
     # The failure: a second plan for the slot (a scheduler that raced, a retried job) goes ahead.
