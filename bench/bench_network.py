@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import tests.conftest  # noqa: E402,F401  (puts the collection on sys.path)
 from tests.functional.network import env  # noqa: E402
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot  # noqa: E402
 
 BRIDGE = 'br-gpuaas-b'
 NODE = 'benchnode'
@@ -44,9 +45,9 @@ def one_run(node, work, slots):
                 nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'))
     slot = dict(bridge=BRIDGE, hosts_dir=host['hosts_dir'], dnsmasq_pid_file=host['pid_file'])
     figures = {'host up': timed(node, 'host_network', host)}
-    up = [timed(node, 'slot_network', dict(slot, slot_id='%s-s%d' % (NODE, i), hostname='slot-%d' % i))
+    up = [timed(node, 'slot_network', dict(slot, slot_id=Slot(NODE, i).slot_id, hostname='slot-%d' % i))
           for i in range(slots)]
-    down = [timed(node, 'slot_network', dict(slot, slot_id='%s-s%d' % (NODE, i), state='absent'))
+    down = [timed(node, 'slot_network', dict(slot, slot_id=Slot(NODE, i).slot_id, state='absent'))
             for i in range(slots)]
     figures['host down'] = timed(node, 'host_network', dict(host, state='absent'))
     figures['slots up'] = sum(up)

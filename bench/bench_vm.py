@@ -42,7 +42,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot 
 from ansible_collections.gpuaas.slice.plugins.modules import slot_image, slot_seed, slot_vm  # noqa: E402
 
 NODE, INDEX = 'bench', 5
-SLOT = '%s-s%d' % (NODE, INDEX)
+SLOT = Slot(NODE, INDEX).slot_id
 TOKEN = 'bench-token-0123456789abcdef'
 
 
@@ -79,7 +79,8 @@ def prepare(workdir, network, guest, uri):
                 console_log_dir=os.path.join(workdir, 'console'), disk=image['target'], seed=seed['path'],
                 kernel=guest['kernel'], initrd=guest['initrd'], kernel_cmdline=guest['cmdline'],
                 lease_file=network.lease_file, lease_timeout=120, stop_timeout=10,
-                expected_ip=network.ip(INDEX))
+                expected_ip=network.ip(INDEX),
+                allowed_dirs=[workdir, os.path.dirname(guest['kernel']), os.path.dirname(guest['initrd'])])
 
 
 def one_run(vm_args, network, domain_type):

@@ -110,7 +110,7 @@ def worker_inventory(directory, extravars):
     node's approved slot map (host_vars), and paths relative to lab/ become absolute."""
     import yaml
     with open(INVENTORY) as handle:
-        text = handle.read().replace('{{ inventory_dir }}', HERE)
+        text = handle.read().replace('{{ inventory_dir | dirname }}', REPO).replace('{{ inventory_dir }}', HERE)
     inventory = yaml.safe_load(text)
     inventory['all']['vars'].update(extravars, ansible_python_interpreter=sys.executable)
     os.makedirs(directory, exist_ok=True)
@@ -203,7 +203,7 @@ def prove(results, since, timeout=240):
 
 
 def report(allocations, releases, proofs):
-    phases = ['approval', 'lease', 'network', 'image', 'devices', 'vm', 'done', 'total']
+    phases = ['check', 'image', 'vm', 'total']
     print()
     print('lab report (%s, node %s)' % (time.strftime('%Y-%m-%d %H:%M:%S'), NODE))
     if allocations:
@@ -216,18 +216,16 @@ def report(allocations, releases, proofs):
         omitted = sorted(set(a for r in allocations.values() for a in r.get('hostdevs_omitted', [])))
         print('  passthrough: hostdevs NOT attached (this machine has no IOMMU); on a GPU host they would be: %s'
               % (', '.join(omitted) or '-'))
-        print('  allocate, seconds per phase:')
+        print('  allocate, seconds (the check, image copy and VM as the modules measured them; the whole run):')
         print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in phases))
         for slot, result in allocations.items():
             timings = result.get('timings', {})
             print('    %-15s ' % slot + ' '.join('%8s' % timings.get(p, '-') for p in phases))
     if releases:
-        rphases = ['lease', 'vm', 'network', 'devices', 'wipe', 'total']
-        print('  release, seconds per phase:')
-        print('    %-15s ' % 'slot' + ' '.join('%8s' % p for p in rphases))
+        print('  release, seconds (the reset as pci_reset measured it; the whole playbook):')
+        print('    %-15s %8s %8s' % ('slot', 'reset', 'playbook'))
         for slot, result in releases.items():
-            timings = result.get('timings', {})
-            print('    %-15s ' % slot + ' '.join('%8s' % timings.get(p, '-') for p in rphases))
+            print('    %-15s %8s %8s' % (slot, result.get('timings', {}).get('reset', '-'), result.get('wall_seconds', '-')))
     print()
 
 

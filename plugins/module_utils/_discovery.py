@@ -79,7 +79,7 @@ def _link(device):
     }
 
 
-def _fingerprint(device):
+def fingerprint(device):
     """What identifies the physical device behind an address (checked before allocation)."""
     if device is None:
         return None
@@ -93,6 +93,21 @@ def _fingerprint(device):
         'serial': serial if serial and serial.strip('0-') else None,
         'pcie_path': '/'.join(device.pcie_path),
     }
+
+
+def group_intruder(group, device):
+    """Why a device (a PciDevice, or an address) that is not part of the GPU spoils its group."""
+    described = device.describe() if hasattr(device, 'describe') else device
+    return ('IOMMU group %s also holds %s, which is not part of the GPU: every device '
+            'of a group goes to the VM together, so the host would lose it (move the '
+            'card to another slot, or enable ACS on the bridge above it)' % (group, described))
+
+
+def console_use(gpu):
+    """Why a GPU not yet on vfio-pci is the host's: it drives a framebuffer console; else None."""
+    if gpu.driver and gpu.driver != 'vfio-pci' and gpu.sysfs.listdir(gpu.rel + '/graphics'):
+        return '%s drives a host framebuffer console (driver %s)' % (gpu.address, gpu.driver)
+    return None
 
 
 def _common_depth(path_a, path_b):
@@ -242,12 +257,7 @@ class Discovery:
                 if same_device(member, gpu.address):
                     companions.append(member)
                     continue
-                described = device.describe() if device is not None else member
-                reasons.append(
-                    'IOMMU group %s also holds %s, which is not part of the GPU: every device '
-                    'of a group goes to the VM together, so the host would lose it (move the '
-                    'card to another slot, or enable ACS on the bridge above it)'
-                    % (record['iommu_group'], described))
+                reasons.append(group_intruder(record['iommu_group'], device or member))
 
         numa = record['numa_node']
         cpulist = numa_nodes.get(str(numa)) if numa >= 0 else None
@@ -281,9 +291,8 @@ class Discovery:
                            'root complex with %s (require_fabric is true)'
                            % ('/'.join('%04x' % c for c in self.fabric_classes), gpu.address))
 
-        if gpu.driver and gpu.driver != 'vfio-pci' and self.sysfs.listdir(gpu.rel + '/graphics'):
-            reasons.append('%s drives a host framebuffer console (driver %s)'
-                           % (gpu.address, gpu.driver))
+        if console_use(gpu):
+            reasons.append(console_use(gpu))
 
         try:
             slot = Slot(self.node_id, index).layout()
@@ -309,10 +318,10 @@ class Discovery:
                 'fabric_vf_pci_address': vf,
             },
             'fingerprint': {
-                'gpu': _fingerprint(gpu),
-                'companions': [_fingerprint(self.bus.get(c)) for c in companions],
-                'nvme': _fingerprint(nvme),
-                'fabric_pf': _fingerprint(fabric_pf),
+                'gpu': fingerprint(gpu),
+                'companions': [fingerprint(self.bus.get(c)) for c in companions],
+                'nvme': fingerprint(nvme),
+                'fabric_pf': fingerprint(fabric_pf),
             },
             'eligible': not reasons,
             'reasons': reasons,

@@ -29,7 +29,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     parse_bdf,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
-    IFNAME, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist)
+    IFNAME, LIMITS, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist, show)
 
 METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
 ET.register_namespace('gpuaas', METADATA_NS)
@@ -38,6 +38,11 @@ DOMAIN_TYPES = ('kvm', 'qemu')
 BRIDGE_TYPES = ('openvswitch', 'linux', 'ethernet')
 DISK_FORMATS = ('raw', 'qcow2')
 HOSTDEV_ROLES = ('gpu', 'companion', 'nvme', 'fabric_vf')
+
+# The largest values a domain may ask for: the contract's shape limits, 16 GiB huge pages.
+MAX_MEMORY_MIB = LIMITS['memory_mib'][1]
+MAX_VCPUS = LIMITS['vcpus'][1]
+MAX_HUGEPAGE_KIB = 16 * 1024 * 1024
 
 ALIAS_RE = re.compile(r'ua-(gpu|companion|nvme|fabric-vf)([0-9]+)')
 
@@ -110,14 +115,15 @@ class DomainSpec:
             raise DomainError('domain_type must be one of %s, not %r' % (', '.join(DOMAIN_TYPES), domain_type))
         self.domain_type = domain_type
         self.machine = MACHINE_TYPE.check(machine, 'machine')
-        if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or memory_mib < 64:
-            raise DomainError('memory_mb must be a whole number of MiB, at least 64, not %r' % (memory_mib,))
+        if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or not 64 <= memory_mib <= MAX_MEMORY_MIB:
+            raise DomainError('memory_mb must be a whole number of MiB, at least 64 and at most %d, not %s'
+                              % (MAX_MEMORY_MIB, show(memory_mib)))
         self.memory_kib = memory_mib * 1024
         self.cpus = parse_cpulist(cpulist)
         if vcpus is None:
             vcpus = len(self.cpus)
-        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1:
-            raise DomainError('vcpus must be a positive whole number, not %r' % (vcpus,))
+        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
+            raise DomainError('vcpus must be a positive whole number, at most %d, not %s' % (MAX_VCPUS, show(vcpus)))
         if vcpus > len(self.cpus):
             raise DomainError('vcpus %d is more than the %d CPUs of the slot cpulist %s: each vCPU '
                               'is pinned to a CPU of its own' % (vcpus, len(self.cpus), cpulist))
@@ -129,8 +135,9 @@ class DomainSpec:
         self.hugepages = bool(hugepages)
         if hugepage_size_kib is not None and (not self.hugepages or isinstance(hugepage_size_kib, bool)
                                               or not isinstance(hugepage_size_kib, int)
-                                              or hugepage_size_kib <= 0):
-            raise DomainError('hugepage_size_kb needs hugepages=true and a size in KiB (2048, 1048576)')
+                                              or not 4 <= hugepage_size_kib <= MAX_HUGEPAGE_KIB):
+            raise DomainError('hugepage_size_kb needs hugepages=true and a size in KiB from 4 to %d (2048, 1048576), '
+                              'not %s' % (MAX_HUGEPAGE_KIB, show(hugepage_size_kib)))
         self.hugepage_size_kib = hugepage_size_kib
         self.hostdevs = list(hostdevs)
         for role, address in self.hostdevs:

@@ -44,13 +44,19 @@ import signal
 import tempfile
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    atomic_write, check_path, has_control_chars)
+    atomic_write, check_path, ensure_dir, has_control_chars)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKIE_BASE, SLOT_NETWORK, GpuaasError
 
 HOST_COOKIE = COOKIE_BASE | 0xffff
 DHCP_GROUP = 0x677075     # 'gpu'
-OFCTL = ['ovs-ofctl', '-O', 'OpenFlow15', '--no-names']
+# Seconds an ovs-vsctl or ovs-ofctl call may take: a stuck ovsdb-server or ovs-vswitchd must not
+# hang the play. The tools' own --timeout (SIGALRM) costs nothing; coreutils timeout(1) around
+# each call cost about 10 ms a call, a third of a slot's time.
+OVS_TIMEOUT = 30
+VSCTL = ['ovs-vsctl', '--timeout=%d' % OVS_TIMEOUT]
+OFCTL = ['ovs-ofctl', '--timeout=%d' % OVS_TIMEOUT, '-O', 'OpenFlow15', '--no-names']
 MAC_BROADCAST = 'ff:ff:ff:ff:ff:ff'
 LOCAL_OFPORT = 65534
 # (path under /proc/sys/net with {port}, value) that keep the host's own stack off a slot port.
@@ -71,26 +77,56 @@ class NetworkError(GpuaasError, ValueError):
     """A network request refused or a command that failed; the message says which and why."""
 
 
-class Changes(object):
-    """What a network module changed (or would change), for its result and its diff."""
+def runner(module):
+    """The engine's runner, failing with NetworkError."""
+    return Runner(module, NetworkError)
 
-    def __init__(self, module):
-        self.module = module
-        self.run = Runner(module)
-        self.changes = []
-        self.diff = {'before': {}, 'after': {}}
 
-    def changed(self, what, before=None, after=None):
-        self.changes.append(what)
-        if before is not None or after is not None:
-            self.diff['before'][what] = before
-            self.diff['after'][what] = after
+def report(plan, **fields):
+    """The module's result: the plan's actions are its ``changes``."""
+    result = plan.result(**fields)
+    result['changes'] = result.pop('actions')
+    return result
 
-    def report(self, **fields):
-        result = dict(fields, changed=bool(self.changes), changes=self.changes)
-        if self.module._diff:
-            result['diff'] = self.diff
-        return result
+
+def engine(cls):
+    """The engine of a network module: ``cls(module)`` plans its ``present()`` or ``absent()``,
+    and its ``result()`` runs the plan and reports."""
+    def run(module):
+        target = cls(module)
+        getattr(target, module.params['state'])()
+        return target.result()
+    return run
+
+
+def read_text(path):
+    """A text file's content, or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path, 'rb') as handle:
+        return handle.read().decode('utf-8', 'replace')
+
+
+def write_text(module, path, content, mode=0o644):
+    """Write a text file atomically, making its directory first."""
+    ensure_dir(os.path.dirname(path), 0o755)
+    atomic_write(module, path, content.encode('utf-8'), mode=mode)
+
+
+def file_step(plan, module, path, content, what=None, then=None):
+    """A step writing ``content`` to ``path`` when it differs (and calling ``then`` when it
+    rewrote a file), verified by reading it back; None when the file holds it already."""
+    before = read_text(path)
+    if before == content:
+        return None
+
+    def apply():
+        write_text(module, path, content)
+        if before is not None and then is not None:
+            then()
+    return plan.change(what or path, apply,
+                       verify=lambda: None if read_text(path) == content else '%s holds something else' % path,
+                       before=before or '', after=content)
 
 
 # -- validation ---------------------------------------------------------------
@@ -126,19 +162,6 @@ def check_networks(values, what):
 
 # -- commands -----------------------------------------------------------------
 
-class Runner(object):
-    """run_command with failures turned into NetworkError naming the command."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __call__(self, args, check=True, data=None):
-        rc, out, err = self.module.run_command(args, data=data, binary_data=data is not None)
-        if check and rc != 0:
-            raise NetworkError('%s failed (exit %d): %s' % (' '.join(args), rc, (err or out).strip()))
-        return rc, out, err
-
-
 def ovs_available(run):
     rc, _out, err = run(['ovs-vsctl', '--timeout=5', 'show'], check=False)
     if rc != 0:
@@ -148,13 +171,12 @@ def ovs_available(run):
 
 def bridge_info(run, bridge):
     """{'datapath_type', 'fail_mode'} of an existing bridge, or None."""
-    rc, _out, _err = run(['ovs-vsctl', 'br-exists', bridge], check=False)
+    rc, _out, _err = run(VSCTL + ['br-exists', bridge], check=False)
     if rc == 2:
         return None
     if rc != 0:
         raise NetworkError('ovs-vsctl br-exists %s failed' % bridge)
-    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=datapath_type,fail_mode',
-                          'list', 'Bridge', bridge])
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=datapath_type,fail_mode', 'list', 'Bridge', bridge])
     row = json.loads(out)['data'][0]
     values = [value if isinstance(value, str) else '' for value in row]   # ["set", []] is unset
     return {'datapath_type': values[0] or 'system', 'fail_mode': values[1]}
@@ -166,7 +188,7 @@ def bridge_ofport(run, bridge):
     ovs-vsctl succeeds even when ovs-vswitchd cannot open the bridge's datapath (the kernel
     datapath without the openvswitch module); the interface then has no OpenFlow port.
     """
-    _rc, out, _err = run(['ovs-vsctl', '--format=json', '--columns=ofport,error', 'list', 'Interface', bridge])
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=ofport,error', 'list', 'Interface', bridge])
     rows = json.loads(out)['data']
     if not rows:
         return None, ''
@@ -209,6 +231,61 @@ def isolate_port(port, proc_net='/proc/sys/net'):
                                % (path, want, port, exc))
 
 
+def device_exists(name):
+    return os.path.exists('/sys/class/net/%s' % name)
+
+
+def is_tap(name):
+    return os.path.exists('/sys/class/net/%s/tun_flags' % name)
+
+
+def link_up(name):
+    try:
+        with open('/sys/class/net/%s/flags' % name) as handle:
+            return int(handle.read().strip(), 16) & 1 == 1
+    except (IOError, OSError, ValueError):
+        return False
+
+
+def port_row(run, port):
+    """(bridge the port is on or None, ofport, external_ids) of an Open vSwitch port."""
+    rc, out, _err = run(VSCTL + ['port-to-br', port], check=False)
+    if rc != 0:
+        return None, None, {}
+    _rc, row, _err = run(VSCTL + ['--format=json', '--columns=ofport,external_ids', 'list', 'Interface', port])
+    data = json.loads(row)['data'][0]
+    return out.strip(), data[0], dict(data[1][1])
+
+
+def ofport_holder(run, bridge, port, ofport):
+    """Another interface on ``bridge`` than ``port`` that has OpenFlow port ``ofport``, or None."""
+    _rc, out, _err = run(VSCTL + ['--format=json', '--columns=name', 'find', 'Interface', 'ofport=%d' % ofport])
+    for (name,) in json.loads(out)['data']:
+        if name == port:
+            continue
+        rc, on, _err = run(VSCTL + ['port-to-br', name], check=False)
+        if rc == 0 and on.strip() == bridge:
+            return name
+    return None
+
+
+def check_slot_port(run, port, bridge, slot_id, tap, on_bridge, ids):
+    """Refuse, before any change, a port that is not slot ``slot_id``'s to use or remove."""
+    if on_bridge is not None and on_bridge != bridge:
+        raise NetworkError('port %s is on bridge %s, not %s' % (port, on_bridge, bridge))
+    owner = ids.get('gpuaas-slot')
+    if on_bridge is not None and owner not in (None, slot_id):
+        raise NetworkError('port %s belongs to slot %s, not %s: release that slot first' % (port, owner, slot_id))
+    if device_exists(port):
+        if tap and not is_tap(port):
+            raise NetworkError('port %s exists and is not a tap device: give port_type=existing for a '
+                               'device made elsewhere' % port)
+        addresses, _up = interface_addresses(run, port)
+        if addresses:
+            raise NetworkError('port %s has the IPv4 address(es) %s: a host interface, never a slot port'
+                               % (port, ', '.join(addresses)))
+
+
 # -- flows --------------------------------------------------------------------
 
 def canonical_flow(text):
@@ -248,7 +325,25 @@ def install_flows(run, bridge, cookie, flows):
     """Replace the flows with ``cookie`` by ``flows`` (one add-flow batch, from stdin)."""
     run(OFCTL + ['del-flows', bridge, 'cookie=%#x/-1' % cookie])
     if flows:
-        run(OFCTL + ['add-flows', bridge, '-'], data='\n'.join(flows) + '\n')
+        run(OFCTL + ['add-flows', bridge, '-'], data=('\n'.join(flows) + '\n').encode('ascii'), binary=True)
+
+
+def flows_step(plan, run, bridge, cookie, flows, what, force=False):
+    """A step giving the flows with ``cookie`` exactly ``flows`` (verified by dumping them); None when they are.
+
+    ``force``: the bridge does not exist yet, so there is nothing to read.
+    """
+    want = set(canonical_flow(flow) for flow in flows)
+    have = set() if force else dump_flows(run, bridge, cookie)
+    if have == want:
+        return None
+
+    def verify():
+        found = dump_flows(run, bridge, cookie)
+        return None if found == want else '%d of the %d flows with cookie %#x are there' % (
+            len(found & want), len(want), cookie)
+    return plan.change(what, lambda: install_flows(run, bridge, cookie, flows), verify=verify,
+                       before=len(have), after=len(want))
 
 
 def host_flows(gateway_ip):
@@ -296,6 +391,23 @@ def group_buckets(run, bridge):
             return dict((int(m.group(1)), m.group(2)) for m in
                         re.finditer(r'bucket=bucket_id:(\d+),actions=([^,]+(?:,(?!bucket=)[^,]+)*)', line))
     return None
+
+
+def bucket(run, bridge, ofport):
+    """The actions of the DHCP broadcast group's bucket ``ofport``, or None."""
+    return (group_buckets(run, bridge) or {}).get(ofport)
+
+
+def remove_bucket(run, bridge, ofport):
+    run(OFCTL + ['remove-buckets', bridge, 'group_id=%d,command_bucket_id=%d' % (DHCP_GROUP, ofport)])
+
+
+def set_bucket(run, bridge, ofport, replace):
+    """Give the DHCP broadcast group the bucket ``ofport`` (output to that port), replacing one."""
+    if replace:
+        remove_bucket(run, bridge, ofport)
+    run(OFCTL + ['insert-buckets', bridge, 'group_id=%d,command_bucket_id=last,bucket=bucket_id:%d,actions=output:%d'
+                 % (DHCP_GROUP, ofport, ofport)])
 
 
 # -- nftables -----------------------------------------------------------------
@@ -409,22 +521,6 @@ def apply_nft(module, run, path, ruleset):
 
 def dhcp_host_line(mac, ip, hostname):
     return '%s,%s,%s\n' % (mac, ip, hostname)
-
-
-def write_if_changed(module, path, content, mode=0o644):
-    """(changed, before) for a text file written atomically when it differs."""
-    before = None
-    if os.path.exists(path):
-        with open(path, 'rb') as handle:
-            before = handle.read().decode('utf-8', 'replace')
-    if before == content:
-        return False, before
-    if not module.check_mode:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        atomic_write(module, path, content.encode('utf-8'), mode=mode)
-    return True, before
 
 
 def config_path(path, what):

@@ -34,16 +34,22 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     restore_hostdevs,
     slot_hostdevs,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._files import ensure_dir
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Runner, Step, check_timeout
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path, ensure_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, check_int
 
 STATES = ('present', 'running', 'stopped', 'absent', 'repaired')
 VFIO_DRIVER = 'vfio-pci'
 LEASE_POLL_S = 0.1
 STOP_POLL_S = 0.2
 SHUTDOWN_REPEAT_S = 5
+MAX_LEASE_TIMEOUT = 3600
+MAX_STOP_TIMEOUT = 3600
+MAX_NUMA_NODE = 1023
+# Where a slot's disk, seed, boot files and console logs may be, unless allowed_dirs says otherwise.
+ALLOWED_DIRS = ['/var/lib/gpuaas', '/var/log/gpuaas']
 
 
 class SlotVmError(GpuaasError):
@@ -128,7 +134,13 @@ def console_tail(path, lines=20):
 
 
 class SlotVm:
-    """Bring one slot's domain to ``params['state']``; :meth:`run` returns the result."""
+    """Bring one slot's domain to ``params['state']``; :meth:`run` returns the result.
+
+    :meth:`plan` turns have and want into an :class:`_engine.Plan` whose steps are the
+    documented actions (create console log directory, destroy, define or redefine, start,
+    shutdown, undefine, release lease); the checks before a start and the wait for the
+    guest's lease are steps too that change nothing, so check mode skips them with the rest.
+    """
 
     def __init__(self, module, connection=Connection, clock=time.monotonic, sleep=time.sleep):
         self.module = module
@@ -140,13 +152,30 @@ class SlotVm:
         self.slot_id = self.params['slot_id']
         self.slot = Slot.parse(self.slot_id)
         self.slot_index, self.name, self.mac = self.slot.index, self.slot.domain, self.slot.mac
+        check_timeout(self.params['lease_timeout'], 'lease_timeout', MAX_LEASE_TIMEOUT)
+        check_timeout(self.params['stop_timeout'], 'stop_timeout', MAX_STOP_TIMEOUT)
         self.timings = {}
         self.warnings = []
+        # What the plan's steps leave behind (read by the result).
+        self.conn = self.domain = self.stale = self.lease = None
+        self.after_xml = ''
+        self.forced = False
 
     # -- want ---------------------------------------------------------------
 
     def console_log(self):
         return self.slot.file(self.params['console_log_dir'], '.log')
+
+    def confine(self):
+        """Refuse a disk, seed, kernel, initrd or console log directory outside ``allowed_dirs``."""
+        p = self.params
+        allowed = [check_path(path, 'allowed_dirs') for path in p['allowed_dirs'] or []]
+        if not allowed:
+            raise SlotVmError('allowed_dirs is empty: give the directories disks, seeds, boot files and '
+                              'console logs may be in')
+        for what in ('disk', 'seed', 'kernel', 'initrd', 'console_log_dir'):
+            if p[what] is not None:
+                check_path(p[what], what, allowed)
 
     def wanted_hostdevs(self):
         p = self.params
@@ -164,6 +193,8 @@ class SlotVm:
             else:
                 disk_is_block = disk.startswith('/dev/')
         numa_node = p['numa_node'] if p['numatune'] else None
+        if numa_node is not None:
+            check_int(numa_node, 'numa_node', 0, MAX_NUMA_NODE)
         node_dir = 'devices/system/node/node%d' % (numa_node or 0)
         if numa_node is not None and not self.sysfs.isdir(node_dir):
             raise SlotVmError('the host has no NUMA node %d (no %s): the slot\'s memory cannot be '
@@ -199,24 +230,27 @@ class SlotVm:
             problems.extend(hostdev_problems(self.sysfs, [a for _r, a in spec.hostdevs]))
         return problems
 
-    # -- plan -----------------------------------------------------------------
+    # -- plan ---------------------------------------------------------------
 
     def plan(self, have_xml, active, want_xml):
-        """(actions, mismatches) taking the domain from what it is to what is wanted."""
+        """(plan, mismatches) taking the domain from what it is to what is wanted."""
         p = self.params
-        actions = []
+        plan = Plan(self.module, error=SlotVmError)
+        # What the domain's inactive XML will be (libvirt's own once a define or undefine ran).
+        self.after_xml = have_xml
         if p['state'] == 'absent':
             if have_xml:
+                self.after_xml = ''
                 if active:
-                    actions.append('destroy')
-                actions.append('undefine')
+                    self.destroy_step(plan)
+                plan.change('undefine', self.undefine, verify=lambda: self.conn.lookup(self.name) is not None
+                            and 'libvirt still has the domain')
             if p['release_lease'] and find_lease(p['lease_file'], self.mac):
-                actions.append('release lease')
-            return actions, []
+                plan.change('release lease', lambda: self._timed('release_lease_s', self.release_lease))
+            return plan, []
         mismatches = []
-        if not have_xml:
-            actions.append('define')
-        else:
+        define = not have_xml
+        if have_xml:
             mismatches = differences(domain_facts(have_xml), domain_facts(want_xml))
             if mismatches:
                 if not p['replace']:
@@ -225,16 +259,26 @@ class SlotVm:
                         'redefine it (a running domain is destroyed first). Differences:\n- %s'
                         % (self.name, '\n- '.join(mismatches)))
                 if active:
-                    actions.append('destroy')
+                    self.destroy_step(plan)
                     active = False
-                actions.append('redefine')
+                define = True
         if not os.path.isdir(p['console_log_dir']):
-            actions.insert(0, 'create console log directory')
+            plan.change('create console log directory', lambda: ensure_dir(p['console_log_dir'], 0o750),
+                        verify=lambda: not os.path.isdir(p['console_log_dir']) and 'no directory')
+        if define:
+            self.after_xml = want_xml
+            plan.change('redefine' if have_xml else 'define', lambda: self.define(want_xml),
+                        verify=lambda: self.defined_as(want_xml))
         if p['state'] == 'running' and not active:
-            actions.append('start')
+            plan.change('start', self.start, verify=lambda: not self.conn.is_active(self.domain) and 'it is not running')
         elif p['state'] == 'stopped' and active:
-            actions.append('shutdown')
-        return actions, mismatches
+            plan.change('shutdown', self.stop, verify=lambda: self.conn.is_active(self.domain) and 'it still runs')
+        return plan, mismatches
+
+    def destroy_step(self, plan):
+        plan.change('destroy', lambda: self._timed('destroy_s', self.conn.call, 'destroying %s' % self.name,
+                                                   self.domain.destroy),
+                    verify=lambda: self.conn.is_active(self.domain) and 'it still runs')
 
     # -- apply ----------------------------------------------------------------
 
@@ -243,6 +287,27 @@ class SlotVm:
         value = func(*args)
         self.timings[key] = round(self.clock() - start, 3)
         return value
+
+    def define(self, xml):
+        self.domain = self._timed('define_s', self.conn.define, xml)
+        self.after_xml = self.conn.inactive_xml(self.domain)
+
+    def defined_as(self, want_xml):
+        """None when libvirt's definition is the wanted one, else how it differs."""
+        mismatches = differences(domain_facts(self.after_xml), domain_facts(want_xml))
+        return 'libvirt holds another definition: %s' % '; '.join(mismatches) if mismatches else None
+
+    def start(self):
+        # The slot's lease from before this start does not count until dnsmasq writes it again.
+        self.stale = find_lease(self.params['lease_file'], self.mac)
+        self._timed('start_s', self.conn.call, 'starting %s' % self.name, self.domain.create)
+
+    def stop(self):
+        self.forced = self._timed('stop_s', self.shutdown, self.conn, self.domain)
+
+    def undefine(self):
+        self._timed('undefine_s', self.conn.undefine, self.domain)
+        self.domain, self.after_xml = None, ''
 
     def shutdown(self, conn, domain):
         """ACPI shutdown, then a hard power-off after stop_timeout; True when forced.
@@ -282,11 +347,7 @@ class SlotVm:
             self.warnings.append('dhcp_release (Debian package dnsmasq-utils) is not installed: the '
                                  'lease of %s for %s stays until it expires' % (lease['ip'], self.mac))
             return
-        rc, out, err = self.module.run_command([tool, p['bridge'], lease['ip'], self.mac],
-                                               environ_update={'LANG': 'C'})
-        if rc != 0:
-            raise SlotVmError('dhcp_release %s %s %s failed (rc %d): %s'
-                              % (p['bridge'], lease['ip'], self.mac, rc, (err or out).strip()))
+        Runner(self.module, SlotVmError)([tool, p['bridge'], lease['ip'], self.mac], timeout=30)
         deadline = self.clock() + 5
         while self.clock() < deadline:
             if find_lease(p['lease_file'], self.mac) is None:
@@ -322,140 +383,109 @@ class SlotVm:
                        console_tail(self.console_log())))
             self.sleep(LEASE_POLL_S)
 
-    def _apply(self, conn, domain, actions, want_xml):
-        """Carry out ``actions``; returns (domain or None, started_at, forced)."""
+    def wait_lease(self):
         p = self.params
-        started_at, forced = None, False
-        for action in actions:
-            if action == 'create console log directory':
-                ensure_dir(p['console_log_dir'], 0o750)
-            elif action == 'destroy':
-                self._timed('destroy_s', conn.call, 'destroying %s' % self.name, domain.destroy)
-            elif action in ('define', 'redefine'):
-                domain = self._timed('define_s', conn.define, want_xml)
-            elif action == 'start':
-                started_at = time.time()
-                self._timed('start_s', conn.call, 'starting %s' % self.name, domain.create)
-            elif action == 'shutdown':
-                forced = self._timed('stop_s', self.shutdown, conn, domain)
-            elif action == 'undefine':
-                self._timed('undefine_s', conn.undefine, domain)
-                domain = None
-            elif action == 'release lease':
-                self._timed('release_lease_s', self.release_lease)
-        return domain, started_at, forced
+        waited = self.clock()
+        lease = self.wait_for_lease(self.conn, self.domain, self.stale)
+        self.timings['lease_wait_s'] = round(self.clock() - waited, 3)
+        expected = p['expected_ip'] or self.slot.ip
+        if lease['ip'] != expected:
+            raise SlotVmError('dnsmasq gave %s the address %s, but the slot layout says %s: '
+                              'fix the dhcp-host entry for %s' % (self.name, lease['ip'], expected, self.mac))
+        self.lease = lease
+
+    def result(self, plan, have_xml, **fields):
+        """The module's result once ``plan`` ran: the inactive XML before and after as the diff."""
+        result = plan.result(name=self.name, mac=self.mac, console_log=self.console_log(),
+                             xml=self.after_xml, timings=self.timings, **fields)
+        if self.domain is not None and self.params['state'] != 'absent':
+            result['uuid'] = self.conn.call('reading the UUID of %s' % self.name, self.domain.UUIDString)
+        if self.module._diff:
+            result['diff'] = {'before': have_xml, 'after': self.after_xml,
+                              'before_header': '%s (inactive XML)' % self.name,
+                              'after_header': '%s (inactive XML)' % self.name}
+        return result
 
     def repair(self):
         """state=repaired: give the existing domain back the hostdevs it lacks."""
-        p = self.params
         hostdevs = self.wanted_hostdevs()
         if not hostdevs:
             raise SlotVmError('state=repaired needs the slot\'s devices (gpu_address, companions, '
                               'nvme_address, fabric_vf_pci_address) to put back')
-        result = {'name': self.name, 'mac': self.mac, 'console_log': self.console_log(),
-                  'hostdevs': [{'role': role, 'address': address} for role, address in hostdevs]}
-        with self.connection(p['uri']) as conn:
-            domain = conn.lookup(self.name)
-            if domain is None:
+        with self.connection(self.params['uri']) as self.conn:
+            self.domain = self.conn.lookup(self.name)
+            if self.domain is None:
                 raise SlotVmError('slot %s has no domain %s to repair: its definition is gone; run '
                                   'allocate again with the allocation id, or release the slot'
                                   % (self.slot_id, self.name))
-            have_xml = conn.inactive_xml(domain)
-            active = conn.is_active(domain)
+            have_xml = self.conn.inactive_xml(self.domain)
+            active = self.conn.is_active(self.domain)
             want_xml, added = restore_hostdevs(have_xml, hostdevs)
-            actions = ['redefine with hostdevs %s' % ', '.join(added)] if added else []
-            after_xml = want_xml
-            if actions and not self.module.check_mode:
-                domain = self._timed('define_s', conn.define, want_xml)
-                after_xml = conn.inactive_xml(domain)
-                missing = [a for _role, a in hostdevs
-                           if a not in [h.split(' ')[0] for h in domain_facts(after_xml)['hostdevs']]]
-                if missing:
-                    raise SlotVmError('libvirt dropped the hostdevs %s of %s again when it was '
-                                      'redefined' % (', '.join(missing), self.name))
-            result['uuid'] = conn.call('reading the UUID of %s' % self.name, domain.UUIDString)
+            self.after_xml = want_xml
+            plan = Plan(self.module, error=SlotVmError)
+            if added:
+                plan.change('redefine with hostdevs %s' % ', '.join(added), lambda: self.define(want_xml),
+                            verify=lambda: self.hostdevs_dropped(hostdevs))
+            plan.execute()
+            result = self.result(plan, have_xml, restored=added, differences=[], forced_off=False,
+                                 domain_state='running' if active else 'shut off',
+                                 hostdevs=[{'role': role, 'address': address} for role, address in hostdevs])
         if added and active:
             self.warnings.append('%s runs without %s: its definition has them again, the running '
                                  'guest gets them at its next start' % (self.name, ', '.join(added)))
-        result.update(changed=bool(actions), actions=actions, restored=added, differences=[],
-                      domain_state='running' if active else 'shut off', forced_off=False,
-                      xml=after_xml, timings=self.timings)
-        if self.module._diff:
-            result['diff'] = {'before': have_xml, 'after': after_xml,
-                              'before_header': '%s (inactive XML)' % self.name,
-                              'after_header': '%s (inactive XML)' % self.name}
         return result
+
+    def hostdevs_dropped(self, hostdevs):
+        have = [h.split(' ')[0] for h in domain_facts(self.after_xml)['hostdevs']]
+        missing = [a for _role, a in hostdevs if a not in have]
+        return ('libvirt dropped the hostdevs %s of %s again when it was redefined'
+                % (', '.join(missing), self.name)) if missing else None
 
     def run(self):
         p = self.params
         if p['state'] == 'repaired':
             return self.repair()
-        check_mode = self.module.check_mode
-        result = {'name': self.name, 'mac': self.mac, 'console_log': self.console_log()}
+        fields = {}
         spec = None
         if p['state'] != 'absent':
             spec = self.spec()
-            result['tap'] = spec.tap
-            result['hostdevs'] = hostdev_report(spec)
-            result['hostdevs_omitted'] = [] if p['passthrough'] else [
+            self.confine()
+            fields['tap'] = spec.tap
+            fields['hostdevs'] = hostdev_report(spec)
+            fields['hostdevs_omitted'] = [] if p['passthrough'] else [
                 {'role': role, 'address': address} for role, address in self.wanted_hostdevs()]
-            if result['hostdevs_omitted']:
+            if fields['hostdevs_omitted']:
                 self.warnings.append('passthrough=false: %s is defined without its devices %s'
-                                     % (self.name, ', '.join(d['address'] for d in result['hostdevs_omitted'])))
-        with self.connection(p['uri']) as conn:
-            domain = conn.lookup(self.name)
-            have_xml = conn.inactive_xml(domain) if domain is not None else ''
-            active = conn.is_active(domain) if domain is not None else False
+                                     % (self.name, ', '.join(d['address'] for d in fields['hostdevs_omitted'])))
+        with self.connection(p['uri']) as self.conn:
+            self.domain = self.conn.lookup(self.name)
+            have_xml = self.conn.inactive_xml(self.domain) if self.domain is not None else ''
+            active = self.conn.is_active(self.domain) if self.domain is not None else False
             want_xml = ''
             if spec is not None:
-                uuid = conn.call('reading the UUID of %s' % self.name, domain.UUIDString) if domain is not None else None
+                uuid = self.conn.call('reading the UUID of %s' % self.name, self.domain.UUIDString) \
+                    if self.domain is not None else None
                 want_xml = build_xml(spec, uuid=uuid)
-            actions, mismatches = self.plan(have_xml, active, want_xml)
-            if 'start' in actions:
+            plan, mismatches = self.plan(have_xml, active, want_xml)
+            if 'start' in plan.actions():
                 problems = self.start_problems(spec)
-                result['start_problems'] = problems
-                if problems and not check_mode:
-                    raise SlotVmError('%s cannot start:\n- %s' % (self.name, '\n- '.join(problems)))
-                # In check mode the tasks before this one (image, seed, vfio binding) did not
-                # run for real either: what they would have made is missing, so only warn.
+                fields['start_problems'] = problems
+                # Checked first when the plan runs; in check mode the tasks before this one (image,
+                # seed, vfio binding) did not run for real either, so what they make is missing: a warning.
+                plan.steps.insert(0, Step('check that %s can start' % self.name, mutates=False,
+                                          apply=lambda: self.refuse(problems)))
                 for problem in problems:
                     self.warnings.append('a start would now fail unless earlier tasks fix this: %s' % problem)
-            result.update(changed=bool(actions), actions=actions, differences=mismatches)
+            if p['state'] == 'running' and p['wait_for_lease']:
+                plan.add(Step('wait for the lease of %s' % self.name, self.wait_lease, mutates=False))
+            plan.execute()
+            running = p['state'] == 'running' or (active and p['state'] == 'present')
+            fields.update(differences=mismatches, forced_off=self.forced,
+                          domain_state='absent' if p['state'] == 'absent' else ('running' if running else 'shut off'))
+            if self.lease is not None:
+                fields.update(ip=self.lease['ip'], lease=self.lease)
+            return self.result(plan, have_xml, **fields)
 
-            stale = find_lease(p['lease_file'], self.mac) if 'start' in actions else None
-            forced = False
-            if check_mode or not actions:
-                after_xml = want_xml if actions else have_xml
-                if p['state'] == 'absent':
-                    after_xml, running = '', False
-                else:
-                    running = p['state'] == 'running' or (active and p['state'] == 'present')
-            else:
-                domain, started_at, forced = self._apply(conn, domain, actions, want_xml)
-                after_xml = conn.inactive_xml(domain) if domain is not None else ''
-                running = conn.is_active(domain) if domain is not None else False
-                if started_at is None:
-                    stale = None
-            if domain is not None and not (check_mode and 'undefine' in actions):
-                result['uuid'] = conn.call('reading the UUID of %s' % self.name, domain.UUIDString)
-            result['forced_off'] = forced
-            result['domain_state'] = 'absent' if p['state'] == 'absent' else (
-                'running' if running else 'shut off')
-
-            if p['state'] == 'running' and p['wait_for_lease'] and not check_mode:
-                waited = self.clock()
-                lease = self.wait_for_lease(conn, domain, stale)
-                self.timings['lease_wait_s'] = round(self.clock() - waited, 3)
-                expected = p['expected_ip'] or self.slot.ip
-                if lease['ip'] != expected:
-                    raise SlotVmError('dnsmasq gave %s the address %s, but the slot layout says %s: '
-                                      'fix the dhcp-host entry for %s' % (self.name, lease['ip'], expected, self.mac))
-                result['ip'] = lease['ip']
-                result['lease'] = lease
-        result['xml'] = after_xml
-        result['timings'] = self.timings
-        if self.module._diff:
-            result['diff'] = {'before': have_xml, 'after': after_xml,
-                              'before_header': '%s (inactive XML)' % self.name,
-                              'after_header': '%s (inactive XML)' % self.name}
-        return result
+    def refuse(self, problems):
+        if problems:
+            raise SlotVmError('%s cannot start:\n- %s' % (self.name, '\n- '.join(problems)))

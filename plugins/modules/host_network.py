@@ -178,27 +178,38 @@ changes:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, IFNAME, NFT_TABLE
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import IFNAME, NFT_TABLE, SLOT_GATEWAY, SLOT_NETWORK
 
 DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
 
 
-class HostNetwork(net.Changes):
+def read_forward():
+    with open(FORWARD) as handle:
+        return handle.read().strip()
+
+
+def write_forward():
+    with open(FORWARD, 'w') as handle:
+        handle.write('1\n')
+
+
+class HostNetwork:
     def __init__(self, module):
-        super(HostNetwork, self).__init__(module)
+        self.module = module
         p = module.params
+        self.run = net.runner(module)
+        self.plan = Plan(module, self.run, net.NetworkError)
         self.bridge = IFNAME.check(p['bridge'], 'bridge')
         self.gateway = net.gateway_interface(p['gateway'])
         self.port = net.check_port(p['telemetry_port'], 'telemetry_port')
         self.uplink = IFNAME.check(p['uplink'], 'uplink') if p['uplink'] else None
-        NFT_TABLE.check(p['nft_table'], 'nft_table')
+        self.table = NFT_TABLE.check(p['nft_table'], 'nft_table')
         self.blocked = net.check_networks(p['blocked_networks'], 'blocked_networks')
-        dns = net.check_networks(p['dns_servers'], 'dns_servers')
-        self.dns = [item.split('/')[0] for item in dns]
+        self.dns = [item.split('/')[0] for item in net.check_networks(p['dns_servers'], 'dns_servers')]
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
@@ -206,45 +217,50 @@ class HostNetwork(net.Changes):
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
 
     def present(self):
-        check = self.module.check_mode
         net.ovs_available(self.run)
         want = {'datapath_type': self.module.params['datapath_type'], 'fail_mode': 'secure'}
         have = net.bridge_info(self.run, self.bridge)
         if have != want:
-            self.changed('bridge %s %s' % (self.bridge, 'created' if have is None else 'reconfigured'), have, want)
-            if not check:
-                self.run(['ovs-vsctl', '--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
-                          'datapath_type=%s' % want['datapath_type'], 'fail_mode=secure'])
-        if have is None and check:
-            self.plan_rest_for_new_bridge()
-            return
-        if have != want and not check:
-            self.check_datapath(created=have is None)
-        found, up = net.interface_addresses(self.run, self.bridge)
+            self.plan.change('bridge %s %s' % (self.bridge, 'created' if have is None else 'reconfigured'),
+                             lambda: self.make_bridge(created=have is None),
+                             verify=lambda: net.bridge_info(self.run, self.bridge) != want and 'the bridge is not so',
+                             before=have, after=want)
+        # A bridge made now has nothing to read yet: its gateway, group and flows are planned; one
+        # reconfigured (a new datapath) gets its gateway again.
+        found, up = ([], False) if have is None else net.interface_addresses(self.run, self.bridge)
         gateway = str(self.gateway)
-        if found != [gateway] or not up:
-            self.changed('gateway %s on %s' % (gateway, self.bridge), {'addresses': found, 'up': up},
-                         {'addresses': [gateway], 'up': True})
-            if not check:
-                # The bridge is the slot network's alone: an address it should not have goes.
-                for address in found:
-                    if address != gateway:
-                        self.run(['ip', 'address', 'del', address, 'dev', self.bridge])
-                self.run(['ip', 'address', 'replace', gateway, 'dev', self.bridge])
-                self.run(['ip', 'link', 'set', self.bridge, 'up'])
-        self.flows()
-        self.files()
+        if found != [gateway] or not up or have != want:
+            self.plan.change('gateway %s on %s' % (gateway, self.bridge), self.set_gateway,
+                             verify=lambda: net.interface_addresses(self.run, self.bridge) != ([gateway], True)
+                             and 'the bridge has other addresses or is down',
+                             before={'addresses': found, 'up': up}, after={'addresses': [gateway], 'up': True})
+        # The group first: OVS refuses a flow that names a group that does not exist.
+        if have is None or net.group_buckets(self.run, self.bridge) is None:
+            self.plan.command('DHCP broadcast group',
+                              net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP],
+                              verify=lambda: net.group_buckets(self.run, self.bridge) is None and 'no group')
+        net.flows_step(self.plan, self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)),
+                       'host flows', force=have is None)
+        if not os.path.isdir(self.hosts_dir):
+            self.plan.change('directory %s' % self.hosts_dir, lambda: os.makedirs(self.hosts_dir, 0o755))
+        net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
+            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file))
         self.nftables()
-        self.forwarding()
+        if self.module.params['nat'] and read_forward() != '1':
+            self.plan.change('net.ipv4.ip_forward=1', write_forward, before='0', after='1',
+                             verify=lambda: read_forward() != '1' and 'the kernel kept ip_forward off')
 
-    def check_datapath(self, created):
-        """Fail clearly (removing a bridge made just now) when the switch could not open the datapath."""
+    def make_bridge(self, created):
+        """Create or reconfigure the bridge; fail clearly (removing a bridge made just now) when
+        the switch could not open its datapath."""
+        datapath = self.module.params['datapath_type']
+        self.run(net.VSCTL + ['--may-exist', 'add-br', self.bridge, '--', 'set', 'Bridge', self.bridge,
+                              'datapath_type=%s' % datapath, 'fail_mode=secure'])
         ofport, error = net.bridge_ofport(self.run, self.bridge)
         if ofport == net.LOCAL_OFPORT:
             return
-        datapath = self.module.params['datapath_type']
         if created:
-            self.run(['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
+            self.run(net.VSCTL + ['--if-exists', 'del-br', self.bridge])
         hint = ('the kernel datapath needs the openvswitch kernel module (modprobe openvswitch); '
                 'without it use datapath_type=netdev' if datapath == 'system'
                 else 'see the ovs-vswitchd log')
@@ -252,119 +268,63 @@ class HostNetwork(net.Changes):
                                % (datapath, self.bridge, ' (%s)' % error if error else '', hint,
                                   '; the bridge was removed again' if created else ''))
 
-    def plan_rest_for_new_bridge(self):
-        self.changed('gateway %s on %s' % (self.gateway, self.bridge))
-        self.changed('host flows')
-        self.files()
-        self.nftables()
-        self.forwarding()
+    def set_gateway(self):
+        # The bridge is the slot network's alone: an address it should not have goes.
+        for address in net.interface_addresses(self.run, self.bridge)[0]:
+            if address != str(self.gateway):
+                self.run(['ip', 'address', 'del', address, 'dev', self.bridge])
+        self.run(['ip', 'address', 'replace', str(self.gateway), 'dev', self.bridge])
+        self.run(['ip', 'link', 'set', self.bridge, 'up'])
 
-    def flows(self):
-        # The group first: OVS refuses a flow that names a group that does not exist.
-        if net.group_buckets(self.run, self.bridge) is None:
-            self.changed('DHCP broadcast group')
-            if not self.module.check_mode:
-                self.run(net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP])
-        want = set(net.canonical_flow(flow) for flow in net.host_flows(str(self.gateway.ip)))
-        have = net.dump_flows(self.run, self.bridge, net.HOST_COOKIE)
-        if have != want:
-            self.changed('host flows', len(have), len(want))
-            if not self.module.check_mode:
-                net.install_flows(self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)))
-
-    def files(self):
-        if not os.path.isdir(self.hosts_dir):
-            self.changed('directory %s' % self.hosts_dir)
-            if not self.module.check_mode:
-                os.makedirs(self.hosts_dir, 0o755)
-        conf = net.dnsmasq_conf(self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file)
-        changed, before = net.write_if_changed(self.module, self.conf, conf)
-        if changed:
-            self.changed(self.conf, before or '', conf)
+    def table_exists(self):
+        return self.run(['nft', 'list', 'table', 'inet', self.table], check=False)[0] == 0
 
     def nftables(self):
-        ruleset = net.nft_ruleset(self.module.params['nft_table'], self.bridge, self.gateway, self.port,
-                                  self.module.params['nat'], self.uplink, self.blocked)
-        rc, _out, _err = self.run(['nft', 'list', 'table', 'inet', self.module.params['nft_table']], check=False)
-        before = None
-        if os.path.exists(self.nft_file):
-            with open(self.nft_file, 'rb') as handle:
-                before = handle.read().decode('utf-8', 'replace')
-        if before != ruleset or rc != 0:
-            self.changed('nftables table inet %s' % self.module.params['nft_table'], before or '', ruleset)
-            if not self.module.check_mode:
-                net.apply_nft(self.module, self.run, self.nft_file, ruleset)
-
-    def forwarding(self):
-        if not self.module.params['nat']:
-            return
-        with open(FORWARD) as handle:
-            on = handle.read().strip() == '1'
-        if not on:
-            self.changed('net.ipv4.ip_forward=1', '0', '1')
-            if not self.module.check_mode:
-                with open(FORWARD, 'w') as handle:
-                    handle.write('1\n')
+        p = self.module.params
+        ruleset = net.nft_ruleset(self.table, self.bridge, self.gateway, self.port, p['nat'], self.uplink, self.blocked)
+        before = net.read_text(self.nft_file)
+        if before != ruleset or not self.table_exists():
+            self.plan.change('nftables table inet %s' % self.table,
+                             lambda: net.apply_nft(self.module, self.run, self.nft_file, ruleset),
+                             verify=lambda: not self.table_exists() and 'nft lists no such table',
+                             before=before or '', after=ruleset)
 
     def absent(self):
-        check = self.module.check_mode
-        rc, _out, _err = self.run(['ovs-vsctl', 'br-exists', self.bridge], check=False)
-        if rc == 0:
-            self.changed('bridge %s removed' % self.bridge)
-            if not check:
-                self.run(['ovs-vsctl', '--if-exists', 'del-br', self.bridge])
-        table = self.module.params['nft_table']
-        rc, _out, _err = self.run(['nft', 'list', 'table', 'inet', table], check=False)
-        if rc == 0:
-            self.changed('nftables table inet %s removed' % table)
-            if not check:
-                self.run(['nft', 'delete', 'table', 'inet', table])
+        if self.run(net.VSCTL + ['br-exists', self.bridge], check=False)[0] == 0:
+            self.plan.command('bridge %s removed' % self.bridge, net.VSCTL + ['--if-exists', 'del-br', self.bridge])
+        if self.table_exists():
+            self.plan.command('nftables table inet %s removed' % self.table, ['nft', 'delete', 'table', 'inet', self.table])
         for path in (self.conf, self.nft_file):
             if os.path.exists(path):
-                self.changed('%s removed' % path)
-                if not check:
-                    remove(path)
+                self.plan.change('%s removed' % path, lambda path=path: remove(path))
 
     def result(self):
+        self.plan.execute()
         dnsmasq = self.module.get_bin_path('dnsmasq', opt_dirs=['/usr/sbin']) or DNSMASQ
-        return self.report(bridge=self.bridge, gateway=str(self.gateway),
-                           datapath_type=self.module.params['datapath_type'],
-                           nft_table=self.module.params['nft_table'], dnsmasq_conf=self.conf,
-                           dnsmasq_pid_file=self.pid_file,
-                           dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-',
-                                         '--conf-file=%s' % self.conf])
+        return net.report(self.plan, bridge=self.bridge, gateway=str(self.gateway),
+                          datapath_type=self.module.params['datapath_type'], nft_table=self.table,
+                          dnsmasq_conf=self.conf, dnsmasq_pid_file=self.pid_file,
+                          dnsmasq_argv=[dnsmasq, '--keep-in-foreground', '--log-facility=-', '--conf-file=%s' % self.conf])
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            bridge=dict(type='str', default='br-gpuaas'),
-            datapath_type=dict(type='str', choices=['system', 'netdev'], default='system'),
-            gateway=dict(type='str', default='10.100.0.1/24'),
-            telemetry_port=dict(type='int', default=9110),
-            dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
-            hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
-            lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
-            dns_servers=dict(type='list', elements='str', default=[]),
-            nat=dict(type='bool', default=True),
-            uplink=dict(type='str'),
-            blocked_networks=dict(type='list', elements='str', default=list(net.DEFAULT_BLOCKED)),
-            nft_table=dict(type='str', default='gpuaas'),
-            nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
-            pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
-        ),
-        supports_check_mode=True,
-    )
-    try:
-        host = HostNetwork(module)
-        if module.params['state'] == 'present':
-            host.present()
-        else:
-            host.absent()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**host.result())
+    run_module(dict(
+        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        bridge=dict(type='str', default='br-gpuaas'),
+        datapath_type=dict(type='str', choices=['system', 'netdev'], default='system'),
+        gateway=dict(type='str', default='%s/%d' % (SLOT_GATEWAY, SLOT_NETWORK.prefixlen)),
+        telemetry_port=dict(type='int', default=9110),
+        dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
+        hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+        lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
+        dns_servers=dict(type='list', elements='str', default=[]),
+        nat=dict(type='bool', default=True),
+        uplink=dict(type='str'),
+        blocked_networks=dict(type='list', elements='str', default=list(net.DEFAULT_BLOCKED)),
+        nft_table=dict(type='str', default='gpuaas'),
+        nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
+        pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
+    ), net.engine(HostNetwork))
 
 
 if __name__ == '__main__':

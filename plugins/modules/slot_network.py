@@ -132,7 +132,7 @@ port:
   type: str
   sample: gs3-1a2b3c4d
 ofport:
-  description: The port's OpenFlow port number (100 + the slot index).
+  description: The port's OpenFlow port number (from the slot layout).
   returned: always
   type: int
   sample: 103
@@ -162,24 +162,22 @@ changes:
   elements: str
 '''
 
-import json
-import os
-
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
 
 
-class SlotNetwork(net.Changes):
-    """One slot's entry, port and flows: everything is read and checked first, then changed."""
+class SlotNetwork:
+    """One slot's entry, port and flows: everything is read and checked first, then planned."""
 
     def __init__(self, module):
-        super(SlotNetwork, self).__init__(module)
+        self.module = module
         p = module.params
-        self.slot_id = p['slot_id']
-        self.slot = Slot.parse(self.slot_id)
-        self.index, self.mac, self.ip = self.slot.index, self.slot.mac, self.slot.ip
+        self.run = net.runner(module)
+        self.plan = Plan(module, self.run, net.NetworkError)
+        self.slot = Slot.parse(p['slot_id'])
+        self.slot_id, self.mac, self.ip = self.slot.slot_id, self.slot.mac, self.slot.ip
         if p['mac'] is not None and p['mac'].lower() != self.mac:
             raise net.NetworkError('mac %r is not slot %s\'s: the layout gives %s' % (p['mac'], self.slot_id, self.mac))
         if p['ip'] is not None and p['ip'] != self.ip:
@@ -189,67 +187,20 @@ class SlotNetwork(net.Changes):
         self.port = IFNAME.check(p['port'] or self.slot.tap, 'port')
         if self.port == self.bridge:
             raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
-        self.gateway = str(net.gateway_interface('%s/24' % p['gateway']).ip)
+        self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
         self.sink_port = net.check_port(p['telemetry_port'], 'telemetry_port')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
-        self.hosts_file = os.path.join(self.hosts_dir, self.slot_id)
+        self.hosts_file = self.slot.file(self.hosts_dir)
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
+        self.tap = p['port_type'] == 'tap'
         self.reloaded = False
 
-    def device_exists(self, name):
-        return os.path.exists('/sys/class/net/%s' % name)
-
-    def is_tap(self, name):
-        return os.path.exists('/sys/class/net/%s/tun_flags' % name)
-
-    def port_row(self):
-        """(bridge the port is on or None, ofport, external_ids) of our port."""
-        rc, out, _err = self.run(['ovs-vsctl', 'port-to-br', self.port], check=False)
-        if rc != 0:
-            return None, None, {}
-        _rc, row, _err = self.run(['ovs-vsctl', '--format=json', '--columns=ofport,external_ids',
-                                   'list', 'Interface', self.port])
-        data = json.loads(row)['data'][0]
-        return out.strip(), data[0], dict(data[1][1])
-
-    def ofport_holder(self):
-        """Another interface on our bridge that has the slot's OpenFlow port number, or None."""
-        _rc, out, _err = self.run(['ovs-vsctl', '--format=json', '--columns=name', 'find', 'Interface',
-                                   'ofport=%d' % self.ofport])
-        for (name,) in json.loads(out)['data']:
-            if name == self.port:
-                continue
-            rc, bridge, _err = self.run(['ovs-vsctl', 'port-to-br', name], check=False)
-            if rc == 0 and bridge.strip() == self.bridge:
-                return name
-        return None
-
-    def read_entry(self):
-        if not os.path.exists(self.hosts_file):
-            return None
-        with open(self.hosts_file, 'rb') as handle:
-            return handle.read().decode('utf-8', 'replace')
-
-    def check_port(self, on_bridge, ids):
-        """Refuse, before any change, a port that is not this slot's to use or remove."""
-        if on_bridge is not None and on_bridge != self.bridge:
-            raise net.NetworkError('port %s is on bridge %s, not %s' % (self.port, on_bridge, self.bridge))
-        owner = ids.get('gpuaas-slot')
-        if on_bridge is not None and owner not in (None, self.slot_id):
-            raise net.NetworkError('port %s belongs to slot %s, not %s: release that slot first'
-                                   % (self.port, owner, self.slot_id))
-        if self.device_exists(self.port):
-            if self.module.params['port_type'] == 'tap' and not self.is_tap(self.port):
-                raise net.NetworkError('port %s exists and is not a tap device: give port_type=existing for a '
-                                       'device made elsewhere' % self.port)
-            addresses, _up = net.interface_addresses(self.run, self.port)
-            if addresses:
-                raise net.NetworkError('port %s has the IPv4 address(es) %s: a host interface, never a slot port'
-                                       % (self.port, ', '.join(addresses)))
+    def reload(self):
+        # dnsmasq keeps a changed or removed file's old record until SIGHUP.
+        self.reloaded = net.reload_dnsmasq(self.pid_file)
 
     def present(self):
-        check = self.module.check_mode
         net.ovs_available(self.run)
         if net.bridge_info(self.run, self.bridge) is None:
             raise net.NetworkError('bridge %s does not exist: set up the host network first '
@@ -257,146 +208,108 @@ class SlotNetwork(net.Changes):
         buckets = net.group_buckets(self.run, self.bridge)
         if buckets is None:
             raise net.NetworkError('bridge %s has no DHCP broadcast group: run gpuaas.slice.host_network' % self.bridge)
-        port_type = self.module.params['port_type']
-        exists = self.device_exists(self.port)
-        if not exists and port_type == 'existing':
+        exists = net.device_exists(self.port)
+        if not exists and not self.tap:
             raise net.NetworkError('port %s does not exist (port_type=existing)' % self.port)
-        on_bridge, ofport, ids = self.port_row()
-        self.check_port(on_bridge, ids)
-        holder = self.ofport_holder()
+        on_bridge, ofport, ids = net.port_row(self.run, self.port)
+        net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
+        holder = net.ofport_holder(self.run, self.bridge, self.port, self.ofport)
         if holder is not None:
             raise net.NetworkError('OpenFlow port %d of slot %s is held by %s on %s: remove that port first'
                                    % (self.ofport, self.slot_id, holder, self.bridge))
-
-        # Everything checked: now the changes, in an order where each step's inputs exist.
+        # Everything checked: now the steps, in an order where each step's inputs exist.
         entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
-        before = self.read_entry()
-        if before != entry:
-            self.changed('dhcp host %s' % self.hosts_file, before or '', entry)
-            if not check:
-                net.write_if_changed(self.module, self.hosts_file, entry)
-                if before is not None:
-                    # dnsmasq keeps a changed file's old record until SIGHUP.
-                    self.reloaded = net.reload_dnsmasq(self.pid_file)
+        net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
         if not exists:
-            self.changed('tap %s' % self.port)
-            if not check:
-                self.run(['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'])
-        # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
+            # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
+            self.plan.command('tap %s' % self.port, ['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'],
+                              verify=lambda: None if net.device_exists(self.port) else 'there is no such device')
         wrong = net.port_sysctls(self.port) if exists else {}
-        if wrong:
-            self.changed('port %s kept off the host stack' % self.port,
-                         dict((k, v[0]) for k, v in wrong.items()), dict((k, v[1]) for k, v in wrong.items()))
-        if not check:
-            net.isolate_port(self.port)
+        if wrong or not exists:
+            self.plan.change('port %s kept off the host stack' % self.port, lambda: net.isolate_port(self.port),
+                             verify=lambda: net.port_sysctls(self.port) or None,
+                             before=dict((k, v[0]) for k, v in wrong.items()) or None,
+                             after=dict((k, v[1]) for k, v in wrong.items()) or None)
         if on_bridge is None or ofport != self.ofport or ids.get('gpuaas-slot') != self.slot_id:
-            self.changed('port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
-                         {'bridge': on_bridge, 'ofport': ofport}, {'bridge': self.bridge, 'ofport': self.ofport})
-            if not check:
-                self.run(['ovs-vsctl', '--if-exists', 'del-port', self.bridge, self.port, '--',
-                          'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
-                          'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id])
-                self.check_ofport()
-        if not check and not self.up(self.port):
-            self.run(['ip', 'link', 'set', self.port, 'up'])
-        flows = net.slot_flows(self.slot, self.gateway, self.sink_port)
-        want = set(net.canonical_flow(flow) for flow in flows)
-        have = net.dump_flows(self.run, self.bridge, self.cookie)
-        if have != want:
-            self.changed('flows cookie=%#x' % self.cookie, len(have), len(want))
-            if not check:
-                net.install_flows(self.run, self.bridge, self.cookie, flows)
-        if buckets.get(self.ofport) != 'output:%d' % self.ofport:
-            self.changed('DHCP broadcast bucket %d' % self.ofport)
-            if not check:
-                if self.ofport in buckets:
-                    self.remove_bucket()
-                self.run(net.OFCTL + ['insert-buckets', self.bridge,
-                                      'group_id=%d,command_bucket_id=last,bucket=bucket_id:%d,actions=output:%d'
-                                      % (net.DHCP_GROUP, self.ofport, self.ofport)])
+            self.plan.command(
+                'port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
+                net.VSCTL + ['--if-exists', 'del-port', self.bridge, self.port, '--',
+                             'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
+                             'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id],
+                verify=self.ofport_taken, before={'bridge': on_bridge, 'ofport': ofport},
+                after={'bridge': self.bridge, 'ofport': self.ofport})
+        if not exists or not net.link_up(self.port):
+            self.plan.command('port %s up' % self.port, ['ip', 'link', 'set', self.port, 'up'],
+                              verify=lambda: None if net.link_up(self.port) else 'the link is down')
+        net.flows_step(self.plan, self.run, self.bridge, self.cookie,
+                       net.slot_flows(self.slot, self.gateway, self.sink_port), 'flows cookie=%#x' % self.cookie)
+        want = 'output:%d' % self.ofport
+        if buckets.get(self.ofport) != want:
+            self.plan.change('DHCP broadcast bucket %d' % self.ofport,
+                             lambda: net.set_bucket(self.run, self.bridge, self.ofport, self.ofport in buckets),
+                             verify=lambda: None if net.bucket(self.run, self.bridge, self.ofport) == want
+                             else 'the group has no bucket %d' % self.ofport)
 
-    def check_ofport(self):
-        _bridge, ofport, _ids = self.port_row()
+    def ofport_taken(self):
+        _bridge, ofport, _ids = net.port_row(self.run, self.port)
         if ofport != self.ofport:
-            raise net.NetworkError('port %s got OpenFlow port %s, not %d: another port holds that number '
-                                   '(ovs-vsctl list Interface)' % (self.port, ofport, self.ofport))
-
-    def up(self, name):
-        try:
-            with open('/sys/class/net/%s/flags' % name) as handle:
-                return int(handle.read().strip(), 16) & 1 == 1
-        except (IOError, OSError, ValueError):
-            return False
-
-    def remove_bucket(self):
-        self.run(net.OFCTL + ['remove-buckets', self.bridge,
-                              'group_id=%d,command_bucket_id=%d' % (net.DHCP_GROUP, self.ofport)])
+            return ('port %s got OpenFlow port %s, not %d: another port holds that number '
+                    '(ovs-vsctl list Interface)' % (self.port, ofport, self.ofport))
+        return None
 
     def absent(self):
-        check = self.module.check_mode
         bridge_there = net.bridge_info(self.run, self.bridge) is not None
-        on_bridge, _ofport, ids = self.port_row()
-        self.check_port(on_bridge, ids)
+        on_bridge, _ofport, ids = net.port_row(self.run, self.port)
+        net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
         if bridge_there:
             if net.dump_flows(self.run, self.bridge, self.cookie):
-                self.changed('flows cookie=%#x removed' % self.cookie)
-                if not check:
-                    self.run(net.OFCTL + ['del-flows', self.bridge, 'cookie=%#x/-1' % self.cookie])
-            buckets = net.group_buckets(self.run, self.bridge) or {}
-            if self.ofport in buckets:
-                self.changed('DHCP broadcast bucket %d removed' % self.ofport)
-                if not check:
-                    self.remove_bucket()
+                self.plan.command('flows cookie=%#x removed' % self.cookie,
+                                  net.OFCTL + ['del-flows', self.bridge, 'cookie=%#x/-1' % self.cookie],
+                                  verify=lambda: 'flows are left' if net.dump_flows(self.run, self.bridge, self.cookie)
+                                  else None)
+            if self.ofport in (net.group_buckets(self.run, self.bridge) or {}):
+                self.plan.change('DHCP broadcast bucket %d removed' % self.ofport,
+                                 lambda: net.remove_bucket(self.run, self.bridge, self.ofport),
+                                 verify=lambda: 'the bucket is left' if net.bucket(self.run, self.bridge, self.ofport)
+                                 else None)
         if on_bridge is not None:
-            self.changed('port %s removed from %s' % (self.port, on_bridge))
-            if not check:
-                self.run(['ovs-vsctl', '--if-exists', 'del-port', on_bridge, self.port])
-        if self.module.params['port_type'] == 'tap' and self.device_exists(self.port):
-            self.changed('tap %s removed' % self.port)
-            if not check:
-                self.run(['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'])
-        before = self.read_entry()
+            self.plan.command('port %s removed from %s' % (self.port, on_bridge),
+                              net.VSCTL + ['--if-exists', 'del-port', on_bridge, self.port],
+                              verify=lambda: net.port_row(self.run, self.port)[0] and 'the port is still on a bridge')
+        if self.tap and net.device_exists(self.port):
+            self.plan.command('tap %s removed' % self.port, ['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'],
+                              verify=lambda: 'the device is left' if net.device_exists(self.port) else None)
+        before = net.read_text(self.hosts_file)
         if before is not None:
-            self.changed('dhcp host %s removed' % self.hosts_file, before, '')
-            if not check:
-                remove(self.hosts_file)
-                # dnsmasq keeps a deleted file's record until SIGHUP.
-                self.reloaded = net.reload_dnsmasq(self.pid_file)
+            self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
+                             verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
+
+    def remove_entry(self):
+        remove(self.hosts_file)
+        self.reload()
 
     def result(self):
-        return self.report(slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port, ofport=self.ofport,
-                           cookie='%#x' % self.cookie, hosts_file=self.hosts_file, hostname=self.hostname,
-                           dnsmasq_reloaded=self.reloaded)
+        self.plan.execute()
+        return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
+                          ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
+                          hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            slot_id=dict(type='str', required=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            bridge=dict(type='str', default='br-gpuaas'),
-            hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
-            hostname=dict(type='str'),
-            mac=dict(type='str'),
-            ip=dict(type='str'),
-            port=dict(type='str'),
-            port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
-            gateway=dict(type='str', default='10.100.0.1'),
-            telemetry_port=dict(type='int', default=9110),
-            dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
-        ),
-        required_if=[('state', 'present', ('hostname',))],
-        supports_check_mode=True,
-    )
-    try:
-        slot = SlotNetwork(module)
-        if module.params['state'] == 'present':
-            slot.present()
-        else:
-            slot.absent()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**slot.result())
+    run_module(dict(
+        slot_id=dict(type='str', required=True),
+        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        bridge=dict(type='str', default='br-gpuaas'),
+        hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+        hostname=dict(type='str'),
+        mac=dict(type='str'),
+        ip=dict(type='str'),
+        port=dict(type='str'),
+        port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
+        gateway=dict(type='str', default=str(SLOT_GATEWAY)),
+        telemetry_port=dict(type='int', default=9110),
+        dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
+    ), net.engine(SlotNetwork), required_if=[('state', 'present', ('hostname',))])
 
 
 if __name__ == '__main__':

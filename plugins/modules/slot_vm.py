@@ -173,6 +173,15 @@ options:
     description: Where libvirt logs each slot's serial console, as C({slot_id}.log).
     type: path
     default: /var/log/gpuaas/console
+  allowed_dirs:
+    description:
+      - The directories O(disk), O(seed), O(kernel), O(initrd) and O(console_log_dir) must lie in,
+        after every symlink is resolved (as M(gpuaas.slice.nvme_wipe) confines its devices). A path
+        outside them is refused before libvirt is contacted.
+      - Checked for the states that define a domain (V(present), V(running), V(stopped)).
+    type: list
+    elements: path
+    default: [/var/lib/gpuaas, /var/log/gpuaas]
   replace:
     description:
       - Redefine a domain that exists with a different definition. A running one is powered off
@@ -188,20 +197,22 @@ options:
     type: path
     default: /var/lib/misc/dnsmasq.leases
   lease_timeout:
-    description: Seconds to wait for the lease before failing (the failure shows the console's last lines).
+    description:
+      - Seconds to wait for the lease before failing (the failure shows the console's last lines),
+        from 1 to 3600.
     type: int
     default: 300
   expected_ip:
     description:
-      - The address the lease must have. Defaults to the slot layout's, C(10.100.0.{10 + index});
-        only tests on another subnet set it.
+      - The address the lease must have. Defaults to the slot layout's (RV(ip) of
+        M(gpuaas.slice.slot_network)); only tests on another subnet set it.
     type: str
   release_lease:
     description: With O(state=absent), release the slot's lease with C(dhcp_release) (package dnsmasq-utils).
     type: bool
     default: true
   stop_timeout:
-    description: Seconds a guest gets to shut down before it is powered off.
+    description: Seconds a guest gets to shut down before it is powered off, from 1 to 3600.
     type: int
     default: 120
   sysfs_root:
@@ -368,13 +379,9 @@ xml:
   sample: "<domain type='kvm'>...</domain>"
 '''
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule
-
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import oserror, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, require_libvirt
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import STATES, SlotVm
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import ALLOWED_DIRS, STATES, SlotVm, SlotVmError
 
 
 def argument_spec():
@@ -405,6 +412,7 @@ def argument_spec():
         bridge=dict(type='str', default='br-gpuaas'),
         bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
         console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
+        allowed_dirs=dict(type='list', elements='path', default=list(ALLOWED_DIRS)),
         replace=dict(type='bool', default=False),
         wait_for_lease=dict(type='bool', default=True),
         lease_file=dict(type='path', default='/var/lib/misc/dnsmasq.leases'),
@@ -417,28 +425,22 @@ def argument_spec():
     return spec
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        required_if=[
-            ('state', 'present', ('memory_mb', 'cpulist')),
-            ('state', 'running', ('memory_mb', 'cpulist')),
-            ('state', 'stopped', ('memory_mb', 'cpulist')),
-        ],
-        required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'},
-        supports_check_mode=True,
-    )
+def engine(module):
     require_libvirt(module)
+    vm = SlotVm(module)
     try:
-        engine = SlotVm(module)
-        result = engine.run()
-    except GpuaasError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
+        result = vm.run()
     except (IOError, OSError) as exc:
-        module.fail_json(msg='%s: %s' % (module.params['slot_id'], exc), exception=traceback.format_exc())
-    for warning in engine.warnings:
+        raise SlotVmError('%s: %s' % (module.params['slot_id'], oserror(exc)))
+    for warning in vm.warnings:
         module.warn(warning)
-    module.exit_json(**result)
+    return result
+
+
+def main():
+    run_module(argument_spec(), engine,
+               required_if=[('state', state, ('memory_mb', 'cpulist')) for state in ('present', 'running', 'stopped')],
+               required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
 
 
 if __name__ == '__main__':

@@ -475,8 +475,8 @@ def test_kubevirt_enhancements_344_a_restarted_vm_keeps_its_devices():
     for state, active, expected in (('stopped', True, ['shutdown']), ('running', False, ['start'])):
         engine = _slot_vm.SlotVm(StubModule(state=state, **params))
         want = build_xml(engine.spec(), uuid='6f1c3e4a-0000-4000-8000-000000000001')
-        actions, _diff = engine.plan(have, active, want)
-        assert [a for a in actions if a != 'create console log directory'] == expected
+        plan, _diff = engine.plan(have, active, want)
+        assert [a for a in plan.actions() if a != 'create console log directory'] == expected
     # The failure: at start the slot's VM is given whatever GPU is free. Here a start with
     # another GPU for the same slot is refused: its devices are its identity.
     moved = dict(params)
@@ -588,7 +588,8 @@ def test_nova_placement_a_second_allocation_cannot_take_a_leased_slot(tmp_path, 
     node.write_lease(slot['slot_id'], 'alloc-1', phase='running', devices=[slot['gpu_address']])
     before = open(node.lease_file(slot['slot_id']), 'rb').read()
     approved = [{'slot_id': slot['slot_id'], 'gpu_address': slot['gpu_address'],
-                 'destructive_wipe_policy': 'zero', 'capacity_metadata': slot['capacity_metadata']}]
+                 'destructive_wipe_policy': 'zero', 'capacity_metadata': slot['capacity_metadata'],
+                 'fingerprint': slot['fingerprint']}]
     allocation = {'id': 'alloc-2', 'tenant': 't2', 'image': '/nonexistent.qcow2', 'image_checksum': 'sha256:' + '0' * 64,
                   'ssh_keys': ['ssh-ed25519 AAAA t2'], 'vcpus': 1, 'memory_mib': 256}
     # The failure: a second plan for the slot (a scheduler that raced, a retried job) goes ahead.

@@ -49,6 +49,9 @@ class Claim:
     slot_mac: str
     slot_ip: str
     allocation: dict
+    # The approved slot record reserved for the allocation, as the slot table holds it: the node
+    # checks this one slot against the host instead of discovering it whole.
+    slot: dict
     queued_seconds: float
 
 
@@ -75,7 +78,7 @@ def extravars(claim: Claim) -> dict:
     """The node contract's extra vars of the claim's playbook."""
     if claim.kind == JOB_ALLOCATE:
         return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
-                'gpuaas_allocation': claim.allocation}
+                'gpuaas_allocation': claim.allocation, 'gpuaas_slot': claim.slot}
     return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
             'gpuaas_allocation_id': claim.allocation_id}
 

@@ -61,6 +61,16 @@ class WorkerError(RuntimeError):
     """The worker cannot run with this configuration."""
 
 
+SLOT_RECORD = ('slot_index', 'gpu_address', 'companions', 'nvme_address', 'fabric_pf_address',
+               'fabric_vf_pci_address', 'numa_node', 'cpulist', 'destructive_wipe_policy', 'mac', 'ip',
+               'fingerprint')
+
+
+def slot_record(slot: Slot) -> dict:
+    """The slot's approved record as the node's slot_check takes it (the job's gpuaas_slot)."""
+    return dict({key: getattr(slot, key) for key in SLOT_RECORD}, slot_id=slot.id)
+
+
 def backoff(attempts: int, base: float) -> float:
     delay = min(MAX_BACKOFF, base * (2 ** max(0, attempts - 1)))
     return delay * random.uniform(0.8, 1.2)
@@ -191,7 +201,7 @@ class Worker:
         return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=token,
                      allocation_id=allocation.id, tenant=allocation.tenant_id,
                      node_id=allocation.node_id, slot_id=allocation.slot_id, slot_mac=slot.mac,
-                     slot_ip=slot.ip, allocation=spec,
+                     slot_ip=slot.ip, allocation=spec, slot=slot_record(slot),
                      queued_seconds=(now - job.created_at).total_seconds())
 
     # -- recording ---------------------------------------------------------------------------

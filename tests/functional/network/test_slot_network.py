@@ -32,7 +32,7 @@ HOST_SERVICE_PORT = 2222
 
 def slot_args(net, index, **extra):
     ns = net['slots'].get(index)
-    args = dict(slot_id='%s-s%d' % (NODE, index), bridge=BRIDGE, hosts_dir=net['hosts'],
+    args = dict(slot_id=Slot(NODE, index).slot_id, bridge=BRIDGE, hosts_dir=net['hosts'],
                 hostname='slot-%d' % index, dnsmasq_pid_file=net['host_args']['pid_file'])
     if ns is not None:
         args.update(port=ns.port, port_type='existing')
@@ -81,7 +81,8 @@ def net():
             host, [sys.executable, '-m', 'http.server', '--bind', '0.0.0.0', '--directory', state['hosts'],
                    str(HOST_SERVICE_PORT)], os.path.join(work, 'service.log'))
         env.wait_for(lambda: os.path.exists(host_args['pid_file']), 10, 'dnsmasq to write its pid file')
-        env.wait_for(lambda: host.http_ok('http://%s:9110/healthz' % env.GATEWAY), 10, 'the sink to answer')
+        env.wait_for(lambda: host.http_ok('http://%s:9110/healthz' % env.GATEWAY), 30,
+                     'the sink to answer (its log: %r)' % os.path.join(work, 'sink.log'))
         env.wait_for(lambda: host.http_ok('http://%s:%d/' % (env.GATEWAY, HOST_SERVICE_PORT)), 10,
                      'the host service to answer')
         state['dnsmasq_pid'] = open(host_args['pid_file']).read().strip()
@@ -94,7 +95,7 @@ def net():
             assert result['changed'] and not result.get('failed'), result
             assert not result['dnsmasq_reloaded'], result   # a new entry needs no signal
             token = host.module('telemetry_token', dict(
-                slot_id='%s-s%d' % (NODE, index), allocation_id='alloc-%d' % index, token_dir=state['tokens'], _ansible_no_log=True))
+                slot_id=Slot(NODE, index).slot_id, allocation_id='alloc-%d' % index, token_dir=state['tokens'], _ansible_no_log=True))
             state['tokens_by_slot'][index] = token['token']
         # A port on the bridge that belongs to no slot, holding slot 4's OpenFlow port number.
         state['stranger'] = env.SlotNamespace(host, 'gpuaas-x%d' % pid, '52:54:00:12:34:56', 'gtvx', work)
@@ -154,7 +155,7 @@ def test_a_token_works_only_from_its_own_slot_and_allocation(net):
     assert s0.post('not-a-token-of-anyone-0123456789') == 401
     assert s1.post(net['tokens_by_slot'][1]) == 200
     # A new allocation on slot 1: the previous allocation's token stops working at once.
-    new = net['host'].module('telemetry_token', dict(slot_id='%s-s1' % NODE, allocation_id='alloc-1b',
+    new = net['host'].module('telemetry_token', dict(slot_id=Slot(NODE, 1).slot_id, allocation_id='alloc-1b',
                                                      token_dir=net['tokens'], _ansible_no_log=True))
     assert new['changed'] and new['token'] != net['tokens_by_slot'][1]
     assert s1.post(net['tokens_by_slot'][1]) == 401
@@ -283,7 +284,7 @@ def test_second_run_and_check_mode_change_nothing(net):
     assert 'slot-1' in open(planned['hosts_file']).read()
     # A new slot in check mode: no tap, no port, no flows, no entry.
     before = (host.flows(BRIDGE), host.ports(BRIDGE), sorted(os.listdir(net['hosts'])))
-    new = host.module('slot_network', dict(slot_id='%s-s5' % NODE, bridge=BRIDGE, hosts_dir=net['hosts'],
+    new = host.module('slot_network', dict(slot_id=Slot(NODE, 5).slot_id, bridge=BRIDGE, hosts_dir=net['hosts'],
                                            hostname='five'), check_mode=True, diff=True)
     assert new['changed'] and not new.get('failed') and 'tap %s' % new['port'] in new['changes'], new
     assert (host.flows(BRIDGE), host.ports(BRIDGE), sorted(os.listdir(net['hosts']))) == before
@@ -313,9 +314,9 @@ def test_a_changed_entry_reaches_the_running_dnsmasq(net):
     (dict(ip='10.100.0.99'), 'layout gives'),
     (dict(ip='192.168.1.14'), 'layout gives'),
     (dict(slot_id='../../etc/x-s0'), 'slot id'),
-    (dict(slot_id='netnode-s999'), 'outside the slot network'),
-    (dict(port='gtv0;ls'), 'not a network interface name'),
-    (dict(bridge='br x'), 'not a network interface name'),
+    (dict(slot_id='netnode-s999'), 'slot index must be a whole number from 0 to 244'),
+    (dict(port='gtv0;ls'), 'not a valid network interface name'),
+    (dict(bridge='br x'), 'not a valid network interface name'),
     (dict(hosts_dir='/tmp/../etc'), "'..'"),
     (dict(port=BRIDGE), 'the bridge itself'),
     (dict(port='gtv0', port_type='existing'), 'belongs to slot netnode-s0'),
@@ -323,6 +324,9 @@ def test_a_changed_entry_reaches_the_running_dnsmasq(net):
     (dict(port='up0', port_type='existing'), 'IPv4 address'),
     (dict(port='gtv-missing', port_type='existing'), 'does not exist'),
     (dict(), 'OpenFlow port 104 of slot netnode-s4 is held by gtvx'),
+    (dict(telemetry_port=2 ** 64), 'telemetry_port must be a TCP/UDP port number'),
+    (dict(telemetry_port=0), 'telemetry_port must be a TCP/UDP port number'),
+    (dict(telemetry_port='nan'), 'telemetry_port'),
 ])
 def test_hostile_input_changes_nothing(net, args, message):
     host = net['host']
@@ -331,7 +335,7 @@ def test_hostile_input_changes_nothing(net, args, message):
         return (host.flows(BRIDGE), sorted(os.listdir(net['hosts'])), host.ports(BRIDGE),
                 host.sh('ip', '-o', 'link').stdout.count('\n'))
     before = snapshot()
-    base = dict(slot_id='%s-s4' % NODE, bridge=BRIDGE, hosts_dir=net['hosts'], hostname='ok', port_type='tap')
+    base = dict(slot_id=Slot(NODE, 4).slot_id, bridge=BRIDGE, hosts_dir=net['hosts'], hostname='ok', port_type='tap')
     result = host.module('slot_network', dict(base, **args))
     assert result.get('failed') and message in result['msg'], result
     assert snapshot() == before
@@ -340,12 +344,14 @@ def test_hostile_input_changes_nothing(net, args, message):
 @pytest.mark.parametrize('args, message', [
     (dict(gateway='192.168.1.1/24'), 'not on the slot network'),
     (dict(gateway='10.100.0.0/24'), 'network or broadcast'),
-    (dict(bridge='br-gpuaas-toolong'), 'not a network interface name'),
-    (dict(nft_table='x; flush ruleset'), 'not a table name'),
-    (dict(uplink='eth0 accept'), 'not a network interface name'),
+    (dict(bridge='br-gpuaas-toolong'), 'not a valid network interface name'),
+    (dict(nft_table='x; flush ruleset'), 'not a valid nftables table name'),
+    (dict(uplink='eth0 accept'), 'not a valid network interface name'),
     (dict(blocked_networks=['10.0.0.1/8']), 'not a network'),
     (dict(pid_file='/run/a,b.pid'), 'spaces or commas'),
     (dict(hosts_dir='/var/lib/x\ndhcp-range=10.100.0.0,10.100.0.250'), 'control characters'),
+    (dict(telemetry_port=2 ** 64), 'telemetry_port must be a TCP/UDP port number'),
+    (dict(telemetry_port=-1), 'telemetry_port must be a TCP/UDP port number'),
 ])
 def test_hostile_host_settings_change_nothing(net, args, message):
     host = net['host']
@@ -369,12 +375,12 @@ def test_release_removes_exactly_that_slot(net):
     assert gone['changed'] and gone['dnsmasq_reloaded'], gone
     assert host.flows(BRIDGE, Slot(NODE, 2).cookie) == []
     assert s2.port not in host.ports(BRIDGE)
-    assert sorted(os.listdir(net['hosts'])) == ['%s-s0' % NODE, '%s-s1' % NODE]
+    assert sorted(os.listdir(net['hosts'])) == [Slot(NODE, 0).slot_id, Slot(NODE, 1).slot_id]
     groups = host.sh('ovs-ofctl', '-O', 'OpenFlow15', 'dump-groups', BRIDGE).stdout
     assert 'bucket_id:102' not in groups and 'bucket_id:100' in groups and 'bucket_id:101' in groups
     assert {index: host.flows(BRIDGE, Slot(NODE, index).cookie) for index in (0, 1)} == others
     assert not host.module('slot_network', args)['changed']
-    revoked = host.module('telemetry_token', dict(slot_id='%s-s2' % NODE, allocation_id='alloc-2', state='absent',
+    revoked = host.module('telemetry_token', dict(slot_id=Slot(NODE, 2).slot_id, allocation_id='alloc-2', state='absent',
                                                   token_dir=net['tokens']))
     assert revoked['changed']
     assert net['slots'][0].ping(env.GATEWAY) and net['slots'][1].ping(env.GATEWAY)

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 NODE, INDEX = 'vmtest', 3
-SLOT = '%s-s%d' % (NODE, INDEX)
+SLOT = Slot(NODE, INDEX).slot_id
 MAC = Slot(NODE, INDEX).mac
 HOSTNAME = 'tenant-vm-7'
 ALLOCATION = 'alloc-2f9c'
@@ -85,7 +85,9 @@ def vm_args(slot, network, guest, **extra):
                 bridge=network.bridge, bridge_type='linux', console_log_dir=slot['console_dir'],
                 kernel=guest['kernel'], initrd=guest['initrd'], kernel_cmdline=guest['cmdline'],
                 lease_file=network.lease_file, lease_timeout=120, stop_timeout=30,
-                expected_ip=slot['ip'])
+                expected_ip=slot['ip'],
+                allowed_dirs=[os.path.dirname(slot['console_dir']), os.path.dirname(guest['kernel']),
+                              os.path.dirname(guest['initrd'])])
     args.update(extra)
     return args
 

@@ -100,3 +100,44 @@ def test_only_a_running_dnsmasq_is_signalled(tmp_path):
     (proc / 'cmdline').write_bytes(b'/usr/sbin/dnsmasq\0--keep-in-foreground\0')
     pid_file.write_text('4242\n')
     assert not net.reload_dnsmasq(str(pid_file), proc_root=str(tmp_path / 'proc'))
+
+
+class RecordingModule:
+    """The two AnsibleModule methods the engine's runner calls, recording every command."""
+
+    check_mode = False
+
+    def __init__(self):
+        self.calls = []
+
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        return '/usr/bin/' + name
+
+    def run_command(self, argv, environ_update=None, data=None, binary_data=False):
+        self.calls.append((argv, environ_update, data))
+        return (2, '', '') if 'br-exists' in argv else (0, '', '')   # no such bridge; nothing else fails
+
+
+def test_open_vswitch_calls_carry_a_time_limit_and_run_in_the_c_locale():
+    module = RecordingModule()
+    run = net.runner(module)
+    assert net.bridge_info(run, 'br-gpuaas') is None
+    run(['ip', 'link', 'set', 'gs3-0a1b2c3d', 'up'])
+    net.install_flows(run, 'br-gpuaas', 0x6770750000000003, ['cookie=0x6770750000000003 actions=drop'])
+    argvs = [argv for argv, _env, _data in module.calls]
+    ofctl = ['/usr/bin/ovs-ofctl', '--timeout=30', '-O', 'OpenFlow15', '--no-names']
+    assert argvs[0] == ['/usr/bin/ovs-vsctl', '--timeout=30', 'br-exists', 'br-gpuaas']
+    assert argvs[-3:] == [
+        ['/usr/bin/ip', 'link', 'set', 'gs3-0a1b2c3d', 'up'],
+        ofctl + ['del-flows', 'br-gpuaas', 'cookie=0x6770750000000003/-1'],
+        ofctl + ['add-flows', 'br-gpuaas', '-'],
+    ]
+    assert all(env == {'LANG': 'C', 'LC_ALL': 'C'} for _argv, env, _data in module.calls)
+    assert module.calls[-1][2] == b'cookie=0x6770750000000003 actions=drop\n'
+
+
+def test_a_failed_command_is_a_network_error_naming_it():
+    module = RecordingModule()
+    module.run_command = lambda argv, **kwargs: (1, '', 'ovs-vsctl: no bridge named br-x\n')
+    with pytest.raises(net.NetworkError, match=r'ovs-vsctl br-exists br-x failed \(exit 1\): ovs-vsctl: no bridge'):
+        net.runner(module)(['ovs-vsctl', 'br-exists', 'br-x'])

@@ -97,7 +97,7 @@ class Module:
         defaults = {spec_key: spec.get('default') for spec_key, spec in slot_vm.argument_spec().items()}
         defaults.update(slot_id='gpu-node-01-s3', memory_mb=1024, cpulist='0-1',
                         lease_file=str(tmp_path / 'leases'), console_log_dir=str(tmp_path),
-                        sysfs_root=str(tmp_path / 'sys'))
+                        sysfs_root=str(tmp_path / 'sys'), allowed_dirs=[str(tmp_path)])
         defaults.update(params)
         self.params = defaults
         self.check_mode = False
@@ -129,16 +129,16 @@ def xml(**extra):
 ])
 def test_plan(tmp_path, state, have, active, expected):
     want = xml()
-    actions, differences = engine(tmp_path, state=state).plan(want if have else '', active,
-                                                              '' if state == 'absent' else want)
-    assert actions == expected and differences == []
+    plan, differences = engine(tmp_path, state=state).plan(want if have else '', active,
+                                                           '' if state == 'absent' else want)
+    assert plan.actions() == expected and differences == []
 
 
 def test_plan_absent_releases_the_lease(tmp_path):
     mac = engine(tmp_path).mac
     (tmp_path / 'leases').write_text('1764000000 %s 10.100.0.13 h *\n' % mac)
-    assert engine(tmp_path, state='absent').plan('', False, '')[0] == ['release lease']
-    assert engine(tmp_path, state='absent', release_lease=False).plan('', False, '')[0] == []
+    assert engine(tmp_path, state='absent').plan('', False, '')[0].actions() == ['release lease']
+    assert engine(tmp_path, state='absent', release_lease=False).plan('', False, '')[0].actions() == []
 
 
 def test_plan_refuses_a_different_domain_unless_replace(tmp_path):
@@ -146,10 +146,10 @@ def test_plan_refuses_a_different_domain_unless_replace(tmp_path):
     with pytest.raises(_slot_vm.SlotVmError) as caught:
         engine(tmp_path).plan(have, True, xml())
     assert 'replace=true' in str(caught.value) and 'memory_kib: 2097152 -> 1048576' in str(caught.value)
-    actions, differences = engine(tmp_path, replace=True).plan(have, True, xml())
-    assert actions == ['destroy', 'redefine', 'start'] and differences
-    actions, _differences = engine(tmp_path, replace=True, state='present').plan(have, False, xml())
-    assert actions == ['redefine']
+    plan, differences = engine(tmp_path, replace=True).plan(have, True, xml())
+    assert plan.actions() == ['destroy', 'redefine', 'start'] and differences
+    plan, _differences = engine(tmp_path, replace=True, state='present').plan(have, False, xml())
+    assert plan.actions() == ['redefine']
 
 
 def test_plan_notices_lost_hostdevs(tmp_path):
@@ -160,8 +160,8 @@ def test_plan_notices_lost_hostdevs(tmp_path):
 
 
 def test_plan_creates_the_console_log_directory(tmp_path):
-    actions, _differences = engine(tmp_path, console_log_dir=str(tmp_path / 'console')).plan('', False, xml())
-    assert actions == ['create console log directory', 'define', 'start']
+    plan, _differences = engine(tmp_path, console_log_dir=str(tmp_path / 'console')).plan('', False, xml())
+    assert plan.actions() == ['create console log directory', 'define', 'start']
 
 
 def test_numa_node_must_exist(tmp_path, host_tree):

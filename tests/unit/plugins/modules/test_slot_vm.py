@@ -21,7 +21,7 @@ NO_DAEMON = 'qemu:///system?socket=/nonexistent/libvirt-sock'
 def args(tmp_path, **extra):
     base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mb=1024, cpulist='0-1',
                 numatune=False, console_log_dir=str(tmp_path / 'console'),
-                lease_file=str(tmp_path / 'leases'))
+                lease_file=str(tmp_path / 'leases'), allowed_dirs=[str(tmp_path)])
     base.update(extra)
     return base
 
@@ -59,6 +59,47 @@ def test_refused_before_libvirt(tmp_path, capsys, extra, message):
     assert message in result['msg'], result['msg']
     assert 'cannot connect' not in result['msg']
     assert not (tmp_path / 'console').exists()
+
+
+BIG = 2 ** 64
+
+
+@needs_binding
+@pytest.mark.parametrize('extra,message', [
+    # Numbers: finite and ranged before anything else happens (issue 16, item 2).
+    ({'lease_timeout': 0}, 'lease_timeout must be a number of seconds above 0 and at most 3600'),
+    ({'lease_timeout': -5}, 'lease_timeout must be'),
+    ({'lease_timeout': BIG}, 'lease_timeout must be'),
+    ({'lease_timeout': 'nan'}, 'lease_timeout'),
+    ({'stop_timeout': BIG}, 'stop_timeout must be'),
+    ({'stop_timeout': 0.5}, 'stop_timeout'),
+    ({'memory_mb': BIG}, 'memory_mb must be a whole number of MiB, at least 64 and at most'),
+    ({'memory_mb': -1}, 'memory_mb must be'),
+    ({'vcpus': BIG}, 'vcpus must be a positive whole number, at most 256'),
+    ({'vcpus': 0}, 'vcpus must be a positive whole number'),
+    ({'hugepages': True, 'hugepage_size_kb': BIG}, 'hugepage_size_kb needs hugepages=true and a size in KiB'),
+    ({'hugepages': True, 'hugepage_size_kb': 0}, 'hugepage_size_kb needs'),
+    ({'numa_node': BIG, 'numatune': True}, 'numa_node must be a whole number from 0 to 1023'),
+    # Paths: only inside allowed_dirs, symlinks resolved (issue 16, item 9).
+    ({'disk': '/etc/shadow'}, "disk '/etc/shadow' is outside the allowed directories"),
+    ({'seed': '/root/seed.iso'}, "seed '/root/seed.iso' is outside the allowed directories"),
+    ({'kernel': '/boot/vmlinuz'}, "kernel '/boot/vmlinuz' is outside the allowed directories"),
+    ({'kernel': '{tmp}/k', 'initrd': '/boot/initrd.img'}, "initrd '/boot/initrd.img' is outside"),
+    ({'console_log_dir': '/var/tmp/console'}, "console_log_dir '/var/tmp/console' is outside"),
+    ({'disk': '{tmp}/escape/shadow'}, "it resolves to '/etc/shadow'"),
+    ({'allowed_dirs': []}, 'allowed_dirs is empty'),
+    ({'allowed_dirs': ['relative/dir']}, 'allowed_dirs'),
+])
+def test_numbers_and_paths_refused_before_anything_changes(tmp_path, capsys, extra, message):
+    (tmp_path / 'escape').symlink_to('/etc')
+    params = args(tmp_path, **dict((key, value.format(tmp=tmp_path) if isinstance(value, str) else value)
+                                   for key, value in extra.items()))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_module(slot_vm, params, capsys=capsys)
+    assert result.get('failed') is True, result
+    assert message in result['msg'], result['msg']
+    assert 'cannot connect' not in result['msg']
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @needs_binding

@@ -1,0 +1,296 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: check ONE approved slot record against the host (read-only).
+
+Allocate is handed the slot record the control plane reserved (or takes it from the node's
+approved slot map) and must not discover the whole host to trust it. This reads only what
+the record names: the slot's identity (its id, MAC and IP follow from node and index), each
+of its devices (present, with the vendor/device/subsystem ids, serial and PCIe path of the
+fingerprint taken at approval), the GPU's IOMMU group (exactly the GPU and its companions,
+bridges aside), the IOMMU itself, what the host uses (a console GPU, mounted NVMe
+namespaces) and the NUMA placement. Every mismatch is reported at once, naming the field
+and the device; the result is the complete, checked record the allocation goes on with.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._approval import (
+    BLOCK_WIPE_POLICIES,
+    WIPE_POLICIES,
+    fingerprint_changes,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
+    IOMMU_OFF_REASON,
+    console_use,
+    fingerprint,
+    group_intruder,
+    read_numa_nodes,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
+from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
+    PciDevice,
+    PciError,
+    Sysfs,
+    parse_bdf,
+    same_device,
+    vf_address,
+)
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ContractError,
+    GpuaasError,
+    NODE_ID,
+    Slot,
+    show,
+)
+
+# What a slot record may hold: the control plane's record (its slot table row) and an entry
+# of the approved slot map (docs/approved-slot-map.md); anything else is a misspelt key.
+RECORD_KEYS = ('slot_id', 'node_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
+               'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'mac', 'ip',
+               'destructive_wipe_policy', 'capacity_metadata', 'fingerprint', 'approved_by',
+               'approved_at', 'note')
+FINGERPRINT_ROLES = ('gpu', 'companions', 'nvme', 'fabric_pf')
+
+
+class SlotCheckError(GpuaasError):
+    """The slot record does not match this host; ``problems`` lists every mismatch."""
+
+    def __init__(self, slot_id, problems):
+        super(SlotCheckError, self).__init__(
+            'slot %s does not match this host, nothing was changed:\n- %s'
+            % (slot_id, '\n- '.join(problems)), problems=problems)
+
+
+def pick_record(slot_id, node_id, record, approved_slots):
+    """The record to check: ``record`` when given, else ``slot_id``'s entry of the approved map."""
+    if record:
+        return record
+    for entry in approved_slots or []:
+        if isinstance(entry, dict) and entry.get('slot_id') == slot_id:
+            return entry
+    known = [e.get('slot_id') for e in approved_slots or [] if isinstance(e, dict)]
+    raise SlotCheckError(slot_id, ['slot %s is not an approved slot of node %s (approved: %s)'
+                                   % (slot_id, node_id, ', '.join(str(k) for k in known) or 'none')])
+
+
+def _address(value, field, problems):
+    try:
+        return parse_bdf(value)
+    except PciError as exc:
+        problems.append('%s: %s' % (field, exc))
+        return None
+
+
+class SlotCheck:
+    """Check ``record`` for ``slot_id`` of node ``node_id`` against the sysfs at ``sysfs_root``."""
+
+    def __init__(self, node_id, slot_id, record, sysfs_root='/sys', proc_root='/proc'):
+        self.node_id = NODE_ID.check(node_id, 'node_id')
+        self.slot_id = slot_id
+        self.record = record
+        self.sysfs = Sysfs(sysfs_root)
+        self.usage = HostUsage(self.sysfs, proc_root)
+        self.problems = []
+
+    def device(self, address):
+        return PciDevice(self.sysfs, address)
+
+    def run(self):
+        """The checked record (see the module's RETURN), or SlotCheckError listing every problem."""
+        record, problems = self.record, self.problems
+        if not isinstance(record, dict):
+            raise SlotCheckError(self.slot_id, ['the slot record must be a mapping, not %s' % show(record)])
+        unknown = sorted(set(record) - set(RECORD_KEYS))
+        if unknown:
+            problems.append('the record has unknown keys %s (known: %s)' % (', '.join(unknown), ', '.join(RECORD_KEYS)))
+        slot = self._identity(record)
+        devices = self._devices(record)
+        if slot is None or devices is None or problems:
+            raise SlotCheckError(self.slot_id, problems)
+        self._policy(record, devices)
+        self._fingerprint(record['fingerprint'], devices)
+        group = self._iommu_group(devices)
+        self._host_use(devices)
+        numa_node, cpulist = self._numa(record, devices['gpu'])
+        if problems:
+            raise SlotCheckError(self.slot_id, problems)
+        result = slot.layout()
+        result.update({
+            'gpu_address': devices['gpu'], 'companions': devices['companions'],
+            'nvme_address': devices['nvme'], 'fabric_pf_address': devices['fabric_pf'],
+            'fabric_vf_pci_address': devices['fabric_vf'], 'numa_node': numa_node, 'cpulist': cpulist,
+            'iommu_group': group, 'destructive_wipe_policy': record['destructive_wipe_policy'],
+            'fingerprint': record['fingerprint'],
+            # What goes to the VM: the GPU (its group's other functions move with it), the NVMe, the VF.
+            'devices': [a for a in (devices['gpu'], devices['nvme'], devices['fabric_vf']) if a],
+        })
+        return result
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _identity(self, record):
+        problems = self.problems
+        if record.get('slot_id', self.slot_id) != self.slot_id:
+            problems.append('slot_id: the record is for %s, not %s' % (show(record.get('slot_id')), self.slot_id))
+        try:
+            slot = Slot.parse(self.slot_id)
+        except ContractError as exc:
+            problems.append(str(exc))
+            return None
+        if slot.node_id != self.node_id:
+            problems.append('slot_id: %s names node %s, but this is node %s' % (self.slot_id, show(slot.node_id), self.node_id))
+        if record.get('node_id', self.node_id) != self.node_id:
+            problems.append('node_id: the record is for node %s, but this is node %s' % (show(record['node_id']), self.node_id))
+        if 'slot_index' in record and record['slot_index'] != slot.index:
+            problems.append('slot_index: the record says %s, but %s is slot %d'
+                            % (show(record['slot_index']), self.slot_id, slot.index))
+        for field in ('mac', 'ip'):
+            if field in record and record[field] != getattr(slot, field):
+                problems.append('%s: the record says %s, but slot %s has %s'
+                                % (field, show(record[field]), self.slot_id, getattr(slot, field)))
+        return slot
+
+    # -- the devices the record names ------------------------------------------------------------
+
+    def _devices(self, record):
+        """{'gpu', 'companions', 'nvme', 'fabric_pf', 'fabric_vf'}: from the record, else its fingerprint."""
+        problems = self.problems
+        recorded = record.get('fingerprint')
+        if not isinstance(recorded, dict) or not isinstance(recorded.get('gpu'), dict):
+            problems.append('fingerprint: the record has none, so its devices cannot be known without '
+                            "discovering the whole host: approve the slot with discovery's fingerprint "
+                            '(docs/approved-slot-map.md)')
+            return None
+        named = {}
+        for role in FINGERPRINT_ROLES:
+            value = recorded.get(role)
+            if role == 'companions':
+                named[role] = [c.get('address') if isinstance(c, dict) else c for c in value or []]
+            else:
+                named[role] = value.get('address') if isinstance(value, dict) else None
+        fields = {'gpu': 'gpu_address', 'companions': 'companions', 'nvme': 'nvme_address',
+                  'fabric_pf': 'fabric_pf_address'}
+        devices = {}
+        for role, field in fields.items():
+            value = record.get(field, named[role])
+            if value != named[role]:
+                problems.append('%s: the record says %s, but its fingerprint names %s'
+                                % (field, show(value), show(named[role])))
+            if role == 'companions':
+                devices[role] = [_address(a, 'companions', problems) for a in value or []]
+            else:
+                devices[role] = _address(value, field, problems) if value else None
+        vf = record.get('fabric_vf_pci_address')
+        metadata = record.get('capacity_metadata')
+        if isinstance(metadata, dict) and vf is None:
+            vf = metadata.get('fabric_vf_pci_address')
+        devices['fabric_vf'] = _address(vf, 'fabric_vf_pci_address', problems) if vf else None
+        if not devices['gpu']:
+            problems.append('gpu_address: the record names no GPU')
+        return devices
+
+    def _policy(self, record, devices):
+        policy = record.get('destructive_wipe_policy')
+        if policy not in WIPE_POLICIES:
+            self.problems.append('destructive_wipe_policy: %s is not one of %s' % (show(policy), ', '.join(WIPE_POLICIES)))
+        elif policy in BLOCK_WIPE_POLICIES and not devices['nvme']:
+            self.problems.append("destructive_wipe_policy: %s needs the slot's own NVMe drive; the record "
+                                 'names none' % policy)
+
+    def _fingerprint(self, recorded, devices):
+        """Every fingerprinted device present, with the ids, serial and PCIe path taken at approval."""
+        now, missing = {}, False
+        for role in FINGERPRINT_ROLES:
+            addresses = devices[role] if role == 'companions' else [devices[role]]
+            prints = []
+            for address in addresses:
+                if address is not None and not self.sysfs.exists('bus/pci/devices/' + address):
+                    self.problems.append('%s %s: no such PCI device on this host (removed, or moved to another '
+                                         'address): inspect the host, then re-approve' % (role, address))
+                    missing = True
+                prints.append(fingerprint(self.device(address)) if address else None)
+            now[role] = prints if role == 'companions' else prints[0]
+        recorded = dict((role, recorded.get(role)) for role in FINGERPRINT_ROLES)
+        recorded['companions'] = recorded['companions'] or []
+        if not missing and now != recorded:
+            changes = fingerprint_changes(recorded, now)
+            self.problems.append('fingerprint: the devices no longer match the fingerprint taken at approval '
+                                 '(hardware changed: %s): inspect the host, then re-approve'
+                                 % ('; '.join(changes) or 'the fingerprint differs'))
+        pf, vf = devices['fabric_pf'], devices['fabric_vf']
+        if pf and now['fabric_pf']:
+            offset = self.device(pf).read_int('sriov_offset')
+            stride = self.device(pf).read_int('sriov_stride')
+            try:
+                expected = vf_address(pf, offset, stride, 0) if None not in (offset, stride) else None
+            except PciError:
+                expected = None
+            if vf != expected:
+                self.problems.append('fabric_vf_pci_address: the record says %s, but the first VF of fabric PF %s '
+                                     'is %s' % (show(vf), pf, expected or 'unknown (no sriov_offset/sriov_stride)'))
+
+    # -- isolation and host use ----------------------------------------------------------------------
+
+    def _iommu_group(self, devices):
+        """The GPU's IOMMU group: it must hold exactly the GPU and its companions (bridges aside)."""
+        gpu = self.device(devices['gpu'])
+        group = gpu.iommu_group
+        if group is None:
+            if not self.sysfs.listdir('kernel/iommu_groups'):
+                self.problems.append(IOMMU_OFF_REASON)
+            else:
+                self.problems.append('gpu %s has no IOMMU group, so it cannot be isolated' % gpu.address)
+            return None
+        members = self.sysfs.listdir('kernel/iommu_groups/%s/devices' % group)
+        companions = devices['companions']
+        for member in members:
+            if member == gpu.address or member in companions:
+                continue
+            device = self.device(member)
+            if device.is_bridge:
+                continue
+            if same_device(member, gpu.address):
+                self.problems.append('companions: IOMMU group %s also holds %s, a function of the GPU the '
+                                     'record does not name: re-approve' % (group, device.describe()))
+            else:
+                self.problems.append(group_intruder(group, device))
+        for companion in companions:
+            if companion not in members:
+                self.problems.append('companions: %s is not in IOMMU group %s of gpu %s'
+                                     % (companion, group, gpu.address))
+        return group
+
+    def _host_use(self, devices):
+        """A device the host uses is refused, as discovery refuses it."""
+        gpu = self.device(devices['gpu'])
+        if gpu.read('boot_vga') == '1':
+            self.problems.append('gpu %s is the host console (boot_vga = 1)' % gpu.address)
+        elif console_use(gpu):
+            self.problems.append('gpu ' + console_use(gpu))
+        if devices['nvme']:
+            usage = self.usage.nvme_usage(self.device(devices['nvme']))
+            if usage:
+                self.problems.append('nvme %s is host storage: %s' % (devices['nvme'], usage))
+
+    def _numa(self, record, gpu_address):
+        """The GPU's NUMA node and its CPUs, as discovery reads them; the record must agree."""
+        nodes = read_numa_nodes(self.sysfs)
+        gpu = self.device(gpu_address)
+        numa = gpu.numa_node
+        if (numa is None or numa < 0) and len(nodes) <= 1:
+            numa = 0
+        if numa is None or numa < 0:
+            self.problems.append('numa_node: gpu %s does not report its NUMA node on a host with %d nodes'
+                                 % (gpu_address, len(nodes)))
+            return None, None
+        cpulist = nodes.get(str(numa)) or gpu.read('local_cpulist')
+        if 'numa_node' in record and record['numa_node'] != numa:
+            self.problems.append('numa_node: the record says %s, but gpu %s is on node %d'
+                                 % (show(record['numa_node']), gpu_address, numa))
+        if record.get('cpulist') and record['cpulist'] != cpulist:
+            self.problems.append('cpulist: the record says %s, but NUMA node %d has CPUs %s'
+                                 % (show(record['cpulist']), numa, cpulist))
+        return numa, record.get('cpulist') or cpulist

@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""slot_check: one approved slot record against the sample hosts' sysfs trees.
+
+The records are what approval makes of discovery (the control plane stores exactly that);
+each refusal changes the host or the record the way the failure would, and the message
+must name the field and the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+from ansible_collections.gpuaas.slice.plugins.module_utils._approval import validate
+from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+from ansible_collections.gpuaas.slice.plugins.modules import slot_check
+from tests.unit.module_runner import run_module
+
+GPU, AUDIO, NVME, PF, VF = '0000:01:00.0', '0000:01:00.1', '0000:02:00.0', '0000:03:00.0', '0000:03:00.2'
+
+
+@pytest.fixture
+def ws(host_tree):
+    sys_root, proc_root = host_tree('workstation')
+    found = Discovery('ws', sys_root, proc_root).run()
+    entry = {'slot_id': 'ws-s0', 'gpu_address': GPU, 'destructive_wipe_policy': 'nvme-format',
+             'capacity_metadata': found['slots'][0]['capacity_metadata'],
+             'fingerprint': found['slots'][0]['fingerprint']}
+    (record,) = validate(found, [entry])
+    return {'sys': sys_root, 'proc': proc_root, 'entry': entry, 'record': record, 'found': found}
+
+
+def check(capsys, host, slot_id='ws-s0', node_id='ws', **args):
+    return run_module(slot_check, dict(args, node_id=node_id, slot_id=slot_id, sysfs_root=host['sys'],
+                                       proc_root=host['proc']), capsys=capsys)
+
+
+def attr(host, address, name, value):
+    with open(os.path.join(host['sys'], 'bus/pci/devices', address, name), 'w') as handle:
+        handle.write(value + '\n')
+
+
+def refused(result, *fragments):
+    assert result.get('failed'), result
+    assert result['msg'].startswith('slot ws-s0 does not match this host, nothing was changed')
+    for fragment in fragments:
+        assert fragment in result['msg'], result['msg']
+    return result['problems']
+
+
+def test_the_reserved_record_passes_and_comes_back_complete(capsys, ws):
+    result = check(capsys, ws, slot=ws['record'])
+    assert result['changed'] is False and 'failed' not in result
+    slot = result['slot']
+    assert {k: slot[k] for k in ('slot_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
+                                 'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist')} == {
+        'slot_id': 'ws-s0', 'slot_index': 0, 'gpu_address': GPU, 'companions': [AUDIO], 'nvme_address': NVME,
+        'fabric_pf_address': PF, 'fabric_vf_pci_address': VF, 'numa_node': 0, 'cpulist': '0-31'}
+    assert (slot['mac'], slot['ip']) == (ws['record']['mac'], ws['record']['ip'])
+    assert slot['devices'] == [GPU, NVME, VF]
+    assert slot['iommu_group'] == ws['found']['gpus'][0]['iommu_group']
+    assert result['seconds'] < 1 and result['started_at'] > 0
+
+
+def test_the_approved_map_entry_gives_the_same_record(capsys, ws):
+    from_map = check(capsys, ws, approved_slots=[ws['entry']])
+    assert from_map['slot'] == check(capsys, ws, slot=ws['record'])['slot']
+
+
+def test_check_mode_is_the_same_read(capsys, ws):
+    result = run_module(slot_check, dict(node_id='ws', slot_id='ws-s0', slot=ws['record'], sysfs_root=ws['sys'],
+                                         proc_root=ws['proc']), check_mode=True, capsys=capsys)
+    assert result['changed'] is False and result['slot']['gpu_address'] == GPU
+
+
+def test_a_changed_fingerprint_is_refused_naming_the_device_and_field(capsys, ws):
+    attr(ws, GPU, 'subsystem_device', '0x1f00')
+    refused(check(capsys, ws, slot=ws['record']), 'fingerprint: the devices no longer match',
+            'gpu %s: subsystem_device_id 889d -> 1f00' % GPU, 're-approve')
+
+
+def test_a_swapped_gpu_is_refused(capsys, ws):
+    # Another board in the slot: other device id and serial at the same address.
+    attr(ws, GPU, 'device', '0x2330')
+    attr(ws, GPU, 'serial_number', '1650123456789')
+    refused(check(capsys, ws, slot=ws['record']), 'gpu %s: device_id 2684 -> 2330' % GPU, 'serial')
+    # A record that names another GPU than its fingerprint does.
+    record = dict(ws['record'], gpu_address='0000:05:00.0')
+    refused(check(capsys, ws, slot=record), "gpu_address: the record says '0000:05:00.0', but its fingerprint "
+            "names '%s'" % GPU)
+
+
+def test_an_extra_iommu_group_member_is_refused_as_discovery_refuses_it(capsys, ws):
+    # The GPU's group gains the SATA controller (ACS off after a firmware change).
+    group = ws['record']['fingerprint'] and ws['found']['gpus'][0]['iommu_group']
+    os.symlink('../../../../bus/pci/devices/0000:00:17.0',
+               os.path.join(ws['sys'], 'kernel/iommu_groups', group, 'devices', '0000:00:17.0'))
+    refused(check(capsys, ws, slot=ws['record']),
+            'IOMMU group %s also holds 0000:00:17.0 (SATA controller, class 0x010601, driver ahci), which is not '
+            'part of the GPU' % group)
+
+
+def test_a_group_function_the_record_leaves_out_is_refused(capsys, ws):
+    record = copy.deepcopy(ws['record'])
+    record['companions'] = []
+    record['fingerprint']['companions'] = []
+    refused(check(capsys, ws, slot=record), 'companions: IOMMU group', 'also holds %s' % AUDIO)
+
+
+def test_a_missing_nvme_is_refused(capsys, ws):
+    os.unlink(os.path.join(ws['sys'], 'bus/pci/devices', NVME))
+    problems = refused(check(capsys, ws, slot=ws['record']),
+                       'nvme %s: no such PCI device on this host' % NVME)
+    assert len(problems) == 1
+
+
+def test_a_wrong_mac_or_ip_is_refused(capsys, ws):
+    record = dict(ws['record'], mac='52:54:00:00:00:01', ip='10.100.0.11')
+    problems = refused(check(capsys, ws, slot=record), "mac: the record says '52:54:00:00:00:01', but slot ws-s0 has "
+                       + ws['record']['mac'], "ip: the record says '10.100.0.11', but slot ws-s0 has 10.100.0.10")
+    assert len(problems) == 2
+
+
+@pytest.mark.parametrize('slot_id, record_changes, fragment', [
+    ('other-s0', {'slot_id': 'other-s0'}, "slot_id: other-s0 names node 'other', but this is node ws"),
+    ('ws-s0', {'slot_id': 'ws-s1'}, "slot_id: the record is for 'ws-s1', not ws-s0"),
+    ('ws-s0', {'slot_index': 1}, 'slot_index: the record says 1, but ws-s0 is slot 0'),
+    ('ws-s00', {'slot_id': 'ws-s00'}, 'the index has leading zeros'),
+])
+def test_a_forged_slot_id_is_refused(capsys, ws, slot_id, record_changes, fragment):
+    result = check(capsys, ws, slot_id=slot_id, slot=dict(ws['record'], **record_changes))
+    assert result.get('failed') and fragment in result['msg'], result
+
+
+def test_a_device_the_host_uses_is_refused(capsys, ws):
+    # The slot's NVMe now holds a mounted filesystem.
+    with open(os.path.join(ws['proc'], 'mounts'), 'a') as handle:
+        handle.write('/dev/nvme1n1 /srv ext4 rw 0 0\n')
+    refused(check(capsys, ws, slot=ws['record']), 'nvme %s is host storage: nvme1n1 is mounted on /srv' % NVME)
+
+
+def test_a_gpu_driving_the_host_console_is_refused(capsys, ws):
+    os.makedirs(os.path.join(ws['sys'], 'bus/pci/devices', GPU, 'graphics', 'fb1'))
+    refused(check(capsys, ws, slot=ws['record']), 'gpu %s drives a host framebuffer console (driver nvidia)' % GPU)
+
+
+def test_the_iommu_off_is_refused(capsys, ws):
+    os.unlink(os.path.join(ws['sys'], 'bus/pci/devices', GPU, 'iommu_group'))
+    for group in os.listdir(os.path.join(ws['sys'], 'kernel/iommu_groups')):
+        os.rename(os.path.join(ws['sys'], 'kernel/iommu_groups', group), os.path.join(ws['sys'], 'gone-' + group))
+    refused(check(capsys, ws, slot=ws['record']), 'the IOMMU is off')
+
+
+def test_a_record_without_its_fingerprint_or_a_slot_not_approved_is_refused(capsys, ws):
+    entry = dict(ws['entry'])
+    del entry['fingerprint']
+    refused(check(capsys, ws, approved_slots=[entry]), 'fingerprint: the record has none')
+    result = check(capsys, ws, slot_id='ws-s1', approved_slots=[ws['entry']])
+    assert result['failed'] and 'slot ws-s1 is not an approved slot of node ws (approved: ws-s0)' in result['msg']
+
+
+def test_a_wrong_vf_numa_node_policy_or_unknown_key_is_refused(capsys, ws):
+    record = dict(ws['record'], fabric_vf_pci_address='0000:03:00.3', numa_node=1, cpulist='32-63',
+                  destructive_wipe_policy='shred')
+    problems = refused(check(capsys, ws, slot=record),
+                       "fabric_vf_pci_address: the record says '0000:03:00.3', but the first VF of fabric PF %s is %s"
+                       % (PF, VF), 'numa_node: the record says 1, but gpu %s is on node 0' % GPU,
+                       "cpulist: the record says '32-63'", "destructive_wipe_policy: 'shred' is not one of")
+    assert len(problems) == 4
+    # A misspelt key is never ignored; it stops the check before the host is read.
+    problems = refused(check(capsys, ws, slot=dict(ws['record'], gpu_modle='x')), 'unknown keys gpu_modle')
+    assert len(problems) == 1
+
+
+@pytest.mark.parametrize('name', ['hgx', 'segment1'])
+def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name):
+    sys_root, proc_root = host_tree(name)
+    found = Discovery(name, sys_root, proc_root).run()
+    slots = [s for s in found['slots'] if s['eligible']]
+    assert slots
+    entries = [{'slot_id': s['slot_id'], 'gpu_address': s['gpu_address'], 'destructive_wipe_policy': 'zero',
+                'capacity_metadata': s['capacity_metadata'], 'fingerprint': s['fingerprint']} for s in slots]
+    for record in validate(found, entries):
+        result = run_module(slot_check, dict(node_id=name, slot_id=record['slot_id'], slot=record,
+                                             sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
+        assert 'failed' not in result, result
+        for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist'):
+            assert result['slot'][key] == record[key]
+
+
+def test_a_root_with_a_dotdot_component_is_refused(capsys, ws):
+    result = check(capsys, dict(ws, sys=ws['sys'] + '/../sys'), slot=ws['record'])
+    assert result['failed'] and "sysfs_root" in result['msg'] and "contains a '..' component" in result['msg']
