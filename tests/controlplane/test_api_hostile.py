@@ -90,7 +90,7 @@ def _discovery_cases(discovery):
         cases.append((dict(discovery, slots=[dict(first, **{key: value})] + discovery['slots'][1:]),
                       'slots[0]'))
     cases.append((dict(discovery, slots='x'), 'discovery'))
-    cases.append((dict(discovery, node_id=NUL), 'n1'))
+    cases.append((dict(discovery, node_id=NUL), 'node_id'))
     return cases
 
 
