@@ -74,7 +74,7 @@ def prepare(workdir, network, guest, uri):
                                 telemetry_token=TOKEN, telemetry_sink=network.sink.url,
                                 seed_dir=os.path.join(workdir, 'seeds')))
     network.add_host(Slot(NODE, INDEX).mac, network.ip(INDEX))
-    return dict(uri=uri, slot_id=SLOT, state='running', memory_mb=192, cpulist='0-1', vcpus=1,
+    return dict(uri=uri, slot_id=SLOT, state='running', memory_mib=192, cpulist='0-1', vcpus=1,
                 numatune=False, passthrough=False, bridge=network.bridge, bridge_type='linux',
                 console_log_dir=os.path.join(workdir, 'console'), disk=image['target'], seed=seed['path'],
                 kernel=guest['kernel'], initrd=guest['initrd'], kernel_cmdline=guest['cmdline'],

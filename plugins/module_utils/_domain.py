@@ -116,7 +116,7 @@ class DomainSpec:
         self.domain_type = domain_type
         self.machine = MACHINE_TYPE.check(machine, 'machine')
         if isinstance(memory_mib, bool) or not isinstance(memory_mib, int) or not 64 <= memory_mib <= MAX_MEMORY_MIB:
-            raise DomainError('memory_mb must be a whole number of MiB, at least 64 and at most %d, not %s'
+            raise DomainError('memory_mib must be a whole number of MiB, at least 64 and at most %d, not %s'
                               % (MAX_MEMORY_MIB, show(memory_mib)))
         self.memory_kib = memory_mib * 1024
         self.cpus = parse_cpulist(cpulist)

@@ -201,7 +201,7 @@ class SlotVm:
                               'bound to it; check the slot\'s numa_node, or set numatune=false on '
                               'a test host' % (numa_node, self.sysfs.path(node_dir)))
         return DomainSpec(
-            slot_id=self.slot_id, memory_mib=p['memory_mb'], cpulist=p['cpulist'],
+            slot_id=self.slot_id, memory_mib=p['memory_mib'], cpulist=p['cpulist'],
             vcpus=p['vcpus'], domain_type=p['domain_type'], machine=p['machine'],
             numa_node=numa_node, hugepages=p['hugepages'], hugepage_size_kib=p['hugepage_size_kb'],
             hostdevs=hostdevs if p['passthrough'] else [], bridge=p['bridge'],

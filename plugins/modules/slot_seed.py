@@ -111,7 +111,7 @@ EXAMPLES = r'''
   gpuaas.slice.slot_vm:
     slot_id: gpu-node-01-s0
     seed: "{{ seed.path }}"
-    memory_mb: 245760
+    memory_mib: 245760
     cpulist: "8-27,120-139"
 
 - name: Tenant extras, written as data

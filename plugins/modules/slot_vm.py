@@ -81,9 +81,12 @@ options:
     description: QEMU machine type. V(q35) gives the VM PCI Express, which GPUs need.
     type: str
     default: q35
-  memory_mb:
-    description: The VM's memory in MiB. Required with O(state=present), V(running) and V(stopped).
+  memory_mib:
+    description:
+      - The VM's memory in MiB (the allocation's C(memory_mib)). Required with O(state=present), V(running)
+        and V(stopped).
     type: int
+    aliases: [memory_mb]
   cpulist:
     description:
       - The slot's host CPUs as a kernel CPU list (V(8-15,120-127)). Required with O(state=present), V(running)
@@ -233,7 +236,7 @@ EXAMPLES = r'''
 - name: Run the tenant VM of slot gpu-node-01-s0
   gpuaas.slice.slot_vm:
     slot_id: gpu-node-01-s0
-    memory_mb: 245760
+    memory_mib: 245760
     cpulist: "8-27,120-139"
     numa_node: 0
     hugepages: true
@@ -253,7 +256,7 @@ EXAMPLES = r'''
   gpuaas.slice.slot_vm:
     slot_id: ci-s0
     domain_type: qemu
-    memory_mb: 256
+    memory_mib: 256
     cpulist: "0"
     passthrough: false
     numatune: false
@@ -391,7 +394,7 @@ def argument_spec():
         state=dict(type='str', choices=list(STATES), default='running'),
         domain_type=dict(type='str', choices=['kvm', 'qemu'], default='kvm'),
         machine=dict(type='str', default='q35'),
-        memory_mb=dict(type='int'),
+        memory_mib=dict(type='int', aliases=['memory_mb']),
         cpulist=dict(type='str'),
         vcpus=dict(type='int'),
         numa_node=dict(type='int'),
@@ -439,7 +442,7 @@ def engine(module):
 
 def main():
     run_module(argument_spec(), engine,
-               required_if=[('state', state, ('memory_mb', 'cpulist')) for state in ('present', 'running', 'stopped')],
+               required_if=[('state', state, ('memory_mib', 'cpulist')) for state in ('present', 'running', 'stopped')],
                required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
 
 

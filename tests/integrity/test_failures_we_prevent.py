@@ -467,7 +467,7 @@ def test_cubecos_1528_a_domain_that_came_back_without_its_hostdevs_is_repaired_b
 
 def test_kubevirt_enhancements_344_a_restarted_vm_keeps_its_devices():
     slot = '%s-s0' % NODE
-    params = dict(slot_id=slot, memory_mb=256, cpulist='0', domain_type='qemu', numatune=False,
+    params = dict(slot_id=slot, memory_mib=256, cpulist='0', domain_type='qemu', numatune=False,
                   gpu_address=GPU, companions=[AUDIO], nvme_address=NVME, bridge='br-gpuaas',
                   bridge_type='linux', console_log_dir='/nonexistent-console')
     engine = _slot_vm.SlotVm(StubModule(state='stopped', **params))

@@ -91,7 +91,7 @@ def defined(conn, name=NAME):
 
 
 def vm(capsys, tmp_path, check_mode=False, **extra):
-    args = dict(slot_id=SLOT, uri=URI, state='running', domain_type='qemu', memory_mb=64,
+    args = dict(slot_id=SLOT, uri=URI, state='running', domain_type='qemu', memory_mib=64,
                 cpulist='0', numa_node=NODE, gpu_address=GPU, bridge=BRIDGE,
                 bridge_type='linux', wait_for_lease=False, stop_timeout=5,
                 console_log_dir=str(tmp_path / 'console'), lease_file=str(tmp_path / 'leases'),

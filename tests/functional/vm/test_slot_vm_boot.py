@@ -78,7 +78,7 @@ def slot(workdir, network, guest, libvirtd):
 
 
 def vm_args(slot, network, guest, **extra):
-    args = dict(uri=slot['uri'], slot_id=SLOT, state='running', domain_type='qemu', memory_mb=192,
+    args = dict(uri=slot['uri'], slot_id=SLOT, state='running', domain_type='qemu', memory_mib=192,
                 cpulist='0-1', vcpus=1, numa_node=0, passthrough=False,
                 gpu_address='0001:01:00.0', companions=['0001:01:00.1'], nvme_address='0001:02:00.0',
                 fabric_vf_pci_address='0001:03:00.1',
@@ -227,15 +227,15 @@ def test_replace_stop_restart_and_remove_leave_nothing_behind(slot, network, gue
     assert before['changed'] is False and before['domain_state'] == 'running', before
 
     # A different definition is refused unless replace=true; the UUID survives a replace.
-    other = run_module(slot_vm, dict(base, memory_mb=256), capsys=capsys)
+    other = run_module(slot_vm, dict(base, memory_mib=256), capsys=capsys)
     assert other['failed'] and 'replace=true' in other['msg'] and 'memory_kib' in other['msg']
-    replaced = run_module(slot_vm, dict(base, memory_mb=256, replace=True), diff=True, capsys=capsys)
+    replaced = run_module(slot_vm, dict(base, memory_mib=256, replace=True), diff=True, capsys=capsys)
     assert replaced['actions'] == ['destroy', 'redefine', 'start'], replaced
     assert replaced['uuid'] == before['uuid'] and replaced['ip'] == slot['ip']
     assert '262144' in replaced['diff']['after'] and '196608' in replaced['diff']['before']
 
     # Stop: the ACPI power button shuts the guest down (no forced power-off).
-    stopped = run_module(slot_vm, dict(base, memory_mb=256, state='stopped'), capsys=capsys)
+    stopped = run_module(slot_vm, dict(base, memory_mib=256, state='stopped'), capsys=capsys)
     assert stopped['actions'] == ['shutdown'] and stopped['forced_off'] is False, stopped
     assert stopped['domain_state'] == 'shut off' and network.ports() == []
     assert 'power button' in console(slot)
@@ -243,7 +243,7 @@ def test_replace_stop_restart_and_remove_leave_nothing_behind(slot, network, gue
     # Restart never moves a slot (kubevirt/enhancements#344): the same definition starts
     # again, nothing is redefined, and the guest finds the same disk.
     posted = len(network.sink.posts)
-    restarted = run_module(slot_vm, dict(base, memory_mb=256), capsys=capsys)
+    restarted = run_module(slot_vm, dict(base, memory_mib=256), capsys=capsys)
     assert restarted['actions'] == ['start'] and restarted['uuid'] == before['uuid'], restarted
     assert restarted['ip'] == slot['ip'] and restarted['tap'] == before['tap'] and restarted['mac'] == MAC
     assert restarted['xml'] == stopped['xml']

@@ -11,7 +11,9 @@ from pydantic import Field, field_validator
 from gpuaas_control.schemas.views import Time, View
 
 
-class SlotView(View):
+class InventorySlot(View):
+    """A slot as the inventory holds it (the plugin's host vars)."""
+
     id: str
     node_id: str
     slot_index: int
@@ -19,18 +21,23 @@ class SlotView(View):
     approved: bool
     allocation_id: str | None
     state_reason: str | None
-    gpu_address: str
     gpu_model: str
+    gpu_address: str
+    companions: list[Any]
     numa_node: int
     cpulist: str | None
-    companions: list[Any]
     nvme_address: str | None
     fabric_pf_address: str | None
     fabric_vf_pci_address: str | None
     mac: str
     ip: str
-    capacity_metadata: dict[str, Any]
     destructive_wipe_policy: str
+    capacity_metadata: dict[str, Any]
+
+
+class SlotView(InventorySlot):
+    """A slot as operators read it: the inventory's fields and who approved it when."""
+
     approved_by: str | None
     approved_at: Time | None
     updated_at: Time
@@ -105,30 +112,6 @@ class InventoryNode(View):
     schedulable: bool
     drain_reason: str | None
     approved_slots: list[dict[str, Any]] | None
-
-
-class InventorySlot(View):
-    """A slot as the inventory holds it (the plugin's host vars)."""
-
-    id: str
-    node_id: str
-    slot_index: int
-    state: str
-    approved: bool
-    allocation_id: str | None
-    state_reason: str | None
-    gpu_model: str
-    gpu_address: str
-    companions: list[Any]
-    numa_node: int
-    cpulist: str | None
-    nvme_address: str | None
-    fabric_pf_address: str | None
-    fabric_vf_pci_address: str | None
-    mac: str
-    ip: str
-    destructive_wipe_policy: str
-    capacity_metadata: dict[str, Any]
 
 
 class Inventory(View):

@@ -19,7 +19,7 @@ NO_DAEMON = 'qemu:///system?socket=/nonexistent/libvirt-sock'
 
 
 def args(tmp_path, **extra):
-    base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mb=1024, cpulist='0-1',
+    base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mib=1024, cpulist='0-1',
                 numatune=False, console_log_dir=str(tmp_path / 'console'),
                 lease_file=str(tmp_path / 'leases'), allowed_dirs=[str(tmp_path)])
     base.update(extra)
@@ -47,9 +47,9 @@ needs_binding = pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason='needs libvi
     ({'cpulist': '0-1; reboot'}, 'not a valid CPU list'),
     ({'vcpus': 3}, 'more than the 2 CPUs'),
     ({'machine': 'q35 -device evil'}, 'not a valid machine type'),
-    ({'memory_mb': 1}, 'at least 64'),
+    ({'memory_mib': 1}, 'at least 64'),
     ({'initrd': '/i'}, 'missing parameter(s) required by \'initrd\': kernel'),
-    ({'memory_mb': None}, 'memory_mb'),
+    ({'memory_mib': None}, 'memory_mib'),
 ])
 def test_refused_before_libvirt(tmp_path, capsys, extra, message):
     params = args(tmp_path, **extra)
@@ -73,8 +73,8 @@ BIG = 2 ** 64
     ({'lease_timeout': 'nan'}, 'lease_timeout'),
     ({'stop_timeout': BIG}, 'stop_timeout must be'),
     ({'stop_timeout': 0.5}, 'stop_timeout'),
-    ({'memory_mb': BIG}, 'memory_mb must be a whole number of MiB, at least 64 and at most'),
-    ({'memory_mb': -1}, 'memory_mb must be'),
+    ({'memory_mib': BIG}, 'memory_mib must be a whole number of MiB, at least 64 and at most'),
+    ({'memory_mib': -1}, 'memory_mib must be'),
     ({'vcpus': BIG}, 'vcpus must be a positive whole number, at most 256'),
     ({'vcpus': 0}, 'vcpus must be a positive whole number'),
     ({'hugepages': True, 'hugepage_size_kb': BIG}, 'hugepage_size_kb needs hugepages=true and a size in KiB'),
