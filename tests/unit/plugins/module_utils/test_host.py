@@ -35,7 +35,7 @@ def test_a_kernel_without_swap_has_no_swaps_file_and_that_is_fine(workstation):
 
 
 @pytest.mark.parametrize('name, make', [
-    ('proc_root missing', lambda proc: shutil.rmtree(proc)),
+    ('proc_root missing', shutil.rmtree),
     ('proc_root a file', lambda proc: (shutil.rmtree(proc), open(proc, 'w').close())),
     ('an empty directory', lambda proc: (shutil.rmtree(proc), os.mkdir(proc))),
     ('mounts missing', lambda proc: os.unlink(os.path.join(proc, 'mounts'))),

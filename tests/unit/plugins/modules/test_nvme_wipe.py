@@ -285,7 +285,7 @@ def refused(host, capsys, target, *expected, **extra):
 
 
 @pytest.mark.parametrize('make', [
-    lambda proc: shutil.rmtree(proc),
+    shutil.rmtree,
     lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
     lambda proc: os.unlink(os.path.join(proc, 'mounts')),
     lambda proc: (os.unlink(os.path.join(proc, 'mounts')), os.mkdir(os.path.join(proc, 'mounts'))),

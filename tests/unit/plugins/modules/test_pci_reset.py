@@ -187,7 +187,7 @@ def test_a_symlinked_reset_method_is_refused_before_a_forced_method_is_written(k
     (GPU, 'cannot read the processes under proc_root'),                       # on vfio-pci
 ])
 @pytest.mark.parametrize('make', [
-    lambda proc: shutil.rmtree(proc),
+    shutil.rmtree,
     lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
     lambda proc: (os.unlink(os.path.join(proc, 'mounts')), os.mkdir(os.path.join(proc, 'mounts'))),
 ])

@@ -369,7 +369,7 @@ def test_an_sriov_attribute_that_is_a_symlink_out_of_sysfs_is_refused(ws, capsys
 
 
 @pytest.mark.parametrize('make', [
-    lambda proc: shutil.rmtree(proc),
+    shutil.rmtree,
     lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
     lambda proc: os.unlink(os.path.join(proc, 'mounts')),
 ])

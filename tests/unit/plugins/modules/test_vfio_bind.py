@@ -404,7 +404,7 @@ def test_a_symlinked_bind_attribute_is_refused_on_release(ws, capsys):
 
 
 @pytest.mark.parametrize('make', [
-    lambda proc: shutil.rmtree(proc),
+    shutil.rmtree,
     lambda proc: (shutil.rmtree(proc), open(proc, 'w').close()),
     lambda proc: os.unlink(os.path.join(proc, 'mounts')),
 ])
