@@ -16,7 +16,7 @@ it and returns ``(sysfs_root, proc_root)``.
   group with the SATA controller; one free NVMe, a boot NVMe and one SR-IOV
   Ethernet PF.
 * ``h100_guest``: the real H100 passthrough guest captured in
-  ``shared/fixtures/real/h100-passthrough-guest`` (no IOMMU, virtio devices).
+  ``tests/fixtures/real/h100-passthrough-guest`` (no IOMMU, virtio devices).
 * ``segment1``: a host whose GPU, NVMe and fabric PF live on PCI segment 0001.
 """
 
@@ -30,8 +30,9 @@ from .builder import SysfsBuilder, _symlink, _write
 GEN5 = ('32.0 GT/s PCIe', 16)
 GEN4 = ('16.0 GT/s PCIe', 16)
 
+# Copied into the repository from the project's shared/fixtures/real, so a clone anywhere runs.
 REAL_FIXTURES = os.environ.get('GPUAAS_REAL_FIXTURES') or os.path.normpath(
-    os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'fixtures', 'real'))
+    os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'real'))
 
 
 def _dirs(base):
