@@ -19,3 +19,15 @@ attributes:
   idempotent:
     description: When run twice in a row with the same arguments, the second run reports no change.
 '''
+
+    # A module that only reads: extends_documentation_fragment gpuaas.slice.attributes.read_only
+    READ_ONLY = r'''
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+'''

@@ -30,14 +30,7 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; the same in check mode.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+  - gpuaas.slice.attributes.read_only
 options:
   node_id:
     description: The node's id; slot ids are C({node_id}-s{index}).

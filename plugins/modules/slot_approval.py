@@ -32,14 +32,7 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
-attributes:
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
+  - gpuaas.slice.attributes.read_only
 options:
   discovery:
     description:

@@ -31,15 +31,8 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
+  - gpuaas.slice.attributes.read_only
   - gpuaas.slice.sysfs
-attributes:
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 options:
   node_id:
     description: The node this runs on; the slot id must be C({node_id}-s{index}).

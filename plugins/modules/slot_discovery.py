@@ -34,15 +34,8 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
+  - gpuaas.slice.attributes.read_only
   - gpuaas.slice.sysfs
-attributes:
-  check_mode:
-    support: full
-    details: The module never changes anything.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 options:
   node_id:
     description:
