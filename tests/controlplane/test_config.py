@@ -25,12 +25,12 @@ def test_the_environment_and_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv('GPUAAS_DB_URL', 'sqlite:///%s' % (tmp_path / 'x.db'))
     monkeypatch.setenv('GPUAAS_JOB_TIMEOUT', '60')
     monkeypatch.setenv('GPUAAS_RETRY_BASE', '0.5')
-    monkeypatch.setenv('GPUAAS_KEEP_RUNS', 'yes')
+    monkeypatch.setenv('GPUAAS_KEEP_RUNS', '3')
     monkeypatch.setenv('GPUAAS_INVENTORY', '')
     monkeypatch.setenv('GPUAAS_IMAGE_DIR', '')
     settings = Settings.from_env(inventory='/etc/gpuaas/inventory.yml', runs_dir=None)
     assert settings.db_url.endswith('x.db') and settings.job_timeout == 60
-    assert settings.retry_base == 0.5 and settings.keep_runs is True
+    assert settings.retry_base == 0.5 and settings.keep_runs == 3
     assert settings.inventory == '/etc/gpuaas/inventory.yml'
     assert settings.image_dir == '/var/lib/gpuaas/images'   # empty is the default
     assert settings.runs_dir == '/var/lib/gpuaas/control/runs'
@@ -41,7 +41,7 @@ BAD = [
     ('GPUAAS_JOB_TIMEOUT', '0'), ('GPUAAS_JOB_TIMEOUT', str(2 ** 64)),
     ('GPUAAS_MAX_ATTEMPTS', '-1'), ('GPUAAS_RETRY_BASE', 'nan'), ('GPUAAS_RETRY_BASE', 'inf'),
     ('GPUAAS_RETRY_BASE', '-5'), ('GPUAAS_LEASE_SECONDS', '1e309'), ('GPUAAS_POLL_INTERVAL', '0'),
-    ('GPUAAS_KEEP_RUNS', 'maybe'), ('GPUAAS_MAX_BODY', '10'), ('GPUAAS_API_THREADS', '100000'),
+    ('GPUAAS_KEEP_RUNS', 'maybe'), ('GPUAAS_KEEP_RUNS', 'yes'), ('GPUAAS_KEEP_RUNS', '-1'), ('GPUAAS_MAX_BODY', '10'), ('GPUAAS_API_THREADS', '100000'),
     ('GPUAAS_DEFAULT_MAX_GPUS', '-2'), ('GPUAAS_DEFAULT_MAX_GPUS', 'all'),
 ]
 

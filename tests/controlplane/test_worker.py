@@ -158,6 +158,63 @@ def test_allocate_then_release(db, settings, project, node):
     _no_leaks(db)
 
 
+def _files_holding(root, secret):
+    """Every file under ``root`` whose bytes hold ``secret``."""
+    found = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, 'rb') as handle:
+                if secret.encode() in handle.read():
+                    found.append(path)
+    return found
+
+
+@pytest.mark.backends('sqlite')
+def test_no_run_file_or_log_holds_the_telemetry_token(db, settings, project, node, caplog):
+    """The stand-in's set_stats is not no_log, so its task result and the stats event both
+    carry the token: the worker keeps it for the allocation row and writes neither."""
+    caplog.set_level('DEBUG')
+    settings = settings.model_copy(update={'keep_runs': 5})
+    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+    worker = Worker(db, settings)
+    assert worker.drain() == 1
+    db.transact(service.request_release, tenant('acme'), allocation.id)
+    assert worker.drain() == 1
+    token = 'tok-' + allocation.id
+    with db.read() as session:
+        assert session.get(Allocation, allocation.id).telemetry_token == token
+        details = [repr((e.message, e.data)) for e in session.execute(select(Event)).scalars()]
+    kept = sorted(os.listdir(settings.runs_dir))
+    assert len(kept) == 2 and all(name.startswith('done-job-') for name in kept), kept
+    # ansible-runner's artifacts are all there (the events, stdout), and private.
+    events = [path for path in _walk(settings.runs_dir) if '/job_events/' in path]
+    assert events and any(path.endswith('/stdout') for path in _walk(settings.runs_dir))
+    assert any(b'"telemetry_token": "********"' in open(path, 'rb').read() for path in events)
+    for path in [settings.runs_dir] + [os.path.join(settings.runs_dir, name) for name in kept]:
+        assert os.stat(path).st_mode & 0o777 == 0o700, path
+    assert _files_holding(settings.runs_dir, token) == []
+    assert token not in caplog.text and not [d for d in details if token in d]
+
+
+def _walk(root):
+    return [os.path.join(d, name) for d, _dirs, files in os.walk(root) for name in files]
+
+
+@pytest.mark.backends('sqlite')
+def test_kept_runs_are_pruned_to_the_newest_and_the_runs_directory_made_private(db, settings, project, node):
+    os.makedirs(settings.runs_dir, mode=0o755)
+    os.chmod(settings.runs_dir, 0o755)
+    settings = settings.model_copy(update={'keep_runs': 1})
+    worker = Worker(db, settings)
+    for _ in range(2):
+        allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+        assert worker.drain() == 1
+    kept = os.listdir(settings.runs_dir)
+    assert len(kept) == 1 and kept[0].startswith('done-job-2-'), kept
+    assert os.stat(settings.runs_dir).st_mode & 0o777 == 0o700
+
+
 @pytest.mark.backends('sqlite')
 def test_a_transient_failure_is_retried(db, settings, project, node):
     project.set_modes(n1='flaky')

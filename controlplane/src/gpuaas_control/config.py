@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     project_dir: str = Field(default_factory=_default_project_dir)
     inventory: str = ''
     runs_dir: str = '/var/lib/gpuaas/control/runs'
-    keep_runs: bool = False
+    # The newest run directories (ansible-runner's private data and artifacts) kept for
+    # debugging; 0 removes each when its run ends.
+    keep_runs: int = Field(0, ge=0, le=1000)
     allocate_playbook: str = 'playbooks/allocate.yml'
     release_playbook: str = 'playbooks/release.yml'
     job_timeout: int = Field(1800, ge=1, le=86400)

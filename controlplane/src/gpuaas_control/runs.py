@@ -5,10 +5,17 @@
 release is requested, when the worker is asked to stop, or when the lease was lost. A
 monitor thread renews the lease. Progress (task starts, failures) becomes allocation events
 as it happens: a failed task's name for everyone, what it said (``msg``, ``stderr``) in the
-event's ``detail`` for operators."""
+event's ``detail`` for operators.
+
+Secrets stay out of a run's files: the playbooks mark what carries one ``no_log``, and every
+event has the values of ``SECRET_KEYS`` replaced before ansible-runner writes it (the
+result's telemetry token is kept in memory for the allocation row only). The runs
+directory is the worker's alone (0700); a run's directory is removed when it ends, or the
+newest ``keep_runs`` are kept for debugging and older ones pruned."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -32,6 +39,10 @@ log = logging.getLogger('gpuaas_control.worker')
 CANCEL_RELEASE = 'release requested'
 CANCEL_STOP = 'worker stopping'
 CANCEL_LOST = 'claim lost'
+RUN_PREFIX, DONE_PREFIX = 'job-', 'done-'
+# Keys whose values are secrets, at any depth of an event: the allocation row keeps them.
+SECRET_KEYS = frozenset({'telemetry_token'})
+REDACTED = '********'
 
 
 @dataclasses.dataclass
@@ -74,6 +85,51 @@ def seconds(value) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
+def redact(value):
+    """``value`` with the value of every SECRET_KEYS key replaced, at any depth (in place)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in SECRET_KEYS and item is not None:
+                value[key] = REDACTED
+            else:
+                redact(item)
+    elif isinstance(value, list):
+        for item in value:
+            redact(item)
+    return value
+
+
+def private_dir(runs_dir: str, job_id: int) -> str:
+    """A new private data directory for a run of ``job_id`` in ``runs_dir``, which is made
+    the worker's alone (0700) whatever it was before."""
+    os.makedirs(runs_dir, mode=0o700, exist_ok=True)
+    if os.stat(runs_dir).st_mode & 0o077:
+        log.warning('runs directory %s was open to others: made 0700', runs_dir)
+        os.chmod(runs_dir, 0o700)
+    return tempfile.mkdtemp(prefix='%s%d-' % (RUN_PREFIX, job_id), dir=runs_dir)
+
+
+def finish(private: str, keep: int) -> None:
+    """Remove a finished run's directory, or keep it (renamed ``done-...``) and remove all
+    but the ``keep`` newest finished ones; runs still going (other workers') are not touched."""
+    if not keep:
+        shutil.rmtree(private, ignore_errors=True)
+        return
+    runs_dir, name = os.path.split(private)
+    try:
+        done = os.path.join(runs_dir, DONE_PREFIX + name)
+        os.rename(private, done)
+        os.utime(done)
+        with os.scandir(runs_dir) as entries:
+            runs = [(entry.stat(follow_symlinks=False).st_mtime, entry.path) for entry in entries
+                    if entry.name.startswith(DONE_PREFIX) and entry.is_dir(follow_symlinks=False)]
+    except OSError as exc:
+        log.warning('could not keep or prune the run directory %s: %s', private, exc)
+        return
+    for _mtime, path in sorted(runs, reverse=True)[keep:]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def extravars(claim: Claim) -> dict:
     """The node contract's extra vars of the claim's playbook."""
     if claim.kind == JOB_ALLOCATE:
@@ -101,10 +157,10 @@ class Run:
 
         def on_event(event):
             self._on_event(event, captured)
+            redact(event)   # what ansible-runner writes next
             return True
 
-        os.makedirs(self.settings.runs_dir, mode=0o700, exist_ok=True)
-        private = tempfile.mkdtemp(prefix='job-%d-' % claim.job_id, dir=self.settings.runs_dir)
+        private = private_dir(self.settings.runs_dir, claim.job_id)
         playbook = (self.settings.allocate_playbook if claim.kind == JOB_ALLOCATE
                     else self.settings.release_playbook)
         started = time.monotonic()
@@ -133,8 +189,7 @@ class Run:
             done.set()
             monitor.join()
             _end_leftovers(private)
-            if not self.settings.keep_runs:
-                shutil.rmtree(private, ignore_errors=True)
+            finish(private, self.settings.keep_runs)
         seconds = time.monotonic() - started
         error = captured['error']
         if status == 'timeout':
@@ -187,7 +242,7 @@ class Run:
             captured['error'] = '%s: %s' % (message, detail)
         elif kind == 'playbook_on_stats':
             artifact = data.get('artifact_data') or {}
-            captured['result'] = artifact.get('gpuaas_result')
+            captured['result'] = copy.deepcopy(artifact.get('gpuaas_result'))
         if message is None:
             return
         try:

@@ -50,7 +50,8 @@ class ControlPlane:
         self.url = 'http://127.0.0.1:%d' % free_port()
         self.env = dict(os.environ, GPUAAS_DB_URL='sqlite:///%s' % (tmp_path / 'gpuaas.db'),
                         GPUAAS_API=self.url, GPUAAS_PROJECT_DIR=REPO, GPUAAS_INVENTORY=inventory,
-                        GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_IMAGE_DIR=image_dir,
+                        GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_KEEP_RUNS='10',
+                        GPUAAS_IMAGE_DIR=image_dir,
                         GPUAAS_POLL_INTERVAL='0.3', GPUAAS_RETRY_BASE='1', GPUAAS_JOB_TIMEOUT='900',
                         PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1')
         self.env.pop('GPUAAS_TOKEN', None)
@@ -217,3 +218,17 @@ def test_an_allocation_through_the_api_runs_the_real_playbooks_on_the_lab_node(n
     assert [u['allocation_id'] for u in usage] == [ident], usage
     assert 0 < usage[0]['running_seconds'] < usage[0]['allocated_seconds'], usage
     assert control.gpuaas('audit', 'verify').returncode == 0
+
+    # The telemetry token lives in the allocation row, the guest's seed (gone with the slot)
+    # and, hashed, the sink's token file: not in a run's artifacts (kept here: ansible-runner's
+    # job events and stdout), the control plane's logs (its database aside), the node's logs or state.
+    token = allocation['telemetry_token']
+    runs = sorted(os.listdir(tmp_path / 'runs'))
+    assert len(runs) == 2, runs
+    for run in runs:
+        assert os.stat(tmp_path / 'runs' / run).st_mode & 0o777 == 0o700
+        assert os.listdir(tmp_path / 'runs' / run / 'artifacts')
+    roots = [str(tmp_path), '/var/log/gpuaas', '/var/log/libvirt', '/var/lib/gpuaas']
+    holding = subprocess.run(['grep', '-rlsF', '-D', 'skip', '--exclude=gpuaas.db*', '--', token, *roots],
+                             capture_output=True, text=True, check=False)
+    assert holding.returncode == 1 and not holding.stdout, holding.stdout
