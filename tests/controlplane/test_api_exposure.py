@@ -131,3 +131,28 @@ def test_every_route_answers_a_model(client):
     views = doc['components']['schemas']
     assert 'telemetry_token' in views['AllocationView']['properties']
     assert {'nodes', 'slots'} <= set(views['Inventory']['properties'])
+
+
+@pytest.mark.backends('postgresql')
+def test_a_database_that_dropped_its_connections_is_a_json_503_then_it_recovers(db_url, tokens, pg_cluster, caplog):
+    """A server restart under the API's pooled connections (none pinged: they were busy): the
+    request that meets a dead connection is told to retry, not handed a 500; the next one works."""
+    from fastapi.testclient import TestClient
+
+    from gpuaas_control import api
+    from gpuaas_control.config import Settings
+    from gpuaas_control.db import Database
+    from tests.controlplane.test_reservation import _drop_connections
+    database = Database(db_url, ping_after_idle=3600)
+    try:
+        with TestClient(api.create_app(Settings(db_url=db_url), database)) as client:
+            assert client.get('/v1/slots', headers=tokens['operator']).status_code == 200
+            _drop_connections(pg_cluster, db_url)
+            failed = client.get('/v1/slots', headers=tokens['operator'])
+            assert failed.status_code == 503 and failed.headers['retry-after'] == '2'
+            assert failed.json() == {'detail': 'the database is not reachable at the moment: try again',
+                                     'problems': []}
+            assert 'the database failed' in caplog.text
+            assert client.get('/v1/slots', headers=tokens['operator']).status_code == 200
+    finally:
+        database.dispose()

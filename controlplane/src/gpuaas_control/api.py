@@ -4,17 +4,21 @@
 
 ``create_app`` only assembles: the routers (``gpuaas_control.routers``, one per resource),
 the error handlers and the body limit. Dependencies are in ``deps``, shapes in ``schemas``.
-Every refusal is JSON ``{"detail": "...", "problems": [...]}`` with a 4xx status.
+Every refusal is JSON ``{"detail": "...", "problems": [...]}`` with a 4xx status; a
+database that cannot be reached (a server restarting, a connection it dropped) is a JSON 503
+with ``Retry-After``, its cause in the server's log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from gpuaas_control import __version__
@@ -22,6 +26,9 @@ from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.errors import ControlError
 from gpuaas_control.routers import ROUTERS
+
+log = logging.getLogger('gpuaas_control.api')
+UNAVAILABLE_RETRY_AFTER = 2
 
 
 def error(status, detail, problems=None, headers=None):
@@ -87,6 +94,14 @@ async def _http_error(_request, exc: HTTPException):
     return error(exc.status_code, str(exc.detail), headers=getattr(exc, 'headers', None))
 
 
+async def _database_unavailable(request, exc):
+    # Not the client's doing and nothing to show it: the operator's log has the cause.
+    log.error('%s %s: the database failed: %s', request.method, request.url.path,
+              str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return error(503, 'the database is not reachable at the moment: try again',
+                 headers={'Retry-After': str(UNAVAILABLE_RETRY_AFTER)})
+
+
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     db = db or Database(settings.db_url, pool_size=20)
@@ -107,7 +122,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         # /docs is served by routers.service from local files; ReDoc would need a CDN.
         docs_url=None, redoc_url=None,
         exception_handlers={ControlError: _control_error, RequestValidationError: _invalid,
-                            HTTPException: _http_error})
+                            HTTPException: _http_error, OperationalError: _database_unavailable,
+                            InterfaceError: _database_unavailable})
     app.state.db = db
     app.state.settings = settings
     for router in ROUTERS:
