@@ -33,12 +33,11 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ALLOCATION_ID,
     GUEST_PATH,
     HOSTNAME,
-    MAX_SSH_KEYS,
     TELEMETRY_TOKEN,
     ContractError,
     Slot,
     check_sink_url,
-    check_ssh_key,
+    check_ssh_keys,
 )
 
 VOLUME_ID = 'cidata'
@@ -65,12 +64,6 @@ def check_token(value):
     return value
 
 
-def check_ssh_keys(values):
-    if len(values) > MAX_SSH_KEYS:
-        raise SeedError('ssh_authorized_keys holds %d keys; at most %d are accepted' % (len(values), MAX_SSH_KEYS))
-    return [check_ssh_key(key, 'ssh_authorized_keys[%d]' % index) for index, key in enumerate(values)]
-
-
 def _check_user_data(user_data, telemetry_file):
     if user_data is None:
         return {}
@@ -79,7 +72,7 @@ def _check_user_data(user_data, telemetry_file):
     reserved = sorted(set(user_data) & set(RESERVED_KEYS))
     if reserved:
         raise SeedError('user_data may not set %s: the module sets them from hostname and '
-                        'ssh_authorized_keys' % ', '.join(reserved))
+                        'ssh_keys' % ', '.join(reserved))
     files = user_data.get('write_files', [])
     if not isinstance(files, list) or not all(isinstance(item, dict) for item in files):
         raise SeedError('user_data.write_files must be a list of mappings')
@@ -105,7 +98,7 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
     mac = Slot.parse(slot_id).mac
     ALLOCATION_ID.check(allocation_id, 'allocation_id')
     hostname = HOSTNAME.check(hostname, 'hostname')
-    keys = check_ssh_keys(ssh_keys or [])
+    keys = check_ssh_keys(ssh_keys or [], minimum=0)
     check_token(token)
     check_sink_url(sink, 'telemetry_sink')
     GUEST_PATH.check(telemetry_file, 'telemetry_file')
@@ -224,7 +217,7 @@ class Seed:
                 plan.change('remove seed', lambda: remove(path))
         else:
             files, shown, mac = seed_content(
-                p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_authorized_keys'],
+                p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_keys'],
                 p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'])
             want_hash = content_hash(files)
             after = {'path': path, 'content_hash': want_hash, 'files': shown}

@@ -222,10 +222,10 @@ def check_ssh_key(value, what='SSH key'):
     return ' '.join(p for p in (kind, body, comment) if p)
 
 
-def check_ssh_keys(values, what='ssh_authorized_keys'):
-    """A list of 1-MAX_SSH_KEYS keys, each checked and normalised."""
-    if not isinstance(values, list) or not 0 < len(values) <= MAX_SSH_KEYS:
-        raise ContractError('%s must be a list of 1 to %d public keys' % (what, MAX_SSH_KEYS))
+def check_ssh_keys(values, what='ssh_keys', minimum=1):
+    """A list of ``minimum``-MAX_SSH_KEYS keys, each checked and normalised."""
+    if not isinstance(values, list) or not minimum <= len(values) <= MAX_SSH_KEYS:
+        raise ContractError('%s must be a list of %d to %d public keys' % (what, minimum, MAX_SSH_KEYS))
     return [check_ssh_key(key, '%s[%d]' % (what, index)) for index, key in enumerate(values)]
 
 

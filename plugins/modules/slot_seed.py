@@ -59,8 +59,11 @@ options:
   hostname:
     description: The VM's host name, one RFC 1123 label. Required when O(state=present).
     type: str
-  ssh_authorized_keys:
-    description: The tenant's OpenSSH public keys, one per item (C(type base64 [comment])).
+  ssh_keys:
+    description:
+      - The tenant's OpenSSH public keys, one per item (C(type base64 [comment])); the
+        allocation's own name for them. They become cloud-init's C(ssh_authorized_keys).
+    aliases: [ssh_authorized_keys]
     type: list
     elements: str
     default: []
@@ -103,7 +106,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     allocation_id: "{{ allocation.id }}"
     hostname: "{{ allocation.hostname }}"
-    ssh_authorized_keys: "{{ allocation.ssh_keys }}"
+    ssh_keys: "{{ allocation.ssh_keys }}"
     telemetry_token: "{{ allocation.telemetry_token }}"
   register: seed
 
@@ -178,7 +181,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type='str', choices=['present', 'absent'], default='present'),
     allocation_id=dict(type='str'),
     hostname=dict(type='str'),
-    ssh_authorized_keys=dict(type='list', elements='str', default=[], no_log=False),
+    ssh_keys=dict(type='list', elements='str', default=[], aliases=['ssh_authorized_keys'], no_log=False),
     telemetry_token=dict(type='str', no_log=True),
     telemetry_sink=dict(type='str', default=DEFAULT_SINK),
     telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),

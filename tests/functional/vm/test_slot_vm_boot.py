@@ -98,7 +98,7 @@ def playbook(path, slot, network, guest):
         {'name': 'image', 'gpuaas.slice.slot_image': dict(slot['image'], slot_id=SLOT), 'register': 'image'},
         {'name': 'seed', 'gpuaas.slice.slot_seed': {
             'slot_id': SLOT, 'allocation_id': ALLOCATION, 'hostname': HOSTNAME,
-            'ssh_authorized_keys': slot['keys'], 'telemetry_token': slot['token'],
+            'ssh_keys': slot['keys'], 'telemetry_token': slot['token'],
             'telemetry_sink': network.sink.url, 'seed_dir': slot['seed_dir']}, 'register': 'seed'},
         {'name': 'vm', 'gpuaas.slice.slot_vm': vm, 'register': 'vm'},
     ]

@@ -110,7 +110,7 @@ def image_args(t):
 
 def seed_args(t):
     return dict(slot_id='gpu-node-01-s1', allocation_id='a1', hostname='vm1', telemetry_token='t' * 24,
-                ssh_authorized_keys=[KEY], seed_dir=t('seeds'))
+                ssh_keys=[KEY], seed_dir=t('seeds'))
 
 
 def link(target, name):
@@ -184,8 +184,8 @@ CASES = [
     (slot_seed, seed_args, dict(seed_dir=''), 'seed_dir', None),
     (slot_seed, seed_args, dict(seed_dir=_t('a-file')), 'seed_dir', None),
     (slot_seed, seed_args, dict(seed_dir='/var/lib\0/seeds'), 'seed_dir', None),
-    (slot_seed, seed_args, dict(ssh_authorized_keys=[KEY, KEY + '\0']), 'ssh_authorized_keys[1]', None),
-    (slot_seed, seed_args, dict(ssh_authorized_keys=[KEY + FORGED]), 'ssh_authorized_keys[0]', None),
+    (slot_seed, seed_args, dict(ssh_keys=[KEY, KEY + '\0']), 'ssh_keys[1]', None),
+    (slot_seed, seed_args, dict(ssh_keys=[KEY + FORGED]), 'ssh_keys[0]', None),
     (slot_seed, seed_args, dict(hostname='vm1' + FORGED), 'hostname', None),
     (slot_seed, seed_args, dict(hostname='vm1\0'), 'hostname', None),
     (slot_seed, seed_args, dict(telemetry_sink='http://10.100.0.1/x' + FORGED), 'telemetry_sink', None),

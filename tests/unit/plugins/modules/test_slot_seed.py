@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import yaml
 
-from ansible_collections.gpuaas.slice.plugins.module_utils import _seed
+from ansible_collections.gpuaas.slice.plugins.module_utils import _seed, contract
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import SSH_KEY_TYPES, Slot
 from ansible_collections.gpuaas.slice.plugins.modules import slot_seed
 from tests.unit.module_runner import run_module
@@ -36,7 +36,7 @@ def key(kind='ssh-ed25519', body_len=32, comment='alice@laptop'):
 
 def args(tmp_path, **extra):
     base = dict(slot_id='gpu-node-01-s3', allocation_id='alloc-7f3a', hostname='train-01',
-                ssh_authorized_keys=[key(), key('ssh-rsa', 256, 'bob')],
+                ssh_keys=[key(), key('ssh-rsa', 256, 'bob')],
                 telemetry_token=TOKEN, seed_dir=str(tmp_path / 'seeds'))
     base.update(extra)
     return base
@@ -153,13 +153,14 @@ def test_user_data_metacharacters_stay_data(tmp_path, capsys):
     ('slot_id', '../../etc/passwd', 'slot id'),
     ('slot_id', 'node-s1/../../x', 'slot id'),
     ('seed_dir', '/tmp/../etc', "'..'"),
-    ('ssh_authorized_keys', [key() + '\n' + key()], 'line break'),
-    ('ssh_authorized_keys', ['command="reboot" ' + key()], 'key options are not accepted'),
-    ('ssh_authorized_keys', ['ssh-dss AAAAB3NzaC1kc3MAAAA= x'], 'not a key type'),
-    ('ssh_authorized_keys', ['ssh-ed25519 not*base64 x'], 'not base64'),
-    ('ssh_authorized_keys', ['ssh-ed25519 ' + key('ssh-rsa').split()[1]], 'does not hold a ssh-ed25519 key'),
-    ('ssh_authorized_keys', ['ssh-ed25519'], 'not an OpenSSH public key'),
-    ('ssh_authorized_keys', [key(comment='x\x1b[2J')], 'control character'),
+    ('ssh_keys', [key() + '\n' + key()], 'line break'),
+    ('ssh_keys', ['command="reboot" ' + key()], 'key options are not accepted'),
+    ('ssh_keys', ['ssh-dss AAAAB3NzaC1kc3MAAAA= x'], 'not a key type'),
+    ('ssh_keys', ['ssh-ed25519 not*base64 x'], 'not base64'),
+    ('ssh_keys', ['ssh-ed25519 ' + key('ssh-rsa').split()[1]], 'does not hold a ssh-ed25519 key'),
+    ('ssh_keys', ['ssh-ed25519'], 'not an OpenSSH public key'),
+    ('ssh_keys', [key(comment='x\x1b[2J')], 'control character'),
+    ('ssh_keys', [key()] * 17, 'ssh_keys must be a list of 0 to 16 public keys'),
     ('user_data', {'ssh_authorized_keys': [key()]}, 'may not set ssh_authorized_keys'),
     ('user_data', {'hostname': 'other'}, 'may not set hostname'),
     ('user_data', {'write_files': [{'path': '/etc/gpuaas/telemetry.env', 'content': 'x'}]},
@@ -173,10 +174,18 @@ def test_hostile_input_refused_before_anything_is_written(tmp_path, capsys, fiel
     assert TOKEN not in result['msg']
 
 
+def test_the_keys_keep_their_older_option_name(tmp_path, capsys):
+    """``ssh_authorized_keys`` (cloud-init's name, the option's before) is an alias of ``ssh_keys``."""
+    plain = args(tmp_path)
+    older = {('ssh_authorized_keys' if name == 'ssh_keys' else name): value for name, value in plain.items()}
+    assert run_module(slot_seed, older, capsys=capsys)['changed'] is True
+    assert run_module(slot_seed, plain, capsys=capsys)['changed'] is False
+
+
 def test_key_normalisation():
-    assert _seed.check_ssh_key('  %s  ' % key(comment='')) == key(comment='')
+    assert contract.check_ssh_key('  %s  ' % key(comment='')) == key(comment='')
     for kind in SSH_KEY_TYPES:
-        assert _seed.check_ssh_key(key(kind)).startswith(kind + ' ')
+        assert contract.check_ssh_key(key(kind)).startswith(kind + ' ')
 
 
 def test_content_hash_covers_every_file():
