@@ -23,6 +23,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import decimal
 import errno
 import math
 import time
@@ -275,8 +276,80 @@ def nul_option(value, where):
     return None
 
 
+# The largest magnitude an int or float option may hold when it reaches ansible-core: every
+# integer up to it is exact as a float. Beyond it ansible-core's conversion is where the harm
+# is: 'inf' raises OverflowError from check_type_int, '1e999999999' builds an integer of a
+# billion digits, and a float option given 10**400 raises OverflowError from float().
+NUMBER_BOUND = 2 ** 53
+NUMBER_TYPES = ('int', 'float')
+
+
+def number_problem(value):
+    """Why an int/float option's value as given must not be converted, or None.
+
+    Only a number that is not finite or lies beyond :data:`NUMBER_BOUND` is refused here; any
+    other value goes on to ansible-core, which converts it or refuses it by name, and then to
+    the module's own range check.
+    """
+    number = value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            number = decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            return None
+        finite = number.is_finite()
+        number = number.copy_abs()   # abs() would round to the context and raise decimal.Overflow
+    elif isinstance(value, (int, float)):
+        finite = isinstance(value, int) or math.isfinite(value)
+        number = abs(value)
+    else:
+        return None
+    if finite and number <= NUMBER_BOUND:
+        return None
+    return 'must be a finite number between -2**53 and 2**53, not %s' % show(value)
+
+
+def number_option_problem(argument_spec, params):
+    """The first int/float option (or element of a list of them) whose value :func:`number_problem` refuses."""
+    for name, spec in argument_spec.items():
+        kind = spec.get('type', 'str')
+        listed = kind == 'list' and spec.get('elements') in NUMBER_TYPES
+        if kind not in NUMBER_TYPES and not listed:
+            continue
+        for given in [name] + list(spec.get('aliases') or []):
+            value = params.get(given)
+            if listed:
+                # ansible-core splits a string given for a list at commas.
+                items = value.split(',') if isinstance(value, str) else value if isinstance(value, list) else []
+                places = [('%s[%d]' % (given, index), item) for index, item in enumerate(items)]
+            else:
+                places = [(given, value)]
+            for place, item in places:
+                problem = number_problem(item)
+                if problem:
+                    return '%s %s; nothing was changed' % (place, problem)
+    return None
+
+
 class _Module(AnsibleModule):
-    """AnsibleModule that refuses, naming the option, a NUL character its invocation log would trip on."""
+    """AnsibleModule that refuses, naming the option, what ansible-core's own checks would trip on.
+
+    A NUL character in any option (the invocation log fails on it) and a number that is not
+    finite or not bounded in an int/float option (ansible-core's conversion raises or runs away
+    on it), both before anything else looks at the value.
+    """
+
+    def _load_params(self):
+        super(_Module, self)._load_params()
+        problem = number_option_problem(self.argument_spec, self.params)
+        if problem:
+            # Validation has not run yet: keep the values of no_log options out of the result.
+            self.no_log_values.update(str(self.params[given]) for name, spec in self.argument_spec.items()
+                                      if spec.get('no_log') for given in [name] + list(spec.get('aliases') or [])
+                                      if self.params.get(given) not in (None, ''))
+            self.fail_json(msg=problem)
 
     def _log_invocation(self):
         for name in sorted(self.params):

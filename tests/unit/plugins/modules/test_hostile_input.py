@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+from ansible_collections.gpuaas.slice.plugins import modules
 from ansible_collections.gpuaas.slice.plugins.modules import (
     host_daemon, node_state, slot_approval, slot_discovery, slot_image, slot_lease, slot_seed, telemetry_token)
 from tests.unit.module_runner import run_module
@@ -437,3 +439,78 @@ def test_slot_seed_keeps_its_token_out_of_its_result(tree, capsys):
     assert slot_seed.ARGUMENT_SPEC['telemetry_token']['no_log'] is True
     result = run_module(slot_seed, seed_args(tree), check_mode=True, diff=True, capsys=capsys)
     assert not result.get('failed') and 't' * 24 not in json.dumps(result)
+
+
+# -- item 1: numbers ansible-core's conversion cannot take ----------------------------------------
+
+MODULES = [importlib.import_module('ansible_collections.gpuaas.slice.plugins.modules.' + name)
+           for name in sorted(os.path.splitext(entry)[0] for entry in os.listdir(modules.__path__[0])
+                              if entry.endswith('.py') and not entry.startswith('_'))]
+
+
+def spec_of(module):
+    """The argument spec (and other keywords) ``module.main()`` hands to run_module."""
+    seen = {}
+
+    def capture(argument_spec, engine, **kwargs):
+        seen.update(argument_spec)
+        raise SystemExit(0)
+    original = module.run_module
+    module.run_module = capture
+    try:
+        with pytest.raises(SystemExit):
+            module.main()
+    finally:
+        module.run_module = original
+    return seen
+
+
+def number_options(module):
+    """(name given, is a list) for every int/float option of ``module`` and every alias of one."""
+    found = []
+    for name, spec in sorted(spec_of(module).items()):
+        kind, elements = spec.get('type'), spec.get('elements')
+        if kind in ('int', 'float') or (kind == 'list' and elements in ('int', 'float')):
+            found += [(given, kind == 'list') for given in [name] + list(spec.get('aliases') or [])]
+    return found
+
+
+NUMBER_OPTIONS = [(module, name, listed) for module in MODULES for name, listed in number_options(module)]
+HOSTILE_NUMBERS = ['inf', '-inf', 'Infinity', 'nan', 'NaN', 'sNaN', '1e400', '-1e400', '9' * 400, '-' + '9' * 400,
+                   '1e999999999', ' inf ', float('inf'), float('-inf'), float('nan'), 10 ** 400, -10 ** 400,
+                   1e300, 2 ** 53 + 1]
+
+
+def test_the_table_covers_the_modules_number_options():
+    """The table is read from the modules' specs; these are options known to take numbers."""
+    names = set((module.__name__.rsplit('.', 1)[-1], name) for module, name, _listed in NUMBER_OPTIONS)
+    assert {('slot_lease', 'lock_timeout'), ('host_daemon', 'timeout'), ('slot_vm', 'memory_mb'),
+            ('nvme_wipe', 'format_ses'), ('sriov_vfs', 'num_vfs'), ('slot_network', 'telemetry_port')} <= names
+
+
+def paths_in(module, tree):
+    """Every path option of ``module`` pointed into the tree: a refusal that came late would stay there."""
+    args = {}
+    for name, spec in spec_of(module).items():
+        if spec.get('type') == 'path':
+            args[name] = tree('outside')
+        elif spec.get('type') == 'list' and spec.get('elements') == 'path':
+            args[name] = [tree('outside')]
+    return args
+
+
+@pytest.mark.parametrize('module, name, listed', NUMBER_OPTIONS,
+                         ids=['%s-%s' % (m.__name__.rsplit('.', 1)[-1], n) for m, n, _l in NUMBER_OPTIONS])
+def test_a_number_option_refuses_what_is_not_a_bounded_finite_number(tree, capsys, module, name, listed):
+    base = paths_in(module, tree)
+    before = snapshot(tree.root)
+    for value in HOSTILE_NUMBERS:
+        given = [1, value] if listed else value
+        place = name + '[1]' if listed else name
+        for check_mode in (True, False):
+            result = run_module(module, dict(base, **{name: given}), check_mode=check_mode, capsys=capsys)
+            assert_refused(result, place)
+            assert 'finite number' in result['msg'] and 'Traceback' not in json.dumps(result), result
+    if listed:   # a string given for a list is split at commas
+        assert_refused(run_module(module, dict(base, **{name: '1,inf'}), capsys=capsys), name + '[1]')
+    assert snapshot(tree.root) == before
