@@ -26,6 +26,7 @@ __metaclass__ = type
 import decimal
 import errno
 import math
+import sys
 import time
 import traceback
 
@@ -36,6 +37,7 @@ C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C'}
 POLL_INTERVAL = 0.02
 # coreutils timeout(1) exits with this status when the command ran out of time.
 TIMED_OUT = 124
+
 
 
 def oserror(exc):
@@ -276,58 +278,57 @@ def nul_option(value, where):
     return None
 
 
-# The largest magnitude an int or float option may hold when it reaches ansible-core: every
-# integer up to it is exact as a float. Beyond it ansible-core's conversion is where the harm
-# is: 'inf' raises OverflowError from check_type_int, '1e999999999' builds an integer of a
-# billion digits, and a float option given 10**400 raises OverflowError from float().
+# The largest magnitude a string or float given for an int option may hold (every integer up to
+# it is exact as a float; no option of the collection comes near it).
 NUMBER_BOUND = 2 ** 53
 NUMBER_TYPES = ('int', 'float')
 
 
-def number_problem(value):
-    """Why an int/float option's value as given must not be converted, or None.
+def number_problem(value, kind):
+    """Why ansible-core must not convert ``value`` given for a ``kind`` ('int'/'float') option, or None.
 
-    Only a number that is not finite or lies beyond :data:`NUMBER_BOUND` is refused here; any
-    other value goes on to ansible-core, which converts it or refuses it by name, and then to
-    the module's own range check.
+    Only what its conversion cannot take: for an int option, a string or float that is not a
+    finite number within NUMBER_BOUND (check_type_int raises OverflowError on 'inf' and builds
+    a billion-digit integer from '1e999999999'); for a float option, an int beyond a float's
+    range (float() raises OverflowError). Anything else goes on to ansible-core, which converts
+    it or refuses it by name, and then to the module's own range check, which names the range.
     """
-    number = value
     if isinstance(value, bool):
         return None
-    if isinstance(value, str):
-        try:
-            number = decimal.Decimal(value)
-        except decimal.InvalidOperation:
-            return None
-        finite = number.is_finite()
-        number = number.copy_abs()   # abs() would round to the context and raise decimal.Overflow
-    elif isinstance(value, (int, float)):
-        finite = isinstance(value, int) or math.isfinite(value)
-        number = abs(value)
-    else:
+    if kind == 'float':
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
+            return 'must be a number a float can hold (at most %g), not %s' % (sys.float_info.max, show(value))
         return None
-    if finite and number <= NUMBER_BOUND:
+    if not isinstance(value, (str, float)):
         return None
-    return 'must be a finite number between -2**53 and 2**53, not %s' % show(value)
+    try:
+        number = decimal.Decimal(value)
+    except decimal.InvalidOperation:
+        return None
+    # copy_abs(): abs() would round to the context and raise decimal.Overflow on '1e999999999'.
+    if number.is_finite() and number.copy_abs() <= NUMBER_BOUND:
+        return None
+    return 'must be a whole number of at most 2**53 either side of 0, not %s' % show(value)
 
 
 def number_option_problem(argument_spec, params):
     """The first int/float option (or element of a list of them) whose value :func:`number_problem` refuses."""
     for name, spec in argument_spec.items():
         kind = spec.get('type', 'str')
-        listed = kind == 'list' and spec.get('elements') in NUMBER_TYPES
-        if kind not in NUMBER_TYPES and not listed:
+        if kind == 'list':
+            kind = spec.get('elements')
+        if kind not in NUMBER_TYPES:
             continue
         for given in [name] + list(spec.get('aliases') or []):
             value = params.get(given)
-            if listed:
+            if spec.get('type') == 'list':
                 # ansible-core splits a string given for a list at commas.
                 items = value.split(',') if isinstance(value, str) else value if isinstance(value, list) else []
                 places = [('%s[%d]' % (given, index), item) for index, item in enumerate(items)]
             else:
                 places = [(given, value)]
             for place, item in places:
-                problem = number_problem(item)
+                problem = number_problem(item, kind)
                 if problem:
                     return '%s %s; nothing was changed' % (place, problem)
     return None
@@ -336,9 +337,8 @@ def number_option_problem(argument_spec, params):
 class _Module(AnsibleModule):
     """AnsibleModule that refuses, naming the option, what ansible-core's own checks would trip on.
 
-    A NUL character in any option (the invocation log fails on it) and a number that is not
-    finite or not bounded in an int/float option (ansible-core's conversion raises or runs away
-    on it), both before anything else looks at the value.
+    A NUL character in any option (the invocation log fails on it) and a number ansible-core's
+    conversion of an int/float option raises on or runs away with, before it converts it.
     """
 
     def _load_params(self):
