@@ -95,7 +95,7 @@ class Daemon:
         self.log_file = params.get('log_file') and check_path(
             params['log_file'], 'log_file', allowed_dirs=[check_dir(params['log_dir'], 'log_dir')])
         self.ready_path = params.get('ready_path') and check_path(params['ready_path'], 'ready_path')
-        self.timeout = check_timeout(params['timeout'], 'timeout', 3600)
+        self.timeout = check_timeout(params['timeout'])
         self.argv = check_argv(params['argv']) if params['state'] == 'started' or params['argv'] else None
 
     def known(self):

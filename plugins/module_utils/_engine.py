@@ -31,13 +31,19 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, has_control_chars, show
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, check_number, has_control_chars, show
 
 C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C'}
 POLL_INTERVAL = 0.02
 # coreutils timeout(1) exits with this status when the command ran out of time.
 TIMED_OUT = 124
-
+# Timeouts in seconds (check_timeout). Below a millisecond coreutils timeout(1) may round the
+# duration to 0, which means "no limit". A wait is for the kernel (a sysfs write answers in
+# milliseconds, a probe in seconds), a daemon or a guest: longer than an hour is a typo or a
+# hostile value.
+MIN_TIMEOUT = 0.001
+MAX_WAIT = 3600
+MAX_COMMAND_TIME = 86400
 
 
 def oserror(exc):
@@ -52,18 +58,19 @@ def seconds(value):
     return ('%g' % value) if isinstance(value, float) else str(value)
 
 
-def check_timeout(value, what='timeout', maximum=86400):
-    """A finite number of seconds in (0, maximum], else GpuaasError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 < value <= maximum:
-        raise GpuaasError('%s must be a number of seconds above 0 and at most %d, not %r'
-                          % (what, maximum, value))
-    return value
+def check_timeout(value, what='timeout', maximum=MAX_WAIT):
+    """Seconds: a finite number from MIN_TIMEOUT to ``maximum``, else ContractError naming the option.
+
+    The one timeout check of the collection. A wait (:class:`Wait`, :func:`wait_until`, a
+    module's ``timeout`` option) is bounded by :data:`MAX_WAIT`; a command run under
+    coreutils ``timeout`` by :data:`MAX_COMMAND_TIME` (a secure erase may take most of a day).
+    """
+    return check_number(value, what, MIN_TIMEOUT, maximum)
 
 
 def wait_until(predicate, timeout, interval=POLL_INTERVAL):
     """Poll ``predicate`` until it is true or ``timeout`` seconds have passed; its last value."""
-    deadline = time.monotonic() + max(check_timeout(timeout), 0)
+    deadline = time.monotonic() + check_timeout(timeout)
     while True:
         value = predicate()
         if value or time.monotonic() >= deadline:
@@ -99,7 +106,7 @@ class Runner:
     def argv(self, args, timeout=None):
         args = [self.path(args[0])] + [str(arg) for arg in args[1:]]
         if timeout is not None:
-            args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout)] + args
+            args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout, 'timeout', MAX_COMMAND_TIME)] + args
         return args
 
     def __call__(self, args, check=True, data=None, timeout=None, binary=False, **run_kwargs):
