@@ -94,7 +94,7 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for the daemon to start (or stop before it is killed), above 0 and at most 3600.
+    description: Seconds to wait for the daemon to start (or stop before it is killed), a finite number from 0.001 to 3600.
     type: float
     default: 15
 seealso:
