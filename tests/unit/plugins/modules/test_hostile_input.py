@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, started_at
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
 from ansible_collections.gpuaas.slice.plugins import modules
 from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
@@ -397,6 +397,10 @@ def test_a_pidfile_naming_another_process_never_gets_it_signalled(tree, capsys, 
         del args['argv']
     with open(args['pidfile'], 'w') as handle:
         handle.write('%d\n' % stranger.pid)
+    # The pidfile of a daemon that died, written before its pid was reused (a pidfile written
+    # after the process started is refused outright: test_host_daemon's old_daemon tests).
+    old = started_at(stranger.pid) - 3600
+    os.utime(args['pidfile'], (old, old))
     result = run_module(host_daemon, dict(args, state=state), capsys=capsys)
     try:
         assert not result.get('failed'), result
