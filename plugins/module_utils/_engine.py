@@ -25,7 +25,6 @@ __metaclass__ = type
 
 import decimal
 import errno
-import math
 import sys
 import time
 import traceback

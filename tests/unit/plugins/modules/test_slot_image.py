@@ -170,7 +170,7 @@ def replace_by_another(source):
 @pytest.mark.parametrize('change', [write_in_place, replace_by_another])
 @pytest.mark.parametrize('device', [False, True])
 def test_a_source_changed_after_its_checksum_leaves_no_marker(tmp_path, images, capsys, monkeypatch, request,
-                                                             change, device):
+                                                              change, device):
     """The checksum is verified once, before the plan; the conversion verifies the source is still that file."""
     source = str(images / 'base.raw')
     extra = dict(source=source, source_format='raw', checksum=sha256(source))
