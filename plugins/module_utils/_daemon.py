@@ -33,6 +33,11 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     DAEMON_NAME, GpuaasError, show)
 
 
+# A pidfile is taken to have been written for a process that started up to this many seconds
+# after it (the start time read from /proc is exact to about a second): doubt fails closed.
+PIDFILE_SLACK = 5.0
+
+
 class DaemonError(GpuaasError):
     pass
 
@@ -67,6 +72,18 @@ def cmdline(pid, proc_root='/proc'):
     return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]]
 
 
+def started_at(pid, proc_root='/proc'):
+    """When ``pid`` started, in seconds since the epoch (to within a second or so), or None."""
+    try:
+        with open(os.path.join(proc_root, str(pid), 'stat')) as handle:
+            ticks = int(handle.read().rsplit(')', 1)[-1].split()[19])   # field 22, starttime
+        with open(os.path.join(proc_root, 'stat')) as handle:
+            boot = [int(line.split()[1]) for line in handle if line.startswith('btime ')][0]
+    except (IOError, OSError, IndexError, ValueError):
+        return None
+    return boot + ticks / float(os.sysconf('SC_CLK_TCK'))
+
+
 def check_argv(argv):
     if not argv:
         raise DaemonError('argv is required with state=started')
@@ -95,16 +112,20 @@ class Daemon:
         self.log_file = params.get('log_file') and check_path(
             params['log_file'], 'log_file', allowed_dirs=[check_dir(params['log_dir'], 'log_dir')])
         self.ready_path = params.get('ready_path') and check_path(params['ready_path'], 'ready_path')
-        self.timeout = check_timeout(params['timeout'], 'timeout', 3600)
+        self.timeout = check_timeout(params['timeout'])
         self.argv = check_argv(params['argv']) if params['state'] == 'started' or params['argv'] else None
+
+    def recorded(self):
+        """The command line the module started the daemon with (``{pidfile}.argv``), or None."""
+        try:
+            argv = read_json(self.record, 'argv record', list)
+        except StateFileError:
+            return None
+        return argv if argv and all(isinstance(a, str) for a in argv) else None
 
     def known(self):
         """The command lines this daemon runs with: the one asked for and the one it was started with."""
-        try:
-            recorded = read_json(self.record, 'argv record', list)
-        except StateFileError:
-            recorded = None
-        return [argv for argv in (self.argv, recorded) if argv and all(isinstance(a, str) for a in argv)]
+        return [argv for argv in (self.argv, self.recorded()) if argv]
 
     def ours(self, pid):
         """The argv of ``pid`` when it is this daemon, else None."""
@@ -117,9 +138,43 @@ class Daemon:
         argv = self.ours(pid) if pid else None
         return (pid, argv) if argv else (None, None)
 
+    def unproven(self):
+        """Refuse when the pidfile names a live process it was written for that is not known to be the daemon.
+
+        Such a process started before the pidfile was last written, so the pidfile was written
+        for it; a daemon started by an older version of this module (which kept no record of
+        its command line) and run with another argv since looks exactly like this. Stopping it
+        could kill a stranger; starting another could leave two daemons: neither is done. A
+        process that started after the pidfile was written has a reused pid: that pidfile is
+        stale, and the caller warns and goes on.
+        """
+        pid = read_pid(self.pidfile)
+        argv = cmdline(pid, self.proc_root) if pid else None
+        if argv is None:
+            return   # no pid, or its process is gone
+        try:
+            written = os.stat(self.pidfile).st_mtime
+        except OSError:
+            return   # removed since it was read
+        start = started_at(pid, self.proc_root)   # unreadable: doubt, which refuses
+        if start is not None and start > written + PIDFILE_SLACK:
+            return   # started after the pidfile was written: a reused pid, a stale pidfile
+        record = self.recorded()
+        why = ('its command line is not the recorded %s' % show(record, 4096) if record else
+               'there is no record of the command line it was started with (%s: a daemon started by an older '
+               'gpuaas.slice has none)' % self.record)
+        raise DaemonError(
+            '%s names pid %d (%s), which started before the pidfile was written, but %s, so nothing proves it is %s. '
+            'The module neither signals it nor starts a second %s. If pid %d is %s, run this task once with argv set '
+            'to its command line (the module then records it and manages it from there on) or stop it yourself; '
+            'if it is not, remove %s.' % (self.pidfile, pid, show(argv, 4096), why, self.name, self.name, pid,
+                                          self.name, self.pidfile), pid=pid, cmdline=argv)
+
     def run(self):
         module = self.module
         pid, argv = self.running()
+        if pid is None:
+            self.unproven()
         plan = Plan(module, error=DaemonError, timeout=self.timeout)
         result = {'name': self.name, 'pidfile': self.pidfile, 'pid': pid}
         before = {'running': pid is not None, 'argv': argv}
@@ -135,11 +190,15 @@ class Daemon:
                 result['pid'] = None
             if result['pid'] is None:
                 plan.change('start %s' % ' '.join(want), lambda: result.update(pid=self.start(want)))
+            elif self.recorded() != want:
+                # Known by the argv asked for only (started by an older version): record it, so a
+                # later change of argv restarts it instead of leaving it unproven.
+                plan.change('record the command line of pid %d' % pid, lambda: self.write_record(want))
             after = {'running': True, 'argv': want}
         other = read_pid(self.pidfile)
         if pid is None and other and alive(other, self.proc_root):
-            module.warn('%s names pid %d, which is not %s: that process is left alone'
-                        % (self.pidfile, other, self.name))
+            module.warn('%s names pid %d, which started after the pidfile was written and is not %s (the pid was '
+                        'reused): that process is left alone' % (self.pidfile, other, self.name))
         plan.execute()
         result.update(plan.result(running=after['running']))
         if module._diff:
@@ -161,7 +220,7 @@ class Daemon:
             raise DaemonError('%s: cannot run %s: %s' % (self.name, argv[0], exc))
         finally:
             out.close()
-        atomic_write(self.module, self.record, json.dumps(argv).encode('utf-8'), 0o644)
+        self.write_record(argv)
         deadline = self.clock() + self.timeout
         if self.p['forks']:
             # The program daemonises and writes the pidfile itself: wait for both.
@@ -184,6 +243,9 @@ class Daemon:
             atomic_write(self.module, self.pidfile, ('%d\n' % pid).encode('ascii'), 0o644)
         self.wait_ready(proc, pid, deadline)
         return pid
+
+    def write_record(self, argv):
+        atomic_write(self.module, self.record, json.dumps(argv).encode('utf-8'), 0o644)
 
     def wait_ready(self, proc, pid, deadline):
         """Wait for ready_path (a socket or file the daemon creates), failing if it dies."""

@@ -23,18 +23,26 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import decimal
 import errno
-import math
+import sys
 import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, has_control_chars, show
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, check_number, has_control_chars, show
 
 C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C'}
 POLL_INTERVAL = 0.02
 # coreutils timeout(1) exits with this status when the command ran out of time.
 TIMED_OUT = 124
+# Timeouts in seconds (check_timeout). Below a millisecond coreutils timeout(1) may round the
+# duration to 0, which means "no limit". A wait is for the kernel (a sysfs write answers in
+# milliseconds, a probe in seconds), a daemon or a guest: longer than an hour is a typo or a
+# hostile value.
+MIN_TIMEOUT = 0.001
+MAX_WAIT = 3600
+MAX_COMMAND_TIME = 86400
 
 
 def oserror(exc):
@@ -49,18 +57,19 @@ def seconds(value):
     return ('%g' % value) if isinstance(value, float) else str(value)
 
 
-def check_timeout(value, what='timeout', maximum=86400):
-    """A finite number of seconds in (0, maximum], else GpuaasError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 < value <= maximum:
-        raise GpuaasError('%s must be a number of seconds above 0 and at most %d, not %r'
-                          % (what, maximum, value))
-    return value
+def check_timeout(value, what='timeout', maximum=MAX_WAIT):
+    """Seconds: a finite number from MIN_TIMEOUT to ``maximum``, else ContractError naming the option.
+
+    The one timeout check of the collection. A wait (:class:`Wait`, :func:`wait_until`, a
+    module's ``timeout`` option) is bounded by :data:`MAX_WAIT`; a command run under
+    coreutils ``timeout`` by :data:`MAX_COMMAND_TIME` (a secure erase may take most of a day).
+    """
+    return check_number(value, what, MIN_TIMEOUT, maximum)
 
 
 def wait_until(predicate, timeout, interval=POLL_INTERVAL):
     """Poll ``predicate`` until it is true or ``timeout`` seconds have passed; its last value."""
-    deadline = time.monotonic() + max(check_timeout(timeout), 0)
+    deadline = time.monotonic() + check_timeout(timeout)
     while True:
         value = predicate()
         if value or time.monotonic() >= deadline:
@@ -96,7 +105,7 @@ class Runner:
     def argv(self, args, timeout=None):
         args = [self.path(args[0])] + [str(arg) for arg in args[1:]]
         if timeout is not None:
-            args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout)] + args
+            args = [self.path('timeout'), '--kill-after=5', '%gs' % check_timeout(timeout, 'timeout', MAX_COMMAND_TIME)] + args
         return args
 
     def __call__(self, args, check=True, data=None, timeout=None, binary=False, **run_kwargs):
@@ -275,8 +284,78 @@ def nul_option(value, where):
     return None
 
 
+# The largest magnitude a string or float given for an int option may hold (every integer up to
+# it is exact as a float; no option of the collection comes near it).
+NUMBER_BOUND = 2 ** 53
+NUMBER_TYPES = ('int', 'float')
+
+
+def number_problem(value, kind):
+    """Why ansible-core must not convert ``value`` given for a ``kind`` ('int'/'float') option, or None.
+
+    Only what its conversion cannot take: for an int option, a string or float that is not a
+    finite number within NUMBER_BOUND (check_type_int raises OverflowError on 'inf' and builds
+    a billion-digit integer from '1e999999999'); for a float option, an int beyond a float's
+    range (float() raises OverflowError). Anything else goes on to ansible-core, which converts
+    it or refuses it by name, and then to the module's own range check, which names the range.
+    """
+    if isinstance(value, bool):
+        return None
+    if kind == 'float':
+        if isinstance(value, int) and abs(value) > sys.float_info.max:
+            return 'must be a number a float can hold (at most %g), not %s' % (sys.float_info.max, show(value))
+        return None
+    if not isinstance(value, (str, float)):
+        return None
+    try:
+        number = decimal.Decimal(value)
+    except decimal.InvalidOperation:
+        return None
+    # copy_abs(): abs() would round to the context and raise decimal.Overflow on '1e999999999'.
+    if number.is_finite() and number.copy_abs() <= NUMBER_BOUND:
+        return None
+    return 'must be a whole number of at most 2**53 either side of 0, not %s' % show(value)
+
+
+def number_option_problem(argument_spec, params):
+    """The first int/float option (or element of a list of them) whose value :func:`number_problem` refuses."""
+    for name, spec in argument_spec.items():
+        kind = spec.get('type', 'str')
+        if kind == 'list':
+            kind = spec.get('elements')
+        if kind not in NUMBER_TYPES:
+            continue
+        for given in [name] + list(spec.get('aliases') or []):
+            value = params.get(given)
+            if spec.get('type') == 'list':
+                # ansible-core splits a string given for a list at commas.
+                items = value.split(',') if isinstance(value, str) else value if isinstance(value, list) else []
+                places = [('%s[%d]' % (given, index), item) for index, item in enumerate(items)]
+            else:
+                places = [(given, value)]
+            for place, item in places:
+                problem = number_problem(item, kind)
+                if problem:
+                    return '%s %s; nothing was changed' % (place, problem)
+    return None
+
+
 class _Module(AnsibleModule):
-    """AnsibleModule that refuses, naming the option, a NUL character its invocation log would trip on."""
+    """AnsibleModule that refuses, naming the option, what ansible-core's own checks would trip on.
+
+    A NUL character in any option (the invocation log fails on it) and a number ansible-core's
+    conversion of an int/float option raises on or runs away with, before it converts it.
+    """
+
+    def _load_params(self):
+        super(_Module, self)._load_params()
+        problem = number_option_problem(self.argument_spec, self.params)
+        if problem:
+            # Validation has not run yet: keep the values of no_log options out of the result.
+            self.no_log_values.update(str(self.params[given]) for name, spec in self.argument_spec.items()
+                                      if spec.get('no_log') for given in [name] + list(spec.get('aliases') or [])
+                                      if self.params.get(given) not in (None, ''))
+            self.fail_json(msg=problem)
 
     def _log_invocation(self):
         for name in sorted(self.params):

@@ -5,9 +5,11 @@
 
 The target is the slot's NVMe namespace (a block device, raw) or, where the slot has
 none, a file ``{image_dir}/{slot_id}.{format}``. Order of work: paths checked, source
-checksum verified, ``qemu-img info`` read with the declared format (a raw image is
-never probed, and a qcow2 with a backing file or an external data file is refused:
-either would let an image read host files), ``qemu-img convert``, resize.
+checksum verified (before the plan, so check mode refuses a bad image too), ``qemu-img
+info`` read with the declared format (a raw image is never probed, and a qcow2 with a
+backing file or an external data file is refused: either would let an image read host
+files), ``qemu-img convert`` (verified by the source being the very file whose checksum
+matched: same inode, size, mtime and ctime), resize.
 
 Idempotence is a marker, written last: JSON recording the source checksum and format,
 the target and its format and the requested size (and, for a device, its device number
@@ -75,12 +77,19 @@ def parse_size(value):
     return int(size)
 
 
+def file_identity(info):
+    """What changes when a file is replaced or written to: device, inode, size, mtime and ctime."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def file_digest(path, algorithm):
+    """(hex digest, identity): the file's digest and its :func:`file_identity` as it was read."""
     digest = hashlib.new(algorithm)
     with open(path, 'rb') as handle:
+        identity = file_identity(os.fstat(handle.fileno()))
         for block in iter(lambda: handle.read(1 << 20), b''):
             digest.update(block)
-    return digest.hexdigest()
+    return digest.hexdigest(), identity
 
 
 def block_size(path):
@@ -276,7 +285,7 @@ class Image:
             return self.finish(result, plan, marker, marker)
 
         # Everything below reads the source; nothing is created until it has passed.
-        actual = file_digest(source, algorithm)
+        actual, read_as = file_digest(source, algorithm)
         if actual != expected:
             raise ImageError('%s does not match its checksum: expected %s:%s, got %s:%s; nothing '
                              'was written' % (source, algorithm, expected, algorithm, actual))
@@ -315,8 +324,16 @@ class Image:
             atomic_write(self.module, marker_path, (json.dumps(want, indent=2, sort_keys=True) + '\n').encode('utf-8'),
                          0o644)
 
-        plan.change('verify checksum')   # done above, before anything is planned
-        plan.change('convert', convert)
+        def source_unchanged():
+            """None while the source is still the file whose checksum matched: qemu-img read that one."""
+            if file_identity(os.stat(source)) != read_as:
+                return ('%s changed after its checksum was verified, so the copy cannot be trusted; no marker '
+                        'was written and the next run converts again' % source)
+            return None
+
+        # The checksum is no step: it was verified above, in check mode too, before anything was
+        # planned; the conversion's own check is that the source did not change since.
+        plan.change('convert', convert, verify=source_unchanged)
         if kind == 'file' and final_size > virtual_size:
             plan.change('resize', lambda: self.runner(['qemu-img', 'resize', '-f', p['format'], work['out'],
                                                        str(final_size)]))

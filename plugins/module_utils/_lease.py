@@ -112,7 +112,7 @@ def check_data(data):
         if not isinstance(key, str) or has_control_chars(key):
             raise LeaseError('data key %s is not a plain string' % show(key))
     try:
-        size = len(json.dumps(data, sort_keys=True))
+        size = len(json.dumps(data, sort_keys=True, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise LeaseError('data cannot be stored as JSON: %s' % exc)
     if size > MAX_DATA_BYTES:

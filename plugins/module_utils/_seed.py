@@ -82,7 +82,7 @@ def _check_user_data(user_data, telemetry_file):
             raise SeedError('user_data.write_files may not write %s: it holds the telemetry '
                             'token' % telemetry_file)
     try:
-        json.dumps(user_data, sort_keys=True)
+        json.dumps(user_data, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SeedError('user_data cannot be written as data: %s' % exc)
     return user_data

@@ -33,7 +33,7 @@ __metaclass__ = type
 import hashlib
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
@@ -99,7 +99,7 @@ class SriovVfs:
         self.address = devctl.check_address(address)
         self.num_vfs = check_int(num_vfs, 'num_vfs', 0, MAX_VFS)
         self.node_id = NODE_ID.check(node_id, 'node_id')
-        self.timeout = devctl.check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.link_state = link_state
         self.autoprobe = drivers_autoprobe
         self.ib_method = ib_method

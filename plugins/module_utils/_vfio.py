@@ -27,7 +27,7 @@ import json
 import os
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, Step
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, Step, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     StateFileError,
     atomic_write,
@@ -133,7 +133,7 @@ class VfioBind:
         self.module = module
         self.address = devctl.check_address(address)
         self.state = state
-        self.timeout = devctl.check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.allowed = [devctl.check_address(a, 'allow_group_members') for a in
                         (allow_group_members or [])]
         self.state_dir = check_dir(state_dir, 'state_dir')

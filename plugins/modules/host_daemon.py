@@ -27,6 +27,13 @@ description:
     C({pidfile}.argv)), checked again before every signal. A pidfile that names any other process
     (even the same program with other arguments) does not count; that process is left alone and the
     module warns.
+  - A pidfile written after its process started (so written for it) that names a process the module
+    cannot recognise (a daemon an older version started, which recorded no command line, run since with
+    another O(argv)) fails the task, in check mode too. Stopping it could kill another process and
+    starting the daemon could leave two; the message names the pid and its command line. Run the task
+    once with O(argv) set to that command line (the module records it, reporting a change, and manages the
+    daemon from then on), stop the process yourself, or remove the pidfile if it is not the daemon. A
+    pidfile older than its process (the pid was reused) is stale.
   - O(pidfile) must lie inside O(run_dir) and O(log_file) inside O(log_dir), with symlinks resolved;
     the module never writes or removes a pidfile anywhere else.
 author:
@@ -94,7 +101,7 @@ options:
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for the daemon to start (or stop before it is killed), above 0 and at most 3600.
+    description: Seconds to wait for the daemon to start (or stop before it is killed), a finite number from 0.001 to 3600.
     type: float
     default: 15
 seealso:

@@ -18,7 +18,9 @@ description:
     driver, before it is bound to vfio-pci. Where the slot has no NVMe, it is a file
     C({image_dir}/{slot_id}.{format}).
   - The source must lie in one of O(source_dirs) (after symlinks are resolved); a path with a
-    C(..) component is refused. Its O(checksum) is verified before anything is written.
+    C(..) component is refused. Its O(checksum) is verified before anything is planned (in check
+    mode too); the conversion then checks that the source is still the file whose checksum matched
+    (same inode, size, modification and change time), else it fails and writes no marker.
   - The source is read with its declared O(source_format), never probed. A qcow2 with a backing
     file or an external data file is refused, since either could make the image read host files.
   - A file target is converted to a temporary file beside it, grown to O(size) with
@@ -170,7 +172,8 @@ virtual_size:
   type: int
   sample: 42949672960
 source_checksum:
-  description: The verified checksum of the source.
+  description: The checksum of the source. Verified by this run when it converts (or would, in check
+    mode); when the marker matches, the source is not read.
   returned: when O(state=present)
   type: str
   sample: "sha256:5f2b6c3e0d4a1b9c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d"
@@ -192,7 +195,7 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: [verify checksum, convert, resize, write marker]
+  sample: [convert, resize, write marker]
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module

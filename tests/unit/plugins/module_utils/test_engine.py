@@ -19,7 +19,7 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
+from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl, _engine
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
@@ -127,11 +127,11 @@ def test_a_wait_that_never_comes_true_times_out_naming_what_it_sees():
     assert str(info.value) == 'step 1 of 1 failed: wait for Godot: timed out after 0.05 s: the road is empty'
 
 
-@pytest.mark.parametrize('timeout', [float('nan'), float('inf'), -1, 0, 1e308, True, None, '1'])
+@pytest.mark.parametrize('timeout', [float('nan'), float('inf'), -1, 0, 1e-6, 3600.5, 1e308, True, None, '1'])
 def test_no_wait_can_spin_forever(timeout):
     with pytest.raises(GpuaasError) as info:
         _engine.Plan(Module(), timeout=timeout)
-    assert str(info.value).startswith('timeout must be a number of seconds above 0')
+    assert str(info.value).startswith('timeout must be a finite number from 0.001 to 3600, not ')
     with pytest.raises(GpuaasError):
         _engine.wait_until(lambda: False, timeout)
 
@@ -182,11 +182,21 @@ def test_a_command_that_hangs_is_ended_by_coreutils_timeout():
     assert runner(['true'], timeout=5)[0] == 0
 
 
-@pytest.mark.parametrize('timeout', [float('nan'), float('inf'), -1, 0, 10 ** 9])
+@pytest.mark.parametrize('timeout', [float('nan'), float('inf'), -1, 0, 1e-6, 86401, 10 ** 9])
 def test_a_time_limit_that_is_no_limit_is_refused(timeout):
     with pytest.raises(GpuaasError) as info:
         _engine.Runner(real_module())(['true'], timeout=timeout)
-    assert str(info.value).startswith('timeout must be a number of seconds above 0')
+    assert str(info.value).startswith('timeout must be a finite number from 0.001 to 86400, not ')
+
+
+def test_one_timeout_check_with_the_bound_each_caller_names():
+    """Waits end within the hour, commands (a secure erase) within the day; one function checks both."""
+    assert _engine.check_timeout(3600) == 3600 and _engine.check_timeout(0.001) == 0.001
+    assert _engine.Runner(real_module()).argv(['true'], timeout=23 * 3600 + 60)[2] == '82860s'
+    with pytest.raises(GpuaasError) as info:
+        _engine.check_timeout(3601, 'lease_timeout')
+    assert str(info.value) == 'lease_timeout must be a finite number from 0.001 to 3600, not 3601'
+    assert not hasattr(devctl, 'check_timeout')
 
 
 def test_a_command_step_runs_through_the_plans_runner():

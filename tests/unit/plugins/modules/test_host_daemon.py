@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid, started_at
 from ansible_collections.gpuaas.slice.plugins.modules import host_daemon
 from tests.unit.module_runner import run_module
 
@@ -50,12 +51,72 @@ def test_check_mode_then_start_then_nothing_to_do(daemon, capsys):
     assert again['changed'] is False and again['pid'] == started['pid'] and again['actions'] == []
 
 
+def written_before(path, pid):
+    """Date ``path`` an hour before ``pid`` started: the pidfile of a daemon that died, its pid reused since."""
+    started = started_at(pid)
+    os.utime(path, (started - 3600, started - 3600))
+
+
 def test_a_stale_pidfile_of_another_program_does_not_count(daemon, capsys):
     os.makedirs(os.path.dirname(daemon['pidfile']))
     with open(daemon['pidfile'], 'w') as handle:
         handle.write('%d\n' % os.getpid())   # alive, but python, not sleep
+    written_before(daemon['pidfile'], os.getpid())
     started = run(capsys, **daemon)
     assert started['changed'] is True and started['pid'] != os.getpid()
+
+
+@pytest.fixture
+def old_daemon(daemon):
+    """The daemon as an older host_daemon left it: running, its pidfile written after, no argv record."""
+    os.makedirs(daemon['run_dir'])
+    proc = subprocess.Popen(daemon['argv'], start_new_session=True)
+    with open(daemon['pidfile'], 'w') as handle:
+        handle.write('%d\n' % proc.pid)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize('state, argv', [('started', [SLEEP, '301']), ('stopped', None), ('stopped', [SLEEP, '301'])])
+def test_a_daemon_without_a_record_that_is_not_recognised_is_neither_signalled_nor_doubled(
+        daemon, old_daemon, capsys, state, argv):
+    args = dict(daemon, state=state, argv=argv)
+    before = sorted(os.listdir(daemon['run_dir'])), open(daemon['pidfile']).read()
+    for check_mode in (True, False):
+        result = run(capsys, check_mode=check_mode, **args)
+        assert result['failed'] and 'names pid %d' % old_daemon.pid in result['msg'], result
+        assert 'no record of the command line' in result['msg'] and 'run this task once with argv set' in result['msg']
+        assert result['pid'] == old_daemon.pid and result['cmdline'] == daemon['argv']
+    assert old_daemon.poll() is None and (sorted(os.listdir(daemon['run_dir'])), open(daemon['pidfile']).read()) == before
+    assert [pid for pid in children() if cmdline(pid) == [SLEEP, '301']] == []   # no second daemon
+
+
+def children():
+    """The pids whose parent is this process (the module runs in it, so it is the parent of what it starts)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                if int(handle.read().rsplit(')', 1)[-1].split()[1]) == os.getpid():
+                    found.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def test_a_daemon_without_a_record_is_taken_over_by_its_own_command_line(daemon, old_daemon, capsys):
+    """The way on from an older version: name the argv it runs with once, then change it."""
+    check = run(capsys, check_mode=True, **daemon)
+    assert check['changed'] and check['actions'] == ['record the command line of pid %d' % old_daemon.pid], check
+    assert not os.path.exists(daemon['pidfile'] + '.argv')
+    adopted = run(capsys, **daemon)
+    assert adopted['changed'] and adopted['pid'] == old_daemon.pid and old_daemon.poll() is None
+    assert json.loads(open(daemon['pidfile'] + '.argv').read()) == daemon['argv']
+    assert run(capsys, **daemon)['changed'] is False
+    moved = run(capsys, **dict(daemon, argv=[SLEEP, '301']))
+    assert moved['actions'][0].startswith('restart pid %d' % old_daemon.pid) and old_daemon.wait(5) is not None
+    assert cmdline(moved['pid']) == [SLEEP, '301']
 
 
 def test_a_changed_command_line_restarts_the_daemon(daemon, capsys):

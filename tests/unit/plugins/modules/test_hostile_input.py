@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -24,8 +25,10 @@ import subprocess
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline
+from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, started_at
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
+from ansible_collections.gpuaas.slice.plugins import modules
+from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
 from ansible_collections.gpuaas.slice.plugins.modules import (
     host_daemon, node_state, slot_approval, slot_discovery, slot_image, slot_lease, slot_seed, telemetry_token)
 from tests.unit.module_runner import run_module
@@ -154,6 +157,8 @@ CASES = [
     (slot_lease, lease_args, dict(lock_timeout=10 ** 12), 'lock_timeout', None),
     (slot_lease, lease_args, dict(data={'key' + FORGED: 1}), 'data key', None),
     (slot_lease, lease_args, dict(reason='x\x1b[2J'), 'reason', None),
+    (slot_lease, lease_args, dict(data={'n': float('nan')}), 'data', None),
+    (slot_lease, lease_args, dict(data={'n': [float('inf')]}), 'data', None),
     (slot_lease, lease_args, dict(slot_id=SLOT), 'not valid JSON', write('leases/%s.json' % SLOT, '{"allocation_id": ')),
     (slot_lease, lease_args, dict(slot_id=SLOT), 'holds list', write('leases/%s.json' % SLOT, '[1, 2]')),
     (slot_lease, lease_args, dict(slot_id=SLOT), 'has no allocation_id', write('leases/%s.json' % SLOT, '{"phase": 1}')),
@@ -194,6 +199,7 @@ CASES = [
     (slot_seed, seed_args, dict(user_data={'write_files': [{'path': '//etc/gpuaas/./telemetry.env'}]}),
      'user_data.write_files', None),
     (slot_seed, seed_args, dict(allocation_id='a1' + FORGED), 'allocation_id', None),
+    (slot_seed, seed_args, dict(user_data={'n': float('-inf')}), 'user_data', None),
     (slot_discovery, None, dict(gpu_vendors=['10de\0']), 'gpu_vendors', None),
     (slot_discovery, None, dict(gpu_vendors=['10de' + FORGED]), 'gpu_vendors', None),
     (slot_discovery, None, dict(fabric_classes=['02' + FORGED]), 'fabric_classes', None),
@@ -214,7 +220,7 @@ CASES = [
     (host_daemon, daemon_args, dict(name='sleeper' + FORGED), 'name', None),
 ] + [
     (host_daemon, daemon_args, dict(timeout=value), 'timeout', None)
-    for value in (float('nan'), float('inf'), 0, -1, 1e9)
+    for value in (float('nan'), float('inf'), 'nan', '-inf', '1e400', 10 ** 400, 0, -1, 1e9)
 ] + [
     # item 9: every path option confined, symlinks resolved
     (slot_image, image_args, dict(progress_file='/etc/passwd'), 'progress_file', None),
@@ -300,6 +306,10 @@ FORGERIES = [
     (forge(S0 + ('slot_id',), 'ws-s0' + FORGED), 'discovery.slots[0].slot_id'),
     (forge(S0 + ('slot_index',), 10 ** 9), 'discovery.slots[0].slot_index'),
     (forge(S0 + ('slot_index',), '0'), 'discovery.slots[0].slot_index'),
+    (forge(S0 + ('slot_index',), float('inf')), 'discovery.slots[0].slot_index'),
+    (forge(S0 + ('slot_index',), 10 ** 400), 'discovery.slots[0].slot_index'),
+    (forge(S0 + ('numa_node',), float('nan')), 'discovery.slots[0].numa_node'),
+    (forge(S0 + ('numa_node',), 'inf'), 'discovery.slots[0].numa_node'),
     (forge(S0 + ('mac',), '52:54:00:00:00:01'), 'discovery.slots[0].mac'),
     (forge(S0 + ('ip',), '10.100.0.99'), 'discovery.slots[0].ip'),
     (forge(S0 + ('ip',), DELETE), 'discovery.slots[0].ip'),
@@ -394,6 +404,10 @@ def test_a_pidfile_naming_another_process_never_gets_it_signalled(tree, capsys, 
         del args['argv']
     with open(args['pidfile'], 'w') as handle:
         handle.write('%d\n' % stranger.pid)
+    # The pidfile of a daemon that died, written before its pid was reused (a pidfile written
+    # after the process started is refused outright: test_host_daemon's old_daemon tests).
+    old = started_at(stranger.pid) - 3600
+    os.utime(args['pidfile'], (old, old))
     result = run_module(host_daemon, dict(args, state=state), capsys=capsys)
     try:
         assert not result.get('failed'), result
@@ -437,3 +451,93 @@ def test_slot_seed_keeps_its_token_out_of_its_result(tree, capsys):
     assert slot_seed.ARGUMENT_SPEC['telemetry_token']['no_log'] is True
     result = run_module(slot_seed, seed_args(tree), check_mode=True, diff=True, capsys=capsys)
     assert not result.get('failed') and 't' * 24 not in json.dumps(result)
+
+
+# -- item 1: numbers ansible-core's conversion cannot take ----------------------------------------
+
+MODULES = [importlib.import_module('ansible_collections.gpuaas.slice.plugins.modules.' + name)
+           for name in sorted(os.path.splitext(entry)[0] for entry in os.listdir(modules.__path__[0])
+                              if entry.endswith('.py') and not entry.startswith('_'))]
+
+
+def spec_of(module):
+    """The argument spec (and other keywords) ``module.main()`` hands to run_module."""
+    seen = {}
+
+    def capture(argument_spec, engine, **kwargs):
+        seen.update(argument_spec)
+        raise SystemExit(0)
+    original = module.run_module
+    module.run_module = capture
+    try:
+        with pytest.raises(SystemExit):
+            module.main()
+    finally:
+        module.run_module = original
+    return seen
+
+
+def number_options(module):
+    """(name given, 'int' or 'float', is a list) for every int/float option of ``module`` and its aliases."""
+    found = []
+    for name, spec in sorted(spec_of(module).items()):
+        listed = spec.get('type') == 'list'
+        kind = spec.get('elements') if listed else spec.get('type')
+        if kind in ('int', 'float'):
+            found += [(given, kind, listed) for given in [name] + list(spec.get('aliases') or [])]
+    return found
+
+
+NUMBER_OPTIONS = [(module, name, kind, listed) for module in MODULES for name, kind, listed in number_options(module)]
+# What ansible-core's conversion raises on or runs away with, by the option's type. Any other
+# number reaches the module's own range check (the modules' tests and the CASES above).
+UNCONVERTIBLE = {
+    'int': ['inf', '-inf', 'Infinity', ' inf ', 'nan', 'NaN', 'sNaN', '1e400', '-1e400', '9' * 400,
+            '-' + '9' * 400, '1e999999999', float('inf'), float('-inf'), float('nan'), 1e300],
+    'float': [10 ** 400, -10 ** 400, 2 ** 1024],
+}
+
+
+def test_the_table_covers_the_modules_number_options():
+    """The table is read from the modules' specs; these are options known to take numbers."""
+    names = set((module.__name__.rsplit('.', 1)[-1], name) for module, name, _kind, _listed in NUMBER_OPTIONS)
+    assert {('slot_lease', 'lock_timeout'), ('host_daemon', 'timeout'), ('slot_vm', 'memory_mb'),
+            ('nvme_wipe', 'format_ses'), ('sriov_vfs', 'num_vfs'), ('slot_network', 'telemetry_port')} <= names
+
+
+def paths_in(module, tree):
+    """Every path option of ``module`` pointed into the tree: a refusal that came late would stay there."""
+    args = {}
+    for name, spec in spec_of(module).items():
+        if spec.get('type') == 'path':
+            args[name] = tree('outside')
+        elif spec.get('type') == 'list' and spec.get('elements') == 'path':
+            args[name] = [tree('outside')]
+    return args
+
+
+@pytest.mark.parametrize('module, name, kind, listed', NUMBER_OPTIONS,
+                         ids=['%s-%s' % (m.__name__.rsplit('.', 1)[-1], n) for m, n, _k, _l in NUMBER_OPTIONS])
+def test_a_number_option_refuses_what_ansible_core_cannot_convert(tree, capsys, module, name, kind, listed):
+    base = paths_in(module, tree)
+    before = snapshot(tree.root)
+    for value in UNCONVERTIBLE[kind]:
+        given = [1, value] if listed else value
+        place = name + '[1]' if listed else name
+        for check_mode in (True, False):
+            result = run_module(module, dict(base, **{name: given}), check_mode=check_mode, capsys=capsys)
+            assert_refused(result, place)
+            assert result['msg'].startswith(place + ' must be a '), result
+            assert 'Traceback' not in json.dumps(result) and len(result['msg']) < 300, result
+    if listed and kind == 'int':   # a string given for a list is split at commas
+        assert_refused(run_module(module, dict(base, **{name: '1,inf'}), capsys=capsys), name + '[1]')
+    assert snapshot(tree.root) == before
+
+
+@pytest.mark.parametrize('module, name, kind, listed', NUMBER_OPTIONS,
+                         ids=['%s-%s' % (m.__name__.rsplit('.', 1)[-1], n) for m, n, _k, _l in NUMBER_OPTIONS])
+def test_a_number_option_still_takes_a_number_written_as_a_string(module, name, kind, listed):
+    """Templated values arrive as strings ('30', '1e3'): the check leaves them to ansible-core and the module."""
+    spec = spec_of(module)
+    for value in ('30', '1e3', '-2', '2.5', str(2 ** 53), 'thirty', 10 ** 30, 1e15):
+        assert _engine.number_option_problem(spec, {name: [value] if listed else value}) is None

@@ -74,7 +74,7 @@ def head(path, length=len(MAGIC)):
 def test_convert_resize_and_idempotence(tmp_path, images, capsys):
     check = run_module(slot_image, args(tmp_path, images), check_mode=True, diff=True, capsys=capsys)
     assert check['changed'] is True, check
-    assert check['actions'] == ['verify checksum', 'convert', 'resize', 'write marker']
+    assert check['actions'] == ['convert', 'resize', 'write marker']
     assert not os.path.exists(tmp_path / 'disks')
 
     progress = tmp_path / 'state' / 'progress.json'   # progress_file lies in state_dir
@@ -125,7 +125,7 @@ def test_other_image_or_size_converts_again(tmp_path, images, capsys):
 def test_qcow2_target_without_size(tmp_path, images, capsys):
     result = run_module(slot_image, args(tmp_path, images, format='qcow2', size=None), capsys=capsys)
     assert result['changed'] is True, result
-    assert result['actions'] == ['verify checksum', 'convert', 'write marker']
+    assert result['actions'] == ['convert', 'write marker']
     assert result['target'].endswith('ws-01-s0.qcow2')
     assert info(result['target'], 'qcow2')['virtual-size'] == 4 * MIB
     assert run_module(slot_image, args(tmp_path, images, format='qcow2', size=None),
@@ -154,6 +154,48 @@ def test_checksum_mismatch_refused_before_anything_is_created(tmp_path, images, 
                             capsys=capsys)
         assert result['failed'] and 'does not match its checksum' in result['msg'], result
         assert nothing_created(tmp_path)
+
+
+def write_in_place(source):
+    with open(source, 'r+b') as handle:
+        handle.seek(2 * MIB)
+        handle.write(b'swapped after the checksum')
+
+
+def replace_by_another(source):
+    shutil.copy(source, source + '.new')
+    os.rename(source + '.new', source)
+
+
+@pytest.mark.parametrize('change', [write_in_place, replace_by_another])
+@pytest.mark.parametrize('device', [False, True])
+def test_a_source_changed_after_its_checksum_leaves_no_marker(tmp_path, images, capsys, monkeypatch, request,
+                                                              change, device):
+    """The checksum is verified once, before the plan; the conversion verifies the source is still that file."""
+    source = str(images / 'base.raw')
+    extra = dict(source=source, source_format='raw', checksum=sha256(source))
+    if device:
+        call = device_args(tmp_path, images, target_device=request.getfixturevalue('loop_device'), size=None, **extra)
+    else:
+        call = args(tmp_path, images, **extra)
+    check_source_info = _image.Image.check_source_info
+
+    def then_change(self, path, info):   # runs after the checksum matched, before the plan
+        found = check_source_info(self, path, info)
+        change(path)
+        return found
+    check = run_module(slot_image, call, check_mode=True, capsys=capsys)
+    assert check['actions'][0] == 'convert' and nothing_created(tmp_path), check
+    monkeypatch.setattr(_image.Image, 'check_source_info', then_change)
+    result = run_module(slot_image, call, capsys=capsys)
+    assert result['failed'] and 'did not take effect: convert: %s changed after its checksum was verified' % source \
+        in result['msg'], result
+    assert not os.path.exists(result.get('marker') or _marker(tmp_path, device)) and nothing_created(tmp_path)
+    assert result['completed_steps'] == []
+
+
+def _marker(tmp_path, device):
+    return tmp_path / ('state/ws-01-s0.image.json' if device else 'disks/ws-01-s0.raw.gpuaas.json')
 
 
 @pytest.mark.parametrize('extra,message', [
@@ -255,7 +297,7 @@ def test_block_device_target(tmp_path, images, capsys, loop_device):
     first = run_module(slot_image, dev_args, capsys=capsys)
     assert first['changed'] is True, first
     assert first['target_kind'] == 'device' and first['virtual_size'] == 24 * MIB
-    assert first['actions'] == ['verify checksum', 'convert', 'write marker']
+    assert first['actions'] == ['convert', 'write marker']
     assert head(loop_device) == MAGIC
     assert first['marker'] == str(tmp_path / 'state' / 'ws-01-s0.image.json')
     assert run_module(slot_image, dev_args, capsys=capsys)['changed'] is False

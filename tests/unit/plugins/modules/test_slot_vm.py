@@ -67,7 +67,7 @@ BIG = 2 ** 64
 @needs_binding
 @pytest.mark.parametrize('extra,message', [
     # Numbers: finite and ranged before anything else happens (issue 16, item 2).
-    ({'lease_timeout': 0}, 'lease_timeout must be a number of seconds above 0 and at most 3600'),
+    ({'lease_timeout': 0}, 'lease_timeout must be a finite number from 0.001 to 3600'),
     ({'lease_timeout': -5}, 'lease_timeout must be'),
     ({'lease_timeout': BIG}, 'lease_timeout must be'),
     ({'lease_timeout': 'nan'}, 'lease_timeout'),
