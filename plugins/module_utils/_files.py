@@ -66,6 +66,14 @@ def check_dir(path, what, allowed_dirs=None):
     return normal
 
 
+def check_file(path, what, allowed_dirs=None):
+    """:func:`check_path` for a file: one that exists must not be a directory."""
+    normal = check_path(path, what, allowed_dirs)
+    if os.path.isdir(normal):
+        raise PathError('%s %s is a directory, not a file' % (what, show(path, 4096)))
+    return normal
+
+
 def read_json(path, what, kind=dict):
     """The JSON value of ``path`` (a ``kind``), None when there is no file, else StateFileError.
 

@@ -46,7 +46,7 @@ import tempfile
 from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdline, read_pid
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
-    atomic_write, check_path, ensure_dir, has_control_chars)
+    atomic_write, check_dir, check_file, ensure_dir, has_control_chars)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKIE_BASE, SLOT_NETWORK, GpuaasError
 
 HOST_COOKIE = COOKIE_BASE | 0xffff
@@ -523,8 +523,8 @@ def dhcp_host_line(mac, ip, hostname):
     return '%s,%s,%s\n' % (mac, ip, hostname)
 
 
-def config_path(path, what):
-    path = check_path(path, what)
+def config_path(path, what, directory=False):
+    path = (check_dir if directory else check_file)(path, what)
     if has_control_chars(path) or ',' in path or ' ' in path:
         raise NetworkError('%s %r may not hold spaces or commas (dnsmasq reads it)' % (what, path))
     return path

@@ -211,7 +211,7 @@ class HostNetwork:
         self.blocked = net.check_networks(p['blocked_networks'], 'blocked_networks')
         self.dns = [item.split('/')[0] for item in net.check_networks(p['dns_servers'], 'dns_servers')]
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
-        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
+        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')

@@ -189,7 +189,7 @@ class SlotNetwork:
             raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
         self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
         self.sink_port = net.check_port(p['telemetry_port'], 'telemetry_port')
-        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir')
+        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = self.slot.file(self.hosts_dir)
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie

@@ -30,7 +30,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Dis
 from ansible_collections.gpuaas.slice.plugins import modules
 from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
 from ansible_collections.gpuaas.slice.plugins.modules import (
-    host_daemon, node_state, slot_approval, slot_discovery, slot_image, slot_lease, slot_seed, telemetry_token)
+    host_daemon, host_network, node_state, slot_approval, slot_discovery, slot_image, slot_lease, slot_network,
+    slot_seed, telemetry_token)
 from tests.unit.module_runner import run_module
 
 FORGED = '\nFORGED line'
@@ -116,6 +117,16 @@ def seed_args(t):
                 ssh_keys=[KEY], seed_dir=t('seeds'))
 
 
+def host_network_args(t):
+    return dict(dnsmasq_conf=t('net/dnsmasq.conf'), hosts_dir=t('net/hosts'), lease_file=t('net/leases'),
+                nft_file=t('net/gpuaas.nft'), pid_file=t('net/dnsmasq.pid'))
+
+
+def slot_network_args(t):
+    return dict(slot_id='gpu-node-01-s1', hostname='vm1', hosts_dir=t('net/hosts'),
+                dnsmasq_pid_file=t('net/dnsmasq.pid'))
+
+
 def link(target, name):
     """Set up a symlink ``name`` -> ``target`` (both under the tree) before the call."""
     def make(t):
@@ -178,6 +189,14 @@ CASES = [
     (telemetry_token, token_args, dict(), 'token file', write('tokens/gpu-node-01-s1.json', '{"token": ')),
     (telemetry_token, token_args, dict(), 'token file', write('tokens/gpu-node-01-s1.json', '"just a string"')),
     (telemetry_token, token_args, dict(_ansible_no_log=False), 'no_log', None),
+    # a file option given a directory, a directory option given a file
+    (host_network, host_network_args, dict(hosts_dir=_t('a-file')), 'hosts_dir', None),
+    (slot_network, slot_network_args, dict(hosts_dir=_t('a-file')), 'hosts_dir', None),
+    (slot_network, slot_network_args, dict(dnsmasq_pid_file=_t('outside')), 'dnsmasq_pid_file', None),
+] + [
+    (host_network, host_network_args, {option: _t('outside')}, option, None)
+    for option in ('dnsmasq_conf', 'lease_file', 'nft_file', 'pid_file')
+] + [
     (node_state, node_args, dict(node_id='gpu-node-01' + FORGED), 'node_id', None),
     (node_state, node_args, dict(bridge='br0\0'), 'bridge', None),
     (node_state, node_args, dict(sysfs_root=''), 'sysfs_root', None),
