@@ -46,6 +46,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 )
 
 VFIO_DRIVER = 'vfio-pci'
+# The nvidia driver's GPU device nodes are /dev/nvidia0 to /dev/nvidia254 (255 is nvidiactl).
+NVIDIA_MINORS = 255
 
 
 class DeviceError(GpuaasError):
@@ -368,7 +370,9 @@ class InUse:
 
         DRM drivers (amdgpu, i915, nouveau, nvidia-drm) list ``card*`` and ``renderD*``
         under the device's ``drm/``; the nvidia driver names its minor number in
-        ``/proc/driver/nvidia/gpus/<address>/information``.
+        ``/proc/driver/nvidia/gpus/<address>/information``. When that file cannot be read or
+        names no minor, the GPU's node is not known, so every ``/dev/nvidiaN`` counts: a process
+        holding any GPU of the driver refuses the unbind (it fails closed, never open).
         """
         nodes = ['/dev/dri/%s' % name for name in self.sysfs.listdir(device.rel + '/drm')
                  if name.startswith(('card', 'renderD'))]
@@ -376,8 +380,8 @@ class InUse:
             info = _read_text(os.path.join(self.proc_root, 'driver', 'nvidia', 'gpus',
                                            device.address, 'information')) or ''
             match = re.search(r'^Device Minor:\s*(\d+)\s*$', info, re.MULTILINE)
-            if match:
-                nodes.append('/dev/nvidia%s' % match.group(1))
+            nodes.extend(['/dev/nvidia%s' % match.group(1)] if match else
+                         ['/dev/nvidia%d' % minor for minor in range(NVIDIA_MINORS)])
         return nodes
 
     def vfio_holders(self, devices):

@@ -338,6 +338,27 @@ def test_a_gpu_whose_device_node_a_process_holds_is_refused_before_the_unbind_wo
     ws.assert_unchanged(before)
 
 
+@pytest.mark.parametrize('information', [None, 'Model: \t\t NVIDIA H100 80GB HBM3\nBus Location: \t 0000:01:00.0\n'])
+def test_a_gpu_whose_minor_cannot_be_read_counts_every_nvidia_node(ws, capsys, information):
+    """No information file (or one naming no minor): which /dev/nvidiaN is this GPU's is not
+    known, so a process holding any of them refuses the unbind; nobody holding one lets it go."""
+    if information is not None:
+        info = os.path.join(ws.proc, 'driver', 'nvidia', 'gpus', GPU)
+        os.makedirs(info)
+        with open(os.path.join(info, 'information'), 'w') as handle:
+            handle.write(information)
+    os.makedirs(os.path.join(ws.proc, '1450', 'fd'))
+    with open(os.path.join(ws.proc, '1450', 'comm'), 'w') as handle:
+        handle.write('nvidia-persiste\n')
+    os.symlink('/dev/nvidia7', os.path.join(ws.proc, '1450', 'fd', '4'))
+    before = ws.snapshot()
+    result = run(ws, capsys, GPU)
+    assert result['failed'] is True and '/dev/nvidia7 is open by pid 1450 (nvidia-persiste)' in result['msg']
+    ws.assert_unchanged(before)
+    os.unlink(os.path.join(ws.proc, '1450', 'fd', '4'))
+    assert run(ws, capsys, GPU)['changed'] is True
+
+
 def test_a_drm_render_node_in_use_is_refused(ws, capsys):
     drm = ws.model.path('bus/pci/devices/%s/drm' % GPU)
     os.makedirs(os.path.join(drm, 'card1'))
