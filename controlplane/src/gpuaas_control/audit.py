@@ -18,7 +18,9 @@ its hash.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import fcntl
 import functools
 import hashlib
@@ -145,6 +147,24 @@ _HASH = re.compile(r'[0-9a-f]{64}')
 _MAX_SEQ = 2 ** 63 - 1
 
 
+_RECORD = 192   # bytes: {"at":...,"hash":...,"seq":...} padded with spaces, and a newline
+_RENAME_EXCHANGE = 2
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)   # glibc 2.28
+
+
+def _exchange(old: str, new: str) -> bool:
+    """Swap two names atomically (Linux renameat2 RENAME_EXCHANGE); False where the C library,
+    the kernel or the file system cannot (``new`` missing, NFS): then rename."""
+    if _renameat2 is None or not os.path.exists(new):
+        return False
+    if _renameat2(-100, os.fsencode(old), -100, os.fsencode(new), _RENAME_EXCHANGE) == 0:  # AT_FDCWD
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), new)
+
+
 class CheckpointError(Exception):
     """The checkpoint file is there but cannot be read, or is not a checkpoint."""
 
@@ -170,7 +190,7 @@ class Anchor:
         """The checkpoint, None when there is no file; CheckpointError when it is unusable."""
         try:
             with open(self.path, 'rb') as stream:
-                data = stream.read(4096)
+                data = stream.read(_RECORD * 2)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -198,12 +218,22 @@ class Anchor:
         return os.fdopen(fd, 'rb')   # closing it releases the lock
 
     def _replace(self, seq: int, hash_: str):
+        """Write the record to ``path.tmp`` and swap it in. A rename over the old file would
+        make ext4 write the new one out first (its replace-via-rename heuristic), a
+        millisecond per commit; exchanging the two names does not, and the next write
+        reuses the old file's blocks in place (a record of fixed length: no truncation)."""
+        record = canonical({'seq': seq, 'hash': hash_, 'at': utcnow().isoformat(timespec='seconds')})
+        record = record.ljust(_RECORD - 1).encode('ascii') + b'\n'
         tmp = self.path + '.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, 'w', encoding='ascii') as stream:
-            stream.write(canonical({'seq': seq, 'hash': hash_,
-                                    'at': utcnow().isoformat(timespec='seconds')}) + '\n')
-        os.replace(tmp, self.path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.pwrite(fd, record, 0)
+            if os.fstat(fd).st_size != len(record):
+                os.ftruncate(fd, len(record))
+        finally:
+            os.close(fd)
+        if not _exchange(tmp, self.path):
+            os.replace(tmp, self.path)
 
     def advance(self, pending, lookup) -> bool:
         """After a commit that appended (``pending``: seq and hash before its first entry, seq
