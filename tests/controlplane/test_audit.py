@@ -94,13 +94,13 @@ def test_rewriting_one_entry_with_its_hash_still_breaks_the_next_link(db):
 
 # -- the checkpoint --------------------------------------------------------------------------
 
-@pytest.fixture
-def checkpoint(tmp_path):
+@pytest.fixture(name='checkpoint')
+def _checkpoint(tmp_path):
     return str(tmp_path / 'anchor' / 'audit-head.json')
 
 
-@pytest.fixture
-def anchored(db_url, checkpoint):
+@pytest.fixture(name='anchored')
+def _anchored(db_url, checkpoint):
     """The database as the API and the worker open it: with its checkpoint."""
     database = Database(db_url, audit_checkpoint=checkpoint)
     yield database
@@ -131,8 +131,8 @@ def test_every_commit_that_appends_moves_the_checkpoint_and_logs_it(anchored, ch
     assert stat.S_IMODE(os.stat(os.path.dirname(checkpoint)).st_mode) == 0o700
     for name in os.listdir(os.path.dirname(checkpoint)):
         assert stat.S_IMODE(os.stat(os.path.join(os.path.dirname(checkpoint), name)).st_mode) == 0o600
-    assert sorted(os.listdir(os.path.dirname(checkpoint)))[:2] == ['audit-head.json',
-                                                                    'audit-head.json.lock']
+    names = sorted(os.listdir(os.path.dirname(checkpoint)))
+    assert names[:2] == ['audit-head.json', 'audit-head.json.lock']
     lines = [r.getMessage() for r in caplog.records if r.name == 'gpuaas_control.audit']
     assert len(lines) == 5 and lines[-1] == 'audit checkpoint: entry 5 %s' % hash_
     result = _verify(anchored, anchored.anchor)

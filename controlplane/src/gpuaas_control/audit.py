@@ -97,7 +97,6 @@ RETURNING entry.seq, entry.hash, entry.prev_hash
 PENDING = 'gpuaas_audit_pending'
 
 
-
 def _around_seq(document: dict) -> tuple[str, str]:
     """``canonical(document)`` in two parts, before and after the value of its ``seq``: the
     entry's number is known only once the head is locked, in the database."""
@@ -145,8 +144,6 @@ def append(session, actor: Actor, action: str, target_type: str, target_id: str,
 
 _HASH = re.compile(r'[0-9a-f]{64}')
 _MAX_SEQ = 2 ** 63 - 1
-
-
 _RECORD = 192   # bytes: {"at":...,"hash":...,"seq":...} padded with spaces, and a newline
 _RENAME_EXCHANGE = 2
 _renameat2 = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)   # glibc 2.28
@@ -154,13 +151,13 @@ _renameat2 = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)   # g
 
 def _exchange(old: str, new: str) -> bool:
     """Swap two names atomically (Linux renameat2 RENAME_EXCHANGE); False where the C library,
-    the kernel or the file system cannot (``new`` missing, NFS): then rename."""
-    if _renameat2 is None or not os.path.exists(new):
+    the kernel or the file system cannot, or ``new`` is missing: then rename."""
+    if _renameat2 is None:
         return False
     if _renameat2(-100, os.fsencode(old), -100, os.fsencode(new), _RENAME_EXCHANGE) == 0:  # AT_FDCWD
         return True
     code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+    if code in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), new)
 
@@ -179,9 +176,10 @@ class Anchor:
     """The checkpoint file at ``path``: seq and hash of the newest anchored head.
 
     Its writers (the API's processes, the workers, the CLI) serialize on an flock of
-    ``path + '.lock'``; it is replaced whole (a temporary file renamed over it), mode 0600,
-    its directory created 0700. Not synced to disk: it must not outlive commits a crash
-    takes back (SQLite runs with ``synchronous=NORMAL``)."""
+    ``path + '.lock'``; it is replaced whole (``path + '.tmp'`` swapped in), mode 0600, its
+    directory created 0700. Not synced to disk, as SQLite's commits are not (WAL with
+    ``synchronous=NORMAL``): a power loss may take back both, or leave the checkpoint older;
+    a synced checkpoint would outlive the commits it anchors and read as a rewind."""
 
     def __init__(self, path: str):
         self.path = path
@@ -208,8 +206,12 @@ class Anchor:
         return Checkpoint(seq, hash_)
 
     def _locked(self):
-        os.makedirs(os.path.dirname(self.path) or '.', mode=0o700, exist_ok=True)
-        fd = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.path + '.lock', flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.path) or '.', mode=0o700, exist_ok=True)
+            fd = os.open(self.path + '.lock', flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:

@@ -298,7 +298,10 @@ def _audit_verify(args):
     if args.reanchor and not problems:
         if not result.head_seq:
             raise CliError('the ledger is empty: nothing to anchor')
-        previous = audit.Anchor(path).reset(result.head_seq, result.head_hash)
+        try:
+            previous = audit.Anchor(path).reset(result.head_seq, result.head_hash)
+        except OSError as exc:
+            raise CliError('cannot write the audit checkpoint %s: %s' % (path, exc.strerror or exc)) from None
         print('audit checkpoint %s: now entry %d (it held %s)' % (
             path, result.head_seq, 'entry %d %s' % (previous.seq, previous.hash) if previous else 'nothing'))
     if args.json:
