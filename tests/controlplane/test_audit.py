@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from gpuaas_control import api, audit, cli, service
-from gpuaas_control.config import Settings
+from gpuaas_control.config import Settings, SettingsError
 from gpuaas_control.db import Database
 from gpuaas_control.models import AuditEntry
 from tests.controlplane.helpers import OPERATOR, make_token
@@ -237,6 +237,23 @@ def test_a_rewound_ledger_that_grows_past_its_checkpoint_is_not_anchored(anchore
     assert len(problems) == 1 and problems[0].startswith('entry 5 has hash'), problems
 
 
+def test_a_deleted_checkpoint_is_not_created_again_by_the_next_commits(anchored, db_url, checkpoint,
+                                                                      capsys, caplog):
+    """Only the ledger's first entry creates it: a deleted checkpoint stays missing (and
+    verify failing) until an operator anchors the head again."""
+    _entries(anchored, 2)
+    os.remove(checkpoint)
+    caplog.set_level(logging.INFO, logger='gpuaas_control.audit')
+    _entries(anchored, 2)
+    assert not os.path.exists(checkpoint)
+    assert any(r.levelno == logging.CRITICAL and 'missing, and the ledger held 2 entries before '
+               'entry 3: not created' in r.getMessage() for r in caplog.records), caplog.text
+    assert 'is missing, and the ledger has entries up to 4' in _verify(anchored, anchored.anchor).problems[0]
+    assert _cli(capsys, db_url, checkpoint, '--reanchor')[0] == 0
+    _entries(anchored, 1)
+    assert _read(checkpoint)['seq'] == 5 and _verify(anchored, anchored.anchor).ok
+
+
 def test_a_rolled_back_transaction_does_not_move_the_checkpoint(anchored):
     _entries(anchored, 2)
     with open(anchored.anchor.path, 'rb') as stream:
@@ -368,3 +385,20 @@ def test_the_api_verifies_against_its_checkpoint(db_url, checkpoint):
         assert not reply['ok'] and reply['checkpoint_seq'] == 4 and reply['head_seq'] == 3
         assert reply['problems'][0].startswith('the ledger ends at entry 3, but its checkpoint')
     database.dispose()
+
+
+@pytest.mark.parametrize('db_url_, expect', [
+    ('sqlite:////srv/control/gpuaas.db', '/srv/control/audit-head.json'),
+    ('postgresql://gpuaas@db.example.com/gpuaas', '/var/lib/gpuaas/control/audit-head.json'),
+    ('sqlite:////var/lib/gpuaas/control/gpuaas.db', '/var/lib/gpuaas/control/audit-head.json'),
+])
+def test_the_checkpoint_is_next_to_the_database_by_default(db_url_, expect):
+    assert Settings(db_url=db_url_).audit_checkpoint == expect
+
+
+@pytest.mark.parametrize('value', ['audit-head.json', './audit-head.json', '/var/lib/gpuaas/', '/x\0y'])
+def test_a_checkpoint_path_that_is_not_an_absolute_file_is_refused(value):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(audit_checkpoint=value)
+    assert str(refused.value) == "bad settings: GPUAAS_AUDIT_CHECKPOINT=%r: Value error, must be the " \
+        "absolute path of a file" % value

@@ -243,12 +243,19 @@ class Anchor:
         and only when the chain still holds the anchored entry: the entry before this
         commit's first, or else ``lookup(seq)`` (its hash in the database, None when there is
         none). A rewound or re-hashed chain is not anchored, even once it grows past the
-        checkpoint. A failure is logged, never raised: the commit is done, the request with it,
-        and the next commit tries again."""
+        checkpoint, and a missing checkpoint is created only with the ledger's first entry (a
+        deleted one stays missing, until ``reset``). A failure is logged, never raised: the
+        commit is done, the request with it, and the next commit tries again."""
         prev_seq, prev_hash, seq, hash_ = pending
         try:
             with self._locked():
                 current = self.read()
+                if current is None and prev_seq > 0:
+                    log.critical('audit checkpoint %s missing, and the ledger held %d entries '
+                                 'before entry %d: not created (deleted, or the first commit since '
+                                 'an upgrade); check with gpuaas audit verify, then anchor with '
+                                 'gpuaas audit verify --reanchor', self.path, prev_seq, seq)
+                    return False
                 if current is not None and current.seq >= seq:
                     return False   # a later commit's writer came first
                 if current is not None and current.hash != (
