@@ -5,9 +5,8 @@ command-line overrides. A bad value is refused with the variable's name and the 
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import os
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
