@@ -185,7 +185,22 @@ class Anchor:
         self.path = path
 
     def read(self) -> Checkpoint | None:
-        """The checkpoint, None when there is no file; CheckpointError when it is unusable."""
+        """The checkpoint, None when there is no file; CheckpointError when it is unusable.
+        Under a shared lock once writers have made their lock file (opened, never created,
+        here: a reader of another user must not own it): the file a writer swaps out is
+        the one it writes the next record into."""
+        try:
+            fd = os.open(self.path + '.lock', os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return self._read()
+        except OSError as exc:
+            raise CheckpointError('the audit checkpoint %s cannot be read: %s'
+                                  % (self.path, exc.strerror)) from None
+        with os.fdopen(fd, 'rb'):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return self._read()
+
+    def _read(self) -> Checkpoint | None:
         try:
             with open(self.path, 'rb') as stream:
                 data = stream.read(_RECORD * 2)
@@ -249,7 +264,9 @@ class Anchor:
         prev_seq, prev_hash, seq, hash_ = pending
         try:
             with self._locked():
-                current = self.read()
+                current = self._read()
+                # (Two first commits racing can meet this too: the second's writer coming
+                # first finds no checkpoint yet. The first's creates it, and the rest follow.)
                 if current is None and prev_seq > 0:
                     log.critical('audit checkpoint %s missing, and the ledger held %d entries '
                                  'before entry %d: not created (deleted, or the first commit since '
@@ -276,7 +293,7 @@ class Anchor:
         """Anchor this head whatever the file held (backwards too); the checkpoint replaced."""
         with self._locked():
             try:
-                previous = self.read()
+                previous = self._read()
             except CheckpointError:
                 previous = None
             self._replace(seq, hash_)
