@@ -237,8 +237,7 @@ def test_a_rewound_ledger_that_grows_past_its_checkpoint_is_not_anchored(anchore
     assert len(problems) == 1 and problems[0].startswith('entry 5 has hash'), problems
 
 
-def test_a_deleted_checkpoint_is_not_created_again_by_the_next_commits(anchored, db_url, checkpoint,
-                                                                      capsys, caplog):
+def test_a_deleted_checkpoint_is_not_created_again(anchored, db_url, checkpoint, capsys, caplog):
     """Only the ledger's first entry creates it: a deleted checkpoint stays missing (and
     verify failing) until an operator anchors the head again."""
     _entries(anchored, 2)
