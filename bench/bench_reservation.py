@@ -94,7 +94,10 @@ def populate(url, slots, workdir, batch=50):
     Through the service's own path (record_discovery, then approve, each audited), the first
     node from a real discovery of the sample host and the others renamed copies of it, 50
     nodes per transaction: 10,000 slots on 1,250 nodes take about 10 s on SQLite."""
-    db = Database(url)
+    # The audit checkpoint here, for this process and the server it starts (not the
+    # PostgreSQL default under /var/lib/gpuaas): anchored from the first entry on.
+    os.environ['GPUAAS_AUDIT_CHECKPOINT'] = os.path.join(workdir, 'audit-head.json')
+    db = Database(url, audit_checkpoint=os.environ['GPUAAS_AUDIT_CHECKPOINT'])
     migrate.upgrade(db)
     sysfs, proc = hosts.HOSTS['hgx'](os.path.join(workdir, 'hgx'))
     template = Discovery('bench-node-0000', sysfs, proc).run()

@@ -77,7 +77,8 @@ def stack(fresh_url, tmp_path):
     port = _free_port()
     env = dict(os.environ, GPUAAS_DB_URL=fresh_url, GPUAAS_API='http://127.0.0.1:%d' % port,
                GPUAAS_PROJECT_DIR=str(project), GPUAAS_INVENTORY=str(inventory),
-               GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_POLL_INTERVAL='0.2')
+               GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_POLL_INTERVAL='0.2',
+               GPUAAS_AUDIT_CHECKPOINT=str(tmp_path / 'audit' / 'audit-head.json'))
     env.pop('GPUAAS_TOKEN', None)
     gpuaas = Gpuaas(env)
     refused = gpuaas('serve', '--port', str(port), check=False)
@@ -175,7 +176,8 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert entries[5]['actor'] == 'worker:cli-worker' and entries[5]['role'] == 'system'
     assert entries[8]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
-    assert verified.stdout.startswith('audit chain ok: 9 entries')
+    # Anchored by each process that appended: the CLI, the API and the worker.
+    assert verified.stdout.startswith('audit chain ok: 9 entries, checkpoint at entry 9, head 9 ')
     head = verified.stdout.split()[-1]
     assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
     db = Database(fresh_url)

@@ -104,7 +104,7 @@ async def _database_unavailable(request, exc):
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    db = db or Database(settings.db_url, pool_size=20)
+    db = db or Database(settings.db_url, pool_size=20, audit_checkpoint=settings.audit_checkpoint)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

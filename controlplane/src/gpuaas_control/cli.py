@@ -11,6 +11,7 @@ token that did it and works from anywhere the API is reachable.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -157,7 +158,8 @@ def _settings(args, **extra):
 def _database(args):
     from gpuaas_control.db import Database, DatabaseError
     try:
-        return Database(_settings(args).db_url)
+        settings = _settings(args)
+        return Database(settings.db_url, audit_checkpoint=settings.audit_checkpoint)
     except DatabaseError as exc:
         raise CliError(str(exc)) from None
 
@@ -200,8 +202,13 @@ def cmd_serve(args):
     if args.db:
         os.environ['GPUAAS_DB_URL'] = args.db
     _require_schema(_database(args)).dispose()   # refuse here, not in each worker process
+    # uvicorn's logging, and the control plane's (the audit checkpoint's line) through it.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config['loggers']['gpuaas_control'] = {'handlers': ['default'], 'level': 'INFO',
+                                               'propagate': False}
     uvicorn.run('gpuaas_control.api:factory', factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, access_log=args.access_log)
+                workers=args.workers, log_level=args.log_level, access_log=args.access_log,
+                log_config=log_config)
     return 0
 
 
@@ -274,23 +281,45 @@ def cmd_audit(args):
             ('seq', 'seq'), ('at', 'at'), ('actor', 'actor'), ('action', 'action'),
             ('target_id', 'target'), ('after', 'after')]))
         return 0
+    return _audit_verify(args)
+
+
+def _audit_verify(args):
     from gpuaas_control import audit
+    path = args.checkpoint or _settings(args).audit_checkpoint
+    anchor = None if args.no_checkpoint or args.reanchor else audit.Anchor(path)
     db = _database(args)
     with db.read() as session:
-        result = audit.verify(session)
+        result = audit.verify(session, anchor)
+    db.dispose()
     problems = list(result.problems)
     if args.expect_head and args.expect_head != result.head_hash:
         problems.append('the head is %s, not the expected %s' % (result.head_hash, args.expect_head))
+    if args.reanchor and not problems:
+        if not result.head_seq:
+            raise CliError('the ledger is empty: nothing to anchor')
+        try:
+            previous = audit.Anchor(path).reset(result.head_seq, result.head_hash)
+        except OSError as exc:
+            raise CliError('cannot write the audit checkpoint %s: %s' % (path, exc.strerror or exc)) from None
+        print('audit checkpoint %s: now entry %d (it held %s)' % (
+            path, result.head_seq, 'entry %d %s' % (previous.seq, previous.hash) if previous else 'nothing'))
     if args.json:
-        emit(args, dict(result.as_dict(), ok=not problems, problems=problems), None)
+        emit(args, dict(result.as_dict(), ok=not problems, problems=problems,
+                        checkpoint=anchor.path if anchor else None), None)
     elif problems:
         print('audit chain BROKEN (%d entries, head %d %s):' % (result.entries, result.head_seq,
                                                                result.head_hash))
         for problem in problems:
             print('  - %s' % problem)
+        if anchor is not None:
+            print('(--checkpoint PATH checks against a copy of the checkpoint; --no-checkpoint '
+                  'checks the chain alone; --reanchor anchors its head once it is accounted for)')
     else:
-        print('audit chain ok: %d entries, head %d %s' % (result.entries, result.head_seq,
-                                                          result.head_hash))
+        print('audit chain ok: %d entries, %s, head %d %s' % (
+            result.entries, 'checkpoint at entry %d' % result.checkpoint_seq if result.checkpoint_seq
+            else 'no checkpoint (empty ledger)' if anchor else 'checkpoint not checked',
+            result.head_seq, result.head_hash))
     return 1 if problems else 0
 
 
@@ -519,8 +548,16 @@ def parser():
 
     p = sub.add_parser('audit', help='the audit ledger')
     asub = p.add_subparsers(dest='action', required=True)
-    a = asub.add_parser('verify', help='check the hash chain on the database; exit 1 if broken')
+    a = asub.add_parser('verify', help='check the hash chain on the database against its checkpoint '
+                                       '(GPUAAS_AUDIT_CHECKPOINT); exit 1 if broken')
     a.add_argument('--expect-head', help='also require this head hash (kept outside the database)')
+    which = a.add_mutually_exclusive_group()
+    which.add_argument('--checkpoint', metavar='PATH', help='check against this copy of the checkpoint')
+    which.add_argument('--no-checkpoint', action='store_true',
+                       help='check the chain alone (it cannot tell a rewound or re-hashed ledger)')
+    which.add_argument('--reanchor', action='store_true',
+                       help='check the chain alone and, if intact, anchor its head in the checkpoint '
+                            '(after an upgrade, or once a reported problem is accounted for)')
     a = asub.add_parser('list', help='entries, through the API')
     a.add_argument('--after', type=int, default=0)
     a.add_argument('--limit', type=int, default=100)

@@ -5,14 +5,19 @@ command-line overrides. A bad value is refused with the variable's name and the 
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gpuaas_control.collection import collection_root
 
 DEFAULT_DB_URL = 'sqlite:////var/lib/gpuaas/control/gpuaas.db'
+DEFAULT_DIR = '/var/lib/gpuaas/control'
+CHECKPOINT_NAME = 'audit-head.json'
 ENV_PREFIX = 'GPUAAS_'
 
 Seconds = Annotated[float, Field(gt=0, le=86400 * 7, allow_inf_nan=False)]
@@ -54,6 +59,22 @@ class Settings(BaseSettings):
     max_body: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
     api_threads: int = Field(8, ge=1, le=256)
     default_max_gpus: int = Field(-1, ge=-1, le=100000)
+    # The audit ledger's anchor, outside the database (audit.Anchor). Empty: audit-head.json
+    # next to a SQLite database, in /var/lib/gpuaas/control for PostgreSQL.
+    audit_checkpoint: str = ''
+
+    @field_validator('audit_checkpoint')
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if value and (not os.path.isabs(value) or '\0' in value or value.endswith('/')):
+            raise ValueError('must be the absolute path of a file')
+        return value
+
+    @model_validator(mode='after')
+    def _default_checkpoint(self):
+        if not self.audit_checkpoint:
+            self.audit_checkpoint = os.path.join(_database_dir(self.db_url), CHECKPOINT_NAME)
+        return self
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -63,6 +84,18 @@ class Settings(BaseSettings):
             return cls(**{key: value for key, value in overrides.items() if value is not None})
         except ValidationError as exc:
             raise SettingsError(describe(exc)) from None
+
+
+def _database_dir(db_url: str) -> str:
+    """The directory of a SQLite database file; DEFAULT_DIR for anything else (a bad URL is
+    refused where the database is opened)."""
+    try:
+        url = make_url(db_url)
+    except (ArgumentError, ValueError):
+        return DEFAULT_DIR
+    if url.get_backend_name() == 'sqlite' and url.database not in (None, '', ':memory:'):
+        return os.path.dirname(os.path.abspath(url.database))
+    return DEFAULT_DIR
 
 
 def describe(exc: ValidationError) -> str:

@@ -7,7 +7,8 @@ SQLite runs in WAL mode with a busy timeout, and every write transaction starts 
 timeout instead of failing when one upgrades a read lock. PostgreSQL runs at READ
 COMMITTED with row locks (``SELECT ... FOR UPDATE [SKIP LOCKED]``) where it matters.
 A transaction that loses a race the database reports (busy, deadlock, serialization
-failure) is retried from the start.
+failure) is retried from the start. With an audit checkpoint, a commit that appended to
+the audit ledger moves it once the commit is done (``audit.Anchor``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from gpuaas_control import audit
 
 SQLITE_BUSY_TIMEOUT = 30.0
 # A PostgreSQL connection idle for longer is checked (SELECT 1) before it is handed out.
@@ -66,7 +69,7 @@ class Database:
     """One engine for a URL; ``read()``/``write()`` open a transaction (a Session)."""
 
     def __init__(self, url: str, pool_size: int = 10, echo: bool = False,
-                 ping_after_idle: float = PING_AFTER_IDLE):
+                 ping_after_idle: float = PING_AFTER_IDLE, audit_checkpoint: str | None = None):
         self.url = normalize_url(url)
         self.backend = self.url.get_backend_name()
         if self.backend == 'sqlite':
@@ -92,6 +95,7 @@ class Database:
             if self.backend == 'postgresql' else self.engine
         self._read_sessions = sessionmaker(reader, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._writer, expire_on_commit=False)
+        self.anchor = audit.Anchor(audit_checkpoint) if audit_checkpoint else None
 
     @property
     def is_postgres(self) -> bool:
@@ -112,6 +116,12 @@ class Database:
         with self._write_lock or contextlib.nullcontext():
             with self._write_sessions() as session, session.begin():
                 yield session
+        # Committed (an exception, the caller's or the commit's, does not get here): anchor
+        # the audit entries it appended, a rolled-back one never; outside SQLite's write lock,
+        # as the file's rename waits for the disk.
+        pending = session.info.get(audit.PENDING)
+        if pending is not None and self.anchor is not None:
+            self.anchor.advance(pending, self._hash_at)
 
     def transact(self, fn, *args, retries: int = 8, **kwargs):
         """Run ``fn(session, *args, **kwargs)`` in a write transaction, retried when the
@@ -126,8 +136,13 @@ class Database:
                 time.sleep(min(0.5, 0.01 * (2 ** attempt)) * random.random())
         raise AssertionError('unreachable')
 
+    def _hash_at(self, seq: int):
+        with self.engine.connect() as connection:
+            return audit.hash_at(connection, seq)
+
     def session(self) -> Session:
-        """A plain session on the writer (the caller begins and commits)."""
+        """A plain session on the writer (the caller begins and commits; its audit entries
+        are not anchored)."""
         return self._write_sessions()
 
     def dispose(self):

@@ -1,12 +1,13 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The audit ledger (operators): read it, verify its chain."""
+"""The audit ledger (operators): read it, verify its chain against its checkpoint (the one
+this API writes, if it has one)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from gpuaas_control import audit
@@ -26,5 +27,5 @@ def list_audit(_who: Operator, session: ReadSession, after: After = 0,
 
 
 @router.get('/verify', response_model=AuditVerification)
-def verify_audit(_who: Operator, session: ReadSession):
-    return audit.verify(session)
+def verify_audit(_who: Operator, session: ReadSession, request: Request):
+    return audit.verify(session, request.app.state.db.anchor)

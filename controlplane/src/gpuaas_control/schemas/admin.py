@@ -110,3 +110,5 @@ class AuditVerification(View):
     head_seq: int
     head_hash: str
     problems: list[str]
+    checkpoint_seq: int | None = None
+    checkpoint_hash: str | None = None
