@@ -12,6 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import gc
 import json
 import re
 
@@ -32,6 +34,22 @@ NODE_KEYS = ('id', 'schedulable', 'drain_reason')
 
 class InventoryError(ValueError):
     """The control plane's answer is not an inventory document."""
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pause Python's cyclic garbage collector inside the block (as it was after it).
+
+    A fleet's host vars are hundreds of thousands of objects (ansible-core copies each value
+    as it is set), all kept as long as the inventory: the collector's passes over them (none
+    is garbage) took 40% of the time the plugin spent setting them."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def group_name(*parts):

@@ -6,6 +6,7 @@ vars and groups made from it."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -125,3 +126,19 @@ def test_api_refusals_say_what_to_do():
     assert inv.http_error(403, b'{"detail": "this endpoint is for operators"}').endswith(
         '(the inventory needs an operator token)')
     assert inv.http_error(502, b'<html>bad gateway</html>') == '502: no JSON error detail'
+
+
+def test_the_collector_is_paused_while_the_host_vars_are_made_and_restored():
+    assert gc.isenabled()
+    with pytest.raises(inv.InventoryError):
+        with inv.collector_paused():
+            assert not gc.isenabled()
+            inv.parse(b'<html>')
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with inv.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()   # left as it was found
+    finally:
+        gc.enable()
