@@ -22,7 +22,7 @@ import re
 # slot map; 'full' also gpuaas_slots. ansible-core copies and tags every value of every host
 # var, so at fleet scale each value left out counts.
 DETAILS = ('full', 'approved', 'none')
-# A slot's state: all the groups and counts are made of (GET /v1/inventory/states).
+# A slot's state: what the groups and counts are made of (GET /v1/inventory/states).
 STATE_KEYS = ('slot_index', 'state', 'approved', 'allocation_id', 'state_reason', 'gpu_model',
               'numa_node')
 # A slot's devices and address, for gpuaas_slots. Its wipe policy and capacity metadata are not
