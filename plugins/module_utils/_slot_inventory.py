@@ -12,18 +12,44 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import gc
 import json
 import re
 
-SLOT_KEYS = ('slot_index', 'state', 'approved', 'allocation_id', 'state_reason', 'gpu_model',
-             'gpu_address', 'companions', 'numa_node', 'cpulist', 'nvme_address',
-             'fabric_pf_address', 'fabric_vf_pci_address', 'mac', 'ip',
-             'destructive_wipe_policy', 'capacity_metadata')
-NODE_KEYS = ('id', 'schedulable', 'drain_reason', 'approved_slots')
+# What each level of detail puts in the host vars (the plugin's slot_details option): the
+# groups, gpuaas_slot_counts and the node's drain state always; 'approved' adds the approved
+# slot map; 'full' also gpuaas_slots. ansible-core copies and tags every value of every host
+# var, so at fleet scale each value left out counts.
+DETAILS = ('full', 'approved', 'none')
+# A slot's state: what the groups and counts are made of (GET /v1/inventory/states).
+STATE_KEYS = ('slot_index', 'state', 'approved', 'allocation_id', 'state_reason', 'gpu_model',
+              'numa_node')
+# A slot's devices and address, for gpuaas_slots. Its wipe policy and capacity metadata are not
+# repeated there: they are its entry of gpuaas_approved_slots.
+DEVICE_KEYS = ('gpu_address', 'companions', 'cpulist', 'nvme_address', 'fabric_pf_address',
+               'fabric_vf_pci_address', 'mac', 'ip')
+NODE_KEYS = ('id', 'schedulable', 'drain_reason')
 
 
 class InventoryError(ValueError):
     """The control plane's answer is not an inventory document."""
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Pause Python's cyclic garbage collector inside the block (as it was after it).
+
+    A fleet's host vars are hundreds of thousands of objects (ansible-core copies each value
+    as it is set), all kept as long as the inventory: the collector's passes over them (none
+    is garbage) took 40% of the time the plugin spent setting them."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def group_name(*parts):
@@ -57,54 +83,67 @@ def _records(document, key, required):
     return rows
 
 
-def parse(raw, include_unapproved=False):
-    """The API's inventory document (bytes or text) -> ``build``'s result."""
+def path(details):
+    """The API route that answers ``details``: the slot states alone for 'none'."""
+    return '/v1/inventory/states' if details == 'none' else '/v1/inventory'
+
+
+def parse(raw, include_unapproved=False, details='full'):
+    """The API's inventory document (bytes or text, from ``path(details)``) -> ``build``'s result."""
     try:
         document = json.loads(raw)
     except (ValueError, TypeError) as exc:
         raise InventoryError('the answer is not JSON: %s' % exc)
     if not isinstance(document, dict):
         raise InventoryError('the answer is not a mapping with nodes and slots')
-    return build(_records(document, 'nodes', NODE_KEYS),
-                 _records(document, 'slots', ('id', 'node_id') + SLOT_KEYS),
-                 include_unapproved=include_unapproved)
+    node_keys = NODE_KEYS if details == 'none' else NODE_KEYS + ('approved_slots',)
+    slot_keys = ('id', 'node_id') + STATE_KEYS + (DEVICE_KEYS if details == 'full' else ())
+    return build(_records(document, 'nodes', node_keys), _records(document, 'slots', slot_keys),
+                 include_unapproved=include_unapproved, details=details)
 
 
-def build(nodes, slots, include_unapproved=False):
+def build(nodes, slots, include_unapproved=False, details='full'):
     """Return {'hosts': {node_id: hostvars}, 'groups': {group: [node_id, ...]}}.
 
     ``nodes`` and ``slots`` are the API's inventory records (mappings). Slots an approval
-    withdrew are left out unless ``include_unapproved``.
+    withdrew are left out unless ``include_unapproved``; ``details`` is one of ``DETAILS``.
     """
-    hosts, groups = {}, {}
+    if details not in DETAILS:
+        raise InventoryError('slot_details must be one of %s, not %r' % (', '.join(DETAILS), details))
+    hosts, groups, names = {}, {}, {}
 
-    def member(group, host):
-        groups.setdefault(group, {})[host] = True   # an ordered set
+    def member(node_id, *parts):
+        if parts not in names:   # a fleet has few distinct groups and many members
+            names[parts] = group_name(*parts)
+        groups.setdefault(names[parts], {})[node_id] = True   # an ordered set
 
     for row in sorted(nodes, key=lambda n: n['id']):
         node_id = row['id']
-        hosts[node_id] = {
+        host = hosts[node_id] = {
             'gpuaas_node_id': node_id,
             'gpuaas_schedulable': bool(row.get('schedulable', True)),
             'gpuaas_drain_reason': row.get('drain_reason'),
-            # The operator's approved slot map, as the allocate/release plays read it.
-            'gpuaas_approved_slots': row.get('approved_slots') or [],
-            'gpuaas_slots': [],
             'gpuaas_slot_counts': {},
         }
-        member('gpuaas_nodes', node_id)
-        member('gpuaas_schedulable' if hosts[node_id]['gpuaas_schedulable'] else 'gpuaas_drained',
-               node_id)
+        if details != 'none':
+            # The operator's approved slot map, as the discover and allocate plays read it.
+            host['gpuaas_approved_slots'] = row.get('approved_slots') or []
+        if details == 'full':
+            host['gpuaas_slots'] = []
+        member(node_id, 'gpuaas_nodes')
+        member(node_id, 'gpuaas_schedulable' if host['gpuaas_schedulable'] else 'gpuaas_drained')
     for row in sorted(slots, key=lambda s: (s['node_id'], s['slot_index'])):
-        host = hosts.get(row['node_id'])
+        node_id = row['node_id']
+        host = hosts.get(node_id)
         if host is None or (not row.get('approved') and not include_unapproved):
             continue
-        slot = dict((key, row.get(key)) for key in SLOT_KEYS)
-        slot['slot_id'] = row['id']
-        host['gpuaas_slots'].append(slot)
+        if details == 'full':
+            slot = dict((key, row.get(key)) for key in STATE_KEYS + DEVICE_KEYS)
+            slot['slot_id'] = row['id']
+            host['gpuaas_slots'].append(slot)
         counts = host['gpuaas_slot_counts']
-        counts[slot['state']] = counts.get(slot['state'], 0) + 1
-        member(group_name('gpuaas_state', slot['state']), row['node_id'])
-        member(group_name('gpuaas_gpu', slot['gpu_model']), row['node_id'])
-        member(group_name('gpuaas_numa', slot['numa_node']), row['node_id'])
-    return {'hosts': hosts, 'groups': dict((group, list(names)) for group, names in groups.items())}
+        counts[row['state']] = counts.get(row['state'], 0) + 1
+        member(node_id, 'gpuaas_state', row['state'])
+        member(node_id, 'gpuaas_gpu', row['gpu_model'])
+        member(node_id, 'gpuaas_numa', row['numa_node'])
+    return {'hosts': hosts, 'groups': dict((group, list(members)) for group, members in groups.items())}

@@ -103,7 +103,10 @@ def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, h
     assert [(s['slot_id'], s['state'], s['allocation_id']) for s in node2['gpuaas_slots']] == [
         ('gpu-node-02-s4', 'reserved', allocation.id), ('gpu-node-02-s5', 'free', None)]
     assert node2['gpuaas_slots'][0]['mac'] == allocation.mac
-    assert node2['gpuaas_slots'][0]['capacity_metadata']['fabric_claim_mode'] == 'per_slot_vf'
+    assert node2['gpuaas_slots'][0]['fabric_vf_pci_address'] == \
+        node2['gpuaas_approved_slots'][0]['capacity_metadata']['fabric_vf_pci_address']
+    # The approval's decisions are in gpuaas_approved_slots alone.
+    assert not {'destructive_wipe_policy', 'capacity_metadata'} & set(node2['gpuaas_slots'][0])
     assert len(hostvars['gpu-node-01']['gpuaas_slots']) == 8
 
     def hosts(group):
@@ -125,6 +128,48 @@ def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, h
     fresh = json.loads(_inventory(tmp_path, api_url, '--flush-cache', token=operator_token,
                                   **options).stdout)
     assert fresh['_meta']['hostvars']['gpu-node-02']['gpuaas_schedulable'] is True
+
+
+def test_less_detail_for_fleet_scale_runs(db, api_url, operator_token, tmp_path, hgx_discovery_factory):
+    one = hgx_discovery_factory('gpu-node-01')
+    add_node(db, one, approved_map(one, only={'gpu-node-01-s0', 'gpu-node-01-s5'}))
+    add_tenant(db, 'acme')
+    db.transact(service.reserve, tenant('acme'), request(node_id='gpu-node-01', numa_node=1))
+    cache = dict(cache=True, cache_plugin='ansible.builtin.jsonfile', cache_connection=str(tmp_path / 'cache'))
+    rendered = {}
+    for details in ('full', 'approved', 'none'):
+        done = _inventory(tmp_path, api_url, token=operator_token, slot_details=details, **cache)
+        assert done.returncode == 0, done.stderr
+        rendered[details] = _plain(json.loads(done.stdout))
+    full, approved, none = (rendered[d]['_meta']['hostvars']['gpu-node-01'] for d in ('full', 'approved', 'none'))
+    # Each level from a fresh answer (the cache made with other options is not used)...
+    assert approved == {k: v for k, v in full.items() if k != 'gpuaas_slots'}
+    assert none == {'gpuaas_node_id': 'gpu-node-01', 'gpuaas_schedulable': True, 'gpuaas_drain_reason': None,
+                    'gpuaas_slot_counts': {'free': 1, 'reserved': 1}}
+    # ... and the same groups.
+    assert rendered['none'] == dict(rendered['full'], _meta=rendered['none']['_meta'])
+    assert rendered['none']['gpuaas_state_reserved']['hosts'] == ['gpu-node-01']
+
+
+@pytest.mark.backends('sqlite')
+def test_the_states_are_the_inventory_without_details(client, tokens, node):
+    node_keys = ('id', 'schedulable', 'drain_reason')
+    slot_keys = ('id', 'node_id', 'slot_index', 'state', 'approved', 'allocation_id', 'state_reason',
+                 'gpu_model', 'numa_node')
+    op = tokens['operator']
+    assert client.post('/v1/nodes/n1/drain', json={'reason': 'bios'}, headers=op).status_code == 200
+    full = client.get('/v1/inventory', headers=op)
+    states = client.get('/v1/inventory/states', headers=op)
+    assert full.headers['content-type'] == states.headers['content-type'] == 'application/json'
+    full, states = full.json(), states.json()
+    assert len(full['slots']) == len(states['slots']) == 8
+    assert states['nodes'] == [{k: n[k] for k in node_keys} for n in full['nodes']]
+    assert states['slots'] == [{k: s[k] for k in slot_keys} for s in full['slots']]
+    assert states['nodes'][0]['drain_reason'] == 'bios'
+    for path in ('/v1/inventory', '/v1/inventory/states'):
+        reply = client.get(path, headers=tokens['acme'])
+        assert reply.status_code == 403 and reply.json()['detail'] == 'this endpoint is for operators'
+        assert client.get(path).status_code == 401
 
 
 @pytest.mark.backends('sqlite')

@@ -11,8 +11,8 @@ from pydantic import Field, field_validator
 from gpuaas_control.schemas.views import Time, View
 
 
-class InventorySlot(View):
-    """A slot as the inventory holds it (the plugin's host vars)."""
+class InventorySlotState(View):
+    """A slot's state: what the inventory's groups and slot counts are made of."""
 
     id: str
     node_id: str
@@ -22,9 +22,14 @@ class InventorySlot(View):
     allocation_id: str | None
     state_reason: str | None
     gpu_model: str
+    numa_node: int
+
+
+class InventorySlot(InventorySlotState):
+    """A slot as the inventory holds it (the plugin's host vars)."""
+
     gpu_address: str
     companions: list[Any]
-    numa_node: int
     cpulist: str | None
     nvme_address: str | None
     fabric_pf_address: str | None
@@ -107,11 +112,22 @@ class NodeDetail(NodeView):
         return cls(**dict(NodeView.model_validate(node)), slots=slots)
 
 
-class InventoryNode(View):
+class InventoryNodeState(View):
     id: str
     schedulable: bool
     drain_reason: str | None
+
+
+class InventoryNode(InventoryNodeState):
     approved_slots: list[dict[str, Any]] | None
+
+
+class InventoryStates(View):
+    """Every node's and slot's state, without the approved maps and the slots' devices (the
+    gpuaas.slice.slots inventory plugin reads it with ``slot_details: none``)."""
+
+    nodes: list[InventoryNodeState]
+    slots: list[InventorySlotState]
 
 
 class Inventory(View):

@@ -6,6 +6,7 @@ vars and groups made from it."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -42,8 +43,11 @@ def test_hosts_groups_and_host_vars():
     assert n1['gpuaas_approved_slots'] == approved
     assert [s['slot_id'] for s in n1['gpuaas_slots']] == ['n1-s0', 'n1-s1']
     assert n1['gpuaas_slots'][1]['allocation_id'] == 'alloc-1'
-    assert n1['gpuaas_slots'][0]['capacity_metadata'] == {'storage_ownership': 'slice'}
     assert n1['gpuaas_slots'][0]['approved'] is True
+    assert sorted(n1['gpuaas_slots'][0]) == sorted(inv.STATE_KEYS + inv.DEVICE_KEYS + ('slot_id',))
+    # The approval's decisions are in the approved slot map alone, not repeated per slot.
+    assert 'destructive_wipe_policy' not in n1['gpuaas_slots'][0]
+    assert 'capacity_metadata' not in n1['gpuaas_slots'][0]
     assert n1['gpuaas_slot_counts'] == {'free': 1, 'reserved': 1}
     assert data['hosts']['n2']['gpuaas_approved_slots'] == []
     assert [s['slot_id'] for s in data['hosts']['n2']['gpuaas_slots']] == ['n2-s0']
@@ -60,6 +64,39 @@ def test_hosts_groups_and_host_vars():
     }
     withdrawn = inv.build(nodes, slots, include_unapproved=True)['hosts']['n2']['gpuaas_slots']
     assert [s['slot_id'] for s in withdrawn] == ['n2-s0', 'n2-s1']
+
+
+def _states(row):
+    """A slot as GET /v1/inventory/states answers it."""
+    return dict((key, row[key]) for key in ('id', 'node_id') + inv.STATE_KEYS)
+
+
+def test_less_detail_leaves_out_host_vars_not_groups():
+    approved = [{'slot_id': 'n1-s0', 'gpu_address': '0000:18:00.0'}]
+    nodes = [{'id': 'n1', 'schedulable': False, 'drain_reason': 'bios', 'approved_slots': approved}]
+    slots = [_slot('n1', 0), _slot('n1', 1, state='reserved', allocation_id='a1', numa_node=1)]
+    full = inv.build(nodes, slots)
+    approved_only = inv.build(nodes, slots, details='approved')
+    states_only = [dict((k, n[k]) for k in inv.NODE_KEYS) for n in nodes]
+    none = inv.parse(json.dumps({'nodes': states_only, 'slots': [_states(s) for s in slots]}), details='none')
+    assert none['groups'] == approved_only['groups'] == full['groups']
+    assert approved_only['hosts']['n1'] == dict((k, v) for k, v in full['hosts']['n1'].items() if k != 'gpuaas_slots')
+    assert approved_only['hosts']['n1']['gpuaas_approved_slots'] == approved
+    assert none['hosts']['n1'] == {'gpuaas_node_id': 'n1', 'gpuaas_schedulable': False, 'gpuaas_drain_reason': 'bios',
+                                   'gpuaas_slot_counts': {'free': 1, 'reserved': 1}}
+
+
+def test_each_level_asks_what_it_needs():
+    assert inv.path('full') == inv.path('approved') == '/v1/inventory'
+    assert inv.path('none') == '/v1/inventory/states'
+    states = json.dumps({'nodes': [{'id': 'n1', 'schedulable': True, 'drain_reason': None}],
+                         'slots': [_states(_slot('n1', 0))]})
+    with pytest.raises(inv.InventoryError, match=r'nodes\[0\] lacks approved_slots'):
+        inv.parse(states, details='approved')
+    with pytest.raises(inv.InventoryError, match=r'slots\[0\] lacks gpu_address, companions'):
+        inv.parse(states.replace('"drain_reason": null', '"drain_reason": null, "approved_slots": []'))
+    with pytest.raises(inv.InventoryError, match="slot_details must be one of full, approved, none, not 'some'"):
+        inv.build([], [], details='some')
 
 
 def test_group_names_are_valid_names():
@@ -89,3 +126,19 @@ def test_api_refusals_say_what_to_do():
     assert inv.http_error(403, b'{"detail": "this endpoint is for operators"}').endswith(
         '(the inventory needs an operator token)')
     assert inv.http_error(502, b'<html>bad gateway</html>') == '502: no JSON error detail'
+
+
+def test_the_collector_is_paused_while_the_host_vars_are_made_and_restored():
+    assert gc.isenabled()
+    with pytest.raises(inv.InventoryError):
+        with inv.collector_paused():
+            assert not gc.isenabled()
+            inv.parse(b'<html>')
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with inv.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()   # left as it was found
+    finally:
+        gc.enable()
