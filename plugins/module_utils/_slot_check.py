@@ -44,11 +44,11 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     CPULIST,
     ContractError,
     GpuaasError,
+    LIMITS,
     MAX_CPU,
     NODE_ID,
     Slot,
     check_int,
-    check_shape,
     format_cpulist,
     parse_cpulist,
     show,
@@ -106,8 +106,9 @@ class SlotCheck:
 
     def __init__(self, node_id, slot_id, record, sysfs_root='/sys', proc_root='/proc', vcpus=None, memory_mib=None):
         self.node_id = NODE_ID.check(node_id, 'node_id')
-        # The allocation's shape, when given: it must fit the slot's share.
-        self.shape = dict((name, check_shape(name, value)) for name, value in
+        # The allocation's shape, when given: it must fit the slot's share (the API's lower
+        # bounds are not the node's: a test guest runs in 256 MiB).
+        self.shape = dict((name, check_int(value, name, 1, LIMITS[name][1])) for name, value in
                           (('vcpus', vcpus), ('memory_mib', memory_mib)) if value is not None)
         self.slot_id = slot_id
         self.record = record

@@ -66,7 +66,7 @@ options:
     description: The allocation's vCPUs (1 to 256); at most the slot's RV(slot.vcpus).
     type: int
   memory_mib:
-    description: The allocation's memory in MiB (512 to 4194304); at most the slot's RV(slot.memory_mib).
+    description: The allocation's memory in MiB (1 to 4194304); at most the slot's RV(slot.memory_mib).
     type: int
 seealso:
   - module: gpuaas.slice.slot_approval

@@ -241,7 +241,7 @@ def test_a_shape_that_does_not_fit_the_share_is_refused_naming_both_numbers(caps
 @pytest.mark.parametrize('shape, fragment', [
     ({'vcpus': 0}, 'vcpus must be a whole number from 1 to 256, not 0'),
     ({'vcpus': 2 ** 64}, 'vcpus must be a whole number from 1 to 256'),
-    ({'memory_mib': -1}, 'memory_mib must be a whole number from 512 to 4194304, not -1'),
+    ({'memory_mib': -1}, 'memory_mib must be a whole number from 1 to 4194304, not -1'),
     ({'memory_mib': 'nan'}, 'memory_mib'),
 ])
 def test_a_hostile_shape_is_refused(capsys, ws, shape, fragment):
