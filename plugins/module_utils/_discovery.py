@@ -89,6 +89,13 @@ def read_numa_nodes(sysfs):
     return dict(sorted(nodes.items(), key=lambda item: int(item[0])))
 
 
+def read_siblings(sysfs, cpu):
+    """CPU ``cpu``'s core, as ``devices/system/cpu/cpuN/topology/thread_siblings_list`` says; [cpu] without it."""
+    rel = 'devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu
+    text = sysfs.read(rel)
+    return parse_cpulist(text, sysfs.path(rel)) if text is not None else [cpu]
+
+
 def read_cores(sysfs, cpus, what):
     """The cores of a NUMA node's ``cpus`` in order, each the sorted list of its sibling threads.
 
@@ -98,12 +105,12 @@ def read_cores(sysfs, cpus, what):
     node = set(cpus)
     core_of = {}
     for cpu in cpus:
-        rel = 'devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu
-        text = sysfs.read(rel)
-        siblings = parse_cpulist(text, sysfs.path(rel)) if text is not None else [cpu]
+        siblings = read_siblings(sysfs, cpu)
         core_of[cpu] = tuple(sibling for sibling in siblings if sibling in node)
         if cpu not in core_of[cpu]:
-            raise ContractError('%s: %s names %s, which does not hold CPU %d itself' % (what, sysfs.path(rel), show(text), cpu))
+            raise ContractError('%s: %s names %s, which does not hold CPU %d itself' % (
+                what, sysfs.path('devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu),
+                format_cpulist(siblings), cpu))
     for cpu, core in core_of.items():
         if any(core_of[sibling] != core for sibling in core):
             raise ContractError('%s: the thread_siblings_list files of CPUs %s disagree, so its cores cannot '

@@ -27,8 +27,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     console_use,
     fingerprint,
     group_intruder,
-    read_cores,
     read_node_memory_mib,
+    read_siblings,
     read_numa_nodes,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
@@ -320,7 +320,8 @@ class SlotCheck:
             host = set(parse_cpulist(CPULIST.check(record['host_cpulist'], 'host_cpulist'), 'host_cpulist'))
             vcpus = check_int(record['vcpus'], 'vcpus', 1, MAX_CPU + 1)
             memory = check_int(record['memory_mib'], 'memory_mib', 1024, 2 ** 40)
-            split = [core for core in read_cores(self.sysfs, sorted(node_cpus), what) if 0 < len(cpus & set(core)) < len(core)]
+            # Only the slice's own CPUs are read: a sibling thread outside it splits a core.
+            left_out = (set(sibling for cpu in cpus for sibling in read_siblings(self.sysfs, cpu)) & node_cpus) - cpus
             total = read_node_memory_mib(self.sysfs, numa)
         except ContractError as exc:
             self.problems.append(str(exc))
@@ -328,9 +329,9 @@ class SlotCheck:
         if not cpus <= node_cpus:
             self.problems.append('cpulist: the record says %s, but CPUs %s are not on NUMA node %d (CPUs %s)'
                                  % (show(record['cpulist']), format_cpulist(cpus - node_cpus), numa, nodes.get(str(numa))))
-        if split:
-            self.problems.append('cpulist: %s holds part of core %s only: a slot owns whole cores'
-                                 % (show(record['cpulist']), ' and '.join(format_cpulist(core) for core in split)))
+        if left_out:
+            self.problems.append('cpulist: %s leaves out CPUs %s, sibling threads of its own: a slot owns whole cores'
+                                 % (show(record['cpulist']), format_cpulist(left_out)))
         if cpus & host:
             self.problems.append('host_cpulist: %s shares CPUs %s with the slot\'s cpulist %s'
                                  % (show(record['host_cpulist']), format_cpulist(cpus & host), record['cpulist']))

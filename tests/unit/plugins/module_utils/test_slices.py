@@ -141,7 +141,7 @@ def test_threads_that_disagree_on_their_siblings_refuse_the_node(tmp_path):
                                'so its cores cannot be known']
     b.thread_siblings(4, '0')          # a list without the CPU itself
     assert discover((sys_root, proc_root))['slots'][0]['reasons'] == [
-        "NUMA node 0: %s names '0', which does not hold CPU 4 itself"
+        "NUMA node 0: %s names 0, which does not hold CPU 4 itself"
         % os.path.join(sys_root, 'devices/system/cpu/cpu4/topology/thread_siblings_list')]
 
 

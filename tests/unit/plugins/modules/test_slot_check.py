@@ -211,14 +211,15 @@ def test_a_record_approved_before_slots_had_shares_is_refused_saying_what_to_do(
 
 
 @pytest.mark.parametrize('changes, fragment', [
-    ({'cpulist': '1-8,17-23', 'vcpus': 15}, "cpulist: '1-8,17-23' holds part of core 8,24 only: a slot owns whole cores"),
+    ({'cpulist': '1-8,17-23', 'vcpus': 15}, "cpulist: '1-8,17-23' leaves out CPUs 24, sibling threads of its own: "
+                                            'a slot owns whole cores'),
     ({'host_cpulist': '0-1,16'}, "host_cpulist: '0-1,16' shares CPUs 1 with the slot's cpulist 1-8,17-24"),
     ({'vcpus': 20}, 'vcpus: the record says 20, but its cpulist 1-8,17-24 holds 16 CPUs'),
     ({'memory_mib': 2 ** 20}, 'memory_mib: the record says 1048576, but NUMA node 0 has 128546 MiB in all'),
     ({'vcpus': float('nan')}, 'vcpus must be a whole number from 1 to 8192, not nan'),
     ({'memory_mib': 2 ** 64}, 'memory_mib must be a whole number from 1024 to 1099511627776, not 18446744073709551616'),
     ({'cpulist': '1-8\n'}, "cpulist '1-8\\n' is not a valid CPU list"),
-    ({'cpulist': '1-8', 'vcpus': 8}, "cpulist: '1-8' holds part of core 1,17 and 2,18 and 3,19"),
+    ({'cpulist': '1-8', 'vcpus': 8}, "cpulist: '1-8' leaves out CPUs 17-24"),
 ])
 def test_a_share_that_is_not_the_hosts_is_refused(capsys, ws, changes, fragment):
     problems = refused(check(capsys, ws, slot=dict(ws['record'], **changes)), fragment)
