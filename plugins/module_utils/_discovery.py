@@ -289,9 +289,10 @@ class Discovery:
             members = [i for i, record in enumerate(records) if str(record['numa_node']) == node]
             try:
                 cpus = parse_cpulist(cpulist, '%s cpulist' % what) if cpulist.strip() else []
-                node_host, slices = split_cores(read_cores(self.sysfs, cpus, what), len(members),
-                                                self.reserved_cores, what)
-                host.extend(node_host)
+                cores = read_cores(self.sysfs, cpus, what)
+                # The host's cores first: they are its even where the node cannot serve its slots.
+                host.extend(split_cores(cores, 0, self.reserved_cores, what)[0])
+                slices = split_cores(cores, len(members), self.reserved_cores, what)[1]
                 memory = memory_share_mib(read_node_memory_mib(self.sysfs, node), self.reserved_memory_mib,
                                           len(members), what) if members else None
             except ContractError as exc:

@@ -89,11 +89,14 @@ def test_an_odd_split_gives_the_extra_cores_to_the_first_slots(tmp_path):
 def test_more_reserved_cores_than_the_node_has_refuses_its_slots_naming_the_numbers(tmp_path):
     tree = build(tmp_path, 4, 6, True)
     result = discover(tree, host_reserved_cores=3)
+    # The host keeps its cores all the same.
+    assert result['host_cpulist'] == '0-2,6-8,12-14,18-20'
     for slot in result['slots']:
         assert not slot['eligible'] and slot['cpulist'] is None and slot['vcpus'] is None
         assert slot['reasons'] == ['NUMA node %d has 6 cores; host_reserved_cores keeps 3 for the host, which '
                                    'leaves 3 for its 4 slots, and each slot needs at least one core of its own: '
                                    'lower host_reserved_cores or approve fewer slots' % slot['numa_node']]
+    assert discover(tree, host_reserved_cores=40)['host_cpulist'] == '0-23'
     assert discover(tree, host_reserved_cores=40)['slots'][0]['reasons'][0].startswith(
         'NUMA node 0 has 6 cores; host_reserved_cores keeps 40 for the host, which leaves 0 for its 4 slots')
     # Two reserved cores: the host keeps each node's first two.
