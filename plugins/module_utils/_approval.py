@@ -32,7 +32,10 @@ WIPE_POLICIES = ('nvme-format', 'blkdiscard', 'zero')
 BLOCK_WIPE_POLICIES = ('nvme-format', 'blkdiscard')
 
 REQUIRED_KEYS = ('slot_id', 'gpu_address', 'destructive_wipe_policy', 'capacity_metadata')
-OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note')
+# The slot's share of its NUMA node: an entry may carry it from discovery (allocating from the
+# map needs it, see slot_check), and then it must still be discovery's.
+SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
+OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note') + SHARE_KEYS
 CAPACITY_KEYS = ('storage_ownership', 'fabric_claim_mode', 'fabric_vf_pci_address')
 
 
@@ -207,6 +210,10 @@ def _check_entry(entry, slot, where):
         if entry.get(key) is not None and not NOTE.matches(entry[key]):
             problems.append('%s: %s %s must be text of at most 255 characters on one line'
                             % (where, key, show(entry[key])))
+    for key in SHARE_KEYS:
+        if key in entry and entry[key] != slot.get(key):
+            problems.append('%s: %s is %s but discovery gives the slot %s (its share of the NUMA node changed: '
+                            'discover again and re-approve)' % (where, key, show(entry[key]), show(slot.get(key))))
     if 'capacity_metadata' in entry:
         problems.extend(_check_capacity(entry, slot, where))
     if entry.get('fingerprint') is not None and not isinstance(entry['fingerprint'], dict):

@@ -12,6 +12,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
+
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_ETHERNET,
@@ -25,10 +27,27 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     same_device,
     vf_address,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ContractError, NODE_ID, Slot, show
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    ContractError,
+    MAX_CPU,
+    NODE_ID,
+    Slot,
+    check_int,
+    format_cpulist,
+    memory_share_mib,
+    parse_cpulist,
+    show,
+    split_cores,
+)
 
 DEFAULT_GPU_VENDORS = ('10de', '1002', '8086')
 DEFAULT_FABRIC_CLASSES = ('%04x' % CLASS_INFINIBAND, '%04x' % CLASS_ETHERNET)
+DEFAULT_HOST_RESERVED_CORES = 1
+DEFAULT_HOST_RESERVED_MEMORY_MIB = 16384
+# What host_reserved_memory_mib may be: up to 64 TiB per node.
+MAX_RESERVED_MEMORY_MIB = 64 * 1024 * 1024
+# One line of devices/system/node/nodeN/meminfo as drivers/base/node.c writes it.
+MEMTOTAL_RE = re.compile(r'Node ([0-9]+) MemTotal: +([0-9]{1,18}) kB')
 
 IOMMU_OFF_REASON = (
     'the IOMMU is off (no groups under /sys/kernel/iommu_groups): enable VT-d (Intel) '
@@ -68,6 +87,46 @@ def read_numa_nodes(sysfs):
         if online is not None:
             nodes['0'] = online
     return dict(sorted(nodes.items(), key=lambda item: int(item[0])))
+
+
+def read_siblings(sysfs, cpu):
+    """CPU ``cpu``'s core, as ``devices/system/cpu/cpuN/topology/thread_siblings_list`` says; [cpu] without it."""
+    rel = 'devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu
+    text = sysfs.read(rel)
+    return parse_cpulist(text, sysfs.path(rel)) if text is not None else [cpu]
+
+
+def read_cores(sysfs, cpus, what):
+    """The cores of a NUMA node's ``cpus`` in order, each the sorted list of its sibling threads.
+
+    From ``devices/system/cpu/cpuN/topology/thread_siblings_list``; a CPU without that file is a
+    core of its own. ContractError when the threads do not agree on their siblings.
+    """
+    node = set(cpus)
+    core_of = {}
+    for cpu in cpus:
+        siblings = read_siblings(sysfs, cpu)
+        core_of[cpu] = tuple(sibling for sibling in siblings if sibling in node)
+        if cpu not in core_of[cpu]:
+            raise ContractError('%s: %s names %s, which does not hold CPU %d itself' % (
+                what, sysfs.path('devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu),
+                format_cpulist(siblings), cpu))
+    for cpu, core in core_of.items():
+        if any(core_of[sibling] != core for sibling in core):
+            raise ContractError('%s: the thread_siblings_list files of CPUs %s disagree, so its cores cannot '
+                                'be known' % (what, format_cpulist(core)))
+    return [list(core) for core in sorted(set(core_of.values()))]
+
+
+def read_node_memory_mib(sysfs, node):
+    """NUMA node ``node``'s MemTotal in MiB, from ``devices/system/node/nodeN/meminfo``; else ContractError."""
+    rel = 'devices/system/node/node%s/meminfo' % node
+    for line in (sysfs.read(rel) or '').splitlines():
+        match = MEMTOTAL_RE.fullmatch(line.strip())
+        if match and match.group(1) == str(node):
+            return int(match.group(2)) // 1024
+    raise ContractError('NUMA node %s: %s is missing or has no MemTotal line, so its memory cannot be shared '
+                        'among its slots' % (node, sysfs.path(rel)))
 
 
 def _link(device):
@@ -147,8 +206,12 @@ class Discovery:
 
     def __init__(self, node_id, sysfs_root='/sys', proc_root='/proc',
                  gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True,
-                 fabric_classes=DEFAULT_FABRIC_CLASSES):
+                 fabric_classes=DEFAULT_FABRIC_CLASSES, host_reserved_cores=DEFAULT_HOST_RESERVED_CORES,
+                 host_reserved_memory_mib=DEFAULT_HOST_RESERVED_MEMORY_MIB):
         self.node_id = NODE_ID.check(node_id, 'node_id')
+        self.reserved_cores = check_int(host_reserved_cores, 'host_reserved_cores', 1, MAX_CPU + 1)
+        self.reserved_memory_mib = check_int(host_reserved_memory_mib, 'host_reserved_memory_mib', 0,
+                                             MAX_RESERVED_MEMORY_MIB)
         self.sysfs = Sysfs(sysfs_root)
         self.gpu_vendors = [normalize_vendor(v) for v in gpu_vendors]
         self.fabric_classes = [normalize_class(c) for c in fabric_classes]
@@ -212,6 +275,33 @@ class Discovery:
             'reset_method': gpu.read('reset_method') or None,
         }
 
+    # -- each slot's share of its NUMA node ------------------------------------
+
+    def _shares(self, numa_nodes, records):
+        """The host's CPUs, and per slot index its share (cpulist, vcpus, memory_mib) or why it has none.
+
+        Every slot discovery proposes on a node counts, eligible or not, so a slot's share does
+        not move when another slot of the node becomes eligible.
+        """
+        host, shares = [], {}
+        for node, cpulist in numa_nodes.items():
+            what = 'NUMA node %s' % node
+            members = [i for i, record in enumerate(records) if str(record['numa_node']) == node]
+            try:
+                cpus = parse_cpulist(cpulist, '%s cpulist' % what) if cpulist.strip() else []
+                cores = read_cores(self.sysfs, cpus, what)
+                # The host's cores first: they are its even where the node cannot serve its slots.
+                host.extend(split_cores(cores, 0, self.reserved_cores, what)[0])
+                slices = split_cores(cores, len(members), self.reserved_cores, what)[1]
+                memory = memory_share_mib(read_node_memory_mib(self.sysfs, node), self.reserved_memory_mib,
+                                          len(members), what) if members else None
+            except ContractError as exc:
+                shares.update((index, str(exc)) for index in members)
+                continue
+            for index, cpus in zip(members, slices):
+                shares[index] = {'cpulist': format_cpulist(cpus), 'vcpus': len(cpus), 'memory_mib': memory}
+        return format_cpulist(host), shares
+
     # -- the proposal -------------------------------------------------------
 
     def run(self):
@@ -222,16 +312,20 @@ class Discovery:
         gpu_records = [self._gpu_record(g, groups, len(numa_nodes)) for g in gpus]
         nvme_of = _pair(gpus, nvmes)
         fabric_of = _pair(gpus, fabric_pfs)
+        host_cpulist, shares = self._shares(numa_nodes, gpu_records)
 
         slots = []
         for index, (gpu, record) in enumerate(zip(gpus, gpu_records)):
-            slots.append(self._slot(index, gpu, record, groups, iommu_enabled, numa_nodes,
-                                    nvme_of.get(gpu.address), fabric_of.get(gpu.address)))
+            slots.append(self._slot(index, gpu, record, groups, iommu_enabled, len(numa_nodes), shares.get(index),
+                                    host_cpulist, nvme_of.get(gpu.address), fabric_of.get(gpu.address)))
         return {
             'node_id': self.node_id,
             'approval_required': True,
             'iommu_enabled': iommu_enabled,
             'numa_nodes': numa_nodes,
+            'host_cpulist': host_cpulist,
+            'host_reserved_cores': self.reserved_cores,
+            'host_reserved_memory_mib': self.reserved_memory_mib,
             'require_nvme': self.require_nvme,
             'require_fabric': self.require_fabric,
             'gpus': gpu_records,
@@ -239,7 +333,7 @@ class Discovery:
             'slots': slots,
         }
 
-    def _slot(self, index, gpu, record, groups, iommu_enabled, numa_nodes, nvme, fabric_pf):
+    def _slot(self, index, gpu, record, groups, iommu_enabled, node_count, share, host_cpulist, nvme, fabric_pf):
         reasons = []
         if not iommu_enabled:
             reasons.append(IOMMU_OFF_REASON)
@@ -260,15 +354,14 @@ class Discovery:
                 reasons.append(group_intruder(record['iommu_group'], device or member))
 
         numa = record['numa_node']
-        cpulist = numa_nodes.get(str(numa)) if numa >= 0 else None
         if numa < 0:
             reasons.append('%s does not report its NUMA node on a host with %d nodes, so its '
-                           'vCPUs and memory cannot be pinned' % (gpu.address, len(numa_nodes)))
-        elif cpulist is None:
-            cpulist = gpu.read('local_cpulist')
-            if not cpulist:
-                reasons.append('NUMA node %d of %s has no cpulist under '
-                               'devices/system/node' % (numa, gpu.address))
+                           'vCPUs and memory cannot be pinned' % (gpu.address, node_count))
+        elif share is None:
+            reasons.append('NUMA node %d of %s has no cpulist under devices/system/node' % (numa, gpu.address))
+        elif not isinstance(share, dict):
+            reasons.append(share)
+        share = share if isinstance(share, dict) else {'cpulist': None, 'vcpus': None, 'memory_mib': None}
 
         if self.require_nvme and nvme is None:
             reasons.append('no free NVMe controller shares a PCIe switch or root complex '
@@ -306,7 +399,10 @@ class Discovery:
             'gpu_address': gpu.address,
             'companions': companions,
             'numa_node': numa,
-            'cpulist': cpulist,
+            'cpulist': share['cpulist'],
+            'vcpus': share['vcpus'],
+            'memory_mib': share['memory_mib'],
+            'host_cpulist': host_cpulist,
             'nvme_address': nvme.address if nvme is not None else None,
             'fabric_pf_address': fabric_pf.address if fabric_pf is not None else None,
             'fabric_vf_pci_address': vf,

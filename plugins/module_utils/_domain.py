@@ -29,7 +29,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     parse_bdf,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
-    IFNAME, LIMITS, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist, show)
+    CPULIST, IFNAME, LIMITS, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist, show)
 
 METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
 ET.register_namespace('gpuaas', METADATA_NS)
@@ -106,7 +106,7 @@ class DomainSpec:
                  machine='q35', numa_node=None, hugepages=False, hugepage_size_kib=None,
                  hostdevs=(), bridge='br-gpuaas', bridge_type='openvswitch', disk=None,
                  disk_format='raw', disk_is_block=False, seed=None, kernel=None, initrd=None,
-                 cmdline=None, console_log=None):
+                 cmdline=None, console_log=None, host_cpulist=None):
         slot = Slot.parse(slot_id)
         self.slot_id = slot.slot_id
         self.slot_index = slot.index
@@ -128,6 +128,15 @@ class DomainSpec:
             raise DomainError('vcpus %d is more than the %d CPUs of the slot cpulist %s: each vCPU '
                               'is pinned to a CPU of its own' % (vcpus, len(self.cpus), cpulist))
         self.vcpus = vcpus
+        # The emulator (and I/O) threads run on the host's CPUs where given, never on a vCPU's.
+        self.emulator_cpus = self.cpus
+        if host_cpulist is not None:
+            self.emulator_cpus = parse_cpulist(CPULIST.check(host_cpulist, 'host_cpulist'), 'host_cpulist')
+            shared = set(self.emulator_cpus) & set(self.cpus)
+            if shared:
+                raise DomainError('host_cpulist %s shares CPUs %s with the slot cpulist %s: the emulator threads '
+                                  "would run on the vCPUs' CPUs" % (show(host_cpulist), format_cpulist(shared),
+                                                                    format_cpulist(self.cpus)))
         if numa_node is not None and (isinstance(numa_node, bool) or not isinstance(numa_node, int)
                                       or not 0 <= numa_node < 1024):
             raise DomainError('numa_node must be a NUMA node number, not %r' % (numa_node,))
@@ -199,7 +208,7 @@ def build_xml(spec, uuid=None):
     cputune = _sub(root, 'cputune')
     for vcpu in range(spec.vcpus):
         _sub(cputune, 'vcpupin', vcpu=vcpu, cpuset=spec.cpus[vcpu])
-    _sub(cputune, 'emulatorpin', cpuset=format_cpulist(spec.cpus))
+    _sub(cputune, 'emulatorpin', cpuset=format_cpulist(spec.emulator_cpus))
     if spec.numa_node is not None:
         _sub(_sub(root, 'numatune'), 'memory', mode='strict', nodeset=spec.numa_node)
 

@@ -27,6 +27,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     console_use,
     fingerprint,
     group_intruder,
+    read_node_memory_mib,
+    read_siblings,
     read_numa_nodes,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
@@ -39,20 +41,35 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     vf_address,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    CPULIST,
     ContractError,
     GpuaasError,
+    LIMITS,
+    MAX_CPU,
     NODE_ID,
     Slot,
+    check_int,
+    format_cpulist,
+    parse_cpulist,
     show,
 )
 
 # What a slot record may hold: the control plane's record (its slot table row) and an entry
 # of the approved slot map (docs/approved-slot-map.md); anything else is a misspelt key.
 RECORD_KEYS = ('slot_id', 'node_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
-               'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'mac', 'ip',
+               'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'vcpus', 'memory_mib',
+               'host_cpulist', 'mac', 'ip',
                'destructive_wipe_policy', 'capacity_metadata', 'fingerprint', 'approved_by',
                'approved_at', 'note')
 FINGERPRINT_ROLES = ('gpu', 'companions', 'nvme', 'fabric_pf')
+# The slot's share of its NUMA node, as discovery computed it; a record approved before
+# slots had shares lacks them and is refused (its cpulist was the whole node, every slot's).
+SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
+LEGACY_RECORD = ('%s: the record has none, so it was approved before each slot had its own CPU slice and memory '
+                 'share (its cpulist would be the whole NUMA node, shared with every slot of the node): approve '
+                 'the slot again from a fresh slot_discovery (with a control plane, post the approved map again; '
+                 "without one, copy the slot's cpulist, vcpus, memory_mib and host_cpulist from discovery into "
+                 'its map entry)')
 
 
 class SlotCheckError(GpuaasError):
@@ -87,8 +104,12 @@ def _address(value, field, problems):
 class SlotCheck:
     """Check ``record`` for ``slot_id`` of node ``node_id`` against the sysfs at ``sysfs_root``."""
 
-    def __init__(self, node_id, slot_id, record, sysfs_root='/sys', proc_root='/proc'):
+    def __init__(self, node_id, slot_id, record, sysfs_root='/sys', proc_root='/proc', vcpus=None, memory_mib=None):
         self.node_id = NODE_ID.check(node_id, 'node_id')
+        # The allocation's shape, when given: it must fit the slot's share (the API's lower
+        # bounds are not the node's: a test guest runs in 256 MiB).
+        self.shape = dict((name, check_int(value, name, 1, LIMITS[name][1])) for name, value in
+                          (('vcpus', vcpus), ('memory_mib', memory_mib)) if value is not None)
         self.slot_id = slot_id
         self.record = record
         self.sysfs = Sysfs(sysfs_root)
@@ -114,19 +135,19 @@ class SlotCheck:
         self._fingerprint(record['fingerprint'], devices)
         group = self._iommu_group(devices)
         self._host_use(devices)
-        numa_node, cpulist = self._numa(record, devices['gpu'])
+        share = self._share(record, devices['gpu'])
         if problems:
             raise SlotCheckError(self.slot_id, problems)
         result = slot.layout()
         result.update({
             'gpu_address': devices['gpu'], 'companions': devices['companions'],
             'nvme_address': devices['nvme'], 'fabric_pf_address': devices['fabric_pf'],
-            'fabric_vf_pci_address': devices['fabric_vf'], 'numa_node': numa_node, 'cpulist': cpulist,
-            'iommu_group': group, 'destructive_wipe_policy': record['destructive_wipe_policy'],
+            'fabric_vf_pci_address': devices['fabric_vf'], 'iommu_group': group, 'destructive_wipe_policy': record['destructive_wipe_policy'],
             'fingerprint': record['fingerprint'],
             # What goes to the VM: the GPU (its group's other functions move with it), the NVMe, the VF.
             'devices': [a for a in (devices['gpu'], devices['nvme'], devices['fabric_vf']) if a],
         })
+        result.update(share)
         return result
 
     # -- identity ------------------------------------------------------------------------------
@@ -275,22 +296,55 @@ class SlotCheck:
             if usage:
                 self.problems.append('nvme %s is host storage: %s' % (devices['nvme'], usage))
 
-    def _numa(self, record, gpu_address):
-        """The GPU's NUMA node and its CPUs, as discovery reads them; the record must agree."""
+    def _share(self, record, gpu_address):
+        """The GPU's NUMA node and the slot's share of it, checked against the node; then the shape against the share."""
         nodes = read_numa_nodes(self.sysfs)
-        gpu = self.device(gpu_address)
-        numa = gpu.numa_node
+        numa = self.device(gpu_address).numa_node
         if (numa is None or numa < 0) and len(nodes) <= 1:
             numa = 0
         if numa is None or numa < 0:
             self.problems.append('numa_node: gpu %s does not report its NUMA node on a host with %d nodes'
                                  % (gpu_address, len(nodes)))
-            return None, None
-        cpulist = nodes.get(str(numa)) or gpu.read('local_cpulist')
+            return {}
         if 'numa_node' in record and record['numa_node'] != numa:
             self.problems.append('numa_node: the record says %s, but gpu %s is on node %d'
                                  % (show(record['numa_node']), gpu_address, numa))
-        if record.get('cpulist') and record['cpulist'] != cpulist:
-            self.problems.append('cpulist: the record says %s, but NUMA node %d has CPUs %s'
-                                 % (show(record['cpulist']), numa, cpulist))
-        return numa, record.get('cpulist') or cpulist
+        missing = [key for key in SHARE_KEYS if record.get(key) is None]
+        if missing:
+            self.problems.append(LEGACY_RECORD % ', '.join(missing))
+            return {}
+        what = 'NUMA node %d' % numa
+        try:
+            node_cpus = set(parse_cpulist(nodes.get(str(numa)) or '', '%s cpulist' % what))
+            cpus = set(parse_cpulist(CPULIST.check(record['cpulist'], 'cpulist'), 'cpulist'))
+            host = set(parse_cpulist(CPULIST.check(record['host_cpulist'], 'host_cpulist'), 'host_cpulist'))
+            vcpus = check_int(record['vcpus'], 'vcpus', 1, MAX_CPU + 1)
+            memory = check_int(record['memory_mib'], 'memory_mib', 1024, 2 ** 40)
+            # Only the slice's own CPUs are read: a sibling thread outside it splits a core.
+            left_out = (set(sibling for cpu in cpus for sibling in read_siblings(self.sysfs, cpu)) & node_cpus) - cpus
+            total = read_node_memory_mib(self.sysfs, numa)
+        except ContractError as exc:
+            self.problems.append(str(exc))
+            return {}
+        if not cpus <= node_cpus:
+            self.problems.append('cpulist: the record says %s, but CPUs %s are not on NUMA node %d (CPUs %s)'
+                                 % (show(record['cpulist']), format_cpulist(cpus - node_cpus), numa, nodes.get(str(numa))))
+        if left_out:
+            self.problems.append('cpulist: %s leaves out CPUs %s, sibling threads of its own: a slot owns whole cores'
+                                 % (show(record['cpulist']), format_cpulist(left_out)))
+        if cpus & host:
+            self.problems.append('host_cpulist: %s shares CPUs %s with the slot\'s cpulist %s'
+                                 % (show(record['host_cpulist']), format_cpulist(cpus & host), record['cpulist']))
+        if vcpus != len(cpus):
+            self.problems.append('vcpus: the record says %d, but its cpulist %s holds %d CPUs' % (vcpus, record['cpulist'], len(cpus)))
+        if memory > total:
+            self.problems.append('memory_mib: the record says %d, but NUMA node %d has %d MiB in all' % (memory, numa, total))
+        share = {'numa_node': numa, 'cpulist': record['cpulist'], 'vcpus': vcpus, 'memory_mib': memory,
+                 'host_cpulist': record['host_cpulist']}
+        too_big = ['%s %d (the slot has %d)' % (name, value, share[name]) for name, value in sorted(self.shape.items())
+                   if value > share[name]]
+        if too_big:
+            self.problems.append("shape: the allocation's %s does not fit slot %s's share of NUMA node %d (%d vCPUs, "
+                                 'CPUs %s; %d MiB): ask for at most that, or another slot'
+                                 % (' and '.join(too_big), self.slot_id, numa, vcpus, record['cpulist'], memory))
+        return share

@@ -207,7 +207,7 @@ class SlotVm:
             hostdevs=hostdevs if p['passthrough'] else [], bridge=p['bridge'],
             bridge_type=p['bridge_type'], disk=disk, disk_format=p['disk_format'],
             disk_is_block=disk_is_block, seed=p['seed'], kernel=p['kernel'], initrd=p['initrd'],
-            cmdline=p['kernel_cmdline'], console_log=self.console_log())
+            cmdline=p['kernel_cmdline'], console_log=self.console_log(), host_cpulist=p['host_cpulist'])
 
     # -- checks before a start ----------------------------------------------
 

@@ -180,6 +180,39 @@ def format_cpulist(cpus):
     return ','.join(parts)
 
 
+def split_cores(cores, slots, reserved, what):
+    """Split one NUMA node's cores between the host and the node's ``slots`` slots.
+
+    ``cores`` are the node's cores in order, each the sorted list of its CPUs (its sibling
+    threads). The first ``reserved`` cores are the host's (the kernel's housekeeping lands on
+    the first). The rest are dealt out whole and in order: each slot gets a contiguous run of
+    cores, the runs equal to at most one core (the first slots get the extra ones).
+    Returns (the host's CPUs, [each slot's CPUs]), or ContractError when a slot would get none.
+    """
+    free = len(cores) - reserved
+    if slots and free < slots:
+        raise ContractError('%s has %d cores; host_reserved_cores keeps %d for the host, which leaves %d for '
+                            'its %d slots, and each slot needs at least one core of its own: lower '
+                            'host_reserved_cores or approve fewer slots' % (what, len(cores), reserved, max(free, 0), slots))
+    host = [cpu for core in cores[:reserved] for cpu in core]
+    slices, start = [], reserved
+    for number in range(slots):
+        end = start + free // slots + (1 if number < free % slots else 0)
+        slices.append(sorted(cpu for core in cores[start:end] for cpu in core))
+        start = end
+    return sorted(host), slices
+
+
+def memory_share_mib(total_mib, reserved_mib, slots, what):
+    """Each of ``slots`` slots' memory on a node: (MemTotal - reserved) / slots, in whole GiB."""
+    share = (total_mib - reserved_mib) // slots // 1024 * 1024
+    if share < 1024:
+        raise ContractError('%s has %d MiB of memory; host_reserved_memory_mib keeps %d for the host, which '
+                            'leaves less than 1 GiB for each of its %d slots: lower host_reserved_memory_mib'
+                            % (what, total_mib, reserved_mib, slots))
+    return share
+
+
 # -- SSH keys -----------------------------------------------------------------
 
 SSH_KEY_TYPES = ('ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',

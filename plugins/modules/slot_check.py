@@ -23,8 +23,15 @@ description:
     ids, serial or PCIe path differ from the fingerprint; a fabric VF that is not the PF's first
     VF; an IOMMU group of the GPU that holds another device than the GPU and its companions
     (bridges aside), or no IOMMU at all; a GPU that is the host console or drives a framebuffer,
-    an NVMe the host mounts, swaps on or stacks device-mapper/md on; a NUMA node or cpulist that is
-    not the GPU's; an unknown wipe policy, or a block wipe policy without an NVMe drive."
+    an NVMe the host mounts, swaps on or stacks device-mapper/md on; a NUMA node that is not the
+    GPU's; an unknown wipe policy, or a block wipe policy without an NVMe drive."
+  - "The slot's share (C(cpulist), C(vcpus), C(memory_mib), C(host_cpulist), see
+    M(gpuaas.slice.slot_discovery)) is checked too: a cpulist off the GPU's NUMA node or splitting a
+    core, a host_cpulist that overlaps it, a vcpus that is not its CPU count, a memory_mib above
+    the node's MemTotal. A record without them was approved before slots had their own share (its
+    cpulist was the whole node, shared by every slot of the node) and is refused: approve it again."
+  - With O(vcpus) and O(memory_mib), the allocation's shape must fit the slot's share; one that does
+    not is refused, naming both numbers, before the allocation takes the slot's lease.
   - Returns the complete checked record (RV(slot)), which the allocation goes on with.
   - Changes nothing on the host.
 author:
@@ -46,8 +53,8 @@ options:
     description:
       - The slot's approved record as the control plane stores it (C(gpuaas_slot), sent by its
         worker) - C(slot_index), C(gpu_address), C(companions), C(nvme_address),
-        C(fabric_pf_address), C(fabric_vf_pci_address), C(numa_node), C(cpulist), C(mac), C(ip),
-        C(destructive_wipe_policy) and C(fingerprint).
+        C(fabric_pf_address), C(fabric_vf_pci_address), C(numa_node), C(cpulist), C(vcpus),
+        C(memory_mib), C(host_cpulist), C(mac), C(ip), C(destructive_wipe_policy) and C(fingerprint).
       - Without it, the slot's entry of O(approved_slots) is checked.
     type: dict
   approved_slots:
@@ -55,6 +62,12 @@ options:
     type: list
     elements: dict
     default: []
+  vcpus:
+    description: The allocation's vCPUs (1 to 256); at most the slot's RV(slot.vcpus).
+    type: int
+  memory_mib:
+    description: The allocation's memory in MiB (1 to 4194304); at most the slot's RV(slot.memory_mib).
+    type: int
 seealso:
   - module: gpuaas.slice.slot_approval
   - module: gpuaas.slice.slot_discovery
@@ -67,6 +80,8 @@ EXAMPLES = r'''
     slot_id: "{{ gpuaas_slot_id }}"
     slot: "{{ gpuaas_slot | default(omit) }}"
     approved_slots: "{{ gpuaas_approved_slots | default([]) }}"
+    vcpus: 16
+    memory_mib: 131072
   register: checked
 '''
 
@@ -87,7 +102,10 @@ slot:
     fabric_pf_address: "0000:1a:00.0"
     fabric_vf_pci_address: "0000:1a:00.1"
     numa_node: 0
-    cpulist: 0-31
+    cpulist: "1-14,113-126"
+    vcpus: 28
+    memory_mib: 252928
+    host_cpulist: "0,56,112,168"
     iommu_group: "21"
     destructive_wipe_policy: nvme-format
     fingerprint: {gpu: {address: "0000:18:00.0", vendor_id: 10de}}
@@ -123,7 +141,7 @@ def check(module):
     params = module.params
     record = pick_record(params['slot_id'], params['node_id'], params['slot'], params['approved_slots'])
     slot = SlotCheck(params['node_id'], params['slot_id'], record, check_path(params['sysfs_root'], 'sysfs_root'),
-                     check_path(params['proc_root'], 'proc_root')).run()
+                     check_path(params['proc_root'], 'proc_root'), params['vcpus'], params['memory_mib']).run()
     return dict(changed=False, slot=slot, started_at=started, seconds=round(time.monotonic() - clock, 4))
 
 
@@ -133,6 +151,8 @@ def main():
         slot_id=dict(type='str', required=True),
         slot=dict(type='dict'),
         approved_slots=dict(type='list', elements='dict', default=[]),
+        vcpus=dict(type='int'),
+        memory_mib=dict(type='int'),
     )), check)
 
 

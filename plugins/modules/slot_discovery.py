@@ -25,6 +25,18 @@ description:
     and is never offered.
   - The slot's fabric VF address is computed from the PF's C(sriov_offset) and C(sriov_stride),
     so it is known before the VFs exist.
+  - "Each slot owns a slice of its NUMA node: the host keeps the node's first O(host_reserved_cores)
+    cores (RV(host_cpulist), where the kernel's housekeeping and the VMs' emulator threads run); the
+    node's other cores are dealt out in order among all the slots discovery proposes on the node
+    (eligible or not, so a slice never moves when another slot becomes eligible), whole cores
+    (sibling threads from C(devices/system/cpu/cpuN/topology/thread_siblings_list) stay together;
+    without that file each CPU is a core), contiguous, never overlapping, equal to at most one
+    core (the first slots get the extra ones). A node that cannot give each of its slots a core
+    makes them ineligible, with the numbers."
+  - "Each slot's memory share is its node's C(MemTotal) (from C(devices/system/node/nodeN/meminfo))
+    minus O(host_reserved_memory_mib), divided among the node's slots and rounded down to whole GiB.
+    A node whose meminfo cannot be read, or that leaves less than 1 GiB a slot, makes its slots
+    ineligible (fail closed)."
   - Discovery only proposes; RV(approval_required) is always V(true). Feed the result to
     M(gpuaas.slice.slot_approval) with the operator's approved slot map.
   - A slot that must not be approved has RV(slots[].eligible=false) and plain-English
@@ -67,6 +79,16 @@ options:
     type: list
     elements: str
     default: ['0207', '0200']
+  host_reserved_cores:
+    description:
+      - Cores (with their sibling threads) each NUMA node keeps for the host, from its first; 1 to 8192.
+    type: int
+    default: 1
+  host_reserved_memory_mib:
+    description:
+      - MiB of each NUMA node's memory kept for the host before the rest is shared among its slots.
+    type: int
+    default: 16384
 seealso:
   - module: gpuaas.slice.slot_approval
 notes:
@@ -111,6 +133,21 @@ numa_nodes:
   returned: always
   type: dict
   sample: {"0": "0-55,112-167", "1": "56-111,168-223"}
+host_cpulist:
+  description: The host's CPUs, O(host_reserved_cores) cores of each NUMA node; slot VMs' emulator threads run here.
+  returned: always
+  type: str
+  sample: "0,56,112,168"
+host_reserved_cores:
+  description: The O(host_reserved_cores) the slices were cut by.
+  returned: always
+  type: int
+  sample: 1
+host_reserved_memory_mib:
+  description: The O(host_reserved_memory_mib) the memory shares were computed with.
+  returned: always
+  type: int
+  sample: 16384
 require_nvme:
   description: The O(require_nvme) the slots were judged by.
   returned: always
@@ -171,7 +208,16 @@ slots:
       description: The GPU's NUMA node (the kernel's -1 is 0 on a single-node host).
       type: int
     cpulist:
-      description: CPUs of that NUMA node, or null when unknown.
+      description: The slot's own CPUs (its slice of the NUMA node, whole cores), or null when it has none.
+      type: str
+    vcpus:
+      description: How many CPUs the slice holds, the most vCPUs an allocation of the slot may have; or null.
+      type: int
+    memory_mib:
+      description: The slot's memory share in MiB (whole GiB), the most an allocation of the slot may have; or null.
+      type: int
+    host_cpulist:
+      description: RV(host_cpulist), where the slot VM's emulator threads are pinned.
       type: str
     nvme_address:
       description: The slot's NVMe controller, or null.
@@ -209,7 +255,10 @@ slots:
       gpu_address: "0000:18:00.0"
       companions: []
       numa_node: 0
-      cpulist: "0-55,112-167"
+      cpulist: "1-14,113-126"
+      vcpus: 28
+      memory_mib: 252928
+      host_cpulist: "0,56,112,168"
       nvme_address: "0000:1c:00.0"
       fabric_pf_address: "0000:1a:00.0"
       fabric_vf_pci_address: "0000:1a:00.1"
@@ -226,6 +275,8 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_s
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     DEFAULT_FABRIC_CLASSES,
     DEFAULT_GPU_VENDORS,
+    DEFAULT_HOST_RESERVED_CORES,
+    DEFAULT_HOST_RESERVED_MEMORY_MIB,
     Discovery,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
@@ -237,6 +288,8 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     require_nvme=dict(type='bool', default=True),
     require_fabric=dict(type='bool', default=True),
     fabric_classes=dict(type='list', elements='str', default=list(DEFAULT_FABRIC_CLASSES)),
+    host_reserved_cores=dict(type='int', default=DEFAULT_HOST_RESERVED_CORES),
+    host_reserved_memory_mib=dict(type='int', default=DEFAULT_HOST_RESERVED_MEMORY_MIB),
 ))
 
 
@@ -245,7 +298,8 @@ def engine(module):
     discovery = Discovery(
         node_id=p['node_id'], sysfs_root=check_dir(p['sysfs_root'], 'sysfs_root'),
         proc_root=check_dir(p['proc_root'], 'proc_root'), gpu_vendors=p['gpu_vendors'],
-        require_nvme=p['require_nvme'], require_fabric=p['require_fabric'], fabric_classes=p['fabric_classes'])
+        require_nvme=p['require_nvme'], require_fabric=p['require_fabric'], fabric_classes=p['fabric_classes'],
+        host_reserved_cores=p['host_reserved_cores'], host_reserved_memory_mib=p['host_reserved_memory_mib'])
     result = discovery.run()
     for warning in discovery.warnings:
         module.warn(warning)

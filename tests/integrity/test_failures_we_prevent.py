@@ -495,6 +495,7 @@ def test_proxmox_mappings_a_slot_whose_hardware_changed_is_not_allocatable_until
     slot = found['slots'][0]
     entry = {'slot_id': 'ws-s0', 'gpu_address': slot['gpu_address'], 'destructive_wipe_policy': 'nvme-format',
              'capacity_metadata': slot['capacity_metadata'], 'fingerprint': slot['fingerprint']}
+    entry.update((key, slot[key]) for key in ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist'))
     assert run_module(slot_approval, {'discovery': found, 'approved_slots': [entry]}, capsys=capsys)['slots']
     # The failure: another board (another subsystem id) now sits at the approved address.
     with open(os.path.join(sys_root, 'bus/pci/devices', slot['gpu_address'], 'subsystem_device'), 'w') as handle:
@@ -589,7 +590,8 @@ def test_nova_placement_a_second_allocation_cannot_take_a_leased_slot(tmp_path, 
     before = open(node.lease_file(slot['slot_id']), 'rb').read()
     approved = [{'slot_id': slot['slot_id'], 'gpu_address': slot['gpu_address'],
                  'destructive_wipe_policy': 'zero', 'capacity_metadata': slot['capacity_metadata'],
-                 'fingerprint': slot['fingerprint']}]
+                 'fingerprint': slot['fingerprint'], 'cpulist': slot['cpulist'], 'vcpus': slot['vcpus'],
+                 'memory_mib': slot['memory_mib'], 'host_cpulist': slot['host_cpulist']}]
     allocation = {'id': 'alloc-2', 'tenant': 't2', 'image': '/nonexistent.qcow2', 'image_checksum': 'sha256:' + '0' * 64,
                   'ssh_keys': ['ssh-ed25519 AAAA t2'], 'vcpus': 1, 'memory_mib': 256}
     # The failure: a second plan for the slot (a scheduler that raced, a retried job) goes ahead.

@@ -12,7 +12,8 @@ A tree built here has what the collection reads on a real host:
 * ``bus/pci/drivers/<name>/<BDF>`` and the device's ``driver`` link;
 * ``kernel/iommu_groups/<N>/devices/<BDF>`` and the device's ``iommu_group``
   link (only when the host's IOMMU is on);
-* ``devices/system/node/nodeN/cpulist`` and ``devices/system/cpu/online``;
+* ``devices/system/node/nodeN/cpulist`` and ``meminfo``, ``devices/system/cpu/online`` and
+  ``devices/system/cpu/cpuN/topology/thread_siblings_list``;
 * ``class/net``, ``class/infiniband``, ``class/nvme`` and ``class/block``
   links to the devices' own ``net/``, ``infiniband/``, ``nvme/`` directories;
 * optionally a ``proc`` directory beside it with ``mounts`` and ``swaps``.
@@ -32,6 +33,14 @@ def _write(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as handle:
         handle.write(value)
+
+
+def _cpus(cpulist):
+    cpus = set()
+    for part in cpulist.split(','):
+        low, _sep, high = part.partition('-')
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
 
 
 def _symlink(target, link):
@@ -64,13 +73,40 @@ class SysfsBuilder:
 
     # -- host-wide ----------------------------------------------------------
 
-    def numa_nodes(self, nodes):
-        """``{node: cpulist}``; also writes cpu/online as the union."""
+    def numa_nodes(self, nodes, smt=None, mem_total_kib=263842536):
+        """``{node: cpulist}``; also writes cpu/online as the union, each node's ``meminfo``
+        (``mem_total_kib`` a number for every node, or ``{node: kB}``; None: no meminfo) and, unless
+        ``smt`` is None, each CPU's ``topology/thread_siblings_list``: CPU c and c + ``smt`` are the
+        two threads of one core where both exist (Intel's numbering), ``smt=0`` one thread a core.
+        """
+        online = set()
         for node, cpulist in nodes.items():
             _write(os.path.join(self.root, 'devices/system/node/node%d/cpulist' % int(node)),
                    cpulist + '\n')
+            online.update(_cpus(cpulist))
+            total = mem_total_kib.get(node) if isinstance(mem_total_kib, dict) else mem_total_kib
+            if total is not None:
+                self.node_meminfo(node, total)
         _write(os.path.join(self.root, 'devices/system/cpu/online'),
                ','.join(nodes.values()) + '\n')
+        if smt is not None:
+            for cpu in online:
+                core = sorted({cpu} | ({cpu + smt, cpu - smt} & online if smt else set()))
+                self.thread_siblings(cpu, ','.join(str(c) for c in core))
+
+    def thread_siblings(self, cpu, text):
+        _write(os.path.join(self.root, 'devices/system/cpu/cpu%d/topology/thread_siblings_list' % cpu),
+               text + '\n')
+
+    def node_meminfo(self, node, mem_total_kib, hugepages=0):
+        """``nodeN/meminfo`` in the kernel's format (drivers/base/node.c), the lines the collection reads and a few more."""
+        free = mem_total_kib * 9 // 10
+        lines = [('MemTotal', mem_total_kib), ('MemFree', free), ('MemUsed', mem_total_kib - free),
+                 ('Active', 0), ('Inactive', 0), ('FilePages', 0), ('AnonPages', 0), ('Shmem', 0)]
+        text = ''.join('Node %d %-15s %8d kB\n' % (int(node), name + ':', value) for name, value in lines)
+        text += ''.join('Node %d %s %5d\n' % (int(node), name, value) for name, value in
+                        (('HugePages_Total:', hugepages), ('HugePages_Free: ', hugepages), ('HugePages_Surp: ', 0)))
+        _write(os.path.join(self.root, 'devices/system/node/node%d/meminfo' % int(node)), text)
 
     def mounts(self, lines):
         _write(os.path.join(self.proc_root, 'mounts'), ''.join(line + '\n' for line in lines))

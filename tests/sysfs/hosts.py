@@ -10,14 +10,16 @@ it and returns ``(sysfs_root, proc_root)``.
   GPUs, two ConnectX-7 InfiniBand PFs (SR-IOV) and two NVMe drives; four
   NVSwitches (NVIDIA vendor, bridge class 0x0680: not GPUs); an ASPEED BMC VGA
   console; a SATA controller and a boot NVMe holding the root filesystem on LVM.
+  56 cores of two threads per socket (CPU c and c + 112 are one core), about 1 TiB a node.
 * ``workstation``: one NUMA node that the kernel reports as -1 everywhere; an
   Intel iGPU driving the console (boot_vga = 1); an RTX 4090 with its HDMI audio
   function; an RTX 3090 behind a chipset port without ACS, sharing its IOMMU
   group with the SATA controller; one free NVMe, a boot NVMe and one SR-IOV
-  Ethernet PF.
+  Ethernet PF. 16 cores of two threads (CPU c and c + 16), about 128 GiB.
 * ``h100_guest``: the real H100 passthrough guest captured in
   ``tests/fixtures/real/h100-passthrough-guest`` (no IOMMU, virtio devices).
-* ``segment1``: a host whose GPU, NVMe and fabric PF live on PCI segment 0001.
+* ``segment1``: a host whose GPU, NVMe and fabric PF live on PCI segment 0001; its
+  kernel shows no ``thread_siblings_list``, so each of its 8 CPUs is a core.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def build_hgx(base, vfs_per_pf=0, pfs_per_switch=2):
     """The two-socket 8-GPU server (see the module docstring)."""
     sys_root, proc_root = _dirs(base)
     b = SysfsBuilder(sys_root, proc_root=proc_root)
-    b.numa_nodes({0: '0-55,112-167', 1: '56-111,168-223'})
+    b.numa_nodes({0: '0-55,112-167', 1: '56-111,168-223'}, smt=112, mem_total_kib=1056348672)
 
     # Chipset root complex on socket 0: SATA, BMC console, boot NVMe.
     r0 = b.pci_root('0000:00', numa_node=0)
@@ -115,7 +117,7 @@ def build_workstation(base):
     """The single-socket workstation (see the module docstring)."""
     sys_root, proc_root = _dirs(base)
     b = SysfsBuilder(sys_root, proc_root=proc_root)
-    b.numa_nodes({0: '0-31'})
+    b.numa_nodes({0: '0-31'}, smt=16, mem_total_kib=131631104)
     r0 = b.pci_root('0000:00', numa_node=-1)
     b.device('0000:00:00.0', r0, 0x060000, '8086', 'a700', reset_method=None, link=None)
     b.device('0000:00:02.0', r0, 0x030000, '8086', 'a780', driver='i915', boot_vga=True,

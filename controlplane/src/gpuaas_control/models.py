@@ -152,6 +152,11 @@ class Slot(Base):
     gpu_model: Mapped[str] = mapped_column(String(16), nullable=False)
     numa_node: Mapped[int] = mapped_column(Integer, nullable=False)
     cpulist: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The slot's share of its NUMA node (discovery's): the largest shape it takes. NULL for a
+    # slot approved before shares existed, which no shape fits until approved again.
+    vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host_cpulist: Mapped[str | None] = mapped_column(String(255), nullable=True)
     companions: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     nvme_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
     fabric_pf_address: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -337,6 +337,9 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
             'gpu_model': _gpu_model(node.discovery, record['gpu_address']),
             'numa_node': max(int(record['numa_node']), 0),
             'cpulist': record.get('cpulist'),
+            'vcpus': record.get('vcpus'),
+            'memory_mib': record.get('memory_mib'),
+            'host_cpulist': record.get('host_cpulist'),
             'companions': list(record.get('companions') or []),
             'nvme_address': record.get('nvme_address'),
             'fabric_pf_address': record.get('fabric_pf_address'),
@@ -462,13 +465,9 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
     than a join, which PostgreSQL planned as a walk over every node before the first free
     slot. At 10,000 slots the statement takes about 0.1 ms on either database.
     """
-    drained = select(Node.__table__.c.id).where(not_(Node.__table__.c.schedulable))
-    query = select(_SLOTS.c.id).where(_SLOTS.c.state == SLOT_FREE, _SLOTS.c.approved,
-                                      _SLOTS.c.node_id.not_in(drained))
-    if gpu_model:
-        query = query.where(_SLOTS.c.gpu_model == bindparam('want_model'))
-    if node_id:
-        query = query.where(_SLOTS.c.node_id == bindparam('want_node'))
+    query = _candidates(select(_SLOTS.c.id), gpu_model, node_id).where(
+        # Only a slot whose share fits the shape (a slot approved before shares has none: NULL).
+        _SLOTS.c.vcpus >= bindparam('want_vcpus'), _SLOTS.c.memory_mib >= bindparam('want_memory'))
     order = [_SLOTS.c.node_id, _SLOTS.c.slot_index]
     if numa_node:
         order.insert(0, case((_SLOTS.c.numa_node == bindparam('want_numa'), 0), else_=1))
@@ -480,6 +479,17 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
             .returning(_SLOTS.c.id, _SLOTS.c.node_id, _SLOTS.c.gpu_model, _SLOTS.c.mac))
 
 
+def _candidates(query, gpu_model: bool, node_id: bool):
+    """``query`` narrowed to free, approved slots on schedulable nodes, and the request's model and node."""
+    drained = select(Node.__table__.c.id).where(not_(Node.__table__.c.schedulable))
+    query = query.where(_SLOTS.c.state == SLOT_FREE, _SLOTS.c.approved, _SLOTS.c.node_id.not_in(drained))
+    if gpu_model:
+        query = query.where(_SLOTS.c.gpu_model == bindparam('want_model'))
+    if node_id:
+        query = query.where(_SLOTS.c.node_id == bindparam('want_node'))
+    return query
+
+
 def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
     """Choose a free slot and take it in one statement; its row, or None when every
     candidate is taken (or, on PostgreSQL, held by a reservation still in flight)."""
@@ -488,14 +498,23 @@ def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
                                      request.numa_node is not None)
     # Parameter names are not column names: an UPDATE would take those as SET values.
     params = {'want_model': request.gpu_model, 'want_node': request.node_id,
-              'want_numa': request.numa_node, 'take_for': allocation_id, 'take_at': now}
+              'want_numa': request.numa_node, 'want_vcpus': request.vcpus, 'want_memory': request.memory_mib,
+              'take_for': allocation_id, 'take_at': now}
     return session.connection().execute(statement, params).first()
 
 
 def _explain_no_fit(session, request: AllocationRequest) -> str:
     wanted = ', '.join('%s=%s' % (k, v) for k, v in request.constraints().items() if v is not None)
-    return 'no free, approved slot on a schedulable node matches the request%s; try again later' % (
-        ' (%s)' % wanted if wanted else '')
+    wanted = ' (%s)' % wanted if wanted else ''
+    largest = session.connection().execute(
+        _candidates(select(_SLOTS.c.vcpus, _SLOTS.c.memory_mib), request.gpu_model is not None,
+                    request.node_id is not None).where(_SLOTS.c.vcpus.is_not(None), _SLOTS.c.memory_mib.is_not(None))
+        .order_by(_SLOTS.c.vcpus.desc(), _SLOTS.c.memory_mib.desc()).limit(1),
+        {'want_model': request.gpu_model, 'want_node': request.node_id}).first()
+    if largest is not None and (largest.vcpus < request.vcpus or largest.memory_mib < request.memory_mib):
+        return ('no free slot%s fits %d vCPUs and %d MiB: the largest shape a free slot takes is %d vCPUs '
+                'and %d MiB' % (wanted, request.vcpus, request.memory_mib, largest.vcpus, largest.memory_mib))
+    return 'no free, approved slot on a schedulable node matches the request%s; try again later' % wanted
 
 
 def _check_constraints(session, request: AllocationRequest):

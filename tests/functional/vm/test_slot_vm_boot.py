@@ -300,3 +300,19 @@ def test_hostdevs_on_segment_0001_are_accepted_by_libvirt(slot, network, guest, 
         removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
                                            lease_file=network.lease_file), capsys=capsys)
         assert removed['actions'] == ['undefine']
+
+
+def test_libvirt_takes_a_slices_pinning_and_the_emulator_on_the_hosts_cpus(slot, network, guest, capsys):
+    """Issue 17: vCPU i on CPU i of the slot's slice, the emulator threads on the host's CPUs."""
+    name = 'vmtest-s8'
+    args = vm_args(slot, network, guest, slot_id=name, state='present', cpulist='1', host_cpulist='0')
+    try:
+        made = run_module(slot_vm, args, capsys=capsys)
+        assert made['changed'] and made['actions'][-1] == 'define', made
+        assert "<vcpupin vcpu='0' cpuset='1'/>" in made['xml'] and "<emulatorpin cpuset='0'/>" in made['xml']
+        assert "<memory mode='strict' nodeset='0'/>" in made['xml']
+        assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
+    finally:
+        removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
+                                           lease_file=network.lease_file), capsys=capsys)
+        assert removed['actions'] == ['undefine']

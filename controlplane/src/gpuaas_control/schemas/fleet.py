@@ -31,6 +31,9 @@ class InventorySlot(InventorySlotState):
     gpu_address: str
     companions: list[Any]
     cpulist: str | None
+    vcpus: int | None = Field(None, description="The slot's CPU slice size: the most vCPUs a reservation of it may ask for.")
+    memory_mib: int | None = Field(None, description="The slot's memory share: the most MiB a reservation of it may ask for.")
+    host_cpulist: str | None = None
     nvme_address: str | None
     fabric_pf_address: str | None
     fabric_vf_pci_address: str | None

@@ -50,6 +50,10 @@ def test_workstation_full_result(host_tree):
         'approval_required': True,
         'iommu_enabled': True,
         'numa_nodes': {'0': '0-31'},
+        # Core 0 (CPUs 0 and 16) is the host's; 15 cores left for 2 slots: 8 and 7.
+        'host_cpulist': '0,16',
+        'host_reserved_cores': 1,
+        'host_reserved_memory_mib': 16384,
         'require_nvme': True,
         'require_fabric': True,
         'gpus': [
@@ -72,15 +76,17 @@ def test_workstation_full_result(host_tree):
         ],
         'slots': [
             {'slot_index': 0, 'slot_id': 'ws-s0', 'gpu_address': '0000:01:00.0',
-             'companions': ['0000:01:00.1'], 'numa_node': 0, 'cpulist': '0-31',
+             'companions': ['0000:01:00.1'], 'numa_node': 0, 'cpulist': '1-8,17-24', 'vcpus': 16,
+             # (131631104 kB // 1024 - 16384) // 2 slots = 56081 MiB, down to 54 GiB
+             'memory_mib': 55296, 'host_cpulist': '0,16',
              'nvme_address': '0000:02:00.0', 'fabric_pf_address': '0000:03:00.0',
              'fabric_vf_pci_address': '0000:03:00.2', 'mac': mac('ws', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
                                    'fabric_vf_pci_address': '0000:03:00.2'},
              'eligible': True, 'reasons': []},
             {'slot_index': 1, 'slot_id': 'ws-s1', 'gpu_address': '0000:05:00.0',
-             'companions': [], 'numa_node': 0, 'cpulist': '0-31',
-             'nvme_address': None, 'fabric_pf_address': None, 'fabric_vf_pci_address': None,
+             'companions': [], 'numa_node': 0, 'cpulist': '9-15,25-31', 'vcpus': 14,
+             'memory_mib': 55296, 'host_cpulist': '0,16', 'nvme_address': None, 'fabric_pf_address': None, 'fabric_vf_pci_address': None,
              'mac': mac('ws', 1), 'ip': '10.100.0.11',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
                                    'fabric_vf_pci_address': None},
@@ -124,6 +130,9 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
         'approval_required': True,
         'iommu_enabled': False,
         'numa_nodes': {'0': '0-15'},
+        'host_cpulist': '0',
+        'host_reserved_cores': 1,
+        'host_reserved_memory_mib': 16384,
         'require_nvme': True,
         'require_fabric': True,
         'gpus': [
@@ -135,7 +144,8 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
         'excluded': [],
         'slots': [
             {'slot_index': 0, 'slot_id': 'guest-s0', 'gpu_address': '0000:00:06.0',
-             'companions': [], 'numa_node': 0, 'cpulist': '0-15', 'nvme_address': None,
+             'companions': [], 'numa_node': 0, 'cpulist': '1-15', 'vcpus': 15,
+             'memory_mib': 240640, 'host_cpulist': '0', 'nvme_address': None,
              'fabric_pf_address': None, 'fabric_vf_pci_address': None,
              'mac': mac('guest', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
@@ -157,7 +167,9 @@ def test_segment_0001_devices_pair_and_get_their_vf_address(host_tree):
     assert [g['address'] for g in result['gpus']] == ['0001:01:00.0']
     assert result['slots'] == [{
         'slot_index': 0, 'slot_id': 'seg-s0', 'gpu_address': '0001:01:00.0', 'companions': [],
-        'numa_node': 0, 'cpulist': '0-7', 'nvme_address': '0001:02:00.0',
+        # No thread_siblings_list: each CPU is a core; CPU 0 is the host's.
+        'numa_node': 0, 'cpulist': '1-7', 'vcpus': 7, 'memory_mib': 240640, 'host_cpulist': '0',
+        'nvme_address': '0001:02:00.0',
         'fabric_pf_address': '0001:03:00.0',
         # sriov_offset 8, stride 1: routing id 03:00.0 + 8 = 03:01.0
         'fabric_vf_pci_address': '0001:03:01.0', 'mac': mac('seg', 0), 'ip': '10.100.0.10',
@@ -167,15 +179,16 @@ def test_segment_0001_devices_pair_and_get_their_vf_address(host_tree):
 
 
 HGX_SLOTS = [
-    # gpu, nvme, fabric PF, numa node: each GPU pairs behind its own PCIe switch, in order.
-    ('0000:18:00.0', '0000:1c:00.0', '0000:1a:00.0', 0),
-    ('0000:19:00.0', '0000:1d:00.0', '0000:1b:00.0', 0),
-    ('0000:3a:00.0', '0000:3e:00.0', '0000:3c:00.0', 0),
-    ('0000:3b:00.0', '0000:3f:00.0', '0000:3d:00.0', 0),
-    ('0000:9a:00.0', '0000:9e:00.0', '0000:9c:00.0', 1),
-    ('0000:9b:00.0', '0000:9f:00.0', '0000:9d:00.0', 1),
-    ('0000:ba:00.0', '0000:be:00.0', '0000:bc:00.0', 1),
-    ('0000:bb:00.0', '0000:bf:00.0', '0000:bd:00.0', 1),
+    # gpu, nvme, fabric PF, numa node: each GPU pairs behind its own PCIe switch, in order;
+    # its CPU slice: each node's core 0 is the host's, its 55 other cores go 14, 14, 14, 13.
+    ('0000:18:00.0', '0000:1c:00.0', '0000:1a:00.0', 0, '1-14,113-126'),
+    ('0000:19:00.0', '0000:1d:00.0', '0000:1b:00.0', 0, '15-28,127-140'),
+    ('0000:3a:00.0', '0000:3e:00.0', '0000:3c:00.0', 0, '29-42,141-154'),
+    ('0000:3b:00.0', '0000:3f:00.0', '0000:3d:00.0', 0, '43-55,155-167'),
+    ('0000:9a:00.0', '0000:9e:00.0', '0000:9c:00.0', 1, '57-70,169-182'),
+    ('0000:9b:00.0', '0000:9f:00.0', '0000:9d:00.0', 1, '71-84,183-196'),
+    ('0000:ba:00.0', '0000:be:00.0', '0000:bc:00.0', 1, '85-98,197-210'),
+    ('0000:bb:00.0', '0000:bf:00.0', '0000:bd:00.0', 1, '99-111,211-223'),
 ]
 
 
@@ -183,11 +196,13 @@ def test_hgx_pairs_each_gpu_with_the_nvme_and_pf_behind_its_switch(host_tree):
     result = without_fingerprints(discover(host_tree('hgx'), node='hgx'))
     cpus = {0: '0-55,112-167', 1: '56-111,168-223'}
     expected = []
-    for index, (gpu, nvme, pf, node) in enumerate(HGX_SLOTS):
+    for index, (gpu, nvme, pf, node, cpulist) in enumerate(HGX_SLOTS):
         vf = pf[:-1] + '1'
         expected.append({
             'slot_index': index, 'slot_id': 'hgx-s%d' % index, 'gpu_address': gpu,
-            'companions': [], 'numa_node': node, 'cpulist': cpus[node], 'nvme_address': nvme,
+            'companions': [], 'numa_node': node, 'cpulist': cpulist, 'vcpus': 28 if index % 4 < 3 else 26,
+            # (1056348672 kB // 1024 - 16384) // 4 slots = 253801 MiB, down to 247 GiB
+            'memory_mib': 252928, 'host_cpulist': '0,56,112,168', 'nvme_address': nvme,
             'fabric_pf_address': pf, 'fabric_vf_pci_address': vf, 'mac': mac('hgx', index),
             'ip': '10.100.0.%d' % (10 + index),
             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
@@ -195,6 +210,7 @@ def test_hgx_pairs_each_gpu_with_the_nvme_and_pf_behind_its_switch(host_tree):
             'eligible': True, 'reasons': []})
     assert result['slots'] == expected
     assert result['numa_nodes'] == {'0': cpus[0], '1': cpus[1]}
+    assert result['host_cpulist'] == '0,56,112,168'
     # NVSwitches (NVIDIA, bridge class) and the ASPEED BMC console are not GPUs; the boot
     # NVMe (root on LVM, EFI partition mounted) is host storage.
     assert [g['address'] for g in result['gpus']] == [s[0] for s in HGX_SLOTS]

@@ -109,6 +109,29 @@ def test_cpu_pinning_and_numatune():
     assert len(tree(spec()).findall('cputune/vcpupin')) == 8
 
 
+def test_a_slices_vcpus_pin_to_its_cpus_and_the_emulator_to_the_hosts():
+    # Slot 0 of the sample 8-GPU host: CPUs 1-14,113-126; the host keeps 0,56,112,168.
+    root = tree(spec(cpulist='1-14,113-126', vcpus=4, host_cpulist='0,56,112,168'))
+    pins = [(p.get('vcpu'), p.get('cpuset')) for p in root.findall('cputune/vcpupin')]
+    assert pins == [('0', '1'), ('1', '2'), ('2', '3'), ('3', '4')]
+    assert root.find('vcpu').get('cpuset') == '1-14,113-126'
+    assert root.find('cputune/emulatorpin').get('cpuset') == '0,56,112,168'
+    memory = root.find('numatune/memory')
+    assert (memory.get('mode'), memory.get('nodeset')) == ('strict', '1')
+    facts = _domain.domain_facts(ET.tostring(root, encoding='unicode'))
+    assert facts['emulatorpin'] == '0,56,112,168' and facts['vcpupin'][3] == [3, '4']
+
+
+@pytest.mark.parametrize('host_cpulist, message', [
+    ('0,8', "host_cpulist '0,8' shares CPUs 8 with the slot cpulist 8-11,120-123"),
+    ('0-3\n', 'not a valid CPU list'),
+    ('0;reboot', 'not a valid CPU list'),
+])
+def test_a_host_cpulist_on_the_vcpus_cpus_or_malformed_is_refused(host_cpulist, message):
+    with pytest.raises(ContractError, match=message):
+        spec(host_cpulist=host_cpulist)
+
+
 @pytest.mark.parametrize('cpulist,vcpus,message', [
     ('8-11', 5, 'more than the 4 CPUs'),
     ('0-3;reboot', None, 'not a valid CPU list'),

@@ -53,6 +53,19 @@ def test_a_recorded_fingerprint_that_still_matches_is_accepted(capsys, discovery
     assert approve(capsys, discovery, [entry(fingerprint=fingerprint)])['slots']
 
 
+def test_a_share_in_the_entry_must_still_be_discoverys(capsys, discovery):
+    share = dict((key, discovery['slots'][0][key]) for key in ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist'))
+    assert share == {'cpulist': '1-8,17-24', 'vcpus': 16, 'memory_mib': 55296, 'host_cpulist': '0,16'}
+    assert approve(capsys, discovery, [entry(**share)])['slots'][0]['cpulist'] == '1-8,17-24'
+    # Approved when the node's whole CPU list was every slot's: discovery now gives a slice.
+    refused = approve(capsys, discovery, [entry(**dict(share, cpulist='0-31', vcpus=32))])
+    assert refused['problems'] == [
+        "slot ws-s0: cpulist is '0-31' but discovery gives the slot '1-8,17-24' (its share of the NUMA node "
+        'changed: discover again and re-approve)',
+        "slot ws-s0: vcpus is 32 but discovery gives the slot 16 (its share of the NUMA node changed: discover "
+        'again and re-approve)']
+
+
 def meta(**overrides):
     value = {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
              'fabric_vf_pci_address': '0000:03:00.2'}

@@ -20,6 +20,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Dis
 from ansible_collections.gpuaas.slice.plugins.modules import slot_check
 from tests.unit.module_runner import run_module
 
+SHARE = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
 GPU, AUDIO, NVME, PF, VF = '0000:01:00.0', '0000:01:00.1', '0000:02:00.0', '0000:03:00.0', '0000:03:00.2'
 
 
@@ -30,6 +31,7 @@ def ws(host_tree):
     entry = {'slot_id': 'ws-s0', 'gpu_address': GPU, 'destructive_wipe_policy': 'nvme-format',
              'capacity_metadata': found['slots'][0]['capacity_metadata'],
              'fingerprint': found['slots'][0]['fingerprint']}
+    entry.update((key, found['slots'][0][key]) for key in SHARE)
     (record,) = validate(found, [entry])
     return {'sys': sys_root, 'proc': proc_root, 'entry': entry, 'record': record, 'found': found}
 
@@ -57,9 +59,10 @@ def test_the_reserved_record_passes_and_comes_back_complete(capsys, ws):
     assert result['changed'] is False and 'failed' not in result
     slot = result['slot']
     assert {k: slot[k] for k in ('slot_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
-                                 'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist')} == {
+                                 'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node') + SHARE} == {
         'slot_id': 'ws-s0', 'slot_index': 0, 'gpu_address': GPU, 'companions': [AUDIO], 'nvme_address': NVME,
-        'fabric_pf_address': PF, 'fabric_vf_pci_address': VF, 'numa_node': 0, 'cpulist': '0-31'}
+        'fabric_pf_address': PF, 'fabric_vf_pci_address': VF, 'numa_node': 0,
+        'cpulist': '1-8,17-24', 'vcpus': 16, 'memory_mib': 55296, 'host_cpulist': '0,16'}
     assert (slot['mac'], slot['ip']) == (ws['record']['mac'], ws['record']['ip'])
     assert slot['devices'] == [GPU, NVME, VF]
     assert slot['iommu_group'] == ws['found']['gpus'][0]['iommu_group']
@@ -164,12 +167,13 @@ def test_a_record_without_its_fingerprint_or_a_slot_not_approved_is_refused(caps
 
 
 def test_a_wrong_vf_numa_node_policy_or_unknown_key_is_refused(capsys, ws):
-    record = dict(ws['record'], fabric_vf_pci_address='0000:03:00.3', numa_node=1, cpulist='32-63',
+    record = dict(ws['record'], fabric_vf_pci_address='0000:03:00.3', numa_node=1, cpulist='32-63', vcpus=32,
                   destructive_wipe_policy='shred')
     problems = refused(check(capsys, ws, slot=record),
                        "fabric_vf_pci_address: the record says '0000:03:00.3', but the first VF of fabric PF %s is %s"
                        % (PF, VF), 'numa_node: the record says 1, but gpu %s is on node 0' % GPU,
-                       "cpulist: the record says '32-63'", "destructive_wipe_policy: 'shred' is not one of")
+                       "cpulist: the record says '32-63', but CPUs 32-63 are not on NUMA node 0 (CPUs 0-31)",
+                       "destructive_wipe_policy: 'shred' is not one of")
     assert len(problems) == 4
     # A misspelt key is never ignored; it stops the check before the host is read.
     problems = refused(check(capsys, ws, slot=dict(ws['record'], gpu_modle='x')), 'unknown keys gpu_modle')
@@ -188,10 +192,59 @@ def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name)
         result = run_module(slot_check, dict(node_id=name, slot_id=record['slot_id'], slot=record,
                                              sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
         assert 'failed' not in result, result
-        for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist'):
+        for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_pci_address', 'numa_node') + SHARE:
             assert result['slot'][key] == record[key]
 
 
 def test_a_root_with_a_dotdot_component_is_refused(capsys, ws):
     result = check(capsys, dict(ws, sys=ws['sys'] + '/../sys'), slot=ws['record'])
     assert result['failed'] and "sysfs_root" in result['msg'] and "contains a '..' component" in result['msg']
+
+
+def test_a_record_approved_before_slots_had_shares_is_refused_saying_what_to_do(capsys, ws):
+    legacy = dict((k, v) for k, v in ws['record'].items() if k not in SHARE)
+    problems = refused(check(capsys, ws, slot=dict(legacy, cpulist='0-31')),
+                       'vcpus, memory_mib, host_cpulist: the record has none, so it was approved before each slot '
+                       'had its own CPU slice and memory share', 'approve the slot again from a fresh slot_discovery')
+    assert len(problems) == 1
+    refused(check(capsys, ws, slot=legacy), 'cpulist, vcpus, memory_mib, host_cpulist: the record has none')
+
+
+@pytest.mark.parametrize('changes, fragment', [
+    ({'cpulist': '1-8,17-23', 'vcpus': 15}, "cpulist: '1-8,17-23' leaves out CPUs 24, sibling threads of its own: "
+                                            'a slot owns whole cores'),
+    ({'host_cpulist': '0-1,16'}, "host_cpulist: '0-1,16' shares CPUs 1 with the slot's cpulist 1-8,17-24"),
+    ({'vcpus': 20}, 'vcpus: the record says 20, but its cpulist 1-8,17-24 holds 16 CPUs'),
+    ({'memory_mib': 2 ** 20}, 'memory_mib: the record says 1048576, but NUMA node 0 has 128546 MiB in all'),
+    ({'vcpus': float('nan')}, 'vcpus must be a whole number from 1 to 8192, not nan'),
+    ({'memory_mib': 2 ** 64}, 'memory_mib must be a whole number from 1024 to 1099511627776, not 18446744073709551616'),
+    ({'cpulist': '1-8\n'}, "cpulist '1-8\\n' is not a valid CPU list"),
+    ({'cpulist': '1-8', 'vcpus': 8}, "cpulist: '1-8' leaves out CPUs 17-24"),
+])
+def test_a_share_that_is_not_the_hosts_is_refused(capsys, ws, changes, fragment):
+    problems = refused(check(capsys, ws, slot=dict(ws['record'], **changes)), fragment)
+    assert len(problems) == 1, problems
+
+
+@pytest.mark.parametrize('vcpus, memory_mib, fragment', [
+    (17, 1024, "the allocation's vcpus 17 (the slot has 16) does not fit slot ws-s0's share of NUMA node 0 "
+               '(16 vCPUs, CPUs 1-8,17-24; 55296 MiB)'),
+    (16, 55297, "the allocation's memory_mib 55297 (the slot has 55296) does not fit"),
+    (256, 4 * 2 ** 20, "the allocation's memory_mib 4194304 (the slot has 55296) and vcpus 256 (the slot has 16) does not fit"),
+])
+def test_a_shape_that_does_not_fit_the_share_is_refused_naming_both_numbers(capsys, ws, vcpus, memory_mib, fragment):
+    problems = refused(check(capsys, ws, slot=ws['record'], vcpus=vcpus, memory_mib=memory_mib), fragment)
+    assert len(problems) == 1
+    fits = check(capsys, ws, slot=ws['record'], vcpus=16, memory_mib=55296)
+    assert 'failed' not in fits and fits['slot']['vcpus'] == 16
+
+
+@pytest.mark.parametrize('shape, fragment', [
+    ({'vcpus': 0}, 'vcpus must be a whole number from 1 to 256, not 0'),
+    ({'vcpus': 2 ** 64}, 'vcpus must be a whole number from 1 to 256'),
+    ({'memory_mib': -1}, 'memory_mib must be a whole number from 1 to 4194304, not -1'),
+    ({'memory_mib': 'nan'}, 'memory_mib'),
+])
+def test_a_hostile_shape_is_refused(capsys, ws, shape, fragment):
+    result = check(capsys, ws, slot=ws['record'], **shape)
+    assert result['failed'] and fragment in result['msg'], result['msg']

@@ -58,3 +58,30 @@ def test_missing_attributes_become_warnings(capsys, host_tree):
                                          'proc_root': proc_root}, capsys=capsys)
     assert '0000:04:00.0 has no readable class attribute; skipped' in [
         w['event']['msg'] for w in result['warnings']]
+
+
+@pytest.mark.parametrize('option, value, fragment', [
+    ('host_reserved_cores', 'nan', "host_reserved_cores"),
+    # (float('inf') is not here: ansible-core's own int conversion raises OverflowError on it
+    # before the module runs; Discovery refuses it, tests/unit/.../test_slices.py.)
+    ('host_reserved_cores', 1.5, 'host_reserved_cores'),
+    ('host_reserved_cores', 2 ** 64, 'host_reserved_cores must be a whole number from 1 to 8192, not 18446744073709551616'),
+    ('host_reserved_cores', -1, 'host_reserved_cores must be a whole number from 1 to 8192, not -1'),
+    ('host_reserved_memory_mib', -16384, 'host_reserved_memory_mib must be a whole number from 0 to 67108864'),
+    ('host_reserved_memory_mib', 2 ** 64, 'host_reserved_memory_mib must be a whole number from 0 to 67108864'),
+])
+def test_hostile_reservations_are_refused_naming_the_option(capsys, host_tree, option, value, fragment):
+    sys_root, proc_root = host_tree('workstation')
+    result = run_module(slot_discovery, {'node_id': 'n', 'sysfs_root': sys_root, 'proc_root': proc_root,
+                                         option: value}, capsys=capsys)
+    assert result['failed'] is True and fragment in result['msg'], result['msg']
+
+
+def test_the_reservations_shape_the_slices(capsys, host_tree):
+    sys_root, proc_root = host_tree('hgx')
+    result = run_module(slot_discovery, {'node_id': 'n', 'sysfs_root': sys_root, 'proc_root': proc_root,
+                                         'host_reserved_cores': 4, 'host_reserved_memory_mib': 65536}, capsys=capsys)
+    # 52 cores a node for 4 slots: 13 each; (1031590 - 65536) // 4 = 241513 MiB, down to 235 GiB.
+    assert result['host_cpulist'] == '0-3,56-59,112-115,168-171'
+    assert [(s['cpulist'], s['vcpus'], s['memory_mib']) for s in result['slots'][:2]] == [
+        ('4-16,116-128', 26, 240640), ('17-29,129-141', 26, 240640)]

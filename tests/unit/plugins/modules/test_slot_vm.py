@@ -46,6 +46,8 @@ needs_binding = pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason='needs libvi
     ({'companions': ['0000:18:00.1']}, 'companions were given without gpu_address'),
     ({'cpulist': '0-1; reboot'}, 'not a valid CPU list'),
     ({'vcpus': 3}, 'more than the 2 CPUs'),
+    ({'host_cpulist': '1'}, "host_cpulist '1' shares CPUs 1 with the slot cpulist 0-1"),
+    ({'host_cpulist': '2;reboot'}, 'not a valid CPU list'),
     ({'machine': 'q35 -device evil'}, 'not a valid machine type'),
     ({'memory_mib': 1}, 'at least 64'),
     ({'initrd': '/i'}, 'missing parameter(s) required by \'initrd\': kernel'),
