@@ -21,22 +21,21 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import functools
-
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils import _token as token
+from ansible_collections.gpuaas.slice.plugins.module_utils._compose import Composite, failure
 from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, oserror
-from ansible_collections.gpuaas.slice.plugins.module_utils._image import Image
+from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC as IMAGE_SPEC, RULES as IMAGE_RULES, Image
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._reset import PciReset
-from ansible_collections.gpuaas.slice.plugins.module_utils._seed import Seed
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import SlotNetwork
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import SlotVm
+from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC as SEED_SPEC, RULES as SEED_RULES, Seed
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import (
+    ARGUMENT_SPEC as NETWORK_SPEC, RULES as NETWORK_RULES, SlotNetwork)
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES as VM_RULES, SlotVm, argument_spec as slot_vm_spec
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import VfioBind
 from ansible_collections.gpuaas.slice.plugins.module_utils._wipe import NvmeWipe
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import SLOT_GATEWAY, GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 # The steps, by the names operators know from the release role's tasks.
 MARK = 'Read the slot\'s lease and mark it releasing'
@@ -59,49 +58,17 @@ class ReleaseError(GpuaasError):
     """A release step failed; the message names the step and what happens to the slot."""
 
 
-class Part(object):
-    """The module as one step's engine sees it: that step's own options, all else the module's."""
-
-    def __init__(self, module, **params):
-        self._module = module
-        self.params = params
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-
-class Release:
+class Release(Composite):
     """The release's steps in order; :meth:`run` returns the module's result."""
 
     def __init__(self, module):
-        self.module = module
-        self.p = module.params
-        self.plan = Plan(module, error=ReleaseError)
-        self.current = None
+        super(Release, self).__init__(module, ReleaseError)
         self.timings = {'reset': 0}
 
     def lease(self, **kwargs):
         p = self.p
         return converge(self.module, p['lease_dir'], p['slot_id'], p['allocation_id'],
                         timeout=p['lock_timeout'], **kwargs)
-
-    def step(self, name, make):
-        """Run one step's engine (``make()``: a result, or an engine whose run() gives one) and record it."""
-        self.current = name
-        engine = make()
-        if isinstance(engine, dict):
-            result = engine
-        else:
-            try:
-                result = engine.run()
-            finally:
-                for warning in getattr(engine, 'warnings', ()):
-                    self.module.warn('%s: %s' % (name, warning))
-        diff = result.get('diff') or {}
-        for action in result.get('actions', result.get('changes')) or []:
-            self.plan.change('%s: %s' % (name, action), key=name,
-                             before=diff.get('before'), after=diff.get('after'))
-        return result
 
     def run(self):
         p = self.p
@@ -119,18 +86,17 @@ class Release:
 
     def undo(self, data, held, passthrough):
         p, module = self.p, self.module
-        part = functools.partial(Part, module, slot_id=p['slot_id'], state='absent')
+        slot = dict(slot_id=p['slot_id'], state='absent')
         devices = dict(sysfs_root=p['sysfs_root'], proc_root=p['proc_root'])
         require_libvirt(module)
-        self.step(VM, lambda: SlotVm(part(
-            uri=p['uri'], lease_file=p['dhcp_lease_file'], console_log_dir=p['console_log_dir'],
-            bridge=p['bridge'], release_lease=True, sysfs_root='/sys', lease_timeout=300, stop_timeout=120)))
-        self.step(NETWORK, lambda: net.engine(SlotNetwork)(part(
-            bridge=p['bridge'], hosts_dir=p['hosts_dir'], dnsmasq_pid_file=p['dnsmasq_pid_file'], hostname=None,
-            mac=None, ip=None, port=None, port_type='tap', gateway=str(SLOT_GATEWAY), telemetry_port=9110)))
-        self.step(TOKEN, lambda: token.engine(part(allocation_id=p['allocation_id'], force=False,
-                                                   token_dir=p['token_dir'])))
-        self.step(SEED, lambda: Seed(part(seed_dir=p['seed_dir'])))
+        self.step(VM, lambda: SlotVm(self.part('slot_vm', slot_vm_spec(), VM_RULES, dict(
+            slot, uri=p['uri'], lease_file=p['dhcp_lease_file'], console_log_dir=p['console_log_dir'],
+            bridge=p['bridge']))))
+        self.step(NETWORK, lambda: net.engine(SlotNetwork)(self.part('slot_network', NETWORK_SPEC, NETWORK_RULES, dict(
+            slot, bridge=p['bridge'], hosts_dir=p['hosts_dir'], dnsmasq_pid_file=p['dnsmasq_pid_file']))))
+        self.step(TOKEN, lambda: token.engine(self.part('telemetry_token', token.ARGUMENT_SPEC, token.RULES, dict(
+            slot, allocation_id=p['allocation_id'], token_dir=p['token_dir']))))
+        self.step(SEED, lambda: Seed(self.part('slot_seed', SEED_SPEC, SEED_RULES, dict(slot, seed_dir=p['seed_dir']))))
         for address in (data.get('devices') or []) if passthrough else []:
             self.step(DEVICES, lambda: VfioBind(module, address, state='absent', dev_root=p['dev_root'],
                                                 state_dir=p['vfio_state_dir'], **devices))
@@ -145,18 +111,17 @@ class Release:
             self.step(WIPE, lambda: NvmeWipe(module, data['nvme_address'], data.get('destructive_wipe_policy'),
                                              allowed_file_dirs=p['wipe_allowed_file_dirs'],
                                              dev_root=p['dev_root'], **devices))
-        self.step(DISK, lambda: Image(part(image_dir=p['disk_dir'], target_device=None, format='raw',
-                                           state_dir=None, progress_file=None)))
+        self.step(DISK, lambda: Image(self.part('slot_image', IMAGE_SPEC, IMAGE_RULES, dict(slot, image_dir=p['disk_dir']))))
 
     def fail(self, exc, held):
         """Quarantine the slot when the failed step leaves it dirty; raise what failed and what now."""
         p, name = self.p, self.current
-        why = oserror(exc) if isinstance(exc, (IOError, OSError)) else str(exc)
+        why, details = failure(exc)
         quarantine = name in QUARANTINE_STEPS
         if quarantine and held:
             reason = "release of %s failed at '%s': %s" % (p['allocation_id'], name, why)
             self.lease(phase='quarantined', reason=reason[:MAX_REASON])
-        details = dict(getattr(exc, 'details', {}), release_step=name, quarantined=quarantine and held)
+        details.update(release_step=name, quarantined=quarantine and held)
         raise ReleaseError("slot %s: release failed at '%s': %s%s %s" % (
             p['slot_id'], name, why, '' if why.endswith('.') else '.',
             'The slot is quarantined until an operator clears it.' if quarantine else

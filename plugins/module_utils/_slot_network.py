@@ -10,7 +10,23 @@ __metaclass__ = type
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_NETWORK, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
+
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    bridge=dict(type='str', default='br-gpuaas'),
+    hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+    hostname=dict(type='str'),
+    mac=dict(type='str'),
+    ip=dict(type='str'),
+    port=dict(type='str'),
+    port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
+    gateway=dict(type='str', default=str(SLOT_GATEWAY)),
+    telemetry_port=dict(type='int', default=9110),
+    dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
+)
+RULES = dict(required_if=[('state', 'present', ('hostname',))])
 
 
 class SlotNetwork:

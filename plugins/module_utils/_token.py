@@ -17,6 +17,15 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     StateFileError, atomic_write, check_dir, ensure_dir, read_json, remove)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot, show
 
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    allocation_id=dict(type='str'),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    force=dict(type='bool', default=False),
+    token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
+)
+RULES = dict(required_if=[('state', 'present', ('allocation_id',)), ('force', False, ('allocation_id',))])
+
 
 def record(allocation_id, slot_id, ip, token):
     return {'allocation_id': allocation_id, 'slot_id': slot_id, 'ip': ip, 'token': token,

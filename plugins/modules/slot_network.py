@@ -164,25 +164,11 @@ changes:
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import SlotNetwork
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import SLOT_GATEWAY
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import ARGUMENT_SPEC, RULES, SlotNetwork
 
 
 def main():
-    run_module(dict(
-        slot_id=dict(type='str', required=True),
-        state=dict(type='str', choices=['present', 'absent'], default='present'),
-        bridge=dict(type='str', default='br-gpuaas'),
-        hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
-        hostname=dict(type='str'),
-        mac=dict(type='str'),
-        ip=dict(type='str'),
-        port=dict(type='str'),
-        port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
-        gateway=dict(type='str', default=str(SLOT_GATEWAY)),
-        telemetry_port=dict(type='int', default=9110),
-        dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
-    ), net.engine(SlotNetwork), required_if=[('state', 'present', ('hostname',))])
+    run_module(ARGUMENT_SPEC, net.engine(SlotNetwork), **RULES)
 
 
 if __name__ == '__main__':

@@ -383,49 +383,8 @@ xml:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import oserror, run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, require_libvirt
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import ALLOWED_DIRS, STATES, SlotVm, SlotVmError
-
-
-def argument_spec():
-    spec = dict(LIBVIRT_ARGS)
-    spec.update(
-        slot_id=dict(type='str', required=True),
-        state=dict(type='str', choices=list(STATES), default='running'),
-        domain_type=dict(type='str', choices=['kvm', 'qemu'], default='kvm'),
-        machine=dict(type='str', default='q35'),
-        memory_mib=dict(type='int', aliases=['memory_mb']),
-        cpulist=dict(type='str'),
-        vcpus=dict(type='int'),
-        numa_node=dict(type='int'),
-        numatune=dict(type='bool', default=True),
-        hugepages=dict(type='bool', default=False),
-        hugepage_size_kb=dict(type='int'),
-        gpu_address=dict(type='str'),
-        companions=dict(type='list', elements='str', default=[]),
-        nvme_address=dict(type='str'),
-        fabric_vf_pci_address=dict(type='str'),
-        passthrough=dict(type='bool', default=True),
-        disk=dict(type='path'),
-        disk_format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
-        seed=dict(type='path'),
-        kernel=dict(type='path'),
-        initrd=dict(type='path'),
-        kernel_cmdline=dict(type='str'),
-        bridge=dict(type='str', default='br-gpuaas'),
-        bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
-        console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
-        allowed_dirs=dict(type='list', elements='path', default=list(ALLOWED_DIRS)),
-        replace=dict(type='bool', default=False),
-        wait_for_lease=dict(type='bool', default=True),
-        lease_file=dict(type='path', default='/var/lib/misc/dnsmasq.leases'),
-        lease_timeout=dict(type='int', default=300),
-        expected_ip=dict(type='str'),
-        release_lease=dict(type='bool', default=True),
-        stop_timeout=dict(type='int', default=120),
-        sysfs_root=dict(type='path', default='/sys'),
-    )
-    return spec
+from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES, SlotVm, SlotVmError, argument_spec
 
 
 def engine(module):
@@ -441,9 +400,7 @@ def engine(module):
 
 
 def main():
-    run_module(argument_spec(), engine,
-               required_if=[('state', state, ('memory_mib', 'cpulist')) for state in ('present', 'running', 'stopped')],
-               required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
+    run_module(argument_spec(), engine, **RULES)
 
 
 if __name__ == '__main__':

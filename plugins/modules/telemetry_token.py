@@ -100,20 +100,11 @@ actions:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._token import engine
-
-ARGUMENT_SPEC = dict(
-    slot_id=dict(type='str', required=True),
-    allocation_id=dict(type='str'),
-    state=dict(type='str', choices=['present', 'absent'], default='present'),
-    force=dict(type='bool', default=False),
-    token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
-)
+from ansible_collections.gpuaas.slice.plugins.module_utils._token import ARGUMENT_SPEC, RULES, engine
 
 
 def main():
-    run_module(ARGUMENT_SPEC, engine,
-               required_if=[('state', 'present', ('allocation_id',)), ('force', False, ('allocation_id',))])
+    run_module(ARGUMENT_SPEC, engine, **RULES)
 
 
 if __name__ == '__main__':
