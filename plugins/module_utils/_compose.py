@@ -16,9 +16,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import time
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, oserror
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
 
@@ -34,7 +37,10 @@ class Part(object):
 
 
 class Composite:
-    """One module made of steps; :meth:`step` runs one and records what it changed."""
+    """One module made of steps; :meth:`step` runs one and records what it changed and its time.
+
+    The module has the options ``slot_id``, ``allocation_id``, ``lease_dir`` and ``lock_timeout``.
+    """
 
     def __init__(self, module, error):
         self.module = module
@@ -42,6 +48,13 @@ class Composite:
         self.error = error
         self.plan = Plan(module, error=error)
         self.current = None
+        self.seconds = {}
+
+    def lease(self, **kwargs):
+        """The slot's lease changed as ``kwargs`` say (``_lease.converge``); its result."""
+        p = self.p
+        return converge(self.module, p['lease_dir'], p['slot_id'], p['allocation_id'],
+                        timeout=p['lock_timeout'], **kwargs)
 
     def part(self, what, spec, rules, params):
         """A :class:`Part` whose params are ``params`` checked by another module's spec and rules."""
@@ -53,7 +66,7 @@ class Composite:
 
     def step(self, name, make):
         """Run one step: ``make()`` gives its result, or an engine whose run() does."""
-        self.current = name
+        self.current, start = name, time.monotonic()
         engine = make()
         if isinstance(engine, dict):
             result = engine
@@ -63,6 +76,7 @@ class Composite:
             finally:
                 for warning in getattr(engine, 'warnings', ()):
                     self.module.warn('%s: %s' % (name, warning))
+        self.seconds[name] = round(self.seconds.get(name, 0) + time.monotonic() - start, 3)
         diff = result.get('diff') or {}
         for action in result.get('actions', result.get('changes')) or []:
             self.plan.change('%s: %s' % (name, action), key=name,

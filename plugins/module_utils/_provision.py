@@ -19,7 +19,6 @@ __metaclass__ = type
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._compose import Composite, failure
 from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC as IMAGE_SPEC, RULES as IMAGE_RULES, Image
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC as SEED_SPEC, RULES as SEED_RULES, Seed
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import (
@@ -64,19 +63,20 @@ class Provision(Composite):
     def steps(self):
         p, module = self.p, self.module
         slot = dict(slot_id=p['slot_id'], state='present')
+        # Every step's options are checked before the first step runs.
+        network = self.part('network', NETWORK_SPEC, NETWORK_RULES, dict(p['network'], **slot))
+        image = self.part('image', IMAGE_SPEC, IMAGE_RULES, dict(p['image'], **slot))
+        seed = self.part('seed', SEED_SPEC, SEED_RULES, dict(
+            p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))
+        vm = self.part('vm', slot_vm_spec(), VM_RULES, dict(p['vm'], slot_id=p['slot_id'], state='running'))
         require_libvirt(module)
-        self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(
-            self.part('network', NETWORK_SPEC, NETWORK_RULES, dict(p['network'], **slot))))
-        image = self.record('image', IMAGE, lambda: Image(self.part('image', IMAGE_SPEC, IMAGE_RULES,
-                                                                    dict(p['image'], **slot))))
-        seed = self.record('seed', SEED, lambda: Seed(self.part('seed', SEED_SPEC, SEED_RULES, dict(
-            p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))))
+        self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(network))
+        target = self.record('image', IMAGE, lambda: Image(image))['target']
+        path = self.record('seed', SEED, lambda: Seed(seed))['path']
         self.results['devices'] = [self.step(DEVICES, lambda: VfioBind(
             module, address, state_dir=p['vfio_state_dir'], sysfs_root=p['sysfs_root'], proc_root=p['proc_root'],
             dev_root=p['dev_root']))['bindings'] for address in p['devices']]
-        vm = self.record('vm', VM, lambda: SlotVm(self.part('vm', slot_vm_spec(), VM_RULES, dict(
-            dict(disk=image['target'], seed=seed['path']), **dict(p['vm'], slot_id=p['slot_id'], state='running')))))
-        lease = self.step(RUNNING, lambda: converge(
-            module, p['lease_dir'], p['slot_id'], p['allocation_id'], phase='running', timeout=p['lock_timeout'],
-            data={'domain': vm['name'], 'address': vm.get('ip')}))
-        return self.plan.result(lease=lease['lease'], **self.results)
+        vm.params.update(disk=vm.params['disk'] or target, seed=vm.params['seed'] or path)
+        name, ip = self.record('vm', VM, lambda: SlotVm(vm))['name'], self.results['vm'].get('ip')
+        lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip}))
+        return self.plan.result(lease=lease['lease'], seconds=self.seconds, **self.results)

@@ -26,7 +26,6 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _token as toke
 from ansible_collections.gpuaas.slice.plugins.module_utils._compose import Composite, failure
 from ansible_collections.gpuaas.slice.plugins.module_utils._devctl import DeviceError
 from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC as IMAGE_SPEC, RULES as IMAGE_RULES, Image
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._reset import PciReset
 from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC as SEED_SPEC, RULES as SEED_RULES, Seed
@@ -65,11 +64,6 @@ class Release(Composite):
         super(Release, self).__init__(module, ReleaseError)
         self.timings = {'reset': 0}
 
-    def lease(self, **kwargs):
-        p = self.p
-        return converge(self.module, p['lease_dir'], p['slot_id'], p['allocation_id'],
-                        timeout=p['lock_timeout'], **kwargs)
-
     def run(self):
         p = self.p
         lease = self.step(MARK, lambda: self.lease(phase='releasing', missing_ok=True,
@@ -82,7 +76,7 @@ class Release(Composite):
         self.step(FREE, lambda: self.lease(state='absent'))
         return self.plan.result(slot_id=p['slot_id'], allocation_id=p['allocation_id'],
                                 had_lease=lease is not None, wipe_policy=data.get('destructive_wipe_policy'),
-                                timings=self.timings)
+                                timings=self.timings, seconds=self.seconds)
 
     def undo(self, data, held, passthrough):
         p, module = self.p, self.module

@@ -165,6 +165,11 @@ timings:
   returned: always
   type: dict
   sample: {reset: 0.412}
+seconds:
+  description: Seconds each step took, by the step's name (the whole module is one task).
+  returned: always
+  type: dict
+  sample: {"Stop and remove the slot's VM": 0.212, "Free the slot's lease": 0.004}
 actions:
   description: What the release changed (in check mode, would change), each prefixed by its step.
   returned: always

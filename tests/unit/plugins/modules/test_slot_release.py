@@ -113,6 +113,7 @@ def test_release_then_nothing_to_do(make, capsys):
     result = release(slot, capsys)
     assert not result.get('failed') and result['changed'], result
     assert result['had_lease'] is True and result['wipe_policy'] == 'zero' and result['timings']['reset'] >= 0
+    assert result['seconds']['Reset the GPU'] >= 0 and "Wipe the slot's NVMe by its policy" in result['seconds']
     assert slot.read_lease() is None
     assert [path for path in slot.files if os.path.exists(path)] == []
     assert slot.host.driver(GPU) == 'nvidia' and slot.host.driver(AUDIO) == 'snd_hda_intel'
