@@ -52,7 +52,7 @@ MARKER_VERSION = 1
 FORMATS = ('raw', 'qcow2')
 MAX_SIZE = LIMITS['disk_gib'][1] << 30
 
-
+# The module's options; slot_provision and slot_release check a step's options with them too.
 ARGUMENT_SPEC = dict(
     slot_id=dict(type='str', required=True),
     state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -70,6 +70,7 @@ ARGUMENT_SPEC = dict(
 )
 RULES = dict(mutually_exclusive=[('target_device', 'image_dir')], required_one_of=[('target_device', 'image_dir')],
              required_if=[('state', 'present', ('source', 'checksum'))])
+
 
 class ImageError(GpuaasError):
     """The image cannot be put on the slot's disk; the message says why and what to do."""

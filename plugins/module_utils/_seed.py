@@ -52,7 +52,7 @@ MAX_USER_DATA = 256 * 1024
 RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
                  'ssh_authorized_keys')
 
-
+# The module's options; slot_provision and slot_release check a step's options with them too.
 ARGUMENT_SPEC = dict(
     slot_id=dict(type='str', required=True),
     state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -66,6 +66,7 @@ ARGUMENT_SPEC = dict(
     seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
 )
 RULES = dict(required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
+
 
 class SeedError(ContractError):
     """Tenant input or a seed the module refuses; the message says which value and why."""

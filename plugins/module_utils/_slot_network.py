@@ -12,6 +12,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
 
+# The module's options; slot_provision and slot_release check a step's options with them too.
 ARGUMENT_SPEC = dict(
     slot_id=dict(type='str', required=True),
     state=dict(type='str', choices=['present', 'absent'], default='present'),

@@ -52,7 +52,7 @@ MAX_NUMA_NODE = 1023
 ALLOWED_DIRS = ['/var/lib/gpuaas', '/var/log/gpuaas']
 
 
-
+# The module's options; slot_provision and slot_release check a step's options with them too.
 def argument_spec():
     spec = dict(LIBVIRT_ARGS)
     spec.update(
@@ -97,6 +97,7 @@ def argument_spec():
 # The rules between options, for slot_vm and for the modules that run its engine.
 RULES = dict(required_if=[('state', state, ('memory_mib', 'cpulist')) for state in ('present', 'running', 'stopped')],
              required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
+
 
 class SlotVmError(GpuaasError):
     """The slot VM cannot be brought to the wanted state; nothing unsafe was done."""

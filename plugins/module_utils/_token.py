@@ -17,6 +17,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     StateFileError, atomic_write, check_dir, ensure_dir, read_json, remove)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import ALLOCATION_ID, GpuaasError, Slot, show
 
+# The module's options; slot_release checks a step's options with them too.
 ARGUMENT_SPEC = dict(
     slot_id=dict(type='str', required=True),
     allocation_id=dict(type='str'),

@@ -53,13 +53,36 @@ ALLOCATE_KILLS = [
 ]
 
 
+def process_tree(pid):
+    """``pid`` and every process below it. Ansible's workers call setsid(), so a kill of the
+    playbook's process group alone leaves the worker and its module running."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                children.setdefault(int(handle.read().rsplit(')', 1)[1].split()[1]), []).append(int(entry))
+        except (OSError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
 def kill_when(proc, log, done, timeout=300):
-    """SIGKILL the playbook and all it started as soon as ``done(log)`` is true."""
+    """SIGKILL the playbook and all it started (a crash) as soon as ``done(log)`` is true."""
     deadline = time.monotonic() + timeout
     while not done(log):
         assert proc.poll() is None and time.monotonic() < deadline, open(log).read()[-3000:]
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    tree = process_tree(proc.pid)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):    # frozen first: nothing forks or finishes meanwhile
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
     proc.wait(10)
 
 
