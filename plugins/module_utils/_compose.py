@@ -20,7 +20,7 @@ import time
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, oserror
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, number_option_problem, oserror
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
@@ -58,6 +58,9 @@ class Composite:
 
     def part(self, what, spec, rules, params):
         """A :class:`Part` whose params are ``params`` checked by another module's spec and rules."""
+        problem = number_option_problem(spec, params)
+        if problem:
+            raise self.error('%s: %s' % (what, problem))
         checked = ArgumentSpecValidator(spec, **rules).validate(params)
         if checked.error_messages:
             raise self.error('%s: %s' % (what, '; '.join(checked.error_messages)))

@@ -41,7 +41,7 @@ def args(dirs, **vm):
                  'dnsmasq_pid_file': os.path.join(dirs['hosts'], 'none.pid')},
         image={'source': os.path.join(dirs['images'], 'base.qcow2'), 'checksum': 'sha256:' + '0' * 64,
                'source_dirs': [dirs['images']], 'image_dir': dirs['disks'], 'size': '1G'},
-        seed={'hostname': 'gpu-itest-s0', 'ssh_authorized_keys': [], 'seed_dir': dirs['seeds']},
+        seed={'hostname': 'gpu-itest-s0', 'ssh_keys': [], 'seed_dir': dirs['seeds']},
         vm=dict({'uri': 'test:///default', 'memory_mib': 256, 'vcpus': 1, 'cpulist': '0',
                  'console_log_dir': dirs['console'], 'allowed_dirs': [dirs['disks'], dirs['seeds'], dirs['console']],
                  'passthrough': False}, **vm))
@@ -61,6 +61,7 @@ def lease(dirs):
     ({'machine_type': 'q35'}, 'vm: machine_type. Supported parameters include'),
     ({'domain_type': 'xen'}, 'vm: value of domain_type must be one of: kvm, qemu, got: xen'),
     ({'initrd': '/boot/initrd.img'}, 'vm: missing parameter(s) required by \'initrd\': kernel'),
+    ({'memory_mib': '1e999999999'}, 'vm: memory_mib must be a whole number of at most 2**53 either side of 0'),
 ])
 def test_every_steps_options_are_checked_by_its_module_spec_before_the_first_step(node, capsys, vm, message):
     before = tree(node)
