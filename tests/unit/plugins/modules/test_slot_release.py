@@ -100,7 +100,8 @@ def test_check_mode_reports_every_step_and_changes_nothing(make, capsys):
     assert steps == ["Read the slot's lease and mark it releasing",
                      "Remove the slot's network (DHCP entry, port, flows)", "Revoke the allocation's telemetry token",
                      'Remove the seed', 'Give the devices back to their host drivers',
-                     'Reset the GPU', 'Move the lease to wiping', WIPE, "Remove the slot's disk file and image marker", "Free the slot's lease"], result['actions']
+                     'Reset the GPU', 'Move the lease to wiping', WIPE,
+                     "Remove the slot's disk file and image marker", "Free the slot's lease"], result['actions']
     assert set(result['diff']['before']) == set(steps)
     assert '"phase": "running"' in result['diff']['before']["Free the slot's lease"]
     assert result['diff']['after']["Free the slot's lease"] == ''
