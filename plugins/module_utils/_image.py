@@ -52,6 +52,25 @@ MARKER_VERSION = 1
 FORMATS = ('raw', 'qcow2')
 MAX_SIZE = LIMITS['disk_gib'][1] << 30
 
+# The module's options; slot_provision and slot_release check a step's options with them too.
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    source=dict(type='path'),
+    source_format=dict(type='str', choices=['qcow2', 'raw'], default='qcow2'),
+    checksum=dict(type='str'),
+    source_dirs=dict(type='list', elements='path', default=['/var/lib/gpuaas/images']),
+    target_device=dict(type='path'),
+    image_dir=dict(type='path'),
+    format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
+    size=dict(type='str'),
+    state_dir=dict(type='path', default='/var/lib/gpuaas/slot-images'),
+    progress_file=dict(type='path'),
+    force=dict(type='bool', default=False),
+)
+RULES = dict(mutually_exclusive=[('target_device', 'image_dir')], required_one_of=[('target_device', 'image_dir')],
+             required_if=[('state', 'present', ('source', 'checksum'))])
+
 
 class ImageError(GpuaasError):
     """The image cannot be put on the slot's disk; the message says why and what to do."""

@@ -52,6 +52,21 @@ MAX_USER_DATA = 256 * 1024
 RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
                  'ssh_authorized_keys')
 
+# The module's options; slot_provision and slot_release check a step's options with them too.
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    allocation_id=dict(type='str'),
+    hostname=dict(type='str'),
+    ssh_keys=dict(type='list', elements='str', default=[], aliases=['ssh_authorized_keys'], no_log=False),
+    telemetry_token=dict(type='str', no_log=True),
+    telemetry_sink=dict(type='str', default=DEFAULT_SINK),
+    telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
+    user_data=dict(type='dict', default={}),
+    seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
+)
+RULES = dict(required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
+
 
 class SeedError(ContractError):
     """Tenant input or a seed the module refuses; the message says which value and why."""

@@ -36,7 +36,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Runner, Step, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path, ensure_dir
-from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import Connection, LibvirtError
+from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, check_int
 
@@ -50,6 +50,54 @@ MAX_STOP_TIMEOUT = 3600
 MAX_NUMA_NODE = 1023
 # Where a slot's disk, seed, boot files and console logs may be, unless allowed_dirs says otherwise.
 ALLOWED_DIRS = ['/var/lib/gpuaas', '/var/log/gpuaas']
+
+
+# The module's options; slot_provision and slot_release check a step's options with them too.
+def argument_spec():
+    spec = dict(LIBVIRT_ARGS)
+    spec.update(
+        slot_id=dict(type='str', required=True),
+        state=dict(type='str', choices=list(STATES), default='running'),
+        domain_type=dict(type='str', choices=['kvm', 'qemu'], default='kvm'),
+        machine=dict(type='str', default='q35'),
+        memory_mib=dict(type='int', aliases=['memory_mb']),
+        cpulist=dict(type='str'),
+        host_cpulist=dict(type='str'),
+        vcpus=dict(type='int'),
+        numa_node=dict(type='int'),
+        numatune=dict(type='bool', default=True),
+        hugepages=dict(type='bool', default=False),
+        hugepage_size_kb=dict(type='int'),
+        gpu_address=dict(type='str'),
+        companions=dict(type='list', elements='str', default=[]),
+        nvme_address=dict(type='str'),
+        fabric_vf_pci_address=dict(type='str'),
+        passthrough=dict(type='bool', default=True),
+        disk=dict(type='path'),
+        disk_format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
+        seed=dict(type='path'),
+        kernel=dict(type='path'),
+        initrd=dict(type='path'),
+        kernel_cmdline=dict(type='str'),
+        bridge=dict(type='str', default='br-gpuaas'),
+        bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
+        console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
+        allowed_dirs=dict(type='list', elements='path', default=list(ALLOWED_DIRS)),
+        replace=dict(type='bool', default=False),
+        wait_for_lease=dict(type='bool', default=True),
+        lease_file=dict(type='path', default='/var/lib/misc/dnsmasq.leases'),
+        lease_timeout=dict(type='int', default=300),
+        expected_ip=dict(type='str'),
+        release_lease=dict(type='bool', default=True),
+        stop_timeout=dict(type='int', default=120),
+        sysfs_root=dict(type='path', default='/sys'),
+    )
+    return spec
+
+
+# The rules between options, for slot_vm and for the modules that run its engine.
+RULES = dict(required_if=[('state', state, ('memory_mib', 'cpulist')) for state in ('present', 'running', 'stopped')],
+             required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
 
 
 class SlotVmError(GpuaasError):

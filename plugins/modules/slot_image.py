@@ -199,24 +199,7 @@ actions:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._image import Image
-
-ARGUMENT_SPEC = dict(
-    slot_id=dict(type='str', required=True),
-    state=dict(type='str', choices=['present', 'absent'], default='present'),
-    source=dict(type='path'),
-    source_format=dict(type='str', choices=['qcow2', 'raw'], default='qcow2'),
-    checksum=dict(type='str'),
-    source_dirs=dict(type='list', elements='path', default=['/var/lib/gpuaas/images']),
-    target_device=dict(type='path'),
-    image_dir=dict(type='path'),
-    format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
-    size=dict(type='str'),
-    state_dir=dict(type='path', default='/var/lib/gpuaas/slot-images'),
-    progress_file=dict(type='path'),
-    force=dict(type='bool', default=False),
-)
-
+from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC, RULES, Image
 
 def engine(module):
     image = Image(module)
@@ -228,9 +211,7 @@ def engine(module):
 
 
 def main():
-    run_module(ARGUMENT_SPEC, engine, mutually_exclusive=[('target_device', 'image_dir')],
-               required_one_of=[('target_device', 'image_dir')],
-               required_if=[('state', 'present', ('source', 'checksum'))])
+    run_module(ARGUMENT_SPEC, engine, **RULES)
 
 
 if __name__ == '__main__':

@@ -59,11 +59,8 @@ options:
   hostname:
     description: The VM's host name, one RFC 1123 label. Required when O(state=present).
     type: str
-  ssh_keys:
-    description:
-      - The tenant's OpenSSH public keys, one per item (C(type base64 [comment])); the
-        allocation's own name for them. They become cloud-init's C(ssh_authorized_keys).
-    aliases: [ssh_authorized_keys]
+  ssh_authorized_keys:
+    description: The tenant's OpenSSH public keys, one per item (C(type base64 [comment])).
     type: list
     elements: str
     default: []
@@ -106,7 +103,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     allocation_id: "{{ allocation.id }}"
     hostname: "{{ allocation.hostname }}"
-    ssh_keys: "{{ allocation.ssh_keys }}"
+    ssh_authorized_keys: "{{ allocation.ssh_keys }}"
     telemetry_token: "{{ allocation.telemetry_token }}"
   register: seed
 
@@ -174,25 +171,10 @@ actions:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._seed import DEFAULT_SINK, DEFAULT_TELEMETRY_FILE, Seed
-
-ARGUMENT_SPEC = dict(
-    slot_id=dict(type='str', required=True),
-    state=dict(type='str', choices=['present', 'absent'], default='present'),
-    allocation_id=dict(type='str'),
-    hostname=dict(type='str'),
-    ssh_keys=dict(type='list', elements='str', default=[], aliases=['ssh_authorized_keys'], no_log=False),
-    telemetry_token=dict(type='str', no_log=True),
-    telemetry_sink=dict(type='str', default=DEFAULT_SINK),
-    telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
-    user_data=dict(type='dict', default={}),
-    seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
-)
-
+from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC, RULES, Seed
 
 def main():
-    run_module(ARGUMENT_SPEC, lambda module: Seed(module).run(),
-               required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
+    run_module(ARGUMENT_SPEC, lambda module: Seed(module).run(), **RULES)
 
 
 if __name__ == '__main__':

@@ -20,9 +20,8 @@ description:
     and the fabric VF as C(<hostdev mode='subsystem' type='pci' managed='no'>) entries (binding them
     to vfio-pci is done before, by M(gpuaas.slice.vfio_bind)). Any PCI domain works, segment C(0001)
     included.
-  - Each vCPU is pinned to its own CPU of O(cpulist) (C(vcpupin)), the emulator threads to
-    O(host_cpulist) (C(emulatorpin); without it, to the whole O(cpulist)), and memory is bound to
-    O(numa_node) with C(numatune mode=strict).
+  - Each vCPU is pinned to its own CPU of O(cpulist) (C(vcpupin)), the emulator threads to the
+    whole list (C(emulatorpin)), and memory is bound to O(numa_node) with C(numatune mode=strict).
   - The NIC is a virtio interface on O(bridge) with the slot's fixed MAC; on an Open vSwitch bridge
     it carries C(<virtualport type='openvswitch'/>). The NoCloud seed is a read-only CD-ROM on
     virtio-scsi; the serial console is a pty that libvirt also logs to
@@ -92,12 +91,7 @@ options:
     description:
       - The slot's host CPUs as a kernel CPU list (V(8-15,120-127)). Required with O(state=present), V(running)
         and V(stopped).
-      - vCPU I(n) is pinned to the I(n)-th CPU of the list.
-    type: str
-  host_cpulist:
-    description:
-      - The host's CPUs (slot_discovery's C(host_cpulist)), where the emulator threads are pinned; it
-        must not share a CPU with O(cpulist). Without it they run on any CPU of O(cpulist).
+      - vCPU I(n) is pinned to the I(n)-th CPU of the list; the emulator threads may run on any of them.
     type: str
   vcpus:
     description: Number of vCPUs; at most the number of CPUs in O(cpulist), which is the default.
@@ -244,7 +238,6 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     memory_mib: 245760
     cpulist: "8-27,120-139"
-    host_cpulist: "0,56,112,168"
     numa_node: 0
     hugepages: true
     hugepage_size_kb: 1048576
@@ -390,50 +383,8 @@ xml:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import oserror, run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, require_libvirt
-from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import ALLOWED_DIRS, STATES, SlotVm, SlotVmError
-
-
-def argument_spec():
-    spec = dict(LIBVIRT_ARGS)
-    spec.update(
-        slot_id=dict(type='str', required=True),
-        state=dict(type='str', choices=list(STATES), default='running'),
-        domain_type=dict(type='str', choices=['kvm', 'qemu'], default='kvm'),
-        machine=dict(type='str', default='q35'),
-        memory_mib=dict(type='int', aliases=['memory_mb']),
-        cpulist=dict(type='str'),
-        host_cpulist=dict(type='str'),
-        vcpus=dict(type='int'),
-        numa_node=dict(type='int'),
-        numatune=dict(type='bool', default=True),
-        hugepages=dict(type='bool', default=False),
-        hugepage_size_kb=dict(type='int'),
-        gpu_address=dict(type='str'),
-        companions=dict(type='list', elements='str', default=[]),
-        nvme_address=dict(type='str'),
-        fabric_vf_pci_address=dict(type='str'),
-        passthrough=dict(type='bool', default=True),
-        disk=dict(type='path'),
-        disk_format=dict(type='str', choices=['raw', 'qcow2'], default='raw'),
-        seed=dict(type='path'),
-        kernel=dict(type='path'),
-        initrd=dict(type='path'),
-        kernel_cmdline=dict(type='str'),
-        bridge=dict(type='str', default='br-gpuaas'),
-        bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
-        console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
-        allowed_dirs=dict(type='list', elements='path', default=list(ALLOWED_DIRS)),
-        replace=dict(type='bool', default=False),
-        wait_for_lease=dict(type='bool', default=True),
-        lease_file=dict(type='path', default='/var/lib/misc/dnsmasq.leases'),
-        lease_timeout=dict(type='int', default=300),
-        expected_ip=dict(type='str'),
-        release_lease=dict(type='bool', default=True),
-        stop_timeout=dict(type='int', default=120),
-        sysfs_root=dict(type='path', default='/sys'),
-    )
-    return spec
+from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
+from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES, SlotVm, SlotVmError, argument_spec
 
 
 def engine(module):
@@ -449,9 +400,7 @@ def engine(module):
 
 
 def main():
-    run_module(argument_spec(), engine,
-               required_if=[('state', state, ('memory_mib', 'cpulist')) for state in ('present', 'running', 'stopped')],
-               required_by={'initrd': 'kernel', 'kernel_cmdline': 'kernel'})
+    run_module(argument_spec(), engine, **RULES)
 
 
 if __name__ == '__main__':

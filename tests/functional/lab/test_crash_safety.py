@@ -4,7 +4,8 @@
 """allocate and release killed at every phase, racing allocates, and reconcile, on the lab node.
 
 Each kill is a SIGKILL of ansible-playbook and everything it started, the moment a task's
-banner appears: the step before it is done, the next has not begun. Afterwards either a
+banner appears or, inside the one-process steps (slot_provision, slot_release), the moment the
+host shows a step done: the step before is done, the next has begun or not. Afterwards either a
 second allocate with the same allocation id completes the allocation, or a release cleans
 the slot; either way node_state must find the node agreeing with its leases.
 """
@@ -12,20 +13,77 @@ the slot; either way node_state must find the node agreeing with its leases.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
 
 SLOT = 'sample-hgx-s0'
 OTHER = 'sample-hgx-s1'
-# The task whose start ends the run: everything before it happened.
+STATE = '/var/lib/gpuaas'
+
+
+def banner(task):
+    """The task has begun (its banner is printed): everything before it happened."""
+    return lambda log: ': %s]' % task in open(log).read()
+
+
+def made(path):
+    """A step inside slot_provision has made ``path``: the next step is under way."""
+    return lambda log: os.path.exists(os.path.join(STATE, path))
+
+
+def started(log):
+    """The VM runs and the module waits for its DHCP lease."""
+    import libvirt
+    conn = libvirt.open('qemu:///system')
+    try:
+        return any(d.name() == 'gpuaas-%s' % SLOT for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+    finally:
+        conn.close()
+
+
+# Where the run is killed (the steps before it are done, the next has begun), and what then.
 ALLOCATE_KILLS = [
-    ('lease', "Create the allocation's telemetry token", 'again'),
-    ('network', "Put the image on the slot's boot disk", 'release'),
-    ('image', 'Write the cloud-init seed', 'again'),
-    ('seed', "Hand the slot's devices to vfio-pci (each with its whole IOMMU group)", 'release'),
-    ('vm', 'Record the running allocation in the lease', 'again'),
+    ('lease', banner("Create the allocation's telemetry token"), 'again'),
+    ('network', made('network/dhcp-hosts.d/%s' % SLOT), 'release'),
+    ('image', made('disks/%s.raw.gpuaas.json' % SLOT), 'again'),
+    ('seed', made('seeds/%s-seed.iso' % SLOT), 'release'),
+    ('vm', started, 'again'),
 ]
+
+
+def process_tree(pid):
+    """``pid`` and every process below it. Ansible's workers call setsid(), so a kill of the
+    playbook's process group alone leaves the worker and its module running."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                children.setdefault(int(handle.read().rsplit(')', 1)[1].split()[1]), []).append(int(entry))
+        except (OSError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def kill_when(proc, log, done, timeout=300):
+    """SIGKILL the playbook and all it started (a crash) as soon as ``done(log)`` is true."""
+    deadline = time.monotonic() + timeout
+    while not done(log):
+        assert proc.poll() is None and time.monotonic() < deadline, open(log).read()[-3000:]
+        time.sleep(0.01)
+    tree = process_tree(proc.pid)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):    # frozen first: nothing forks or finishes meanwhile
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    proc.wait(10)
 
 
 def assert_clean(node, leased=()):
@@ -36,12 +94,12 @@ def assert_clean(node, leased=()):
     assert state['mismatches'] == [], state['mismatches']
 
 
-@pytest.mark.parametrize('phase, kill_before, then', ALLOCATE_KILLS, ids=[k[0] for k in ALLOCATE_KILLS])
-def test_allocate_killed_after_each_phase(node, tmp_path, phase, kill_before, then):
+@pytest.mark.parametrize('phase, done, then', ALLOCATE_KILLS, ids=[k[0] for k in ALLOCATE_KILLS])
+def test_allocate_killed_after_each_phase(node, tmp_path, phase, done, then):
     alloc = 'crash-%s' % phase
     log = str(tmp_path / 'allocate.log')
     proc = node.start('allocate.yml', {'gpuaas_slot_id': SLOT, 'gpuaas_allocation': node.allocation(SLOT, alloc)}, log)
-    node.kill_at(proc, log, kill_before)
+    kill_when(proc, log, done)
     lease = node.lease(SLOT)
     assert lease and lease['allocation_id'] == alloc and lease['phase'] == 'provisioning'
     if then == 'again':
@@ -59,7 +117,8 @@ def test_release_killed_midway_is_finished_by_a_second_release(node, tmp_path):
     assert rc == 0, out[-4000:]
     log = str(tmp_path / 'release.log')
     proc = node.start('release.yml', {'gpuaas_slot_id': SLOT, 'gpuaas_allocation_id': 'crash-release'}, log)
-    node.kill_at(proc, log, 'Revoke the allocation\'s telemetry token')
+    # One module does the whole release: it is killed as soon as it has marked the lease.
+    kill_when(proc, log, lambda _log: (node.lease(SLOT) or {}).get('phase') == 'releasing')
     assert node.lease(SLOT)['phase'] == 'releasing'
     # A new allocation cannot take the slot while the old one is half released.
     rc, out = node.allocate(SLOT, 'crash-newcomer', str(tmp_path / 'newcomer.log'))

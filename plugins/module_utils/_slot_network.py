@@ -1,0 +1,157 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Internal to gpuaas.slice: one slot's DHCP entry, Open vSwitch port and flows (slot_network, slot_release)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
+
+# The module's options; slot_provision and slot_release check a step's options with them too.
+ARGUMENT_SPEC = dict(
+    slot_id=dict(type='str', required=True),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    bridge=dict(type='str', default='br-gpuaas'),
+    hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+    hostname=dict(type='str'),
+    mac=dict(type='str'),
+    ip=dict(type='str'),
+    port=dict(type='str'),
+    port_type=dict(type='str', choices=['tap', 'existing'], default='tap'),
+    gateway=dict(type='str', default=str(SLOT_GATEWAY)),
+    telemetry_port=dict(type='int', default=9110),
+    dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
+)
+RULES = dict(required_if=[('state', 'present', ('hostname',))])
+
+
+class SlotNetwork:
+    """One slot's entry, port and flows: everything is read and checked first, then planned."""
+
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.run = net.runner(module)
+        self.plan = Plan(module, self.run, net.NetworkError)
+        self.slot = Slot.parse(p['slot_id'])
+        self.slot_id, self.mac, self.ip = self.slot.slot_id, self.slot.mac, self.slot.ip
+        if p['mac'] is not None and p['mac'].lower() != self.mac:
+            raise net.NetworkError('mac %r is not slot %s\'s: the layout gives %s' % (p['mac'], self.slot_id, self.mac))
+        if p['ip'] is not None and p['ip'] != self.ip:
+            raise net.NetworkError('ip %r is not slot %s\'s: the layout gives %s' % (p['ip'], self.slot_id, self.ip))
+        self.hostname = HOSTNAME.check(p['hostname'], 'hostname') if p['state'] == 'present' else None
+        self.bridge = IFNAME.check(p['bridge'], 'bridge')
+        self.port = IFNAME.check(p['port'] or self.slot.tap, 'port')
+        if self.port == self.bridge:
+            raise net.NetworkError('port %s is the bridge itself, not a slot port' % self.port)
+        self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
+        self.sink_port = net.check_port(p['telemetry_port'], 'telemetry_port')
+        self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
+        self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
+        self.hosts_file = self.slot.file(self.hosts_dir)
+        self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
+        self.tap = p['port_type'] == 'tap'
+        self.reloaded = False
+
+    def reload(self):
+        # dnsmasq keeps a changed or removed file's old record until SIGHUP.
+        self.reloaded = net.reload_dnsmasq(self.pid_file)
+
+    def present(self):
+        net.ovs_available(self.run)
+        if net.bridge_info(self.run, self.bridge) is None:
+            raise net.NetworkError('bridge %s does not exist: set up the host network first '
+                                   '(gpuaas.slice.host_network, run by host_prep)' % self.bridge)
+        buckets = net.group_buckets(self.run, self.bridge)
+        if buckets is None:
+            raise net.NetworkError('bridge %s has no DHCP broadcast group: run gpuaas.slice.host_network' % self.bridge)
+        exists = net.device_exists(self.port)
+        if not exists and not self.tap:
+            raise net.NetworkError('port %s does not exist (port_type=existing)' % self.port)
+        on_bridge, ofport, ids = net.port_row(self.run, self.port)
+        net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
+        holder = net.ofport_holder(self.run, self.bridge, self.port, self.ofport)
+        if holder is not None:
+            raise net.NetworkError('OpenFlow port %d of slot %s is held by %s on %s: remove that port first'
+                                   % (self.ofport, self.slot_id, holder, self.bridge))
+        # Everything checked: now the steps, in an order where each step's inputs exist.
+        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
+        net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
+        if not exists:
+            # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
+            self.plan.command('tap %s' % self.port, ['ip', 'tuntap', 'add', 'dev', self.port, 'mode', 'tap'],
+                              verify=lambda: None if net.device_exists(self.port) else 'there is no such device')
+        wrong = net.port_sysctls(self.port) if exists else {}
+        if wrong or not exists:
+            self.plan.change('port %s kept off the host stack' % self.port, lambda: net.isolate_port(self.port),
+                             verify=lambda: net.port_sysctls(self.port) or None,
+                             before=dict((k, v[0]) for k, v in wrong.items()) or None,
+                             after=dict((k, v[1]) for k, v in wrong.items()) or None)
+        if on_bridge is None or ofport != self.ofport or ids.get('gpuaas-slot') != self.slot_id:
+            self.plan.command(
+                'port %s (ofport %d) on %s' % (self.port, self.ofport, self.bridge),
+                net.VSCTL + ['--if-exists', 'del-port', self.bridge, self.port, '--',
+                             'add-port', self.bridge, self.port, '--', 'set', 'Interface', self.port,
+                             'ofport_request=%d' % self.ofport, 'external_ids:gpuaas-slot=%s' % self.slot_id],
+                verify=self.ofport_taken, before={'bridge': on_bridge, 'ofport': ofport},
+                after={'bridge': self.bridge, 'ofport': self.ofport})
+        if not exists or not net.link_up(self.port):
+            self.plan.command('port %s up' % self.port, ['ip', 'link', 'set', self.port, 'up'],
+                              verify=lambda: None if net.link_up(self.port) else 'the link is down')
+        net.flows_step(self.plan, self.run, self.bridge, self.cookie,
+                       net.slot_flows(self.slot, self.gateway, self.sink_port), 'flows cookie=%#x' % self.cookie)
+        want = 'output:%d' % self.ofport
+        if buckets.get(self.ofport) != want:
+            self.plan.change('DHCP broadcast bucket %d' % self.ofport,
+                             lambda: net.set_bucket(self.run, self.bridge, self.ofport, self.ofport in buckets),
+                             verify=lambda: None if net.bucket(self.run, self.bridge, self.ofport) == want
+                             else 'the group has no bucket %d' % self.ofport)
+
+    def ofport_taken(self):
+        _bridge, ofport, _ids = net.port_row(self.run, self.port)
+        if ofport != self.ofport:
+            return ('port %s got OpenFlow port %s, not %d: another port holds that number '
+                    '(ovs-vsctl list Interface)' % (self.port, ofport, self.ofport))
+        return None
+
+    def absent(self):
+        bridge_there = net.bridge_info(self.run, self.bridge) is not None
+        on_bridge, _ofport, ids = net.port_row(self.run, self.port)
+        net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
+        if bridge_there:
+            if net.dump_flows(self.run, self.bridge, self.cookie):
+                self.plan.command('flows cookie=%#x removed' % self.cookie,
+                                  net.OFCTL + ['del-flows', self.bridge, 'cookie=%#x/-1' % self.cookie],
+                                  verify=lambda: 'flows are left' if net.dump_flows(self.run, self.bridge, self.cookie)
+                                  else None)
+            if self.ofport in (net.group_buckets(self.run, self.bridge) or {}):
+                self.plan.change('DHCP broadcast bucket %d removed' % self.ofport,
+                                 lambda: net.remove_bucket(self.run, self.bridge, self.ofport),
+                                 verify=lambda: 'the bucket is left' if net.bucket(self.run, self.bridge, self.ofport)
+                                 else None)
+        if on_bridge is not None:
+            self.plan.command('port %s removed from %s' % (self.port, on_bridge),
+                              net.VSCTL + ['--if-exists', 'del-port', on_bridge, self.port],
+                              verify=lambda: net.port_row(self.run, self.port)[0] and 'the port is still on a bridge')
+        if self.tap and net.device_exists(self.port):
+            self.plan.command('tap %s removed' % self.port, ['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'],
+                              verify=lambda: 'the device is left' if net.device_exists(self.port) else None)
+        before = net.read_text(self.hosts_file)
+        if before is not None:
+            self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
+                             verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
+
+    def remove_entry(self):
+        remove(self.hosts_file)
+        self.reload()
+
+    def result(self):
+        self.plan.execute()
+        return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
+                          ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
+                          hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
