@@ -63,10 +63,10 @@ options:
     elements: dict
     default: []
   vcpus:
-    description: The allocation's vCPUs (1 to 256); at most the slot's RV(slot.vcpus).
+    description: The allocation's vCPUs (1 to 256); at most the slot's C(vcpus) (in RV(slot)).
     type: int
   memory_mib:
-    description: The allocation's memory in MiB (1 to 4194304); at most the slot's RV(slot.memory_mib).
+    description: The allocation's memory in MiB (1 to 4194304); at most the slot's C(memory_mib) (in RV(slot)).
     type: int
 seealso:
   - module: gpuaas.slice.slot_approval

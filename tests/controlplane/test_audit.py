@@ -32,7 +32,7 @@ _tenants = itertools.count()
 
 def _entries(db, n=5):
     """``n`` commits, an entry each (a new tenant's quota)."""
-    for _ in range(n):
+    for _entry in range(n):
         db.transact(service.set_quota, OPERATOR, 'tenant%d' % next(_tenants), 1)
 
 
@@ -274,7 +274,7 @@ def test_concurrent_appenders_never_move_it_backwards(db_url, checkpoint):
     """Four processes' worth of Database objects (each its own pool and lock) commit at once;
     a reader watches the file (under its shared lock): its seq only grows, and ends at the
     head."""
-    databases = [Database(db_url, audit_checkpoint=checkpoint) for _ in range(4)]
+    databases = [Database(db_url, audit_checkpoint=checkpoint) for _copy in range(4)]
     _entries(databases[0], 1)   # the first entry creates the checkpoint (see advance)
     seen, done = [], threading.Event()
 

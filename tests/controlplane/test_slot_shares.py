@@ -44,7 +44,7 @@ def test_a_reservation_skips_the_slots_too_small_for_it(db, hgx_discovery_factor
     add_node(db, discovery, approved_map(discovery))
     add_tenant(db, 'acme')
     taken = [db.transact(service.reserve, tenant('acme'), request(vcpus=27, memory_mib=8192))[0].slot_id
-             for _ in range(4)]
+             for _copy in range(4)]
     # n1-s3 has 26 vCPUs: the fourth reservation goes to the other node's first slot.
     assert taken == ['n1-s0', 'n1-s1', 'n1-s2', 'n1-s4']
     assert db.transact(service.reserve, tenant('acme'), request(vcpus=26, memory_mib=8192))[0].slot_id == 'n1-s3'

@@ -207,7 +207,7 @@ def test_kept_runs_are_pruned_to_the_newest_and_the_runs_directory_made_private(
     os.chmod(settings.runs_dir, 0o755)
     settings = settings.model_copy(update={'keep_runs': 1})
     worker = Worker(db, settings)
-    for _ in range(2):
+    for _run in range(2):
         allocation, _created = db.transact(service.reserve, tenant('acme'), request())
         assert worker.drain() == 1
     kept = os.listdir(settings.runs_dir)
