@@ -24,7 +24,7 @@ def test_migrations_match_the_models(db):
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert migrate.status(db) == ('0002', '0002')
+    assert migrate.status(db) == ('0003', '0003')
 
 
 def test_upgrade_is_idempotent_and_downgrade_empties(db):
@@ -33,7 +33,7 @@ def test_upgrade_is_idempotent_and_downgrade_empties(db):
     with db.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() is None
     migrate.upgrade(db)
-    assert migrate.status(db) == ('0002', '0002')
+    assert migrate.status(db) == ('0003', '0003')
 
 
 @pytest.mark.parametrize('url', ['sqlite://', 'sqlite:///:memory:', 'mysql://x/y', 'not a url'])
