@@ -10,12 +10,12 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError, DBAPIError
 
 from gpuaas_control import audit, migrate, service
 from gpuaas_control.db import Database, DatabaseError
-from gpuaas_control.models import Allocation, Base, utcnow
+from gpuaas_control.models import Allocation, ApiToken, Base, UTCDateTime, utcnow
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
 
@@ -34,6 +34,38 @@ def test_upgrade_is_idempotent_and_downgrade_empties(db):
         assert MigrationContext.configure(conn).get_current_revision() is None
     migrate.upgrade(db)
     assert migrate.status(db) == ('0003', '0003')
+
+
+def test_0003_keeps_the_tokens_of_0002_working_without_an_expiry(db):
+    """Tokens made before 0003 keep working: no expiry, never seen; rotation works on them;
+    a downgrade keeps them too."""
+    migrate.downgrade(db, '0002')
+    db.transact(service.set_quota, OPERATOR, 'acme', 3)
+    created = utcnow() - dt.timedelta(days=400)
+    with db.write() as session:
+        for number, role, tenant_id in ((1, 'operator', None), (2, 'tenant', 'acme')):
+            session.execute(text(
+                'INSERT INTO api_tokens (token_hash, role, tenant_id, name, created_at) '
+                'VALUES (:hash, :role, :tenant, :name, :created)').bindparams(
+                    bindparam('created', type_=UTCDateTime)), {
+                    'hash': service.hash_token('gpuaas_old%d' % number), 'role': role,
+                    'tenant': tenant_id, 'name': 'old%d' % number, 'created': created})
+    migrate.upgrade(db)
+    assert migrate.status(db) == ('0003', '0003')
+    with db.read() as session:
+        rows = session.execute(select(ApiToken).order_by(ApiToken.id)).scalars().all()
+        assert [(t.name, t.role, t.tenant_id, t.expires_at, t.last_used_at, t.replaced_by)
+                for t in rows] == [('old1', 'operator', None, None, None, None),
+                                   ('old2', 'tenant', 'acme', None, None, None)]
+        assert abs(rows[0].created_at - created) < dt.timedelta(seconds=1)
+        who, mark = service.authenticate(session, 'gpuaas_old2')
+        assert (who.name, who.role, who.tenant, mark) == ('token:2:old2', 'tenant', 'acme', 2)
+    _token, new, old = db.transact(service.rotate_token, OPERATOR, 1, 0, 30)
+    assert (old.replaced_by, new.name, new.role) == (new.id, 'old1', 'operator')
+    migrate.downgrade(db, '0002')
+    with db.read() as session:
+        assert session.execute(text('SELECT name FROM api_tokens ORDER BY id')).scalars().all() == \
+            ['old1', 'old2', 'old1']
 
 
 @pytest.mark.parametrize('url', ['sqlite://', 'sqlite:///:memory:', 'mysql://x/y', 'not a url'])

@@ -245,10 +245,14 @@ def cmd_token(args):
 
     from gpuaas_control import audit, service
     from gpuaas_control.errors import ControlError
-    from gpuaas_control.models import ApiToken
+    from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE, ApiToken
     from gpuaas_control.schemas.params import MAX_ROW_ID
-    if getattr(args, 'id', None) is not None and not 1 <= args.id <= MAX_ROW_ID:
-        raise CliError('token id %d is not valid: 1 to %d' % (args.id, MAX_ROW_ID))
+    for name, low, high in (('id', 1, MAX_ROW_ID), ('expires_in', 0, TOKEN_MAX_DAYS),
+                            ('grace', 0, TOKEN_MAX_GRACE)):
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:
+            raise CliError('%s %d is not valid: %d to %d' % (
+                'token ID' if name == 'id' else '--' + name.replace('_', '-'), value, low, high))
     settings = _settings(args)
     db = _database(args)
     if args.action == 'list':
