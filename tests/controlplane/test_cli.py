@@ -267,8 +267,8 @@ def test_token_lifetimes_rotation_and_list(fresh_url):
                             'last_used_at', 'revoked_at', 'replaced_by'}
     assert rows[1]['expires_at'] is None and rows[0]['last_used_at'] is None
     table = gpuaas('token', 'list').stdout.splitlines()
-    assert table[0].lower().split() == ['id', 'name', 'role', 'tenant', 'created', 'expires', 'last',
-                                'used', 'revoked', 'replaced', 'by']
+    assert table[0].lower().split() == ['id', 'name', 'role', 'tenant', 'created', 'expires',
+                                        'last', 'used', 'revoked', 'replaced', 'by']
     verified = gpuaas('audit', 'verify')
     assert verified.stdout.startswith('audit chain ok: 6 entries')
 
