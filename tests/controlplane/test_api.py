@@ -13,6 +13,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from gpuaas_control import service
 from gpuaas_control.models import ApiToken, utcnow
 from tests.controlplane.conftest import approved_map, snapshot as _snapshot
 from tests.controlplane.helpers import ssh_key
@@ -124,6 +125,14 @@ def test_last_use_is_recorded_to_the_minute_without_a_write_per_request(client, 
         assert len(writes) == 1 and _token_row(db, created['id']).last_used_at > first
     finally:
         event.remove(db.engine, 'before_cursor_execute', count)
+    # Requests in flight while it is stale: one of them (in this process) records it.
+    _set_token(db, created['id'], last_used_at=first - dt.timedelta(seconds=120))
+    with db.read() as session:
+        assert service.authenticate(session, created['token'])[1] == created['id']
+        assert service.authenticate(session, created['token'])[1] is None
+        # If that one's write was lost, a request a minute on tries again.
+        later = utcnow() + service.LAST_USED_EVERY
+        assert service.authenticate(session, created['token'], later)[1] == created['id']
     listed = client.get('/v1/tokens', headers=tokens['operator']).json()['tokens']
     assert [t['last_used_at'] is not None for t in listed if t['id'] == created['id']] == [True]
 

@@ -247,12 +247,12 @@ def cmd_token(args):
     from gpuaas_control.errors import ControlError
     from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE, ApiToken
     from gpuaas_control.schemas.params import MAX_ROW_ID
-    for name, low, high in (('id', 1, MAX_ROW_ID), ('expires_in', 0, TOKEN_MAX_DAYS),
-                            ('grace', 0, TOKEN_MAX_GRACE)):
+    for name, option, low, high in (('id', 'token ID', 1, MAX_ROW_ID),
+                                    ('expires_in', '--expires-in', 0, TOKEN_MAX_DAYS),
+                                    ('grace', '--grace', 0, TOKEN_MAX_GRACE)):
         value = getattr(args, name, None)
         if value is not None and not low <= value <= high:
-            raise CliError('%s %d is not valid: %d to %d' % (
-                'token ID' if name == 'id' else '--' + name.replace('_', '-'), value, low, high))
+            raise CliError('%s %d is not valid: %d to %d' % (option, value, low, high))
     settings = _settings(args)
     db = _database(args)
     if args.action == 'list':

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE
 from gpuaas_control.validation import (
     CHECKSUM_RE,
     GPU_MODEL_RE,
@@ -23,7 +24,6 @@ from gpuaas_control.validation import (
     show,
     ssh_key_problem,
 )
-from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE
 
 
 def _pattern(regex, name, rule):
@@ -96,7 +96,6 @@ class TokenIn(Strict):
     role: Literal['operator', 'tenant']
     tenant: str | None = Field(None, max_length=63)
     name: str | None = Field(None, max_length=63)
-
     expires_in_days: int | None = Field(None, ge=0, le=TOKEN_MAX_DAYS, description=_EXPIRES)
 
     _tenant = _pattern(TENANT_RE, 'tenant', "lowercase letters, digits and '._-', 1-63")
