@@ -224,8 +224,8 @@ def test_token_lifetimes_rotation_and_list(fresh_url):
         refused = gpuaas('token', *argv, check=False)
         assert refused.returncode in (1, 2) and message in refused.stderr, (argv, refused.stderr)
         assert refused.stdout == ''
-    refused = Gpuaas(dict(gpuaas.env, GPUAAS_TOKEN_DAYS='nan'))('token', 'create', '--role', 'operator',
-                                                                 check=False)
+    nan_days = Gpuaas(dict(gpuaas.env, GPUAAS_TOKEN_DAYS='nan'))
+    refused = nan_days('token', 'create', '--role', 'operator', check=False)
     assert refused.returncode == 1 and "GPUAAS_TOKEN_DAYS='nan'" in refused.stderr
 
     # Rotate with a grace period: a new token under the same name; the old one still works.
