@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -42,13 +43,15 @@ def test_0003_keeps_the_tokens_of_0002_working_without_an_expiry(db):
     migrate.downgrade(db, '0002')
     db.transact(service.set_quota, OPERATOR, 'acme', 3)
     created = utcnow() - dt.timedelta(days=400)
+    # Random, as tokens are: a process remembers the tokens whose last use it records.
+    old = {number: 'gpuaas_old%d_%s' % (number, secrets.token_hex(8)) for number in (1, 2)}
     with db.write() as session:
         for number, role, tenant_id in ((1, 'operator', None), (2, 'tenant', 'acme')):
             session.execute(text(
                 'INSERT INTO api_tokens (token_hash, role, tenant_id, name, created_at) '
                 'VALUES (:hash, :role, :tenant, :name, :created)').bindparams(
                     bindparam('created', type_=UTCDateTime)), {
-                    'hash': service.hash_token('gpuaas_old%d' % number), 'role': role,
+                    'hash': service.hash_token(old[number]), 'role': role,
                     'tenant': tenant_id, 'name': 'old%d' % number, 'created': created})
     migrate.upgrade(db)
     assert migrate.status(db) == ('0003', '0003')
@@ -58,10 +61,10 @@ def test_0003_keeps_the_tokens_of_0002_working_without_an_expiry(db):
                 for t in rows] == [('old1', 'operator', None, None, None, None),
                                    ('old2', 'tenant', 'acme', None, None, None)]
         assert abs(rows[0].created_at - created) < dt.timedelta(seconds=1)
-        who, mark = service.authenticate(session, 'gpuaas_old2')
+        who, mark = service.authenticate(session, old[2])
         assert (who.name, who.role, who.tenant, mark) == ('token:2:old2', 'tenant', 'acme', 2)
-    _token, new, old = db.transact(service.rotate_token, OPERATOR, 1, 0, 30)
-    assert (old.replaced_by, new.name, new.role) == (new.id, 'old1', 'operator')
+    _token, new, rotated = db.transact(service.rotate_token, OPERATOR, 1, 0, 30)
+    assert (rotated.replaced_by, new.name, new.role) == (new.id, 'old1', 'operator')
     migrate.downgrade(db, '0002')
     with db.read() as session:
         assert session.execute(text('SELECT name FROM api_tokens ORDER BY id')).scalars().all() == \
