@@ -197,9 +197,10 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert worker.wait(30) == 0
 
 
-def test_token_lifetimes_rotation_and_list(fresh_url):
+def test_token_lifetimes_rotation_and_list(fresh_url, tmp_path):
     from gpuaas_control import service
-    gpuaas = Gpuaas(dict(os.environ, GPUAAS_DB_URL=fresh_url))
+    gpuaas = Gpuaas(dict(os.environ, GPUAAS_DB_URL=fresh_url,
+                         GPUAAS_AUDIT_CHECKPOINT=str(tmp_path / 'audit-head.json')))
     gpuaas.env.pop('GPUAAS_TOKEN_DAYS', None)
     gpuaas('db', 'upgrade')
     made = gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'acme', '--name', 'ci')
