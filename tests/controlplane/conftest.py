@@ -182,4 +182,5 @@ def snapshot(db):
                 sorted(session.execute(select(Node.id, Node.schedulable, Node.drain_reason,
                                               Node.discovered_at)).all()),
                 sorted(session.execute(select(Tenant.id, Tenant.max_gpus)).all()),
-                sorted(session.execute(select(ApiToken.id, ApiToken.revoked_at)).all()))
+                sorted(session.execute(select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at,
+                                              ApiToken.replaced_by)).all()))

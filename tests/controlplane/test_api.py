@@ -7,12 +7,14 @@ and every refusal changing nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 from sqlalchemy import select
 
-from gpuaas_control.models import ApiToken
+from gpuaas_control import service
+from gpuaas_control.models import ApiToken, utcnow
 from tests.controlplane.conftest import approved_map, snapshot as _snapshot
 from tests.controlplane.helpers import ssh_key
 
@@ -45,6 +47,161 @@ def test_authentication(client, db, tokens):
     with db.read() as session:
         stored = session.execute(select(ApiToken.token_hash)).scalars().all()
     assert created['token'] not in stored and len(stored) == 4
+
+
+def _bearer(token):
+    return {'Authorization': 'Bearer ' + token}
+
+
+def _set_token(db, token_id, **values):
+    from sqlalchemy import update
+    with db.write() as session:
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(**values))
+
+
+def _token_row(db, token_id):
+    with db.read() as session:
+        return session.get(ApiToken, token_id)
+
+
+def _expires_in(when, started, lifetime):
+    """``when`` is ``lifetime`` after a moment between ``started`` and now."""
+    assert started + lifetime <= dt.datetime.fromisoformat(when) <= utcnow() + lifetime
+
+
+def test_token_lifetimes_and_the_401_of_an_expired_one(client, db, tokens):
+    op = tokens['operator']
+    started = utcnow()
+    default = client.post('/v1/tokens', json={'role': 'tenant', 'tenant': 'acme'}, headers=op).json()
+    _expires_in(default['expires_at'], started, dt.timedelta(days=90))
+    short = client.post('/v1/tokens', json={'role': 'tenant', 'tenant': 'acme', 'expires_in_days': 1},
+                        headers=op).json()
+    _expires_in(short['expires_at'], started, dt.timedelta(days=1))
+    never = client.post('/v1/tokens', json={'role': 'operator', 'expires_in_days': 0}, headers=op).json()
+    assert never['expires_at'] is None
+    assert client.get('/v1/allocations', headers=_bearer(short['token'])).status_code == 200
+
+    # Past its expiry: 401, saying it expired and nothing more; an unknown token says otherwise.
+    _set_token(db, short['id'], expires_at=utcnow() - dt.timedelta(seconds=1))
+    before = _snapshot(db)
+    expired = client.get('/v1/allocations', headers=_bearer(short['token']))
+    assert expired.status_code == 401 and expired.headers['www-authenticate'] == 'Bearer'
+    assert expired.json()['detail'] == 'the token expired'
+    unknown = client.get('/v1/allocations', headers=_bearer(short['token'] + 'x'))
+    assert unknown.status_code == 401 and unknown.json()['detail'] == 'the token is not valid or was revoked'
+    assert _snapshot(db) == before
+    # A revoked token that has also expired says revoked.
+    assert client.delete('/v1/tokens/%d' % short['id'], headers=op).status_code == 200
+    assert client.get('/v1/allocations', headers=_bearer(short['token'])).json()['detail'] == \
+        'the token is not valid or was revoked'
+
+
+def test_last_use_is_recorded_to_the_minute_without_a_write_per_request(client, db, tokens):
+    from sqlalchemy import event
+    created = client.post('/v1/tokens', json={'role': 'tenant', 'tenant': 'acme'},
+                          headers=tokens['operator']).json()
+    assert _token_row(db, created['id']).last_used_at is None
+    mine = _bearer(created['token'])
+    started = utcnow()
+    assert client.get('/v1/allocations', headers=mine).status_code == 200
+    first = _token_row(db, created['id']).last_used_at
+    assert started <= first <= utcnow()
+
+    writes = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith(('UPDATE', 'INSERT', 'DELETE')):
+            writes.append(statement)
+    event.listen(db.engine, 'before_cursor_execute', count)
+    try:
+        for _request in range(5):
+            assert client.get('/v1/allocations', headers=mine).status_code == 200
+        assert writes == [] and _token_row(db, created['id']).last_used_at == first
+        # A minute on, the next request records it again (once).
+        _set_token(db, created['id'], last_used_at=first - dt.timedelta(seconds=61))
+        writes.clear()
+        for _request in range(3):
+            assert client.get('/v1/allocations', headers=mine).status_code == 200
+        assert len(writes) == 1 and _token_row(db, created['id']).last_used_at > first
+    finally:
+        event.remove(db.engine, 'before_cursor_execute', count)
+    # Requests in flight while it is stale: one of them (in this process) records it.
+    _set_token(db, created['id'], last_used_at=first - dt.timedelta(seconds=120))
+    with db.read() as session:
+        assert service.authenticate(session, created['token'])[1] == created['id']
+        assert service.authenticate(session, created['token'])[1] is None
+        # If that one's write was lost, a request a minute on tries again.
+        later = utcnow() + service.LAST_USED_EVERY
+        assert service.authenticate(session, created['token'], later)[1] == created['id']
+    listed = client.get('/v1/tokens', headers=tokens['operator']).json()['tokens']
+    assert [t['last_used_at'] is not None for t in listed if t['id'] == created['id']] == [True]
+
+
+def test_rotation(client, db, tokens):
+    op = tokens['operator']
+    created = client.post('/v1/tokens', json={'role': 'tenant', 'tenant': 'acme', 'name': 'ci'},
+                          headers=op).json()
+    before = _token_row(db, created['id'])
+
+    # With a grace period the old token works until it ends.
+    started = utcnow()
+    reply = client.post('/v1/tokens/%d/rotate' % created['id'], json={'grace_seconds': 3600,
+                        'expires_in_days': 7}, headers=op)
+    assert reply.status_code == 201, reply.text
+    rotated = reply.json()
+    assert (rotated['name'], rotated['role'], rotated['tenant'], rotated['replaces']) == \
+        ('ci', 'tenant', 'acme', created['id'])
+    assert rotated['token'] != created['token'] and rotated['id'] != created['id']
+    _expires_in(rotated['expires_at'], started, dt.timedelta(days=7))
+    _expires_in(rotated['replaces_until'], started, dt.timedelta(hours=1))
+    for token in (created['token'], rotated['token']):
+        assert client.get('/v1/allocations', headers=_bearer(token)).status_code == 200
+    old = _token_row(db, created['id'])
+    assert old.replaced_by == rotated['id'] and old.token_hash == before.token_hash
+    # Rotated once: rotating it again is a conflict naming its successor.
+    again = client.post('/v1/tokens/%d/rotate' % created['id'], headers=op)
+    assert again.status_code == 409
+    assert again.json()['detail'] == 'token %d was already rotated: token %d replaces it' % (
+        created['id'], rotated['id'])
+    # The grace period over, the old one has expired.
+    _set_token(db, created['id'], expires_at=utcnow() - dt.timedelta(seconds=1))
+    assert client.get('/v1/allocations', headers=_bearer(created['token'])).json()['detail'] == \
+        'the token expired'
+
+    # Without one (the default), at once; the new token gets the default lifetime.
+    started = utcnow()
+    third = client.post('/v1/tokens/%d/rotate' % rotated['id'], headers=op).json()
+    _expires_in(third['expires_at'], started, dt.timedelta(days=90))
+    _expires_in(third['replaces_until'], started, dt.timedelta(0))
+    assert client.get('/v1/allocations', headers=_bearer(rotated['token'])).status_code == 401
+    assert client.get('/v1/allocations', headers=_bearer(third['token'])).status_code == 200
+
+    # Revoked, expired or unknown tokens are not rotated, and nothing changes.
+    revoked = client.post('/v1/tokens', json={'role': 'operator'}, headers=op).json()
+    client.delete('/v1/tokens/%d' % revoked['id'], headers=op)
+    expired = client.post('/v1/tokens', json={'role': 'operator'}, headers=op).json()
+    _set_token(db, expired['id'], expires_at=utcnow() - dt.timedelta(days=1))
+    snapshot = _snapshot(db)
+    for token_id, status, detail in (
+            (revoked['id'], 409, 'token %d is revoked: create a new one' % revoked['id']),
+            (expired['id'], 409, 'token %d expired at ' % expired['id']),
+            (9999, 404, 'no token 9999')):
+        reply = client.post('/v1/tokens/%d/rotate' % token_id, headers=op)
+        assert reply.status_code == status and reply.json()['detail'].startswith(detail), reply.text
+    assert _snapshot(db) == snapshot
+
+    # Audited; listed with expiry, last use and successor, never the hash.
+    entries = client.get('/v1/audit', headers=op).json()['entries']
+    rotations = [e for e in entries if e['action'] == 'token.rotate']
+    assert [(e['target_id'], e['after']['replaced_by'], e['after']['new']['name']) for e in rotations] \
+        == [(str(created['id']), rotated['id'], 'ci'), (str(rotated['id']), third['id'], 'ci')]
+    assert rotations[0]['before'] == {'expires_at': before.expires_at.isoformat(), 'replaced_by': None}
+    listed = client.get('/v1/tokens', headers=op)
+    assert before.token_hash not in listed.text and 'token_hash' not in listed.text
+    shown = {t['id']: t for t in listed.json()['tokens']}
+    assert shown[created['id']]['replaced_by'] == rotated['id']
+    assert set(shown[third['id']]) == {'id', 'name', 'role', 'tenant', 'created_at', 'revoked_at',
+                                       'expires_at', 'last_used_at', 'replaced_by'}
 
 
 def test_a_tenant_sees_only_its_own(client, tokens, node):
@@ -80,6 +237,7 @@ OPERATOR_CALLS = [
     ('get', '/v1/slots', None), ('get', '/v1/tenants', None),
     ('put', '/v1/tenants/acme/quota', {'max_gpus': 100}), ('get', '/v1/tokens', None),
     ('post', '/v1/tokens', {'role': 'operator'}), ('delete', '/v1/tokens/1', None),
+    ('post', '/v1/tokens/1/rotate', None),
     ('get', '/v1/audit', None), ('get', '/v1/audit/verify', None),
 ]
 

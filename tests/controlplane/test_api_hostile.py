@@ -5,7 +5,8 @@
 JSON error naming the field, never a 500, and nothing changes in the database.
 
 The classes (issue 16, item 10): integers past the columns (offsets, ids, event and ledger
-cursors, 2^31 to 2^64 and beyond, negatives), times that overflow in UTC or fall outside
+cursors, 2^31 to 2^64 and beyond, negatives) or past their range (token lifetimes and grace
+periods, NaN and Infinity among them), times that overflow in UTC or fall outside
 years 1-9999, NUL bytes in any string (PostgreSQL refuses them), non-mapping entries in a
 discovery, and bodies over the limit (413, JSON too)."""
 
@@ -37,6 +38,13 @@ for number in HUGE:
          {'params': {'follow': 0}, 'headers': {'Last-Event-ID': str(number)}}, 'last-event-id', 422),
         ('operator', 'get', '/v1/audit', {'params': {'after': number}}, 'after', 422),
         ('operator', 'delete', '/v1/tokens/%d' % number, {}, 'token_id', 422),
+        ('operator', 'post', '/v1/tokens/%d/rotate' % number, {}, 'token_id', 422),
+        ('operator', 'post', '/v1/tokens', {'json': {'role': 'operator', 'expires_in_days': number}},
+         'expires_in_days', 422),
+        ('operator', 'post', '/v1/tokens/1/rotate', {'json': {'expires_in_days': number}},
+         'expires_in_days', 422),
+        ('operator', 'post', '/v1/tokens/1/rotate', {'json': {'grace_seconds': number}},
+         'grace_seconds', 422),
         ('operator', 'put', '/v1/tenants/acme/quota', {'json': {'max_gpus': number if number != -1 else -2}},
          'max_gpus', 422),
         ('acme', 'post', '/v1/allocations', {'json': dict(BODY, vcpus=number)}, 'vcpus', 422),
@@ -47,6 +55,19 @@ for value in ('abc', '1e3', '0x10', ''):
                   {'params': {'follow': 0}, 'headers': {'Last-Event-ID': value}}, 'last-event-id', 422))
 CASES.append(('acme', 'get', '/v1/allocations/{id}/events', {'params': {'follow': 0, 'timeout': 'nan'}},
               'timeout', 422))
+# Token lifetimes and grace periods: whole numbers only (Python's JSON reads NaN and Infinity).
+for raw in ('NaN', 'Infinity', '-Infinity', '1e400', '3650.5', '1e3', '"30"', 'true', '[1]'):
+    for url, field, extra in (('/v1/tokens', 'expires_in_days', '"role": "operator", '),
+                              ('/v1/tokens/1/rotate', 'expires_in_days', ''),
+                              ('/v1/tokens/1/rotate', 'grace_seconds', '')):
+        CASES.append(('operator', 'post', url, {
+            'content': '{%s"%s": %s}' % (extra, field, raw),
+            'headers': {'content-type': 'application/json'}}, field, 422))
+CASES += [('operator', 'post', '/v1/tokens', {'json': {'role': 'operator', 'expires_in_days': 3651}},
+           'expires_in_days', 422),
+          ('operator', 'post', '/v1/tokens/1/rotate', {'json': {'grace_seconds': 7 * 86400 + 1}},
+           'grace_seconds', 422),
+          ('operator', 'post', '/v1/tokens/1/rotate', {'json': {'grace': 60}}, 'grace', 422)]
 for when in OVERFLOW:
     for name in ('since', 'until'):
         CASES.append(('operator', 'get', '/v1/usage', {'params': {name: when}}, name, 422))

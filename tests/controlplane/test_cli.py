@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0005 (newest 0005)' in upgraded.stdout
+    assert 'revision 0004 (newest 0004)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
@@ -195,6 +195,83 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     worker = gpuaas.procs[1]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_token_lifetimes_rotation_and_list(fresh_url, tmp_path):
+    from gpuaas_control import service
+    gpuaas = Gpuaas(dict(os.environ, GPUAAS_DB_URL=fresh_url,
+                         GPUAAS_AUDIT_CHECKPOINT=str(tmp_path / 'audit-head.json')))
+    gpuaas.env.pop('GPUAAS_TOKEN_DAYS', None)
+    gpuaas('db', 'upgrade')
+    made = gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'acme', '--name', 'ci')
+    first = made.stdout.strip()
+    assert made.stderr.startswith('token 1 (ci, tenant, tenant acme, expires 20')
+    assert 'never expires' in gpuaas('token', 'create', '--role', 'operator', '--expires-in', '0').stderr
+    assert 'never expires' in Gpuaas(dict(gpuaas.env, GPUAAS_TOKEN_DAYS='0'))(
+        'token', 'create', '--role', 'operator').stderr
+
+    # Bad numbers: refused, naming the option or setting, nothing made.
+    for argv, message in (
+            (('create', '--role', 'operator', '--expires-in', '-1'), '--expires-in -1 is not valid: 0 to 3650'),
+            (('create', '--role', 'operator', '--expires-in', '3651'), '--expires-in 3651 is not valid'),
+            (('create', '--role', 'operator', '--expires-in', str(2 ** 64)), '--expires-in 18446744073709551616'),
+            (('create', '--role', 'operator', '--expires-in', 'nan'), "argument --expires-in: invalid int value: 'nan'"),
+            (('create', '--role', 'operator', '--expires-in', 'inf'), "argument --expires-in: invalid int value: 'inf'"),
+            (('rotate', '1', '--grace', '604801'), '--grace 604801 is not valid: 0 to 604800'),
+            (('rotate', '1', '--grace', '-1'), '--grace -1 is not valid'),
+            (('rotate', str(2 ** 64)), 'token ID 18446744073709551616 is not valid'),
+            (('rotate', '9'), 'no token 9'),
+            (('revoke', str(2 ** 31)), 'token ID 2147483648 is not valid')):
+        refused = gpuaas('token', *argv, check=False)
+        assert refused.returncode in (1, 2) and message in refused.stderr, (argv, refused.stderr)
+        assert refused.stdout == ''
+    nan_days = Gpuaas(dict(gpuaas.env, GPUAAS_TOKEN_DAYS='nan'))
+    refused = nan_days('token', 'create', '--role', 'operator', check=False)
+    assert refused.returncode == 1 and "GPUAAS_TOKEN_DAYS='nan'" in refused.stderr
+
+    # Rotate with a grace period: a new token under the same name; the old one still works.
+    rotated = gpuaas('token', 'rotate', '1', '--grace', '600', '--expires-in', '30')
+    second = rotated.stdout.strip()
+    assert second.startswith('gpuaas_') and second != first
+    assert rotated.stderr.startswith('token 4 (ci, tenant, tenant acme, expires 20')
+    assert 'token 1, which it replaces, stops working at 20' in rotated.stderr
+    again = gpuaas('token', 'rotate', '1', check=False)
+    assert again.returncode == 1 and again.stderr == 'gpuaas: token 1 was already rotated: token 4 replaces it\n'
+    db = Database(fresh_url)
+    try:
+        with db.read() as session:
+            assert service.authenticate(session, first)[0].name == 'token:1:ci'
+            assert service.authenticate(session, second)[0].name == 'token:4:ci'
+        # Without one, the old token stops at once.
+        third = gpuaas('token', 'rotate', '4').stdout.strip()
+        with db.read() as session:
+            with pytest.raises(service.TokenExpired):
+                service.authenticate(session, second)
+            assert service.authenticate(session, third)[0].tenant == 'acme'
+        gpuaas('token', 'revoke', '5')
+        revoked = gpuaas('token', 'rotate', '5', check=False)
+        assert revoked.returncode == 1 and 'token 5 is revoked' in revoked.stderr
+        actor = 'cli:%s' % os.environ.get('USER', 'unknown')
+        with db.read() as session:
+            assert session.execute(text('SELECT action, actor FROM audit_log ORDER BY seq')).all() == \
+                [('token.create', actor)] * 3 + [('token.rotate', actor)] * 2 + [('token.revoke', actor)]
+    finally:
+        db.dispose()
+
+    listed = gpuaas('--json', 'token', 'list').stdout
+    assert first not in listed and service.hash_token(first) not in listed
+    rows = json.loads(listed)
+    assert [(r['id'], r['name'], r['replaced_by'], r['revoked_at'] is None) for r in rows] == [
+        (1, 'ci', 4, True), (2, rows[1]['name'], None, True), (3, rows[2]['name'], None, True),
+        (4, 'ci', 5, True), (5, 'ci', None, False)]
+    assert set(rows[0]) == {'id', 'name', 'role', 'tenant', 'created_at', 'expires_at',
+                            'last_used_at', 'revoked_at', 'replaced_by'}
+    assert rows[1]['expires_at'] is None and rows[0]['last_used_at'] is None
+    table = gpuaas('token', 'list').stdout.splitlines()
+    assert table[0].lower().split() == ['id', 'name', 'role', 'tenant', 'created', 'expires',
+                                        'last', 'used', 'revoked', 'replaced', 'by']
+    verified = gpuaas('audit', 'verify')
+    assert verified.stdout.startswith('audit chain ok: 6 entries')
 
 
 @pytest.mark.backends('sqlite')

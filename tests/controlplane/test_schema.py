@@ -6,16 +6,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError, DBAPIError
 
 from gpuaas_control import audit, migrate, service
 from gpuaas_control.db import Database, DatabaseError
-from gpuaas_control.models import Allocation, Base, utcnow
+from gpuaas_control.models import Allocation, ApiToken, Base, UTCDateTime, utcnow
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
 
@@ -24,7 +25,7 @@ def test_migrations_match_the_models(db):
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert migrate.status(db) == ('0005', '0005')
+    assert migrate.status(db) == ('0004', '0004')
 
 
 def test_upgrade_is_idempotent_and_downgrade_empties(db):
@@ -33,7 +34,42 @@ def test_upgrade_is_idempotent_and_downgrade_empties(db):
     with db.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() is None
     migrate.upgrade(db)
-    assert migrate.status(db) == ('0005', '0005')
+    assert migrate.status(db) == ('0004', '0004')
+
+
+def test_0003_keeps_the_tokens_of_0002_working_without_an_expiry(db):
+    """Tokens made before 0003 keep working: no expiry, never seen; rotation works on them;
+    a downgrade keeps them too."""
+    migrate.downgrade(db, '0002')
+    db.transact(service.set_quota, OPERATOR, 'acme', 3)
+    created = utcnow() - dt.timedelta(days=400)
+    # Random, as tokens are: a process remembers the tokens whose last use it records.
+    old = {number: 'gpuaas_old%d_%s' % (number, secrets.token_hex(8)) for number in (1, 2)}
+    with db.write() as session:
+        for number, role, tenant_id in ((1, 'operator', None), (2, 'tenant', 'acme')):
+            session.execute(text(
+                'INSERT INTO api_tokens (token_hash, role, tenant_id, name, created_at) '
+                'VALUES (:hash, :role, :tenant, :name, :created)').bindparams(
+                    bindparam('created', type_=UTCDateTime)), {
+                    'hash': service.hash_token(old[number]), 'role': role,
+                    'tenant': tenant_id, 'name': 'old%d' % number, 'created': created})
+    migrate.upgrade(db)
+    current, head = migrate.status(db)
+    assert current == head
+    with db.read() as session:
+        rows = session.execute(select(ApiToken).order_by(ApiToken.id)).scalars().all()
+        assert [(t.name, t.role, t.tenant_id, t.expires_at, t.last_used_at, t.replaced_by)
+                for t in rows] == [('old1', 'operator', None, None, None, None),
+                                   ('old2', 'tenant', 'acme', None, None, None)]
+        assert abs(rows[0].created_at - created) < dt.timedelta(seconds=1)
+        who, mark = service.authenticate(session, old[2])
+        assert (who.name, who.role, who.tenant, mark) == ('token:2:old2', 'tenant', 'acme', 2)
+    _token, new, rotated = db.transact(service.rotate_token, OPERATOR, 1, 0, 30)
+    assert (rotated.replaced_by, new.name, new.role) == (new.id, 'old1', 'operator')
+    migrate.downgrade(db, '0002')
+    with db.read() as session:
+        assert session.execute(text('SELECT name FROM api_tokens ORDER BY id')).scalars().all() == \
+            ['old1', 'old2', 'old1']
 
 
 @pytest.mark.parametrize('url', ['sqlite://', 'sqlite:///:memory:', 'mysql://x/y', 'not a url'])

@@ -236,41 +236,61 @@ def cmd_worker(args):
     return 0
 
 
+def _when(value):
+    return value.isoformat(timespec='seconds') if value else None
+
+
 def cmd_token(args):
     from sqlalchemy import select
 
     from gpuaas_control import audit, service
     from gpuaas_control.errors import ControlError
-    from gpuaas_control.models import ApiToken
+    from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE, ApiToken
+    from gpuaas_control.schemas.params import MAX_ROW_ID
+    for name, option, low, high in (('id', 'token ID', 1, MAX_ROW_ID),
+                                    ('expires_in', '--expires-in', 0, TOKEN_MAX_DAYS),
+                                    ('grace', '--grace', 0, TOKEN_MAX_GRACE)):
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:
+            raise CliError('%s %d is not valid: %d to %d' % (option, value, low, high))
+    settings = _settings(args)
     db = _database(args)
+    if args.action == 'list':
+        with db.read() as session:
+            rows = [{'id': t.id, 'name': t.name, 'role': t.role, 'tenant': t.tenant_id,
+                     'created_at': _when(t.created_at), 'expires_at': _when(t.expires_at),
+                     'last_used_at': _when(t.last_used_at), 'revoked_at': _when(t.revoked_at),
+                     'replaced_by': t.replaced_by}
+                    for t in session.execute(select(ApiToken).order_by(ApiToken.id)).scalars()]
+        emit(args, rows, lambda r: table(r, [
+            ('id', 'id'), ('name', 'name'), ('role', 'role'), ('tenant', 'tenant'),
+            ('created_at', 'created'), ('expires_at', 'expires'), ('last_used_at', 'last used'),
+            ('revoked_at', 'revoked'), ('replaced_by', 'replaced by')]))
+        return 0
     actor = audit.Actor('cli:%s' % os.environ.get('USER', 'unknown'), 'operator')
-    if args.action == 'create':
-        try:
-            token, row = db.transact(service.create_token, actor, args.role, args.tenant,
-                                     args.name or '',
-                                     default_max_gpus=_settings(args).default_max_gpus)
-        except ControlError as exc:
-            raise CliError(exc.message) from None
-        print(token)
-        print('token %d (%s, %s%s): shown once, only its hash is kept'
-              % (row.id, row.name, row.role, ', tenant %s' % row.tenant_id if row.tenant_id else ''),
-              file=sys.stderr)
-        return 0
-    if args.action == 'revoke':
-        try:
+    days = settings.token_days if getattr(args, 'expires_in', None) is None else args.expires_in
+    old = None
+    try:
+        if args.action == 'revoke':
             db.transact(service.revoke_token, actor, args.id)
-        except ControlError as exc:
-            raise CliError(exc.message) from None
-        print('token %d revoked' % args.id)
-        return 0
-    with db.read() as session:
-        rows = [{'id': t.id, 'name': t.name, 'role': t.role, 'tenant': t.tenant_id,
-                 'created_at': t.created_at.isoformat(timespec='seconds'),
-                 'revoked_at': t.revoked_at.isoformat(timespec='seconds') if t.revoked_at else None}
-                for t in session.execute(select(ApiToken).order_by(ApiToken.id)).scalars()]
-    emit(args, rows, lambda r: table(r, [('id', 'id'), ('name', 'name'), ('role', 'role'),
-                                         ('tenant', 'tenant'), ('created_at', 'created'),
-                                         ('revoked_at', 'revoked')]))
+            print('token %d revoked' % args.id)
+            return 0
+        if args.action == 'create':
+            token, row = db.transact(service.create_token, actor, args.role, args.tenant,
+                                     args.name or '', default_max_gpus=settings.default_max_gpus,
+                                     expires_in=days)
+        else:
+            token, row, old = db.transact(service.rotate_token, actor, args.id, args.grace, days)
+    except ControlError as exc:
+        raise CliError(exc.message) from None
+    print(token)
+    print('token %d (%s, %s%s, %s): shown once, only its hash is kept'
+          % (row.id, row.name, row.role, ', tenant %s' % row.tenant_id if row.tenant_id else '',
+             'expires %s' % _when(row.expires_at) if row.expires_at else 'never expires'),
+          file=sys.stderr)
+    if old is not None:
+        print('token %d, which it replaces, stops working at %s' % (old.id, _when(old.expires_at)),
+              file=sys.stderr)
     return 0
 
 
@@ -541,7 +561,15 @@ def parser():
     t.add_argument('--role', required=True, choices=['operator', 'tenant'])
     t.add_argument('--tenant', help='the tenant of a tenant token (created when new)')
     t.add_argument('--name')
-    tsub.add_parser('list')
+    t.add_argument('--expires-in', type=int, metavar='DAYS',
+                   help='lifetime in days, 0: never (default GPUAAS_TOKEN_DAYS, 90)')
+    tsub.add_parser('list', help='tokens with their expiry and last use (never the token)')
+    t = tsub.add_parser('rotate', help='print a new token in place of token ID')
+    t.add_argument('id', type=int)
+    t.add_argument('--grace', type=int, default=0, metavar='SECONDS',
+                   help='token ID keeps working this long (default 0: it stops at once)')
+    t.add_argument('--expires-in', type=int, metavar='DAYS',
+                   help='the new token\'s lifetime in days, 0: never (default GPUAAS_TOKEN_DAYS, 90)')
     t = tsub.add_parser('revoke')
     t.add_argument('id', type=int)
     p.set_defaults(func=cmd_token)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gpuaas_control.collection import collection_root
+from gpuaas_control.models import TOKEN_MAX_DAYS
 
 DEFAULT_DB_URL = 'sqlite:////var/lib/gpuaas/control/gpuaas.db'
 DEFAULT_DIR = '/var/lib/gpuaas/control'
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
     max_body: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
     api_threads: int = Field(8, ge=1, le=256)
     default_max_gpus: int = Field(-1, ge=-1, le=100000)
+    # The lifetime of a token made without --expires-in / expires_in_days, in days (0: never).
+    # 90: a token spends GPU-hours and reaches tenants' machines, so a leaked or forgotten
+    # one must not work forever; a quarter is long enough not to make rotation a chore.
+    token_days: int = Field(90, ge=0, le=TOKEN_MAX_DAYS)
     # The audit ledger's anchor, outside the database (audit.Anchor). Empty: audit-head.json
     # next to a SQLite database, in /var/lib/gpuaas/control for PostgreSQL.
     audit_checkpoint: str = ''

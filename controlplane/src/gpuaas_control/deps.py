@@ -5,7 +5,8 @@ settings, and who is asking (a bearer token's actor; an operator for operator ro
 
 Bearer tokens (stored as sha256 hashes) carry a role: ``tenant`` (allocations of its own
 tenant; anything else is 404) or ``operator`` (everything; operator routes answer a tenant
-403)."""
+403). A token past its ``expires_at`` is answered 401 "the token expired"; its last use is
+recorded to the minute (``service.LAST_USED_EVERY``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from gpuaas_control import audit, service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
-from gpuaas_control.models import ROLE_OPERATOR
+from gpuaas_control.models import ROLE_OPERATOR, utcnow
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -53,10 +54,18 @@ def get_actor(db: DB, credentials: Annotated[HTTPAuthorizationCredentials | None
                                              Depends(_bearer)]) -> audit.Actor:
     if credentials is None or credentials.scheme.lower() != 'bearer':
         raise _unauthorized('a bearer token is required (Authorization: Bearer TOKEN)')
-    with db.read() as session:
-        who = service.authenticate(session, credentials.credentials)
-    if who is None:
+    now = utcnow()
+    try:
+        with db.read() as session:
+            found = service.authenticate(session, credentials.credentials, now)
+    except service.TokenExpired:
+        raise _unauthorized('the token expired') from None
+    if found is None:
         raise _unauthorized('the token is not valid or was revoked')
+    who, mark_used = found
+    if mark_used is not None:
+        # Once a minute per token at most: the request's own work stays a read.
+        db.transact(service.mark_token_used, mark_used, now)
     return who
 
 

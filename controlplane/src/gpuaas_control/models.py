@@ -104,6 +104,12 @@ class Tenant(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
+# A token's lifetime in whole days (0: it never expires) and a rotation's grace period, in
+# seconds, during which the token it replaces still works.
+TOKEN_MAX_DAYS = 3650
+TOKEN_MAX_GRACE = 7 * 86400
+
+
 class ApiToken(Base):
     __tablename__ = 'api_tokens'
 
@@ -114,6 +120,12 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(63), nullable=False, default='')
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # None: never (tokens made before migration 0003, or with a lifetime of 0 days).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Coarse: written at most once a minute per token (service.LAST_USED_EVERY).
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The token that replaced this one (``gpuaas token rotate``); a token is rotated once.
+    replaced_by: Mapped[int | None] = mapped_column(ForeignKey('api_tokens.id'), nullable=True)
 
 
 class Node(Base):

@@ -36,6 +36,8 @@ from gpuaas_control.models import (
     SLOT_BLOCKED,
     SLOT_FREE,
     SLOT_RESERVED,
+    TOKEN_MAX_DAYS,
+    TOKEN_MAX_GRACE,
     Allocation,
     ApiToken,
     Event,
@@ -78,9 +80,39 @@ def ensure_tenant(session, tenant_id: str, default_max_gpus: int = -1) -> Tenant
     return tenant
 
 
+# A token's last use is recorded when the one stored is older than this: at most one write
+# a minute per token, so that a request stays a read (deps.get_actor).
+LAST_USED_EVERY = dt.timedelta(seconds=60)
+
+
+class TokenExpired(Exception):
+    """A known token past its expiry: the API answers 401 and says only that."""
+
+
+def _expiry(days, now):
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= TOKEN_MAX_DAYS:
+        raise Invalid('expires_in %s is not valid: whole days from 0 (never expires) to %d'
+                      % (show(days), TOKEN_MAX_DAYS))
+    return now + dt.timedelta(days=days) if days else None
+
+
+def _when(value):
+    return value.isoformat() if value else None
+
+
+def _new_token(session, role, tenant, name, expires_at, now):
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(token_hash=hash_token(token), role=role, tenant_id=tenant, name=name,
+                   created_at=now, expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return token, row
+
+
 def create_token(session, actor: audit.Actor, role: str, tenant: str | None = None,
-                 name: str = '', default_max_gpus: int = -1):
-    """Create a bearer token; return (the token, its row). Only its sha256 is stored."""
+                 name: str = '', default_max_gpus: int = -1, expires_in: int = 0):
+    """Create a bearer token that expires in ``expires_in`` days (0: never); return (the
+    token, its row). Only its sha256 is stored."""
     if role not in (ROLE_OPERATOR, ROLE_TENANT):
         raise Invalid('role must be operator or tenant, not %s' % show(role))
     if role == ROLE_TENANT and not tenant:
@@ -89,17 +121,47 @@ def create_token(session, actor: audit.Actor, role: str, tenant: str | None = No
         raise Invalid('an operator token belongs to no tenant')
     if name and not TOKEN_NAME_RE.match(name):
         raise Invalid('token name %s is not valid: letters, digits and ._@- (1-63)' % show(name))
+    now = utcnow()
+    expires_at = _expiry(expires_in, now)
     if tenant:
         ensure_tenant(session, tenant, default_max_gpus)
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(token_hash=hash_token(token), role=role, tenant_id=tenant,
-                   name=name or ('%s-%s' % (tenant or role, secrets.token_hex(3))),
-                   created_at=utcnow())
-    session.add(row)
-    session.flush()
+    token, row = _new_token(session, role, tenant,
+                            name or ('%s-%s' % (tenant or role, secrets.token_hex(3))), expires_at, now)
     audit.append(session, actor, 'token.create', 'token', row.id, None,
-                 {'id': row.id, 'name': row.name, 'role': role, 'tenant': tenant})
+                 {'id': row.id, 'name': row.name, 'role': role, 'tenant': tenant,
+                  'expires_at': _when(expires_at)})
     return token, row
+
+
+def rotate_token(session, actor: audit.Actor, token_id: int, grace: int = 0, expires_in: int = 0):
+    """Replace a working token with a new one of the same name, role and tenant, expiring
+    in ``expires_in`` days (0: never); the old one keeps working for ``grace`` seconds.
+    Return (the new token, its row, the old row)."""
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= TOKEN_MAX_GRACE:
+        raise Invalid('grace %s is not valid: whole seconds from 0 (at once) to %d'
+                      % (show(grace), TOKEN_MAX_GRACE))
+    now = utcnow()
+    expires_at = _expiry(expires_in, now)
+    old = session.get(ApiToken, token_id, with_for_update=True)
+    if old is None:
+        raise NotFound('no token %s' % show(token_id))
+    if old.revoked_at is not None:
+        raise Conflict('token %d is revoked: create a new one (gpuaas token create)' % old.id)
+    if old.replaced_by is not None:
+        raise Conflict('token %d was already rotated: token %d replaces it' % (old.id, old.replaced_by))
+    if old.expires_at is not None and old.expires_at <= now:
+        raise Conflict('token %d expired at %s: create a new one (gpuaas token create)'
+                       % (old.id, old.expires_at.isoformat()))
+    token, row = _new_token(session, old.role, old.tenant_id, old.name, expires_at, now)
+    before = {'expires_at': _when(old.expires_at), 'replaced_by': None}
+    ends = now + dt.timedelta(seconds=grace)
+    old.expires_at = ends if old.expires_at is None else min(old.expires_at, ends)
+    old.replaced_by = row.id
+    audit.append(session, actor, 'token.rotate', 'token', old.id, before,
+                 {'expires_at': _when(old.expires_at), 'replaced_by': row.id,
+                  'new': {'id': row.id, 'name': row.name, 'role': row.role,
+                          'tenant': row.tenant_id, 'expires_at': _when(expires_at)}})
+    return token, row, old
 
 
 def revoke_token(session, actor: audit.Actor, token_id: int) -> ApiToken:
@@ -113,17 +175,48 @@ def revoke_token(session, actor: audit.Actor, token_id: int) -> ApiToken:
     return row
 
 
-# Every request reads its token: a statement built once (see _TENANT_QUOTA below).
-_TOKEN = select(ApiToken.__table__).where(ApiToken.__table__.c.token_hash == bindparam('token_hash'))
+# Every request reads its token: statements built once (see _TENANT_QUOTA below).
+_TOKENS = ApiToken.__table__
+_TOKEN = select(_TOKENS).where(_TOKENS.c.token_hash == bindparam('token_hash'))
+_MARK_USED = update(_TOKENS).where(
+    _TOKENS.c.id == bindparam('token_id'),
+    _TOKENS.c.last_used_at.is_(None) | (_TOKENS.c.last_used_at < bindparam('stale_before'))
+).values(last_used_at=bindparam('used_at'))
 
 
-def authenticate(session, token: str) -> audit.Actor | None:
+# token hash -> (the stale last use this process is recording, when it began): see
+# authenticate. By hash, not id: unique across databases too (the tests open many).
+_USE_CLAIMS: dict[str, tuple[dt.datetime | None, dt.datetime]] = {}
+
+
+def authenticate(session, token: str, now: dt.datetime | None = None):
+    """(the token's actor, its id if its last use is to be recorded else None), or None for
+    an unknown or revoked token. Raises TokenExpired for a token past its expiry."""
     if not token or len(token) > 200:
         return None
     row = session.connection().execute(_TOKEN, {'token_hash': hash_token(token)}).first()
     if row is None or row.revoked_at is not None:
         return None
-    return audit.Actor(name='token:%d:%s' % (row.id, row.name), role=row.role, tenant=row.tenant_id)
+    now = now or utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        raise TokenExpired()
+    who = audit.Actor(name='token:%d:%s' % (row.id, row.name), role=row.role, tenant=row.tenant_id)
+    if row.last_used_at is not None and now - row.last_used_at < LAST_USED_EVERY:
+        return who, None
+    # Stale: one request of this process records it, not every request in flight meanwhile
+    # (another try a minute on if that one's write was lost).
+    claim = _USE_CLAIMS.get(row.token_hash)
+    if claim is not None and claim[0] == row.last_used_at and now - claim[1] < LAST_USED_EVERY:
+        return who, None
+    _USE_CLAIMS[row.token_hash] = (row.last_used_at, now)
+    return who, row.id
+
+
+def mark_token_used(session, token_id: int, now: dt.datetime) -> bool:
+    """Record a use of the token unless one was recorded less than LAST_USED_EVERY ago (by
+    another request meanwhile too: the condition is in the UPDATE). True if it wrote."""
+    return session.connection().execute(_MARK_USED, {
+        'token_id': token_id, 'stale_before': now - LAST_USED_EVERY, 'used_at': now}).rowcount == 1
 
 
 def set_quota(session, actor: audit.Actor, tenant_id: str, max_gpus: int,

@@ -67,6 +67,9 @@ class TokenView(View):
     tenant: str | None = Field(validation_alias=AliasChoices('tenant', 'tenant_id'))
     created_at: Time
     revoked_at: Time | None
+    expires_at: Time | None = Field(description='None: it never expires.')
+    last_used_at: Time | None = Field(description='To the minute; None: never used.')
+    replaced_by: int | None = Field(description='The token that rotation made in its place.')
 
 
 class TokenList(View):
@@ -78,7 +81,13 @@ class TokenCreated(View):
     name: str
     role: str
     tenant: str | None = Field(validation_alias=AliasChoices('tenant', 'tenant_id'))
+    expires_at: Time | None = Field(description='None: it never expires.')
     token: str = Field(description='The bearer token: shown once, only its hash is kept.')
+
+
+class TokenRotated(TokenCreated):
+    replaces: int = Field(description='The rotated token.')
+    replaces_until: Time = Field(description='When the rotated token stops working.')
 
 
 class TokenRevoked(View):

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpuaas_control.models import TOKEN_MAX_DAYS, TOKEN_MAX_GRACE
 from gpuaas_control.validation import (
     CHECKSUM_RE,
     GPU_MODEL_RE,
@@ -87,10 +88,21 @@ class QuotaIn(Strict):
     max_gpus: int = Field(ge=-1, le=100000, description='-1 is unlimited.')
 
 
+_EXPIRES = ("The new token's lifetime in days; 0: it never expires; left out: the server's "
+            'default (GPUAAS_TOKEN_DAYS, 90 unless set).')
+
+
 class TokenIn(Strict):
     role: Literal['operator', 'tenant']
     tenant: str | None = Field(None, max_length=63)
     name: str | None = Field(None, max_length=63)
+    expires_in_days: int | None = Field(None, ge=0, le=TOKEN_MAX_DAYS, description=_EXPIRES)
 
     _tenant = _pattern(TENANT_RE, 'tenant', "lowercase letters, digits and '._-', 1-63")
     _name = _pattern(TOKEN_NAME_RE, 'name', "letters, digits and '._@-', 1-63")
+
+
+class TokenRotateIn(Strict):
+    grace_seconds: int = Field(0, ge=0, le=TOKEN_MAX_GRACE, description='How long the rotated '
+                               'token keeps working; 0: it stops at once.')
+    expires_in_days: int | None = Field(None, ge=0, le=TOKEN_MAX_DAYS, description=_EXPIRES)

@@ -7,19 +7,16 @@ share; the control plane keeps them to reserve only slots a shape fits, to show 
 capacity, and to hand the node the record its slot_check accepts. Slots approved before have
 none (NULL): no shape fits them until the node's map is approved again.
 
-Named 0005 to keep clear of the token and audit migrations (0003, 0004) written alongside it;
-the merge sets ``down_revision`` to the last of them.
-
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0005'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
