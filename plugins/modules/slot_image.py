@@ -201,6 +201,7 @@ actions:
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC, RULES, Image
 
+
 def engine(module):
     image = Image(module)
     try:

@@ -59,8 +59,11 @@ options:
   hostname:
     description: The VM's host name, one RFC 1123 label. Required when O(state=present).
     type: str
-  ssh_authorized_keys:
-    description: The tenant's OpenSSH public keys, one per item (C(type base64 [comment])).
+  ssh_keys:
+    description:
+      - The tenant's OpenSSH public keys, one per item (C(type base64 [comment])); the
+        allocation's own name for them. They become cloud-init's C(ssh_authorized_keys).
+    aliases: [ssh_authorized_keys]
     type: list
     elements: str
     default: []
@@ -103,7 +106,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     allocation_id: "{{ allocation.id }}"
     hostname: "{{ allocation.hostname }}"
-    ssh_authorized_keys: "{{ allocation.ssh_keys }}"
+    ssh_keys: "{{ allocation.ssh_keys }}"
     telemetry_token: "{{ allocation.telemetry_token }}"
   register: seed
 
@@ -172,6 +175,7 @@ actions:
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC, RULES, Seed
+
 
 def main():
     run_module(ARGUMENT_SPEC, lambda module: Seed(module).run(), **RULES)

@@ -20,8 +20,9 @@ description:
     and the fabric VF as C(<hostdev mode='subsystem' type='pci' managed='no'>) entries (binding them
     to vfio-pci is done before, by M(gpuaas.slice.vfio_bind)). Any PCI domain works, segment C(0001)
     included.
-  - Each vCPU is pinned to its own CPU of O(cpulist) (C(vcpupin)), the emulator threads to the
-    whole list (C(emulatorpin)), and memory is bound to O(numa_node) with C(numatune mode=strict).
+  - Each vCPU is pinned to its own CPU of O(cpulist) (C(vcpupin)), the emulator threads to
+    O(host_cpulist) (C(emulatorpin); without it, to the whole O(cpulist)), and memory is bound to
+    O(numa_node) with C(numatune mode=strict).
   - The NIC is a virtio interface on O(bridge) with the slot's fixed MAC; on an Open vSwitch bridge
     it carries C(<virtualport type='openvswitch'/>). The NoCloud seed is a read-only CD-ROM on
     virtio-scsi; the serial console is a pty that libvirt also logs to
@@ -91,7 +92,12 @@ options:
     description:
       - The slot's host CPUs as a kernel CPU list (V(8-15,120-127)). Required with O(state=present), V(running)
         and V(stopped).
-      - vCPU I(n) is pinned to the I(n)-th CPU of the list; the emulator threads may run on any of them.
+      - vCPU I(n) is pinned to the I(n)-th CPU of the list.
+    type: str
+  host_cpulist:
+    description:
+      - The host's CPUs (slot_discovery's C(host_cpulist)), where the emulator threads are pinned; it
+        must not share a CPU with O(cpulist). Without it they run on any CPU of O(cpulist).
     type: str
   vcpus:
     description: Number of vCPUs; at most the number of CPUs in O(cpulist), which is the default.
@@ -238,6 +244,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     memory_mib: 245760
     cpulist: "8-27,120-139"
+    host_cpulist: "0,56,112,168"
     numa_node: 0
     hugepages: true
     hugepage_size_kb: 1048576
