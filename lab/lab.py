@@ -122,14 +122,39 @@ def worker_inventory(directory, extravars):
     return path
 
 
+def _digest(directory):
+    """sha256 of the Python files of ``directory``."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        if name.endswith('.py'):
+            with open(os.path.join(directory, name), 'rb') as handle:
+                digest.update(name.encode() + b'\0' + handle.read())
+    return digest.hexdigest()
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def prepare():
     """The sample host, the test guest, the tenant image and an SSH key; all cached in .build/."""
     from tests.guest import build_image
     from tests.sysfs import hosts
     os.makedirs(BUILD, exist_ok=True)
-    if not os.path.isdir(os.path.join(BUILD, 'hgx', 'sys')):
+    # The sample host is rebuilt when the code that builds it changed (a new sysfs file the
+    # modules read, such as a node's meminfo), not only when it is missing.
+    hgx, made = os.path.join(BUILD, 'hgx'), _digest(os.path.join(REPO, 'tests', 'sysfs'))
+    stamp = os.path.join(hgx, '.built-from')
+    if not os.path.isdir(os.path.join(hgx, 'sys')) or _read(stamp) != made:
         log('building the sample host (two-socket 8-GPU server) under .build/lab/hgx')
-        hosts.HOSTS['hgx'](os.path.join(BUILD, 'hgx'))
+        shutil.rmtree(hgx, ignore_errors=True)
+        hosts.HOSTS['hgx'](hgx)
+        with open(stamp, 'w') as handle:
+            handle.write(made)
     guest = build_image.build()
     images = os.path.join(BUILD, 'images')
     image = os.path.join(images, 'lab-guest.qcow2')

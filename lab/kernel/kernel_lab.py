@@ -114,15 +114,16 @@ def build():
     return vmlinuz, initrd
 
 
-def qemu_argv(vmlinuz, initrd, results, memory_mb=2048):
-    """The lab host's machine: q35 + intel-iommu, two NUMA nodes, two slots, a shared group."""
+def qemu_argv(vmlinuz, initrd, results, memory_mb=3072):
+    """The lab host's machine: q35 + intel-iommu, two NUMA nodes of two CPUs (two cores: one the
+    host keeps, one for the node's slot) and 1.5 GiB each, two slots, a shared group."""
     half = memory_mb // 2
     argv = [
         'qemu-system-x86_64', '-machine', 'q35,kernel-irqchip=split', '-accel', 'tcg',
-        '-cpu', 'max', '-smp', '2', '-m', '%dM' % memory_mb,
+        '-cpu', 'max', '-smp', '4,sockets=2,cores=2,threads=1', '-m', '%dM' % memory_mb,
         '-object', 'memory-backend-ram,id=m0,size=%dM' % half,
         '-object', 'memory-backend-ram,id=m1,size=%dM' % half,
-        '-numa', 'node,nodeid=0,cpus=0,memdev=m0', '-numa', 'node,nodeid=1,cpus=1,memdev=m1',
+        '-numa', 'node,nodeid=0,cpus=0-1,memdev=m0', '-numa', 'node,nodeid=1,cpus=2-3,memdev=m1',
         '-device', 'intel-iommu,intremap=on,caching-mode=on',
         '-kernel', vmlinuz, '-initrd', initrd,
         '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3',

@@ -16,13 +16,16 @@ def discover(capsys):
         'node_id': 'lab', 'gpu_vendors': [LAB_GPU_VENDOR],
         # The lab's fabric PFs are SR-IOV NVMe controllers.
         'fabric_classes': ['0108'],
+        # A node has 1.5 GiB: the host keeps 256 MiB of it, and its first core.
+        'host_reserved_memory_mib': 256,
     }, capsys=capsys)
 
 
 def test_discovery_finds_the_stand_ins_their_groups_and_numa_nodes(capsys):
     result = discover(capsys)
     assert result['iommu_enabled'] is True
-    assert result['numa_nodes'] == {'0': '0', '1': '1'}
+    assert result['numa_nodes'] == {'0': '0-1', '1': '2-3'}
+    assert result['host_cpulist'] == '0,2'
     assert [g['address'] for g in result['gpus']] == [SHARED_GPU] + [s[0] for s in SLOTS]
     assert all(g['class'] == '0x038000' and g['vendor_id'] == '1234' for g in result['gpus'])
 
@@ -35,7 +38,8 @@ def test_discovery_finds_the_stand_ins_their_groups_and_numa_nodes(capsys):
     for slot, (gpu, nvme, pf, node) in zip(slots, SLOTS):
         assert slot['gpu_address'] == gpu
         assert slot['numa_node'] == node
-        assert slot['cpulist'] == str(node)
+        # The node's second core is the slot's slice; its memory share is whole GiB.
+        assert (slot['cpulist'], slot['vcpus'], slot['memory_mib']) == (str(2 * node + 1), 1, 1024)
         assert slot['nvme_address'] == nvme
         assert slot['fabric_pf_address'] == pf
         # VF 0 at the PF's real sriov_offset (1) and stride (1)

@@ -37,8 +37,8 @@ def test_devices_behind_a_pci_bridge_share_a_group():
 def test_expander_bridges_put_devices_on_their_numa_node():
     for gpu, _nvme, _pf, node in SLOTS:
         assert read('%s/%s/numa_node' % (PCI, gpu)) == str(node)
-    assert read('/sys/devices/system/node/node0/cpulist') == '0'
-    assert read('/sys/devices/system/node/node1/cpulist') == '1'
+    assert read('/sys/devices/system/node/node0/cpulist') == '0-1'
+    assert read('/sys/devices/system/node/node1/cpulist') == '2-3'
 
 
 def test_sriov_vfs_appear_at_offset_and_stride_and_a_count_change_needs_zero_first():
