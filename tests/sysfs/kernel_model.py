@@ -518,14 +518,19 @@ class KernelModel(Sysfs):
 
     # -- the world around it --------------------------------------------------
 
-    def open_vfio_group(self, group, pid=4242, comm='qemu-system-x86', fd=23):
-        """A process holding /dev/vfio/<group> open, as QEMU does while a VM runs."""
+    def hold_open(self, node, pid, comm, fd):
+        """Process ``pid`` (``comm``) holding ``node`` open as its descriptor ``fd``; the fd link."""
         if not self.proc_root:
-            raise ValueError('open_vfio_group needs the model to have a proc_root')
+            raise ValueError('hold_open needs the model to have a proc_root')
         _write(os.path.join(self.proc_root, str(pid), 'comm'), comm + '\n')
         link = os.path.join(self.proc_root, str(pid), 'fd', str(fd))
         os.makedirs(os.path.dirname(link), exist_ok=True)
-        os.symlink('/dev/vfio/%s' % group, link)
+        os.symlink(node, link)
+        return link
+
+    def open_vfio_group(self, group, pid=4242, comm='qemu-system-x86', fd=23):
+        """A process holding /dev/vfio/<group> open, as QEMU does while a VM runs."""
+        self.hold_open('/dev/vfio/%s' % group, pid, comm, fd)
         self.open_groups[str(group)] = pid
 
     def close_vfio_group(self, group):

@@ -326,10 +326,7 @@ def test_a_gpu_whose_device_node_a_process_holds_is_refused_before_the_unbind_wo
     with open(os.path.join(info, 'information'), 'w') as handle:
         handle.write('Model: \t\t NVIDIA GeForce RTX 4090\nIRQ:   \t\t 186\n'
                      'Device Minor: \t 0\nBus Location: \t 0000:01:00.0\n')
-    os.makedirs(os.path.join(ws.proc, '1450', 'fd'))
-    with open(os.path.join(ws.proc, '1450', 'comm'), 'w') as handle:
-        handle.write('nvidia-persiste\n')
-    os.symlink('/dev/nvidia0', os.path.join(ws.proc, '1450', 'fd', '4'))
+    ws.model.hold_open('/dev/nvidia0', 1450, 'nvidia-persiste', 4)
     before = ws.snapshot()
     result = run(ws, capsys, GPU)
     assert result['failed'] is True
@@ -347,15 +344,12 @@ def test_a_gpu_whose_minor_cannot_be_read_counts_every_nvidia_node(ws, capsys, i
         os.makedirs(info)
         with open(os.path.join(info, 'information'), 'w') as handle:
             handle.write(information)
-    os.makedirs(os.path.join(ws.proc, '1450', 'fd'))
-    with open(os.path.join(ws.proc, '1450', 'comm'), 'w') as handle:
-        handle.write('nvidia-persiste\n')
-    os.symlink('/dev/nvidia7', os.path.join(ws.proc, '1450', 'fd', '4'))
+    held = ws.model.hold_open('/dev/nvidia7', 1450, 'nvidia-persiste', 4)
     before = ws.snapshot()
     result = run(ws, capsys, GPU)
     assert result['failed'] is True and '/dev/nvidia7 is open by pid 1450 (nvidia-persiste)' in result['msg']
     ws.assert_unchanged(before)
-    os.unlink(os.path.join(ws.proc, '1450', 'fd', '4'))
+    os.unlink(held)
     assert run(ws, capsys, GPU)['changed'] is True
 
 
@@ -363,10 +357,7 @@ def test_a_drm_render_node_in_use_is_refused(ws, capsys):
     drm = ws.model.path('bus/pci/devices/%s/drm' % GPU)
     os.makedirs(os.path.join(drm, 'card1'))
     os.makedirs(os.path.join(drm, 'renderD128'))
-    os.makedirs(os.path.join(ws.proc, '900', 'fd'))
-    with open(os.path.join(ws.proc, '900', 'comm'), 'w') as handle:
-        handle.write('Xorg\n')
-    os.symlink('/dev/dri/renderD128', os.path.join(ws.proc, '900', 'fd', '12'))
+    ws.model.hold_open('/dev/dri/renderD128', 900, 'Xorg', 12)
     result = run(ws, capsys, GPU)
     assert result['failed'] and '/dev/dri/renderD128 is open by pid 900 (Xorg)' in result['msg']
 
