@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -57,20 +55,6 @@ class LabNode:
     def release(self, slot, allocation_id, log, **extra):
         return self.run('release.yml', dict({'gpuaas_slot_id': slot, 'gpuaas_allocation_id': allocation_id},
                                             **extra), log)
-
-    def kill_at(self, proc, log, task, timeout=300):
-        """SIGKILL the playbook and all it started as soon as ``task`` begins (its banner is printed)."""
-        deadline = time.monotonic() + timeout
-        banner = ': %s]' % task
-        while time.monotonic() < deadline:
-            if banner in open(log).read():
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                return
-            if proc.poll() is not None:
-                raise AssertionError('the playbook ended before %r: %s' % (task, open(log).read()[-3000:]))
-            time.sleep(0.02)
-        raise AssertionError('%r never started' % task)
 
     def state(self):
         return netenv.module('node_state', {'node_id': NODE})

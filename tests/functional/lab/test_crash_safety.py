@@ -163,3 +163,29 @@ def test_reconcile_removes_what_no_lease_explains(node, tmp_path):
     rc, out = node.run('reconcile.yml', {}, str(tmp_path / 'again.log'))
     assert rc == 0 and 'changed=0' in out, out[-3000:]
     assert time.monotonic() - started < 120
+
+
+def test_reconcile_fails_naming_the_slot_whose_domain_is_gone(node, tmp_path):
+    rc, out = node.allocate(OTHER, 'vanished', str(tmp_path / 'allocate.log'))
+    assert rc == 0, out[-4000:]
+    import libvirt
+    conn = libvirt.open('qemu:///system')
+    try:
+        domain = conn.lookupByName('gpuaas-%s' % OTHER)
+        domain.destroy()
+        domain.undefine()
+    finally:
+        conn.close()
+    # A play that ran the discover role first holds its gpuaas_slots fact (the approved slots);
+    # the report must still name the slot that does not match its lease, not those.
+    book = tmp_path / 'discover-then-reconcile.yml'
+    book.write_text('- hosts: all\n  gather_facts: false\n  tasks:\n'
+                    '    - ansible.builtin.set_fact:\n        gpuaas_slots: [approved-by-discover]\n'
+                    '    - ansible.builtin.include_role:\n        name: gpuaas.slice.slot_reconcile\n')
+    rc, out = node.run(str(book), {}, str(tmp_path / 'reconcile.log'))
+    assert rc != 0, out[-3000:]
+    assert ': %s do not match their leases' % OTHER in out, out[-3000:]
+    assert 'approved-by-discover' not in out.split('do not match their leases')[1], out[-3000:]
+    rc, out = node.release(OTHER, 'vanished', str(tmp_path / 'release.log'))
+    assert rc == 0, out[-4000:]
+    assert_clean(node)
