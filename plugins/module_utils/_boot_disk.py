@@ -64,7 +64,8 @@ def nvme_namespace(sysfs, proc_root, dev_root, device):
     The controller must be on the host's ``nvme`` driver (it alone shows the namespaces, in
     ``/sys/bus/pci/devices/ADDR/nvme/nvmeX/nvmeXnY``) and have exactly one namespace, neither
     read-only nor used by the host (mounted, swap, a partition of it mounted, a holder such
-    as device-mapper or md on top) nor open by any process.
+    as device-mapper or md on top) nor open by any process; ``dev_root/nvmeXnY`` must be the
+    block device whose number sysfs gives (``class/block/nvmeXnY/dev``).
     """
     if device.driver != 'nvme':
         raise _refuse(device, 'it is %s, not on the host\'s nvme driver, so its namespace cannot be written%s'
@@ -95,6 +96,10 @@ def nvme_namespace(sysfs, proc_root, dev_root, device):
         raise _refuse(device, '%s cannot be opened (%s)' % (path, exc.strerror))
     if not stat.S_ISBLK(info.st_mode):
         raise _refuse(device, '%s is not a block device' % path)
+    number = '%d:%d' % (os.major(info.st_rdev), os.minor(info.st_rdev))
+    if number != sysfs.read('class/block/%s/dev' % name):
+        raise _refuse(device, '%s is block device %s, not its namespace %s (%s in sysfs)'
+                      % (path, number, name, sysfs.read('class/block/%s/dev' % name) or 'no dev attribute'))
     partitions = [os.path.join(dev_root, entry) for entry in sysfs.listdir('class/block/' + name)
                   if entry.startswith(name) and entry != name]
     try:

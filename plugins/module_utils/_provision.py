@@ -79,20 +79,22 @@ class Provision(Composite):
         image = dict(p['image'], **slot)
         if nvme:
             # The namespace is found in sysfs below (boot_disk); dev_root stands in for the check.
-            image.update(image_dir=None, format='raw', target_device=p['dev_root'])
+            image.pop('image_dir', None)
+            image.update(format='raw', target_device=p['dev_root'])
         image = self.part('image', IMAGE_SPEC, IMAGE_RULES, image)
         seed = self.part('seed', SEED_SPEC, SEED_RULES, dict(
             p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))
         require_libvirt(module)
-        self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(network))
+        # Where the boot disk goes is checked before anything changes too.
         disk = self.boot_disk(image, nvme)
+        written = disk.pop('written', None)
+        self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(network))
+        self.results['boot_disk'] = disk
         self.step(BOOT_DISK, lambda: self.lease(phase='provisioning', data={'boot_disk': disk}))
-        if disk.get('written'):
-            self.results['image'] = dict(disk['written'], target=disk['path'], target_kind='device')
+        if written:
+            self.results['image'] = dict(written, target=disk['path'], target_kind='device')
         else:
             self.record('image', IMAGE, lambda: Image(image))
-        disk.pop('written', None)
-        self.results['boot_disk'] = disk
         path = self.record('seed', SEED, lambda: Seed(seed))['path']
         self.results['devices'] = [self.step(DEVICES, lambda: VfioBind(
             module, address, state_dir=p['vfio_state_dir'], sysfs_root=p['sysfs_root'], proc_root=p['proc_root'],
