@@ -62,7 +62,9 @@ def test_a_boot_disk_file_that_cannot_be_wiped_quarantines_the_slot(node, tmp_pa
         assert 'Operation not permitted' in lease['reason'] and nonzero_bytes(DISK) > 0
         # A new allocation cannot have the slot; a plain release does not clear it.
         rc, out = node.allocate(SLOT, 'disk-next', str(tmp_path / 'next.log'))
-        assert rc != 0 and 'is quarantined' in out, out[-4000:]
+        assert rc != 0 and 'held by allocation disk-stuck (phase quarantined' in out, out[-4000:]
+        rc, out = node.release(SLOT, 'disk-stuck', str(tmp_path / 'again.log'))
+        assert rc != 0 and 'is quarantined' in out and node.lease(SLOT)['phase'] == 'quarantined', out[-4000:]
     finally:
         subprocess.run(['chattr', '-i', DISK], check=False)
     rc, out = node.release(SLOT, 'disk-stuck', str(tmp_path / 'cleared.log'), gpuaas_clear_quarantine=True)
