@@ -5,9 +5,14 @@
 
 Once the slot is checked, leased and has its token, the allocate role's remaining steps run
 here in order, each by the engine of its own module (``_compose.py``): the network
-(slot_network), the boot disk (slot_image), the seed (slot_seed), the devices to vfio-pci
-(vfio_bind, each device), the VM up to its DHCP lease (slot_vm), and the lease moved to
-``running``. Every step converges, so running the module again with the same allocation
+(slot_network), the boot disk recorded in the lease, then written (slot_image), the seed
+(slot_seed), the devices to vfio-pci (vfio_bind, each device), the VM up to its DHCP lease
+(slot_vm), and the lease moved to ``running``.
+
+The boot disk (``_boot_disk.py``): with passthrough and an NVMe of its own, the slot's NVMe
+namespace, written while the host's nvme driver has it, before vfio-pci takes it; the VM
+boots from the NVMe hostdev and has no disk on host storage. Otherwise a file under the
+image's ``image_dir``. Every step converges, so running the module again with the same allocation
 after a crash finishes the allocation; a failure names the step and leaves the lease in
 ``provisioning`` for a release or a second allocate.
 """
@@ -16,18 +21,22 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.gpuaas.slice.plugins.module_utils import _boot_disk as boot
+from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._compose import Composite, failure
-from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC as IMAGE_SPEC, RULES as IMAGE_RULES, Image
+from ansible_collections.gpuaas.slice.plugins.module_utils._image import (
+    ARGUMENT_SPEC as IMAGE_SPEC, MARKER_VERSION, RULES as IMAGE_RULES, Image, parse_checksum, parse_size, read_marker)
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._seed import ARGUMENT_SPEC as SEED_SPEC, RULES as SEED_RULES, Seed
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import (
     ARGUMENT_SPEC as NETWORK_SPEC, RULES as NETWORK_RULES, SlotNetwork)
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES as VM_RULES, SlotVm, argument_spec as slot_vm_spec
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import VfioBind
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot
 
 NETWORK = "Wire the slot's network (DHCP entry, port, flows)"
+BOOT_DISK = "Record the slot's boot disk in the lease"
 IMAGE = "Put the image on the slot's boot disk"
 SEED = 'Write the cloud-init seed'
 DEVICES = "Hand the slot's devices to vfio-pci (each with its whole IOMMU group)"
@@ -65,18 +74,59 @@ class Provision(Composite):
         slot = dict(slot_id=p['slot_id'], state='present')
         # Every step's options are checked before the first step runs.
         network = self.part('network', NETWORK_SPEC, NETWORK_RULES, dict(p['network'], **slot))
-        image = self.part('image', IMAGE_SPEC, IMAGE_RULES, dict(p['image'], **slot))
+        vm = self.part('vm', slot_vm_spec(), VM_RULES, dict(p['vm'], slot_id=p['slot_id'], state='running'))
+        nvme = vm.params['nvme_address'] if vm.params['passthrough'] and vm.params['nvme_address'] in p['devices'] else None
+        image = dict(p['image'], **slot)
+        if nvme:
+            # The namespace is found in sysfs below (boot_disk); dev_root stands in for the check.
+            image.pop('image_dir', None)
+            image.update(format='raw', target_device=p['dev_root'])
+        image = self.part('image', IMAGE_SPEC, IMAGE_RULES, image)
         seed = self.part('seed', SEED_SPEC, SEED_RULES, dict(
             p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))
-        vm = self.part('vm', slot_vm_spec(), VM_RULES, dict(p['vm'], slot_id=p['slot_id'], state='running'))
         require_libvirt(module)
+        # Where the boot disk goes is checked before anything changes too.
+        disk = self.boot_disk(image, nvme)
+        written = disk.pop('written', None)
         self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(network))
-        target = self.record('image', IMAGE, lambda: Image(image))['target']
+        self.results['boot_disk'] = disk
+        self.step(BOOT_DISK, lambda: self.lease(phase='provisioning', data={'boot_disk': disk}))
+        if written:
+            self.results['image'] = dict(written, target=disk['path'], target_kind='device')
+        else:
+            self.record('image', IMAGE, lambda: Image(image))
         path = self.record('seed', SEED, lambda: Seed(seed))['path']
         self.results['devices'] = [self.step(DEVICES, lambda: VfioBind(
             module, address, state_dir=p['vfio_state_dir'], sysfs_root=p['sysfs_root'], proc_root=p['proc_root'],
             dev_root=p['dev_root']))['bindings'] for address in p['devices']]
-        vm.params.update(disk=vm.params['disk'] or target, seed=vm.params['seed'] or path)
+        # The NVMe hostdev boots a domain without a disk (slot_vm): no disk on host storage then.
+        vm.params.update(disk=vm.params['disk'] or (None if nvme else disk['path']), seed=vm.params['seed'] or path)
         name, ip = self.record('vm', VM, lambda: SlotVm(vm))['name'], self.results['vm'].get('ip')
         lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip}))
         return self.plan.result(lease=lease['lease'], seconds=self.seconds, **self.results)
+
+    def boot_disk(self, image, nvme):
+        """The lease's record of the boot disk; the image part is pointed at it.
+
+        For an NVMe: its one namespace, found in sysfs while the nvme driver has it. A second run
+        that finds the controller on vfio-pci already (a crash after the devices step) goes on
+        only if slot_image's marker says the whole image was written (``written``); otherwise
+        the namespace cannot be seen and the run refuses: release the slot and allocate again.
+        """
+        p, params = self.p, image.params
+        self.current = IMAGE
+        if not nvme:
+            return boot.record(boot.FILE, Slot.parse(p['slot_id']).file(params['image_dir'], '.' + params['format']))
+        sysfs = devctl.open_sysfs(p['sysfs_root'])
+        device = boot.nvme_controller(sysfs, nvme)
+        if device.driver == devctl.VFIO_DRIVER:
+            marker_path = Slot.parse(p['slot_id']).file(params['state_dir'], '.image.json')
+            marker = read_marker(marker_path, [])
+            want = dict(version=MARKER_VERSION, slot_id=p['slot_id'], source_format=params['source_format'],
+                        source_checksum='%s:%s' % parse_checksum(params['checksum']), target_format='raw',
+                        size=parse_size(params['size']))
+            if boot.image_marker_matches(marker, want):
+                return dict(boot.record(boot.NVME, marker['target'], device.address),
+                            written={'marker': marker_path, 'source_checksum': want['source_checksum']})
+        params['target_device'] = boot.nvme_namespace(sysfs, p['proc_root'], p['dev_root'], device)
+        return boot.record(boot.NVME, params['target_device'], device.address)

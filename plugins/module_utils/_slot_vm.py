@@ -25,6 +25,7 @@ import os
 import stat
 import time
 
+from ansible_collections.gpuaas.slice.plugins.module_utils import _hugepages as hugepages
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     DomainSpec,
     build_xml,
@@ -267,6 +268,10 @@ class SlotVm:
                 problems.append('%s %s does not exist%s' % (
                     what, path, {'disk': ' (run gpuaas.slice.slot_image first)',
                                  'seed': ' (run gpuaas.slice.slot_seed first)'}.get(what, '')))
+        if spec.hugepages:
+            pages = hugepages.problem(self.sysfs, spec.numa_node, spec.hugepage_size_kib, spec.memory_kib // 1024)
+            if pages:
+                problems.append(pages)
         if spec.bridge_type == 'ethernet':
             if not self.sysfs.exists('class/net/%s' % spec.tap):
                 problems.append('tap %s of slot %s does not exist on this host: run '

@@ -27,7 +27,9 @@ description:
     exclusively and refuses if anything holds it. A device that does not really deallocate fails
     the verification."
   - "V(zero): zeros written by the module in O(chunk_size) chunks (device opened exclusively, with
-    O_DIRECT), then fsync; RV(targets[].progress) records every 10%."
+    O_DIRECT), then fsync; RV(targets[].progress) records every 10%. In a regular file (a slot's boot
+    disk file, which M(gpuaas.slice.slot_release) wipes this way) only over its data extents
+    (C(SEEK_DATA)/C(SEEK_HOLE)): a hole holds no block and reads as zeros."
   - "Verification reads O(verify_samples) 4 KiB blocks (the first, the last, the others at random
     offsets spread over the device) bypassing the page cache. After V(zero) each must be all
     zeros. After V(nvme-format) or V(blkdiscard) the NVMe specification only promises that the old
@@ -173,7 +175,10 @@ targets:
       description: The C(--ses) that C(nvme format) accepted.
       type: int
     bytes_written:
-      description: Bytes of zeros written (V(zero)).
+      description: Bytes of zeros written (V(zero)); for a regular file, its data extents' bytes.
+      type: int
+    data_extents:
+      description: How many data extents of a regular file were overwritten (V(zero), files only).
       type: int
     progress:
       description: Progress records (percent, bytes, elapsed_s) every 10% (V(zero)).

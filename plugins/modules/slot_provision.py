@@ -18,12 +18,22 @@ description:
     process. Each step is done by the engine of the module an operator runs for it alone, with that
     module's own options, checked by that module's argument spec.
   - "The steps, in order, by the names failures use: C(Wire the slot's network (DHCP entry, port, flows))
-    (M(gpuaas.slice.slot_network), O(network)); C(Put the image on the slot's boot disk)
+    (M(gpuaas.slice.slot_network), O(network)); C(Record the slot's boot disk in the lease) (the lease's
+    C(data.boot_disk), C(kind) V(nvme) or V(file) and C(path)); C(Put the image on the slot's boot disk)
     (M(gpuaas.slice.slot_image), O(image)); C(Write the cloud-init seed) (M(gpuaas.slice.slot_seed),
     O(seed)); C(Hand the slot's devices to vfio-pci (each with its whole IOMMU group))
     (M(gpuaas.slice.vfio_bind), each of O(devices)); C(Define and start the slot's VM and wait for its
     address) (M(gpuaas.slice.slot_vm), O(vm), with the disk and seed of the steps before); C(Record the
     running allocation in the lease) (the lease's phase V(running), with the domain and the address)."
+  - "The boot disk: with passthrough and an NVMe of its own (O(vm)'s C(nvme_address) among O(devices)), the
+    slot's NVMe namespace: the controller's one namespace (C(/sys/bus/pci/devices/ADDR/nvme/nvmeX/nvmeXnY)),
+    written with O(image)'s C(target_device) while the host's nvme driver has it, before vfio-pci takes it;
+    the VM has no disk then and boots from the NVMe hostdev. Before any step changes anything, it is refused
+    unless the controller is on the nvme driver with exactly one namespace, writable, not used by the host
+    (mounted, swap, a holder on it), open by no process, and C(O(dev_root)/nvmeXnY) is that block device. A
+    second run that finds the controller on vfio-pci goes on only if the image marker in O(image)'s
+    C(state_dir) says the whole image was written. Otherwise the boot disk is a file under O(image)'s
+    C(image_dir). M(gpuaas.slice.slot_release) wipes either before it frees the slot."
   - Every step converges, so running the module again for the same allocation after a crash finishes
     the allocation. A failure names the step and leaves the lease in V(provisioning), for a second run
     or a release.
@@ -151,6 +161,11 @@ vm:
   returned: success
   type: dict
   sample: {name: gpuaas-gpu-node-01-s0, mac: "52:54:f6:df:70:11", ip: 10.100.0.10}
+boot_disk:
+  description: The slot's boot disk, as the lease records it (C(kind) V(nvme) or V(file), C(path), C(nvme_address)).
+  returned: success
+  type: dict
+  sample: {kind: nvme, path: /dev/nvme3n1, nvme_address: "0000:1c:00.0"}
 lease:
   description: The slot's lease afterwards.
   returned: success

@@ -24,12 +24,16 @@ description:
     (M(gpuaas.slice.vfio_bind), each device of the lease); C(Reset the GPU) (M(gpuaas.slice.pci_reset));
     C(Move the lease to wiping); C(Wipe the slot's NVMe by its policy) (M(gpuaas.slice.nvme_wipe), the
     lease's C(destructive_wipe_policy))."
+  - "When the slot's boot disk is a file on host storage (the lease's C(boot_disk), and
+    C({disk_dir}/{slot_id}.raw) if it is there): C(Move the lease to wiping) and C(Wipe the slot's boot
+    disk file (zeros, verified)) (M(gpuaas.slice.nvme_wipe) on the file, policy V(zero): zeros over its
+    data, fsync, sampled blocks read back). A boot disk on the slot's NVMe is wiped with the NVMe."
   - "Then C(Remove the slot's disk file and image marker) (M(gpuaas.slice.slot_image)) and
     C(Free the slot's lease)."
   - The devices, the GPU, the drive and the policy come from the lease, so a release works when the
     slot's hardware or approval changed meanwhile. A slot without a lease is cleaned all the same
     (an allocation that never got as far as its lease) and gets none.
-  - A failure to give the devices back, reset the GPU or wipe the drive puts the slot in quarantine
+  - A failure to give the devices back, reset the GPU, wipe the drive or wipe the boot disk file puts the slot in quarantine
     (its lease stays, phase V(quarantined), with the step and the reason), so it is never handed out
     dirty; any other failure leaves the lease in V(releasing) and a second release finishes the job.
     A release killed midway is finished by a second one.
@@ -102,9 +106,19 @@ options:
     type: path
     default: /var/lib/gpuaas/seeds
   disk_dir:
-    description: Where the slots' disk files are.
+    description:
+      - Where the slots' boot disk files are (a slot without an NVMe of its own, or a host without
+        passthrough). A file there is overwritten with zeros over its data, fsynced and verified by
+        sampling before it is removed; the wipe's failure quarantines the slot. Only files under
+        this directory are wiped, whatever the lease says.
     type: path
     default: /var/lib/gpuaas/disks
+  image_state_dir:
+    description:
+      - Where M(gpuaas.slice.slot_image) keeps the marker of an image written onto the slot's NVMe (the
+        boot disk of a slot with passthrough and an NVMe); the marker is removed once the NVMe is wiped.
+    type: path
+    default: /var/lib/gpuaas/slot-images
   vfio_state_dir:
     description: Where M(gpuaas.slice.vfio_bind) recorded the devices' original drivers.
     type: path
@@ -160,6 +174,15 @@ wipe_policy:
   returned: always
   type: str
   sample: nvme-format
+boot_disk:
+  description:
+    - The slot's boot disk and its wipe (null when there was none to wipe). C(kind) V(nvme) (the slot's NVMe,
+      wiped by C(policy) with the NVMe) or V(file) (a file on host storage, zeros over its data, fsynced); C(path);
+      C(wiped) (false in check mode); for a file, C(verification), the sampled blocks' counts and C(passed).
+  returned: always
+  type: dict
+  sample: {kind: file, path: /var/lib/gpuaas/disks/gpu-node-01-s0.raw, policy: zero, wiped: true,
+           verification: {samples: 64, zero: 64, passed: true}}
 timings:
   description: Seconds, as the steps measured them (C(reset), the GPU's reset; 0 when none ran).
   returned: always
@@ -209,6 +232,7 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),
     seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
     disk_dir=dict(type='path', default='/var/lib/gpuaas/disks'),
+    image_state_dir=dict(type='path', default='/var/lib/gpuaas/slot-images'),
     vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
     dev_root=dict(type='path', default='/dev'),
     wipe_allowed_file_dirs=dict(type='list', elements='path', default=[]),

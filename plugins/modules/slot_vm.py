@@ -113,11 +113,19 @@ options:
     type: bool
     default: true
   hugepages:
-    description: Back the VM's memory with huge pages (reserved on the host beforehand).
+    description:
+      - Back the VM's memory with huge pages (reserved on the host beforehand), from O(numa_node) when
+        O(numatune) binds the memory there, else from the host's pool.
+      - Before a start the node's free huge pages of O(hugepage_size_kb)
+        (C(/sys/devices/system/node/nodeN/hugepages/hugepages-SIZEkB/free_hugepages)) must cover
+        O(memory_mib), a whole number of pages; otherwise the start is refused, naming the node, the size
+        and the free and needed counts (in check mode, a warning).
     type: bool
     default: false
   hugepage_size_kb:
-    description: Huge page size in KiB (V(2048), V(1048576)); the host's default size when unset.
+    description:
+      - Huge page size in KiB (V(2048), V(1048576)). Needed with O(hugepages=true) for the check of the
+        free pages before a start.
     type: int
   gpu_address:
     description: The slot's GPU, a full PCI address (V(0001:1b:00.0)).

@@ -108,6 +108,14 @@ class SysfsBuilder:
                         (('HugePages_Total:', hugepages), ('HugePages_Free: ', hugepages), ('HugePages_Surp: ', 0)))
         _write(os.path.join(self.root, 'devices/system/node/node%d/meminfo' % int(node)), text)
 
+    def hugepages(self, size_kib, total, free, node=None):
+        """The kernel's hugepage pool of one size: ``nodeN/hugepages/hugepages-SIZEkB/`` (mm/hugetlb.c's
+        per-node attributes), or with ``node`` None the host's, ``kernel/mm/hugepages/hugepages-SIZEkB/``."""
+        base = 'kernel/mm/hugepages' if node is None else 'devices/system/node/node%d/hugepages' % int(node)
+        pool = os.path.join(self.root, base, 'hugepages-%dkB' % size_kib)
+        for name, value in (('nr_hugepages', total), ('free_hugepages', free), ('surplus_hugepages', 0)):
+            _write(os.path.join(pool, name), '%d\n' % value)
+
     def mounts(self, lines):
         _write(os.path.join(self.proc_root, 'mounts'), ''.join(line + '\n' for line in lines))
 

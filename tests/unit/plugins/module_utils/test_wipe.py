@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 
 import pytest
@@ -63,3 +65,39 @@ def test_after_a_format_old_data_must_be_gone_in_whatever_form():
         _engine('blkdiscard')._verify(_Target, [0, 8192], [DATA, DATA], [ZERO, DATA])
     assert 'still hold the data they held before the wipe' in str(info.value)
     assert info.value.details['verification']['failed_offsets'] == [8192]
+
+
+def _extents(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _wipe.data_extents(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def test_a_sparse_files_data_extents_and_nothing_of_its_holes(tmp_path):
+    path = tmp_path / 'disk.raw'
+    with open(path, 'wb') as handle:
+        handle.truncate(64 << 20)
+        handle.seek(8 << 20)
+        handle.write(b'x' * (1 << 20))
+        handle.seek((64 << 20) - 4096)
+        handle.write(b'y' * 4096)
+    assert _extents(str(path)) == [(8 << 20, 9 << 20), ((64 << 20) - 4096, 64 << 20)]
+    empty = tmp_path / 'empty.raw'
+    with open(empty, 'wb') as handle:
+        handle.truncate(1 << 20)
+    assert _extents(str(empty)) == []
+
+
+def test_a_file_system_that_cannot_tell_gets_the_whole_file(tmp_path, monkeypatch):
+    path = tmp_path / 'disk.raw'
+    path.write_bytes(b'x' * 8192)
+    real = os.lseek
+
+    def no_seek_data(fd, offset, whence):
+        if whence == os.SEEK_DATA:
+            raise OSError(errno.EINVAL, 'Invalid argument')
+        return real(fd, offset, whence)
+    monkeypatch.setattr(os, 'lseek', no_seek_data)
+    assert _extents(str(path)) == [(0, 8192)]

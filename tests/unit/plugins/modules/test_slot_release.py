@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -23,6 +24,7 @@ GPU, AUDIO, NVME = '0000:1b:00.0', '0000:1b:00.1', '0000:1c:00.0'
 SLOT, ALLOC = 'itest-s0', 'alloc-1'
 SECRET = b'TENANT-1 SECRET ' * 4096
 WIPE = "Wipe the slot's NVMe by its policy"
+BOOT_WIPE = "Wipe the slot's boot disk file (zeros, verified)"
 
 
 class Slot:
@@ -31,7 +33,8 @@ class Slot:
     def __init__(self, host, policy):
         self.host = host
         state = host.state
-        self.dirs = dict((k, os.path.join(state, k)) for k in ('leases', 'tokens', 'seeds', 'disks', 'hosts', 'vfio'))
+        self.dirs = dict((k, os.path.join(state, k)) for k in ('leases', 'tokens', 'seeds', 'disks', 'hosts', 'vfio',
+                                                               'slot-images'))
         for path in self.dirs.values():
             os.makedirs(path, exist_ok=True)
         os.makedirs(host.dev, exist_ok=True)
@@ -45,9 +48,14 @@ class Slot:
                           updated_at='2026-12-01T10:00:00Z',
                           data=dict(passthrough=True, devices=[GPU, NVME], gpu_address=GPU, companions=[AUDIO],
                                     nvme_address=NVME, destructive_wipe_policy=policy))
+        self.disk = self.files[2]
+        self.write_lease()
+        host.tools.handlers['ovs-vsctl'] = lambda argv: (2, '', '') if 'br-exists' in argv else (1, '', 'no port')
+
+    def write_lease(self, **data):
+        self.lease['data'].update(data)
         with open(self.lease_file, 'w') as handle:
             json.dump(self.lease, handle)
-        host.tools.handlers['ovs-vsctl'] = lambda argv: (2, '', '') if 'br-exists' in argv else (1, '', 'no port')
 
     @property
     def lease_file(self):
@@ -57,6 +65,7 @@ class Slot:
         d = self.dirs
         args = dict(self.host.args, slot_id=SLOT, allocation_id=ALLOC, uri='test:///default', lease_dir=d['leases'],
                     token_dir=d['tokens'], seed_dir=d['seeds'], disk_dir=d['disks'], hosts_dir=d['hosts'],
+                    image_state_dir=d['slot-images'],
                     vfio_state_dir=d['vfio'], dev_root=self.host.dev, wipe_allowed_file_dirs=[self.host.dev],
                     dhcp_lease_file=os.path.join(self.host.base, 'dnsmasq.leases'),
                     dnsmasq_pid_file=os.path.join(self.host.base, 'dnsmasq.pid'),
@@ -100,13 +109,14 @@ def test_check_mode_reports_every_step_and_changes_nothing(make, capsys):
     assert steps == ["Read the slot's lease and mark it releasing",
                      "Remove the slot's network (DHCP entry, port, flows)", "Revoke the allocation's telemetry token",
                      'Remove the seed', 'Give the devices back to their host drivers',
-                     'Reset the GPU', 'Move the lease to wiping', WIPE,
+                     'Reset the GPU', 'Move the lease to wiping', WIPE, BOOT_WIPE,
                      "Remove the slot's disk file and image marker", "Free the slot's lease"], result['actions']
     assert set(result['diff']['before']) == set(steps)
     assert '"phase": "running"' in result['diff']['before']["Free the slot's lease"]
     assert result['diff']['after']["Free the slot's lease"] == ''
     slot.host.assert_unchanged(before)
     assert slot.host.model.resets == []
+    assert result['boot_disk']['wiped'] is False and result['boot_disk']['path'] == slot.disk
 
 
 def test_release_then_nothing_to_do(make, capsys):
@@ -184,3 +194,78 @@ def test_a_lease_of_another_allocation_is_refused(make, capsys):
     result = release(slot, capsys, allocation_id='alloc-2')
     assert result['failed'] and 'held by allocation alloc-1' in result['msg']
     slot.host.assert_unchanged(before)
+
+
+def read(path):
+    with open(path, 'rb') as handle:
+        return handle.read()
+
+
+def test_a_boot_disk_file_is_zeroed_verified_and_only_then_removed(make, capsys):
+    slot = make()
+    slot.write_lease(boot_disk={'kind': 'file', 'path': slot.disk, 'nvme_address': None})
+    # A second name for the file's blocks, outside the disk directory: what release leaves of them.
+    blocks = os.path.join(slot.host.base, 'the-blocks')
+    os.link(slot.disk, blocks)
+    result = release(slot, capsys)
+    assert not result.get('failed'), result
+    assert not os.path.exists(slot.disk) and read(blocks) == bytes(len(SECRET))
+    disk = result['boot_disk']
+    assert disk['kind'] == 'file' and disk['path'] == slot.disk and disk['policy'] == 'zero' and disk['wiped'] is True
+    assert disk['verification']['passed'] is True and disk['verification']['zero'] == disk['verification']['samples'] > 1
+    assert result['seconds'][BOOT_WIPE] >= 0 and slot.read_lease() is None
+
+
+def test_a_boot_disk_file_only_zeros_its_data_and_keeps_its_holes(make, capsys):
+    slot = make()
+    with open(slot.disk, 'r+b') as handle:
+        handle.truncate(1 << 30)                      # 1 GiB, all but the first 64 KiB a hole
+    blocks = os.path.join(slot.host.base, 'the-blocks')
+    os.link(slot.disk, blocks)
+    result = release(slot, capsys)
+    assert not result.get('failed') and result['boot_disk']['verification']['passed'], result
+    assert os.stat(blocks).st_blocks * 512 < 1 << 20  # the hole was not written
+    with open(blocks, 'rb') as handle:
+        assert handle.read(len(SECRET)) == bytes(len(SECRET))
+
+
+def test_a_boot_disk_file_that_cannot_be_wiped_quarantines_the_slot(make, capsys):
+    slot = make()
+    slot.write_lease(boot_disk={'kind': 'file', 'path': slot.disk, 'nvme_address': None})
+    slot.host.model.hold_open(slot.disk, 4243, 'qemu-system-x86', 9)   # the VM's QEMU never died
+    result = release(slot, capsys)
+    assert result['failed'] and result['quarantined'] is True and result['release_step'] == BOOT_WIPE, result
+    assert '%s is open by pid 4243 (qemu-system-x86)' % slot.disk in result['msg']
+    lease = slot.read_lease()
+    assert lease['phase'] == 'quarantined' and "failed at '%s'" % BOOT_WIPE in lease['reason']
+    assert read(slot.disk) == SECRET                  # neither wiped nor removed: an operator looks at it
+    shutil.rmtree(os.path.join(slot.host.proc, '4243'))
+    cleared = release(slot, capsys, clear_quarantine=True)
+    assert not cleared.get('failed') and not os.path.exists(slot.disk) and slot.read_lease() is None, cleared
+
+
+def test_a_lease_naming_a_disk_file_outside_the_disk_dir_quarantines_and_it_is_never_written(make, capsys):
+    slot = make()
+    outside = os.path.join(slot.host.base, 'hosts-own-file')
+    with open(outside, 'wb') as handle:
+        handle.write(SECRET)
+    slot.write_lease(boot_disk={'kind': 'file', 'path': outside, 'nvme_address': None})
+    result = release(slot, capsys)
+    assert result['failed'] and result['quarantined'] is True and result['release_step'] == BOOT_WIPE, result
+    assert 'nor a regular file under allowed_file_dirs' in result['msg']
+    assert read(outside) == SECRET and read(slot.disk) == SECRET
+
+
+def test_a_boot_disk_on_the_nvme_is_wiped_with_it_and_its_image_marker_goes(make, capsys):
+    slot = make()
+    os.unlink(slot.disk)
+    slot.write_lease(boot_disk={'kind': 'nvme', 'path': '/dev/nvme2n1', 'nvme_address': NVME})
+    marker = os.path.join(slot.dirs['slot-images'], SLOT + '.image.json')
+    with open(marker, 'w') as handle:
+        json.dump({'version': 1, 'slot_id': SLOT, 'target': '/dev/nvme2n1'}, handle)
+    result = release(slot, capsys)
+    assert not result.get('failed'), result
+    assert BOOT_WIPE not in result['seconds'] and result['seconds'][WIPE] >= 0
+    assert result['boot_disk'] == {'kind': 'nvme', 'path': '/dev/nvme2n1', 'nvme_address': NVME,
+                                   'policy': 'zero', 'wiped': True}
+    assert slot.data() == bytes(len(SECRET)) and not os.path.exists(marker) and slot.read_lease() is None
