@@ -156,10 +156,15 @@ def test_reconcile_removes_what_no_lease_explains(node, tmp_path):
     os.unlink('/var/lib/gpuaas/node-scheduler/leases/%s.json' % OTHER)
     state = node.state()
     assert state['orphans'] == {OTHER: ['dhcp_host', 'disk', 'domain', 'flows', 'port', 'seed', 'token']}
+    # A second name for the disk's blocks shows what reconcile left in them.
+    disk = tmp_path / 'disk.raw'
+    os.link('/var/lib/gpuaas/disks/%s.raw' % OTHER, disk)
+    assert disk.read_bytes().strip(b'\0'), 'the boot disk holds no data to begin with'
     started = time.monotonic()
     rc, out = node.run('reconcile.yml', {}, str(tmp_path / 'reconcile.log'))
     assert rc == 0, out[-4000:]
     assert_clean(node)
+    assert not disk.read_bytes().strip(b'\0'), 'reconcile removed the boot disk without wiping it'
     rc, out = node.run('reconcile.yml', {}, str(tmp_path / 'again.log'))
     assert rc == 0 and 'changed=0' in out, out[-3000:]
     assert time.monotonic() - started < 120
