@@ -245,8 +245,8 @@ def pair_fabric_vfs(gpus, pfs, numa_of):
     by_address = dict((pf.address, pf) for pf in pfs)
     owner = {}
     taken = set()
-    for (gpu, pf), _rank in sorted(ranks.items(), key=lambda item: (-item[1], bdf_key(item[0][0]),
-                                                                     bdf_key(item[0][1]))):
+    nearest_first = sorted(ranks, key=lambda pair: (-ranks[pair], bdf_key(pair[0]), bdf_key(pair[1])))
+    for gpu, pf in nearest_first:
         if gpu not in owner and pf not in taken:
             owner[gpu] = pf
             taken.add(pf)
