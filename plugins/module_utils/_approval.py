@@ -35,10 +35,14 @@ REQUIRED_KEYS = ('slot_id', 'gpu_address', 'destructive_wipe_policy', 'capacity_
 # The slot's share of its NUMA node: an entry may carry it from discovery (allocating from the
 # map needs it, see slot_check), and then it must still be discovery's.
 SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
-OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note') + SHARE_KEYS
+# Which VF of its fabric PF the slot has (discovery's): optional, and then it must still be discovery's.
+VF_KEYS = ('fabric_vf_index',)
+OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note') + SHARE_KEYS + VF_KEYS
 CAPACITY_KEYS = ('storage_ownership', 'fabric_claim_mode', 'fabric_vf_pci_address')
 
 
+# The highest VF index a PF may have (sriov_totalvfs is a 16-bit number).
+MAX_VF_INDEX = 0xfffe
 # The highest NUMA node number a discovery may report (the kernel's MAX_NUMNODES is 1024).
 MAX_NUMA_NODE = 1023
 ADDRESS_KEYS = ('gpu_address', 'nvme_address', 'fabric_pf_address', 'fabric_vf_pci_address')
@@ -65,9 +69,16 @@ def _check_discovery(discovery):
         node_id = NODE_ID.check(discovery['node_id'], 'discovery.node_id')
     except ContractError as exc:
         raise ApprovalError([str(exc)])
-    problems = []
+    problems, vf_of = [], {}
     for position, slot in enumerate(discovery['slots']):
-        problems.extend(_slot_problems(node_id, slot, 'discovery.slots[%d]' % position))
+        where = 'discovery.slots[%d]' % position
+        problems.extend(_slot_problems(node_id, slot, where))
+        vf = slot.get('fabric_vf_pci_address') if isinstance(slot, dict) else None
+        if vf and vf in vf_of:
+            problems.append('%s.fabric_vf_pci_address %s is also %s\'s: each slot has a VF of its own'
+                            % (where, show(vf), vf_of[vf]))
+        if vf:
+            vf_of.setdefault(vf, where)
     if problems:
         raise ApprovalError(problems)
 
@@ -114,6 +125,11 @@ def _slot_problems(node_id, slot, where):
         value = slot.get(key)
         if not (PCI_ADDRESS.matches(value) or (value is None and key != 'gpu_address')):
             problems.append('%s.%s %s is not a PCI address' % (where, key, show(value)))
+    vf_index = slot.get('fabric_vf_index')
+    if vf_index is not None and (isinstance(vf_index, bool) or not isinstance(vf_index, int)
+                                 or not 0 <= vf_index <= MAX_VF_INDEX or not slot.get('fabric_vf_pci_address')):
+        problems.append('%s.fabric_vf_index %s is not the index of the slot\'s fabric VF (0 to %d, with its address)'
+                        % (where, show(vf_index), MAX_VF_INDEX))
     companions = slot.get('companions')
     if not isinstance(companions, list) or not all(PCI_ADDRESS.matches(item) for item in companions):
         problems.append('%s.companions %s is not a list of PCI addresses' % (where, show(companions)))
@@ -210,6 +226,11 @@ def _check_entry(entry, slot, where):
         if entry.get(key) is not None and not NOTE.matches(entry[key]):
             problems.append('%s: %s %s must be text of at most 255 characters on one line'
                             % (where, key, show(entry[key])))
+    for key in VF_KEYS:
+        if key in entry and entry[key] != slot.get(key):
+            problems.append('%s: %s is %s but discovery gives the slot VF %s of fabric PF %s (the slots sharing the '
+                            'PF changed: discover again and re-approve)'
+                            % (where, key, show(entry[key]), show(slot.get(key)), show(slot.get('fabric_pf_address'))))
     for key in SHARE_KEYS:
         if key in entry and entry[key] != slot.get(key):
             problems.append('%s: %s is %s but discovery gives the slot %s (its share of the NUMA node changed: '

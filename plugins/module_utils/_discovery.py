@@ -201,6 +201,96 @@ def _pair(gpus, candidates):
     return pairs
 
 
+def _fabric_rank(gpu, gpu_numa, pf, pf_numa):
+    """How near fabric PF ``pf`` is to ``gpu``, or None when it is not near enough to pair.
+
+    The depth of their deepest common upstream bridge (a shared PCIe switch beats a shared root
+    complex, which is 1); 0 for a PF under another PCI root on the GPU's NUMA node.
+    """
+    depth = _common_depth(gpu.pcie_path[:-1], pf.pcie_path[:-1])
+    if depth:
+        return depth
+    return 0 if gpu_numa is not None and gpu_numa >= 0 and gpu_numa == pf_numa else None
+
+
+def fabric_vf_reason(pf, offset, stride, total, index):
+    """Why slot VF ``index`` of fabric PF ``pf`` cannot be a slot's; None when it can."""
+    if offset is None or stride is None:
+        return ('fabric PF %s does not report sriov_offset/sriov_stride, so its VF address '
+                'cannot be known' % pf)
+    if index >= (total or 0):
+        return ('fabric PF %s offers %d VFs (sriov_totalvfs) and the %d slots before this one on it '
+                'take them all: this slot would need VF %d' % (pf, total or 0, index, index))
+    return None
+
+
+def pair_fabric_vfs(gpus, pfs, numa_of):
+    """Each GPU's fabric PF and VF: {gpu address: {'pf', 'vf_index', 'vf_address', 'reason'}}.
+
+    ``gpus`` are ``(slot_index, gpu)`` pairs, ``pfs`` the SR-IOV fabric PFs and ``numa_of`` gives
+    a device's NUMA node (None or -1 when unknown). A PF goes to one GPU while there are PFs to
+    spare, nearest first (:func:`_fabric_rank`: switch, then root complex, then NUMA node; ties
+    by address), as each GPU had its own PF before PFs were shared. A GPU left without one then
+    shares its nearest PF (the least taken among equals). The k-th slot by ``slot_index`` paired
+    with a PF gets its VF k, at the address the PF's ``sriov_offset``/``sriov_stride`` give VF k;
+    ``reason`` says why a slot cannot have it (no offset/stride, more slots than
+    ``sriov_totalvfs``), and then ``vf_index`` and ``vf_address`` are None. A GPU with no PF near it is absent.
+    """
+    ranks = {}
+    for _index, gpu in gpus:
+        for pf in pfs:
+            rank = _fabric_rank(gpu, numa_of(gpu), pf, numa_of(pf))
+            if rank is not None:
+                ranks[gpu.address, pf.address] = rank
+    by_address = dict((pf.address, pf) for pf in pfs)
+    owner = {}
+    taken = set()
+    nearest_first = sorted(ranks, key=lambda pair: (-ranks[pair], bdf_key(pair[0]), bdf_key(pair[1])))
+    for gpu, pf in nearest_first:
+        if gpu not in owner and pf not in taken:
+            owner[gpu] = pf
+            taken.add(pf)
+    load = dict((pf.address, list(owner.values()).count(pf.address)) for pf in pfs)
+    totals = dict((pf.address, pf.read_int('sriov_totalvfs') or 0) for pf in pfs)
+    for _index, gpu in sorted(gpus, key=lambda item: item[0]):
+        near = [pf for (address, pf), _r in ranks.items() if address == gpu.address]
+        if gpu.address in owner or not near:
+            continue
+        best = min(near, key=lambda pf: (-ranks[gpu.address, pf], load[pf] >= totals[pf], load[pf], bdf_key(pf)))
+        owner[gpu.address] = best
+        load[best] += 1
+    paired = {}
+    for address, pf in by_address.items():
+        members = sorted(index for index, gpu in gpus if owner.get(gpu.address) == address)
+        offset, stride = pf.read_int('sriov_offset'), pf.read_int('sriov_stride')
+        for vf_index, slot_index in enumerate(members):
+            gpu = next(g for i, g in gpus if i == slot_index)
+            reason = fabric_vf_reason(address, offset, stride, totals[address], vf_index)
+            vf = None
+            if reason is None:
+                try:
+                    vf = vf_address(address, offset, stride, vf_index)
+                except PciError as exc:
+                    reason = str(exc)
+            paired[gpu.address] = {'pf': pf, 'vf_index': None if reason else vf_index, 'vf_address': vf,
+                                   'reason': reason}
+    return paired
+
+
+def vf_counts(slots):
+    """[{'address': PF, 'num_vfs': n}]: the VFs each fabric PF needs for ``slots`` (approved records).
+
+    A PF needs one VF more than the highest ``fabric_vf_index`` of the slots paired with it, so
+    every slot's VF exists; discovery never gives an index beyond the PF's ``sriov_totalvfs``.
+    """
+    need = {}
+    for slot in slots or []:
+        pf, index = slot.get('fabric_pf_address'), slot.get('fabric_vf_index')
+        if pf and index is not None:
+            need[pf] = max(need.get(pf, 0), check_int(index, 'fabric_vf_index', 0, 0xfffe) + 1)
+    return [{'address': pf, 'num_vfs': need[pf]} for pf in sorted(need, key=bdf_key)]
+
+
 class Discovery:
     """Read a host's sysfs and propose its slots."""
 
@@ -252,13 +342,17 @@ class Discovery:
                     nvmes.append(device)
         return gpus, excluded, nvmes, fabric_pfs
 
+    @staticmethod
+    def _numa(device, node_count):
+        """A device's NUMA node: the only one on a one-node host, -1 when unknown on more."""
+        numa = device.numa_node
+        numa = -1 if numa is None else numa
+        return 0 if numa < 0 and node_count <= 1 else numa
+
     def _gpu_record(self, gpu, groups, node_count):
-        numa = gpu.numa_node
-        if numa is None:
+        if gpu.numa_node is None:
             self.warnings.append('%s has no readable numa_node attribute' % gpu.address)
-            numa = -1
-        if numa < 0 and node_count <= 1:
-            numa = 0
+        numa = self._numa(gpu, node_count)
         group = gpu.iommu_group
         return {
             'address': gpu.address,
@@ -311,7 +405,8 @@ class Discovery:
         gpus, excluded, nvmes, fabric_pfs = self._classify()
         gpu_records = [self._gpu_record(g, groups, len(numa_nodes)) for g in gpus]
         nvme_of = _pair(gpus, nvmes)
-        fabric_of = _pair(gpus, fabric_pfs)
+        fabric_of = pair_fabric_vfs(list(enumerate(gpus)), fabric_pfs,
+                                    lambda device: self._numa(device, len(numa_nodes)))
         host_cpulist, shares = self._shares(numa_nodes, gpu_records)
 
         slots = []
@@ -333,7 +428,7 @@ class Discovery:
             'slots': slots,
         }
 
-    def _slot(self, index, gpu, record, groups, iommu_enabled, node_count, share, host_cpulist, nvme, fabric_pf):
+    def _slot(self, index, gpu, record, groups, iommu_enabled, node_count, share, host_cpulist, nvme, fabric):
         reasons = []
         if not iommu_enabled:
             reasons.append(IOMMU_OFF_REASON)
@@ -367,21 +462,13 @@ class Discovery:
             reasons.append('no free NVMe controller shares a PCIe switch or root complex '
                            'with %s (require_nvme is true)' % gpu.address)
 
-        vf = None
-        if fabric_pf is not None:
-            offset = fabric_pf.read_int('sriov_offset')
-            stride = fabric_pf.read_int('sriov_stride')
-            if offset is None or stride is None:
-                reasons.append('fabric PF %s does not report sriov_offset/sriov_stride, so its '
-                               'VF address cannot be known' % fabric_pf.address)
-            else:
-                try:
-                    vf = vf_address(fabric_pf.address, offset, stride, 0)
-                except PciError as exc:
-                    reasons.append(str(exc))
-        elif self.require_fabric:
-            reasons.append('no free SR-IOV capable fabric PF (class %s) shares a PCIe switch or '
-                           'root complex with %s (require_fabric is true)'
+        fabric = fabric or {'pf': None, 'vf_index': None, 'vf_address': None, 'reason': None}
+        fabric_pf, vf = fabric['pf'], fabric['vf_address']
+        if fabric['reason']:
+            reasons.append(fabric['reason'])
+        elif fabric_pf is None and self.require_fabric:
+            reasons.append('no SR-IOV capable fabric PF (class %s) shares a PCIe switch, root complex or '
+                           'NUMA node with %s (require_fabric is true)'
                            % ('/'.join('%04x' % c for c in self.fabric_classes), gpu.address))
 
         if console_use(gpu):
@@ -405,6 +492,7 @@ class Discovery:
             'host_cpulist': host_cpulist,
             'nvme_address': nvme.address if nvme is not None else None,
             'fabric_pf_address': fabric_pf.address if fabric_pf is not None else None,
+            'fabric_vf_index': fabric['vf_index'],
             'fabric_vf_pci_address': vf,
             'mac': slot['mac'],
             'ip': slot['ip'],

@@ -57,7 +57,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 # What a slot record may hold: the control plane's record (its slot table row) and an entry
 # of the approved slot map (docs/approved-slot-map.md); anything else is a misspelt key.
 RECORD_KEYS = ('slot_id', 'node_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
-               'fabric_pf_address', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'vcpus', 'memory_mib',
+               'fabric_pf_address', 'fabric_vf_index', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'vcpus', 'memory_mib',
                'host_cpulist', 'mac', 'ip',
                'destructive_wipe_policy', 'capacity_metadata', 'fingerprint', 'approved_by',
                'approved_at', 'note')
@@ -142,6 +142,7 @@ class SlotCheck:
         result.update({
             'gpu_address': devices['gpu'], 'companions': devices['companions'],
             'nvme_address': devices['nvme'], 'fabric_pf_address': devices['fabric_pf'],
+            'fabric_vf_index': devices['fabric_vf_index'],
             'fabric_vf_pci_address': devices['fabric_vf'], 'iommu_group': group, 'destructive_wipe_policy': record['destructive_wipe_policy'],
             'fingerprint': record['fingerprint'],
             # What goes to the VM: the GPU (its group's other functions move with it), the NVMe, the VF.
@@ -209,6 +210,12 @@ class SlotCheck:
         if isinstance(metadata, dict) and vf is None:
             vf = metadata.get('fabric_vf_pci_address')
         devices['fabric_vf'] = _address(vf, 'fabric_vf_pci_address', problems) if vf else None
+        devices['fabric_vf_index'] = None
+        if record.get('fabric_vf_index') is not None:
+            try:
+                devices['fabric_vf_index'] = check_int(record['fabric_vf_index'], 'fabric_vf_index', 0, 0xfffe)
+            except ContractError as exc:
+                problems.append(str(exc))
         if not devices['gpu']:
             problems.append('gpu_address: the record names no GPU')
         return devices
@@ -243,15 +250,33 @@ class SlotCheck:
                                  % ('; '.join(changes) or 'the fingerprint differs'))
         pf, vf = devices['fabric_pf'], devices['fabric_vf']
         if pf and now['fabric_pf']:
-            offset = self.device(pf).read_int('sriov_offset')
-            stride = self.device(pf).read_int('sriov_stride')
+            self._fabric_vf(pf, vf, devices)
+
+    def _fabric_vf(self, pf, vf, devices):
+        """The record's VF must be VF ``fabric_vf_index`` of its PF (any of the PF's VFs without an index)."""
+        offset, stride, total = (self.device(pf).read_int(name) for name in ('sriov_offset', 'sriov_stride', 'sriov_totalvfs'))
+        index = devices['fabric_vf_index']
+        if None in (offset, stride):
+            self.problems.append('fabric_vf_pci_address: the record says %s, but fabric PF %s does not report '
+                                 'sriov_offset/sriov_stride, so its VF addresses cannot be known' % (show(vf), pf))
+            return
+        addresses = {}
+        for number in ([index] if index is not None else range(total or 0)):
             try:
-                expected = vf_address(pf, offset, stride, 0) if None not in (offset, stride) else None
+                addresses[number] = vf_address(pf, offset, stride, number)
             except PciError:
-                expected = None
-            if vf != expected:
-                self.problems.append('fabric_vf_pci_address: the record says %s, but the first VF of fabric PF %s '
-                                     'is %s' % (show(vf), pf, expected or 'unknown (no sriov_offset/sriov_stride)'))
+                break
+        if index is not None and index >= (total or 0):
+            self.problems.append('fabric_vf_index: the record says %d, but fabric PF %s offers %d VFs (sriov_totalvfs)'
+                                 % (index, pf, total or 0))
+        elif index is not None and vf != addresses.get(index):
+            self.problems.append('fabric_vf_pci_address: the record says %s, but VF %d of fabric PF %s is %s'
+                                 % (show(vf), index, pf, addresses.get(index) or 'beyond bus ff'))
+        elif index is None and vf not in addresses.values():
+            self.problems.append('fabric_vf_pci_address: the record says %s, which is none of the %d VFs of fabric PF '
+                                 '%s (VF 0 is %s)' % (show(vf), total or 0, pf, addresses.get(0) or 'beyond bus ff'))
+        else:
+            devices['fabric_vf_index'] = next(number for number, address in addresses.items() if address == vf)
 
     # -- isolation and host use ----------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ STATE_KEYS = ('slot_index', 'state', 'approved', 'allocation_id', 'state_reason'
 # A slot's devices and address, for gpuaas_slots. Its wipe policy and capacity metadata are not
 # repeated there: they are its entry of gpuaas_approved_slots.
 DEVICE_KEYS = ('gpu_address', 'companions', 'cpulist', 'nvme_address', 'fabric_pf_address',
-               'fabric_vf_pci_address', 'mac', 'ip')
+               'fabric_vf_index', 'fabric_vf_pci_address', 'mac', 'ip')
 NODE_KEYS = ('id', 'schedulable', 'drain_reason')
 
 

@@ -20,8 +20,9 @@ description:
   - "Refused, naming the field and the device, every problem at once: a slot id that is not
     C({node_id}-s{index}) of this node, or a record whose C(slot_index), C(mac) or C(ip) is not the
     slot's; a GPU, companion, NVMe or fabric PF that is missing or whose vendor, device, subsystem
-    ids, serial or PCIe path differ from the fingerprint; a fabric VF that is not the PF's first
-    VF; an IOMMU group of the GPU that holds another device than the GPU and its companions
+    ids, serial or PCIe path differ from the fingerprint; a fabric VF that is not VF
+    C(fabric_vf_index) of its PF (by the PF's C(sriov_offset)/C(sriov_stride)), or, in a record
+    without C(fabric_vf_index), none of the PF's C(sriov_totalvfs) VFs; an IOMMU group of the GPU that holds another device than the GPU and its companions
     (bridges aside), or no IOMMU at all; a GPU that is the host console or drives a framebuffer,
     an NVMe the host mounts, swaps on or stacks device-mapper/md on; a NUMA node that is not the
     GPU's; an unknown wipe policy, or a block wipe policy without an NVMe drive."
@@ -53,7 +54,7 @@ options:
     description:
       - The slot's approved record as the control plane stores it (C(gpuaas_slot), sent by its
         worker) - C(slot_index), C(gpu_address), C(companions), C(nvme_address),
-        C(fabric_pf_address), C(fabric_vf_pci_address), C(numa_node), C(cpulist), C(vcpus),
+        C(fabric_pf_address), C(fabric_vf_index), C(fabric_vf_pci_address), C(numa_node), C(cpulist), C(vcpus),
         C(memory_mib), C(host_cpulist), C(mac), C(ip), C(destructive_wipe_policy) and C(fingerprint).
       - Without it, the slot's entry of O(approved_slots) is checked.
     type: dict
@@ -100,6 +101,7 @@ slot:
     companions: ["0000:18:00.1"]
     nvme_address: "0000:1c:00.0"
     fabric_pf_address: "0000:1a:00.0"
+    fabric_vf_index: 0
     fabric_vf_pci_address: "0000:1a:00.1"
     numa_node: 0
     cpulist: "1-14,113-126"

@@ -14,17 +14,27 @@ short_description: Propose the GPU slots a host can offer
 version_added: 0.1.0
 description:
   - Reads sysfs and proposes one slot per GPU function, made of the GPU, the other functions of its
-    IOMMU group that must move with it, the NVMe controller and SR-IOV fabric PF that share its
-    PCIe switch or root complex, its NUMA node and CPUs, and its deterministic MAC and IP.
+    IOMMU group that must move with it, the NVMe controller that shares its PCIe switch or root
+    complex, a VF of its own of the nearest SR-IOV fabric PF, its NUMA node and CPUs, and its
+    deterministic MAC and IP.
   - GPUs are display-class functions (0x0300xx VGA, 0x0302xx 3D, 0x0380xx other) from one of
     O(gpu_vendors); the host's console (C(boot_vga) = 1) is never offered.
-  - Pairing follows the PCIe tree. Every GPU gets the nearest free NVMe controller and the
-    nearest free InfiniBand (0x0207) or Ethernet (0x0200) PF with SR-IOV, where "nearest" is the
-    deepest shared upstream bridge; candidates on another PCI root complex are never paired. An
-    NVMe controller holding a mounted filesystem, swap or a device-mapper stack is host storage
-    and is never offered.
-  - The slot's fabric VF address is computed from the PF's C(sriov_offset) and C(sriov_stride),
-    so it is known before the VFs exist.
+  - Pairing follows the PCIe tree. Every GPU gets the nearest free NVMe controller, where "nearest"
+    is the deepest shared upstream bridge; a controller on another PCI root complex is never
+    paired. An NVMe controller holding a mounted filesystem, swap or a device-mapper stack is host
+    storage and is never offered.
+  - "Fabric: every GPU gets a VF of its own of an InfiniBand (0x0207) or Ethernet (0x0200) PF with
+    SR-IOV. A PF on the GPU's own PCIe switch comes first (the deepest shared bridge), then one on
+    its root complex, then one on its NUMA node; a PF on another NUMA node is never paired. While
+    PFs are left, each GPU gets one of its own (nearest first, ties by address), so a host with one
+    PF per GPU gives each slot VF 0 of its own PF. Where fewer PFs than GPUs remain, a GPU shares
+    its nearest PF (the least taken among equally near ones): the k-th slot by RV(slots[].slot_index)
+    paired with a PF gets VF k (RV(slots[].fabric_vf_index)). A slot that would need more VFs than
+    the PF's C(sriov_totalvfs) offers is ineligible, with the reason."
+  - The slot's fabric VF address is computed from the PF's C(sriov_offset) and C(sriov_stride)
+    (VF k is the PF's routing ID plus C(sriov_offset + sriov_stride * k)), so it is known before
+    the VFs exist; a PF that reports neither makes its slots ineligible. The
+    C(gpuaas.slice.host_prep) role creates on each PF the VFs its approved slots need.
   - "Each slot owns a slice of its NUMA node: the host keeps the node's first O(host_reserved_cores)
     cores (RV(host_cpulist), where the kernel's housekeeping and the VMs' emulator threads run); the
     node's other cores are dealt out in order among all the slots discovery proposes on the node
@@ -223,10 +233,14 @@ slots:
       description: The slot's NVMe controller, or null.
       type: str
     fabric_pf_address:
-      description: The SR-IOV PF whose VF the slot gets, or null.
+      description: The SR-IOV PF whose VF the slot gets (other slots may have other VFs of it), or null.
       type: str
+    fabric_vf_index:
+      description: Which VF of the PF is the slot's, k for the k-th slot paired with the PF (0 where each
+        GPU has a PF of its own); null without a PF or when the slot cannot have a VF (see its reasons).
+      type: int
     fabric_vf_pci_address:
-      description: The address the slot's VF will have (VF 0 of the PF), or null.
+      description: The address the slot's VF will have (VF RV(slots[].fabric_vf_index) of the PF), or null.
       type: str
     mac:
       description: The VM's MAC, C(52:54:) plus the first 4 bytes of sha256("{node_id}:{slot_index}").
@@ -261,6 +275,7 @@ slots:
       host_cpulist: "0,56,112,168"
       nvme_address: "0000:1c:00.0"
       fabric_pf_address: "0000:1a:00.0"
+      fabric_vf_index: 0
       fabric_vf_pci_address: "0000:1a:00.1"
       mac: "52:54:4f:3c:9e:0a"
       ip: 10.100.0.10

@@ -18,6 +18,11 @@ it and returns ``(sysfs_root, proc_root)``.
   Ethernet PF. 16 cores of two threads (CPU c and c + 16), about 128 GiB.
 * ``h100_guest``: the real H100 passthrough guest captured in
   ``tests/fixtures/real/h100-passthrough-guest`` (no IOMMU, virtio devices).
+* ``pcie8``: a two-socket PCIe server with 8 GPUs (L40S, a common inference box): each GPU
+  behind a root port of its own, with an NVMe drive on the same PCIe root complex; one
+  ConnectX-7 InfiniBand PF per socket (SR-IOV, 16 VFs) on a root complex of its own, so the
+  four GPUs of a socket share it by NUMA node. 32 cores of two threads per socket (CPU c and
+  c + 64 are one core), 512 GiB a node; a boot NVMe on the chipset.
 * ``segment1``: a host whose GPU, NVMe and fabric PF live on PCI segment 0001; its
   kernel shows no ``thread_siblings_list``, so each of its 8 CPUs is a core.
 """
@@ -179,6 +184,54 @@ def build_segment1(base):
     return sys_root, proc_root
 
 
+# pcie8: each socket's PCIe root complexes (root bus numbers); the last one holds the fabric PF.
+PCIE8_ROOTS = {0: ('0000:15', '0000:2a', '0000:3f', '0000:54', '0000:69'),
+               1: ('0000:80', '0000:95', '0000:aa', '0000:bf', '0000:d4')}
+
+
+def build_pcie8(base, totalvfs=16):
+    """The two-socket PCIe 8-GPU server with one fabric PF per socket (see the module docstring)."""
+    sys_root, proc_root = _dirs(base)
+    b = SysfsBuilder(sys_root, proc_root=proc_root)
+    b.numa_nodes({0: '0-31,64-95', 1: '32-63,96-127'}, smt=64,
+                 mem_total_kib={0: 527958332, 1: 528445184})
+    r0 = b.pci_root('0000:00', numa_node=0)
+    b.device('0000:00:00.0', r0, 0x060000, '8086', '09a2', reset_method=None, link=None)
+    b.bridge('0000:00:1c.0', r0, device='a190')
+    b.device('0000:02:00.0', '0000:00:1c.0', 0x030000, '1a03', '2000', driver='ast',
+             boot_vga=True, reset_method=None, link=('5.0 GT/s PCIe', 1))
+    b.bridge('0000:00:1d.0', r0, device='a198')
+    b.device('0000:03:00.0', '0000:00:1d.0', 0x010802, '144d', 'a80a', driver='nvme', link=GEN4)
+    b.nvme('0000:03:00.0', 'nvme8', partitions={'nvme8n1': ['nvme8n1p1', 'nvme8n1p2']})
+    b.mounts(['/dev/nvme8n1p2 / ext4 rw,relatime 0 0', '/dev/nvme8n1p1 /boot/efi vfat rw 0 0'])
+    gpu_no = 0
+    for node, roots in sorted(PCIE8_ROOTS.items()):
+        for number, root_bus in enumerate(roots):
+            root = b.pci_root(root_bus, numa_node=node)
+            domain, bus = root_bus.split(':')
+            bus = int(bus, 16)
+            if number == len(roots) - 1:
+                # The socket's fabric PF, on a root complex of its own.
+                b.bridge('%s:%02x:01.0' % (domain, bus), root, device='347a')
+                pf = '%s:%02x:00.0' % (domain, bus + 1)
+                b.device(pf, '%s:%02x:01.0' % (domain, bus), 0x020700, '15b3', '1021', '15b3', '0041',
+                         driver='mlx5_core', link=GEN5,
+                         sriov={'total': totalvfs, 'offset': 1, 'stride': 1, 'vf_device': '101e'})
+                b.infiniband(pf, 'mlx5_%d' % node)
+                continue
+            # A GPU behind root port 01.0, its NVMe drive behind root port 03.0.
+            b.bridge('%s:%02x:01.0' % (domain, bus), root, device='347a')
+            b.device('%s:%02x:00.0' % (domain, bus + 1), '%s:%02x:01.0' % (domain, bus), 0x030200,
+                     '10de', '26b9', '10de', '1851', driver='nvidia', reset_method='bus', link=GEN4,
+                     serial='1322%09d' % gpu_no)
+            b.bridge('%s:%02x:03.0' % (domain, bus), root, device='347c')
+            b.device('%s:%02x:00.0' % (domain, bus + 2), '%s:%02x:03.0' % (domain, bus), 0x010802,
+                     '144d', 'a824', driver='nvme', link=GEN4)
+            b.nvme('%s:%02x:00.0' % (domain, bus + 2), 'nvme%d' % gpu_no)
+            gpu_no += 1
+    return sys_root, proc_root
+
+
 def _parse_pci_attrs(path):
     rows = []
     with open(path) as handle:
@@ -235,6 +288,7 @@ HOSTS = {
     'workstation': build_workstation,
     'h100_guest': build_h100_guest,
     'segment1': build_segment1,
+    'pcie8': build_pcie8,
 }
 
 

@@ -172,6 +172,9 @@ class Slot(Base):
     companions: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     nvme_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
     fabric_pf_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Which VF of its fabric PF is the slot's (discovery's: slots may share a PF). NULL for a slot
+    # approved before PFs were shared (its VF was VF 0 of its own PF) or without a fabric PF.
+    fabric_vf_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     fabric_vf_pci_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
     mac: Mapped[str] = mapped_column(String(17), nullable=False)
     ip: Mapped[str] = mapped_column(String(15), nullable=False)

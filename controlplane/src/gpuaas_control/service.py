@@ -436,6 +436,7 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
             'companions': list(record.get('companions') or []),
             'nvme_address': record.get('nvme_address'),
             'fabric_pf_address': record.get('fabric_pf_address'),
+            'fabric_vf_index': record.get('fabric_vf_index'),
             'fabric_vf_pci_address': record.get('fabric_vf_pci_address'),
             # The layout, computed here from the collection's formula, not taken from the post.
             'mac': contract.Slot(node_id, index).mac,

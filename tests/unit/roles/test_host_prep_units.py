@@ -20,7 +20,7 @@ UNITS = ['gpuaas-dnsmasq.service', 'gpuaas-telemetry-sink.service', 'gpuaas-reco
          'gpuaas-reconcile.timer']
 
 
-def render(tmp_path):
+def render(tmp_path, **extra):
     """Render the role's templates with its own defaults and vars through ansible-playbook."""
     play = [{
         'hosts': 'localhost', 'gather_facts': False,
@@ -35,7 +35,7 @@ def render(tmp_path):
         'gpuaas_host_network': {'dnsmasq_argv': ['/usr/sbin/dnsmasq', '--keep-in-foreground',
                                                  '--conf-file=/etc/gpuaas/dnsmasq.conf']},
         'gpuaas_reconcile_command': '/usr/bin/python3 -c "print(\'reconcile\')"',
-        'gpuaas_sriov_pfs': [{'address': '0000:1a:00.0', 'num_vfs': 4}],
+        **dict({'gpuaas_sriov_pfs': [{'address': '0000:1a:00.0', 'num_vfs': 4}]}, **extra),
     }))
     playbook = tmp_path / 'render.yml'
     playbook.write_text(yaml.safe_dump(play))
@@ -77,3 +77,21 @@ def test_a_broken_unit_fails_verification(tmp_path):
     proc = subprocess.run(['systemd-analyze', 'verify', '--man=no', str(unit)], capture_output=True, text=True,
                           check=False)
     assert proc.returncode != 0 or proc.stderr.strip()
+
+
+def test_the_udev_rule_gives_each_pf_the_vfs_its_approved_slots_need(tmp_path):
+    """Without gpuaas_sriov_pfs, the counts come from the approved slots: highest fabric_vf_index + 1 per PF."""
+    slots = [{'slot_id': 'p8-s%d' % i, 'fabric_pf_address': pf, 'fabric_vf_index': k}
+             for i, (pf, k) in enumerate([('0000:6a:00.0', 0), ('0000:6a:00.0', 1), ('0000:6a:00.0', 2),
+                                          ('0000:d5:00.0', 0), ('0000:d5:00.0', 1)])]
+    slots.append({'slot_id': 'p8-s5', 'fabric_pf_address': None, 'fabric_vf_index': None})
+    render(tmp_path, gpuaas_sriov_pfs=[], gpuaas_slots=slots)
+    rules = (tmp_path / '70-gpuaas-sriov.rules').read_text()
+    assert [line for line in rules.splitlines() if line.startswith('ACTION')] == [
+        'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:6a:00.0", ATTR{sriov_numvfs}="3"',
+        'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:d5:00.0", ATTR{sriov_numvfs}="2"']
+    # The operator's list, when given, is what counts.
+    render(tmp_path, gpuaas_sriov_pfs=[{'address': '0000:6a:00.0', 'num_vfs': 16}], gpuaas_slots=slots)
+    rules = (tmp_path / '70-gpuaas-sriov.rules').read_text()
+    assert [line for line in rules.splitlines() if line.startswith('ACTION')] == [
+        'ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:6a:00.0", ATTR{sriov_numvfs}="16"']

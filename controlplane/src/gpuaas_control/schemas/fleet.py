@@ -36,6 +36,8 @@ class InventorySlot(InventorySlotState):
     host_cpulist: str | None = None
     nvme_address: str | None
     fabric_pf_address: str | None
+    fabric_vf_index: int | None = Field(None, description="Which VF of its fabric PF is the slot's (slots may share a PF): "
+                                        'the k-th slot paired with a PF has its VF k.')
     fabric_vf_pci_address: str | None
     mac: str
     ip: str

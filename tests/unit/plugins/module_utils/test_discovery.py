@@ -79,17 +79,19 @@ def test_workstation_full_result(host_tree):
              'companions': ['0000:01:00.1'], 'numa_node': 0, 'cpulist': '1-8,17-24', 'vcpus': 16,
              # (131631104 kB // 1024 - 16384) // 2 slots = 56081 MiB, down to 54 GiB
              'memory_mib': 55296, 'host_cpulist': '0,16',
-             'nvme_address': '0000:02:00.0', 'fabric_pf_address': '0000:03:00.0',
+             'nvme_address': '0000:02:00.0', 'fabric_pf_address': '0000:03:00.0', 'fabric_vf_index': 0,
              'fabric_vf_pci_address': '0000:03:00.2', 'mac': mac('ws', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
                                    'fabric_vf_pci_address': '0000:03:00.2'},
              'eligible': True, 'reasons': []},
             {'slot_index': 1, 'slot_id': 'ws-s1', 'gpu_address': '0000:05:00.0',
              'companions': [], 'numa_node': 0, 'cpulist': '9-15,25-31', 'vcpus': 14,
-             'memory_mib': 55296, 'host_cpulist': '0,16', 'nvme_address': None, 'fabric_pf_address': None, 'fabric_vf_pci_address': None,
+             'memory_mib': 55296, 'host_cpulist': '0,16', 'nvme_address': None,
+             # One PF for two GPUs: the second slot shares it and gets VF 1 (offset 2, stride 1: 03:00.3).
+             'fabric_pf_address': '0000:03:00.0', 'fabric_vf_index': 1, 'fabric_vf_pci_address': '0000:03:00.3',
              'mac': mac('ws', 1), 'ip': '10.100.0.11',
-             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
-                                   'fabric_vf_pci_address': None},
+             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
+                                   'fabric_vf_pci_address': '0000:03:00.3'},
              'eligible': False,
              'reasons': [
                  'IOMMU group %s also holds 0000:00:17.0 (SATA controller, class 0x010601, '
@@ -98,8 +100,6 @@ def test_workstation_full_result(host_tree):
                  'or enable ACS on the bridge above it)' % pch_group,
                  'no free NVMe controller shares a PCIe switch or root complex with '
                  '0000:05:00.0 (require_nvme is true)',
-                 'no free SR-IOV capable fabric PF (class 0207/0200) shares a PCIe switch or '
-                 'root complex with 0000:05:00.0 (require_fabric is true)',
              ]},
         ],
     }
@@ -146,7 +146,7 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
             {'slot_index': 0, 'slot_id': 'guest-s0', 'gpu_address': '0000:00:06.0',
              'companions': [], 'numa_node': 0, 'cpulist': '1-15', 'vcpus': 15,
              'memory_mib': 240640, 'host_cpulist': '0', 'nvme_address': None,
-             'fabric_pf_address': None, 'fabric_vf_pci_address': None,
+             'fabric_pf_address': None, 'fabric_vf_index': None, 'fabric_vf_pci_address': None,
              'mac': mac('guest', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
                                    'fabric_vf_pci_address': None},
@@ -155,8 +155,8 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
                  IOMMU_OFF,
                  'no free NVMe controller shares a PCIe switch or root complex with '
                  '0000:00:06.0 (require_nvme is true)',
-                 'no free SR-IOV capable fabric PF (class 0207/0200) shares a PCIe switch or '
-                 'root complex with 0000:00:06.0 (require_fabric is true)',
+                 'no SR-IOV capable fabric PF (class 0207/0200) shares a PCIe switch, root complex '
+                 'or NUMA node with 0000:00:06.0 (require_fabric is true)',
              ]},
         ],
     }
@@ -170,7 +170,7 @@ def test_segment_0001_devices_pair_and_get_their_vf_address(host_tree):
         # No thread_siblings_list: each CPU is a core; CPU 0 is the host's.
         'numa_node': 0, 'cpulist': '1-7', 'vcpus': 7, 'memory_mib': 240640, 'host_cpulist': '0',
         'nvme_address': '0001:02:00.0',
-        'fabric_pf_address': '0001:03:00.0',
+        'fabric_pf_address': '0001:03:00.0', 'fabric_vf_index': 0,
         # sriov_offset 8, stride 1: routing id 03:00.0 + 8 = 03:01.0
         'fabric_vf_pci_address': '0001:03:01.0', 'mac': mac('seg', 0), 'ip': '10.100.0.10',
         'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
@@ -203,7 +203,8 @@ def test_hgx_pairs_each_gpu_with_the_nvme_and_pf_behind_its_switch(host_tree):
             'companions': [], 'numa_node': node, 'cpulist': cpulist, 'vcpus': 28 if index % 4 < 3 else 26,
             # (1056348672 kB // 1024 - 16384) // 4 slots = 253801 MiB, down to 247 GiB
             'memory_mib': 252928, 'host_cpulist': '0,56,112,168', 'nvme_address': nvme,
-            'fabric_pf_address': pf, 'fabric_vf_pci_address': vf, 'mac': mac('hgx', index),
+            # One PF per GPU: VF 0 of its own PF each, as before PFs were shared.
+            'fabric_pf_address': pf, 'fabric_vf_index': 0, 'fabric_vf_pci_address': vf, 'mac': mac('hgx', index),
             'ip': '10.100.0.%d' % (10 + index),
             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
                                   'fabric_vf_pci_address': vf},

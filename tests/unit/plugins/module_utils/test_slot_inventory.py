@@ -19,7 +19,7 @@ def _slot(node, index, **values):
            'approved': True, 'allocation_id': None, 'state_reason': None, 'gpu_model': '10de:2330',
            'gpu_address': '0000:%02x:00.0' % (0x18 + index), 'companions': [], 'numa_node': 0,
            'cpulist': '0-7', 'nvme_address': None, 'fabric_pf_address': None,
-           'fabric_vf_pci_address': None, 'mac': '52:54:00:00:00:%02x' % index,
+           'fabric_vf_index': None, 'fabric_vf_pci_address': None, 'mac': '52:54:00:00:00:%02x' % index,
            'ip': '10.100.0.%d' % (10 + index), 'destructive_wipe_policy': 'zero',
            'capacity_metadata': {'storage_ownership': 'slice'}}
     row.update(values)

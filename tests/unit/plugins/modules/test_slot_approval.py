@@ -148,3 +148,66 @@ def test_something_that_is_not_a_discovery_result_is_refused(capsys):
     result = approve(capsys, {'slots': []}, [entry()])
     assert result['problems'] == ['discovery is not a gpuaas.slice.slot_discovery result '
                                   '(register the slot_discovery task and pass it whole)']
+
+
+# -- shared-PF VFs: a PCIe server with one fabric PF per socket --------------------------------------------------
+
+
+@pytest.fixture
+def pcie8(host_tree):
+    sys_root, proc_root = host_tree('pcie8')
+    return Discovery('p8', sys_root, proc_root).run()
+
+
+def pcie8_entry(slot, **overrides):
+    value = {'slot_id': slot['slot_id'], 'gpu_address': slot['gpu_address'], 'destructive_wipe_policy': 'nvme-format',
+             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
+                                   'fabric_vf_pci_address': slot['fabric_vf_pci_address']},
+             'fabric_vf_index': slot['fabric_vf_index']}
+    value.update(overrides)
+    return value
+
+
+def test_a_map_of_slots_sharing_a_pf_approves_each_with_its_own_vf(capsys, pcie8):
+    result = approve(capsys, pcie8, [pcie8_entry(slot) for slot in pcie8['slots']])
+    assert 'failed' not in result, result.get('problems')
+    assert [(s['fabric_pf_address'], s['fabric_vf_index'], s['fabric_vf_pci_address']) for s in result['slots']] == [
+        ('0000:%s:00.0' % bus, k, '0000:%s:00.%d' % (bus, k + 1)) for bus in ('6a', 'd5') for k in range(4)]
+
+
+def test_a_slot_claiming_another_slots_vf_of_the_shared_pf_is_refused(capsys, pcie8):
+    first, second = pcie8['slots'][:2]
+    taken = dict(pcie8_entry(second), capacity_metadata=dict(pcie8_entry(second)['capacity_metadata'],
+                                                             fabric_vf_pci_address=first['fabric_vf_pci_address']))
+    result = approve(capsys, pcie8, [pcie8_entry(first), taken])
+    assert result['problems'] == [
+        "slot p8-s1: capacity_metadata.fabric_vf_pci_address is '0000:6a:00.1' but discovery says the slot's VF "
+        'is 0000:6a:00.2']
+    result = approve(capsys, pcie8, [pcie8_entry(second, fabric_vf_index=0)])
+    assert result['problems'] == [
+        "slot p8-s1: fabric_vf_index is 0 but discovery gives the slot VF 1 of fabric PF '0000:6a:00.0' (the slots "
+        'sharing the PF changed: discover again and re-approve)']
+
+
+def test_a_discovery_giving_two_slots_one_vf_or_a_bad_index_is_refused(capsys, pcie8):
+    forged = copy.deepcopy(pcie8)
+    forged['slots'][1]['fabric_vf_pci_address'] = forged['slots'][0]['fabric_vf_pci_address']
+    assert approve(capsys, forged, [pcie8_entry(pcie8['slots'][0])])['problems'] == [
+        "discovery.slots[1].fabric_vf_pci_address '0000:6a:00.1' is also discovery.slots[0]'s: each slot has a VF "
+        'of its own']
+    for bad in (-1, True, '1', 65535):
+        forged = copy.deepcopy(pcie8)
+        forged['slots'][2]['fabric_vf_index'] = bad
+        assert approve(capsys, forged, [pcie8_entry(pcie8['slots'][0])])['problems'] == [
+            "discovery.slots[2].fabric_vf_index %s is not the index of the slot's fabric VF (0 to 65534, with its "
+            'address)' % ("'1'" if bad == '1' else str(bad))], bad
+
+
+def test_a_slot_beyond_sriov_totalvfs_cannot_be_approved(capsys, host_tree):
+    sys_root, proc_root = host_tree('pcie8', totalvfs=3)
+    found = Discovery('p8', sys_root, proc_root).run()
+    result = approve(capsys, found, [pcie8_entry(found['slots'][3], capacity_metadata={
+        'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf', 'fabric_vf_pci_address': '0000:6a:00.4'})])
+    assert result['problems'][0] == (
+        'slot p8-s3: discovery says the slot is not eligible: fabric PF 0000:6a:00.0 offers 3 VFs (sriov_totalvfs) '
+        'and the 3 slots before this one on it take them all: this slot would need VF 3')

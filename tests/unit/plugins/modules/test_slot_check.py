@@ -170,7 +170,7 @@ def test_a_wrong_vf_numa_node_policy_or_unknown_key_is_refused(capsys, ws):
     record = dict(ws['record'], fabric_vf_pci_address='0000:03:00.3', numa_node=1, cpulist='32-63', vcpus=32,
                   destructive_wipe_policy='shred')
     problems = refused(check(capsys, ws, slot=record),
-                       "fabric_vf_pci_address: the record says '0000:03:00.3', but the first VF of fabric PF %s is %s"
+                       "fabric_vf_pci_address: the record says '0000:03:00.3', but VF 0 of fabric PF %s is %s"
                        % (PF, VF), 'numa_node: the record says 1, but gpu %s is on node 0' % GPU,
                        "cpulist: the record says '32-63', but CPUs 32-63 are not on NUMA node 0 (CPUs 0-31)",
                        "destructive_wipe_policy: 'shred' is not one of")
@@ -180,7 +180,7 @@ def test_a_wrong_vf_numa_node_policy_or_unknown_key_is_refused(capsys, ws):
     assert len(problems) == 1
 
 
-@pytest.mark.parametrize('name', ['hgx', 'segment1'])
+@pytest.mark.parametrize('name', ['hgx', 'segment1', 'pcie8'])
 def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name):
     sys_root, proc_root = host_tree(name)
     found = Discovery(name, sys_root, proc_root).run()
@@ -192,7 +192,8 @@ def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name)
         result = run_module(slot_check, dict(node_id=name, slot_id=record['slot_id'], slot=record,
                                              sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
         assert 'failed' not in result, result
-        for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_pci_address', 'numa_node') + SHARE:
+        for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_index', 'fabric_vf_pci_address',
+                    'numa_node') + SHARE:
             assert result['slot'][key] == record[key]
 
 
@@ -248,3 +249,56 @@ def test_a_shape_that_does_not_fit_the_share_is_refused_naming_both_numbers(caps
 def test_a_hostile_shape_is_refused(capsys, ws, shape, fragment):
     result = check(capsys, ws, slot=ws['record'], **shape)
     assert result['failed'] and fragment in result['msg'], result['msg']
+
+
+# -- a slot sharing its fabric PF: its VF is VF fabric_vf_index of the PF ------------------------------------
+
+
+@pytest.fixture
+def pcie8(host_tree):
+    sys_root, proc_root = host_tree('pcie8')
+    found = Discovery('p8', sys_root, proc_root).run()
+    slot = found['slots'][2]
+    entry = {'slot_id': 'p8-s2', 'gpu_address': slot['gpu_address'], 'destructive_wipe_policy': 'zero',
+             'capacity_metadata': slot['capacity_metadata'], 'fingerprint': slot['fingerprint']}
+    entry.update((key, slot[key]) for key in SHARE)
+    (record,) = validate(found, [entry])
+    return {'sys': sys_root, 'proc': proc_root, 'entry': entry, 'record': record}
+
+
+def p8_problems(capsys, host, **args):
+    result = check(capsys, host, slot_id='p8-s2', node_id='p8', **args)
+    assert result.get('failed'), result
+    return result['problems']
+
+
+def test_a_shared_pf_slot_passes_with_its_own_vf_from_the_record_or_the_map(capsys, pcie8):
+    assert pcie8['record']['fabric_vf_index'] == 2
+    for args in ({'slot': pcie8['record']}, {'approved_slots': [pcie8['entry']]}):
+        result = check(capsys, pcie8, slot_id='p8-s2', node_id='p8', **args)
+        assert 'failed' not in result, result
+        # PF 0000:6a:00.0, sriov_offset 1, stride 1: VF 2 is routing id 6a:00.0 + 3.
+        assert (result['slot']['fabric_vf_index'], result['slot']['fabric_vf_pci_address']) == (2, '0000:6a:00.3')
+
+
+def test_a_vf_that_is_not_the_slots_is_refused_naming_it(capsys, pcie8):
+    other = dict(pcie8['record'], fabric_vf_pci_address='0000:6a:00.1')
+    assert p8_problems(capsys, pcie8, slot=other) == [
+        "fabric_vf_pci_address: the record says '0000:6a:00.1', but VF 2 of fabric PF 0000:6a:00.0 is 0000:6a:00.3"]
+    beyond = dict(pcie8['record'], fabric_vf_index=16)
+    assert p8_problems(capsys, pcie8, slot=beyond) == [
+        'fabric_vf_index: the record says 16, but fabric PF 0000:6a:00.0 offers 16 VFs (sriov_totalvfs)']
+    assert p8_problems(capsys, pcie8, slot=dict(pcie8['record'], fabric_vf_index='two')) == [
+        "fabric_vf_index must be a whole number from 0 to 65534, not 'two'"]
+    entry = dict(pcie8['entry'], capacity_metadata=dict(pcie8['entry']['capacity_metadata'],
+                                                        fabric_vf_pci_address='0000:6b:00.0'))
+    assert p8_problems(capsys, pcie8, approved_slots=[entry]) == [
+        "fabric_vf_pci_address: the record says '0000:6b:00.0', which is none of the 16 VFs of fabric PF "
+        '0000:6a:00.0 (VF 0 is 0000:6a:00.1)']
+
+
+def test_a_pf_that_lost_its_offset_is_refused(capsys, pcie8):
+    os.unlink(os.path.join(pcie8['sys'], 'bus/pci/devices/0000:6a:00.0/sriov_stride'))
+    assert p8_problems(capsys, pcie8, slot=pcie8['record']) == [
+        "fabric_vf_pci_address: the record says '0000:6a:00.3', but fabric PF 0000:6a:00.0 does not report "
+        'sriov_offset/sriov_stride, so its VF addresses cannot be known']
