@@ -259,6 +259,25 @@ def kept_devices(pins, role):
     return kept
 
 
+def kept_fabric_pfs(pins, fabric_pfs):
+    """:func:`kept_devices` of the fabric PFs, and for an entry without a fingerprint the PF whose first VF
+    is its ``capacity_metadata.fabric_vf_pci_address`` (every entry names it)."""
+    kept = kept_devices(pins, 'fabric_pf')
+    first_vf = {}
+    for pf in fabric_pfs:
+        offset, stride = pf.read_int('sriov_offset'), pf.read_int('sriov_stride')
+        try:
+            first_vf[vf_address(pf.address, offset, stride, 0)] = pf.address
+        except (PciError, TypeError):
+            continue
+    for address, (_index, entry) in pins.items():
+        metadata = entry.get('capacity_metadata')
+        vf = metadata.get('fabric_vf_pci_address') if isinstance(metadata, dict) else None
+        if address not in kept and isinstance(vf, str) and vf in first_vf:
+            kept[address] = first_vf[vf]
+    return kept
+
+
 def keep_pairs(gpus, candidates, kept):
     """:func:`_pair`, except that an approved slot keeps the device its approval recorded (``kept``).
 
@@ -395,7 +414,7 @@ class Discovery:
         gpu_records = [self._gpu_record(g, groups, len(numa_nodes)) for g in gpus]
         index_of, gone = number_slots([gpu.address for gpu in gpus], self.pins)
         nvme_of = keep_pairs(gpus, nvmes, kept_devices(self.pins, 'nvme'))
-        fabric_of = keep_pairs(gpus, fabric_pfs, kept_devices(self.pins, 'fabric_pf'))
+        fabric_of = keep_pairs(gpus, fabric_pfs, kept_fabric_pfs(self.pins, fabric_pfs))
         slot_nodes = dict((index_of[record['address']], record['numa_node']) for record in gpu_records)
         absent = [self._absent(index, address, numa_nodes) for index, address in gone]
         slot_nodes.update((item['slot_index'], item['numa_node']) for item in absent)
