@@ -141,10 +141,10 @@ def test_without_fingerprints_a_held_slots_devices_never_move(db, lost_gpu, tmp_
     db.transact(service.record_discovery, OPERATOR, 'n1', gone)
     with pytest.raises(service.Conflict) as refused:
         db.transact(service.approve, OPERATOR, 'n1', bare)
+    s3 = full['slots'][3]
+    was = {'nvme_address': s3['nvme_address'], 'fabric_pf_address': s3['fabric_pf_address'],
+           'fabric_vf_pci_address': s3['fabric_vf_pci_address'], 'companions': []}
     assert refused.value.problems == [
         "slot n1-s3 is reserved and its devices changed from %s to %s: release it first (keep the fingerprints "
-        "in the map, so a lost GPU moves no other slot's devices)" % (
-            {'nvme_address': full['slots'][3]['nvme_address'], 'fabric_pf_address': full['slots'][3]['fabric_pf_address'],
-             'fabric_vf_pci_address': full['slots'][3]['fabric_vf_pci_address'], 'companions': []},
-            {'nvme_address': full['slots'][2]['nvme_address'], 'fabric_pf_address': full['slots'][3]['fabric_pf_address'],
-             'fabric_vf_pci_address': full['slots'][3]['fabric_vf_pci_address'], 'companions': []})]
+        "in the map, so a lost GPU moves no other slot's devices)"
+        % (was, dict(was, nvme_address=full['slots'][2]['nvme_address']))]
