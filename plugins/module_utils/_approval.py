@@ -4,8 +4,10 @@
 """Internal to gpuaas.slice: validate an operator's approved slot map against discovery.
 
 The approved slot map is the operator's decision (see docs/approved-slot-map.md).
-An approval is all or nothing: every problem is reported at once, and a map with
-any problem approves no slot.
+A mistake in the map is all or nothing: every problem is reported at once, and a map with
+any problem approves no slot. A fault of the hardware is one slot's: an approved slot
+whose GPU is gone from the bus, or whose devices no longer match the fingerprint taken at
+approval, is *absent* (reported with the reason, not approved) and the others stay approved.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -79,8 +81,41 @@ def _check_discovery(discovery):
                             % (where, show(vf), vf_of[vf]))
         if vf:
             vf_of.setdefault(vf, where)
+    absent = discovery.get('absent', [])
+    if not isinstance(absent, list):
+        problems.append('discovery.absent %s is not a list' % show(absent))
+    else:
+        taken = set((slot.get('slot_index'), slot.get('gpu_address')) for slot in discovery['slots']
+                    if isinstance(slot, dict))
+        for position, item in enumerate(absent):
+            problems.extend(_absent_problems(node_id, item, 'discovery.absent[%d]' % position, taken))
     if problems:
         raise ApprovalError(problems)
+
+
+def _absent_problems(node_id, item, where, taken):
+    """What no discovery could have written about an approved slot whose GPU is gone."""
+    if not isinstance(item, dict):
+        return ['%s must be a mapping, not %s' % (where, show(item))]
+    try:
+        index = check_int(item.get('slot_index'), where + '.slot_index', 0, 10 ** 6)
+        slot_id = Slot(node_id, index).slot_id
+    except ContractError as exc:
+        return [str(exc)]
+    problems = []
+    if item.get('slot_id') != slot_id:
+        problems.append('%s.slot_id is %s, but slot %d of node %s is %s' % (where, show(item.get('slot_id')), index,
+                                                                            node_id, slot_id))
+    if not PCI_ADDRESS.matches(item.get('gpu_address')):
+        problems.append('%s.gpu_address %s is not a PCI address' % (where, show(item.get('gpu_address'))))
+    if any(index == other_index or item.get('gpu_address') == address for other_index, address in taken):
+        problems.append('%s: slot %s or GPU %s is also a present slot' % (where, slot_id, show(item.get('gpu_address'))))
+    numa = item.get('numa_node')
+    if isinstance(numa, bool) or not isinstance(numa, int) or not -1 <= numa <= MAX_NUMA_NODE:
+        problems.append('%s.numa_node %s is not a NUMA node (-1 to %d)' % (where, show(numa), MAX_NUMA_NODE))
+    if not isinstance(item.get('reason'), str) or has_control_chars(item['reason']):
+        problems.append('%s.reason %s is not a one-line text' % (where, show(item.get('reason'))))
+    return problems
 
 
 def _pcie_path(value):
@@ -195,7 +230,8 @@ def _check_capacity(entry, slot, where):
     return problems
 
 
-def _check_entry(entry, slot, where):
+def _entry_problems(entry, where):
+    """The operator's mistakes an entry can hold whatever the hardware is: keys, policy, texts, fingerprint."""
     problems = []
     missing = [key for key in REQUIRED_KEYS if key not in entry]
     if missing:
@@ -205,13 +241,6 @@ def _check_entry(entry, slot, where):
         problems.append('%s: unknown keys %s (see docs/approved-slot-map.md)'
                         % (where, ', '.join(show(key) if not isinstance(key, str) or has_control_chars(key)
                                             else key for key in unknown)))
-    if not slot.get('eligible'):
-        problems.append('%s: discovery says the slot is not eligible: %s'
-                        % (where, '; '.join(slot.get('reasons') or ['no reason given'])))
-    if 'gpu_address' in entry and entry['gpu_address'] != slot.get('gpu_address'):
-        problems.append('%s: gpu_address is %s but discovery has %s at this slot '
-                        '(hardware or slot order changed: discover again and re-approve)'
-                        % (where, show(entry['gpu_address']), slot.get('gpu_address')))
     policy = entry.get('destructive_wipe_policy')
     if not policy:
         problems.append('%s: destructive_wipe_policy must be set (one of %s)'
@@ -219,13 +248,41 @@ def _check_entry(entry, slot, where):
     elif policy not in WIPE_POLICIES:
         problems.append('%s: destructive_wipe_policy %s is not one of %s'
                         % (where, show(policy), ', '.join(WIPE_POLICIES)))
-    elif policy in BLOCK_WIPE_POLICIES and not slot.get('nvme_address'):
-        problems.append("%s: destructive_wipe_policy %r needs an NVMe drive of the slot's own; "
-                        "this slot has none, use 'zero'" % (where, policy))
     for key in ('approved_by', 'approved_at', 'note'):
         if entry.get(key) is not None and not NOTE.matches(entry[key]):
             problems.append('%s: %s %s must be text of at most 255 characters on one line'
                             % (where, key, show(entry[key])))
+    recorded = entry.get('fingerprint')
+    if recorded is not None and (not isinstance(recorded, dict) or set(recorded) - set(FINGERPRINT_ROLES)
+                                 or not isinstance(recorded.get('companions', []), list)):
+        problems.append('%s: fingerprint must be a mapping (as discovery reports it), not %s' % (where, show(recorded)))
+    elif recorded is not None:
+        for role in ('gpu', 'nvme', 'fabric_pf'):
+            problems.extend(_fingerprint_problems(recorded.get(role), '%s: fingerprint.%s' % (where, role)))
+        for number, device in enumerate(recorded.get('companions', [])):
+            problems.extend(_fingerprint_problems(device, '%s: fingerprint.companions[%d]' % (where, number)))
+    return problems
+
+
+def _address_problems(entry, found, where):
+    if 'gpu_address' in entry and entry['gpu_address'] != found.get('gpu_address'):
+        return ['%s: gpu_address is %s but discovery has %s at this slot '
+                '(hardware or slot order changed: discover again and re-approve)'
+                % (where, show(entry['gpu_address']), found.get('gpu_address'))]
+    return []
+
+
+def _check_entry(entry, slot, where):
+    """Every problem of an entry for a slot whose GPU is there, but a fingerprint that no longer matches."""
+    problems = _entry_problems(entry, where)
+    if not slot.get('eligible'):
+        problems.append('%s: discovery says the slot is not eligible: %s'
+                        % (where, '; '.join(slot.get('reasons') or ['no reason given'])))
+    problems.extend(_address_problems(entry, slot, where))
+    policy = entry.get('destructive_wipe_policy')
+    if policy in BLOCK_WIPE_POLICIES and not slot.get('nvme_address'):
+        problems.append("%s: destructive_wipe_policy %r needs an NVMe drive of the slot's own; "
+                        "this slot has none, use 'zero'" % (where, policy))
     for key in VF_KEYS:
         if key in entry and entry[key] != slot.get(key):
             problems.append('%s: %s is %s but discovery gives the slot VF %s of fabric PF %s (the slots sharing the '
@@ -237,15 +294,16 @@ def _check_entry(entry, slot, where):
                             'discover again and re-approve)' % (where, key, show(entry[key]), show(slot.get(key))))
     if 'capacity_metadata' in entry:
         problems.extend(_check_capacity(entry, slot, where))
-    if entry.get('fingerprint') is not None and not isinstance(entry['fingerprint'], dict):
-        problems.append('%s: fingerprint must be a mapping (as discovery reports it), not %s'
-                        % (where, show(entry['fingerprint'])))
-    elif entry.get('fingerprint') is not None and entry['fingerprint'] != slot.get('fingerprint'):
-        changes = fingerprint_changes(entry['fingerprint'], slot.get('fingerprint'))
-        problems.append('%s: the devices no longer match the fingerprint taken at approval '
-                        '(hardware changed: %s): inspect the host, then re-approve'
-                        % (where, '; '.join(changes) or 'the fingerprint differs'))
     return problems
+
+
+def changed_devices(entry, slot, where):
+    """Why a slot is absent although its GPU address answers: its devices are not the approved ones; else None."""
+    if not isinstance(entry.get('fingerprint'), dict) or entry['fingerprint'] == slot.get('fingerprint'):
+        return None
+    changes = fingerprint_changes(entry['fingerprint'], slot.get('fingerprint'))
+    return ('%s: the devices no longer match the fingerprint taken at approval (hardware changed: %s): the '
+            'slot is absent; inspect the host, then re-approve it' % (where, '; '.join(changes) or 'the fingerprint differs'))
 
 
 def _plain(value):
@@ -291,11 +349,27 @@ def fingerprint_changes(recorded, now):
 
 def validate(discovery, approved_slots):
     """Return the approved slots (discovery data + the approval), or raise ApprovalError."""
+    return review(discovery, approved_slots)['slots']
+
+
+def _absent(slot, reason):
+    return {'slot_id': slot['slot_id'], 'slot_index': slot['slot_index'], 'gpu_address': slot['gpu_address'],
+            'reason': reason}
+
+
+def review(discovery, approved_slots):
+    """``{'slots': the approved slots, 'absent': the approved slots that cannot be used now}``.
+
+    Each approved slot is its discovery data plus the approval; each absent one is its
+    slot_id, slot_index, gpu_address and the reason (its GPU is gone from the bus, or its
+    devices no longer match their fingerprint). Any mistake in the map raises ApprovalError.
+    """
     _check_discovery(discovery)
     if not isinstance(approved_slots, list):
         raise ApprovalError(['approved_slots must be a list of mappings, not %s' % show(approved_slots)])
     by_id = dict((slot['slot_id'], slot) for slot in discovery['slots'] if slot['slot_id'] is not None)
-    problems, approved, seen = [], [], set()
+    gone = dict((item['slot_id'], item) for item in discovery.get('absent', []))
+    problems, approved, absent, seen = [], [], [], set()
     for position, entry in enumerate(approved_slots or []):
         if not isinstance(entry, dict):
             problems.append('approved_slots[%d] is not a mapping, but %s' % (position, show(entry)))
@@ -313,13 +387,22 @@ def validate(discovery, approved_slots):
             continue
         seen.add(slot_id)
         slot = by_id.get(slot_id)
+        if slot_id in gone:
+            entry_problems = _entry_problems(entry, where) + _address_problems(entry, gone[slot_id], where)
+            problems.extend(entry_problems)
+            if not entry_problems:
+                absent.append(_absent(gone[slot_id], gone[slot_id]['reason']))
+            continue
         if slot is None:
             problems.append('%s: no such slot on node %s (known: %s)'
-                            % (where, discovery['node_id'], ', '.join(sorted(by_id)) or 'none'))
+                            % (where, discovery['node_id'], ', '.join(sorted(set(by_id) | set(gone))) or 'none'))
             continue
         entry_problems = _check_entry(entry, slot, where)
         problems.extend(entry_problems)
-        if not entry_problems:
+        changed = None if entry_problems else changed_devices(entry, slot, where)
+        if changed:
+            absent.append(_absent(slot, changed))
+        elif not entry_problems:
             record = dict(slot)
             record.pop('eligible', None)
             record.pop('reasons', None)
@@ -332,4 +415,4 @@ def validate(discovery, approved_slots):
             approved.append(record)
     if problems:
         raise ApprovalError(problems)
-    return approved
+    return {'slots': approved, 'absent': sorted(absent, key=lambda item: item['slot_index'])}

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import itertools
 import re
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
@@ -31,6 +32,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ContractError,
     MAX_CPU,
     NODE_ID,
+    PCI_ADDRESS,
     Slot,
     check_int,
     format_cpulist,
@@ -224,7 +226,7 @@ def fabric_vf_reason(pf, offset, stride, total, index):
     return None
 
 
-def pair_fabric_vfs(gpus, pfs, numa_of):
+def pair_fabric_vfs(gpus, pfs, numa_of, kept=None, reserved=()):
     """Each GPU's fabric PF and VF: {gpu address: {'pf', 'vf_index', 'vf_address', 'reason'}}.
 
     ``gpus`` are ``(slot_index, gpu)`` pairs, ``pfs`` the SR-IOV fabric PFs and ``numa_of`` gives
@@ -235,6 +237,10 @@ def pair_fabric_vfs(gpus, pfs, numa_of):
     with a PF gets its VF k, at the address the PF's ``sriov_offset``/``sriov_stride`` give VF k;
     ``reason`` says why a slot cannot have it (no offset/stride, more slots than
     ``sriov_totalvfs``), and then ``vf_index`` and ``vf_address`` are None. A GPU with no PF near it is absent.
+
+    An approved slot keeps its PF: ``kept`` maps such a GPU's address to its PF's, and
+    ``reserved`` lists ``(slot_index, PF address)`` of approved slots whose GPU is gone, which keep
+    their place among the PF's slots, so no other slot's VF moves while they are away.
     """
     ranks = {}
     for _index, gpu in gpus:
@@ -243,14 +249,17 @@ def pair_fabric_vfs(gpus, pfs, numa_of):
             if rank is not None:
                 ranks[gpu.address, pf.address] = rank
     by_address = dict((pf.address, pf) for pf in pfs)
-    owner = {}
-    taken = set()
+    here = set(gpu.address for _index, gpu in gpus)
+    owner = dict((gpu, pf) for gpu, pf in (kept or {}).items() if gpu in here and pf in by_address)
+    reserved = [(index, pf) for index, pf in reserved if pf in by_address]
+    taken = set(owner.values()) | set(pf for _index, pf in reserved)
     nearest_first = sorted(ranks, key=lambda pair: (-ranks[pair], bdf_key(pair[0]), bdf_key(pair[1])))
     for gpu, pf in nearest_first:
         if gpu not in owner and pf not in taken:
             owner[gpu] = pf
             taken.add(pf)
-    load = dict((pf.address, list(owner.values()).count(pf.address)) for pf in pfs)
+    load = dict((pf.address, list(owner.values()).count(pf.address)
+                 + sum(1 for _index, held in reserved if held == pf.address)) for pf in pfs)
     totals = dict((pf.address, pf.read_int('sriov_totalvfs') or 0) for pf in pfs)
     for _index, gpu in sorted(gpus, key=lambda item: item[0]):
         near = [pf for (address, pf), _r in ranks.items() if address == gpu.address]
@@ -261,10 +270,13 @@ def pair_fabric_vfs(gpus, pfs, numa_of):
         load[best] += 1
     paired = {}
     for address, pf in by_address.items():
-        members = sorted(index for index, gpu in gpus if owner.get(gpu.address) == address)
+        members = sorted([index for index, gpu in gpus if owner.get(gpu.address) == address]
+                         + [index for index, held in reserved if held == address])
         offset, stride = pf.read_int('sriov_offset'), pf.read_int('sriov_stride')
         for vf_index, slot_index in enumerate(members):
-            gpu = next(g for i, g in gpus if i == slot_index)
+            gpu = next((g for i, g in gpus if i == slot_index), None)
+            if gpu is None:     # an absent slot's VF, kept for it
+                continue
             reason = fabric_vf_reason(address, offset, stride, totals[address], vf_index)
             vf = None
             if reason is None:
@@ -291,13 +303,109 @@ def vf_counts(slots):
     return [{'address': pf, 'num_vfs': need[pf]} for pf in sorted(need, key=bdf_key)]
 
 
+# -- stable slot identity: an approved slot keeps its index with its GPU's address -------------
+
+def approved_pins(node_id, approved_slots, warnings):
+    """{gpu_address: (slot index, map entry)}: where the approved slot map puts each approved GPU.
+
+    An entry that cannot say (not a mapping, a slot id that is not one of this node's, a
+    gpu_address that is not a PCI address, an index or an address another entry holds) pins
+    nothing and is named in ``warnings``; approval refuses the map for it anyway.
+    """
+    pins, taken = {}, set()
+    for position, entry in enumerate(approved_slots):
+        where = 'approved_slots[%d]' % position
+        try:
+            if not isinstance(entry, dict):
+                raise ContractError('%s is not a mapping' % where)
+            slot = Slot.parse(entry.get('slot_id'), where + '.slot_id')
+            address = PCI_ADDRESS.check(entry.get('gpu_address'), where + '.gpu_address')
+            if slot.node_id != node_id:
+                raise ContractError('%s.slot_id %s is not a slot of node %s' % (where, show(slot.slot_id), node_id))
+            if slot.index in taken or address in pins:
+                raise ContractError('%s: slot %s or GPU %s is in the map twice' % (where, slot.slot_id, address))
+        except ContractError as exc:
+            warnings.append('%s keeps no slot index: %s' % (where, exc))
+            continue
+        pins[address] = (slot.index, entry)
+        taken.add(slot.index)
+    return pins
+
+
+def number_slots(addresses, pins):
+    """({GPU address: slot index}, [(index, address) of approved slots whose GPU is gone]).
+
+    A GPU the map approved keeps its slot's index, so a GPU that vanishes renumbers nothing;
+    every other GPU, in address order, gets the lowest index no approved slot holds. Without a
+    map that is the address order.
+    """
+    index_of = dict((address, pins[address][0]) for address in addresses if address in pins)
+    held = set(index for index, _entry in pins.values())
+    free = (index for index in itertools.count() if index not in held)
+    for address in addresses:
+        if address not in index_of:
+            index_of[address] = next(free)
+    return index_of, sorted((index, address) for address, (index, _entry) in pins.items() if address not in index_of)
+
+
+def kept_devices(pins, role):
+    """{GPU address: the address of its approved slot's ``role`` device}, from the map's fingerprints."""
+    kept = {}
+    for address, (_index, entry) in pins.items():
+        fingerprint = entry.get('fingerprint')
+        device = fingerprint.get(role) if isinstance(fingerprint, dict) else None
+        if isinstance(device, dict) and PCI_ADDRESS.matches(device.get('address')):
+            kept[address] = device['address']
+    return kept
+
+
+def kept_fabric_pfs(pins, fabric_pfs):
+    """:func:`kept_devices` of the fabric PFs, and for an entry without a fingerprint the PF one of whose
+    VFs is its ``capacity_metadata.fabric_vf_pci_address`` (every entry names it)."""
+    kept = kept_devices(pins, 'fabric_pf')
+    pf_of_vf = {}
+    for pf in fabric_pfs:
+        offset, stride = pf.read_int('sriov_offset'), pf.read_int('sriov_stride')
+        for number in range(min(pf.read_int('sriov_totalvfs') or 0, 0xffff)):
+            try:
+                pf_of_vf[vf_address(pf.address, offset, stride, number)] = pf.address
+            except (PciError, TypeError):
+                break
+    for address, (_index, entry) in pins.items():
+        metadata = entry.get('capacity_metadata')
+        vf = metadata.get('fabric_vf_pci_address') if isinstance(metadata, dict) else None
+        if address not in kept and isinstance(vf, str) and vf in pf_of_vf:
+            kept[address] = pf_of_vf[vf]
+    return kept
+
+
+def keep_pairs(gpus, candidates, kept):
+    """:func:`_pair`, except that an approved slot keeps the device its approval recorded (``kept``).
+
+    A kept device that is still there goes to its GPU when the GPU is there, and to no GPU when
+    it is gone: an absent slot's NVMe drive and fabric PF stay its own until it returns or the
+    map changes, so no other slot's pairing moves. The rest are paired by :func:`_pair`.
+    """
+    present = set(gpu.address for gpu in gpus)
+    by_address = dict((cand.address, cand) for cand in candidates)
+    pairs, held = {}, set()
+    for gpu_address, address in sorted(kept.items()):
+        if address in by_address and address not in held:
+            held.add(address)
+            if gpu_address in present:
+                pairs[gpu_address] = by_address[address]
+    pairs.update(_pair([gpu for gpu in gpus if gpu.address not in pairs],
+                       [cand for cand in candidates if cand.address not in held]))
+    return pairs
+
+
 class Discovery:
     """Read a host's sysfs and propose its slots."""
 
     def __init__(self, node_id, sysfs_root='/sys', proc_root='/proc',
                  gpu_vendors=DEFAULT_GPU_VENDORS, require_nvme=True, require_fabric=True,
                  fabric_classes=DEFAULT_FABRIC_CLASSES, host_reserved_cores=DEFAULT_HOST_RESERVED_CORES,
-                 host_reserved_memory_mib=DEFAULT_HOST_RESERVED_MEMORY_MIB):
+                 host_reserved_memory_mib=DEFAULT_HOST_RESERVED_MEMORY_MIB, approved_slots=None):
         self.node_id = NODE_ID.check(node_id, 'node_id')
         self.reserved_cores = check_int(host_reserved_cores, 'host_reserved_cores', 1, MAX_CPU + 1)
         self.reserved_memory_mib = check_int(host_reserved_memory_mib, 'host_reserved_memory_mib', 0,
@@ -310,6 +418,9 @@ class Discovery:
         self.bus = PciBus(self.sysfs)
         self.usage = HostUsage(self.sysfs, proc_root)
         self.warnings = []
+        if approved_slots is not None and not isinstance(approved_slots, list):
+            raise ContractError('approved_slots must be a list (the approved slot map), not %s' % show(approved_slots))
+        self.pins = approved_pins(self.node_id, approved_slots or [], self.warnings)
 
     # -- classification -----------------------------------------------------
 
@@ -371,16 +482,18 @@ class Discovery:
 
     # -- each slot's share of its NUMA node ------------------------------------
 
-    def _shares(self, numa_nodes, records):
+    def _shares(self, numa_nodes, slot_nodes):
         """The host's CPUs, and per slot index its share (cpulist, vcpus, memory_mib) or why it has none.
 
-        Every slot discovery proposes on a node counts, eligible or not, so a slot's share does
-        not move when another slot of the node becomes eligible.
+        ``slot_nodes`` maps each slot index to its NUMA node. Every slot discovery proposes on a node
+        counts, eligible or not, and so does an approved slot whose GPU is gone (absent), so a slot's
+        share does not move when another slot of the node becomes eligible or loses its GPU. The
+        node's slices are dealt out in slot index order.
         """
         host, shares = [], {}
         for node, cpulist in numa_nodes.items():
             what = 'NUMA node %s' % node
-            members = [i for i, record in enumerate(records) if str(record['numa_node']) == node]
+            members = sorted(i for i, numa in slot_nodes.items() if str(numa) == node)
             try:
                 cpus = parse_cpulist(cpulist, '%s cpulist' % what) if cpulist.strip() else []
                 cores = read_cores(self.sysfs, cpus, what)
@@ -404,13 +517,22 @@ class Discovery:
         numa_nodes = read_numa_nodes(self.sysfs)
         gpus, excluded, nvmes, fabric_pfs = self._classify()
         gpu_records = [self._gpu_record(g, groups, len(numa_nodes)) for g in gpus]
-        nvme_of = _pair(gpus, nvmes)
-        fabric_of = pair_fabric_vfs(list(enumerate(gpus)), fabric_pfs,
-                                    lambda device: self._numa(device, len(numa_nodes)))
-        host_cpulist, shares = self._shares(numa_nodes, gpu_records)
+        index_of, gone = number_slots([gpu.address for gpu in gpus], self.pins)
+        nvme_of = keep_pairs(gpus, nvmes, kept_devices(self.pins, 'nvme'))
+        kept_pf = kept_fabric_pfs(self.pins, fabric_pfs)
+        present = set(gpu.address for gpu in gpus)
+        fabric_of = pair_fabric_vfs([(index_of[gpu.address], gpu) for gpu in gpus], fabric_pfs,
+                                    lambda device: self._numa(device, len(numa_nodes)),
+                                    kept=dict((gpu, pf) for gpu, pf in kept_pf.items() if gpu in present),
+                                    reserved=[(index, kept_pf[address]) for index, address in gone if address in kept_pf])
+        slot_nodes = dict((index_of[record['address']], record['numa_node']) for record in gpu_records)
+        absent = [self._absent(index, address, numa_nodes) for index, address in gone]
+        slot_nodes.update((item['slot_index'], item['numa_node']) for item in absent)
+        host_cpulist, shares = self._shares(numa_nodes, slot_nodes)
 
         slots = []
-        for index, (gpu, record) in enumerate(zip(gpus, gpu_records)):
+        for gpu, record in sorted(zip(gpus, gpu_records), key=lambda pair: index_of[pair[0].address]):
+            index = index_of[gpu.address]
             slots.append(self._slot(index, gpu, record, groups, iommu_enabled, len(numa_nodes), shares.get(index),
                                     host_cpulist, nvme_of.get(gpu.address), fabric_of.get(gpu.address)))
         return {
@@ -426,7 +548,40 @@ class Discovery:
             'gpus': gpu_records,
             'excluded': excluded,
             'slots': slots,
+            'absent': absent,
         }
+
+    def _absent(self, index, address, numa_nodes):
+        """An approved slot whose GPU is not on the bus: its index, address, NUMA node and why."""
+        entry = self.pins[address][1]
+        numa = self._absent_numa_node(entry, numa_nodes)
+        reason = ('GPU %s of approved slot %s is not on the PCI bus (it fell off the bus, e.g. Xid 79, or was '
+                  'removed): the slot is absent until the GPU is back at this address'
+                  % (address, Slot(self.node_id, index).slot_id))
+        if numa is None:
+            reason += ('; its NUMA node cannot be known (the map has no fingerprint pcie_path or cpulist for it), '
+                       'so the shares of the slots that share its node may move')
+        return {'slot_index': index, 'slot_id': Slot(self.node_id, index).slot_id, 'gpu_address': address,
+                'numa_node': -1 if numa is None else numa, 'reason': reason}
+
+    def _absent_numa_node(self, entry, numa_nodes):
+        """The NUMA node of a GPU that is gone: the nearest bridge above it that is still there (its approved
+        fingerprint's pcie_path), else the node whose CPUs hold the slot's approved cpulist; else None."""
+        gpu = (entry.get('fingerprint') or {}).get('gpu') if isinstance(entry.get('fingerprint'), dict) else None
+        path = gpu.get('pcie_path') if isinstance(gpu, dict) else None
+        for address in reversed(path.split('/')[1:-1] if isinstance(path, str) else []):
+            bridge = self.bus.get(address)
+            numa = bridge.numa_node if bridge is not None else None
+            if numa is not None and (numa >= 0 or len(numa_nodes) <= 1):
+                return max(numa, 0)
+            if numa is not None:
+                break
+        try:
+            cpus = set(parse_cpulist(entry.get('cpulist') or '', 'cpulist'))
+            return next(int(node) for node, cpulist in numa_nodes.items()
+                        if cpus and cpus <= set(parse_cpulist(cpulist, 'cpulist')))
+        except (ContractError, StopIteration):
+            return None
 
     def _slot(self, index, gpu, record, groups, iommu_enabled, node_count, share, host_cpulist, nvme, fabric):
         reasons = []

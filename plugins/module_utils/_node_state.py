@@ -10,7 +10,8 @@ on vfio-pci that no lease lists and no domain holds goes back to its host driver
 running slot whose domain is gone or holds other devices is a mismatch for an operator.
 A leased slot whose domain lacks some of the slot's hostdevs (a host reboot that brought it
 back without them) is *hostdev drift*, which reconcile repairs (``slot_vm state=repaired``)
-unless another domain holds the device.
+unless another domain holds the device. A leased slot whose GPU is no longer on the PCI bus
+(it fell off the bus, Xid 79) is a *lost GPU*: reported for the operator, nothing removed.
 Whatever cannot be read makes the node *blind*: a missing tool (ovs-vsctl), libvirt down,
 a state directory or the host's PCI devices in sysfs that cannot be listed. The caller then
 removes nothing, because cleaning what it cannot see is how a GPU in use gets handed out twice.
@@ -241,7 +242,7 @@ class NodeState(object):
     def report(self):
         leases, damaged = self.leases()
         domains = self.domains()
-        self.pci_devices()
+        present = self.pci_devices()
         artefacts = {
             'domain': set(domains),
             'dhcp_host': self._slots_in('dhcp_host', ('',)),
@@ -303,14 +304,16 @@ class NodeState(object):
                     drift.append(entry)
                     mismatches.append({'slot_id': slot, 'problem': 'domain %s lacks the hostdevs %s '
                                        'its lease lists' % (domain['name'], ', '.join(entry['missing']))})
+        lost = lost_gpus(leases, present)
         return dict(
+            lost_gpus=lost,
             leases=leases, damaged_leases=damaged, domains=domains,
             other_nodes_domains=sorted(d['name'] for d in self.foreign_domains.values()),
             orphans=orphans, orphan_slots=sorted(orphans),
             unknown_ports=sorted(port for port, slot in ports.items() if not slot),
             devices_to_return=devices_to_return, devices_kept_for_domains=kept_for_domain,
             mismatches=mismatches, incomplete=incomplete, hostdev_drift=drift, blind=self.blind,
-            clean=not (orphans or devices_to_return or mismatches or damaged or self.blind
+            clean=not (orphans or devices_to_return or mismatches or damaged or self.blind or lost
                        or any(not slot for slot in ports.values())))
 
     def _drift(self, slot, lease, domain, records, holder_of):
@@ -343,6 +346,20 @@ class NodeState(object):
                 'nvme or fabric VF' % ', '.join(a for a in missing if a not in [w for _r, w in wanted])
         entry['repairable'] = 'blocked' not in entry
         return entry
+
+
+def lost_gpus(leases, present):
+    """The passthrough leases whose GPU is not among the host's PCI devices ``present`` (None: unreadable)."""
+    if present is None:
+        return []
+    lost = []
+    for slot, lease in sorted(leases.items()):
+        data = lease.get('data') or {}
+        gpu = data.get('gpu_address')
+        if data.get('passthrough') and PCI_ADDRESS.matches(gpu) and gpu not in present:
+            lost.append({'slot_id': slot, 'allocation_id': lease.get('allocation_id'), 'phase': lease.get('phase'),
+                         'gpu_address': gpu})
+    return lost
 
 
 def _join(items):
@@ -378,6 +395,11 @@ def report_lines(state, repairs=None, check_mode=False):
         add(damaged['slot_id'], 'lease %s cannot be read (%s): the slot counts as held; operator: look '
             'at the file, then free it (gpuaas.slice.slot_lease state=absent force=true)'
             % (damaged['path'], damaged['problem']))
+    for item in state.get('lost_gpus') or []:
+        add(item['slot_id'], 'its GPU %s is not on the PCI bus (it fell off the bus, e.g. Xid 79, or was removed) '
+            'while allocation %s holds it (phase %s): the VM has lost it; left as it is; operator: release the '
+            'allocation; the slot is absent until the GPU is back (discover and approve again)'
+            % (item['gpu_address'], item.get('allocation_id'), item.get('phase')))
     drift = dict((entry['slot_id'], entry) for entry in state.get('hostdev_drift') or [])
     for slot, entry in sorted(drift.items()):
         found = 'domain %s (%s) lacks the hostdevs %s of allocation %s' % (

@@ -140,6 +140,15 @@ mismatches:
   returned: always
   type: list
   elements: dict
+lost_gpus:
+  description:
+    - Leased passthrough slots whose GPU is not on the PCI bus (it fell off the bus, Xid 79, or was removed), each
+      with C(slot_id), C(allocation_id), C(phase) and C(gpu_address); empty when O(sysfs_root) is not given.
+      Reported, nothing is removed; the node is not RV(clean).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{slot_id: gpu-node-01-s2, allocation_id: alloc-7f3a, phase: running, gpu_address: "0000:3a:00.0"}]
 hostdev_drift:
   description:
     - Leased running passthrough slots whose domain lacks some of the slot's hostdevs, each with

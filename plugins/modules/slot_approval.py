@@ -22,7 +22,13 @@ description:
     NVMe drive); when C(capacity_metadata) lacks C(storage_ownership=slice),
     C(fabric_claim_mode=per_slot_vf) or the slot's C(fabric_vf_pci_address) (where the slot has a
     fabric PF); when an entry has keys the format does not know; or when a recorded
-    C(fingerprint) no longer matches the devices.
+    C(fingerprint) is not one discovery could have written.
+  - A fault of the hardware is one slot's, not the map's. An approved slot whose GPU is gone from
+    the PCI bus (discovery lists it in its C(absent), see the O(discovery) option), or whose devices
+    no longer match the C(fingerprint) recorded in its entry (a GPU replaced by another, at the same
+    address), is not approved and is listed in RV(absent) with the reason; the other slots are
+    approved as usual and keep their ids, MACs and IPs. The operator's entry of an absent slot is
+    still checked for mistakes (keys, policy, texts).
   - The discovery is not taken on trust. Every slot in it must be what M(gpuaas.slice.slot_discovery)
     could have reported (its C(slot_id), C(mac) and C(ip) those of its node and index, PCI addresses,
     a NUMA node and a bounded C(cpulist), a fingerprint of PCI ids), else the map is refused naming
@@ -36,7 +42,10 @@ extends_documentation_fragment:
 options:
   discovery:
     description:
-      - The registered result of M(gpuaas.slice.slot_discovery) for this host.
+      - The registered result of M(gpuaas.slice.slot_discovery) for this host, run with this same
+        map as its O(gpuaas.slice.slot_discovery#module:approved_slots), so that every approved
+        slot keeps its index with its GPU address and a slot whose GPU is gone is reported
+        absent rather than renumbering the others.
     type: dict
     required: true
   approved_slots:
@@ -105,6 +114,22 @@ slots:
       destructive_wipe_policy: nvme-format
       approved_by: alice
       approved_at: "2026-11-22T10:00:00Z"
+absent:
+  description:
+    - The approved slots that cannot be used now and are not in RV(slots), in slot index order, each
+      with the reason; empty when every approved slot is there.
+    - A slot is absent when its GPU is gone from the PCI bus (it fell off the bus, Xid 79, or was
+      removed), or when its devices no longer match the fingerprint taken at approval. It comes back
+      by itself when its GPU returns to its address (with a matching fingerprint).
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - slot_id: gpu-node-01-s3
+      slot_index: 3
+      gpu_address: "0000:3a:00.0"
+      reason: "GPU 0000:3a:00.0 of approved slot gpu-node-01-s3 is not on the PCI bus (it fell off the bus,
+        e.g. Xid 79, or was removed): the slot is absent until the GPU is back at this address"
 problems:
   description: Every reason the map was refused.
   returned: failure
@@ -113,7 +138,7 @@ problems:
   sample: ["slot gpu-node-01-s3: destructive_wipe_policy must be set (one of nvme-format, blkdiscard, zero)"]
 '''
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._approval import validate
+from ansible_collections.gpuaas.slice.plugins.module_utils._approval import review
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
 
 ARGUMENT_SPEC = dict(
@@ -124,7 +149,7 @@ ARGUMENT_SPEC = dict(
 
 def main():
     run_module(ARGUMENT_SPEC, lambda module: dict(
-        changed=False, slots=validate(module.params['discovery'], module.params['approved_slots'])))
+        changed=False, **review(module.params['discovery'], module.params['approved_slots'])))
 
 
 if __name__ == '__main__':

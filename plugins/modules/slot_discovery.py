@@ -47,6 +47,15 @@ description:
     minus O(host_reserved_memory_mib), divided among the node's slots and rounded down to whole GiB.
     A node whose meminfo cannot be read, or that leaves less than 1 GiB a slot, makes its slots
     ineligible (fail closed)."
+  - "Slots are numbered for good: with the host's approved slot map (O(approved_slots)) every
+    approved GPU keeps its slot's index, and with it its id, MAC, IP, NVMe drive and fabric PF (those
+    its entry's C(fingerprint) records), whatever else appeared or vanished; every other GPU, in
+    address order, gets the lowest index no approved slot holds (without a map: address order)."
+  - "An approved slot whose GPU is not on the PCI bus (it fell off the bus, Xid 79, or was removed)
+    is listed in RV(absent) with the reason, not in RV(slots). It still counts in its NUMA node's
+    shares (its node is the node of the nearest bridge above the GPU that is still there, from the
+    entry's fingerprint C(pcie_path), else the node holding the entry's C(cpulist)), so no other
+    slot's share moves; its NVMe drive and fabric PF go to no other slot."
   - Discovery only proposes; RV(approval_required) is always V(true). Feed the result to
     M(gpuaas.slice.slot_approval) with the operator's approved slot map.
   - A slot that must not be approved has RV(slots[].eligible=false) and plain-English
@@ -99,6 +108,17 @@ options:
       - MiB of each NUMA node's memory kept for the host before the rest is shared among its slots.
     type: int
     default: 16384
+  approved_slots:
+    description:
+      - The host's approved slot map (see C(docs/approved-slot-map.md)), the one
+        M(gpuaas.slice.slot_approval) then checks. Only each entry's C(slot_id), C(gpu_address) and
+        C(fingerprint) (and C(cpulist)) are read here, to keep every approved slot's index with its GPU.
+      - An entry that cannot keep an index (not a mapping, a slot id of another node, a
+        C(gpu_address) that is not a PCI address, an index or address another entry holds) is
+        skipped with a warning; M(gpuaas.slice.slot_approval) refuses the map for it.
+    type: list
+    elements: raw
+    default: []
 seealso:
   - module: gpuaas.slice.slot_approval
 notes:
@@ -195,14 +215,42 @@ excluded:
   sample:
     - address: "0000:04:00.0"
       reason: "host storage: dm-0 is mounted on /"
-slots:
-  description: One proposed slot per GPU, in GPU address order.
+absent:
+  description: The approved slots (of O(approved_slots)) whose GPU is not on the PCI bus, in slot index order.
   returned: always
   type: list
   elements: dict
   contains:
     slot_index:
-      description: Position of the GPU in address order, from 0.
+      description: The slot's index, as approved.
+      type: int
+    slot_id:
+      description: C({node_id}-s{slot_index}).
+      type: str
+    gpu_address:
+      description: The approved GPU's address, where no GPU answers now.
+      type: str
+    numa_node:
+      description: The NUMA node whose shares still count the slot, or -1 when it cannot be known.
+      type: int
+    reason:
+      description: Why the slot is absent, for people.
+      type: str
+  sample:
+    - slot_index: 3
+      slot_id: gpu-node-01-s3
+      gpu_address: "0000:3a:00.0"
+      numa_node: 0
+      reason: "GPU 0000:3a:00.0 of approved slot gpu-node-01-s3 is not on the PCI bus (it fell off the bus,
+        e.g. Xid 79, or was removed): the slot is absent until the GPU is back at this address"
+slots:
+  description: One proposed slot per GPU that is there, in slot index order (without a map, GPU address order).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    slot_index:
+      description: The approved slot's index for an approved GPU; else the lowest index free, GPUs in address order.
       type: int
     slot_id:
       description: C({node_id}-s{slot_index}).
@@ -305,6 +353,7 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     fabric_classes=dict(type='list', elements='str', default=list(DEFAULT_FABRIC_CLASSES)),
     host_reserved_cores=dict(type='int', default=DEFAULT_HOST_RESERVED_CORES),
     host_reserved_memory_mib=dict(type='int', default=DEFAULT_HOST_RESERVED_MEMORY_MIB),
+    approved_slots=dict(type='list', elements='raw', default=[]),
 ))
 
 
@@ -314,7 +363,8 @@ def engine(module):
         node_id=p['node_id'], sysfs_root=check_dir(p['sysfs_root'], 'sysfs_root'),
         proc_root=check_dir(p['proc_root'], 'proc_root'), gpu_vendors=p['gpu_vendors'],
         require_nvme=p['require_nvme'], require_fabric=p['require_fabric'], fabric_classes=p['fabric_classes'],
-        host_reserved_cores=p['host_reserved_cores'], host_reserved_memory_mib=p['host_reserved_memory_mib'])
+        host_reserved_cores=p['host_reserved_cores'], host_reserved_memory_mib=p['host_reserved_memory_mib'],
+        approved_slots=p['approved_slots'])
     result = discovery.run()
     for warning in discovery.warnings:
         module.warn(warning)

@@ -154,7 +154,7 @@ def test_less_detail_for_fleet_scale_runs(db, api_url, operator_token, tmp_path,
 @pytest.mark.backends('sqlite')
 def test_the_states_are_the_inventory_without_details(client, tokens, node):
     node_keys = ('id', 'schedulable', 'drain_reason')
-    slot_keys = ('id', 'node_id', 'slot_index', 'state', 'approved', 'allocation_id', 'state_reason',
+    slot_keys = ('id', 'node_id', 'slot_index', 'state', 'approved', 'allocation_id', 'state_reason', 'absent_reason',
                  'gpu_model', 'numa_node')
     op = tokens['operator']
     assert client.post('/v1/nodes/n1/drain', json={'reason': 'bios'}, headers=op).status_code == 200

@@ -501,11 +501,12 @@ def test_proxmox_mappings_a_slot_whose_hardware_changed_is_not_allocatable_until
     with open(os.path.join(sys_root, 'bus/pci/devices', slot['gpu_address'], 'subsystem_device'), 'w') as handle:
         handle.write('0x1f00\n')
     changed = Discovery('ws', sys_root, proc_root).run()
-    refused = run_module(slot_approval, {'discovery': changed, 'approved_slots': [entry]}, capsys=capsys)
-    assert refused['failed'] and 'no longer match the fingerprint taken at approval' in refused['msg']
+    # Approval holds that slot back (absent, with the change); it would approve the host's other slots.
+    held = run_module(slot_approval, {'discovery': changed, 'approved_slots': [entry]}, capsys=capsys)
+    assert 'failed' not in held and held['slots'] == [] and [a['slot_id'] for a in held['absent']] == ['ws-s0']
+    assert 'no longer match the fingerprint taken at approval' in held['absent'][0]['reason']
     assert 'gpu %s: subsystem_device_id %s -> 1f00' % (slot['gpu_address'], slot['fingerprint']['gpu'][
-        'subsystem_device_id']) in refused['msg']
-    assert 'slots' not in refused or not refused['slots']
+        'subsystem_device_id']) in held['absent'][0]['reason']
     # allocate checks the approval against the host first: it stops before taking a lease.
     node = Node(tmp_path / 'node', 'ws', sys_root, proc_root)
     allocation = {'id': 'alloc-1', 'tenant': 't1', 'image': '/nonexistent.qcow2', 'image_checksum': 'sha256:' + '0' * 64,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$')
 
@@ -301,3 +302,35 @@ class SysfsBuilder:
             created.append(vf)
         _write(os.path.join(pf_dir, 'sriov_numvfs'), '%d\n' % count)
         return created
+
+
+def remove_device(root, address):
+    """Take PCI function ``address`` off the bus as the kernel does (``pci_stop_and_remove_bus_device``).
+
+    What sysfs shows of a GPU that fell off the bus (Xid 79) once it is removed: its directory
+    goes, with its ``bus/pci/devices``, driver and IOMMU group links; a group left empty goes too.
+    The bridges above it stay.
+    """
+    link = os.path.join(root, 'bus/pci/devices', address)
+    path = os.path.realpath(link)
+    group = os.path.join(path, 'iommu_group')
+    if os.path.islink(group):
+        group_dir = os.path.realpath(group)
+        os.unlink(os.path.join(group_dir, 'devices', address))
+        if not os.listdir(os.path.join(group_dir, 'devices')):
+            shutil.rmtree(group_dir)
+    driver = os.path.join(path, 'driver')
+    if os.path.islink(driver):
+        os.unlink(os.path.join(os.path.realpath(driver), address))
+    os.unlink(link)
+    shutil.rmtree(path)
+
+
+def replace_card(root, address, device, subsystem_device, serial):
+    """Another card at ``address``: the same slot of the same board, a different model and serial (what
+    sysfs shows after the card was swapped and the host rebooted)."""
+    path = os.path.realpath(os.path.join(root, 'bus/pci/devices', address))
+    for name, value in (('device', '0x' + device), ('subsystem_device', '0x' + subsystem_device),
+                        ('serial_number', serial)):
+        _write(os.path.join(path, name), value + '\n')
+

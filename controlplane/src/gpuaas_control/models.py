@@ -187,6 +187,10 @@ class Slot(Base):
     state: Mapped[str] = mapped_column(String(16), nullable=False, default=SLOT_FREE)
     allocation_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why the slot's approved GPU is not there (gone from the bus, or replaced: approval's
+    # 'absent'); NULL when it is. An absent slot keeps its row, id, MAC and IP, and is never
+    # reserved; an allocation holding it is reported (AllocationView.slot_absent).
+    absent_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 

@@ -369,7 +369,32 @@ def _parse_time(value):
 def _slot_view(slot: Slot) -> dict:
     return {'approved': slot.approved, 'gpu_address': slot.gpu_address,
             'destructive_wipe_policy': slot.destructive_wipe_policy,
-            'capacity_metadata': slot.capacity_metadata, 'state': slot.state}
+            'capacity_metadata': slot.capacity_metadata, 'state': slot.state,
+            'absent_reason': slot.absent_reason}
+
+
+def _held_devices(slot) -> dict:
+    """The devices besides the GPU that a VM on the slot holds (a slot row, or an approved record)."""
+    get = slot.get if isinstance(slot, dict) else lambda key: getattr(slot, key)
+    return dict((key, get(key)) for key in ('nvme_address', 'fabric_pf_address', 'fabric_vf_pci_address')) \
+        | {'companions': sorted(get('companions') or [])}
+
+
+def _mark_absent(session, existing, absent, now, changed):
+    """Approval's absent slots: each keeps its row and approval and says why; one an allocation
+    holds stays held (release it), and its allocation gets an event for its operator."""
+    for item in absent:
+        slot = existing.get(item['slot_id'])
+        if slot is None or slot.absent_reason == item['reason']:
+            continue
+        before = _slot_view(slot)
+        slot.absent_reason = item['reason']
+        slot.updated_at = now
+        changed.append((slot, before))
+        if slot.allocation_id is not None:
+            add_event(session, slot.allocation_id, 'slot_absent',
+                      "the slot's GPU is no longer there; the operator is told",
+                      {'detail': '%s; operator: release the allocation' % item['reason']})
 
 
 def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[Slot]:
@@ -377,7 +402,9 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
 
     The collection's own rules (``_approval.validate``) decide; as there, the map is all or
     nothing. Slots missing from the map stop being schedulable; a slot an allocation holds
-    cannot be withdrawn or changed.
+    cannot be withdrawn or changed. An approved slot whose GPU is gone (or replaced) is
+    *absent*: it keeps its row and approval, says why (``absent_reason``) and is not reserved
+    until an approval finds its GPU again; the other slots are approved as usual.
     """
     node = get_node(session, node_id, lock=True)
     if not node.discovery:
@@ -392,17 +419,18 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
                     raise Invalid('approved_slots[%d].%s must be text of at most 255 characters '
                                   'without control characters' % (position, key))
     try:
-        records = approval.validate(node.discovery, approved_slots)
+        reviewed = approval.review(node.discovery, approved_slots)
     except approval.ApprovalError as exc:
         raise Invalid('the approved slot map was refused, no slot is approved', exc.problems) from None
 
     existing = {s.id: s for s in session.execute(
         select(Slot).where(Slot.node_id == node_id).with_for_update()).scalars()}
-    wanted = {r['slot_id']: r for r in records}
+    wanted = {r['slot_id']: r for r in reviewed['slots']}
+    absent = {item['slot_id']: item for item in reviewed['absent']}
     problems = []
     for slot_id, slot in existing.items():
         record = wanted.get(slot_id)
-        if slot.state == SLOT_FREE:
+        if slot.state == SLOT_FREE or slot_id in absent:
             continue
         if record is None and slot.approved:
             problems.append('slot %s is %s (allocation %s): it cannot be withdrawn now; drain '
@@ -410,13 +438,20 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
         elif record is not None and record['gpu_address'] != slot.gpu_address:
             problems.append('slot %s is %s and its GPU changed from %s to %s: release it first'
                             % (slot_id, slot.state, slot.gpu_address, record['gpu_address']))
+        elif record is not None and _held_devices(record) != _held_devices(slot):
+            # A VM holds the slot's NVMe and fabric VF: a discovery that pairs it otherwise (a GPU
+            # of its switch lost, and a map without fingerprints) must not move them under it.
+            problems.append('slot %s is %s and its devices changed from %s to %s: release it first (keep the '
+                            'fingerprints in the map, so a lost GPU moves no other slot\'s devices)'
+                            % (slot_id, slot.state, _held_devices(slot), _held_devices(record)))
     if problems:
         raise Conflict('the approved slot map was refused, no slot is approved', problems)
 
     now = utcnow()
     changed = []
+    _mark_absent(session, existing, reviewed['absent'], now, changed)
     for slot_id, slot in existing.items():
-        if slot_id not in wanted and slot.approved:
+        if slot_id not in wanted and slot_id not in absent and slot.approved:
             before = _slot_view(slot)
             slot.approved = False
             slot.updated_at = now
@@ -448,6 +483,7 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
             'approved': True,
             'approved_by': record.get('approved_by') or actor.name,
             'approved_at': _parse_time(record.get('approved_at')) or now,
+            'absent_reason': None,
         }
         slot = existing.get(slot_id)
         if slot is None:
@@ -467,7 +503,8 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
     session.flush()
     audit.append(session, actor, 'node.approve', 'node', node_id,
                  {s.id: b for s, b in changed if b is not None} or None,
-                 {'approved': sorted(wanted), 'changed': sorted(s.id for s, _ in changed)})
+                 {'approved': sorted(wanted), 'absent': sorted(absent),
+                  'changed': sorted(s.id for s, _ in changed)})
     return sorted(session.execute(select(Slot).where(Slot.node_id == node_id)).scalars(),
                   key=lambda s: s.slot_index)
 
@@ -576,7 +613,9 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
 def _candidates(query, gpu_model: bool, node_id: bool):
     """``query`` narrowed to free, approved slots on schedulable nodes, and the request's model and node."""
     drained = select(Node.__table__.c.id).where(not_(Node.__table__.c.schedulable))
-    query = query.where(_SLOTS.c.state == SLOT_FREE, _SLOTS.c.approved, _SLOTS.c.node_id.not_in(drained))
+    # An absent slot (its GPU gone from the bus) is never a candidate.
+    query = query.where(_SLOTS.c.state == SLOT_FREE, _SLOTS.c.approved, _SLOTS.c.absent_reason.is_(None),
+                        _SLOTS.c.node_id.not_in(drained))
     if gpu_model:
         query = query.where(_SLOTS.c.gpu_model == bindparam('want_model'))
     if node_id:

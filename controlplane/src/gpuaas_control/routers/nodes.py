@@ -27,7 +27,8 @@ def _slot_counts(session, *where):
 @router.get('', response_model=NodeList)
 def list_nodes(_who: Operator, session: ReadSession):
     nodes = session.execute(select(Node).order_by(Node.id)).scalars().all()
-    approved, free = _slot_counts(session), _slot_counts(session, Slot.state == SLOT_FREE)
+    approved = _slot_counts(session)
+    free = _slot_counts(session, Slot.state == SLOT_FREE, Slot.absent_reason.is_(None))
     return NodeList(nodes=[NodeSummary.of(n, approved.get(n.id, 0), free.get(n.id, 0))
                            for n in nodes])
 

@@ -21,6 +21,8 @@ class InventorySlotState(View):
     approved: bool
     allocation_id: str | None
     state_reason: str | None
+    absent_reason: str | None = Field(None, description="Why the slot's approved GPU is not there (gone from the "
+                                      'PCI bus, or replaced); null when it is. An absent slot is never reserved.')
     gpu_model: str
     numa_node: int
 

@@ -13,10 +13,11 @@ import datetime as dt
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, model_serializer
+from sqlalchemy.orm import object_session
 
 from gpuaas_control.audit import Actor
 from gpuaas_control.lifecycle import public_reason
-from gpuaas_control.models import ROLE_OPERATOR, ROLE_TENANT
+from gpuaas_control.models import ACTIVE_STATES, ROLE_OPERATOR, ROLE_TENANT, Slot
 
 Time = Annotated[dt.datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str)]
 
@@ -69,6 +70,9 @@ class AllocationView(Restricted):
     ended_at: Time | None
     telemetry_token: str | None = Field(None, description="The guest's telemetry credential "
                                         '(its own tenant only).')
+    slot_absent: str | None = Field(None, description="Why the slot's GPU is no longer there (it fell off "
+                                    'the bus, or was replaced), while the allocation holds it; null when it '
+                                    'is there (operators only).')
 
     @classmethod
     def of(cls, allocation, actor: Actor) -> AllocationView:
@@ -78,9 +82,19 @@ class AllocationView(Restricted):
         view.error = public_reason(allocation.error)
         view.error_detail = allocation.error if operator else None
         view.telemetry_token = allocation.telemetry_token if owner else None
-        view._hidden = frozenset(key for key, shown in (('telemetry_token', owner),
-                                                        ('error_detail', operator)) if not shown)
+        view.slot_absent = _slot_absent(allocation) if operator else None
+        view._hidden = frozenset(key for key, shown in (('telemetry_token', owner), ('error_detail', operator),
+                                                        ('slot_absent', operator)) if not shown)
         return view
+
+
+def _slot_absent(allocation) -> str | None:
+    """The absent_reason of the slot an active allocation holds (one primary-key read)."""
+    session = object_session(allocation)
+    if session is None or allocation.state not in ACTIVE_STATES:
+        return None
+    slot = session.get(Slot, allocation.slot_id)
+    return slot.absent_reason if slot is not None and slot.allocation_id == allocation.id else None
 
 
 class AllocationList(View):

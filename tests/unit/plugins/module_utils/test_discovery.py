@@ -74,6 +74,7 @@ def test_workstation_full_result(host_tree):
             {'address': '0000:06:00.0',
              'reason': 'host storage: nvme0n1p1 is mounted on /boot/efi'},
         ],
+        'absent': [],
         'slots': [
             {'slot_index': 0, 'slot_id': 'ws-s0', 'gpu_address': '0000:01:00.0',
              'companions': ['0000:01:00.1'], 'numa_node': 0, 'cpulist': '1-8,17-24', 'vcpus': 16,
@@ -142,6 +143,7 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
              'link': link('32.0 GT/s PCIe', 16), 'reset_method': 'flr'},
         ],
         'excluded': [],
+        'absent': [],
         'slots': [
             {'slot_index': 0, 'slot_id': 'guest-s0', 'gpu_address': '0000:00:06.0',
              'companions': [], 'numa_node': 0, 'cpulist': '1-15', 'vcpus': 15,

@@ -259,3 +259,29 @@ def test_damaged_tokens_and_image_markers_never_stop_the_report(node, kind, name
     (node.dirs[kind] / name).write_text(text)
     report = node.report()
     assert report['orphans'] == {} and report['blind'] == [] and report['damaged_leases'] == []
+
+
+def test_a_leased_gpu_that_fell_off_the_bus_is_reported(node, tmp_path):
+    from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import report_lines
+    from tests.sysfs import hosts
+    from tests.sysfs.builder import remove_device
+
+    sys_root, _proc = hosts.build_hgx(str(tmp_path / 'hgx'))
+    remove_device(sys_root, '0000:18:00.0')
+    for slot, gpu in (('gpu-node-01-s0', '0000:18:00.0'), ('gpu-node-01-s1', '0000:19:00.0')):
+        (node.dirs['lease'] / ('%s.json' % slot)).write_text(json.dumps(dict(
+            slot_id=slot, allocation_id='a-' + slot, phase='running', updated_at='t',
+            data=dict(passthrough=True, devices=[gpu], gpu_address=gpu))))
+        node.domains.append(('gpuaas-%s' % slot, 1, domain(slot, [gpu])))
+    d = node.dirs
+    state = NodeState(node.run_command, NODE, str(d['lease']), str(d['hosts']), str(d['token']), str(d['disk']),
+                      str(d['seed']), str(d['vfio']), 'br-gpuaas', node.listed, sysfs_root=sys_root).report()
+    assert state['lost_gpus'] == [{'slot_id': 'gpu-node-01-s0', 'allocation_id': 'a-gpu-node-01-s0',
+                                   'phase': 'running', 'gpu_address': '0000:18:00.0'}]
+    assert state['clean'] is False and state['blind'] == []
+    assert report_lines(state) == [
+        'gpu-node-01-s0: its GPU 0000:18:00.0 is not on the PCI bus (it fell off the bus, e.g. Xid 79, or was '
+        'removed) while allocation a-gpu-node-01-s0 holds it (phase running): the VM has lost it; left as it is; '
+        'operator: release the allocation; the slot is absent until the GPU is back (discover and approve again)']
+    # Without sysfs to look at, nothing is claimed lost.
+    assert node.report()['lost_gpus'] == []

@@ -97,8 +97,10 @@ REFUSALS = [
     (entry(capacity_metadata=meta(extra=1)), 'slot ws-s0: capacity_metadata has unknown keys extra'),
     (entry(capacity_metadata='slice'), 'slot ws-s0: capacity_metadata must be a mapping'),
     (entry(destructive_wipe_polcy='zero'), 'slot ws-s0: unknown keys destructive_wipe_polcy'),
+    # A fingerprint no discovery wrote is the operator's mistake (a changed one is the hardware's: absent).
     (entry(fingerprint={'gpu': {'serial': 'x'}}),
-     'slot ws-s0: the devices no longer match the fingerprint taken at approval'),
+     'slot ws-s0: fingerprint.gpu.address None is not what discovery reports'),
+    (entry(fingerprint={'gpus': {}}), "slot ws-s0: fingerprint must be a mapping (as discovery reports it), not {'gpus': {}}"),
     ({'gpu_address': '0000:01:00.0'}, 'approved_slots[0]: slot_id must be a non-empty string'),
 ]
 
