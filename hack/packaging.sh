@@ -25,7 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT
 start=$SECONDS
-step() { echo "--- packaging: $* ($((SECONDS - start)) s)"; }
+# Each step's line says the wall time so far and the CPU time the tools have used so far.
+step() {
+  times >"$work/times"   # in this shell: its children's user and system time
+  echo "--- packaging: $* ($((SECONDS - start)) s; CPU user+sys $(tail -1 "$work/times" | tr ' ' +))"
+}
 
 step "ansible-galaxy collection build"
 ansible-galaxy collection build --output-path "$work/dist" . >/dev/null
