@@ -2,7 +2,7 @@
 VENV ?= .venv
 SETUP := hack/setup.sh $(VENV)
 
-.PHONY: help setup lab lab-up lab-down kernel-lab test units sanity lint molecule docs docs-check bench clean
+.PHONY: help setup lab lab-up lab-down kernel-lab test units sanity lint molecule packaging docs docs-check bench clean
 
 help:
 	@echo "make lab    - set everything up and run the local lab: host_prep, discover, allocate two slots"
@@ -11,7 +11,7 @@ help:
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
 	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it,"
 	@echo "              then boot it into systemd and run host_prep's units there"
-	@echo "make units | sanity | lint | molecule | docs-check - one part of the suite"
+	@echo "make units | sanity | lint | molecule | packaging | docs-check - one part of the suite"
 	@echo "make docs   - regenerate docs/modules/ from the modules' DOCUMENTATION"
 	@echo "make bench  - run the benchmarks under bench/"
 
@@ -48,14 +48,20 @@ lint: setup
 molecule: setup
 	@hack/test.sh $(VENV) molecule
 
+packaging: setup
+	@hack/test.sh $(VENV) packaging
+
 docs-check: setup
 	@hack/test.sh $(VENV) docs
 
 docs: setup
 	@$(VENV)/bin/python hack/module_docs.py write
 
+# The benchmarks run the venv's tools (ansible-playbook through ansible-runner, gpuaas): put
+# them first on PATH, as the suite does, so a fresh machine needs nothing else installed.
 bench: setup
-	@for b in bench/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
+	@export PATH="$(abspath $(VENV))/bin:$$PATH"; \
+	  for b in bench/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
 
 clean:
 	rm -rf .build tests/output

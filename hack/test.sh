@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite (make test, and CI through .ci/run): ansible-test sanity, ansible-lint,
-# the module docs check, the molecule scenarios, then the unit and service tests with pytest
+# the module docs check, the molecule scenarios, the packaging checks (hack/packaging.sh: the
+# built collection through galaxy-importer, ansible-builder create on the EE definition, the
+# control plane installed into a clean virtualenv), then the unit and service tests with pytest
 # (last, so its summary line closes the output).
-# Usage: hack/test.sh VENV [sanity|lint|docs|molecule|units]...
+# Usage: hack/test.sh VENV [sanity|lint|docs|molecule|packaging|units]...
 set -uo pipefail
 venv=$(cd "${1:-.venv}" && pwd)
 shift || true
@@ -12,7 +14,7 @@ export ANSIBLE_CONFIG="$here/ansible.cfg"
 export ANSIBLE_COLLECTIONS_PATH="$here/.build/collections"
 export PATH="$venv/bin:$PATH"
 parts=("$@")
-((${#parts[@]})) || parts=(sanity lint docs molecule units)
+((${#parts[@]})) || parts=(sanity lint docs molecule packaging units)
 
 failed=()
 run() {
@@ -34,8 +36,9 @@ for part in "${parts[@]}"; do
     # Molecule keeps scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and
     # checkouts: start from none, so every run prepares what it needs.
     molecule) molecule reset --all >/dev/null 2>&1; run molecule molecule test --all ;;
+    packaging) run packaging hack/packaging.sh "$venv" ;;
     units)  run units python -m pytest tests/unit tests/integrity tests/controlplane tests/functional ;;
-    *) echo "unknown part $part (sanity, lint, docs, molecule, units)" >&2; exit 2 ;;
+    *) echo "unknown part $part (sanity, lint, docs, molecule, packaging, units)" >&2; exit 2 ;;
   esac
 done
 

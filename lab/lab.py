@@ -76,7 +76,9 @@ class Playbooks:
 
         env = {'ANSIBLE_CONFIG': os.path.join(REPO, 'ansible.cfg'),
                'ANSIBLE_COLLECTIONS_PATH': os.path.join(REPO, '.build', 'collections'),
-               'ANSIBLE_PYTHON_INTERPRETER': sys.executable}
+               'ANSIBLE_PYTHON_INTERPRETER': sys.executable,
+               # ansible-runner runs ansible-playbook from PATH: this Python's, whoever started it.
+               'PATH': os.pathsep.join([os.path.dirname(sys.executable), os.environ.get('PATH', '')])}
         if not os.path.isabs(playbook):
             playbook = os.path.join(REPO, 'playbooks', playbook)
         start = time.monotonic()
