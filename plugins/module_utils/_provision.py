@@ -25,7 +25,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import 
     ARGUMENT_SPEC as NETWORK_SPEC, RULES as NETWORK_RULES, SlotNetwork)
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES as VM_RULES, SlotVm, argument_spec as slot_vm_spec
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import VfioBind
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, ssh_access
 
 NETWORK = "Wire the slot's network (DHCP entry, port, flows)"
 IMAGE = "Put the image on the slot's boot disk"
@@ -69,6 +69,9 @@ class Provision(Composite):
         seed = self.part('seed', SEED_SPEC, SEED_RULES, dict(
             p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))
         vm = self.part('vm', slot_vm_spec(), VM_RULES, dict(p['vm'], slot_id=p['slot_id'], state='running'))
+        # What the tenant logs in with: the slot's public SSH port (slot_network opens it) and the seed's user.
+        access = ssh_access(Slot.parse(p['slot_id']), p['ssh_host'], network.params['ssh_port_base'],
+                            seed.params['login_user'])
         require_libvirt(module)
         self.record('network', NETWORK, lambda: net.engine(SlotNetwork)(network))
         target = self.record('image', IMAGE, lambda: Image(image))['target']
@@ -78,5 +81,6 @@ class Provision(Composite):
             dev_root=p['dev_root']))['bindings'] for address in p['devices']]
         vm.params.update(disk=vm.params['disk'] or target, seed=vm.params['seed'] or path)
         name, ip = self.record('vm', VM, lambda: SlotVm(vm))['name'], self.results['vm'].get('ip')
-        lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip}))
-        return self.plan.result(lease=lease['lease'], seconds=self.seconds, **self.results)
+        lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip,
+                                                                             'access': access}))
+        return self.plan.result(lease=lease['lease'], seconds=self.seconds, access=access, **self.results)

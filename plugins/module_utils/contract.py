@@ -304,6 +304,21 @@ def check_source_cidrs(values, what='ssh_source_cidrs'):
     return sorted(result, key=lambda text: ipaddress.ip_network(text))
 
 
+def check_ssh_host(value, what='ssh_host'):
+    """The host name or IPv4 address a tenant connects to (dotted RFC 1123 labels, at most 253 characters)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 253 or \
+            not all(HOSTNAME.matches(label) for label in value.split('.')):
+        raise ContractError('%s %s is not a host name or IPv4 address (gpu-node-01.example.com, 203.0.113.10)'
+                            % (what, show(value)))
+    return value.lower()
+
+
+def ssh_access(slot, host, base=DEFAULT_SSH_PORT_BASE, user=DEFAULT_LOGIN_USER):
+    """What a tenant is told to log in with: ``{ssh_host, ssh_port, user}`` of a slot."""
+    return {'ssh_host': check_ssh_host(host), 'ssh_port': slot.ssh_port(base),
+            'user': LOGIN_USER.check(user, 'login_user')}
+
+
 def check_sink_url(value, what='telemetry_sink'):
     """An http(s) URL of a host name or IPv4 address with an optional port and path."""
     match = SINK_URL.regex.fullmatch(value) if isinstance(value, str) else None

@@ -12,6 +12,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
+from ansible_collections.gpuaas.slice.plugins.module_utils import contract
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ContractError, MAX_SLOTS, Slot, check_source_cidrs, check_ssh_port_base)
 
@@ -149,3 +150,22 @@ def test_removal_takes_exactly_the_slots_elements_and_chains():
         'delete element inet gpuaas ssh_dnat { 22004 }',
         'delete chain inet gpuaas ssh_dnat_gpu-node-01-s4',
     ]
+
+
+def test_the_access_a_tenant_is_told():
+    assert contract.ssh_access(SLOT, 'GPU-Node-01.example.com', 30000, 'tenant_1') == {
+        'ssh_host': 'gpu-node-01.example.com', 'ssh_port': 30003, 'user': 'tenant_1'}
+    assert contract.ssh_access(SLOT, '203.0.113.10') == {'ssh_host': '203.0.113.10', 'ssh_port': 22003, 'user': 'gpuaas'}
+
+
+@pytest.mark.parametrize('host', ['', 'a b', 'host;reboot', 'host\n', '-host', 'a..b', 'x' * 254, None, 7, ['h']])
+def test_a_host_that_is_no_host_name_or_address_is_refused(host):
+    with pytest.raises(ContractError, match='ssh_host .* is not a host name or IPv4 address'):
+        contract.check_ssh_host(host)
+
+
+@pytest.mark.parametrize('user', ['', 'Root', '1user', '-u', 'u u', 'u\n', 'u:x', 'u' * 33, None])
+def test_a_login_user_that_is_no_unix_name_is_refused(user):
+    with pytest.raises(ContractError, match='login_user .* is not a valid login user'):
+        contract.ssh_access(SLOT, 'h', 22000, user)
+    assert contract.LOGIN_USER.matches('gpuaas') and contract.LOGIN_USER.matches('_svc-1')
