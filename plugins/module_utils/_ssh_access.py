@@ -70,9 +70,19 @@ def table_state(run, table, error):
     raises ``error``; one without the maps is refused (host_network has not made it)."""
     rc, out, err = run(['nft', '-j', 'list', 'table', 'inet', table], check=False)
     if rc != 0:
-        if 'No such file or directory' in err:
+        if no_table(err):
             return None
         raise error('nft cannot list table inet %s: %s' % (table, (err or out).strip()))
+    return parse_table(out)
+
+
+def no_table(err):
+    """Whether nft's error says the table does not exist."""
+    return 'No such file or directory' in (err or '')
+
+
+def parse_table(out):
+    """table_state of what ``nft -j list table`` printed."""
     state = {'chains': {}, 'dnat': None, 'forward': None}
     for item in json.loads(out).get('nftables', []):
         if 'chain' in item:
