@@ -34,8 +34,8 @@ description:
     module) is removed again and the module fails, saying so.
   - The nftables ruleset is loaded before it is recorded in O(nft_file), so a ruleset C(nft) refuses
     is tried again on the next run.
-  - The table also holds the slots' SSH ports (M(gpuaas.slice.slot_network) adds and removes each slot's):
-    two verdict maps, looked up for TCP to O(ssh_public_address) from off the slot network (a C(dnat) to
+  - The table also holds the slots' SSH ports, which M(gpuaas.slice.slot_network) adds and removes slot by slot,
+    in two verdict maps looked up for TCP to O(ssh_public_address) from off the slot network (a C(dnat) to
     the slot's port 22) and before anything towards the bridge is dropped (the matching C(accept)), and
     replies on those connections. Every slot's rules are kept in O(ssh_dir) and included by the ruleset,
     so rebuilding the table keeps the ports of the slots that have them. Nothing else is opened.

@@ -23,7 +23,7 @@ description:
   - With O(port_type=tap) (the default) the port is a persistent tap device the slot's VM opens
     later (M(gpuaas.slice.slot_vm) with C(bridge_type=ethernet)), so the VM never sits on the bridge
     before its rules exist. With V(existing), the device exists already (a veth end in tests).
-  - Last, the slot's SSH port, C(ssh_port_base + slot index) on the node's public address: nftables
+  - Last, the slot's SSH port, C(ssh_port_base + slot index) on the node's public address, by nftables
     rules in the table O(nft_table) (made by M(gpuaas.slice.host_network)) that forward that TCP port, and
     only it, to the slot's port 22 (a C(dnat) in the nat prerouting chain and the matching C(accept) in the
     forward chain, nothing else), from O(ssh_source_cidrs) only. They are added in one C(nft) transaction

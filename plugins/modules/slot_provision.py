@@ -162,7 +162,7 @@ vm:
   sample: {name: gpuaas-gpu-node-01-s0, mac: "52:54:f6:df:70:11", ip: 10.100.0.10}
 access:
   description:
-    - What the tenant logs in with from outside the node, also kept in the lease: O(ssh_host), the slot's public
+    - What the tenant logs in with from outside the node, also kept in the lease; O(ssh_host), the slot's public
       SSH port (C(ssh_port_base + slot index), forwarded to its port 22) and the login user (the seed's
       C(login_user)).
   returned: success
