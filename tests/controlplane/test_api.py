@@ -307,8 +307,15 @@ def test_ssh_source_cidrs_are_kept_normalised_and_default_to_any(client, db, tok
     assert made.status_code == 201, made.text
     assert made.json()['ssh_source_cidrs'] == ['198.51.100.7/32', '203.0.113.0/24']
     assert made.json()['access'] is None   # known once the node has opened the slot's port
-    plain = client.post('/v1/allocations', json=BODY, headers=tokens['acme'])
+    plain = client.post('/v1/allocations', json=dict(BODY, ssh_source_cidrs=[]),
+                        headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
     assert plain.status_code == 201 and plain.json()['ssh_source_cidrs'] == []
+    # Left out is the same request as empty; other sources are another request.
+    again = client.post('/v1/allocations', json=BODY, headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
+    assert again.status_code == 200 and again.json()['id'] == plain.json()['id']
+    other = client.post('/v1/allocations', json=dict(BODY, ssh_source_cidrs=['192.0.2.0/24']),
+                        headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
+    assert other.status_code == 409 and '(ssh_source_cidrs differ)' in other.json()['detail'], other.text
 
 
 def test_unknown_node_malformed_json_and_wrong_types(client, db, tokens, node):

@@ -516,6 +516,7 @@ class AllocationRequest:
         asked = dict(dataclasses.asdict(self), **self.constraints())
         made = dict({key: getattr(allocation, key) for key in _REQUESTED_FIELDS},
                     **(allocation.request or {}))
+        made['ssh_source_cidrs'] = made['ssh_source_cidrs'] or []   # NULL: made before 0010, any source
         return [key for key in _REQUESTED_FIELDS + tuple(self.constraints())
                 if asked[key] != made.get(key)]
 
