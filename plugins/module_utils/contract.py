@@ -301,7 +301,7 @@ def check_source_cidrs(values, what='ssh_source_cidrs'):
                                 'address only' % (item, show(value)))
         if str(network) not in result:
             result.append(str(network))
-    return sorted(result, key=lambda text: ipaddress.ip_network(text))
+    return sorted(result, key=ipaddress.ip_network)
 
 
 def check_ssh_host(value, what='ssh_host'):
