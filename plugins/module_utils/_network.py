@@ -150,6 +150,19 @@ def gateway_interface(gateway):
     return iface
 
 
+def check_address(value, what):
+    """An IPv4 address (not a network, not a name) as text, None when unset, or NetworkError."""
+    if value is None or value == '':
+        return None
+    try:
+        address = ipaddress.IPv4Address(u'%s' % value)
+    except ValueError:
+        raise NetworkError('%s %r is not an IPv4 address (203.0.113.10)' % (what, value))
+    if address.is_unspecified or address.is_multicast or address.is_loopback:
+        raise NetworkError('%s %s is not an address packets from outside arrive on' % (what, address))
+    return str(address)
+
+
 def check_networks(values, what):
     result = []
     for value in values:
@@ -412,8 +425,18 @@ def set_bucket(run, bridge, ofport, replace):
 
 # -- nftables -----------------------------------------------------------------
 
-def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
-    """The table as nft source: created, deleted and created again, so applying it is atomic."""
+def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_address=None, ssh_dir=None,
+                ssh_ports=None):
+    """The table as nft source: created, deleted and created again, so applying it is atomic.
+
+    The slots' SSH ports (``_ssh_access``): two verdict maps each slot adds an element to, looked
+    up for TCP to ``ssh_address`` (any address of the host's own when None) from off the slot
+    network, and before anything towards the bridge is dropped; then every slot's own file in
+    ``ssh_dir``, so rebuilding the table keeps the leased slots' ports. The node's range of SSH
+    ports ``ssh_ports`` (first, last) is dropped on the host itself: a port no slot has (released,
+    or asked from a source the slot does not allow) answers nothing, not even a reset.
+    """
+    to_host = 'ip daddr %s' % ssh_address if ssh_address else 'fib daddr type local'
     net = str(gateway.network)
     gw = str(gateway.ip)
     lines = [
@@ -430,13 +453,31 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
         '    iifname "%s" ip daddr %s icmp type echo-request accept' % (bridge, gw),
         '    iifname "%s" ip daddr %s tcp dport %d accept' % (bridge, gw, sink_port),
         '    iifname "%s" drop' % bridge,
+    ]
+    if ssh_ports:
+        lines.append('    iifname != "%s" %s tcp dport %d-%d drop' % (bridge, to_host, ssh_ports[0], ssh_ports[1]))
+    lines += [
+        '  }',
+        '  map ssh_dnat {',
+        '    type inet_service : verdict;',
+        '  }',
+        '  map ssh_forward {',
+        '    type ipv4_addr : verdict;',
+        '  }',
+        '  chain prerouting {',
+        '    type nat hook prerouting priority dstnat; policy accept;',
+        '    iifname != "%s" ip saddr != %s %s tcp dport vmap @ssh_dnat' % (bridge, net, to_host),
         '  }',
         '  chain forward {',
         '    type filter hook forward priority filter - 1; policy accept;',
         '    ip saddr %s iifname != "%s" drop' % (net, bridge),
         '    iifname "%s" oifname "%s" drop' % (bridge, bridge),
         '    oifname "%s" ct state established,related accept' % bridge,
+        # A new SSH connection to a slot, through its public port only (the slot's chain says).
+        '    oifname "%s" ct state new ip daddr vmap @ssh_forward' % bridge,
         '    oifname "%s" drop' % bridge,
+        # The slot's answers on those connections, whatever the tenant's address.
+        '    iifname "%s" ct direction reply ct status dnat ct state established accept' % bridge,
     ]
     if blocked:
         lines.append('    iifname "%s" ip daddr { %s } drop' % (bridge, ', '.join(blocked)))
@@ -455,6 +496,8 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked):
             '  }',
         ]
     lines.append('}')
+    if ssh_dir:
+        lines.append('include "%s/*.nft"' % ssh_dir.rstrip('/'))
     return '\n'.join(lines) + '\n'
 
 

@@ -27,6 +27,7 @@ __metaclass__ = type
 import os
 import re
 
+from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     DomainError, domain_facts, slot_hostdevs)
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import StateFileError, read_json
@@ -63,16 +64,20 @@ def _slot_of(name, suffix=''):
 
 class NodeState(object):
     def __init__(self, run_command, node_id, lease_dir, hosts_dir, token_dir, disk_dir, seed_dir,
-                 vfio_state_dir, bridge, libvirt_domains, sysfs_root=None, bin_path=None):
+                 vfio_state_dir, bridge, libvirt_domains, sysfs_root=None, bin_path=None, ssh_dir=None,
+                 nft_table=None):
         """``libvirt_domains`` is a callable returning [(name, active, xml)] or raising.
 
         ``bin_path(name)`` finds a tool (AnsibleModule.get_bin_path), None when it is not
         installed; ``sysfs_root``, when given, is where the host's PCI devices must be readable.
+        ``ssh_dir`` and ``nft_table``, when given, are where the slots' SSH rules are (their files,
+        their chains in table inet ``nft_table``).
         """
         self.run_command = run_command
         self.node_id = node_id
         self.dirs = dict(lease=lease_dir, dhcp_host=hosts_dir, token=token_dir, disk=disk_dir,
-                         seed=seed_dir, vfio=vfio_state_dir)
+                         seed=seed_dir, vfio=vfio_state_dir, ssh=ssh_dir)
+        self.nft_table = nft_table
         self.bridge = bridge
         self.libvirt_domains = libvirt_domains
         self.sysfs_root = sysfs_root
@@ -193,6 +198,28 @@ class NodeState(object):
                 slots.add(Slot(self.node_id, index).slot_id)
         return slots
 
+    def ssh_slots(self):
+        """This node's slots with SSH rules: a file in ssh_dir, or a chain in the table."""
+        found = self._slots_in('ssh', ('.nft',)) if self.dirs['ssh'] else set()
+        if not self.nft_table:
+            return found
+        tool = self.bin_path('nft') if self.bin_path else 'nft'
+        if tool is None:
+            self.blind.append('nft is not installed (Debian package nftables): the slots\' SSH rules in table '
+                              'inet %s cannot be read' % self.nft_table)
+            return found
+        rc, out, err = self.run_command([tool, '-j', 'list', 'table', 'inet', self.nft_table])
+        if rc != 0:
+            if not ssh.no_table(err):
+                self.blind.append('nft -j list table inet %s failed: %s' % (self.nft_table, (err or out).strip()))
+            return found
+        try:
+            chains = ssh.slot_chains(ssh.parse_table(out))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.blind.append('nft -j list table inet %s printed what is not its JSON: %s' % (self.nft_table, exc))
+            return found
+        return found | set(slot for slot in chains if self._own(slot))
+
     def vfio_records(self):
         """{GPU address: [its functions]} from vfio_bind's records; one that cannot be read blinds the node."""
         records = {}
@@ -249,6 +276,7 @@ class NodeState(object):
             'token': self._slots_in('token', ('.json',)),
             'disk': self._slots_in('disk', ('.raw', '.qcow2', '.image.json')),
             'seed': self._slots_in('seed', ('-seed.iso',)),
+            'ssh': self.ssh_slots(),
         }
         if self.bridge:
             artefacts['flows'] = self.flow_slots()

@@ -33,7 +33,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._slot_network import 
     ARGUMENT_SPEC as NETWORK_SPEC, RULES as NETWORK_RULES, SlotNetwork)
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES as VM_RULES, SlotVm, argument_spec as slot_vm_spec
 from ansible_collections.gpuaas.slice.plugins.module_utils._vfio import VfioBind
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, ssh_access
 
 NETWORK = "Wire the slot's network (DHCP entry, port, flows)"
 BOOT_DISK = "Record the slot's boot disk in the lease"
@@ -84,6 +84,9 @@ class Provision(Composite):
         image = self.part('image', IMAGE_SPEC, IMAGE_RULES, image)
         seed = self.part('seed', SEED_SPEC, SEED_RULES, dict(
             p['seed'], allocation_id=p['allocation_id'], telemetry_token=p['telemetry_token'], **slot))
+        # What the tenant logs in with: the slot's public SSH port (slot_network opens it) and the seed's user.
+        access = ssh_access(Slot.parse(p['slot_id']), p['ssh_host'], network.params['ssh_port_base'],
+                            seed.params['login_user'])
         require_libvirt(module)
         # Where the boot disk goes is checked before anything changes too.
         disk = self.boot_disk(image, nvme)
@@ -102,8 +105,9 @@ class Provision(Composite):
         # The NVMe hostdev boots a domain without a disk (slot_vm): no disk on host storage then.
         vm.params.update(disk=vm.params['disk'] or (None if nvme else disk['path']), seed=vm.params['seed'] or path)
         name, ip = self.record('vm', VM, lambda: SlotVm(vm))['name'], self.results['vm'].get('ip')
-        lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip}))
-        return self.plan.result(lease=lease['lease'], seconds=self.seconds, **self.results)
+        lease = self.step(RUNNING, lambda: self.lease(phase='running', data={'domain': name, 'address': ip,
+                                                                             'access': access}))
+        return self.plan.result(lease=lease['lease'], seconds=self.seconds, access=access, **self.results)
 
     def boot_disk(self, image, nvme):
         """The lease's record of the boot disk; the image part is pointed at it.

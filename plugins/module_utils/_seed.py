@@ -4,7 +4,7 @@
 """Internal to gpuaas.slice: the slot VM's cloud-init NoCloud seed (ISO 9660, volume cidata).
 
 The seed holds three files. meta-data: instance-id (the allocation id) and
-local-hostname. user-data: ``#cloud-config`` with the tenant's SSH keys and a file
+local-hostname. user-data: ``#cloud-config`` with the login user and the tenant's SSH keys, and a file
 carrying the telemetry sink and token. network-config: version 2, DHCP on the NIC
 matched by the slot's MAC. Every file is JSON, which is YAML too: tenant strings are
 validated first and then written as JSON strings, so no value can become YAML syntax,
@@ -31,8 +31,10 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ALLOCATION_ID,
+    DEFAULT_LOGIN_USER,
     GUEST_PATH,
     HOSTNAME,
+    LOGIN_USER,
     TELEMETRY_TOKEN,
     ContractError,
     Slot,
@@ -50,7 +52,7 @@ REDACTED = '********'
 MAX_USER_DATA = 256 * 1024
 # cloud-config keys the module sets itself; a tenant's user_data may not override them.
 RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
-                 'ssh_authorized_keys')
+                 'ssh_authorized_keys', 'users')
 
 # The module's options; slot_provision and slot_release check a step's options with them too.
 ARGUMENT_SPEC = dict(
@@ -63,6 +65,7 @@ ARGUMENT_SPEC = dict(
     telemetry_sink=dict(type='str', default=DEFAULT_SINK),
     telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
     user_data=dict(type='dict', default={}),
+    login_user=dict(type='str', default=DEFAULT_LOGIN_USER),
     seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
 )
 RULES = dict(required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
@@ -108,7 +111,7 @@ def _dump(value):
 
 
 def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
-                 telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None):
+                 telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None, login_user=DEFAULT_LOGIN_USER):
     """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac)."""
     mac = Slot.parse(slot_id).mac
     ALLOCATION_ID.check(allocation_id, 'allocation_id')
@@ -118,6 +121,7 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
     check_sink_url(sink, 'telemetry_sink')
     GUEST_PATH.check(telemetry_file, 'telemetry_file')
     extra = _check_user_data(user_data, telemetry_file)
+    login_user = LOGIN_USER.check(login_user, 'login_user')
 
     meta = {'instance-id': allocation_id, 'local-hostname': hostname}
     network = {'version': 2, 'ethernets': {'slot0': {'match': {'macaddress': mac}, 'dhcp4': True}}}
@@ -131,7 +135,9 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
         config.update({
             'hostname': hostname,
             'preserve_hostname': False,
-            'ssh_authorized_keys': keys,
+            # The tenant logs in as the node's login user (sudo without a password), with the keys.
+            'users': [{'name': login_user, 'ssh_authorized_keys': keys, 'lock_passwd': True,
+                       'shell': '/bin/bash', 'sudo': 'ALL=(ALL) NOPASSWD:ALL'}],
             'write_files': list(extra.get('write_files', [])) + [{
                 'path': telemetry_file, 'owner': 'root:root', 'permissions': '0600',
                 'content': env}],
@@ -233,7 +239,7 @@ class Seed:
         else:
             files, shown, mac = seed_content(
                 p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_keys'],
-                p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'])
+                p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'], p['login_user'])
             want_hash = content_hash(files)
             after = {'path': path, 'content_hash': want_hash, 'files': shown}
             result.update(content_hash=want_hash, mac=mac, files=shown)

@@ -1,16 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Internal to gpuaas.slice: one slot's DHCP entry, Open vSwitch port and flows (slot_network, slot_release)."""
+"""Internal to gpuaas.slice: one slot's DHCP entry, Open vSwitch port, flows and SSH port (slot_network, slot_release)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import HOSTNAME, IFNAME, SLOT_GATEWAY, SLOT_NETWORK, Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    DEFAULT_SSH_PORT_BASE, HOSTNAME, IFNAME, NFT_TABLE, SLOT_GATEWAY, SLOT_NETWORK, Slot, check_source_cidrs,
+    check_ssh_port_base)
 
 # The module's options; slot_provision and slot_release check a step's options with them too.
 ARGUMENT_SPEC = dict(
@@ -26,6 +29,10 @@ ARGUMENT_SPEC = dict(
     gateway=dict(type='str', default=str(SLOT_GATEWAY)),
     telemetry_port=dict(type='int', default=9110),
     dnsmasq_pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
+    ssh_port_base=dict(type='int', default=DEFAULT_SSH_PORT_BASE),
+    ssh_source_cidrs=dict(type='list', elements='str', default=[]),
+    nft_table=dict(type='str', default='gpuaas'),
+    ssh_dir=dict(type='path', default=ssh.DEFAULT_SSH_DIR),
 )
 RULES = dict(required_if=[('state', 'present', ('hostname',))])
 
@@ -57,6 +64,10 @@ class SlotNetwork:
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
         self.tap = p['port_type'] == 'tap'
         self.reloaded = False
+        self.base = check_ssh_port_base(p['ssh_port_base'])
+        self.sources = check_source_cidrs(p['ssh_source_cidrs'])
+        self.table = NFT_TABLE.check(p['nft_table'], 'nft_table')
+        self.ssh_file = self.slot.file(net.config_path(p['ssh_dir'], 'ssh_dir', directory=True), '.nft')
 
     def reload(self):
         # dnsmasq keeps a changed or removed file's old record until SIGHUP.
@@ -79,6 +90,11 @@ class SlotNetwork:
         if holder is not None:
             raise net.NetworkError('OpenFlow port %d of slot %s is held by %s on %s: remove that port first'
                                    % (self.ofport, self.slot_id, holder, self.bridge))
+        tables = ssh.table_state(self.run, self.table, net.NetworkError)
+        ssh.need_table(tables, self.table, net.NetworkError)
+        why = ssh.conflict(tables, self.slot, self.base)
+        if why:
+            raise net.NetworkError('slot %s: %s' % (self.slot_id, why))
         # Everything checked: now the steps, in an order where each step's inputs exist.
         entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
         net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
@@ -112,6 +128,37 @@ class SlotNetwork:
                              verify=lambda: None if net.bucket(self.run, self.bridge, self.ofport) == want
                              else 'the group has no bucket %d' % self.ofport)
 
+        self.ssh_present(tables)
+
+    def ssh_present(self, tables):
+        """The slot's public SSH port, last: it opens once the slot's network exists."""
+        script = ssh.slot_rules(self.table, self.slot, self.base, self.sources)
+        before = net.read_text(self.ssh_file)
+        if before == script and ssh.in_place(tables, self.slot, self.base):
+            return
+
+        def apply():
+            ssh.apply(self.run, script)
+            net.write_text(self.module, self.ssh_file, script)
+
+        def verify():
+            if not ssh.in_place(ssh.table_state(self.run, self.table, net.NetworkError), self.slot, self.base):
+                return 'table inet %s does not forward port %d' % (self.table, self.slot.ssh_port(self.base))
+            return None if net.read_text(self.ssh_file) == script else '%s holds something else' % self.ssh_file
+        self.plan.change('ssh port %d to %s:22 from %s' % (self.slot.ssh_port(self.base), self.ip, ', '.join(self.sources)),
+                         apply, verify=verify, before=before or '', after=script)
+
+    def ssh_absent(self):
+        """Close the slot's SSH port first (rules, then their file), whatever else is left."""
+        script = ssh.removal(self.table, self.slot, ssh.table_state(self.run, self.table, net.NetworkError))
+        if script:
+            self.plan.change('ssh port %d closed' % self.slot.ssh_port(self.base), lambda: ssh.apply(self.run, script),
+                             verify=lambda: ssh.removal(self.table, self.slot, ssh.table_state(
+                                 self.run, self.table, net.NetworkError)) and 'rules are left', before=script, after='')
+        if net.read_text(self.ssh_file) is not None:
+            self.plan.change('%s removed' % self.ssh_file, lambda: ssh.remove_file(self.ssh_file),
+                             verify=lambda: net.read_text(self.ssh_file) is not None and 'the file is still there')
+
     def ofport_taken(self):
         _bridge, ofport, _ids = net.port_row(self.run, self.port)
         if ofport != self.ofport:
@@ -123,6 +170,7 @@ class SlotNetwork:
         bridge_there = net.bridge_info(self.run, self.bridge) is not None
         on_bridge, _ofport, ids = net.port_row(self.run, self.port)
         net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
+        self.ssh_absent()
         if bridge_there:
             if net.dump_flows(self.run, self.bridge, self.cookie):
                 self.plan.command('flows cookie=%#x removed' % self.cookie,
@@ -154,4 +202,5 @@ class SlotNetwork:
         self.plan.execute()
         return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
                           ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
-                          hostname=self.hostname, dnsmasq_reloaded=self.reloaded)
+                          hostname=self.hostname, dnsmasq_reloaded=self.reloaded,
+                          ssh_port=self.slot.ssh_port(self.base), ssh_source_cidrs=self.sources)

@@ -117,6 +117,9 @@ GUEST_PATH = Rule('guest path', r'(?!.*(?:^|/)\.\.(?:/|\Z))/[A-Za-z0-9/._-]{1,25
                   "an absolute path of letters, digits, '/', '.', '_' and '-', without '..'")
 CPULIST = Rule('CPU list', r'[0-9]{1,5}(-[0-9]{1,5})?(,[0-9]{1,5}(-[0-9]{1,5})?){0,1023}',
                "kernel cpulist syntax, for example '0-3,8'")
+# A Unix login name as Debian's adduser accepts it by default (NAME_REGEX), at most 32 characters.
+LOGIN_USER = Rule('login user', r'[a-z_][a-z0-9_-]{0,31}',
+                  "1-32 lower-case letters, digits, '_' and '-', starting with a letter or '_'")
 SINK_URL = Rule('telemetry sink URL',
                 r'(https?)://([A-Za-z0-9.-]{1,253})(?::([0-9]{1,5}))?(/[A-Za-z0-9/._~-]*)?',
                 'http://host[:port][/path] (no query, no user name)')
@@ -262,6 +265,60 @@ def check_ssh_keys(values, what='ssh_keys', minimum=1):
     return [check_ssh_key(key, '%s[%d]' % (what, index)) for index, key in enumerate(values)]
 
 
+# -- SSH access from outside the node ---------------------------------------
+
+DEFAULT_SSH_PORT_BASE = 22000
+DEFAULT_LOGIN_USER = 'gpuaas'
+ANY_SOURCE = '0.0.0.0/0'
+MAX_SOURCE_CIDRS = 32
+
+
+def check_ssh_port_base(value, what='ssh_port_base'):
+    """The first slot's public SSH port: every slot's port (base + index) must be a port above 1023."""
+    return check_int(value, what, 1024, 65535 - MAX_SLOTS)
+
+
+def check_source_cidrs(values, what='ssh_source_cidrs'):
+    """The IPv4 networks a slot's SSH port answers, normalised ('10.0.0.7' -> '10.0.0.7/32');
+    None or an empty list is any source (0.0.0.0/0). Host bits set, IPv6 and anything that is not
+    an address or a network are refused: the slot's port is forwarded on the node's IPv4 address."""
+    if values is None or values == []:
+        return [ANY_SOURCE]
+    if not isinstance(values, list) or len(values) > MAX_SOURCE_CIDRS:
+        raise ContractError('%s must be a list of at most %d IPv4 networks, not %s'
+                            % (what, MAX_SOURCE_CIDRS, show(values)))
+    result = []
+    for index, value in enumerate(values):
+        item = '%s[%d]' % (what, index)
+        if not isinstance(value, str) or has_control_chars(value) or len(value) > 18:
+            raise ContractError('%s %s is not an IPv4 network (203.0.113.0/24)' % (item, show(value)))
+        try:
+            network = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ContractError('%s %s is not an IPv4 network (203.0.113.0/24): %s' % (item, show(value), exc))
+        if network.version != 4:
+            raise ContractError('%s %s is IPv6: the slot\'s SSH port is forwarded on the node\'s IPv4 '
+                                'address only' % (item, show(value)))
+        if str(network) not in result:
+            result.append(str(network))
+    return sorted(result, key=ipaddress.ip_network)
+
+
+def check_ssh_host(value, what='ssh_host'):
+    """The host name or IPv4 address a tenant connects to (dotted RFC 1123 labels, at most 253 characters)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 253 or \
+            not all(HOSTNAME.matches(label) for label in value.split('.')):
+        raise ContractError('%s %s is not a host name or IPv4 address (gpu-node-01.example.com, 203.0.113.10)'
+                            % (what, show(value)))
+    return value.lower()
+
+
+def ssh_access(slot, host, base=DEFAULT_SSH_PORT_BASE, user=DEFAULT_LOGIN_USER):
+    """What a tenant is told to log in with: ``{ssh_host, ssh_port, user}`` of a slot."""
+    return {'ssh_host': check_ssh_host(host), 'ssh_port': slot.ssh_port(base),
+            'user': LOGIN_USER.check(user, 'login_user')}
+
+
 def check_sink_url(value, what='telemetry_sink'):
     """An http(s) URL of a host name or IPv4 address with an optional port and path."""
     match = SINK_URL.regex.fullmatch(value) if isinstance(value, str) else None
@@ -323,6 +380,10 @@ class Slot:
         self.tap = 'gs%d-%s' % (index, hashlib.sha256(self.slot_id.encode('utf-8')).hexdigest()[:8])
         self.cookie = COOKIE_BASE | index
         self.ofport = FIRST_OFPORT + index
+
+    def ssh_port(self, base=DEFAULT_SSH_PORT_BASE):
+        """The node's public TCP port forwarded to this slot's port 22: ``base + index``."""
+        return check_ssh_port_base(base) + self.index
 
     @classmethod
     def parse(cls, slot_id, what='slot_id'):

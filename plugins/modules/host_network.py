@@ -34,6 +34,11 @@ description:
     module) is removed again and the module fails, saying so.
   - The nftables ruleset is loaded before it is recorded in O(nft_file), so a ruleset C(nft) refuses
     is tried again on the next run.
+  - The table also holds the slots' SSH ports, which M(gpuaas.slice.slot_network) adds and removes slot by slot,
+    in two verdict maps looked up for TCP to O(ssh_public_address) from off the slot network (a C(dnat) to
+    the slot's port 22) and before anything towards the bridge is dropped (the matching C(accept)), and
+    replies on those connections. Every slot's rules are kept in O(ssh_dir) and included by the ruleset,
+    so rebuilding the table keeps the ports of the slots that have them. Nothing else is opened.
   - V(absent) removes the bridge, the table and the configuration file.
 author:
   - gpuaas.slice contributors (@gpuaas)
@@ -106,6 +111,23 @@ options:
     description: The name of the nftables table (family C(inet)).
     type: str
     default: gpuaas
+  ssh_public_address:
+    description:
+      - The node's IPv4 address the slots' SSH ports (C(ssh_port_base + slot index)) are forwarded on.
+      - Unset, any address of the host's own (C(fib daddr type local)) that a packet arrives on from off
+        the slot network.
+    type: str
+  ssh_port_base:
+    description:
+      - The node's first SSH port (slot 0's); the node's range of them (one for each possible slot) is dropped
+        on the host itself, so a port no slot has answers nothing, not even a reset.
+      - The same as M(gpuaas.slice.slot_network)'s O(gpuaas.slice.slot_network#module:ssh_port_base).
+    type: int
+    default: 22000
+  ssh_dir:
+    description: Where each slot's SSH rules are kept (C({slot_id}.nft)); the ruleset includes them all.
+    type: path
+    default: /etc/gpuaas/ssh.d
   nft_file:
     description: Where the applied ruleset is kept (what boot-time units load, and what idempotence compares).
     type: path
@@ -181,7 +203,8 @@ import os
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import IFNAME, NFT_TABLE, SLOT_GATEWAY, SLOT_NETWORK
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    DEFAULT_SSH_PORT_BASE, IFNAME, MAX_SLOTS, NFT_TABLE, SLOT_GATEWAY, SLOT_NETWORK, check_ssh_port_base)
 
 DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
@@ -215,6 +238,10 @@ class HostNetwork:
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
+        self.ssh_address = net.check_address(p['ssh_public_address'], 'ssh_public_address')
+        self.ssh_dir = net.config_path(p['ssh_dir'], 'ssh_dir', directory=True)
+        base = check_ssh_port_base(p['ssh_port_base'])
+        self.ssh_ports = (base, base + MAX_SLOTS - 1)
 
     def present(self):
         net.ovs_available(self.run)
@@ -241,8 +268,9 @@ class HostNetwork:
                               verify=lambda: net.group_buckets(self.run, self.bridge) is None and 'no group')
         net.flows_step(self.plan, self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)),
                        'host flows', force=have is None)
-        if not os.path.isdir(self.hosts_dir):
-            self.plan.change('directory %s' % self.hosts_dir, lambda: os.makedirs(self.hosts_dir, 0o755))
+        for path in (self.hosts_dir, self.ssh_dir):
+            if not os.path.isdir(path):
+                self.plan.change('directory %s' % path, lambda path=path: os.makedirs(path, 0o755))
         net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
             self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file))
         self.nftables()
@@ -281,7 +309,8 @@ class HostNetwork:
 
     def nftables(self):
         p = self.module.params
-        ruleset = net.nft_ruleset(self.table, self.bridge, self.gateway, self.port, p['nat'], self.uplink, self.blocked)
+        ruleset = net.nft_ruleset(self.table, self.bridge, self.gateway, self.port, p['nat'], self.uplink, self.blocked,
+                                  self.ssh_address, self.ssh_dir, self.ssh_ports)
         before = net.read_text(self.nft_file)
         if before != ruleset or not self.table_exists():
             self.plan.change('nftables table inet %s' % self.table,
@@ -323,6 +352,9 @@ def main():
         blocked_networks=dict(type='list', elements='str', default=list(net.DEFAULT_BLOCKED)),
         nft_table=dict(type='str', default='gpuaas'),
         nft_file=dict(type='path', default='/etc/gpuaas/nftables.nft'),
+        ssh_public_address=dict(type='str'),
+        ssh_dir=dict(type='path', default='/etc/gpuaas/ssh.d'),
+        ssh_port_base=dict(type='int', default=DEFAULT_SSH_PORT_BASE),
         pid_file=dict(type='path', default=net.DNSMASQ_PID_FILE),
     ), net.engine(HostNetwork))
 

@@ -14,13 +14,14 @@ short_description: Compare what a node holds for its slots with its slot leases
 version_added: 0.1.0
 description:
   - Reads everything a slot leaves on a node, namely its libvirt domain (C(gpuaas-{slot_id})),
-    its tap port on the slot bridge, its OpenFlow rules (by cookie), its dnsmasq host entry, its
+    its tap port on the slot bridge, its OpenFlow rules (by cookie), its SSH rules (their chains in the
+    nftables table and their file), its dnsmasq host entry, its
     telemetry token, its boot disk, its cloud-init seed and the vfio-pci binding records, and
     compares them with the slot leases in O(lease_dir).
   - Only the slots of O(node_id) are judged; another node's slots on the same host are left alone.
   - Read-only; the C(gpuaas.slice.slot_reconcile) role acts on what it reports.
   - Anything that cannot be read (libvirt down, the bridge missing, C(ovs-vsctl) or C(ovs-ofctl) not
-    installed, a directory that cannot be listed, the host's PCI devices under O(sysfs_root) not
+    installed, C(nft) not installed or unable to list O(nft_table), a directory that cannot be listed, the host's PCI devices under O(sysfs_root) not
     readable, a vfio_bind record that is not JSON of the expected shape) is listed in RV(blind); a caller must then remove nothing, because cleaning what it
     cannot see is how a GPU in use is handed out twice.
   - A leased, running passthrough slot whose domain lacks some of the slot's hostdevs (its GPU, the
@@ -68,6 +69,16 @@ options:
     description: The vfio_bind records.
     type: path
     default: /var/lib/gpuaas/vfio
+  ssh_dir:
+    description: Where the slots' SSH rules are kept (C({slot_id}.nft), M(gpuaas.slice.slot_network)).
+    type: path
+    default: /etc/gpuaas/ssh.d
+  nft_table:
+    description:
+      - The slot network's nftables table, whose C(ssh_dnat_{slot_id}) and C(ssh_fwd_{slot_id}) chains are the slots'
+        SSH rules. Empty to skip it; a table that does not exist holds none.
+    type: str
+    default: gpuaas
   sysfs_root:
     description: Where sysfs is mounted; the host's PCI devices must be readable there.
     type: path
@@ -111,7 +122,7 @@ other_nodes_domains:
   elements: str
   sample: [gpuaas-sample-hgx-s0]
 orphans:
-  description: "Slots that hold something but have no lease: slot id -> kinds (domain, port, flows, dhcp_host, token, disk, seed)."
+  description: "Slots that hold something but have no lease: slot id -> kinds (domain, port, flows, dhcp_host, token, disk, seed, ssh)."
   returned: always
   type: dict
   sample: {gpu-node-01-s3: [disk, domain, port]}
@@ -183,7 +194,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir, check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import IFNAME, NODE_ID
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import IFNAME, NFT_TABLE, NODE_ID
 
 DIRS = dict(
     lease_dir='/var/lib/gpuaas/node-scheduler/leases',
@@ -198,6 +209,8 @@ ARGUMENT_SPEC = dict(
     uri=dict(type='str', default=_libvirt.DEFAULT_URI),
     bridge=dict(type='str', default='br-gpuaas'),
     sysfs_root=dict(type='path', default='/sys'),
+    ssh_dir=dict(type='path', default='/etc/gpuaas/ssh.d'),
+    nft_table=dict(type='str', default='gpuaas'),
     **dict((name, dict(type='path', default=default)) for name, default in DIRS.items())
 )
 
@@ -214,11 +227,14 @@ def engine(module):
     NODE_ID.check(p['node_id'], 'node_id')
     if p['bridge']:
         IFNAME.check(p['bridge'], 'bridge')
+    if p['nft_table']:
+        NFT_TABLE.check(p['nft_table'], 'nft_table')
     dirs = [check_dir(p[name], name) for name in DIRS]
     _libvirt.require_libvirt(module)
     state = NodeState(functools.partial(Runner(module), check=False), p['node_id'], *dirs, bridge=p['bridge'],
                       libvirt_domains=libvirt_domains(p['uri']), sysfs_root=check_path(p['sysfs_root'], 'sysfs_root'),
-                      bin_path=module.get_bin_path)
+                      bin_path=module.get_bin_path, ssh_dir=check_dir(p['ssh_dir'], 'ssh_dir'),
+                      nft_table=p['nft_table'] or None)
     return dict(changed=False, **state.report())
 
 

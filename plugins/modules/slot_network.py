@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 ---
 module: slot_network
-short_description: Wire one slot into the slot network (dnsmasq entry, port, OpenFlow rules)
+short_description: Wire one slot into the slot network (dnsmasq entry, port, OpenFlow rules, SSH port)
 version_added: 0.1.0
 description:
   - For one slot, whose MAC and IP come from the layout (never from the caller), makes
@@ -23,15 +23,23 @@ description:
   - With O(port_type=tap) (the default) the port is a persistent tap device the slot's VM opens
     later (M(gpuaas.slice.slot_vm) with C(bridge_type=ethernet)), so the VM never sits on the bridge
     before its rules exist. With V(existing), the device exists already (a veth end in tests).
-  - V(absent) removes exactly that slot's entry, rules, group bucket, port and tap; other slots are
-    untouched.
+  - Last, the slot's SSH port, C(ssh_port_base + slot index) on the node's public address, by nftables
+    rules in the table O(nft_table) (made by M(gpuaas.slice.host_network)) that forward that TCP port, and
+    only it, to the slot's port 22 (a C(dnat) in the nat prerouting chain and the matching C(accept) in the
+    forward chain, nothing else), from O(ssh_source_cidrs) only. They are added in one C(nft) transaction
+    and kept in C({ssh_dir}/{slot_id}.nft), which the table's ruleset includes.
+  - V(absent) first closes the slot's SSH port (its rules, then their file), then removes exactly that
+    slot's entry, rules, group bucket, port and tap; other slots are untouched.
   - dnsmasq reads a new entry by itself (inotify on its C(dhcp-hostsdir)) but serves a changed or
     removed entry's old record until it gets C(SIGHUP); the module sends it one, through
     O(dnsmasq_pid_file), whenever it rewrites or removes an entry.
   - Refused before anything changes are slot ids that are not C({node_id}-s{index}), host names that
     are not one RFC 1123 label, a O(mac) or O(ip) that is not the layout's, a port that is the bridge,
     sits on another bridge, belongs to another slot, is not a tap with O(port_type=tap), or carries an
-    IPv4 address (a host interface), and an OpenFlow port number another port holds.
+    IPv4 address (a host interface), an OpenFlow port number another port holds, source networks that
+    are not IPv4 networks (host bits set, IPv6, anything else), an SSH port base whose range leaves the
+    ports above 1023, and a public port another slot's rules forward (two nodes on one host with the same
+    O(ssh_port_base)).
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
@@ -96,6 +104,27 @@ options:
       - When no dnsmasq runs there nothing is signalled; it reads every entry when it starts.
     type: path
     default: /run/gpuaas-dnsmasq.pid
+  ssh_port_base:
+    description:
+      - The node's first public SSH port; the slot's is C(ssh_port_base + slot index).
+      - From 1024 to 65290, so that every slot's port (up to 245 slots) is a port above 1023.
+    type: int
+    default: 22000
+  ssh_source_cidrs:
+    description:
+      - The IPv4 networks the slot's SSH port answers (C(203.0.113.0/24), C(198.51.100.7)); others get nothing.
+      - Empty, any source (C(0.0.0.0/0)).
+    type: list
+    elements: str
+    default: []
+  nft_table:
+    description: The slot network's nftables table (M(gpuaas.slice.host_network)'s O(gpuaas.slice.host_network#module:nft_table)).
+    type: str
+    default: gpuaas
+  ssh_dir:
+    description: Where the slot's SSH rules are kept (M(gpuaas.slice.host_network)'s O(gpuaas.slice.host_network#module:ssh_dir)).
+    type: path
+    default: /etc/gpuaas/ssh.d
 '''
 
 EXAMPLES = r'''
@@ -104,6 +133,12 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s3
     hostname: train-01
   register: slot_net
+
+- name: Wire slot 3 with its SSH port open to one network only
+  gpuaas.slice.slot_network:
+    slot_id: gpu-node-01-s3
+    hostname: train-01
+    ssh_source_cidrs: [203.0.113.0/24]
 
 - name: Unwire it on release
   gpuaas.slice.slot_network:
@@ -155,6 +190,17 @@ dnsmasq_reloaded:
   returned: always
   type: bool
   sample: false
+ssh_port:
+  description: The slot's public SSH port on the node (C(ssh_port_base + slot index)).
+  returned: always
+  type: int
+  sample: 22003
+ssh_source_cidrs:
+  description: The networks the slot's SSH port answers, normalised and sorted.
+  returned: always
+  type: list
+  elements: str
+  sample: [0.0.0.0/0]
 changes:
   description: What changed (or would change in check mode).
   returned: always

@@ -24,7 +24,8 @@ description:
     O(seed)); C(Hand the slot's devices to vfio-pci (each with its whole IOMMU group))
     (M(gpuaas.slice.vfio_bind), each of O(devices)); C(Define and start the slot's VM and wait for its
     address) (M(gpuaas.slice.slot_vm), O(vm), with the disk and seed of the steps before); C(Record the
-    running allocation in the lease) (the lease's phase V(running), with the domain and the address)."
+    running allocation in the lease) (the lease's phase V(running), with the domain, the address and
+    RV(access))."
   - "The boot disk: with passthrough and an NVMe of its own (O(vm)'s C(nvme_address) among O(devices)), the
     slot's NVMe namespace: the controller's one namespace (C(/sys/bus/pci/devices/ADDR/nvme/nvmeX/nvmeXnY)),
     written with O(image)'s C(target_device) while the host's nvme driver has it, before vfio-pci takes it;
@@ -107,6 +108,13 @@ options:
     description: Seconds to wait for another process's lock on the lease (1 to 3600).
     type: int
     default: 30
+  ssh_host:
+    description:
+      - The node's public host name or IPv4 address, where the slot's SSH port is (the network step opens it,
+        M(gpuaas.slice.slot_network)'s RV(gpuaas.slice.slot_network#module:ssh_port)).
+      - Goes into RV(access) and the lease.
+    type: str
+    required: true
 seealso:
   - module: gpuaas.slice.slot_release
 '''
@@ -117,6 +125,7 @@ EXAMPLES = r'''
     slot_id: gpu-node-01-s0
     allocation_id: alloc-7f3a
     telemetry_token: "{{ token.token }}"
+    ssh_host: gpu-node-01.example.com
     network: {hostname: gpu-node-01-s0}
     image:
       source: /var/lib/gpuaas/images/ubuntu-24.04.qcow2
@@ -166,6 +175,14 @@ boot_disk:
   returned: success
   type: dict
   sample: {kind: nvme, path: /dev/nvme3n1, nvme_address: "0000:1c:00.0"}
+access:
+  description:
+    - What the tenant logs in with from outside the node, also kept in the lease; O(ssh_host), the slot's public
+      SSH port (C(ssh_port_base + slot index), forwarded to its port 22) and the login user (the seed's
+      C(login_user)).
+  returned: success
+  type: dict
+  sample: {ssh_host: gpu-node-01.example.com, ssh_port: 22000, user: gpuaas}
 lease:
   description: The slot's lease afterwards.
   returned: success
@@ -205,6 +222,7 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     vm=dict(type='dict', required=True),
     lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
     lock_timeout=dict(type='int', default=30),
+    ssh_host=dict(type='str', required=True),
 ))
 
 

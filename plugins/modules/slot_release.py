@@ -85,6 +85,10 @@ options:
     description: dnsmasq's per-slot host entries.
     type: path
     default: /var/lib/gpuaas/network/dhcp-hosts.d
+  ssh_dir:
+    description: Where the slot's SSH rules are kept (M(gpuaas.slice.slot_network)'s O(gpuaas.slice.slot_network#module:ssh_dir)).
+    type: path
+    default: /etc/gpuaas/ssh.d
   dnsmasq_pid_file:
     description: The slot network's dnsmasq, told to drop the slot's entry.
     type: path
@@ -227,6 +231,7 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     bridge=dict(type='str', default='br-gpuaas'),
     hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
     dnsmasq_pid_file=dict(type='path', default=DNSMASQ_PID_FILE),
+    ssh_dir=dict(type='path', default='/etc/gpuaas/ssh.d'),
     dhcp_lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
     console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
     token_dir=dict(type='path', default='/var/lib/gpuaas/telemetry/tokens'),

@@ -62,7 +62,7 @@ options:
   ssh_keys:
     description:
       - The tenant's OpenSSH public keys, one per item (C(type base64 [comment])); the
-        allocation's own name for them. They become cloud-init's C(ssh_authorized_keys).
+        allocation's own name for them. They become the C(ssh_authorized_keys) of O(login_user).
     aliases: [ssh_authorized_keys]
     type: list
     elements: str
@@ -84,9 +84,16 @@ options:
     description:
       - Extra cloud-config keys from the tenant (C(packages), C(runcmd), C(write_files)...), written
         as data. C(hostname), C(fqdn), C(preserve_hostname), C(prefer_fqdn_over_hostname) and
-        C(ssh_authorized_keys) are refused, and so is a C(write_files) entry for O(telemetry_file).
+        C(ssh_authorized_keys) and C(users) are refused, and so is a C(write_files) entry for O(telemetry_file).
     type: dict
     default: {}
+  login_user:
+    description:
+      - The user the tenant logs in as, made by cloud-init (C(users)) with O(ssh_keys), a locked password,
+        C(/bin/bash) and sudo without a password. No distribution default user is made.
+      - 1-32 lower-case letters, digits, C(_) and C(-), starting with a letter or C(_).
+    type: str
+    default: gpuaas
   seed_dir:
     description: The directory of the seed ISOs (created mode 0711 when missing).
     type: path
@@ -162,7 +169,9 @@ files:
     meta-data: {"instance-id": "alloc-7f3a", "local-hostname": "train-01"}
     network-config: {"version": 2, "ethernets": {"slot0": {"match": {"macaddress": "52:54:4f:3c:9e:0a"},
                                                            "dhcp4": true}}}
-    user-data: {"hostname": "train-01", "preserve_hostname": false, "ssh_authorized_keys": [],
+    user-data: {"hostname": "train-01", "preserve_hostname": false,
+                "users": [{"name": "gpuaas", "ssh_authorized_keys": [], "lock_passwd": true, "shell": "/bin/bash",
+                           "sudo": "ALL=(ALL) NOPASSWD:ALL"}],
                 "write_files": [{"path": "/etc/gpuaas/telemetry.env", "permissions": "0600",
                                  "owner": "root:root", "content": "GPUAAS_TELEMETRY_TOKEN=********"}]}
 actions:

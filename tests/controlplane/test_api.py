@@ -280,6 +280,11 @@ HOSTILE = [
     ({'node_id': '../n1'}, 'node_id'),
     ({'numa_node': -1}, 'numa_node'),
     ({'tenant': 'globex'}, 'tenant'),
+    ({'ssh_source_cidrs': ['0.0.0.0/0; flush ruleset']}, "ssh_source_cidrs[0] '0.0.0.0/0; flush ruleset' is not an IPv4"),
+    ({'ssh_source_cidrs': ['2001:db8::/32']}, 'is IPv6'),
+    ({'ssh_source_cidrs': ['10.0.0.1/8']}, 'has host bits set'),
+    ({'ssh_source_cidrs': '10.0.0.0/8'}, 'ssh_source_cidrs'),
+    ({'ssh_source_cidrs': ['10.%d.0.0/16' % i for i in range(33)]}, 'ssh_source_cidrs'),
 ]
 
 
@@ -295,6 +300,24 @@ def test_hostile_or_bad_input_is_422_and_changes_nothing(client, db, tokens, nod
 
 
 @pytest.mark.backends('sqlite')
+@pytest.mark.backends('sqlite')
+def test_ssh_source_cidrs_are_kept_normalised_and_default_to_any(client, db, tokens, node):
+    made = client.post('/v1/allocations', json=dict(BODY, ssh_source_cidrs=['203.0.113.0/24', '198.51.100.7']),
+                       headers=tokens['acme'])
+    assert made.status_code == 201, made.text
+    assert made.json()['ssh_source_cidrs'] == ['198.51.100.7/32', '203.0.113.0/24']
+    assert made.json()['access'] is None   # known once the node has opened the slot's port
+    plain = client.post('/v1/allocations', json=dict(BODY, ssh_source_cidrs=[]),
+                        headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
+    assert plain.status_code == 201 and plain.json()['ssh_source_cidrs'] == []
+    # Left out is the same request as empty; other sources are another request.
+    again = client.post('/v1/allocations', json=BODY, headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
+    assert again.status_code == 200 and again.json()['id'] == plain.json()['id']
+    other = client.post('/v1/allocations', json=dict(BODY, ssh_source_cidrs=['192.0.2.0/24']),
+                        headers=dict(tokens['acme'], **{'Idempotency-Key': 'k2'}))
+    assert other.status_code == 409 and '(ssh_source_cidrs differ)' in other.json()['detail'], other.text
+
+
 def test_unknown_node_malformed_json_and_wrong_types(client, db, tokens, node):
     before = _snapshot(db)
     reply = client.post('/v1/allocations', json=dict(BODY, node_id='n9'), headers=tokens['acme'])

@@ -128,6 +128,8 @@ def test_allocate_then_release(db, settings, project, node):
     assert got.state == 'running' and jobs == [('allocate', 'done', 1)]
     assert got.address == slot.ip and got.mac == slot.mac
     assert got.ssh == {'user': 'root', 'host': slot.ip, 'port': 22}
+    assert got.access == {'ssh_host': '203.0.113.1', 'ssh_port': 22000 + int(slot.id.rsplit('-s', 1)[1]),
+                          'user': 'gpuaas'}
     assert got.telemetry_token == 'tok-' + allocation.id
     assert got.timings['node'] == {'image': 0.5, 'seed': 0.1, 'vm': 1.0, 'total': 1.6}
     assert got.timings['control_plane']['attempts'] == 1
@@ -237,6 +239,7 @@ def test_a_transient_failure_is_retried(db, settings, project, node):
 @pytest.mark.parametrize('mode, runs, reason', [
     ('fail', 2, 'failed: Fail on n1: fake node failure (fail)'),
     ('badmac', 1, "the node reported another allocation than asked: mac is '52:54:00:00:00:00'"),
+    ('badaccess', 1, "the node reported another allocation than asked: access.user 'Root; reboot' is not a valid"),
 ])
 def test_a_failed_allocation_is_compensated_by_a_release(db, settings, project, node, mode, runs, reason):
     project.set_modes(n1=mode)

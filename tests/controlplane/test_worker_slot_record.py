@@ -25,7 +25,7 @@ def test_the_allocate_job_carries_the_reserved_slot_record_the_node_accepts(db, 
     discovery = Discovery('n1', sys_root, proc_root).run()
     add_node(db, discovery, approved_map(discovery))
     add_tenant(db, 'acme')
-    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+    allocation, _created = db.transact(service.reserve, tenant('acme'), request(ssh_source_cidrs=['203.0.113.0/24']))
     inventory = tmp_path / 'inventory.yml'
     inventory.write_text('all: {}\n')
     worker = Worker(db, Settings(db_url='sqlite://', project_dir=REPO, inventory=str(inventory),
@@ -33,6 +33,8 @@ def test_the_allocate_job_carries_the_reserved_slot_record_the_node_accepts(db, 
     claim = db.transact(worker._claim)
     sent = extravars(claim)
     record = sent['gpuaas_slot']
+    # The networks the slot's SSH port answers go to the node with the allocation.
+    assert sent['gpuaas_allocation']['ssh_source_cidrs'] == ['203.0.113.0/24']
     slot = next(s for s in discovery['slots'] if s['slot_id'] == allocation.slot_id)
     assert sent['gpuaas_slot_id'] == record['slot_id'] == allocation.slot_id
     assert record['fingerprint'] == slot['fingerprint'] and record['slot_index'] == slot['slot_index']

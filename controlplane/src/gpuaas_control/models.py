@@ -223,6 +223,10 @@ class Allocation(Base):
     mac: Mapped[str] = mapped_column(String(17), nullable=False)
     address: Mapped[str | None] = mapped_column(String(15), nullable=True)
     ssh: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The tenant's way in from outside the node ({ssh_host, ssh_port, user}), as the node reports it,
+    # and the networks the slot's SSH port answers (empty: any), as the tenant asked.
+    access: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    ssh_source_cidrs: Mapped[list | None] = mapped_column(JSON, nullable=True, default=list)
     telemetry_token: Mapped[str | None] = mapped_column(String(255), nullable=True)
     hostdevs_attached: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     timings: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)

@@ -27,6 +27,7 @@ from gpuaas_control.models import (
     UsageRecord,
 )
 from gpuaas_control.runs import Claim, Outcome, short
+from gpuaas_control.validation import access_problem
 
 
 def check_allocate_result(claim: Claim, result):
@@ -40,6 +41,8 @@ def check_allocate_result(claim: Claim, result):
         ipaddress.IPv4Address(str(result.get('address')))
     except ValueError:
         wrong.append('address %r is not an IPv4 address' % (result.get('address'),))
+    if result.get('access') is not None and access_problem(result['access']):
+        wrong.append(access_problem(result['access']))
     if wrong:
         return 'the node reported another allocation than asked: ' + '; '.join(wrong), True
     return None, False
@@ -60,6 +63,9 @@ def allocated(session, actor: audit.Actor, claim: Claim, allocation: Allocation,
     allocation.ssh = {'user': str(ssh.get('user') or 'root'),
                       'host': str(ssh.get('host') or result['address']),
                       'port': int(ssh.get('port') or 22)}
+    access = result.get('access')
+    allocation.access = ({'ssh_host': access['ssh_host'], 'ssh_port': access['ssh_port'], 'user': access['user']}
+                         if isinstance(access, dict) else None)
     allocation.telemetry_token = (str(result['telemetry_token'])
                                   if result.get('telemetry_token') else None)
     allocation.hostdevs_attached = bool(result.get('hostdevs_attached'))
@@ -83,8 +89,9 @@ def allocated(session, actor: audit.Actor, claim: Claim, allocation: Allocation,
     usage = session.execute(select(UsageRecord).where(
         UsageRecord.allocation_id == allocation.id)).scalar_one()
     usage.running_start = now
-    lifecycle.move(session, actor, allocation, RUNNING, 'running: %s, ssh %s@%s'
-                   % (allocation.address, allocation.ssh['user'], allocation.ssh['host']),
+    lifecycle.move(session, actor, allocation, RUNNING, 'running: %s, ssh %s'
+                   % (allocation.address, '%(user)s@%(ssh_host)s -p %(ssh_port)d' % allocation.access
+                      if allocation.access else '%(user)s@%(host)s' % allocation.ssh),
                    data={'timings': allocation.timings}, now=now)
 
 

@@ -543,6 +543,7 @@ class AllocationRequest:
     node_id: str | None = None
     numa_node: int | None = None
     idempotency_key: str | None = None
+    ssh_source_cidrs: list = dataclasses.field(default_factory=list)
 
     def constraints(self):
         return {'gpu_model': self.gpu_model, 'node_id': self.node_id, 'numa_node': self.numa_node}
@@ -553,12 +554,13 @@ class AllocationRequest:
         asked = dict(dataclasses.asdict(self), **self.constraints())
         made = dict({key: getattr(allocation, key) for key in _REQUESTED_FIELDS},
                     **(allocation.request or {}))
+        made['ssh_source_cidrs'] = made['ssh_source_cidrs'] or []   # NULL: made before 0007, any source
         return [key for key in _REQUESTED_FIELDS + tuple(self.constraints())
                 if asked[key] != made.get(key)]
 
 
 _REQUESTED_FIELDS = ('image', 'image_checksum', 'image_format', 'ssh_keys', 'vcpus',
-                     'memory_mib', 'disk_gib', 'hostname')
+                     'memory_mib', 'disk_gib', 'hostname', 'ssh_source_cidrs')
 
 
 def new_allocation_id() -> str:
@@ -720,7 +722,8 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
         'image': request.image, 'image_checksum': request.image_checksum,
         'image_format': request.image_format, 'ssh_keys': list(request.ssh_keys),
         'vcpus': request.vcpus, 'memory_mib': request.memory_mib, 'disk_gib': request.disk_gib,
-        'hostname': request.hostname, 'request': request.constraints(), 'mac': slot.mac,
+        'hostname': request.hostname, 'ssh_source_cidrs': list(request.ssh_source_cidrs),
+        'request': request.constraints(), 'mac': slot.mac,
         'timings': {}, 'created_at': now, 'updated_at': now}
     try:
         connection.execute(_INSERT_ALLOCATION, values)

@@ -33,6 +33,30 @@ LIMITS = contract.LIMITS
 show = contract.show
 
 
+MAX_SOURCE_CIDRS = contract.MAX_SOURCE_CIDRS
+
+
+def source_cidrs(values) -> list[str]:
+    """The allocation's SSH source networks, normalised (the node's own check); ValueError names the item."""
+    try:
+        return contract.check_source_cidrs(values)
+    except contract.ContractError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def access_problem(access) -> str | None:
+    """Why a node's ``access`` ({ssh_host, ssh_port, user}) is not one, or None."""
+    if not isinstance(access, dict) or set(access) != {'ssh_host', 'ssh_port', 'user'}:
+        return 'access %s is not {ssh_host, ssh_port, user}' % show(access)
+    try:
+        contract.check_ssh_host(access['ssh_host'], 'access.ssh_host')
+        contract.check_int(access['ssh_port'], 'access.ssh_port', 1, 65535)
+        contract.LOGIN_USER.check(access['user'], 'access.user')
+    except contract.ContractError as exc:
+        return str(exc)
+    return None
+
+
 def ssh_key_problem(key) -> str | None:
     """Why ``key`` is not one OpenSSH public key line, or None."""
     try:

@@ -192,6 +192,7 @@ class Worker:
             'image_checksum': allocation.image_checksum,
             'image_format': allocation.image_format,
             'ssh_keys': list(allocation.ssh_keys),
+            'ssh_source_cidrs': list(allocation.ssh_source_cidrs or []),
             'vcpus': allocation.vcpus,
             'memory_mib': allocation.memory_mib,
             'disk_gib': allocation.disk_gib,

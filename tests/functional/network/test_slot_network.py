@@ -33,7 +33,8 @@ HOST_SERVICE_PORT = 2222
 def slot_args(net, index, **extra):
     ns = net['slots'].get(index)
     args = dict(slot_id=Slot(NODE, index).slot_id, bridge=BRIDGE, hosts_dir=net['hosts'],
-                hostname='slot-%d' % index, dnsmasq_pid_file=net['host_args']['pid_file'])
+                hostname='slot-%d' % index, dnsmasq_pid_file=net['host_args']['pid_file'],
+                ssh_dir=net['host_args']['ssh_dir'])
     if ns is not None:
         args.update(port=ns.port, port_type='existing')
     args.update(extra)
@@ -61,7 +62,8 @@ def net():
              'data': os.path.join(work, 'data'), 'slots': {}, 'daemons': {}, 'tokens_by_slot': {}, 'peers': []}
     host_args = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
                      hosts_dir=state['hosts'], lease_file=os.path.join(work, 'leases'),
-                     nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'))
+                     nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
+                     ssh_dir=os.path.join(work, 'ssh.d'))
     state['host_args'] = host_args
     try:
         state['outside'] = env.Outside(host, 'gpuaas-o%d' % pid)
@@ -400,7 +402,8 @@ def test_the_kernel_datapath_works_or_is_refused_clearly():
         with env.Host(work, tag='k') as host:
             args = dict(bridge='br-gpuaas-k', datapath_type='system', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
                         hosts_dir=os.path.join(work, 'hosts'), lease_file=os.path.join(work, 'leases'),
-                        nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'))
+                        nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
+                     ssh_dir=os.path.join(work, 'ssh.d'))
             result = host.module('host_network', args)
             exists = host.sh('ovs-vsctl', 'br-exists', 'br-gpuaas-k', check=False).returncode == 0
             if result.get('failed'):

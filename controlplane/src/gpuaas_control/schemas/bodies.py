@@ -16,12 +16,14 @@ from gpuaas_control.validation import (
     HOSTNAME_RE,
     IMAGE_RE,
     LIMITS,
+    MAX_SOURCE_CIDRS,
     MAX_SSH_KEYS,
     NODE_ID_RE,
     NOTE_RE,
     TENANT_RE,
     TOKEN_NAME_RE,
     show,
+    source_cidrs,
     ssh_key_problem,
 )
 
@@ -56,12 +58,22 @@ class AllocationCreate(Strict):
                                   "e.g. '10de:2330' (H100 SXM).")
     node_id: str | None = Field(None, max_length=63, description='Only this node.')
     numa_node: int | None = Field(None, ge=0, le=1023, description='Prefer this NUMA node.')
+    ssh_source_cidrs: list[str] = Field(default_factory=list, max_length=MAX_SOURCE_CIDRS,
+                                        description="IPv4 networks the slot's SSH port answers "
+                                        "('203.0.113.0/24', '198.51.100.7'); empty or left out: any.",
+                                        examples=[['203.0.113.0/24']])
 
     _image = _pattern(IMAGE_RE, 'image', "a file name of letters, digits and '._-' (no path)")
     _checksum = _pattern(CHECKSUM_RE, 'image_checksum', "'sha256:' followed by 64 lowercase hex digits")
     _hostname = _pattern(HOSTNAME_RE, 'hostname', 'an RFC 1123 label: lowercase letters, digits and -')
     _gpu_model = _pattern(GPU_MODEL_RE, 'gpu_model', "'vendor:device', 4 lowercase hex digits each")
     _node_id = _pattern(NODE_ID_RE, 'node_id', "letters, digits and '._-', 1-63")
+
+    @field_validator('ssh_source_cidrs')
+    @classmethod
+    def _sources(cls, values):
+        # Normalised as the node does it, so an Idempotency-Key compares what the node gets.
+        return [] if not values else source_cidrs(values)
 
     @field_validator('ssh_keys')
     @classmethod

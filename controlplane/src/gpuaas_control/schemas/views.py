@@ -56,7 +56,12 @@ class AllocationView(Restricted):
     request: dict[str, Any]
     mac: str
     address: str | None
-    ssh: dict[str, Any] | None
+    ssh: dict[str, Any] | None = Field(description='The slot on the host-only slot network (from the node '
+                                       'itself): user, host, port.')
+    access: dict[str, Any] | None = Field(None, description="The tenant's way in from outside the node: "
+                                          "{ssh_host, ssh_port, user} ('ssh -p SSH_PORT USER@SSH_HOST').")
+    ssh_source_cidrs: list[str] | None = Field(None, description="The networks the slot's SSH port answers "
+                                               '(empty: any), as asked.')
     hostdevs_attached: bool | None
     timings: dict[str, Any]
     error: str | None = Field(description="Why it failed, as a stable reason ('provisioning "

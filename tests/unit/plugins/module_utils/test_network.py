@@ -141,3 +141,31 @@ def test_a_failed_command_is_a_network_error_naming_it():
     module.run_command = lambda argv, **kwargs: (1, '', 'ovs-vsctl: no bridge named br-x\n')
     with pytest.raises(net.NetworkError, match=r'ovs-vsctl br-exists br-x failed \(exit 1\): ovs-vsctl: no bridge'):
         net.runner(module)(['ovs-vsctl', 'br-exists', 'br-x'])
+
+
+def test_the_ruleset_forwards_slot_ssh_ports_through_the_maps_only_and_keeps_the_slots_files():
+    text = net.nft_ruleset('gpuaas', 'br-gpuaas', net.gateway_interface('10.100.0.1/24'), 9110, True, None,
+                           net.DEFAULT_BLOCKED, '198.51.100.1', '/etc/gpuaas/ssh.d/', (22000, 22244))
+    lines = text.splitlines()
+    assert '    iifname != "br-gpuaas" ip saddr != 10.100.0.0/24 ip daddr 198.51.100.1 tcp dport vmap @ssh_dnat' in lines
+    # Looked up for new connections before everything towards the bridge is dropped.
+    lookup = lines.index('    oifname "br-gpuaas" ct state new ip daddr vmap @ssh_forward')
+    assert lines.index('    oifname "br-gpuaas" ct state established,related accept') < lookup
+    assert lookup < lines.index('    oifname "br-gpuaas" drop')
+    # The slot's answers pass before the private networks are blocked; nothing else from it does.
+    reply = lines.index('    iifname "br-gpuaas" ct direction reply ct status dnat ct state established accept')
+    assert reply < lines.index('    iifname "br-gpuaas" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, '
+                               '169.254.0.0/16, 100.64.0.0/10 } drop')
+    # Ports no slot has answer nothing (no reset from the host).
+    assert lines.index('    iifname != "br-gpuaas" ip daddr 198.51.100.1 tcp dport 22000-22244 drop') < lines.index(
+        '  chain forward {')
+    assert lines[-1] == 'include "/etc/gpuaas/ssh.d/*.nft"'
+    anywhere = net.nft_ruleset('gpuaas', 'br-gpuaas', net.gateway_interface('10.100.0.1/24'), 9110, True, None, [])
+    assert 'fib daddr type local tcp dport vmap @ssh_dnat' in anywhere and 'include' not in anywhere
+
+
+@pytest.mark.parametrize('value', ['x', '198.51.100.1/32', '0.0.0.0', '127.0.0.1', '224.0.0.1', '2001:db8::1',
+                                   '198.51.100.1\n', '198.51.100.1; flush ruleset'])
+def test_a_public_address_that_is_not_one_is_refused(value):
+    with pytest.raises(net.NetworkError, match='ssh_public_address'):
+        net.check_address(value, 'ssh_public_address')

@@ -285,3 +285,54 @@ def test_a_leased_gpu_that_fell_off_the_bus_is_reported(node, tmp_path):
         'operator: release the allocation; the slot is absent until the GPU is back (discover and approve again)']
     # Without sysfs to look at, nothing is claimed lost.
     assert node.report()['lost_gpus'] == []
+
+
+class SshNode(Node):
+    """A node whose slots have SSH rules: files in ssh_dir and chains in table inet gpuaas."""
+
+    def __init__(self, tmp_path):
+        Node.__init__(self, tmp_path)
+        self.dirs['ssh'] = tmp_path / 'ssh'
+        self.dirs['ssh'].mkdir()
+        self.chains = []
+        self.nft = None   # (rc, err) when nft fails
+
+    def run_command(self, args):
+        if args[0] != 'nft':
+            return Node.run_command(self, args)
+        assert args[1:] == ['-j', 'list', 'table', 'inet', 'gpuaas']
+        if self.nft:
+            return self.nft[0], '', self.nft[1]
+        items = [{'table': {'family': 'inet', 'name': 'gpuaas'}}] + [
+            {'chain': {'family': 'inet', 'table': 'gpuaas', 'name': name}} for name in ['forward'] + self.chains]
+        return 0, json.dumps({'nftables': items}), ''
+
+    def report(self):
+        d = self.dirs
+        return NodeState(self.run_command, NODE, str(d['lease']), str(d['hosts']), str(d['token']),
+                         str(d['disk']), str(d['seed']), str(d['vfio']), 'br-gpuaas', self.listed,
+                         ssh_dir=str(d['ssh']), nft_table='gpuaas').report()
+
+
+def test_ssh_rules_no_lease_explains_are_orphans_by_chain_or_file(tmp_path):
+    node = SshNode(tmp_path)
+    node.lease('gpu-node-01-s0', passthrough=False)
+    node.domains.append(('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0')))
+    node.chains += ['ssh_dnat_gpu-node-01-s0', 'ssh_fwd_gpu-node-01-s0', 'ssh_dnat_gpu-node-01-s2',
+                    'ssh_fwd_other-node-s1', 'ssh_fwd_not-a-slot']
+    (node.dirs['ssh'] / 'gpu-node-01-s0.nft').write_text('x')
+    (node.dirs['ssh'] / 'gpu-node-01-s3.nft').write_text('x')
+    state = node.report()
+    # s2 by its chain, s3 by its file; another node's chain and a chain that names no slot are not this node's.
+    assert state['orphans'] == {'gpu-node-01-s2': ['ssh'], 'gpu-node-01-s3': ['ssh']}
+    assert not state['blind']
+
+
+def test_no_table_holds_no_ssh_rules_and_an_nft_that_fails_blinds_the_node(tmp_path):
+    node = SshNode(tmp_path)
+    node.nft = (1, 'Error: No such file or directory\nlist table inet gpuaas\n')
+    assert node.report()['clean']
+    node.nft = (1, 'Error: Operation not permitted')
+    state = node.report()
+    assert state['blind'] == ['nft -j list table inet gpuaas failed: Error: Operation not permitted']
+    assert not state['clean']

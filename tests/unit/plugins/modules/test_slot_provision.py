@@ -38,7 +38,7 @@ def node(tmp_path):
 
 def args(dirs, **vm):
     return dict(
-        slot_id=SLOT, allocation_id=ALLOC, telemetry_token='t' * 43, lease_dir=dirs['leases'],
+        slot_id=SLOT, allocation_id=ALLOC, telemetry_token='t' * 43, lease_dir=dirs['leases'], ssh_host='node.example.com',
         vfio_state_dir=dirs['vfio'],
         network={'hostname': 'gpu-itest-s0', 'hosts_dir': dirs['hosts'],
                  'dnsmasq_pid_file': os.path.join(dirs['hosts'], 'none.pid')},
@@ -69,6 +69,19 @@ def lease(dirs):
 def test_every_steps_options_are_checked_by_its_module_spec_before_the_first_step(node, capsys, vm, message):
     before = tree(node)
     result = run_module(slot_provision, args(node, **vm), capsys=capsys)
+    assert result['failed'] and message in result['msg'], result['msg']
+    assert tree(node) == before and lease(node)['phase'] == 'provisioning'
+
+
+@pytest.mark.parametrize('extra, message', [
+    ({'ssh_host': 'node.example.com; reboot'}, "ssh_host 'node.example.com; reboot' is not a host name or IPv4 address"),
+    ({'ssh_host': ''}, "ssh_host '' is not a host name or IPv4 address"),
+    ({'network': {'hostname': 'x', 'ssh_port_base': 80}}, 'ssh_port_base must be a whole number from 1024 to 65290'),
+    ({'seed': {'hostname': 'x', 'login_user': 'Root'}}, "login_user 'Root' is not a valid login user"),
+])
+def test_the_access_is_checked_before_the_first_step(node, capsys, extra, message):
+    before = tree(node)
+    result = run_module(slot_provision, dict(args(node), **extra), capsys=capsys)
     assert result['failed'] and message in result['msg'], result['msg']
     assert tree(node) == before and lease(node)['phase'] == 'provisioning'
 

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """slot_release on the kernel model (gpu_box): a GPU on vfio-pci, an NVMe namespace holding the
 last tenant's data, the slot's token, seed, disk and DHCP entry; libvirt's test driver and an
-Open vSwitch without the bridge (the fake ovs-vsctl)."""
+Open vSwitch without the bridge (the fake ovs-vsctl) and nftables without the table (the fake nft)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ class Slot:
         self.disk = self.files[2]
         self.write_lease()
         host.tools.handlers['ovs-vsctl'] = lambda argv: (2, '', '') if 'br-exists' in argv else (1, '', 'no port')
+        # nftables without the slot network's table (as nft says it): no SSH port to close.
+        host.tools.handlers['nft'] = lambda argv: (1, '', 'Error: No such file or directory; did you mean table '
+                                                   '\'gpuaas\' in family ip?\nlist table inet gpuaas\n')
 
     def write_lease(self, **data):
         self.lease['data'].update(data)

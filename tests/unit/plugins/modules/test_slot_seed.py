@@ -72,7 +72,10 @@ def test_seed_content_read_back(tmp_path, capsys):
     assert raw_user.startswith('#cloud-config\n')
     user = yaml.safe_load(raw_user)
     assert user['hostname'] == 'train-01'
-    assert user['ssh_authorized_keys'] == [key(), key('ssh-rsa', 256, 'bob')]
+    # The keys are the login user's (default gpuaas), never the distribution default user's.
+    assert 'ssh_authorized_keys' not in user
+    assert user['users'] == [{'name': 'gpuaas', 'ssh_authorized_keys': [key(), key('ssh-rsa', 256, 'bob')],
+                              'lock_passwd': True, 'shell': '/bin/bash', 'sudo': 'ALL=(ALL) NOPASSWD:ALL'}]
     telemetry = user['write_files'][-1]
     assert telemetry['path'] == '/etc/gpuaas/telemetry.env'
     assert telemetry['permissions'] == '0600'
@@ -163,6 +166,12 @@ def test_user_data_metacharacters_stay_data(tmp_path, capsys):
     ('ssh_keys', [key()] * 17, 'ssh_keys must be a list of 0 to 16 public keys'),
     ('user_data', {'ssh_authorized_keys': [key()]}, 'may not set ssh_authorized_keys'),
     ('user_data', {'hostname': 'other'}, 'may not set hostname'),
+    ('user_data', {'users': [{'name': 'root', 'ssh_authorized_keys': [key()]}]}, 'may not set users'),
+    ('login_user', 'Root', "login_user 'Root' is not a valid login user"),
+    ('login_user', 'gpu aas', "login_user 'gpu aas' is not a valid login user"),
+    ('login_user', 'gpuaas\n', "login_user 'gpuaas\\n' is not a valid login user"),
+    ('login_user', '-gpuaas', "login_user '-gpuaas' is not a valid login user"),
+    ('login_user', 'u' * 33, 'is not a valid login user'),
     ('user_data', {'write_files': [{'path': '/etc/gpuaas/telemetry.env', 'content': 'x'}]},
      'holds the telemetry token'),
 ])
@@ -200,3 +209,9 @@ def test_content_hash_covers_every_file():
 def test_missing_required_for_present(tmp_path, capsys):
     result = run_module(slot_seed, dict(slot_id='n-s0', seed_dir=str(tmp_path)), capsys=capsys)
     assert result['failed'] and 'allocation_id' in result['msg']
+
+
+def test_the_login_user_is_the_one_given(tmp_path, capsys):
+    result = run_module(slot_seed, args(tmp_path, login_user='tenant_1'), capsys=capsys)
+    assert result['changed'], result
+    assert [u['name'] for u in yaml.safe_load(iso_file(result['path'], 'user-data').decode())['users']] == ['tenant_1']
