@@ -134,7 +134,7 @@ def record(session, actor: audit.Actor, node_id: str, asked, telemetry, policy: 
         allocation = session.get(Allocation, allocation_id)
         if allocation is None or allocation.node_id != node_id:
             continue
-        row = session.get(AllocationTelemetry, allocation_id)
+        row = session.get(AllocationTelemetry, allocation_id, with_for_update=True)
         if row is None:
             row = AllocationTelemetry(allocation_id=allocation_id, collected_at=now, samples=0)
             session.add(row)

@@ -33,7 +33,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, lifecycle, outcomes, service
+from gpuaas_control import audit, lifecycle, outcomes, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -107,6 +107,8 @@ class Worker:
     def run_forever(self, concurrency: int = 1):
         threads = [threading.Thread(target=self._loop, name='gpuaas-worker-%d' % i, daemon=True)
                    for i in range(max(1, concurrency))]
+        if self.settings.telemetry_interval:
+            threads.append(threading.Thread(target=self._telemetry_loop, name='gpuaas-telemetry', daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -122,6 +124,14 @@ class Worker:
                 worked = False
             if not worked:
                 self.stopping.wait(self.settings.poll_interval)
+
+    def _telemetry_loop(self):
+        """Collect the running allocations' telemetry every ``telemetry_interval`` seconds."""
+        while not self.stopping.wait(self.settings.telemetry_interval):
+            try:
+                telemetry.collect(self.db, self.settings, self.actor)
+            except SQLAlchemyError:
+                log.exception('database error while recording telemetry; trying again next interval')
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""

@@ -33,6 +33,17 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_for_port(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', port), 0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, 'nothing listens on port %d' % port
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def sink(tmp_path):
     """The sink with one allocation's token file, as telemetry_token writes it (digest only)."""
@@ -45,14 +56,7 @@ def sink(tmp_path):
     log = open(tmp_path / 'sink.log', 'wb')
     proc = subprocess.Popen([sys.executable, SINK, '--listen', '127.0.0.1', '--port', str(port),
                              '--token-dir', str(tokens), '--data-dir', str(data)], stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(('127.0.0.1', port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, 'the sink did not start'
-            time.sleep(0.05)
+    wait_for_port(port)
     yield {'url': 'http://127.0.0.1:%d/metrics' % port, 'data': data, 'log': tmp_path / 'sink.log'}
     proc.terminate()
     proc.wait(5)
