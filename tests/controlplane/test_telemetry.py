@@ -178,3 +178,21 @@ def test_another_tenant_gets_404_and_an_operator_sees_the_collection_error(clien
     operator = client.get(path, headers=tokens['operator']).json()
     assert operator['error'] == 'the node could not read the summary: telemetry summary /x is not valid JSON'
     assert 'error' not in client.get(path, headers=tokens['acme']).json()
+
+
+def test_the_approved_facts_come_from_the_slot_and_its_discovery_and_the_seed_and_agent_take_them(
+        db, running, hgx_discovery_factory):
+    from ansible_collections.gpuaas.slice.plugins.module_utils import _seed
+    from tests.unit.roles.h100_guest import load_agent
+    discovery = hgx_discovery_factory('n1')
+    with db.read() as session:
+        slot = session.get(Slot, session.get(Allocation, running).slot_id)
+        facts = telemetry.approved_facts(slot, discovery)
+        gpu = next(g for g in discovery['gpus'] if g['address'] == slot.gpu_address)
+        assert facts == {'gpu_model': slot.gpu_model, 'link_speed': gpu['link']['max_speed'],
+                         'link_width': gpu['link']['max_width'], 'nvme': slot.nvme_address is not None,
+                         'fabric_vf': slot.fabric_vf_pci_address is not None}
+        assert telemetry.approved_facts(slot, {'gpus': [dict(gpu, link={})]}) is None
+        assert telemetry.approved_facts(slot, None) is None
+    assert _seed.check_approved(facts) == dict(facts, bars={})
+    assert load_agent().check_approved(facts) == facts

@@ -76,6 +76,23 @@ def _sized(value, what):
     return value
 
 
+def approved_facts(slot, discovery) -> dict | None:
+    """What the guest agent's acceptance check compares the slot with (the seed writes it to
+    /etc/gpuaas/slot.json): the approved GPU model, the link its node's discovery saw (the
+    maximum speed and width, what the slot was approved for: an idle GPU may run its link
+    slower), and whether the slot has its NVMe and fabric VF. None when the discovery shows no
+    link for the GPU; the guest then reports that it has no approved facts to check against."""
+    for gpu in (discovery or {}).get('gpus') or []:
+        if isinstance(gpu, dict) and gpu.get('address') == slot.gpu_address:
+            link = gpu.get('link') if isinstance(gpu.get('link'), dict) else {}
+            speed = link.get('max_speed') or link.get('current_speed')
+            width = link.get('max_width') or link.get('current_width')
+            if isinstance(speed, str) and isinstance(width, int) and not isinstance(width, bool):
+                return {'gpu_model': slot.gpu_model, 'link_speed': speed, 'link_width': width,
+                        'nvme': slot.nvme_address is not None, 'fabric_vf': slot.fabric_vf_pci_address is not None}
+    return None
+
+
 def check_acceptance(result):
     """The agent's acceptance result, or BadSummary naming the field."""
     if not isinstance(result, dict):

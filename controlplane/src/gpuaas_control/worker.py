@@ -46,6 +46,7 @@ from gpuaas_control.models import (
     PROVISIONING,
     REQUESTED,
     Allocation,
+    Node,
     OutboxJob,
     Slot,
     utcnow,
@@ -208,6 +209,10 @@ class Worker:
         }
         if allocation.hostname:
             spec['hostname'] = allocation.hostname
+        node = session.get(Node, allocation.node_id)
+        facts = telemetry.approved_facts(slot, node.discovery if node is not None else None)
+        if facts is not None:
+            spec['approved_facts'] = facts
         return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=token,
                      allocation_id=allocation.id, tenant=allocation.tenant_id,
                      node_id=allocation.node_id, slot_id=allocation.slot_id, slot_mac=slot.mac,

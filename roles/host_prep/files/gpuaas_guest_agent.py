@@ -470,6 +470,8 @@ def acceptance(args, smi_xml=None):
         smi = parse_nvidia_smi_xml(smi_xml) if smi_xml else None
     except ValueError:
         smi = None
+    # Measured first: a GPU that lowers its link speed when idle runs it at full speed under load,
+    # which is when the link is read.
     measured = measure_cuda() if smi and smi['gpus'] else None
     try:
         result = check_slot(read_pci(args.sysfs), approved, smi, measured, baselines, args.tolerance)
