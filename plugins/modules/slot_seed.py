@@ -98,7 +98,7 @@ options:
   guest_agent:
     description:
       - The guest agent on the node (host_prep installs it as C({gpuaas_lib_dir}/guest/gpuaas_guest_agent.py)). When
-        set, the seed delivers it for images that do not have it installed: C(/usr/local/lib/gpuaas/gpuaas_guest_agent.py)
+        set, the seed delivers it for images that do not have it installed, as C(/usr/local/lib/gpuaas/gpuaas_guest_agent.py)
         (base64 in C(write_files)), a systemd unit C(gpuaas-guest-agent.service), and C(runcmd) entries (argv lists,
         after the tenant's) that enable and start it. The diff shows the agent's size and SHA-256, not its text.
     type: path

@@ -18,8 +18,8 @@ description:
     slot acceptance result). This module reads them for the allocations named, so the control
     plane collects them through a playbook (C(gpuaas.slice.telemetry)) instead of reaching into the
     node's files.
-  - Read-only; it never changes anything. An allocation whose guest has posted nothing yet is
-    V({"missing": true}); a summary that cannot be used is V({"error": "..."}) naming the file, so a
+  - Read-only; it never changes anything. An allocation whose guest has posted nothing yet gets a
+    mapping with C(missing) true; a summary that cannot be used one with C(error) naming the file, so a
     damaged file is never mistaken for a missing one.
 author:
   - gpuaas.slice contributors (@gpuaas)
@@ -55,7 +55,7 @@ EXAMPLES = r'''
 
 RETURN = r'''
 telemetry:
-  description: Per allocation id, the sink's summary, V({"missing": true}) or V({"error": ...}).
+  description: Per allocation id, the sink's summary, or a mapping with C(missing) true, or one with C(error).
   returned: always
   type: dict
   sample:
