@@ -351,9 +351,9 @@ def _bars(sizes, want):
     if sizes is None:
         return _check('bars_mapped', False, "the GPU's resource file is unreadable")
     if want:
-        wrong = ['BAR %s is %s, approved %s' % (index, _size(sizes[int(index)]) if sizes[int(index)] else 'not mapped',
-                                                 _size(int(size)))
-                 for index, size in sorted(want.items()) if sizes[int(index)] != int(size)]
+        wrong = ['BAR %s is %s, approved %s' % (
+            index, _size(sizes[int(index)]) if sizes[int(index)] else 'not mapped', _size(int(size)))
+            for index, size in sorted(want.items()) if sizes[int(index)] != int(size)]
         return _check('bars_mapped', not wrong, '; '.join(wrong) or 'BARs %s mapped as approved' % ', '.join(
             str(index) for index in sorted(want)))
     mapped = [index for index, size in enumerate(sizes) if size]
@@ -414,7 +414,7 @@ def measure_cuda(size_mib=1024, reps=10):
     def timed(action):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(reps):
+        for _rep in range(reps):
             action()
         torch.cuda.synchronize()
         return (time.perf_counter() - start) / reps
@@ -512,8 +512,8 @@ def main(argv=None):
         if not os.path.exists(marker):
             result = acceptance(args)
             status, message = post(env, result)
-            log('acceptance %s (%s): sink answered %s %s' % (result['status'], ', '.join(result['failed']) or 'all checks',
-                                                            status, message))
+            log('acceptance %s (%s): sink answered %s %s' % (
+                result['status'], ', '.join(result['failed']) or 'all checks', status, message))
             if status == 200:
                 os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
                 with open(marker, 'w', encoding='ascii') as handle:

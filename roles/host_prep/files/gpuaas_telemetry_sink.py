@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import math
 import os
 import re
 import sys
@@ -110,7 +111,7 @@ class BadSample(ValueError):
 
 def _finite(text):
     value = float(text)
-    if value != value or value in (float('inf'), float('-inf')):
+    if not math.isfinite(value):
         raise BadSample(400, 'the body holds a non-finite number (%s): numbers must be finite' % text[:32])
     return value
 

@@ -34,7 +34,7 @@ def recorded_attrs():
     """gpu-attrs.txt as {name: value} (the readable text attributes only)."""
     attrs = {}
     for line in fixture('gpu-attrs.txt').splitlines():
-        name, _, value = line.partition(': ')
+        name, _sep, value = line.partition(': ')
         if value.endswith('|') and not value.startswith(('<binary', 'cat:')) and name != 'resource':
             attrs[name] = value[:-1].replace('|', '\n')
     return attrs
