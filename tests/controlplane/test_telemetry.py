@@ -30,7 +30,8 @@ HEALTH = {'kind': 'health', 'health': {'uptime_s': 61.2, 'load': [0.1, 0.2, 0.3]
           'gpu': {'available': False, 'reason': 'nvidia-smi is not installed'}}
 
 
-def summary(allocation_id, acceptance=PASSED, samples=2, **change):
+def summary(allocation_id, acceptance='passed', samples=2, **change):
+    acceptance = PASSED if acceptance == 'passed' else acceptance
     value = {'allocation_id': allocation_id, 'slot_id': 'n1-s0', 'samples': samples, 'first_at': T0,
              'last_at': T0 + 60, 'health': {'received_at': T0 + 60, 'sample': HEALTH},
              'acceptance': {'received_at': T0, 'result': acceptance} if acceptance else None}
