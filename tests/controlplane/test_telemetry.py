@@ -195,5 +195,7 @@ def test_the_approved_facts_come_from_the_slot_and_its_discovery_and_the_seed_an
                          'fabric_vf': slot.fabric_vf_pci_address is not None}
         assert telemetry.approved_facts(slot, {'gpus': [dict(gpu, link={})]}) is None
         assert telemetry.approved_facts(slot, None) is None
+        for link in ({'max_speed': 'Unknown', 'max_width': 16}, {'max_speed': '32.0 GT/s PCIe', 'max_width': 0}):
+            assert telemetry.approved_facts(slot, {'gpus': [dict(gpu, link=link)]}) is None
     assert _seed.check_approved(facts) == dict(facts, bars={})
     assert load_agent().check_approved(facts) == facts

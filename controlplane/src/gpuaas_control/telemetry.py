@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -49,6 +50,7 @@ MAX_CHECKS = 64
 MAX_SAMPLES = 10 ** 12
 # Times the node reports: seconds since the epoch, 2000-01-01 to 2100-01-01.
 EARLIEST, LATEST = 946684800, 4102444800
+LINK_SPEED = re.compile(r'[0-9]{1,3}(\.[0-9]{1,2})? GT/s( PCIe)?')
 
 
 class BadSummary(ValueError):
@@ -87,7 +89,9 @@ def approved_facts(slot, discovery) -> dict | None:
             link = gpu.get('link') if isinstance(gpu.get('link'), dict) else {}
             speed = link.get('max_speed') or link.get('current_speed')
             width = link.get('max_width') or link.get('current_width')
-            if isinstance(speed, str) and isinstance(width, int) and not isinstance(width, bool):
+            # Only what slot_seed takes (its LINK_SPEED): an odd value must not fail the allocation.
+            if isinstance(speed, str) and LINK_SPEED.fullmatch(speed) and isinstance(width, int) \
+                    and not isinstance(width, bool) and 1 <= width <= 32:
                 return {'gpu_model': slot.gpu_model, 'link_speed': speed, 'link_width': width,
                         'nvme': slot.nvme_address is not None, 'fabric_vf': slot.fabric_vf_pci_address is not None}
     return None

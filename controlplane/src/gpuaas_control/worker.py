@@ -131,8 +131,9 @@ class Worker:
         while not self.stopping.wait(self.settings.telemetry_interval):
             try:
                 telemetry.collect(self.db, self.settings, self.actor)
-            except SQLAlchemyError:
-                log.exception('database error while recording telemetry; trying again next interval')
+            except (SQLAlchemyError, OSError):
+                log.exception('telemetry not collected (the database, or the runs directory); '
+                              'trying again next interval')
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""
