@@ -5,8 +5,10 @@
 
 The seed holds three files. meta-data: instance-id (the allocation id) and
 local-hostname. user-data: ``#cloud-config`` with the login user and the tenant's SSH keys, and a file
-carrying the telemetry sink and token. network-config: version 2, DHCP on the NIC
-matched by the slot's MAC. Every file is JSON, which is YAML too: tenant strings are
+carrying the telemetry sink and token; optionally the slot's approved facts
+(/etc/gpuaas/slot.json, what the guest agent's acceptance check compares the slot with)
+and the guest agent itself with a systemd unit that runs it (for images that do not
+have it). network-config: version 2, DHCP on the NIC matched by the slot's MAC. Every file is JSON, which is YAML too: tenant strings are
 validated first and then written as JSON strings, so no value can become YAML syntax,
 a tag or a shell command. The ISO records the SHA-256 of its content in its
 application id, so an unchanged seed is recognised without a side file.
@@ -16,9 +18,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -32,12 +36,14 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ALLOCATION_ID,
     DEFAULT_LOGIN_USER,
+    GPU_MODEL,
     GUEST_PATH,
     HOSTNAME,
     LOGIN_USER,
     TELEMETRY_TOKEN,
     ContractError,
     Slot,
+    check_int,
     check_sink_url,
     check_ssh_keys,
 )
@@ -48,6 +54,27 @@ SEED_FILES = ('meta-data', 'network-config', 'user-data')
 DEFAULT_SINK = 'http://10.100.0.1:9110/metrics'
 DEFAULT_TELEMETRY_FILE = '/etc/gpuaas/telemetry.env'
 REDACTED = '********'
+# The guest agent (roles/host_prep/files/gpuaas_guest_agent.py; host_prep installs it on the
+# node) and what the seed makes of it in the guest.
+SLOT_FILE = '/etc/gpuaas/slot.json'
+AGENT_PATH = '/usr/local/lib/gpuaas/gpuaas_guest_agent.py'
+AGENT_UNIT_PATH = '/etc/systemd/system/gpuaas-guest-agent.service'
+AGENT_UNIT = """[Unit]
+Description=gpuaas guest agent (health, GPU metrics, slot acceptance)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/python3 %s
+Restart=always
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+""" % AGENT_PATH
+AGENT_RUNCMD = [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', 'gpuaas-guest-agent.service']]
+MAX_AGENT = 128 * 1024
+LINK_SPEED = re.compile(r'[0-9]{1,3}(\.[0-9]{1,2})? GT/s( PCIe)?')
 
 MAX_USER_DATA = 256 * 1024
 # cloud-config keys the module sets itself; a tenant's user_data may not override them.
@@ -66,6 +93,8 @@ ARGUMENT_SPEC = dict(
     telemetry_file=dict(type='str', default=DEFAULT_TELEMETRY_FILE),
     user_data=dict(type='dict', default={}),
     login_user=dict(type='str', default=DEFAULT_LOGIN_USER),
+    approved=dict(type='dict'),
+    guest_agent=dict(type='path'),
     seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
 )
 RULES = dict(required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
@@ -82,7 +111,49 @@ def check_token(value):
     return value
 
 
-def _check_user_data(user_data, telemetry_file):
+def check_approved(approved):
+    """The slot's approved facts for the guest's acceptance check, or SeedError naming the field."""
+    if approved is None:
+        return None
+    known = ('gpu_model', 'link_speed', 'link_width', 'bars', 'nvme', 'fabric_vf')
+    unknown = sorted(set(approved) - set(known))
+    if unknown:
+        raise SeedError('approved has unknown keys %s (known: %s)' % (', '.join(unknown), ', '.join(known)))
+    GPU_MODEL.check(approved.get('gpu_model'), 'approved.gpu_model')
+    speed = approved.get('link_speed')
+    if not isinstance(speed, str) or not LINK_SPEED.fullmatch(speed):
+        raise SeedError("approved.link_speed %s is not like '32.0 GT/s PCIe'" % json.dumps(speed)[:80])
+    check_int(approved.get('link_width'), 'approved.link_width', 1, 32)
+    bars = approved.get('bars') or {}
+    if not isinstance(bars, dict):
+        raise SeedError('approved.bars must map BAR indexes (0-5) to sizes in bytes')
+    for index, size in bars.items():
+        if str(index) not in ('0', '1', '2', '3', '4', '5'):
+            raise SeedError('approved.bars has BAR %s: BARs are 0 to 5' % json.dumps(index)[:20])
+        check_int(size, 'approved.bars[%s]' % index, 1, 2 ** 52)
+    for key in ('nvme', 'fabric_vf'):
+        value = approved.get(key, False)
+        if not isinstance(value, bool) and not GPU_MODEL.matches(value):
+            raise SeedError("approved.%s must be true, false or a PCI id 'vendor:device', not %s"
+                            % (key, json.dumps(value)[:80]))
+    return dict(approved, bars=dict((str(k), v) for k, v in bars.items()))
+
+
+def read_agent(path):
+    """The guest agent's source (bytes) from the node, or SeedError saying how to get it."""
+    try:
+        with open(path, 'rb') as handle:
+            data = handle.read(MAX_AGENT + 1)
+    except (IOError, OSError) as exc:
+        raise SeedError('guest_agent %s cannot be read (%s): host_prep installs it' % (path, exc.strerror or exc))
+    if len(data) > MAX_AGENT:
+        raise SeedError('guest_agent %s is larger than %d bytes' % (path, MAX_AGENT))
+    if not data.startswith(b'#!') or b'\0' in data:
+        raise SeedError('guest_agent %s is not a script' % path)
+    return data
+
+
+def _check_user_data(user_data, telemetry_file, protected=()):
     if user_data is None:
         return {}
     if not isinstance(user_data, dict):
@@ -99,6 +170,8 @@ def _check_user_data(user_data, telemetry_file):
         if isinstance(path, str) and os.path.normpath('/' + path.lstrip('/')) == os.path.normpath(telemetry_file):
             raise SeedError('user_data.write_files may not write %s: it holds the telemetry '
                             'token' % telemetry_file)
+        if isinstance(path, str) and os.path.normpath('/' + path.lstrip('/')) in protected:
+            raise SeedError('user_data.write_files may not write %s: the seed writes it' % path)
     try:
         json.dumps(user_data, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -111,8 +184,12 @@ def _dump(value):
 
 
 def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
-                 telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None, login_user=DEFAULT_LOGIN_USER):
-    """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac)."""
+                 telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None, login_user=DEFAULT_LOGIN_USER,
+                 approved=None, agent=None):
+    """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac).
+
+    ``approved`` (the slot's approved facts) becomes SLOT_FILE; ``agent`` (the guest agent's
+    source, bytes) is written to AGENT_PATH with a systemd unit that runs it."""
     mac = Slot.parse(slot_id).mac
     ALLOCATION_ID.check(allocation_id, 'allocation_id')
     hostname = HOSTNAME.check(hostname, 'hostname')
@@ -120,13 +197,24 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
     check_token(token)
     check_sink_url(sink, 'telemetry_sink')
     GUEST_PATH.check(telemetry_file, 'telemetry_file')
-    extra = _check_user_data(user_data, telemetry_file)
     login_user = LOGIN_USER.check(login_user, 'login_user')
+    approved = check_approved(approved)
+    protected = tuple(path for path, wanted in ((SLOT_FILE, approved is not None), (AGENT_PATH, agent is not None),
+                                                (AGENT_UNIT_PATH, agent is not None)) if wanted)
+    extra = _check_user_data(user_data, telemetry_file, protected)
+    ours = []
+    if approved is not None:
+        ours.append({'path': SLOT_FILE, 'owner': 'root:root', 'permissions': '0644',
+                     'content': json.dumps(approved, sort_keys=True) + '\n'})
+    if agent is not None:
+        ours.append({'path': AGENT_PATH, 'owner': 'root:root', 'permissions': '0755', 'encoding': 'b64',
+                     'content': base64.b64encode(agent).decode('ascii')})
+        ours.append({'path': AGENT_UNIT_PATH, 'owner': 'root:root', 'permissions': '0644', 'content': AGENT_UNIT})
 
     meta = {'instance-id': allocation_id, 'local-hostname': hostname}
     network = {'version': 2, 'ethernets': {'slot0': {'match': {'macaddress': mac}, 'dhcp4': True}}}
 
-    def cloud_config(secret):
+    def cloud_config(secret, shown=False):
         # One KEY=value per line; every value is validated to a charset that needs no
         # quoting, so the guest can source the file.
         env = 'GPUAAS_TELEMETRY_SINK=%s\nGPUAAS_TELEMETRY_TOKEN=%s\nGPUAAS_ALLOCATION_ID=%s\n' % (
@@ -140,9 +228,18 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
                        'shell': '/bin/bash', 'sudo': 'ALL=(ALL) NOPASSWD:ALL'}],
             'write_files': list(extra.get('write_files', [])) + [{
                 'path': telemetry_file, 'owner': 'root:root', 'permissions': '0600',
-                'content': env}],
+                'content': env}] + [_shown(item) if shown else item for item in ours],
         })
+        if agent is not None:
+            runcmd = extra.get('runcmd', [])
+            config['runcmd'] = (list(runcmd) if isinstance(runcmd, list) else [runcmd]) + AGENT_RUNCMD
         return config
+
+    def _shown(item):
+        if item['path'] != AGENT_PATH:
+            return item
+        return dict(item, content='<%s: %d bytes, sha256 %s>' % (
+            os.path.basename(AGENT_PATH), len(agent), hashlib.sha256(agent).hexdigest()))
 
     user = '#cloud-config\n' + _dump(cloud_config(token))
     if len(user) > MAX_USER_DATA:
@@ -150,7 +247,7 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
     files = {'meta-data': _dump(meta).encode('ascii'),
              'network-config': _dump(network).encode('ascii'),
              'user-data': user.encode('ascii')}
-    shown = {'meta-data': meta, 'network-config': network, 'user-data': cloud_config(REDACTED)}
+    shown = {'meta-data': meta, 'network-config': network, 'user-data': cloud_config(REDACTED, shown=True)}
     return files, shown, mac
 
 
@@ -239,7 +336,8 @@ class Seed:
         else:
             files, shown, mac = seed_content(
                 p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_keys'],
-                p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'], p['login_user'])
+                p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'], p['login_user'],
+                p['approved'], read_agent(p['guest_agent']) if p['guest_agent'] else None)
             want_hash = content_hash(files)
             after = {'path': path, 'content_hash': want_hash, 'files': shown}
             result.update(content_hash=want_hash, mac=mac, files=shown)

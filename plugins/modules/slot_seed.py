@@ -94,6 +94,21 @@ options:
       - 1-32 lower-case letters, digits, C(_) and C(-), starting with a letter or C(_).
     type: str
     default: gpuaas
+  approved:
+    description:
+      - The slot's approved facts, written to C(/etc/gpuaas/slot.json) in the guest for the guest agent's
+        first-boot acceptance check. Keys C(gpu_model) (C(vendor:device)), C(link_speed) (C(32.0 GT/s PCIe)),
+        C(link_width) (1-32), optional C(bars) (BAR index 0-5 to its size in bytes), C(nvme) and C(fabric_vf)
+        (V(true), V(false) or a C(vendor:device) id). Unknown keys are refused.
+      - When set, O(user_data) may not write that file.
+    type: dict
+  guest_agent:
+    description:
+      - The guest agent on the node (host_prep installs it as C({gpuaas_lib_dir}/guest/gpuaas_guest_agent.py)). When
+        set, the seed delivers it for images that do not have it installed, as C(/usr/local/lib/gpuaas/gpuaas_guest_agent.py)
+        (base64 in C(write_files)), a systemd unit C(gpuaas-guest-agent.service), and C(runcmd) entries (argv lists,
+        after the tenant's) that enable and start it. The diff shows the agent's size and SHA-256, not its text.
+    type: path
   seed_dir:
     description: The directory of the seed ISOs (created mode 0711 when missing).
     type: path

@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0007 (newest 0007)' in upgraded.stdout
+    assert 'revision 0008 (newest 0008)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
@@ -148,7 +148,7 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert 'slot sample-hgx-s0 reserved; waiting for it to run' in created
     assert '==> provisioning: attempt 1 on cli-worker' in created
     assert '    task: Return the allocation' in created
-    assert '==> running: 10.100.0.10, ssh gpuaas@203.0.113.1 -p 22000' in created
+    assert '==> running: 10.100.0.10, ssh root@10.100.0.10' in created
     shown = dict(line.split(None, 1) for line in created.splitlines() if line[:1].isalpha()
                  and not line.startswith('allocation '))
     assert shown['state'].strip() == 'running' and shown['address'].strip() == '10.100.0.10'

@@ -454,6 +454,32 @@ def follow(client, allocation_id, until, timeout, out=None):
     return client.call('GET', '/v1/allocations/%s' % allocation_id)
 
 
+def _print_telemetry(data):
+    acceptance = data['acceptance']
+    print('allocation %s: %d sample(s), last %s, collected %s' % (
+        data['allocation_id'], data['samples'], data['last_at'] or '-', data['collected_at'] or '-'))
+    print('acceptance: %s%s' % (acceptance['status'], ' at %s' % acceptance['at'] if acceptance['at'] else ''))
+    for check in acceptance['checks']:
+        print('  %-8s %-24s %s' % (check['status'], check['name'], check['reason']))
+    if data['health']:
+        print('health: %s' % json.dumps(data['health'], sort_keys=True))
+    if data.get('error'):
+        print('not recorded: %s' % data['error'])
+
+
+def cmd_telemetry(args):
+    from gpuaas_control import audit, telemetry
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    logging.getLogger('alembic').setLevel(logging.WARNING)
+    settings = _settings(args, project_dir=args.project_dir, inventory=args.inventory, runs_dir=args.runs_dir)
+    if not settings.inventory or not os.path.exists(settings.inventory):
+        raise CliError('the inventory %r does not exist: set GPUAAS_INVENTORY (or --inventory)' % settings.inventory)
+    db = _require_schema(_database(args))
+    report = telemetry.collect(db, settings, audit.Actor('telemetry:%s' % os.getpid(), 'system'), args.node)
+    print(json.dumps(report, sort_keys=True, indent=2))
+    return 1 if any('error' in value for value in report.values()) else 0
+
+
 def cmd_allocation(args):
     client = _client(args)
     if args.action == 'create':
@@ -479,6 +505,9 @@ def cmd_allocation(args):
     elif args.action == 'show':
         data = client.call('GET', '/v1/allocations/%s' % args.allocation)
         emit(args, data, lambda d: fields(d, ALLOCATION_FIELDS))
+    elif args.action == 'telemetry':
+        data = client.call('GET', '/v1/allocations/%s/telemetry' % args.allocation)
+        emit(args, data, _print_telemetry)
     elif args.action == 'release':
         data = client.call('DELETE', '/v1/allocations/%s' % args.allocation)
         if args.wait:
@@ -554,6 +583,14 @@ def parser():
     p.add_argument('--id', help='this worker\'s name in the outbox (default host:pid:random)')
     p.add_argument('--once', action='store_true', help='run what is runnable now, then exit')
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser('telemetry', help="collect the nodes' telemetry sink summaries now (on the database)")
+    p.add_argument('action', choices=['collect'])
+    p.add_argument('--node', help='only this node')
+    p.add_argument('--project-dir', help='the gpuaas.slice checkout (GPUAAS_PROJECT_DIR)')
+    p.add_argument('--inventory', help='inventory whose hosts are the node ids (GPUAAS_INVENTORY)')
+    p.add_argument('--runs-dir', help='where private data dirs go (GPUAAS_RUNS_DIR)')
+    p.set_defaults(func=cmd_telemetry)
 
     p = sub.add_parser('token', help='API tokens (on the database)')
     tsub = p.add_subparsers(dest='action', required=True)
@@ -647,6 +684,8 @@ def parser():
     a.add_argument('--state')
     a.add_argument('--tenant')
     a = asub.add_parser('show')
+    a.add_argument('allocation')
+    a = asub.add_parser('telemetry', help="the guest's last health sample and the slot acceptance result")
     a.add_argument('allocation')
     a = asub.add_parser('release')
     a.add_argument('allocation')

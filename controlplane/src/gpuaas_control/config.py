@@ -6,7 +6,7 @@ command-line overrides. A bad value is refused with the variable's name and the 
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     allocate_playbook: str = 'playbooks/allocate.yml'
     release_playbook: str = 'playbooks/release.yml'
     job_timeout: int = Field(1800, ge=1, le=86400)
+    # Telemetry: the read-only playbook that collects the nodes' sink summaries, how often the
+    # worker runs it (per node with running allocations; 0 never: `gpuaas telemetry collect`
+    # runs it by hand), and what a failed slot acceptance does: report it (an allocation
+    # event and an audit entry) or also quarantine the slot (unapproved until approved again).
+    telemetry_playbook: str = 'playbooks/telemetry.yml'
+    telemetry_interval: float = Field(60.0, ge=0, le=86400, allow_inf_nan=False)
+    telemetry_timeout: int = Field(300, ge=1, le=3600)
+    acceptance_policy: Literal['report', 'quarantine'] = 'report'
     max_attempts: int = Field(3, ge=1, le=100)
     retry_base: Seconds = 5.0
     lease_seconds: Seconds = 60.0

@@ -270,6 +270,32 @@ class Event(Base):
     data: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
 
 
+# Slot acceptance, as the guest agent reported it (absent: not reported yet).
+ACCEPTANCE_PASSED = 'passed'
+ACCEPTANCE_FAILED = 'failed'
+ACCEPTANCE_STATES = (ACCEPTANCE_PASSED, ACCEPTANCE_FAILED)
+
+
+class AllocationTelemetry(Base):
+    """One per allocation: the node's telemetry sink summary as last collected (the guest
+    agent's last health sample and its slot acceptance result)."""
+
+    __tablename__ = 'allocation_telemetry'
+
+    allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), primary_key=True)
+    collected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    samples: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    first_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    health: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    health_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    acceptance_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    acceptance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    acceptance_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the last collection could not use (a damaged summary on the node), for operators.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class UsageRecord(Base):
     """One per allocation: allocated time (reservation to end) and running time (running to
     end), for billing."""

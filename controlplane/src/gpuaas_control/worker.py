@@ -33,7 +33,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, lifecycle, outcomes, service
+from gpuaas_control import audit, lifecycle, outcomes, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -46,6 +46,7 @@ from gpuaas_control.models import (
     PROVISIONING,
     REQUESTED,
     Allocation,
+    Node,
     OutboxJob,
     Slot,
     utcnow,
@@ -107,6 +108,8 @@ class Worker:
     def run_forever(self, concurrency: int = 1):
         threads = [threading.Thread(target=self._loop, name='gpuaas-worker-%d' % i, daemon=True)
                    for i in range(max(1, concurrency))]
+        if self.settings.telemetry_interval:
+            threads.append(threading.Thread(target=self._telemetry_loop, name='gpuaas-telemetry', daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -122,6 +125,15 @@ class Worker:
                 worked = False
             if not worked:
                 self.stopping.wait(self.settings.poll_interval)
+
+    def _telemetry_loop(self):
+        """Collect the running allocations' telemetry every ``telemetry_interval`` seconds."""
+        while not self.stopping.wait(self.settings.telemetry_interval):
+            try:
+                telemetry.collect(self.db, self.settings, self.actor)
+            except (SQLAlchemyError, OSError):
+                log.exception('telemetry not collected (the database, or the runs directory); '
+                              'trying again next interval')
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""
@@ -199,6 +211,10 @@ class Worker:
         }
         if allocation.hostname:
             spec['hostname'] = allocation.hostname
+        node = session.get(Node, allocation.node_id)
+        facts = telemetry.approved_facts(slot, node.discovery if node is not None else None)
+        if facts is not None:
+            spec['approved_facts'] = facts
         return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=token,
                      allocation_id=allocation.id, tenant=allocation.tenant_id,
                      node_id=allocation.node_id, slot_id=allocation.slot_id, slot_mac=slot.mac,

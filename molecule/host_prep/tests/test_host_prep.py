@@ -33,3 +33,4 @@ def test_state_directories(host):
     assert host.file('/var/lib/gpuaas/telemetry/tokens').mode == 0o700
     assert host.file('/var/lib/gpuaas/disks').mode == 0o711
     assert host.file('/usr/local/lib/gpuaas/gpuaas_telemetry_sink.py').exists
+    assert host.file('/usr/local/lib/gpuaas/guest/gpuaas_guest_agent.py').exists

@@ -10,9 +10,18 @@ POST /metrics (or /v1/metrics) with ``Authorization: Bearer <token>`` and a JSON
 at most 64 KiB. A sample is kept only when the token is an allocation's current token
 (gpuaas.slice.telemetry_token writes them) *and* comes from that allocation's slot address:
 a token copied into another slot is refused. The token's SHA-256 is compared, in constant
-time, with the ``token_sha256`` of each token file. Accepted samples are appended, one JSON line
-each, to ``{data_dir}/{allocation_id}.jsonl``. Answers: 200 stored, 400 bad body,
-401 unknown token, 403 token from the wrong address, 404 other paths, 413 too large.
+time, with the ``token_sha256`` of each token file. A sample holds finite numbers only (no
+NaN, no Infinity), at most 4096 values and 16 levels. An acceptance result (``"kind":
+"acceptance"``, the guest agent's) must have a ``status`` of passed or failed and a list of
+``checks``, each with a name, a status and a reason.
+
+Accepted samples are appended, one JSON line each, to ``{data_dir}/{allocation_id}.jsonl``
+(moved to ``.jsonl.1`` when it passes 8 MiB: an allocation's series is bounded), and
+``{data_dir}/{allocation_id}.summary.json`` is rewritten: the sample count, the first and
+last time, the last health sample and the acceptance result. The summaries are what the
+control plane collects (gpuaas.slice.telemetry_read). Answers: 200 stored, 400 bad body
+(not JSON, not an object, a non-finite number, a malformed acceptance result), 401 unknown
+token, 403 token from the wrong address, 404 other paths, 413 too large or too many values.
 GET /healthz answers 200. Standard library only: it runs with the host's python3.
 """
 
@@ -21,6 +30,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import math
 import os
 import re
 import sys
@@ -28,6 +38,13 @@ import threading
 import time
 
 MAX_BODY = 64 * 1024
+MAX_VALUES = 4096
+MAX_DEPTH = 16
+MAX_CHECKS = 64
+# An allocation's series file is moved aside (one older file kept) past this size.
+MAX_SERIES = 8 * 1024 * 1024
+ACCEPTANCE_STATES = ('passed', 'failed')
+CHECK_STATES = ('passed', 'failed', 'skipped')
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$')
 DIGEST_RE = re.compile(r'^[0-9a-f]{64}$')
 # A directory's mtime moves in clock ticks: two changes within one tick leave it equal. A
@@ -84,6 +101,113 @@ class Tokens:
             return found
 
 
+class BadSample(ValueError):
+    """A sample the sink refuses; ``status`` is the HTTP answer."""
+
+    def __init__(self, status, message):
+        ValueError.__init__(self, message)
+        self.status = status
+
+
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadSample(400, 'the body holds a non-finite number (%s): numbers must be finite' % text[:32])
+    return value
+
+
+def _constant(name):
+    raise BadSample(400, 'the body holds a non-finite number (%s): numbers must be finite' % name)
+
+
+def parse_sample(raw):
+    """The body as a dict, or BadSample saying why not (never stores anything)."""
+    try:
+        body = json.loads(raw.decode('utf-8'), parse_float=_finite, parse_constant=_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, BadSample):
+            raise
+        raise BadSample(400, 'the body is not JSON')
+    except RecursionError:
+        raise BadSample(413, 'the body nests deeper than %d levels' % MAX_DEPTH)
+    if not isinstance(body, dict):
+        raise BadSample(400, 'the body must be a JSON object')
+    count, stack = 0, [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadSample(413, 'the body nests deeper than %d levels' % MAX_DEPTH)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            count += 1
+            if count > MAX_VALUES:
+                raise BadSample(413, 'a sample holds at most %d values' % MAX_VALUES)
+            stack.append((child, depth + 1))
+    if body.get('kind') == 'acceptance':
+        check_acceptance(body)
+    return body
+
+
+def check_acceptance(body):
+    status, checks = body.get('status'), body.get('checks')
+    if status not in ACCEPTANCE_STATES:
+        raise BadSample(400, 'acceptance status %r is not one of %s' % (status, ', '.join(ACCEPTANCE_STATES)))
+    if not isinstance(checks, list) or not 1 <= len(checks) <= MAX_CHECKS:
+        raise BadSample(400, 'acceptance checks must be a list of 1 to %d checks' % MAX_CHECKS)
+    for index, check in enumerate(checks):
+        if not (isinstance(check, dict) and isinstance(check.get('name'), str) and 0 < len(check['name']) <= 64
+                and check.get('status') in CHECK_STATES and isinstance(check.get('reason'), str)
+                and len(check['reason']) <= 1024):
+            raise BadSample(400, 'acceptance checks[%d] is not {name, status (%s), reason}: %s'
+                            % (index, ', '.join(CHECK_STATES), json.dumps(check)[:200]))
+    failed = [check['name'] for check in checks if check['status'] == 'failed']
+    if (status == 'failed') != bool(failed):
+        raise BadSample(400, 'acceptance status %r disagrees with its checks (failed: %s)'
+                        % (status, ', '.join(failed) or 'none'))
+
+
+def _write_atomic(path, data):
+    tmp = '%s.tmp%d' % (path, threading.get_ident())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def store(data_dir, record, body, now):
+    """Append the sample to the allocation's series and update its summary (under the lock)."""
+    allocation = record['allocation_id']
+    path = os.path.join(data_dir, '%s.jsonl' % allocation)
+    line = json.dumps({'received_at': now, 'allocation_id': allocation,
+                       'slot_id': record.get('slot_id'), 'body': body}, sort_keys=True) + '\n'
+    try:
+        if os.stat(path).st_size + len(line) > MAX_SERIES:
+            os.replace(path, path + '.1')
+    except OSError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    summary_path = os.path.join(data_dir, '%s.summary.json' % allocation)
+    try:
+        with open(summary_path) as handle:
+            summary = json.load(handle)
+    except (OSError, ValueError):
+        summary = {'allocation_id': allocation, 'slot_id': record.get('slot_id'), 'samples': 0,
+                   'first_at': now, 'last_at': None, 'health': None, 'acceptance': None}
+    summary['samples'] = summary.get('samples', 0) + 1
+    summary['last_at'] = now
+    if body.get('kind') == 'acceptance':
+        summary['acceptance'] = {'received_at': now, 'result': body}
+    elif body.get('kind') == 'health':
+        summary['health'] = {'received_at': now, 'sample': body}
+    _write_atomic(summary_path, (json.dumps(summary, sort_keys=True) + '\n').encode())
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = 'gpuaas-telemetry-sink'
     sys_version = ''
@@ -130,20 +254,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if client != record.get('ip'):
             return self.reply(403, 'this token belongs to another slot')
         try:
-            body = json.loads(raw.decode('utf-8'))
-        except (UnicodeDecodeError, ValueError):
-            return self.reply(400, 'the body is not JSON')
-        if not isinstance(body, dict):
-            return self.reply(400, 'the body must be a JSON object')
-        line = json.dumps({'received_at': time.time(), 'allocation_id': record['allocation_id'],
-                           'slot_id': record.get('slot_id'), 'body': body}, sort_keys=True) + '\n'
-        path = os.path.join(self.server.data_dir, '%s.jsonl' % record['allocation_id'])
+            body = parse_sample(raw)
+        except BadSample as exc:
+            return self.reply(exc.status, str(exc))
         with self.server.write_lock:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+            store(self.server.data_dir, record, body, time.time())
         return self.reply(200, 'stored')
 
     def log_message(self, fmt, *args):

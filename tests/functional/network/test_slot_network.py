@@ -133,7 +133,9 @@ def test_slots_get_their_fixed_address_and_reach_gateway_and_sink(net):
         assert ns.dhcp() == (Slot(NODE, index).ip, 'slot-%d' % index, env.GATEWAY), 'slot %d: wrong or no lease' % index
         assert ns.ping(env.GATEWAY)
         assert ns.post(net['tokens_by_slot'][index]) == 200
-    assert sorted(os.listdir(net['data'])) == ['alloc-0.jsonl', 'alloc-1.jsonl', 'alloc-2.jsonl']
+    # Each allocation's series and the summary the control plane collects.
+    assert sorted(os.listdir(net['data'])) == ['alloc-%d.%s' % (index, kind) for index in range(3)
+                                               for kind in ('jsonl', 'summary.json')]
 
 
 def test_slots_cannot_reach_each_other(net):

@@ -107,3 +107,71 @@ def test_a_token_revoked_right_after_it_was_read_stops_working(sink):
     os.unlink(sink.tokens / 'n-s0.json')
     os.utime(sink.tokens, ns=(stamp, stamp))   # as if within the same tick
     assert sink('tok-a0-0123456789abcdef') == 401
+
+
+@pytest.mark.parametrize('body, status', [
+    (b'{"value": NaN}', 400),
+    (b'{"value": Infinity}', 400),
+    (b'{"value": -Infinity}', 400),
+    (b'{"value": 1e999}', 400),                         # a float that overflows to infinity
+    (b'{"values": [' + b','.join([b'1'] * 5000) + b']}', 413),   # too many values
+    (b'{"a": ' * 20 + b'1' + b'}' * 20, 413),           # nested too deep
+    (b'[' * 30000 + b']' * 30000, 413),                 # deeper than the parser's recursion
+])
+def test_hostile_samples_are_refused(sink, body, status):
+    assert sink('tok-a0-0123456789abcdef', body=body) == status
+    assert not (sink.data / 'a0.jsonl').exists()
+
+
+def test_the_reason_is_in_the_answer(sink):
+    conn = http.client.HTTPConnection('127.0.0.1', sink.port, timeout=5)
+    conn.request('POST', '/metrics', b'{"gpu": {"power_w": NaN}}', {'Authorization': 'Bearer tok-a0-0123456789abcdef'})
+    answer = conn.getresponse()
+    assert answer.status == 400
+    assert json.loads(answer.read())['message'] == \
+        'the body holds a non-finite number (NaN): numbers must be finite'
+
+
+ACCEPTANCE = {'kind': 'acceptance', 'status': 'failed', 'failed': ['link_width'], 'checks': [
+    {'name': 'gpu_visible', 'status': 'passed', 'reason': 'GPU 10de:2330 at 0000:00:06.0'},
+    {'name': 'link_width', 'status': 'failed', 'reason': 'link x8, approved x16'}]}
+
+
+@pytest.mark.parametrize('change', [
+    {'status': 'maybe'},
+    {'checks': []},
+    {'checks': [{'name': 'x', 'status': 'ok', 'reason': ''}]},
+    {'checks': [{'name': 'x', 'status': 'passed'}]},
+    {'status': 'passed'},                                  # disagrees with its failed check
+])
+def test_a_malformed_acceptance_result_is_refused(sink, change):
+    assert sink('tok-a0-0123456789abcdef', body=json.dumps(dict(ACCEPTANCE, **change)).encode()) == 400
+    assert not (sink.data / 'a0.summary.json').exists()
+
+
+def test_the_summary_keeps_the_last_health_sample_and_the_acceptance_result(sink):
+    health = {'kind': 'health', 'health': {'uptime_s': 12.5}, 'gpu': {'available': False, 'reason': 'no GPU visible'}}
+    assert sink('tok-a0-0123456789abcdef', body=json.dumps(ACCEPTANCE).encode()) == 200
+    assert sink('tok-a0-0123456789abcdef', body=json.dumps(health).encode()) == 200
+    assert sink('tok-a0-0123456789abcdef', body=b'{"metric": "probe"}') == 200
+    summary = json.loads((sink.data / 'a0.summary.json').read_text())
+    assert summary['samples'] == 3 and summary['allocation_id'] == 'a0' and summary['slot_id'] == 'n-s0'
+    assert summary['acceptance']['result'] == ACCEPTANCE and summary['health']['sample'] == health
+    assert summary['first_at'] <= summary['acceptance']['received_at'] <= summary['last_at']
+    assert oct(os.stat(sink.data / 'a0.summary.json').st_mode & 0o777) == '0o600'
+
+
+def test_a_series_is_bounded(sink, monkeypatch):
+    sys.path.insert(0, os.path.dirname(SINK))
+    try:
+        import gpuaas_telemetry_sink as module
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(module, 'MAX_SERIES', 1000)
+    record = {'allocation_id': 'a9', 'slot_id': 'n-s9'}
+    for n in range(20):
+        module.store(str(sink.data), record, {'n': n, 'pad': 'x' * 100}, 1000.0 + n)
+    current, older = (sink.data / 'a9.jsonl'), (sink.data / 'a9.jsonl.1')
+    assert current.stat().st_size <= 1000 and older.stat().st_size <= 1000
+    assert json.loads(current.read_text().splitlines()[-1])['body']['n'] == 19
+    assert json.loads((sink.data / 'a9.summary.json').read_text())['samples'] == 20

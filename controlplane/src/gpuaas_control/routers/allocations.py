@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from gpuaas_control import service
+from gpuaas_control import service, telemetry
 from gpuaas_control.deps import DB, Actor, AppSettings, ReadSession
 from gpuaas_control.models import ALLOCATION_STATES, TERMINAL_STATES
 from gpuaas_control.schemas.bodies import AllocationCreate
 from gpuaas_control.schemas.params import After, IdempotencyKey, Key, LastEventId, Offset, TenantFilter
-from gpuaas_control.schemas.views import AllocationList, AllocationView, EventView
+from gpuaas_control.schemas.views import AllocationList, AllocationView, EventView, TelemetryView
 
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -53,6 +53,13 @@ def list_allocations(who: Actor, session: ReadSession,
 @router.get('/{allocation_id}', response_model=AllocationView)
 def get_allocation(allocation_id: Key, who: Actor, session: ReadSession):
     return AllocationView.of(service.get_allocation(session, who, allocation_id), who)
+
+
+@router.get('/{allocation_id}/telemetry', response_model=TelemetryView)
+def allocation_telemetry(allocation_id: Key, who: Actor, session: ReadSession):
+    """The guest agent's last health sample and the slot acceptance result, as last collected
+    from the node's telemetry sink (its own tenant and operators)."""
+    return TelemetryView.of(*telemetry.get(session, who, allocation_id), who)
 
 
 @router.delete('/{allocation_id}', status_code=202, response_model=AllocationView)

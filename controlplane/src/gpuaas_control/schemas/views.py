@@ -122,5 +122,45 @@ class EventView(View):
         return view
 
 
+class AcceptanceView(View):
+    status: str = Field(description="'passed', 'failed', or 'pending' (no result collected yet).")
+    at: Time | None = Field(None, description='When the guest agent posted it.')
+    failed: list[str] = Field(default_factory=list, description='The names of the failed checks.')
+    checks: list[dict[str, Any]] = Field(default_factory=list, description='Every check: name, '
+                                         "status ('passed', 'failed' or 'skipped') and reason.")
+    measured: dict[str, Any] | None = Field(None, description='The CUDA figures, or why there are none.')
+
+
+class TelemetryView(Restricted):
+    allocation_id: str
+    collected_at: Time | None = Field(None, description='When the control plane last read the node.')
+    samples: int = Field(0, description='Samples the sink has stored for the allocation.')
+    first_at: Time | None = None
+    last_at: Time | None = None
+    health: dict[str, Any] | None = Field(None, description="The guest agent's last health sample "
+                                          '(uptime, load, memory, disk, GPU metrics).')
+    health_at: Time | None = None
+    acceptance: AcceptanceView
+    error: str | None = Field(None, description='Why the last collection was not recorded (operators only).')
+
+    @classmethod
+    def of(cls, allocation, row, actor: Actor) -> TelemetryView:
+        operator = actor.role == ROLE_OPERATOR
+        acceptance = {'status': 'pending'}
+        values = {'allocation_id': allocation.id}
+        if row is not None:
+            values.update({key: getattr(row, key) for key in (
+                'collected_at', 'samples', 'first_at', 'last_at', 'health', 'health_at')})
+            values['error'] = row.error if operator else None
+            if row.acceptance is not None:
+                checks = row.acceptance['checks']
+                acceptance = {'status': row.acceptance_status, 'at': row.acceptance_at, 'checks': checks,
+                              'failed': [c['name'] for c in checks if c['status'] == 'failed'],
+                              'measured': row.acceptance.get('measured')}
+        view = cls.model_validate(dict(values, acceptance=acceptance))
+        view._hidden = frozenset() if operator else frozenset({'error'})
+        return view
+
+
 class Health(View):
     ok: bool = Field(description='The service answers and reaches its database.')

@@ -215,3 +215,49 @@ def test_the_login_user_is_the_one_given(tmp_path, capsys):
     result = run_module(slot_seed, args(tmp_path, login_user='tenant_1'), capsys=capsys)
     assert result['changed'], result
     assert [u['name'] for u in yaml.safe_load(iso_file(result['path'], 'user-data').decode())['users']] == ['tenant_1']
+
+
+AGENT = os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', 'roles', 'host_prep', 'files',
+                     'gpuaas_guest_agent.py')
+APPROVED = {'gpu_model': '10de:2330', 'link_speed': '32.0 GT/s PCIe', 'link_width': 16,
+            'bars': {'0': 16777216, '2': 137438953472}, 'nvme': True, 'fabric_vf': '15b3:101e'}
+
+
+def test_the_approved_facts_and_the_guest_agent_travel_in_the_user_data(tmp_path, capsys):
+    result = run_module(slot_seed, args(tmp_path, approved=APPROVED, guest_agent=AGENT,
+                                        user_data={'runcmd': [['touch', '/tmp/tenant']]}), diff=True, capsys=capsys)
+    assert result['changed'], result
+    user = yaml.safe_load(iso_file(result['path'], 'user-data'))
+    files = {item['path']: item for item in user['write_files']}
+    assert json.loads(files[_seed.SLOT_FILE]['content']) == APPROVED
+    agent = files[_seed.AGENT_PATH]
+    assert (agent['permissions'], agent['encoding']) == ('0755', 'b64')
+    with open(AGENT, 'rb') as handle:
+        assert base64.b64decode(agent['content']) == handle.read()
+    assert 'ExecStart=/usr/bin/python3 %s' % _seed.AGENT_PATH in files[_seed.AGENT_UNIT_PATH]['content']
+    # The tenant's commands first, then the agent's unit is enabled: argv lists, no shell.
+    assert user['runcmd'] == [['touch', '/tmp/tenant'], ['systemctl', 'daemon-reload'],
+                              ['systemctl', 'enable', '--now', 'gpuaas-guest-agent.service']]
+    shown = {item['path']: item for item in result['files']['user-data']['write_files']}
+    assert shown[_seed.AGENT_PATH]['content'].startswith('<gpuaas_guest_agent.py: ')
+    assert TOKEN not in json.dumps(result)
+    again = run_module(slot_seed, args(tmp_path, approved=APPROVED, guest_agent=AGENT,
+                                       user_data={'runcmd': [['touch', '/tmp/tenant']]}), capsys=capsys)
+    assert not again['changed']
+
+
+@pytest.mark.parametrize('extra, message', [
+    ({'approved': dict(APPROVED, colour='red')}, 'approved has unknown keys colour'),
+    ({'approved': dict(APPROVED, gpu_model='NVIDIA')}, "approved.gpu_model 'NVIDIA' is not a valid GPU model"),
+    ({'approved': dict(APPROVED, link_speed='fast')}, "approved.link_speed \"fast\" is not like '32.0 GT/s PCIe'"),
+    ({'approved': dict(APPROVED, link_width=0)}, 'approved.link_width must be a whole number from 1 to 32, not 0'),
+    ({'approved': dict(APPROVED, bars={'7': 1})}, 'approved.bars has BAR "7": BARs are 0 to 5'),
+    ({'approved': dict(APPROVED, nvme='yes')}, "approved.nvme must be true, false or a PCI id 'vendor:device', not \"yes\""),
+    ({'approved': APPROVED, 'user_data': {'write_files': [{'path': '/etc/gpuaas/slot.json', 'content': '{}'}]}},
+     'user_data.write_files may not write /etc/gpuaas/slot.json: the seed writes it'),
+    ({'guest_agent': '/nonexistent/agent.py'}, 'guest_agent /nonexistent/agent.py cannot be read'),
+])
+def test_bad_approved_facts_or_agent_are_refused(tmp_path, capsys, extra, message):
+    result = run_module(slot_seed, args(tmp_path, **extra), capsys=capsys)
+    assert result['failed'] and message in result['msg'], result['msg']
+    assert not (tmp_path / 'seeds').exists()

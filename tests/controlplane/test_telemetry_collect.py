@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The whole telemetry path, every part real: the guest agent posts to the telemetry sink
+(both processes from their files), and the control plane collects the sink's summary through
+ansible-runner running the collection's own playbooks/telemetry.yml (module telemetry_read)
+on the node (here: this machine, ansible_connection=local; the sink's data under tmp_path, so
+nothing touches /var/lib/gpuaas)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from sqlalchemy import select, update
+
+from gpuaas_control import service, telemetry
+from gpuaas_control.config import Settings
+from gpuaas_control.models import Allocation, AuditEntry, Event, Slot
+from gpuaas_control.schemas.views import TelemetryView
+from tests.conftest import REPO
+from tests.controlplane.conftest import approved_map
+from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.functional.telemetry.test_guest_agent_sink import free_port, wait_for_port
+from tests.unit.roles.h100_guest import AGENT_FILE, build_sysfs
+
+pytestmark = [pytest.mark.slow, pytest.mark.backends('sqlite')]
+SINK = REPO + '/roles/host_prep/files/gpuaas_telemetry_sink.py'
+TOKEN = 'collect-token-' + 'q' * 32
+
+
+@pytest.fixture
+def running(db, hgx_discovery_factory):
+    discovery = hgx_discovery_factory('n1')
+    add_node(db, discovery, approved_map(discovery))
+    add_tenant(db, 'acme')
+    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+    db.transact(lambda s: s.execute(update(Allocation).where(Allocation.id == allocation.id).values(state='running')))
+    return allocation
+
+
+def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, running, tmp_path):
+    tokens, data = tmp_path / 'tokens', tmp_path / 'data'
+    tokens.mkdir()
+    (tokens / 'n1-s0.json').write_text(json.dumps({
+        'allocation_id': running.id, 'slot_id': running.slot_id, 'ip': '127.0.0.1',
+        'token_sha256': hashlib.sha256(TOKEN.encode()).hexdigest()}))
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, SINK, '--listen', '127.0.0.1', '--port', str(port),
+                             '--token-dir', str(tokens), '--data-dir', str(data)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        env = tmp_path / 'telemetry.env'
+        env.write_text('GPUAAS_TELEMETRY_SINK=http://127.0.0.1:%d/metrics\nGPUAAS_TELEMETRY_TOKEN=%s\n'
+                       'GPUAAS_ALLOCATION_ID=%s\n' % (port, TOKEN, running.id))
+        (tmp_path / 'slot.json').write_text(json.dumps({'gpu_model': '10de:2330', 'link_speed': '32.0 GT/s PCIe',
+                                                        'link_width': 16, 'nvme': False, 'fabric_vf': False}))
+        # The GPU trained at x8: the slot fails acceptance.
+        sysfs = build_sysfs(tmp_path / 'sys', gpu_attrs={'current_link_width': '8'})
+        agent = subprocess.run([sys.executable, AGENT_FILE, '--env-file', str(env), '--slot-file',
+                                str(tmp_path / 'slot.json'), '--state-dir', str(tmp_path / 'state'),
+                                '--sysfs', str(sysfs), '--once'],
+                               capture_output=True, text=True, timeout=120, env={'PATH': '/usr/bin:/bin'}, check=False)
+        assert agent.returncode == 0, agent.stderr
+    finally:
+        sink.terminate()
+        sink.wait(5)
+
+    inventory = tmp_path / 'inventory.yml'
+    inventory.write_text(yaml.safe_dump({'all': {'hosts': {'n1': {
+        'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+        'gpuaas_telemetry_data_dir': str(data)}}}}))
+    settings = Settings(db_url=db_url, project_dir=REPO, inventory=str(inventory), runs_dir=str(tmp_path / 'runs'),
+                        acceptance_policy='quarantine')
+    assert telemetry.collect(db, settings, OPERATOR) == {
+        'n1': {'recorded': 1, 'missing': 0, 'refused': 0, 'acceptance_failed': 1}}
+
+    with db.read() as session:
+        allocation, row = telemetry.get(session, tenant('acme'), running.id)
+        view = TelemetryView.of(allocation, row, tenant('acme')).model_dump(mode='json')
+        events = [e.message for e in session.execute(select(Event).where(Event.allocation_id == running.id)).scalars()]
+        actions = [a.action for a in session.execute(select(AuditEntry)).scalars()]
+        slot = session.get(Slot, running.slot_id)
+        assert (slot.approved, slot.state_reason.startswith('quarantined: slot acceptance failed')) == (False, True)
+    assert view['samples'] == 2 and view['health']['gpu'] == {'available': False, 'reason': 'nvidia-smi is not installed'}
+    assert view['acceptance']['status'] == 'failed' and view['acceptance']['failed'] == ['link_width']
+    assert {'name': 'link_width', 'status': 'failed', 'reason': 'link x8, approved x16'} in view['acceptance']['checks']
+    assert 'slot acceptance failed: link_width' in events
+    assert actions[-2:] == ['slot.acceptance_failed', 'slot.quarantine']
+    assert not list((tmp_path / 'runs').iterdir())       # the run's private directory is gone
+    # Collected again: nothing new to report.
+    assert telemetry.collect(db, settings, OPERATOR)['n1']['acceptance_failed'] == 0
+
+
+def test_a_node_that_cannot_be_read_is_reported(db, db_url, running, tmp_path):
+    inventory = tmp_path / 'inventory.yml'
+    inventory.write_text(yaml.safe_dump({'all': {'hosts': {'n1': {
+        'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+        'gpuaas_telemetry_data_dir': str(tmp_path / 'a-file')}}}}))
+    (tmp_path / 'a-file').write_text('')
+    settings = Settings(db_url=db_url, project_dir=REPO, inventory=str(inventory), runs_dir=str(tmp_path / 'runs'))
+    report = telemetry.collect(db, settings, OPERATOR)
+    assert 'is not a directory' in report['n1']['error'] and 'Read the sink' in report['n1']['error']
