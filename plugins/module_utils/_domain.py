@@ -46,6 +46,7 @@ FIRMWARES = ('uefi', 'bios')
 # The lab's stand-in for a GPU's large BAR: QEMU's pci-testdev with a 64-bit prefetchable
 # BAR 2 of this many GiB (a power of two), behind a PCIe root port of its own. Labs only.
 STANDIN_BAR_GIB = (1, 1024)
+NVRAM_DIR = '/var/lib/gpuaas/nvram'
 STANDIN_PORT = 'gpuaas-standin-port'
 STANDIN_ARGS = ('-device', 'pcie-root-port,id=%s,bus=pcie.0,addr=0x1e,chassis=200' % STANDIN_PORT,
                 '-device', 'pci-testdev,bus=%s,membar=%%dG,id=gpuaas-standin' % STANDIN_PORT)
@@ -188,11 +189,9 @@ class DomainSpec:
         if firmware not in FIRMWARES:
             raise DomainError('firmware must be one of %s, not %s' % (', '.join(FIRMWARES), show(firmware)))
         self.firmware = firmware
-        self.nvram = _path(nvram, 'nvram')
-        if firmware == 'uefi' and not self.nvram:
-            raise DomainError('firmware uefi needs the path of the domain\'s own NVRAM (nvram)')
-        if firmware == 'bios':
-            self.nvram = None
+        # The domain's own OVMF variable store, in a node directory (never libvirt's shared one).
+        self.nvram = (_path(nvram, 'nvram') or Slot.parse(self.slot_id).file(NVRAM_DIR, '_VARS.fd')) \
+            if firmware == 'uefi' else None
         if phys_bits is not None and (isinstance(phys_bits, bool) or not isinstance(phys_bits, int)
                                       or not MIN_PHYS_BITS <= phys_bits <= MAX_PHYS_BITS):
             raise DomainError('phys_bits must be a whole number from %d to %d, not %s'

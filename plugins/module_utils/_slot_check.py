@@ -140,7 +140,8 @@ class SlotCheck:
         group = self._iommu_group(devices)
         self._host_use(devices)
         share = self._share(record, devices['gpu'])
-        share['bar_mib'] = self._bars(record, devices, share.get('memory_mib'))
+        if not problems:   # (a missing device is reported once, not again for its BARs)
+            share['bar_mib'] = self._bars(record, devices, share.get('memory_mib'))
         if problems:
             raise SlotCheckError(self.slot_id, problems)
         result = slot.layout()

@@ -276,7 +276,9 @@ class SlotVm:
         memory = p['memory_mib']
         if isinstance(memory, bool) or not isinstance(memory, int) or not 64 <= memory <= LIMITS['memory_mib'][1]:
             return None   # DomainSpec refuses it, naming the value
-        bars = check_int(p['bar_mib'], 'bar_mib', 0, MAX_BAR_MIB) + (p['lab_standin_bar_gib'] or 0) * 1024
+        # The devices' BARs count where the devices go to the VM; a lab stand-in's always.
+        bars = check_int(p['bar_mib'], 'bar_mib', 0, MAX_BAR_MIB) if p['passthrough'] else 0
+        bars += (p['lab_standin_bar_gib'] or 0) * 1024
         try:
             problem = address_space_problem(memory, bars, read_phys_bits(PROC_ROOT))
         except ContractError as exc:
@@ -531,6 +533,7 @@ class SlotVm:
             spec = self.spec()
             self.confine()
             fields['tap'] = spec.tap
+            fields.update(firmware=spec.firmware, nvram=spec.nvram, phys_bits=spec.phys_bits)
             fields['hostdevs'] = hostdev_report(spec)
             fields['hostdevs_omitted'] = [] if p['passthrough'] else [
                 {'role': role, 'address': address} for role, address in self.wanted_hostdevs()]
