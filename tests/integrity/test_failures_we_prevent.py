@@ -458,7 +458,7 @@ def test_cubecos_1528_a_domain_that_came_back_without_its_hostdevs_is_repaired_b
                 if domain.name() == name:
                     if domain.isActive():
                         domain.destroy()
-                    domain.undefine()
+                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         conn.close()
 
 
