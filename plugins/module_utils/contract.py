@@ -213,7 +213,6 @@ def memory_share_mib(total_mib, reserved_mib, slots, what):
     return share
 
 
-
 # -- a slot VM's physical address space ----------------------------------------
 
 # The guest's physical address bits: QEMU's default for a TCG CPU is 40, x86 allows 52.
@@ -258,6 +257,7 @@ def address_space_problem(memory_mib, bar_mib, host_bits):
             'bits in the guest (OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and '
             'the 4 GiB below the 32-bit hole go under it), but the host CPU has %d: ask for less memory, or use '
             'a host whose CPU addresses more' % (memory_mib, bar_mib, window_mib(bar_mib), bits, host_bits))
+
 
 # -- SSH keys -----------------------------------------------------------------
 

@@ -95,7 +95,7 @@ def vm(capsys, tmp_path, check_mode=False, **extra):
                 cpulist='0', numa_node=NODE, gpu_address=GPU, bridge=BRIDGE,
                 bridge_type='linux', wait_for_lease=False, stop_timeout=5,
                 console_log_dir=str(tmp_path / 'console'), lease_file=str(tmp_path / 'leases'),
-                nvram_dir=str(tmp_path / 'nvram'), allowed_dirs=[str(tmp_path)])
+                firmware='bios', allowed_dirs=[str(tmp_path)])
     args.update(extra)
     return run_module(slot_vm, args, check_mode=check_mode, diff=True, capsys=capsys)
 

@@ -345,7 +345,8 @@ def test_a_slot_vm_under_ovmf_maps_a_128_gib_bar_behind_its_root_port(slot, netw
             line = next((item for item in text.splitlines() if 'gpuaas-guest: firmware=' in item), None)
             time.sleep(0.2)
         assert line is not None, 'the guest reported no BARs within 120 s:\n' + text[-3000:]
-        print('\nOVMF slot VM with a 128 GiB BAR: start to the BAR report %.1f s' % (time.monotonic() - started))
+        with capsys.disabled():
+            print('\nOVMF slot VM with a 128 GiB BAR: start to the BAR report %.1f s' % (time.monotonic() - started))
         assert 'firmware=uefi phys_bits=40 bar_max_mib=131072' in line, line
         # pci-testdev is 1b36:0005; its BAR 2 sits in the top eighth of the guest's 1 TiB.
         bar = [item for item in text.splitlines() if 'id=0x1b36:0x0005 bar=2' in item]
