@@ -340,7 +340,7 @@ class SlotVm:
                     self.destroy_step(plan)
                     active = False
                 define = True
-        if p['firmware'] == 'uefi' and not os.path.isdir(p['nvram_dir']):
+        if p['firmware'] == 'uefi' and (define or p['state'] == 'running') and not os.path.isdir(p['nvram_dir']):
             # QEMU (as libvirt-qemu) opens the variable store itself: the directory is traversable.
             plan.change('create NVRAM directory', lambda: ensure_dir(p['nvram_dir'], 0o711),
                         verify=lambda: not os.path.isdir(p['nvram_dir']) and 'no directory')

@@ -220,6 +220,10 @@ MIN_PHYS_BITS = 40
 MAX_PHYS_BITS = 52
 # Below 4 GiB a q35 guest keeps its 32-bit PCI hole: RAM beyond it moves above 4 GiB.
 LOW_HOLE_MIB = 4 * 1024
+# The VM's own devices' 64-bit BARs share the window: the virtio NIC's, disk's and SCSI
+# controller's, each behind a PCIe root port whose window is aligned to 1 MiB. (Measured: a
+# 128 GiB BAR and a virtio NIC do not fit a 128 GiB window; OVMF leaves the large BAR out.)
+DEVICE_HEADROOM_MIB = 1024
 
 
 def window_mib(bar_mib):
@@ -236,10 +240,10 @@ def guest_phys_bits(memory_mib, bar_mib):
 
     OVMF puts the 64-bit PCI window in the top eighth of the guest's address space (edk2's
     dynamic MMIO window, Debian 12's 2022.11 included): that eighth must hold the window of
-    the slot's 64-bit BARs (:func:`window_mib`), and the seven eighths below it the RAM
-    plus the 4 GiB under the 32-bit hole. What is left over is the headroom.
+    the slot's 64-bit BARs plus DEVICE_HEADROOM_MIB for the VM's own devices (:func:`window_mib`),
+    and the seven eighths below it the RAM plus the 4 GiB under the 32-bit hole.
     """
-    need = max(window_mib(bar_mib) * 8, (memory_mib + LOW_HOLE_MIB) * 8 // 7 + 1)
+    need = max(window_mib(bar_mib + DEVICE_HEADROOM_MIB) * 8, (memory_mib + LOW_HOLE_MIB) * 8 // 7 + 1)
     bits = MIN_PHYS_BITS
     while (1 << (bits - 20)) < need:
         bits += 1
@@ -253,10 +257,12 @@ def address_space_problem(memory_mib, bar_mib, host_bits):
     limit = min(host_bits, MAX_PHYS_BITS)
     if bits <= limit:
         return None
-    return ('memory_mib %d plus the slot\'s 64-bit BARs (bar_mib %d, a %d MiB window) needs %d physical address '
+    return ('memory_mib %d plus the slot\'s 64-bit BARs (bar_mib %d and %d MiB for the VM\'s own devices, a %d MiB '
+            'window) needs %d physical address '
             'bits in the guest (OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and '
             'the 4 GiB below the 32-bit hole go under it), but the host CPU has %d: ask for less memory, or use '
-            'a host whose CPU addresses more' % (memory_mib, bar_mib, window_mib(bar_mib), bits, host_bits))
+            'a host whose CPU addresses more' % (memory_mib, bar_mib, DEVICE_HEADROOM_MIB,
+                                                window_mib(bar_mib + DEVICE_HEADROOM_MIB), bits, host_bits))
 
 
 # -- SSH keys -----------------------------------------------------------------

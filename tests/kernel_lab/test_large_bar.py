@@ -79,7 +79,7 @@ def test_a_128_gib_bar_through_vfio_into_a_uefi_slot_vm(capsys, tmp_path):
         started_at = time.monotonic()
         started = run_module(slot_vm, args, capsys=capsys)
         assert started.get('failed') is not True, started.get('msg')
-        assert started['domain_state'] == 'running' and started['phys_bits'] == 40, started
+        assert started['domain_state'] == 'running' and started['phys_bits'] == 41, started
         console = os.path.join(str(tmp_path / 'console'), SLOT + '.log')
         report, text = None, ''
         while report is None and time.monotonic() - started_at < BOOT_WAIT_S:

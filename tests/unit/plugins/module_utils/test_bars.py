@@ -99,11 +99,13 @@ def test_phys_bits_come_from_cpuinfo_and_fail_closed(tmp_path):
 
 @pytest.mark.parametrize('memory_mib, bars, bits', [
     (256, 0, 40),                       # never below QEMU's 40
-    (256, 128 * GIB, 40),               # the lab: 1 TiB, its top eighth is the 128 GiB window
-    (256, 128 * GIB + 1, 41),           # a MiB more needs a 256 GiB window
+    (256, 127 * GIB, 40),               # 127 GiB + 1 GiB for the VM's own devices: the top eighth of 1 TiB
+    (256, 127 * GIB + 1, 41),           # a MiB more needs a 256 GiB window
+    (256, 128 * GIB, 41),               # the lab's stand-in beside a virtio NIC: 2 TiB
     (253 * GIB, 128 * GIB + 34, 41),    # an HGX slot: 247 GiB + the H100, NVMe and VF
-    (900 * GIB, 0, 41),                 # 7/8 of 1 TiB is 896 GiB: 900 GiB + the 4 GiB hole do not fit
-    (4 * 1024 * GIB, 8 * 128 * GIB, 43),
+    (891 * GIB, 0, 40),                 # 7/8 of 1 TiB is 896 GiB: 891 GiB + the 4 GiB hole fit
+    (892 * GIB, 0, 41),                 # ... 892 GiB do not (the window starts there)
+    (4 * 1024 * GIB, 8 * 128 * GIB, 44),
 ])
 def test_the_guest_address_bits_rule(memory_mib, bars, bits):
     assert guest_phys_bits(memory_mib, bars) == bits
@@ -114,9 +116,10 @@ def test_window_is_the_next_power_of_two():
 
 
 def test_a_shape_beyond_the_host_cpus_bits_is_refused_with_the_reason():
-    assert address_space_problem(256, 128 * GIB, 40) is None
-    problem = address_space_problem(256, 128 * GIB + 1, 40)
-    assert problem == ("memory_mib 256 plus the slot's 64-bit BARs (bar_mib 131073, a 262144 MiB window) needs 41 "
+    assert address_space_problem(256, 127 * GIB, 40) is None
+    problem = address_space_problem(256, 128 * GIB, 40)
+    assert problem == ("memory_mib 256 plus the slot's 64-bit BARs (bar_mib 131072 and 1024 MiB for the VM's own "
+                       'devices, a 262144 MiB window) needs 41 '
                        'physical address bits in the guest (OVMF keeps the top eighth of the address space for the '
                        '64-bit PCI window, RAM and the 4 GiB below the 32-bit hole go under it), but the host CPU '
                        'has 40: ask for less memory, or use a host whose CPU addresses more')

@@ -268,8 +268,8 @@ def test_a_shape_whose_memory_and_bars_the_cpu_cannot_address_is_refused(capsys,
         handle.write('address sizes\t: 40 bits physical, 48 bits virtual\n')
     record = dict((key, value) for key, value in ws['record'].items() if key != 'bar_mib')
     problems = refused(check(capsys, ws, slot=record, vcpus=1, memory_mib=1024),
-                       "shape: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 1048578, a 2097152 MiB window) "
-                       'needs 44 physical address bits in the guest', 'but the host CPU has 40')
+                       "shape: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 1048578 and 1024 MiB for the VM's "
+                       "own devices, a 2097152 MiB window) needs 44 physical address bits in the guest", 'but the host CPU has 40')
     assert len(problems) == 1
     os.unlink(os.path.join(ws['proc'], 'cpuinfo'))
     refused(check(capsys, ws, slot=record), "shape: cannot read", "physical address bits cannot be known")

@@ -131,14 +131,14 @@ def test_a_guest_the_host_cpu_cannot_address_is_refused_before_libvirt(tmp_path,
     monkeypatch.setattr(_slot_vm, 'PROC_ROOT', str(tmp_path))
     result = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, gpu_address='0000:18:00.0'), capsys=capsys)
     assert result['failed'] and result['msg'] == (
-        "gpuaas-gpu-node-01-s3 cannot be defined: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 131106, "
-        'a 262144 MiB window) needs 41 physical address bits in the guest (OVMF keeps the top eighth of the address '
-        'space for the 64-bit PCI window, RAM and the 4 GiB below the 32-bit hole go under it), but the host CPU has '
+        "gpuaas-gpu-node-01-s3 cannot be defined: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 131106 and "
+        "1024 MiB for the VM's own devices, a 262144 MiB window) needs 41 physical address bits in the guest "
+        '(OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and the 4 GiB below the 32-bit hole go under it), but the host CPU has '
         '40: ask for less memory, or use a host whose CPU addresses more'), result['msg']
     # Without passthrough the devices' BARs are not in the VM; a lab stand-in's always is.
     refused = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, passthrough=False,
-                                       lab_standin_bar_gib=256), capsys=capsys)
-    assert 'bar_mib 262144' in refused['msg'] and 'needs 41' in refused['msg']
+                                       lab_standin_bar_gib=128), capsys=capsys)
+    assert 'bar_mib 131072' in refused['msg'] and 'needs 41' in refused['msg']
     fits = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, passthrough=False,
-                                    lab_standin_bar_gib=128), capsys=capsys)
+                                    lab_standin_bar_gib=64), capsys=capsys)
     assert 'cannot connect to libvirt' in fits['msg'], fits['msg']
