@@ -31,7 +31,9 @@ URI = 'qemu:///system'
 SLOT = 'lab-s5'
 NAME = 'gpuaas-' + SLOT
 BRIDGE = 'labbr5'
-BOOT_WAIT_S = int(os.environ.get('GPUAAS_STANDIN_BOOT_WAIT_S', '300'))
+# QEMU (libvirt-qemu) opens the variable store itself: not under pytest's 0700 tmp_path.
+NVRAM_DIR = '/var/lib/gpuaas/nvram'
+BOOT_WAIT_S = int(os.environ.get('GPUAAS_STANDIN_BOOT_WAIT_S', '240'))
 GUEST = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), '.build', 'guest')
 
 
@@ -69,10 +71,10 @@ def test_a_128_gib_bar_through_vfio_into_a_uefi_slot_vm(capsys, tmp_path):
     state_dir = str(tmp_path / 'vfio')
     args = dict(slot_id=SLOT, uri=URI, state='running', domain_type='qemu', memory_mib=256, cpulist='0',
                 numatune=False, gpu_address=address, bridge=BRIDGE, bridge_type='linux', wait_for_lease=False,
-                stop_timeout=5, console_log_dir=str(tmp_path / 'console'), nvram_dir=str(tmp_path / 'nvram'),
+                stop_timeout=5, console_log_dir=str(tmp_path / 'console'), nvram_dir=NVRAM_DIR,
                 lease_file=str(tmp_path / 'leases'), kernel=os.path.join(build, 'vmlinuz'),
                 initrd=os.path.join(build, 'initrd.img'), kernel_cmdline='console=ttyS0 quiet loglevel=3',
-                allowed_dirs=[str(tmp_path), build])
+                allowed_dirs=[str(tmp_path), build, os.path.dirname(NVRAM_DIR)])
     try:
         bound = run_module(vfio_bind, dict(address=address, state_dir=state_dir), capsys=capsys)
         assert bound.get('failed') is not True, bound
