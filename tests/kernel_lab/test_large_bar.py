@@ -69,7 +69,7 @@ def test_a_128_gib_bar_through_vfio_into_a_uefi_slot_vm(capsys, tmp_path):
     subprocess.run(['ip', 'link', 'add', BRIDGE, 'type', 'bridge'], check=True)
     subprocess.run(['ip', 'link', 'set', BRIDGE, 'up'], check=True)
     state_dir = str(tmp_path / 'vfio')
-    args = dict(slot_id=SLOT, uri=URI, state='running', domain_type='qemu', memory_mib=256, cpulist='0',
+    args = dict(slot_id=SLOT, uri=URI, state='running', domain_type='qemu', memory_mib=256, cpulist='0', bar_mib=128 * 1024,
                 numatune=False, gpu_address=address, bridge=BRIDGE, bridge_type='linux', wait_for_lease=False,
                 stop_timeout=5, console_log_dir=str(tmp_path / 'console'), nvram_dir=NVRAM_DIR,
                 lease_file=str(tmp_path / 'leases'), kernel=os.path.join(build, 'vmlinuz'),
