@@ -133,8 +133,8 @@ def test_a_guest_the_host_cpu_cannot_address_is_refused_before_libvirt(tmp_path,
     assert result['failed'] and result['msg'] == (
         "gpuaas-gpu-node-01-s3 cannot be defined: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 131106 and "
         "1024 MiB for the VM's own devices, a 262144 MiB window) needs 41 physical address bits in the guest "
-        '(OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and the 4 GiB below the 32-bit hole go under it), but the host CPU has '
-        '40: ask for less memory, or use a host whose CPU addresses more'), result['msg']
+        '(OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and the 4 GiB below the '
+        '32-bit hole go under it), but the host CPU has 40: ask for less memory, or use a host whose CPU addresses more'), result['msg']
     # Without passthrough the devices' BARs are not in the VM; a lab stand-in's always is.
     refused = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, passthrough=False,
                                        lab_standin_bar_gib=128), capsys=capsys)
