@@ -76,7 +76,7 @@ XML
   mv "$lease.tmp" "$lease"
 else
   virsh -q -c qemu:///system destroy "gpuaas-$SLOT" >/dev/null 2>&1 || true
-  virsh -q -c qemu:///system undefine "gpuaas-$SLOT" >/dev/null
+  virsh -q -c qemu:///system undefine --nvram "gpuaas-$SLOT" >/dev/null
   "${of[@]}" del-flows $bridge "cookie=$COOKIE/-1"
   "${of[@]}" remove-buckets $bridge "group_id=6778997,command_bucket_id=$OFPORT"
   ovs-vsctl --if-exists del-port $bridge "$TAP"

@@ -79,13 +79,13 @@ def prepare(workdir, network, guest, uri):
                 console_log_dir=os.path.join(workdir, 'console'), disk=image['target'], seed=seed['path'],
                 kernel=guest['kernel'], initrd=guest['initrd'], kernel_cmdline=guest['cmdline'],
                 lease_file=network.lease_file, lease_timeout=120, stop_timeout=10,
-                expected_ip=network.ip(INDEX),
+                expected_ip=network.ip(INDEX), nvram_dir=os.path.join(workdir, 'nvram'),
                 allowed_dirs=[workdir, os.path.dirname(guest['kernel']), os.path.dirname(guest['initrd'])])
 
 
-def one_run(vm_args, network, domain_type):
+def one_run(vm_args, network, domain_type, firmware='uefi'):
     start = time.time()
-    result = call(slot_vm, dict(vm_args, domain_type=domain_type))
+    result = call(slot_vm, dict(vm_args, domain_type=domain_type, firmware=firmware))
     returned = time.time()
     lease_written = os.stat(network.lease_file).st_mtime
     deadline = time.monotonic() + 60
@@ -115,6 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--domain-type', choices=['qemu', 'kvm'], default='qemu')
+    parser.add_argument('--firmware', choices=['uefi', 'bios'], default='uefi')
     args = parser.parse_args()
     guest = build_image.build()
     workdir = env.workdir('gpuaas-bench-vm-')
@@ -124,7 +125,7 @@ def main():
             vm_args = prepare(workdir, network, guest, daemon.uri)
             try:
                 for number in range(args.runs):
-                    runs.append(one_run(vm_args, network, args.domain_type))
+                    runs.append(one_run(vm_args, network, args.domain_type, args.firmware))
                     print('bench-vm: run %d: %.2f s to IP, guest boot %.2f s, outside %.2f s'
                           % (number + 1, runs[-1]['total'], runs[-1]['guest_boot'], runs[-1]['outside']))
             finally:
@@ -134,7 +135,8 @@ def main():
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print('bench-vm: %d runs, domain type %s, guest %s' % (len(runs), args.domain_type, guest['kernel_package']))
+    print('bench-vm: %d runs, domain type %s, firmware %s, guest %s' % (len(runs), args.domain_type, args.firmware,
+                                                                         guest['kernel_package']))
     for key, name in (('total', 'define -> guest has IP'), ('guest_boot', "guest's own boot"),
                       ('outside', 'outside the guest'), ('define', '  defineXML'), ('start', '  create (start)'),
                       ('lease_wait', '  wait for the lease'), ('detect', '  lease detection lag')):

@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Debian packages the suite and the lab use. Each is installed only when missing.
 apt_packages=(git rsync pciutils bc iproute2
-  qemu-system-x86 qemu-utils busybox-static
+  qemu-system-x86 qemu-utils ovmf busybox-static
   libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
   postgresql
   openvswitch-switch nftables ethtool openssh-client systemd)

@@ -40,6 +40,8 @@ SLOTS = ['sample-hgx-s0', 'sample-hgx-s1']
 STATE = os.path.join(BUILD, 'allocations.json')
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
 VARS_ONLY = 'vars' in sys.argv[1:2]
+# lab/inventory.yml gives each sample-hgx slot VM a pci-testdev with a BAR of this size.
+STANDIN_BAR_MIB = 128 * 1024
 
 
 def log(message):
@@ -201,6 +203,29 @@ def body(sample):
     return sample.get('body', sample)
 
 
+def guest_facts(allocation_id):
+    """What the guest reported at boot (tests/guest/init): its firmware, address bits, largest 64-bit BAR."""
+    for sample in sink_samples(allocation_id):
+        data = body(sample)
+        if data.get('metric') == 'guest_boot':
+            return data
+    return {}
+
+
+def prove_firmware(results):
+    """Each guest booted UEFI and sees the stand-in's BAR assigned, or why not."""
+    problems = []
+    for slot, result in results.items():
+        facts = guest_facts(result['allocation_id'])
+        result['guest'] = {key: facts.get(key) for key in ('firmware', 'phys_bits', 'bar_max_mib', 'bar_max')}
+        if facts.get('firmware') != 'uefi':
+            problems.append('%s: the guest booted %s, not UEFI' % (slot, facts.get('firmware')))
+        if facts.get('bar_max_mib') != STANDIN_BAR_MIB:
+            problems.append('%s: the guest\'s largest assigned 64-bit BAR is %s MiB, not the stand-in\'s %d'
+                            % (slot, facts.get('bar_max_mib'), STANDIN_BAR_MIB))
+    return problems
+
+
 def prove(results, since, timeout=240):
     """Wait until each guest has posted a probe taken after both were running; check it."""
     log('waiting for both guests to post an isolation probe (gateway and the other slot addresses)')
@@ -240,6 +265,16 @@ def report(allocations, releases, proofs):
             print('  %-15s %-13s %-17s gateway %s, other slots reachable: %s' % (
                 slot, result.get('address'), result.get('mac'), 'ok' if proof.get('gateway_ok') == 1 else 'NO',
                 proof.get('peers_reachable') or 'none'))
+        print("  each slot's CPU slice and memory share, its devices' 64-bit BARs; what its VM got, as the guest saw it:")
+        print('    %-15s %-11s %13s %8s | %5s %12s %-8s %5s %s' % ('slot', 'cpu slice', 'memory_mib', 'bar_mib', 'vcpus',
+                                                                 'vm memory', 'firmware', 'bits', 'largest 64-bit BAR'))
+        for slot, result in allocations.items():
+            share, guest = result.get('slice') or {}, result.get('guest') or {}
+            print('    %-15s %-11s %13s %8s | %5s %12s %-8s %5s %s MiB at %s' % (
+                slot, share.get('cpulist'), share.get('slot_memory_mib'), share.get('bar_mib'), share.get('vcpus'),
+                share.get('memory_mib'), guest.get('firmware'), guest.get('phys_bits'), guest.get('bar_max_mib'),
+                guest.get('bar_max') or '-'))
+        print('  (the largest BAR is the stand-in, QEMU pci-testdev with a %d MiB BAR, lab/inventory.yml)' % STANDIN_BAR_MIB)
         omitted = sorted(set(a for r in allocations.values() for a in r.get('hostdevs_omitted', [])))
         print('  passthrough: hostdevs NOT attached (this machine has no IOMMU); on a GPU host they would be: %s'
               % (', '.join(omitted) or '-'))
@@ -285,6 +320,7 @@ def up(books):
         log('%s: running at %s (%s) in %.1f s' % (slot, result.get('address'), result.get('mac'), done['seconds']))
     since = time.time()
     proofs, problems = prove(allocations, since)
+    problems.extend(prove_firmware(allocations))
     return allocations, proofs, problems
 
 

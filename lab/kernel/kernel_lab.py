@@ -114,9 +114,12 @@ def build():
     return vmlinuz, initrd
 
 
-def qemu_argv(vmlinuz, initrd, results, memory_mb=3072):
+def qemu_argv(vmlinuz, initrd, results, memory_mb=3072, standin_bar_gib=None):
     """The lab host's machine: q35 + intel-iommu, two NUMA nodes of two CPUs (two cores: one the
-    host keeps, one for the node's slot) and 1.5 GiB each, two slots, a shared group."""
+    host keeps, one for the node's slot) and 1.5 GiB each, two slots, a shared group; with
+    ``standin_bar_gib`` (run --standin-bar-gib) also a GPU-sized BAR's stand-in, QEMU's
+    pci-testdev with a 64-bit BAR of that many GiB behind a root port of its own
+    (tests/kernel_lab/test_large_bar.py)."""
     half = memory_mb // 2
     argv = [
         'qemu-system-x86_64', '-machine', 'q35,kernel-irqchip=split', '-accel', 'tcg',
@@ -154,6 +157,9 @@ def qemu_argv(vmlinuz, initrd, results, memory_mb=3072):
              '-device', 'bochs-display,bus=pcibr,addr=1',
              '-device', 'e1000,bus=pcibr,addr=2,netdev=none0,romfile=',
              '-netdev', 'user,id=none0,restrict=on']
+    if standin_bar_gib:
+        argv += ['-device', 'pcie-root-port,id=rp-standin,bus=pcie.0,chassis=50,slot=5',
+                 '-device', 'pci-testdev,bus=rp-standin,membar=%dG' % standin_bar_gib]
     return argv
 
 
@@ -184,7 +190,7 @@ def libvirt_lines():
     ]
 
 
-def run(command, timeout=900, keep=None):
+def run(command, timeout=900, keep=None, standin_bar_gib=None):
     """Boot the lab, run ``command`` (argv, relative to the checkout) inside; return its rc."""
     vmlinuz, initrd = build()
     results = _results(keep, 'kernel-lab-')
@@ -205,7 +211,8 @@ def run(command, timeout=900, keep=None):
                      % ' '.join(shlex.quote(a) for a in command))
         handle.write('for pid in /run/libvirtd.pid /run/virtlogd.pid; do '
                      '[ -f $pid ] && kill "$(cat $pid)"; done 2>/dev/null\n')
-    return _boot(qemu_argv(vmlinuz, initrd, results), results, timeout, keep, 'the lab guest')
+    return _boot(qemu_argv(vmlinuz, initrd, results, standin_bar_gib=standin_bar_gib), results, timeout, keep,
+                 'the lab guest')
 
 
 def _results(keep, prefix):
@@ -423,6 +430,8 @@ def main(argv=None):
     run_parser.add_argument('--results', help='directory to keep results in')
     run_parser.add_argument('--systemd', action='store_true',
                             help='boot into systemd as PID 1 (default command: %s)' % SYSTEMD_COMMAND[-1])
+    run_parser.add_argument('--standin-bar-gib', type=int,
+                            help="add QEMU's pci-testdev with a 64-bit BAR of this many GiB (a power of two)")
     run_parser.add_argument('command', nargs='*', help='argv to run in the checkout')
     args = parser.parse_args(argv)
     if args.action == 'build':
@@ -430,7 +439,8 @@ def main(argv=None):
         return 0
     if args.systemd:
         return run_systemd(args.command or SYSTEMD_COMMAND, timeout=args.timeout, keep=args.results)
-    return run(args.command or DEFAULT_COMMAND, timeout=args.timeout, keep=args.results)
+    return run(args.command or DEFAULT_COMMAND, timeout=args.timeout, keep=args.results,
+               standin_bar_gib=args.standin_bar_gib)
 
 
 if __name__ == '__main__':

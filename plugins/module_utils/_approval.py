@@ -39,7 +39,7 @@ REQUIRED_KEYS = ('slot_id', 'gpu_address', 'destructive_wipe_policy', 'capacity_
 SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
 # Which VF of its fabric PF the slot has (discovery's): optional, and then it must still be discovery's.
 VF_KEYS = ('fabric_vf_index',)
-OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note') + SHARE_KEYS + VF_KEYS
+OPTIONAL_KEYS = ('approved_by', 'approved_at', 'fingerprint', 'note', 'bar_mib') + SHARE_KEYS + VF_KEYS
 CAPACITY_KEYS = ('storage_ownership', 'fabric_claim_mode', 'fabric_vf_pci_address')
 
 
@@ -292,6 +292,9 @@ def _check_entry(entry, slot, where):
         if key in entry and entry[key] != slot.get(key):
             problems.append('%s: %s is %s but discovery gives the slot %s (its share of the NUMA node changed: '
                             'discover again and re-approve)' % (where, key, show(entry[key]), show(slot.get(key))))
+    if 'bar_mib' in entry and entry['bar_mib'] != slot.get('bar_mib'):
+        problems.append('%s: bar_mib is %s but discovery gives the slot\'s devices %s MiB of 64-bit BARs (hardware '
+                        'changed: discover again and re-approve)' % (where, show(entry['bar_mib']), show(slot.get('bar_mib'))))
     if 'capacity_metadata' in entry:
         problems.extend(_check_capacity(entry, slot, where))
     return problems

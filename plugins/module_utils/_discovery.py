@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import itertools
+import os
 import re
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
@@ -22,6 +23,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     CLASS_NVME,
     GPU_CLASSES,
     PciBus,
+    PciDevice,
     PciError,
     Sysfs,
     bdf_key,
@@ -31,6 +33,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ContractError,
     MAX_CPU,
+    address_space_problem,
     NODE_ID,
     PCI_ADDRESS,
     Slot,
@@ -50,6 +53,17 @@ DEFAULT_HOST_RESERVED_MEMORY_MIB = 16384
 MAX_RESERVED_MEMORY_MIB = 64 * 1024 * 1024
 # One line of devices/system/node/nodeN/meminfo as drivers/base/node.c writes it.
 MEMTOTAL_RE = re.compile(r'Node ([0-9]+) MemTotal: +([0-9]{1,18}) kB')
+
+# One line of a PCI function's sysfs ``resource`` file: start, end and flags, in hex.
+RESOURCE_RE = re.compile(r'0x([0-9a-f]{1,16}) 0x([0-9a-f]{1,16}) 0x([0-9a-f]{1,16})')
+# include/linux/ioport.h: a memory resource, and a 64-bit memory BAR.
+IORESOURCE_MEM = 0x00000200
+IORESOURCE_MEM_64 = 0x00100000
+# Lines 0-5 are the BARs, 6 the ROM, 7-12 an SR-IOV PF's VF BARs (each sized for all its VFs).
+BAR_LINES = range(0, 6)
+VF_BAR_LINES = range(7, 13)
+# /proc/cpuinfo: "address sizes\t: 46 bits physical, 57 bits virtual".
+ADDRESS_SIZES_RE = re.compile(r'address sizes\s*:\s*([0-9]{1,3}) bits physical')
 
 IOMMU_OFF_REASON = (
     'the IOMMU is off (no groups under /sys/kernel/iommu_groups): enable VT-d (Intel) '
@@ -129,6 +143,70 @@ def read_node_memory_mib(sysfs, node):
             return int(match.group(2)) // 1024
     raise ContractError('NUMA node %s: %s is missing or has no MemTotal line, so its memory cannot be shared '
                         'among its slots' % (node, sysfs.path(rel)))
+
+
+def read_bars(device, lines=BAR_LINES):
+    """The sizes in bytes of ``device``'s 64-bit memory BARs among ``lines`` of its ``resource`` file.
+
+    ContractError when the file is missing or a line is not the kernel's "start end flags".
+    A 32-bit BAR, an I/O BAR, the ROM and an unassigned (all-zero) line do not count.
+    """
+    rel = device.rel + '/resource'
+    text = device.sysfs.read(rel)
+    if text is None:
+        raise ContractError('%s has no readable %s, so the size of its BARs cannot be known'
+                            % (device.address, device.sysfs.path(rel)))
+    sizes = []
+    for number, line in enumerate(text.splitlines()):
+        match = RESOURCE_RE.fullmatch(line.strip())
+        if match is None:
+            raise ContractError('%s line %d is %s, not "0xSTART 0xEND 0xFLAGS"'
+                                % (device.sysfs.path(rel), number + 1, show(line)))
+        start, end, flags = (int(group, 16) for group in match.groups())
+        if number in lines and flags & IORESOURCE_MEM and flags & IORESOURCE_MEM_64 and end > start:
+            sizes.append(end - start + 1)
+    return sizes
+
+
+def bar_mib(sysfs, gpu_address, companions=(), nvme_address=None, fabric_pf_address=None):
+    """The MiB of 64-bit BARs a slot's devices bring into its VM, rounded up to whole MiB.
+
+    The GPU's, its companions' and the NVMe's BARs from their ``resource`` files; the slot's
+    one fabric VF's from its PF (lines 7-12 are sized for all ``sriov_totalvfs`` VFs: a VF
+    gets that size / sriov_totalvfs), so the figure is known before any VF exists.
+    ContractError when a device or one of its files cannot be read.
+    """
+    total = 0
+    for address in [gpu_address] + list(companions or []) + ([nvme_address] if nvme_address else []):
+        device = PciDevice(sysfs, address)
+        if not sysfs.exists(device.rel):
+            raise ContractError('%s does not exist, so its BARs cannot be known' % address)
+        total += sum(read_bars(device))
+    if fabric_pf_address:
+        pf = PciDevice(sysfs, fabric_pf_address)
+        if not sysfs.exists(pf.rel):
+            raise ContractError('%s does not exist, so its VF BARs cannot be known' % fabric_pf_address)
+        total_vfs = pf.read_int('sriov_totalvfs')
+        if not total_vfs:
+            raise ContractError('fabric PF %s reports no sriov_totalvfs, so the size of a VF\'s BARs cannot be '
+                                'known' % fabric_pf_address)
+        total += sum(size // total_vfs for size in read_bars(pf, VF_BAR_LINES))
+    return -(-total // (1 << 20))
+
+
+def read_phys_bits(proc_root):
+    """The host CPU's physical address bits, from ``cpuinfo``'s "address sizes"; ContractError if unseen."""
+    path = os.path.join(proc_root, 'cpuinfo')
+    try:
+        with open(path) as handle:
+            match = ADDRESS_SIZES_RE.search(handle.read())
+    except (IOError, OSError, UnicodeDecodeError) as exc:
+        raise ContractError('cannot read %s (%s), so the host CPU\'s physical address bits cannot be known'
+                            % (path, getattr(exc, 'strerror', None) or exc))
+    if match is None:
+        raise ContractError('%s has no "address sizes : N bits physical" line, so the host CPU\'s physical '
+                            'address bits cannot be known' % path)
+    return int(match.group(1))
 
 
 def _link(device):
@@ -411,6 +489,7 @@ class Discovery:
         self.reserved_memory_mib = check_int(host_reserved_memory_mib, 'host_reserved_memory_mib', 0,
                                              MAX_RESERVED_MEMORY_MIB)
         self.sysfs = Sysfs(sysfs_root)
+        self.proc_root = proc_root
         self.gpu_vendors = [normalize_vendor(v) for v in gpu_vendors]
         self.fabric_classes = [normalize_class(c) for c in fabric_classes]
         self.require_nvme = require_nvme
@@ -508,6 +587,23 @@ class Discovery:
             for index, cpus in zip(members, slices):
                 shares[index] = {'cpulist': format_cpulist(cpus), 'vcpus': len(cpus), 'memory_mib': memory}
         return format_cpulist(host), shares
+
+    def _bar_mib(self, gpu, companions, nvme, fabric_pf, memory_mib, reasons):
+        """The slot's bar_mib (None when unreadable, with the reason); a reason when its memory share
+        and BARs do not fit a guest's address space on this host's CPU."""
+        try:
+            bars = bar_mib(self.sysfs, gpu.address, companions, nvme.address if nvme is not None else None,
+                           fabric_pf.address if fabric_pf is not None else None)
+        except ContractError as exc:
+            reasons.append(str(exc))
+            return None
+        try:
+            problem = memory_mib is not None and address_space_problem(memory_mib, bars, read_phys_bits(self.proc_root))
+        except ContractError as exc:
+            problem = str(exc)
+        if problem:
+            reasons.append(problem)
+        return bars
 
     # -- the proposal -------------------------------------------------------
 
@@ -629,6 +725,8 @@ class Discovery:
         if console_use(gpu):
             reasons.append(console_use(gpu))
 
+        bars = self._bar_mib(gpu, companions, nvme, fabric_pf, share['memory_mib'], reasons)
+
         try:
             slot = Slot(self.node_id, index).layout()
         except ContractError as exc:
@@ -644,6 +742,7 @@ class Discovery:
             'cpulist': share['cpulist'],
             'vcpus': share['vcpus'],
             'memory_mib': share['memory_mib'],
+            'bar_mib': bars,
             'host_cpulist': host_cpulist,
             'nvme_address': nvme.address if nvme is not None else None,
             'fabric_pf_address': fabric_pf.address if fabric_pf is not None else None,

@@ -29,15 +29,27 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     parse_bdf,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
-    CPULIST, IFNAME, LIMITS, MACHINE_TYPE, ContractError, Slot, format_cpulist, parse_cpulist, show)
+    CPULIST, IFNAME, LIMITS, MACHINE_TYPE, MAX_PHYS_BITS, MIN_PHYS_BITS, ContractError, Slot, format_cpulist,
+    parse_cpulist, show)
 
 METADATA_NS = 'https://gpuaas.invalid/xmlns/slot/1'
 ET.register_namespace('gpuaas', METADATA_NS)
+QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
+ET.register_namespace('qemu', QEMU_NS)
 
 DOMAIN_TYPES = ('kvm', 'qemu')
 BRIDGE_TYPES = ('openvswitch', 'linux', 'ethernet')
 DISK_FORMATS = ('raw', 'qcow2')
 HOSTDEV_ROLES = ('gpu', 'companion', 'nvme', 'fabric_vf')
+# UEFI (OVMF, secure boot off, as the seed platform boots) or SeaBIOS.
+FIRMWARES = ('uefi', 'bios')
+# The lab's stand-in for a GPU's large BAR: QEMU's pci-testdev with a 64-bit prefetchable
+# BAR 2 of this many GiB (a power of two), behind a PCIe root port of its own. Labs only.
+STANDIN_BAR_GIB = (1, 1024)
+NVRAM_DIR = '/var/lib/gpuaas/nvram'
+STANDIN_PORT = 'gpuaas-standin-port'
+STANDIN_ARGS = ('-device', 'pcie-root-port,id=%s,bus=pcie.0,addr=0x1e,chassis=200' % STANDIN_PORT,
+                '-device', 'pci-testdev,bus=%s,membar=%%dG,id=gpuaas-standin' % STANDIN_PORT)
 
 # The largest values a domain may ask for: the contract's shape limits, 16 GiB huge pages.
 MAX_MEMORY_MIB = LIMITS['memory_mib'][1]
@@ -106,7 +118,8 @@ class DomainSpec:
                  machine='q35', numa_node=None, hugepages=False, hugepage_size_kib=None,
                  hostdevs=(), bridge='br-gpuaas', bridge_type='openvswitch', disk=None,
                  disk_format='raw', disk_is_block=False, seed=None, kernel=None, initrd=None,
-                 cmdline=None, console_log=None, host_cpulist=None):
+                 cmdline=None, console_log=None, host_cpulist=None, firmware='uefi', nvram=None,
+                 phys_bits=None, standin_bar_gib=None):
         slot = Slot.parse(slot_id)
         self.slot_id = slot.slot_id
         self.slot_index = slot.index
@@ -169,6 +182,29 @@ class DomainSpec:
         if (self.initrd or self.cmdline) and not self.kernel:
             raise DomainError('initrd and kernel_cmdline need kernel')
         self.console_log = _path(console_log, 'console log')
+        self._firmware(firmware, nvram, phys_bits, standin_bar_gib)
+
+    def _firmware(self, firmware, nvram, phys_bits, standin_bar_gib):
+        """The firmware, its per-domain NVRAM, the guest's physical address bits and the lab's stand-in."""
+        if firmware not in FIRMWARES:
+            raise DomainError('firmware must be one of %s, not %s' % (', '.join(FIRMWARES), show(firmware)))
+        self.firmware = firmware
+        # The domain's own OVMF variable store, in a node directory (never libvirt's shared one).
+        self.nvram = (_path(nvram, 'nvram') or Slot.parse(self.slot_id).file(NVRAM_DIR, '_VARS.fd')) \
+            if firmware == 'uefi' else None
+        if phys_bits is not None and (isinstance(phys_bits, bool) or not isinstance(phys_bits, int)
+                                      or not MIN_PHYS_BITS <= phys_bits <= MAX_PHYS_BITS):
+            raise DomainError('phys_bits must be a whole number from %d to %d, not %s'
+                              % (MIN_PHYS_BITS, MAX_PHYS_BITS, show(phys_bits)))
+        self.phys_bits = phys_bits
+        if standin_bar_gib is not None and (isinstance(standin_bar_gib, bool) or not isinstance(standin_bar_gib, int)
+                                            or not STANDIN_BAR_GIB[0] <= standin_bar_gib <= STANDIN_BAR_GIB[1]
+                                            or standin_bar_gib & (standin_bar_gib - 1)):
+            raise DomainError('lab_standin_bar_gib must be a power of two from %d to %d (GiB), not %s'
+                              % (STANDIN_BAR_GIB[0], STANDIN_BAR_GIB[1], show(standin_bar_gib)))
+        if standin_bar_gib and 'q35' not in self.machine:
+            raise DomainError('lab_standin_bar_gib needs a q35 machine (its PCIe root port), not %s' % self.machine)
+        self.standin_bar_gib = standin_bar_gib
 
     @property
     def boot_hostdev(self):
@@ -214,6 +250,12 @@ def build_xml(spec, uuid=None):
 
     os_el = _sub(root, 'os')
     _sub(os_el, 'type', 'hvm', arch='x86_64', machine=spec.machine)
+    if spec.firmware == 'uefi':
+        # libvirt picks OVMF from the ovmf package's firmware descriptors; its variable store
+        # is the domain's own, in the node's directory, removed when the domain is undefined.
+        os_el.set('firmware', 'efi')
+        _sub(_sub(os_el, 'firmware'), 'feature', enabled='no', name='secure-boot')
+        _sub(os_el, 'nvram', spec.nvram)
     if spec.kernel:
         _sub(os_el, 'kernel', spec.kernel)
         if spec.initrd:
@@ -223,8 +265,7 @@ def build_xml(spec, uuid=None):
     features = _sub(root, 'features')
     _sub(features, 'acpi')
     _sub(features, 'apic')
-    if spec.domain_type == 'kvm':
-        _sub(root, 'cpu', mode='host-passthrough', check='none', migratable='off')
+    _cpu(root, spec)
     _sub(root, 'clock', offset='utc')
     _sub(root, 'on_poweroff', 'destroy')
     _sub(root, 'on_reboot', 'restart')
@@ -284,7 +325,30 @@ def build_xml(spec, uuid=None):
         _hostdev(devices, role, address, roles, boot=address == spec.boot_hostdev)
     # VFIO pins all guest memory: a balloon could not give any back.
     _sub(devices, 'memballoon', model='none')
+    if spec.standin_bar_gib:
+        # Labs only (slot_vm's lab_standin_bar_gib): libvirt has no element for pci-testdev.
+        commandline = _sub(root, '{%s}commandline' % QEMU_NS)
+        for arg in STANDIN_ARGS:
+            _sub(commandline, '{%s}arg' % QEMU_NS, value=arg.replace('%dG', '%dG' % spec.standin_bar_gib))
     return ET.tostring(root, encoding='unicode')
+
+
+def _cpu(root, spec):
+    """The guest CPU, its physical address bits covering the slot's RAM and 64-bit BARs.
+
+    KVM: the host's CPU and its address bits (host-passthrough). TCG: QEMU's qemu64 with
+    ``phys_bits``; above 40 bits it gets 1 GiB pages too, without which OVMF keeps to 40.
+    """
+    if spec.domain_type == 'kvm':
+        cpu = _sub(root, 'cpu', mode='host-passthrough', check='none', migratable='off')
+        if spec.phys_bits:
+            _sub(cpu, 'maxphysaddr', mode='passthrough')
+    elif spec.phys_bits:
+        cpu = _sub(root, 'cpu', mode='custom', match='exact', check='none')
+        _sub(cpu, 'model', 'qemu64', fallback='forbid')
+        if spec.phys_bits > MIN_PHYS_BITS:
+            _sub(cpu, 'feature', policy='require', name='pdpe1gb')
+        _sub(cpu, 'maxphysaddr', mode='emulate', bits=spec.phys_bits)
 
 
 def _hostdev(devices, role, address, roles, boot=False):
@@ -405,6 +469,15 @@ def domain_facts(xml_text):
     pages = root.find('memoryBacking/hugepages')
     facts['hugepages'] = None if pages is None else sorted(
         [_kib_attr(page) for page in pages.findall('page')]) or ['default']
+    os_el = root.find('os')
+    uefi = os_el is not None and (os_el.get('firmware') == 'efi' or root.find('os/loader[@type="pflash"]') is not None)
+    facts['firmware'] = 'uefi' if uefi else 'bios'
+    facts['nvram'] = root.findtext('os/nvram')
+    secure = root.find('os/firmware/feature[@name="secure-boot"]')
+    facts['secure_boot'] = None if secure is None else secure.get('enabled')
+    phys = root.find('cpu/maxphysaddr')
+    facts['maxphysaddr'] = None if phys is None else '%s:%s' % (phys.get('mode'), phys.get('bits', '-'))
+    facts['qemu_args'] = [arg.get('value') for arg in root.findall('{%s}commandline/{%s}arg' % (QEMU_NS, QEMU_NS))]
     facts['kernel'] = root.findtext('os/kernel')
     facts['initrd'] = root.findtext('os/initrd')
     facts['cmdline'] = root.findtext('os/cmdline')

@@ -24,12 +24,14 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._approval import (
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     IOMMU_OFF_REASON,
+    bar_mib,
     console_use,
     fingerprint,
     group_intruder,
     read_node_memory_mib,
     read_siblings,
     read_numa_nodes,
+    read_phys_bits,
 )
 from ansible_collections.gpuaas.slice.plugins.module_utils._host import HostUsage
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
@@ -48,6 +50,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     MAX_CPU,
     NODE_ID,
     Slot,
+    address_space_problem,
     check_int,
     format_cpulist,
     parse_cpulist,
@@ -58,7 +61,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 # of the approved slot map (docs/approved-slot-map.md); anything else is a misspelt key.
 RECORD_KEYS = ('slot_id', 'node_id', 'slot_index', 'gpu_address', 'companions', 'nvme_address',
                'fabric_pf_address', 'fabric_vf_index', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'vcpus', 'memory_mib',
-               'host_cpulist', 'mac', 'ip',
+               'host_cpulist', 'bar_mib', 'mac', 'ip',
                'destructive_wipe_policy', 'capacity_metadata', 'fingerprint', 'approved_by',
                'approved_at', 'note')
 FINGERPRINT_ROLES = ('gpu', 'companions', 'nvme', 'fabric_pf')
@@ -114,6 +117,7 @@ class SlotCheck:
         self.record = record
         self.sysfs = Sysfs(sysfs_root)
         self.usage = HostUsage(self.sysfs, proc_root)
+        self.proc_root = proc_root
         self.problems = []
 
     def device(self, address):
@@ -136,6 +140,8 @@ class SlotCheck:
         group = self._iommu_group(devices)
         self._host_use(devices)
         share = self._share(record, devices['gpu'])
+        if not problems:   # (a missing device is reported once, not again for its BARs)
+            share['bar_mib'] = self._bars(record, devices, share.get('memory_mib'))
         if problems:
             raise SlotCheckError(self.slot_id, problems)
         result = slot.layout()
@@ -150,6 +156,27 @@ class SlotCheck:
         })
         result.update(share)
         return result
+
+    def _bars(self, record, devices, share_mib):
+        """The slot's bar_mib from its devices' resource files (a record's own must agree), and a problem
+        when the allocation's memory (else the slot's share) plus them cannot fit a guest on this CPU."""
+        try:
+            bars = bar_mib(self.sysfs, devices['gpu'], devices['companions'], devices['nvme'], devices['fabric_pf'])
+        except ContractError as exc:
+            self.problems.append('bar_mib: %s' % exc)
+            return None
+        if record.get('bar_mib') is not None and record['bar_mib'] != bars:
+            self.problems.append('bar_mib: the record says %s, but the devices\' 64-bit BARs add up to %d MiB'
+                                 % (show(record['bar_mib']), bars))
+        memory = self.shape.get('memory_mib', share_mib)
+        if memory is not None:
+            try:
+                problem = address_space_problem(memory, bars, read_phys_bits(self.proc_root))
+            except ContractError as exc:
+                problem = str(exc)
+            if problem:
+                self.problems.append('shape: %s' % problem)
+        return bars
 
     # -- identity ------------------------------------------------------------------------------
 

@@ -39,7 +39,9 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, 
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path, ensure_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS, Connection, LibvirtError
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciDevice, Sysfs
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError, Slot, check_int
+from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import read_phys_bits
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
+    LIMITS, ContractError, GpuaasError, Slot, address_space_problem, check_int, guest_phys_bits)
 
 STATES = ('present', 'running', 'stopped', 'absent', 'repaired')
 VFIO_DRIVER = 'vfio-pci'
@@ -49,6 +51,9 @@ SHUTDOWN_REPEAT_S = 5
 MAX_LEASE_TIMEOUT = 3600
 MAX_STOP_TIMEOUT = 3600
 MAX_NUMA_NODE = 1023
+# The most MiB of 64-bit BARs a slot may declare (16 TiB); the CPU the host reports, read here.
+MAX_BAR_MIB = 16 * 1024 * 1024
+PROC_ROOT = '/proc'
 # Where a slot's disk, seed, boot files and console logs may be, unless allowed_dirs says otherwise.
 ALLOWED_DIRS = ['/var/lib/gpuaas', '/var/log/gpuaas']
 
@@ -83,6 +88,10 @@ def argument_spec():
         bridge=dict(type='str', default='br-gpuaas'),
         bridge_type=dict(type='str', choices=['openvswitch', 'linux', 'ethernet'], default='openvswitch'),
         console_log_dir=dict(type='path', default='/var/log/gpuaas/console'),
+        firmware=dict(type='str', choices=['uefi', 'bios'], default='uefi'),
+        nvram_dir=dict(type='path', default='/var/lib/gpuaas/nvram'),
+        bar_mib=dict(type='int', default=0),
+        lab_standin_bar_gib=dict(type='int'),
         allowed_dirs=dict(type='list', elements='path', default=list(ALLOWED_DIRS)),
         replace=dict(type='bool', default=False),
         wait_for_lease=dict(type='bool', default=True),
@@ -222,7 +231,7 @@ class SlotVm:
         if not allowed:
             raise SlotVmError('allowed_dirs is empty: give the directories disks, seeds, boot files and '
                               'console logs may be in')
-        for what in ('disk', 'seed', 'kernel', 'initrd', 'console_log_dir'):
+        for what in ('disk', 'seed', 'kernel', 'initrd', 'console_log_dir', 'nvram_dir'):
             if p[what] is not None:
                 check_path(p[what], what, allowed)
 
@@ -249,7 +258,10 @@ class SlotVm:
             raise SlotVmError('the host has no NUMA node %d (no %s): the slot\'s memory cannot be '
                               'bound to it; check the slot\'s numa_node, or set numatune=false on '
                               'a test host' % (numa_node, self.sysfs.path(node_dir)))
+        phys_bits = self.phys_bits()
         return DomainSpec(
+            firmware=p['firmware'], nvram=self.slot.file(p['nvram_dir'], '_VARS.fd'), phys_bits=phys_bits,
+            standin_bar_gib=p['lab_standin_bar_gib'],
             slot_id=self.slot_id, memory_mib=p['memory_mib'], cpulist=p['cpulist'],
             vcpus=p['vcpus'], domain_type=p['domain_type'], machine=p['machine'],
             numa_node=numa_node, hugepages=p['hugepages'], hugepage_size_kib=p['hugepage_size_kb'],
@@ -257,6 +269,24 @@ class SlotVm:
             bridge_type=p['bridge_type'], disk=disk, disk_format=p['disk_format'],
             disk_is_block=disk_is_block, seed=p['seed'], kernel=p['kernel'], initrd=p['initrd'],
             cmdline=p['kernel_cmdline'], console_log=self.console_log(), host_cpulist=p['host_cpulist'])
+
+    def phys_bits(self):
+        """The guest's physical address bits for memory_mib plus bar_mib (and a lab stand-in's BAR);
+        SlotVmError when the host CPU has fewer (/proc/cpuinfo "address sizes")."""
+        p = self.params
+        memory = p['memory_mib']
+        if isinstance(memory, bool) or not isinstance(memory, int) or not 64 <= memory <= LIMITS['memory_mib'][1]:
+            return None   # DomainSpec refuses it, naming the value
+        # The devices' BARs count where the devices go to the VM; a lab stand-in's always.
+        bars = check_int(p['bar_mib'], 'bar_mib', 0, MAX_BAR_MIB) if p['passthrough'] else 0
+        bars += (p['lab_standin_bar_gib'] or 0) * 1024
+        try:
+            problem = address_space_problem(memory, bars, read_phys_bits(PROC_ROOT))
+        except ContractError as exc:
+            problem = str(exc)
+        if problem:
+            raise SlotVmError('%s cannot be defined: %s' % (self.name, problem))
+        return guest_phys_bits(memory, bars)
 
     # -- checks before a start ----------------------------------------------
 
@@ -315,6 +345,10 @@ class SlotVm:
                     self.destroy_step(plan)
                     active = False
                 define = True
+        if p['firmware'] == 'uefi' and (define or p['state'] == 'running') and not os.path.isdir(p['nvram_dir']):
+            # QEMU (as libvirt-qemu) opens the variable store itself: the directory is traversable.
+            plan.change('create NVRAM directory', lambda: ensure_dir(p['nvram_dir'], 0o711),
+                        verify=lambda: not os.path.isdir(p['nvram_dir']) and 'no directory')
         if not os.path.isdir(p['console_log_dir']):
             plan.change('create console log directory', lambda: ensure_dir(p['console_log_dir'], 0o750),
                         verify=lambda: not os.path.isdir(p['console_log_dir']) and 'no directory')
@@ -504,6 +538,7 @@ class SlotVm:
             spec = self.spec()
             self.confine()
             fields['tap'] = spec.tap
+            fields.update(firmware=spec.firmware, nvram=spec.nvram, phys_bits=spec.phys_bits)
             fields['hostdevs'] = hostdev_report(spec)
             fields['hostdevs_omitted'] = [] if p['passthrough'] else [
                 {'role': role, 'address': address} for role, address in self.wanted_hostdevs()]

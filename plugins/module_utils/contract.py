@@ -216,6 +216,58 @@ def memory_share_mib(total_mib, reserved_mib, slots, what):
     return share
 
 
+# -- a slot VM's physical address space ----------------------------------------
+
+# The guest's physical address bits: QEMU's default for a TCG CPU is 40, x86 allows 52.
+MIN_PHYS_BITS = 40
+MAX_PHYS_BITS = 52
+# Below 4 GiB a q35 guest keeps its 32-bit PCI hole: RAM beyond it moves above 4 GiB.
+LOW_HOLE_MIB = 4 * 1024
+# The VM's own devices' 64-bit BARs share the window: the virtio NIC's, disk's and SCSI
+# controller's, each behind a PCIe root port whose window is aligned to 1 MiB. (Measured: a
+# 128 GiB BAR and a virtio NIC do not fit a 128 GiB window; OVMF leaves the large BAR out.)
+DEVICE_HEADROOM_MIB = 1024
+
+
+def window_mib(bar_mib):
+    """The 64-bit PCI window ``bar_mib`` of BARs needs: the next power of two (each BAR is
+    aligned to its own size, so a window of the next power of two always holds them)."""
+    window = 1
+    while window < bar_mib:
+        window *= 2
+    return window
+
+
+def guest_phys_bits(memory_mib, bar_mib):
+    """The fewest physical address bits (at least 40) a UEFI slot VM needs for its RAM and BARs.
+
+    OVMF puts the 64-bit PCI window in the top eighth of the guest's address space (edk2's
+    dynamic MMIO window, Debian 12's 2022.11 included): that eighth must hold the window of
+    the slot's 64-bit BARs plus DEVICE_HEADROOM_MIB for the VM's own devices (:func:`window_mib`),
+    and the seven eighths below it the RAM plus the 4 GiB under the 32-bit hole.
+    """
+    need = max(window_mib(bar_mib + DEVICE_HEADROOM_MIB) * 8, (memory_mib + LOW_HOLE_MIB) * 8 // 7 + 1)
+    bits = MIN_PHYS_BITS
+    while (1 << (bits - 20)) < need:
+        bits += 1
+    return bits
+
+
+def address_space_problem(memory_mib, bar_mib, host_bits):
+    """Why ``memory_mib`` of RAM plus ``bar_mib`` of 64-bit BARs cannot fit a guest on a host CPU of
+    ``host_bits`` physical address bits, or None when they fit."""
+    bits = guest_phys_bits(memory_mib, bar_mib)
+    limit = min(host_bits, MAX_PHYS_BITS)
+    if bits <= limit:
+        return None
+    return ('memory_mib %d plus the slot\'s 64-bit BARs (bar_mib %d and %d MiB for the VM\'s own devices, a %d MiB '
+            'window) needs %d physical address '
+            'bits in the guest (OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and '
+            'the 4 GiB below the 32-bit hole go under it), but the host CPU has %d: ask for less memory, or use '
+            'a host whose CPU addresses more' % (memory_mib, bar_mib, DEVICE_HEADROOM_MIB,
+                                                window_mib(bar_mib + DEVICE_HEADROOM_MIB), bits, host_bits))
+
+
 # -- SSH keys -----------------------------------------------------------------
 
 SSH_KEY_TYPES = ('ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',

@@ -33,6 +33,10 @@ description:
     cpulist was the whole node, shared by every slot of the node) and is refused: approve it again."
   - With O(vcpus) and O(memory_mib), the allocation's shape must fit the slot's share; one that does
     not is refused, naming both numbers, before the allocation takes the slot's lease.
+  - "The slot's C(bar_mib) (its devices' 64-bit BARs, as M(gpuaas.slice.slot_discovery) computes it) is read from
+    the devices' C(resource) files; a record's own C(bar_mib) must agree. The allocation's memory (else the slot's
+    share) plus C(bar_mib) must fit a guest's physical address space on this host's CPU (the address sizes line
+    of C(cpuinfo) under O(proc_root)), or the shape is refused with the bits it needs."
   - Returns the complete checked record (RV(slot)), which the allocation goes on with.
   - Changes nothing on the host.
 author:
@@ -55,7 +59,7 @@ options:
       - The slot's approved record as the control plane stores it (C(gpuaas_slot), sent by its
         worker) - C(slot_index), C(gpu_address), C(companions), C(nvme_address),
         C(fabric_pf_address), C(fabric_vf_index), C(fabric_vf_pci_address), C(numa_node), C(cpulist), C(vcpus),
-        C(memory_mib), C(host_cpulist), C(mac), C(ip), C(destructive_wipe_policy) and C(fingerprint).
+        C(memory_mib), C(host_cpulist), C(bar_mib), C(mac), C(ip), C(destructive_wipe_policy) and C(fingerprint).
       - Without it, the slot's entry of O(approved_slots) is checked.
     type: dict
   approved_slots:
@@ -107,6 +111,7 @@ slot:
     cpulist: "1-14,113-126"
     vcpus: 28
     memory_mib: 252928
+    bar_mib: 131106
     host_cpulist: "0,56,112,168"
     iommu_group: "21"
     destructive_wipe_policy: nvme-format

@@ -56,6 +56,12 @@ description:
     shares (its node is the node of the nearest bridge above the GPU that is still there, from the
     entry's fingerprint C(pcie_path), else the node holding the entry's C(cpulist)), so no other
     slot's share moves; its NVMe drive and fabric PF go to no other slot."
+  - "Each slot's RV(slots[].bar_mib) is the sum of the 64-bit memory BARs (C(IORESOURCE_MEM_64) in each
+    device's C(resource) file; 32-bit and I/O BARs and the ROM do not count) of its GPU, companions and NVMe,
+    plus one VF's share of the fabric PF's VF BARs (lines 7-12 of the PF's C(resource), sized for all
+    C(sriov_totalvfs) VFs). A slot whose memory share plus that cannot fit a guest's physical address space on
+    this host's CPU (the address sizes line of C(/proc/cpuinfo); OVMF keeps the top eighth for the 64-bit PCI
+    window) is ineligible, with the numbers; a C(resource) file that cannot be read makes it ineligible too."
   - Discovery only proposes; RV(approval_required) is always V(true). Feed the result to
     M(gpuaas.slice.slot_approval) with the operator's approved slot map.
   - A slot that must not be approved has RV(slots[].eligible=false) and plain-English
@@ -274,6 +280,11 @@ slots:
     memory_mib:
       description: The slot's memory share in MiB (whole GiB), the most an allocation of the slot may have; or null.
       type: int
+    bar_mib:
+      description:
+        - The MiB (rounded up) of 64-bit BARs the slot's GPU, companions, NVMe and VF bring into its VM (an H100 alone
+          128 GiB + 32 MiB); null when a C(resource) file cannot be read. The slot VM's address bits cover it.
+      type: int
     host_cpulist:
       description: RV(host_cpulist), where the slot VM's emulator threads are pinned.
       type: str
@@ -320,6 +331,7 @@ slots:
       cpulist: "1-14,113-126"
       vcpus: 28
       memory_mib: 252928
+      bar_mib: 131106
       host_cpulist: "0,56,112,168"
       nvme_address: "0000:1c:00.0"
       fabric_pf_address: "0000:1a:00.0"

@@ -190,9 +190,38 @@ options:
     description: Where libvirt logs each slot's serial console, as C({slot_id}.log).
     type: path
     default: /var/log/gpuaas/console
+  firmware:
+    description:
+      - V(uefi) boots OVMF (Debian package C(ovmf)) with secure boot off, as the seed platform does; libvirt picks
+        the firmware from the package's descriptors. V(bios) boots SeaBIOS, for tests that do not care (an OVMF
+        boot costs a few seconds more under TCG).
+    type: str
+    choices: [uefi, bios]
+    default: uefi
+  nvram_dir:
+    description:
+      - Where a UEFI domain's own OVMF variable store lives, as C({slot_id}_VARS.fd) (created mode 0711 when
+        missing). libvirt copies it from the template at the first start and removes it when the domain is
+        undefined (O(state=absent)).
+    type: path
+    default: /var/lib/gpuaas/nvram
+  bar_mib:
+    description:
+      - The MiB of 64-bit BARs the slot's devices bring into the VM (discovery's and M(gpuaas.slice.slot_check)'s
+        C(bar_mib)). The guest CPU's physical address bits are computed from O(memory_mib) plus this (with
+        O(passthrough=true)) plus a lab stand-in's BAR; more bits than the host CPU has (C(/proc/cpuinfo)
+        "address sizes") is refused, naming the numbers.
+    type: int
+    default: 0
+  lab_standin_bar_gib:
+    description:
+      - Labs only. Adds QEMU's C(pci-testdev) with a 64-bit prefetchable BAR of this many GiB (a power of two,
+        1 to 1024) behind a PCIe root port of its own, through libvirt's C(<qemu:commandline>) (the domain is
+        marked tainted), standing in for a GPU's large BAR where no GPU is. Never set on a GPU host.
+    type: int
   allowed_dirs:
     description:
-      - The directories O(disk), O(seed), O(kernel), O(initrd) and O(console_log_dir) must lie in,
+      - The directories O(disk), O(seed), O(kernel), O(initrd), O(console_log_dir) and O(nvram_dir) must lie in,
         after every symlink is resolved (as M(gpuaas.slice.nvme_wipe) confines its devices). A path
         outside them is refused before libvirt is contacted.
       - Checked for the states that define a domain (V(present), V(running), V(stopped)).
@@ -321,6 +350,21 @@ tap:
   returned: unless O(state=absent)
   type: str
   sample: gs0-1a2b3c4d
+firmware:
+  description: The domain's firmware, V(uefi) or V(bios).
+  returned: unless O(state=absent) or O(state=repaired)
+  type: str
+  sample: uefi
+nvram:
+  description: The UEFI domain's own variable store (null with V(bios)).
+  returned: unless O(state=absent) or O(state=repaired)
+  type: str
+  sample: /var/lib/gpuaas/nvram/gpu-node-01-s0_VARS.fd
+phys_bits:
+  description: The guest CPU's physical address bits, covering O(memory_mib) plus the 64-bit BARs.
+  returned: unless O(state=absent) or O(state=repaired)
+  type: int
+  sample: 41
 actions:
   description: What was done (or, in check mode, would be), in order.
   returned: always

@@ -27,6 +27,8 @@ def test_the_api_shows_each_slots_capacity(client, tokens, node):
         ('n1-s0', '1-14,113-126', 28, 252928), ('n1-s1', '15-28,127-140', 28, 252928),
         ('n1-s2', '29-42,141-154', 28, 252928), ('n1-s3', '43-55,155-167', 26, 252928)]
     assert {s['host_cpulist'] for s in slots} == {'0,56,112,168'}
+    # Each H100 slot's devices: BAR1 128 GiB + BAR3 32 MiB, the NVMe's 16 KiB, the VF's 1 MiB.
+    assert {s['bar_mib'] for s in slots} == {131106}
 
 
 def test_a_shape_no_slot_fits_is_refused_naming_the_largest_that_fits(client, tokens, node):

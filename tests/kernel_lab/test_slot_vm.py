@@ -95,7 +95,7 @@ def vm(capsys, tmp_path, check_mode=False, **extra):
                 cpulist='0', numa_node=NODE, gpu_address=GPU, bridge=BRIDGE,
                 bridge_type='linux', wait_for_lease=False, stop_timeout=5,
                 console_log_dir=str(tmp_path / 'console'), lease_file=str(tmp_path / 'leases'),
-                allowed_dirs=[str(tmp_path)])
+                firmware='bios', allowed_dirs=[str(tmp_path)])
     args.update(extra)
     return run_module(slot_vm, args, check_mode=check_mode, diff=True, capsys=capsys)
 
@@ -167,7 +167,7 @@ def test_a_domain_with_a_real_vfio_hostdev_runs_and_gives_the_device_back(
             domain = conn.lookupByName(NAME)
             if domain.isActive():
                 domain.destroy()
-            domain.undefine()
+            domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         released = bind(capsys, GPU, state_dir, state='absent')
     assert released['changed'] is True
     assert binding(GPU) == before

@@ -16,7 +16,8 @@ A tree built here has what the collection reads on a real host:
   ``devices/system/cpu/cpuN/topology/thread_siblings_list``;
 * ``class/net``, ``class/infiniband``, ``class/nvme`` and ``class/block``
   links to the devices' own ``net/``, ``infiniband/``, ``nvme/`` directories;
-* optionally a ``proc`` directory beside it with ``mounts`` and ``swaps``.
+* optionally a ``proc`` directory beside it with ``mounts``, ``swaps`` and ``cpuinfo``;
+* each function's ``resource`` file (its BARs: start, end and flags, see :func:`default_bars`).
 
 Links are relative, as the kernel's are, so a tree can be moved or copied.
 """
@@ -26,6 +27,49 @@ from __future__ import annotations
 import os
 import re
 import shutil
+
+# include/linux/ioport.h flags as a BAR's line of ``resource`` carries them.
+MEM32 = 0x00040200            # IORESOURCE_MEM | IORESOURCE_SIZEALIGN
+MEM64 = MEM32 | 0x00100000    # ... | IORESOURCE_MEM_64
+MEM64_PREF = MEM64 | 0x00002000 | 0x0000000c  # ... | IORESOURCE_PREFETCH and the BAR's low bits
+IO = 0x00040101               # IORESOURCE_IO | IORESOURCE_SIZEALIGN
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+# The kernel's resource file: 6 BARs, the ROM, 6 SR-IOV VF BARs (CONFIG_PCI_IOV, as on Debian's
+# kernels), and for a bridge its 4 windows.
+RESOURCE_LINES, BRIDGE_RESOURCE_LINES = 13, 17
+
+
+def default_bars(pci_class, vendor, device, sriov=None):
+    """[(line, size, flags)]: the BARs a function of this kind has on a host (lspci -vv of real ones).
+
+    A data-centre NVIDIA GPU (3D controller, H100/A100): BAR0 16 MiB 32-bit, BAR1 128 GiB and
+    BAR3 32 MiB 64-bit prefetchable; a VGA one (RTX) BAR1 256 MiB. NVMe: BAR0 16 KiB 64-bit.
+    A ConnectX PF: BAR0 32 MiB 64-bit prefetchable, its VF BAR0 (line 7) 1 MiB a VF for all
+    sriov_totalvfs. Anything else: one 32-bit BAR of 64 KiB. Bridges have none.
+    """
+    if pci_class >> 16 == 0x06:
+        return []
+    if vendor == '10de' and pci_class >> 8 in (0x0300, 0x0302):
+        bar1 = 128 * GIB if pci_class >> 8 == 0x0302 else 256 * MIB
+        return [(0, 16 * MIB, MEM32), (1, bar1, MEM64_PREF), (3, 32 * MIB, MEM64_PREF)]
+    if pci_class >> 8 == 0x0108:
+        return [(0, 16 * KIB, MEM64)]
+    if vendor == '15b3':
+        bars = [(0, 32 * MIB, MEM64_PREF)]
+        if sriov and sriov.get('total'):
+            bars.append((7, MIB * sriov['total'], MEM64_PREF))
+        return bars
+    return [(0, 64 * KIB, MEM32)]
+
+
+def resource_text(bars, lines, allocate):
+    """The ``resource`` file of ``bars`` [(line, size, flags)]; ``allocate(size, flags)`` gives a start."""
+    rows = [(0, 0, 0)] * lines
+    for line, size, flags in bars:
+        start = allocate(size, flags)
+        rows[line] = (start, start + size - 1, flags)
+    return ''.join('0x%016x 0x%016x 0x%016x\n' % row for row in rows)
+
 
 BDF_RE = re.compile(r'^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$')
 
@@ -62,6 +106,8 @@ class SysfsBuilder:
         self.dirs = {}          # BDF or root name -> absolute device directory
         self.numa = {}          # BDF or root name -> numa node
         self._next_group = 0
+        # Where the next BAR goes: 32-bit ones below 4 GiB, 64-bit ones from 0x200000000000 up.
+        self._mmio = {False: 0xa0000000, True: 0x200000000000}
         self._auto_groups = {}  # domain:bus:device -> group of its non-bridge functions
         for rel in ('bus/pci/devices', 'bus/pci/drivers', 'kernel/iommu_groups',
                     'devices/system/node', 'devices/system/cpu', 'class/net',
@@ -71,6 +117,7 @@ class SysfsBuilder:
             os.makedirs(proc_root, exist_ok=True)
             self.mounts([])
             self.swaps([])
+            self.cpuinfo()
 
     # -- host-wide ----------------------------------------------------------
 
@@ -117,6 +164,21 @@ class SysfsBuilder:
         for name, value in (('nr_hugepages', total), ('free_hugepages', free), ('surplus_hugepages', 0)):
             _write(os.path.join(pool, name), '%d\n' % value)
 
+
+    def cpuinfo(self, phys_bits=46, cpus=1):
+        """``proc/cpuinfo`` with the lines the collection reads ("address sizes"; 46 bits: Sapphire Rapids)."""
+        text = ''.join('processor\t: %d\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n'
+                       'address sizes\t: %d bits physical, 57 bits virtual\n\n' % (cpu, phys_bits)
+                       for cpu in range(cpus))
+        _write(os.path.join(self.proc_root, 'cpuinfo'), text)
+
+    def allocate_bar(self, size, flags):
+        """A start for a BAR of ``size`` bytes, aligned to its size, as a host's firmware assigns it."""
+        wide = bool(flags & 0x00100000)
+        start = -(-self._mmio[wide] // size) * size
+        self._mmio[wide] = start + size
+        return start
+
     def mounts(self, lines):
         _write(os.path.join(self.proc_root, 'mounts'), ''.join(line + '\n' for line in lines))
 
@@ -145,7 +207,7 @@ class SysfsBuilder:
                subsystem_device=None, driver=None, group='auto', numa_node=None,
                local_cpulist=None, boot_vga=None, reset_method='flr',
                link=('16.0 GT/s PCIe', 16), max_link=None, sriov=None, serial=None,
-               extra=None):
+               extra=None, bars=None):
         """Add one PCI function below ``parent`` (a root name from :meth:`pci_root` or a BDF).
 
         ``group='auto'`` puts every non-bridge function of one physical device in
@@ -194,6 +256,10 @@ class SysfsBuilder:
                 'sriov_vf_device': sriov.get('vf_device', device),
                 'sriov_drivers_autoprobe': '1',
             })
+        if bars is None:
+            bars = default_bars(pci_class, vendor, device, sriov)
+        attrs['resource'] = resource_text(bars, BRIDGE_RESOURCE_LINES if pci_class >> 16 == 0x06
+                                          else RESOURCE_LINES, self.allocate_bar).rstrip('\n')
         attrs.update(extra or {})
         for name, value in attrs.items():
             if value is not None:
@@ -285,6 +351,13 @@ class SysfsBuilder:
                 return handle.read().strip()
 
         offset, stride = int(read('sriov_offset')), int(read('sriov_stride'))
+        total = int(read('sriov_totalvfs'))
+        # Each VF's BARs are its share of the PF's VF BARs (resource lines 7-12), in VF order.
+        vf_bars = []
+        for line, row in enumerate(read('resource').splitlines()[7:13]):
+            start, end, flags = (int(x, 16) for x in row.split())
+            if end > start:
+                vf_bars.append((line, start, (end - start + 1) // total, flags))
         domain, bus, dev, fn = (int(x, 16) for x in BDF_RE.match(pf).groups())
         rid = bus << 8 | dev << 3 | fn
         created = []
@@ -296,7 +369,12 @@ class SysfsBuilder:
             # Each VF gets an IOMMU group of its own, as the kernel gives it.
             self.device(vf, key, pci_class or int(read('class'), 16), read('vendor')[2:],
                         read('sriov_vf_device'), driver=driver, reset_method='flr',
-                        group=self.new_group() if self.iommu else None)
+                        group=self.new_group() if self.iommu else None,
+                        bars=[(line, size, flags) for line, _start, size, flags in vf_bars])
+            rows = [(0, 0, 0)] * RESOURCE_LINES
+            for line, start, size, flags in vf_bars:
+                rows[line] = (start + size * index, start + size * (index + 1) - 1, flags)
+            _write(os.path.join(self.dirs[vf], 'resource'), ''.join('0x%016x 0x%016x 0x%016x\n' % r for r in rows))
             _symlink(pf_dir, os.path.join(self.dirs[vf], 'physfn'))
             _symlink(self.dirs[vf], os.path.join(pf_dir, 'virtfn%d' % index))
             created.append(vf)

@@ -278,6 +278,9 @@ def build_h100_guest(base, fixture_dir=None):
         if name in ('driver_override',) or os.path.islink(os.path.join(gpu_dir, name)):
             continue
         _write(os.path.join(gpu_dir, name), value + '\n')
+    # gpu-attrs.txt cut the resource file's last line short: gpu-resource.txt is the whole file.
+    with open(os.path.join(fixture_dir, 'gpu-resource.txt')) as handle:
+        _write(os.path.join(gpu_dir, 'resource'), handle.read())
     b.numa_nodes({0: gpu_attrs['local_cpulist']})
     _symlink(os.path.join(sys_root, 'bus/pci/drivers/nvidia'), os.path.join(gpu_dir, 'driver'))
     return sys_root, proc_root

@@ -169,6 +169,8 @@ class Slot(Base):
     vcpus: Mapped[int | None] = mapped_column(Integer, nullable=True)
     memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
     host_cpulist: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The MiB of 64-bit BARs its devices bring into the VM (discovery's); NULL when approved before.
+    bar_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
     companions: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     nvme_address: Mapped[str | None] = mapped_column(String(32), nullable=True)
     fabric_pf_address: Mapped[str | None] = mapped_column(String(32), nullable=True)

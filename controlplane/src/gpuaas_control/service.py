@@ -468,6 +468,7 @@ def approve(session, actor: audit.Actor, node_id: str, approved_slots) -> list[S
             'vcpus': record.get('vcpus'),
             'memory_mib': record.get('memory_mib'),
             'host_cpulist': record.get('host_cpulist'),
+            'bar_mib': record.get('bar_mib'),
             'companions': list(record.get('companions') or []),
             'nvme_address': record.get('nvme_address'),
             'fabric_pf_address': record.get('fabric_pf_address'),

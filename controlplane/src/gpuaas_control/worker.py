@@ -64,7 +64,7 @@ class WorkerError(RuntimeError):
 
 SLOT_RECORD = ('slot_index', 'gpu_address', 'companions', 'nvme_address', 'fabric_pf_address',
                'fabric_vf_index', 'fabric_vf_pci_address', 'numa_node', 'cpulist', 'vcpus', 'memory_mib', 'host_cpulist',
-               'destructive_wipe_policy', 'mac', 'ip', 'fingerprint')
+               'bar_mib', 'destructive_wipe_policy', 'mac', 'ip', 'fingerprint')
 
 
 def slot_record(slot: Slot) -> dict:

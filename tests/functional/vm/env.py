@@ -309,7 +309,7 @@ def destroy_domain(uri, name):
         dom = conn.lookupByName(name)
         if dom.isActive():
             dom.destroy()
-        dom.undefine()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)   # a UEFI domain keeps its NVRAM otherwise
     except libvirt.libvirtError:
         pass
     finally:

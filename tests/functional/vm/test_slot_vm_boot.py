@@ -72,6 +72,7 @@ def slot(workdir, network, guest, libvirtd):
                   'image_dir': os.path.join(workdir, 'disks'), 'size': '64M'},
         'seed_dir': os.path.join(workdir, 'seeds'),
         'console_dir': os.path.join(workdir, 'console'),
+        'nvram_dir': os.path.join(workdir, 'nvram'),
     }
     yield values
     env.destroy_domain(libvirtd.uri, 'gpuaas-' + SLOT)
@@ -85,7 +86,7 @@ def vm_args(slot, network, guest, **extra):
                 bridge=network.bridge, bridge_type='linux', console_log_dir=slot['console_dir'],
                 kernel=guest['kernel'], initrd=guest['initrd'], kernel_cmdline=guest['cmdline'],
                 lease_file=network.lease_file, lease_timeout=120, stop_timeout=30,
-                expected_ip=slot['ip'],
+                expected_ip=slot['ip'], nvram_dir=slot['nvram_dir'],
                 allowed_dirs=[os.path.dirname(slot['console_dir']), os.path.dirname(guest['kernel']),
                               os.path.dirname(guest['initrd'])])
     args.update(extra)
@@ -172,16 +173,22 @@ def test_check_mode_apply_idempotence_and_boot(slot, network, guest, workdir, ca
     # Check mode: every task would change, nothing is created.
     results, _elapsed = run_playbook(book, check=True)
     assert [results[t]['changed'] for t in ('image', 'seed', 'vm')] == [True, True, True]
-    assert results['vm']['actions'] == ['create console log directory', 'define', 'start']
+    assert results['vm']['actions'] == ['create NVRAM directory', 'create console log directory', 'define', 'start']
     assert not domain_exists(slot['uri'], 'gpuaas-' + SLOT)
-    for path in (slot['image']['image_dir'], slot['seed_dir'], slot['console_dir']):
+    for path in (slot['image']['image_dir'], slot['seed_dir'], slot['console_dir'], slot['nvram_dir']):
         assert not os.path.exists(path), path
     assert network.ports() == [] and network.leases() == []
 
     # Apply: the guest boots, gets its address and reports in.
     results, apply_s = run_playbook(book)
     vm = results['vm']
-    assert vm['changed'] and vm['actions'] == ['create console log directory', 'define', 'start'], vm
+    assert vm['changed'] and vm['actions'] == ['create NVRAM directory', 'create console log directory', 'define',
+                                               'start'], vm
+    # UEFI: OVMF without secure boot, the variable store the domain's own, in the node directory.
+    nvram = os.path.join(slot['nvram_dir'], SLOT + '_VARS.fd')
+    assert (vm['firmware'], vm['nvram'], vm['phys_bits']) == ('uefi', nvram, 40)
+    assert os.path.getsize(nvram) > 0
+    assert "<os firmware='efi'>" in vm['xml'] and "<feature enabled='no' name='secure-boot'/>" in vm['xml']
     assert vm['ip'] == slot['ip'] and vm['mac'] == MAC and vm['domain_state'] == 'running'
     assert vm['lease']['hostname'] == HOSTNAME
     assert [d['address'] for d in vm['hostdevs_omitted']] == ['0001:01:00.0', '0001:01:00.1', '0001:02:00.0',
@@ -195,6 +202,7 @@ def test_check_mode_apply_idempotence_and_boot(slot, network, guest, workdir, ca
     assert body['hostname'] == HOSTNAME and body['instance_id'] == ALLOCATION and body['ip'] == slot['ip']
     assert body['disk_magic'] == slot['magic'] and body['disk_bytes'] == 64 * MIB
     assert body['ssh_keys'] == 2
+    assert (body['firmware'], body['phys_bits']) == ('uefi', 40)
     assert env.ping(slot['ip'])
     log = console(slot)
     assert 'gpuaas-guest: seed hostname=%s instance=%s keys=2' % (HOSTNAME, ALLOCATION) in log
@@ -268,6 +276,7 @@ def test_replace_stop_restart_and_remove_leave_nothing_behind(slot, network, gue
     assert image['changed'] and seeded['changed']
 
     assert not domain_exists(slot['uri'], 'gpuaas-' + SLOT)
+    assert os.listdir(slot['nvram_dir']) == []          # the variable store went with the domain
     assert os.listdir(slot['image']['image_dir']) == [] and not os.path.exists(disk)
     assert not os.path.exists(seed)
     assert network.ports() == [] and not os.path.exists('/sys/class/net/' + before['tap'])
@@ -311,6 +320,56 @@ def test_libvirt_takes_a_slices_pinning_and_the_emulator_on_the_hosts_cpus(slot,
         assert made['changed'] and made['actions'][-1] == 'define', made
         assert "<vcpupin vcpu='0' cpuset='1'/>" in made['xml'] and "<emulatorpin cpuset='0'/>" in made['xml']
         assert "<memory mode='strict' nodeset='0'/>" in made['xml']
+        assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
+    finally:
+        removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
+                                           lease_file=network.lease_file), capsys=capsys)
+        assert removed['actions'] == ['undefine']
+
+
+def test_a_slot_vm_under_ovmf_maps_a_128_gib_bar_behind_its_root_port(slot, network, guest, capsys):
+    """Issue 17, item 6: the lab's stand-in (pci-testdev, a 128 GiB 64-bit BAR) is assigned in the guest."""
+    name = 'vmtest-s7'
+    console_log = os.path.join(slot['console_dir'], name + '.log')
+    args = vm_args(slot, network, guest, slot_id=name, lab_standin_bar_gib=128, wait_for_lease=False)
+    try:
+        started = time.monotonic()
+        made = run_module(slot_vm, args, capsys=capsys)
+        assert made['changed'] and made['actions'][-1] == 'start', made
+        # 128 GiB + the VM's own devices need a 256 GiB window: 41 bits (2 TiB), with 1 GiB pages.
+        assert made['firmware'] == 'uefi' and made['phys_bits'] == 41
+        assert 'pci-testdev,bus=gpuaas-standin-port,membar=128G' in made['xml']
+        line, deadline = None, time.monotonic() + 240
+        while line is None and time.monotonic() < deadline:
+            with open(console_log, 'rb') as handle:
+                text = handle.read().decode('utf-8', 'replace')
+            line = next((item for item in text.splitlines() if 'gpuaas-guest: firmware=' in item), None)
+            time.sleep(0.2)
+        assert line is not None, 'the guest reported no BARs within 240 s:\n' + text[-3000:]
+        with capsys.disabled():
+            print('\nOVMF slot VM with a 128 GiB BAR: start to the BAR report %.1f s' % (time.monotonic() - started))
+        assert 'firmware=uefi phys_bits=41 bar_max_mib=131072' in line, line
+        # pci-testdev is 1b36:0005; its BAR 2 sits in the top eighth of the guest's 2 TiB.
+        bar = [item for item in text.splitlines() if 'id=0x1b36:0x0005 bar=2' in item]
+        assert bar and 'size_mib=131072' in bar[0] and int(bar[0].split('start=')[1].split()[0], 16) >= 7 << 38, bar
+        assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
+        # Without the stand-in it is another definition: never on by default.
+        other = run_module(slot_vm, dict(args, lab_standin_bar_gib=None), capsys=capsys)
+        assert other['failed'] and 'qemu_args: ' in other['msg'], other
+    finally:
+        removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
+                                           lease_file=network.lease_file), capsys=capsys)
+        assert removed['actions'] == ['destroy', 'undefine']
+    assert not os.path.exists(os.path.join(slot['nvram_dir'], name + '_VARS.fd'))
+
+
+def test_firmware_bios_is_seabios_without_a_variable_store(slot, network, guest, capsys):
+    name = 'vmtest-s6'
+    args = vm_args(slot, network, guest, slot_id=name, state='present', firmware='bios')
+    try:
+        made = run_module(slot_vm, args, capsys=capsys)
+        assert made['changed'] and made['firmware'] == 'bios' and made['nvram'] is None, made
+        assert 'firmware=' not in made['xml'] and '<nvram' not in made['xml'] and '<loader' not in made['xml']
         assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
     finally:
         removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',

@@ -36,6 +36,8 @@ class InventorySlot(InventorySlotState):
     vcpus: int | None = Field(None, description="The slot's CPU slice size: the most vCPUs a reservation of it may ask for.")
     memory_mib: int | None = Field(None, description="The slot's memory share: the most MiB a reservation of it may ask for.")
     host_cpulist: str | None = None
+    bar_mib: int | None = Field(None, description="The MiB of 64-bit BARs the slot's devices bring into its VM "
+                                                  '(the GPU, its companions, the NVMe and the VF).')
     nvme_address: str | None
     fabric_pf_address: str | None
     fabric_vf_index: int | None = Field(None, description="Which VF of its fabric PF is the slot's (slots may share a PF): "

@@ -80,6 +80,9 @@ def test_workstation_full_result(host_tree):
              'companions': ['0000:01:00.1'], 'numa_node': 0, 'cpulist': '1-8,17-24', 'vcpus': 16,
              # (131631104 kB // 1024 - 16384) // 2 slots = 56081 MiB, down to 54 GiB
              'memory_mib': 55296, 'host_cpulist': '0,16',
+             # RTX 4090: BAR1 256 MiB + BAR3 32 MiB (BAR0 and the audio function's are 32-bit);
+             # the NVMe's 16 KiB; the VF's 1 MiB (8 MiB of VF BAR0 / 8 VFs): 289 MiB 16 KiB, rounded up.
+             'bar_mib': 290,
              'nvme_address': '0000:02:00.0', 'fabric_pf_address': '0000:03:00.0', 'fabric_vf_index': 0,
              'fabric_vf_pci_address': '0000:03:00.2', 'mac': mac('ws', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',
@@ -87,7 +90,7 @@ def test_workstation_full_result(host_tree):
              'eligible': True, 'reasons': []},
             {'slot_index': 1, 'slot_id': 'ws-s1', 'gpu_address': '0000:05:00.0',
              'companions': [], 'numa_node': 0, 'cpulist': '9-15,25-31', 'vcpus': 14,
-             'memory_mib': 55296, 'host_cpulist': '0,16', 'nvme_address': None,
+             'memory_mib': 55296, 'bar_mib': 289, 'host_cpulist': '0,16', 'nvme_address': None,
              # One PF for two GPUs: the second slot shares it and gets VF 1 (offset 2, stride 1: 03:00.3).
              'fabric_pf_address': '0000:03:00.0', 'fabric_vf_index': 1, 'fabric_vf_pci_address': '0000:03:00.3',
              'mac': mac('ws', 1), 'ip': '10.100.0.11',
@@ -147,7 +150,8 @@ def test_real_h100_passthrough_guest_reports_the_iommu_off_and_offers_nothing(ho
         'slots': [
             {'slot_index': 0, 'slot_id': 'guest-s0', 'gpu_address': '0000:00:06.0',
              'companions': [], 'numa_node': 0, 'cpulist': '1-15', 'vcpus': 15,
-             'memory_mib': 240640, 'host_cpulist': '0', 'nvme_address': None,
+             # The captured resource file: 16 MiB, 128 GiB and 32 MiB, all three 64-bit in that guest.
+             'memory_mib': 240640, 'bar_mib': 131120, 'host_cpulist': '0', 'nvme_address': None,
              'fabric_pf_address': None, 'fabric_vf_index': None, 'fabric_vf_pci_address': None,
              'mac': mac('guest', 0), 'ip': '10.100.0.10',
              'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'none',
@@ -171,6 +175,8 @@ def test_segment_0001_devices_pair_and_get_their_vf_address(host_tree):
         'slot_index': 0, 'slot_id': 'seg-s0', 'gpu_address': '0001:01:00.0', 'companions': [],
         # No thread_siblings_list: each CPU is a core; CPU 0 is the host's.
         'numa_node': 0, 'cpulist': '1-7', 'vcpus': 7, 'memory_mib': 240640, 'host_cpulist': '0',
+        # A100: 128 GiB + 32 MiB; NVMe 16 KiB; the VF's 1 MiB (4 MiB / 4 VFs).
+        'bar_mib': 131106,
         'nvme_address': '0001:02:00.0',
         'fabric_pf_address': '0001:03:00.0', 'fabric_vf_index': 0,
         # sriov_offset 8, stride 1: routing id 03:00.0 + 8 = 03:01.0
@@ -206,6 +212,8 @@ def test_hgx_pairs_each_gpu_with_the_nvme_and_pf_behind_its_switch(host_tree):
             # (1056348672 kB // 1024 - 16384) // 4 slots = 253801 MiB, down to 247 GiB
             'memory_mib': 252928, 'host_cpulist': '0,56,112,168', 'nvme_address': nvme,
             # One PF per GPU: VF 0 of its own PF each, as before PFs were shared.
+            # H100 BAR1 128 GiB + BAR3 32 MiB, the NVMe's 16 KiB, the VF's 1 MiB.
+            'bar_mib': 131106,
             'fabric_pf_address': pf, 'fabric_vf_index': 0, 'fabric_vf_pci_address': vf, 'mac': mac('hgx', index),
             'ip': '10.100.0.%d' % (10 + index),
             'capacity_metadata': {'storage_ownership': 'slice', 'fabric_claim_mode': 'per_slot_vf',

@@ -219,6 +219,7 @@ def test_seed_cdrom_serial_log_and_disk_kinds():
 def test_domain_type_and_cpu_model():
     assert tree(spec()).get('type') == 'kvm'
     assert tree(spec()).find('cpu').get('mode') == 'host-passthrough'
+    assert tree(spec()).find('cpu/maxphysaddr') is None
     qemu = tree(spec(domain_type='qemu'))
     assert qemu.get('type') == 'qemu' and qemu.find('cpu') is None
     with pytest.raises(DomainError, match='domain_type'):
@@ -336,3 +337,69 @@ def test_a_restored_nvme_boots_a_diskless_slot_instead_of_libvirts_default():
     assert "dev='hd'" not in xml and 'dev="hd"' not in xml
     nvme = [h for h in xml.split('<hostdev ') if '0x1c' in h][0]
     assert '<boot order="1" />' in nvme
+
+
+def test_uefi_is_ovmf_without_secure_boot_and_a_variable_store_of_the_domains_own():
+    root = tree(spec())
+    os_el = root.find('os')
+    assert os_el.get('firmware') == 'efi'
+    assert [(f.get('name'), f.get('enabled')) for f in os_el.findall('firmware/feature')] == [('secure-boot', 'no')]
+    assert os_el.findtext('nvram') == '/var/lib/gpuaas/nvram/gpu-node-01-s3_VARS.fd'
+    assert tree(spec(nvram='/srv/nvram/s3.fd')).findtext('os/nvram') == '/srv/nvram/s3.fd'
+    bios = tree(spec(firmware='bios'))
+    assert bios.find('os').get('firmware') is None and bios.find('os/nvram') is None
+    assert bios.find('os/firmware') is None
+    facts = _domain.domain_facts(_domain.build_xml(spec()))
+    assert (facts['firmware'], facts['secure_boot'], facts['nvram']) == (
+        'uefi', 'no', '/var/lib/gpuaas/nvram/gpu-node-01-s3_VARS.fd')
+    changes = _domain.differences(facts, _domain.domain_facts(_domain.build_xml(spec(firmware='bios'))))
+    assert 'firmware: uefi -> bios' in changes
+    # libvirt's copy may name the loader instead of the firmware attribute: still UEFI.
+    theirs = _domain.build_xml(spec(firmware='bios')).replace(
+        '<os>', '<os><loader readonly="yes" type="pflash">/usr/share/OVMF/OVMF_CODE_4M.fd</loader>')
+    assert _domain.domain_facts(theirs)['firmware'] == 'uefi'
+
+
+@pytest.mark.parametrize('extra, message', [
+    ({'firmware': 'coreboot'}, "firmware must be one of uefi, bios, not 'coreboot'"),
+    ({'nvram': 'relative.fd'}, "nvram 'relative.fd' must be an absolute path"),
+    ({'nvram': '/var/lib/gpuaas/../x.fd'}, "without '..'"),
+    ({'phys_bits': 39}, 'phys_bits must be a whole number from 40 to 52, not 39'),
+    ({'phys_bits': 53}, 'phys_bits must be a whole number from 40 to 52'),
+    ({'phys_bits': True}, 'phys_bits must be'),
+    ({'standin_bar_gib': 3}, 'lab_standin_bar_gib must be a power of two from 1 to 1024 (GiB), not 3'),
+    ({'standin_bar_gib': 0.5}, 'lab_standin_bar_gib must be a power of two'),
+    ({'standin_bar_gib': 128, 'machine': 'pc-i440fx-7.2'}, 'lab_standin_bar_gib needs a q35 machine'),
+])
+def test_firmware_cpu_and_stand_in_refusals(extra, message):
+    with pytest.raises(DomainError) as caught:
+        spec(**extra)
+    assert message in str(caught.value)
+
+
+def test_the_guest_cpu_addresses_the_slots_memory_and_bars():
+    kvm = tree(spec(phys_bits=41)).find('cpu')
+    assert kvm.get('mode') == 'host-passthrough'
+    assert kvm.find('maxphysaddr').attrib == {'mode': 'passthrough'}
+    tcg = tree(spec(domain_type='qemu', phys_bits=40)).find('cpu')
+    assert (tcg.get('mode'), tcg.findtext('model'), tcg.find('feature')) == ('custom', 'qemu64', None)
+    assert tcg.find('maxphysaddr').attrib == {'mode': 'emulate', 'bits': '40'}
+    # Above 40 bits OVMF needs 1 GiB pages to use them.
+    wide = tree(spec(domain_type='qemu', phys_bits=42)).find('cpu')
+    assert wide.find('feature').attrib == {'policy': 'require', 'name': 'pdpe1gb'}
+    assert wide.find('maxphysaddr').get('bits') == '42'
+    facts = _domain.domain_facts(_domain.build_xml(spec(domain_type='qemu', phys_bits=42)))
+    assert facts['maxphysaddr'] == 'emulate:42'
+    assert _domain.differences(facts, _domain.domain_facts(_domain.build_xml(
+        spec(domain_type='qemu', phys_bits=41)))) == ['maxphysaddr: emulate:42 -> emulate:41']
+
+
+def test_the_lab_stand_in_is_a_pci_testdev_behind_its_own_root_port_and_only_when_asked():
+    assert tree(spec()).find('{%s}commandline' % _domain.QEMU_NS) is None
+    root = tree(spec(standin_bar_gib=128))
+    args = [a.get('value') for a in root.findall('{%s}commandline/{%s}arg' % (_domain.QEMU_NS, _domain.QEMU_NS))]
+    assert args == ['-device', 'pcie-root-port,id=gpuaas-standin-port,bus=pcie.0,addr=0x1e,chassis=200',
+                    '-device', 'pci-testdev,bus=gpuaas-standin-port,membar=128G,id=gpuaas-standin']
+    facts = _domain.domain_facts(_domain.build_xml(spec(standin_bar_gib=128)))
+    assert facts['qemu_args'] == args
+    assert _domain.differences(facts, _domain.domain_facts(_domain.build_xml(spec())))[0].startswith('qemu_args: ')

@@ -96,7 +96,7 @@ class Module:
     def __init__(self, tmp_path, **params):
         defaults = {spec_key: spec.get('default') for spec_key, spec in slot_vm.argument_spec().items()}
         defaults.update(slot_id='gpu-node-01-s3', memory_mib=1024, cpulist='0-1',
-                        lease_file=str(tmp_path / 'leases'), console_log_dir=str(tmp_path),
+                        lease_file=str(tmp_path / 'leases'), console_log_dir=str(tmp_path), nvram_dir=str(tmp_path),
                         sysfs_root=str(tmp_path / 'sys'), allowed_dirs=[str(tmp_path)])
         defaults.update(params)
         self.params = defaults

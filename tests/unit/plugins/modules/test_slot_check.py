@@ -302,3 +302,28 @@ def test_a_pf_that_lost_its_offset_is_refused(capsys, pcie8):
     assert p8_problems(capsys, pcie8, slot=pcie8['record']) == [
         "fabric_vf_pci_address: the record says '0000:6a:00.3', but fabric PF 0000:6a:00.0 does not report "
         'sriov_offset/sriov_stride, so its VF addresses cannot be known']
+
+
+def test_the_checked_slot_carries_its_bar_mib_from_the_devices(capsys, ws):
+    slot = check(capsys, ws, slot=ws['record'])['slot']
+    assert slot['bar_mib'] == ws['found']['slots'][0]['bar_mib'] == 290
+    same = check(capsys, ws, slot=dict(ws['record'], bar_mib=290))
+    assert 'failed' not in same
+    problems = refused(check(capsys, ws, slot=dict(ws['record'], bar_mib=17)),
+                       "bar_mib: the record says 17, but the devices' 64-bit BARs add up to 290 MiB")
+    assert len(problems) == 1
+
+
+def test_a_shape_whose_memory_and_bars_the_cpu_cannot_address_is_refused(capsys, ws):
+    # A GPU with a 1 TiB BAR on a CPU of 40 address bits: the window alone is all of it.
+    with open(os.path.join(ws['sys'], 'bus/pci/devices', GPU, 'resource'), 'w') as handle:
+        handle.write('0x0000010000000000 0x000001ffffffffff 0x000000000014220c\n')
+    with open(os.path.join(ws['proc'], 'cpuinfo'), 'w') as handle:
+        handle.write('address sizes\t: 40 bits physical, 48 bits virtual\n')
+    record = dict((key, value) for key, value in ws['record'].items() if key != 'bar_mib')
+    problems = refused(check(capsys, ws, slot=record, vcpus=1, memory_mib=1024),
+                       "shape: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 1048578 and 1024 MiB for the VM's "
+                       "own devices, a 2097152 MiB window) needs 44 physical address bits in the guest", 'but the host CPU has 40')
+    assert len(problems) == 1
+    os.unlink(os.path.join(ws['proc'], 'cpuinfo'))
+    refused(check(capsys, ws, slot=record), "shape: cannot read", "physical address bits cannot be known")

@@ -20,7 +20,7 @@ NO_DAEMON = 'qemu:///system?socket=/nonexistent/libvirt-sock'
 
 def args(tmp_path, **extra):
     base = dict(uri=NO_DAEMON, slot_id='gpu-node-01-s3', memory_mib=1024, cpulist='0-1',
-                numatune=False, console_log_dir=str(tmp_path / 'console'),
+                numatune=False, console_log_dir=str(tmp_path / 'console'), nvram_dir=str(tmp_path / 'nvram'),
                 lease_file=str(tmp_path / 'leases'), allowed_dirs=[str(tmp_path)])
     base.update(extra)
     return base
@@ -52,6 +52,11 @@ needs_binding = pytest.mark.skipif(not _libvirt.HAS_LIBVIRT, reason='needs libvi
     ({'memory_mib': 1}, 'at least 64'),
     ({'initrd': '/i'}, 'missing parameter(s) required by \'initrd\': kernel'),
     ({'memory_mib': None}, 'memory_mib'),
+    ({'firmware': 'coreboot'}, "value of firmware must be one of: uefi, bios, got: coreboot"),
+    ({'lab_standin_bar_gib': 100}, 'lab_standin_bar_gib must be a power of two from 1 to 1024 (GiB), not 100'),
+    ({'lab_standin_bar_gib': 2048}, 'lab_standin_bar_gib must be a power of two'),
+    ({'lab_standin_bar_gib': 128, 'machine': 'pc'}, 'lab_standin_bar_gib needs a q35 machine'),
+    ({'bar_mib': -1}, 'bar_mib must be a whole number from 0 to 16777216, not -1'),
 ])
 def test_refused_before_libvirt(tmp_path, capsys, extra, message):
     params = args(tmp_path, **extra)
@@ -88,6 +93,7 @@ BIG = 2 ** 64
     ({'kernel': '/boot/vmlinuz'}, "kernel '/boot/vmlinuz' is outside the allowed directories"),
     ({'kernel': '{tmp}/k', 'initrd': '/boot/initrd.img'}, "initrd '/boot/initrd.img' is outside"),
     ({'console_log_dir': '/var/tmp/console'}, "console_log_dir '/var/tmp/console' is outside"),
+    ({'nvram_dir': '/var/lib/libvirt/qemu/nvram'}, "nvram_dir '/var/lib/libvirt/qemu/nvram' is outside"),
     ({'disk': '{tmp}/escape/shadow'}, "it resolves to '/etc/shadow'"),
     ({'allowed_dirs': []}, 'allowed_dirs is empty'),
     ({'allowed_dirs': ['relative/dir']}, 'allowed_dirs'),
@@ -116,3 +122,23 @@ def test_missing_binding(tmp_path, capsys, monkeypatch):
     result = run_module(slot_vm, args(tmp_path), capsys=capsys)
     assert result['failed'] and 'libvirt-python' in result['msg']
     assert 'Failed to import the required Python library' in result['msg']
+
+
+def test_a_guest_the_host_cpu_cannot_address_is_refused_before_libvirt(tmp_path, capsys, monkeypatch):
+    """memory_mib + bar_mib (+ a lab stand-in) need more physical address bits than /proc/cpuinfo has."""
+    from ansible_collections.gpuaas.slice.plugins.module_utils import _slot_vm
+    (tmp_path / 'cpuinfo').write_text('address sizes\t: 40 bits physical, 48 bits virtual\n')
+    monkeypatch.setattr(_slot_vm, 'PROC_ROOT', str(tmp_path))
+    result = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, gpu_address='0000:18:00.0'), capsys=capsys)
+    assert result['failed'] and result['msg'] == (
+        "gpuaas-gpu-node-01-s3 cannot be defined: memory_mib 1024 plus the slot's 64-bit BARs (bar_mib 131106 and "
+        "1024 MiB for the VM's own devices, a 262144 MiB window) needs 41 physical address bits in the guest "
+        '(OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and the 4 GiB below the '
+        '32-bit hole go under it), but the host CPU has 40: ask for less memory, or use a host whose CPU addresses more'), result['msg']
+    # Without passthrough the devices' BARs are not in the VM; a lab stand-in's always is.
+    refused = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, passthrough=False,
+                                       lab_standin_bar_gib=128), capsys=capsys)
+    assert 'bar_mib 131072' in refused['msg'] and 'needs 41' in refused['msg']
+    fits = run_module(slot_vm, args(tmp_path, bar_mib=128 * 1024 + 34, passthrough=False,
+                                    lab_standin_bar_gib=64), capsys=capsys)
+    assert 'cannot connect to libvirt' in fits['msg'], fits['msg']
