@@ -148,8 +148,10 @@ def read_agent(path):
         raise SeedError('guest_agent %s cannot be read (%s): host_prep installs it' % (path, exc.strerror or exc))
     if len(data) > MAX_AGENT:
         raise SeedError('guest_agent %s is larger than %d bytes' % (path, MAX_AGENT))
-    if not data.startswith(b'#!') or b'\0' in data:
-        raise SeedError('guest_agent %s is not a script' % path)
+    try:
+        compile(data, path, 'exec')
+    except (SyntaxError, ValueError):
+        raise SeedError('guest_agent %s is not a Python program' % path)
     return data
 
 
@@ -207,7 +209,7 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
         ours.append({'path': SLOT_FILE, 'owner': 'root:root', 'permissions': '0644',
                      'content': json.dumps(approved, sort_keys=True) + '\n'})
     if agent is not None:
-        ours.append({'path': AGENT_PATH, 'owner': 'root:root', 'permissions': '0755', 'encoding': 'b64',
+        ours.append({'path': AGENT_PATH, 'owner': 'root:root', 'permissions': '0644', 'encoding': 'b64',
                      'content': base64.b64encode(agent).decode('ascii')})
         ours.append({'path': AGENT_UNIT_PATH, 'owner': 'root:root', 'permissions': '0644', 'content': AGENT_UNIT})
 

@@ -264,8 +264,8 @@ def address_space_problem(memory_mib, bar_mib, host_bits):
             'window) needs %d physical address '
             'bits in the guest (OVMF keeps the top eighth of the address space for the 64-bit PCI window, RAM and '
             'the 4 GiB below the 32-bit hole go under it), but the host CPU has %d: ask for less memory, or use '
-            'a host whose CPU addresses more' % (memory_mib, bar_mib, DEVICE_HEADROOM_MIB,
-                                                window_mib(bar_mib + DEVICE_HEADROOM_MIB), bits, host_bits))
+            'a host whose CPU addresses more' % (
+                memory_mib, bar_mib, DEVICE_HEADROOM_MIB, window_mib(bar_mib + DEVICE_HEADROOM_MIB), bits, host_bits))
 
 
 # -- SSH keys -----------------------------------------------------------------

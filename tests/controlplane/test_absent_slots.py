@@ -57,7 +57,7 @@ def test_an_absent_slot_is_not_reserved_and_the_others_are(db, lost_gpu):
     # The lost slot keeps its row, id, MAC, IP and approval, and says why; the others are untouched.
     assert after == dict(before, **{'n1-s2': before['n1-s2'][:5] + (reason,)})
     add_tenant(db, 'acme')
-    taken = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _ in range(7)]
+    taken = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _count in range(7)]
     assert sorted(taken) == ['n1-s0', 'n1-s1', 'n1-s3', 'n1-s4', 'n1-s5', 'n1-s6', 'n1-s7']
     with pytest.raises(service.Conflict, match='no free, approved slot'):
         db.transact(service.reserve, tenant('acme'), request())
@@ -72,7 +72,7 @@ def test_the_gpu_returning_makes_its_slot_reservable_again(db, lost_gpu):
     add_node(db, full, entries)
     assert all(state[5] is None for state in _slots(db).values())
     add_tenant(db, 'acme')
-    taken = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _ in range(8)]
+    taken = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _count in range(8)]
     assert 'n1-s2' in taken
 
 
@@ -80,7 +80,7 @@ def test_an_allocation_on_a_slot_whose_gpu_is_lost_is_reported(db, lost_gpu):
     full, entries, gone, lost = lost_gpu
     add_node(db, full, entries)
     add_tenant(db, 'acme')
-    held = [db.transact(service.reserve, tenant('acme'), request())[0] for _ in range(3)]
+    held = [db.transact(service.reserve, tenant('acme'), request())[0] for _count in range(3)]
     victim = next(a for a in held if a.slot_id == 'n1-s2')
     # Approval does not refuse the map for the held slot: it is absent, not withdrawn, and stays held.
     slots = _lose(db, gone, entries)
@@ -136,7 +136,7 @@ def test_without_fingerprints_a_held_slots_devices_never_move(db, lost_gpu, tmp_
     assert now['n1-s3']['nvme_address'] == full['slots'][2]['nvme_address']
     add_node(db, full, bare)
     add_tenant(db, 'acme')
-    held = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _ in range(4)]
+    held = [db.transact(service.reserve, tenant('acme'), request())[0].slot_id for _count in range(4)]
     assert 'n1-s3' in held
     db.transact(service.record_discovery, OPERATOR, 'n1', gone)
     with pytest.raises(service.Conflict) as refused:

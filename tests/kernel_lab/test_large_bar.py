@@ -57,11 +57,11 @@ def test_a_128_gib_bar_through_vfio_into_a_uefi_slot_vm(capsys, tmp_path):
     if os.environ.get('GPUAAS_KERNEL_LAB') != '1' or standin() is None:
         pytest.skip('needs the kernel lab booted with --standin-bar-gib')
     address = standin()
-    wide = [bar for bar in bars(address) if bar[3]]
+    wide = [found for found in bars(address) if found[3]]
     with capsys.disabled():
         print('\nstand-in %s, lab kernel BARs %s' % (address, bars(address)))
     assert wide and wide[0][2] == 128 << 30, bars(address)
-    guests = [m for m in glob.glob(os.path.join(GUEST, '*', 'manifest.json'))]
+    guests = glob.glob(os.path.join(GUEST, '*', 'manifest.json'))
     assert guests, 'build the test guest first (python tests/guest/build_image.py)'
     build = os.path.dirname(guests[0])
     subprocess.run(['ip', 'link', 'add', BRIDGE, 'type', 'bridge'], check=True)

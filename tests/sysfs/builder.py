@@ -164,7 +164,6 @@ class SysfsBuilder:
         for name, value in (('nr_hugepages', total), ('free_hugepages', free), ('surplus_hugepages', 0)):
             _write(os.path.join(pool, name), '%d\n' % value)
 
-
     def cpuinfo(self, phys_bits=46, cpus=1):
         """``proc/cpuinfo`` with the lines the collection reads ("address sizes"; 46 bits: Sapphire Rapids)."""
         text = ''.join('processor\t: %d\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n'
@@ -411,4 +410,3 @@ def replace_card(root, address, device, subsystem_device, serial):
     for name, value in (('device', '0x' + device), ('subsystem_device', '0x' + subsystem_device),
                         ('serial_number', serial)):
         _write(os.path.join(path, name), value + '\n')
-

@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """gpuaas guest agent: a slot VM's health, GPU metrics and first-boot acceptance check.
 
-    gpuaas_guest_agent.py [--env-file /etc/gpuaas/telemetry.env] [--interval 30] [--once]
+    python3 gpuaas_guest_agent.py [--env-file /etc/gpuaas/telemetry.env] [--interval 30] [--once]
 
 It runs inside the slot VM (Python 3.11 standard library only) and posts JSON objects to the
 node's telemetry sink with the allocation's token. The sink address, the token and the

@@ -405,7 +405,7 @@ def test_the_kernel_datapath_works_or_is_refused_clearly():
             args = dict(bridge='br-gpuaas-k', datapath_type='system', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
                         hosts_dir=os.path.join(work, 'hosts'), lease_file=os.path.join(work, 'leases'),
                         nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
-                     ssh_dir=os.path.join(work, 'ssh.d'))
+                        ssh_dir=os.path.join(work, 'ssh.d'))
             result = host.module('host_network', args)
             exists = host.sh('ovs-vsctl', 'br-exists', 'br-gpuaas-k', check=False).returncode == 0
             if result.get('failed'):

@@ -350,8 +350,9 @@ def test_a_slot_vm_under_ovmf_maps_a_128_gib_bar_behind_its_root_port(slot, netw
             print('\nOVMF slot VM with a 128 GiB BAR: start to the BAR report %.1f s' % (time.monotonic() - started))
         assert 'firmware=uefi phys_bits=41 bar_max_mib=131072' in line, line
         # pci-testdev is 1b36:0005; its BAR 2 sits in the top eighth of the guest's 2 TiB.
-        bar = [item for item in text.splitlines() if 'id=0x1b36:0x0005 bar=2' in item]
-        assert bar and 'size_mib=131072' in bar[0] and int(bar[0].split('start=')[1].split()[0], 16) >= 7 << 38, bar
+        standin = [item for item in text.splitlines() if 'id=0x1b36:0x0005 bar=2' in item]
+        assert standin and 'size_mib=131072' in standin[0] \
+            and int(standin[0].split('start=')[1].split()[0], 16) >= 7 << 38, standin
         assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
         # Without the stand-in it is another definition: never on by default.
         other = run_module(slot_vm, dict(args, lab_standin_bar_gib=None), capsys=capsys)

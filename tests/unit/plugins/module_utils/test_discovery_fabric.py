@@ -151,8 +151,8 @@ def test_more_slots_than_sriov_totalvfs_makes_the_extra_slot_ineligible_with_the
             assert slot['reasons'] == ['fabric PF %s offers 3 VFs (sriov_totalvfs) and the 3 slots before this one '
                                        'on it take them all: this slot would need VF 3' % pf]
     # Only the eligible slots are approved, so the PFs need 3 VFs each: never more than they offer.
-    assert vf_counts([s for s in slots if s['eligible']]) == [{'address': pf, 'num_vfs': 3}
-                                                            for pf in PCIE8_PFS.values()]
+    want = [{'address': pf, 'num_vfs': 3} for pf in PCIE8_PFS.values()]
+    assert vf_counts([s for s in slots if s['eligible']]) == want
 
 
 @pytest.mark.parametrize('attribute', ['sriov_offset', 'sriov_stride'])

@@ -111,8 +111,8 @@ def nvme_args(dirs, host):
     ({'mounts': ['/dev/nvme2n1 /srv ext4 rw 0 0']}, 'the host uses its namespace: nvme2n1 is mounted on /srv'),
     ({'namespaces': ['nvme2n1', 'nvme2n2']}, 'it has 2 namespaces (nvme2n1, nvme2n2)'),
 ])
-def test_an_nvme_boot_disk_that_cannot_be_written_is_refused_before_anything_changes(node, capsys, tmp_path,
-                                                                                      host_kwargs, expected):
+def test_an_nvme_boot_disk_that_cannot_be_written_is_refused_before_anything_changes(
+        node, capsys, tmp_path, host_kwargs, expected):
     host = Host(str(tmp_path / 'host'), **host_kwargs)
     before = tree(node)
     result = run_module(slot_provision, nvme_args(node, host), capsys=capsys)

@@ -231,7 +231,7 @@ def test_the_approved_facts_and_the_guest_agent_travel_in_the_user_data(tmp_path
     files = {item['path']: item for item in user['write_files']}
     assert json.loads(files[_seed.SLOT_FILE]['content']) == APPROVED
     agent = files[_seed.AGENT_PATH]
-    assert (agent['permissions'], agent['encoding']) == ('0755', 'b64')
+    assert (agent['permissions'], agent['encoding']) == ('0644', 'b64')
     with open(AGENT, 'rb') as handle:
         assert base64.b64decode(agent['content']) == handle.read()
     assert 'ExecStart=/usr/bin/python3 %s' % _seed.AGENT_PATH in files[_seed.AGENT_UNIT_PATH]['content']
@@ -256,6 +256,7 @@ def test_the_approved_facts_and_the_guest_agent_travel_in_the_user_data(tmp_path
     ({'approved': APPROVED, 'user_data': {'write_files': [{'path': '/etc/gpuaas/slot.json', 'content': '{}'}]}},
      'user_data.write_files may not write /etc/gpuaas/slot.json: the seed writes it'),
     ({'guest_agent': '/nonexistent/agent.py'}, 'guest_agent /nonexistent/agent.py cannot be read'),
+    ({'guest_agent': '/etc/passwd'}, 'guest_agent /etc/passwd is not a Python program'),
 ])
 def test_bad_approved_facts_or_agent_are_refused(tmp_path, capsys, extra, message):
     result = run_module(slot_seed, args(tmp_path, **extra), capsys=capsys)
