@@ -148,10 +148,12 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert 'slot sample-hgx-s0 reserved; waiting for it to run' in created
     assert '==> provisioning: attempt 1 on cli-worker' in created
     assert '    task: Return the allocation' in created
-    assert '==> running: 10.100.0.10, ssh root@10.100.0.10' in created
+    # The tenant's way in: the slot's SSH port on the node's public address (the fake node's 203.0.113.1).
+    assert '==> running: 10.100.0.10, ssh gpuaas@203.0.113.1 -p 22000' in created
     shown = dict(line.split(None, 1) for line in created.splitlines() if line[:1].isalpha()
                  and not line.startswith('allocation '))
     assert shown['state'].strip() == 'running' and shown['address'].strip() == '10.100.0.10'
+    assert json.loads(shown['access']) == {'ssh_host': '203.0.113.1', 'ssh_port': 22000, 'user': 'gpuaas'}
     assert shown['telemetry_token'].strip().startswith('tok-alloc-')
     allocation_id = shown['id'].strip()
 

@@ -358,7 +358,7 @@ SLOT_COLUMNS = [('id', 'slot'), ('state', 'state'), ('approved', 'approved'),
 ALLOCATION_COLUMNS = [('id', 'allocation'), ('tenant', 'tenant'), ('state', 'state'),
                       ('slot_id', 'slot'), ('address', 'address'), ('created_at', 'created')]
 ALLOCATION_FIELDS = ['id', 'tenant', 'state', 'slot_id', 'node_id', 'image', 'vcpus',
-                     'memory_mib', 'disk_gib', 'hostname', 'mac', 'address', 'ssh',
+                     'memory_mib', 'disk_gib', 'hostname', 'mac', 'address', 'access', 'ssh',
                      'telemetry_token', 'hostdevs_attached', 'timings', 'error', 'created_at',
                      'running_at', 'ended_at']
 
