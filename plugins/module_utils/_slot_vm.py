@@ -225,14 +225,15 @@ class SlotVm:
         return self.slot.file(self.params['console_log_dir'], '.log')
 
     def confine(self):
-        """Refuse a disk, seed, kernel, initrd or console log directory outside ``allowed_dirs``."""
+        """Refuse a disk, seed, kernel, initrd, console log directory or (UEFI) NVRAM directory outside
+        ``allowed_dirs``."""
         p = self.params
         allowed = [check_path(path, 'allowed_dirs') for path in p['allowed_dirs'] or []]
         if not allowed:
             raise SlotVmError('allowed_dirs is empty: give the directories disks, seeds, boot files and '
                               'console logs may be in')
         for what in ('disk', 'seed', 'kernel', 'initrd', 'console_log_dir', 'nvram_dir'):
-            if p[what] is not None:
+            if p[what] is not None and (what != 'nvram_dir' or p['firmware'] == 'uefi'):
                 check_path(p[what], what, allowed)
 
     def wanted_hostdevs(self):

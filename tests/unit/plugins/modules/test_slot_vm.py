@@ -111,6 +111,13 @@ def test_numbers_and_paths_refused_before_anything_changes(tmp_path, capsys, ext
 
 
 @needs_binding
+def test_a_bios_domain_has_no_nvram_so_its_directory_is_not_checked(tmp_path, capsys):
+    # The kernel lab's tests boot SeaBIOS with the default nvram_dir outside their allowed directories.
+    result = run_module(slot_vm, args(tmp_path, firmware='bios', nvram_dir='/var/lib/libvirt/qemu/nvram'), capsys=capsys)
+    assert result['failed'] and 'cannot connect to libvirt at %s' % NO_DAEMON in result['msg'], result['msg']
+
+
+@needs_binding
 def test_unreachable_daemon_is_reported(tmp_path, capsys):
     result = run_module(slot_vm, args(tmp_path), capsys=capsys)
     assert result['failed'] and 'cannot connect to libvirt at %s' % NO_DAEMON in result['msg']
