@@ -155,7 +155,7 @@ def test_reconcile_removes_what_no_lease_explains(node, tmp_path):
     # The lease is lost (a wiped state directory, a hand-made mistake): everything else stays.
     os.unlink('/var/lib/gpuaas/node-scheduler/leases/%s.json' % OTHER)
     state = node.state()
-    assert state['orphans'] == {OTHER: ['dhcp_host', 'disk', 'domain', 'flows', 'port', 'seed', 'token']}
+    assert state['orphans'] == {OTHER: ['dhcp_host', 'disk', 'domain', 'flows', 'port', 'seed', 'ssh', 'token']}
     # A second name for the disk's blocks shows what reconcile left in them.
     disk = tmp_path / 'disk.raw'
     os.link('/var/lib/gpuaas/disks/%s.raw' % OTHER, disk)
@@ -178,7 +178,7 @@ def test_reconcile_fails_naming_the_slot_whose_domain_is_gone(node, tmp_path):
     try:
         domain = conn.lookupByName('gpuaas-%s' % OTHER)
         domain.destroy()
-        domain.undefine()
+        domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)   # a UEFI domain keeps its NVRAM otherwise
     finally:
         conn.close()
     # A play that ran the discover role first holds its gpuaas_slots fact (the approved slots);
