@@ -127,6 +127,21 @@ def approved_map(discovery, policy='nvme-format', only=None):
     return entries
 
 
+@pytest.fixture
+def running_allocation(db, hgx_discovery_factory):
+    """One running allocation of tenant acme on node n1 (its state set directly, no worker)."""
+    from sqlalchemy import update
+    from gpuaas_control import service
+    from gpuaas_control.models import Allocation
+    from tests.controlplane.helpers import add_node, add_tenant, request, tenant
+    discovery = hgx_discovery_factory('n1')
+    add_node(db, discovery, approved_map(discovery))
+    add_tenant(db, 'acme')
+    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+    db.transact(lambda s: s.execute(update(Allocation).where(Allocation.id == allocation.id).values(state='running')))
+    return allocation
+
+
 # -- the HTTP API ----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import copy
 import pytest
 from sqlalchemy import select, update
 
-from gpuaas_control import service, telemetry
+from gpuaas_control import telemetry
 from gpuaas_control.models import Allocation, AllocationTelemetry, AuditEntry, Event, Slot
-from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.controlplane.helpers import OPERATOR
 
 T0 = 1764675600.0
 PASSED = {'kind': 'acceptance', 'status': 'passed', 'failed': [], 'measured': None, 'checks': [
@@ -40,14 +39,9 @@ def summary(allocation_id, acceptance='passed', samples=2, **change):
 
 
 @pytest.fixture
-def running(db, hgx_discovery_factory):
-    """One running allocation of tenant acme on node n1."""
-    discovery = hgx_discovery_factory('n1')
-    add_node(db, discovery, approved_map(discovery))
-    add_tenant(db, 'acme')
-    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
-    db.transact(lambda s: s.execute(update(Allocation).where(Allocation.id == allocation.id).values(state='running')))
-    return allocation.id
+def running(running_allocation):
+    """The id of one running allocation of tenant acme on node n1."""
+    return running_allocation.id
 
 
 def record(db, allocation_id, entry, policy='report', node='n1'):

@@ -16,15 +16,14 @@ import sys
 
 import pytest
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from gpuaas_control import service, telemetry
+from gpuaas_control import telemetry
 from gpuaas_control.config import Settings
-from gpuaas_control.models import Allocation, AuditEntry, Event, Slot
+from gpuaas_control.models import AuditEntry, Event, Slot
 from gpuaas_control.schemas.views import TelemetryView
 from tests.conftest import REPO
-from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.controlplane.helpers import OPERATOR, tenant
 from tests.functional.telemetry.test_guest_agent_sink import free_port, wait_for_port
 from tests.unit.roles.h100_guest import AGENT_FILE, build_sysfs
 
@@ -33,21 +32,11 @@ SINK = REPO + '/roles/host_prep/files/gpuaas_telemetry_sink.py'
 TOKEN = 'collect-token-' + 'q' * 32
 
 
-@pytest.fixture
-def running(db, hgx_discovery_factory):
-    discovery = hgx_discovery_factory('n1')
-    add_node(db, discovery, approved_map(discovery))
-    add_tenant(db, 'acme')
-    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
-    db.transact(lambda s: s.execute(update(Allocation).where(Allocation.id == allocation.id).values(state='running')))
-    return allocation
-
-
-def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, running, tmp_path):
+def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, running_allocation, tmp_path):
     tokens, data = tmp_path / 'tokens', tmp_path / 'data'
     tokens.mkdir()
     (tokens / 'n1-s0.json').write_text(json.dumps({
-        'allocation_id': running.id, 'slot_id': running.slot_id, 'ip': '127.0.0.1',
+        'allocation_id': running_allocation.id, 'slot_id': running_allocation.slot_id, 'ip': '127.0.0.1',
         'token_sha256': hashlib.sha256(TOKEN.encode()).hexdigest()}))
     port = free_port()
     sink = subprocess.Popen([sys.executable, SINK, '--listen', '127.0.0.1', '--port', str(port),
@@ -56,7 +45,7 @@ def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, runni
         wait_for_port(port)
         env = tmp_path / 'telemetry.env'
         env.write_text('GPUAAS_TELEMETRY_SINK=http://127.0.0.1:%d/metrics\nGPUAAS_TELEMETRY_TOKEN=%s\n'
-                       'GPUAAS_ALLOCATION_ID=%s\n' % (port, TOKEN, running.id))
+                       'GPUAAS_ALLOCATION_ID=%s\n' % (port, TOKEN, running_allocation.id))
         (tmp_path / 'slot.json').write_text(json.dumps({'gpu_model': '10de:2330', 'link_speed': '32.0 GT/s PCIe',
                                                         'link_width': 16, 'nvme': False, 'fabric_vf': False}))
         # The GPU trained at x8: the slot fails acceptance.
@@ -80,11 +69,11 @@ def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, runni
         'n1': {'recorded': 1, 'missing': 0, 'refused': 0, 'acceptance_failed': 1}}
 
     with db.read() as session:
-        allocation, row = telemetry.get(session, tenant('acme'), running.id)
+        allocation, row = telemetry.get(session, tenant('acme'), running_allocation.id)
         view = TelemetryView.of(allocation, row, tenant('acme')).model_dump(mode='json')
-        events = [e.message for e in session.execute(select(Event).where(Event.allocation_id == running.id)).scalars()]
+        events = [e.message for e in session.execute(select(Event).where(Event.allocation_id == running_allocation.id)).scalars()]
         actions = [a.action for a in session.execute(select(AuditEntry)).scalars()]
-        slot = session.get(Slot, running.slot_id)
+        slot = session.get(Slot, running_allocation.slot_id)
         assert (slot.approved, slot.state_reason.startswith('quarantined: slot acceptance failed')) == (False, True)
     assert view['samples'] == 2 and view['health']['gpu'] == {'available': False, 'reason': 'nvidia-smi is not installed'}
     assert view['acceptance']['status'] == 'failed' and view['acceptance']['failed'] == ['link_width']
@@ -96,7 +85,7 @@ def test_a_failed_acceptance_travels_from_the_guest_to_the_api(db, db_url, runni
     assert telemetry.collect(db, settings, OPERATOR)['n1']['acceptance_failed'] == 0
 
 
-def test_a_node_that_cannot_be_read_is_reported(db, db_url, running, tmp_path):
+def test_a_node_that_cannot_be_read_is_reported(db, db_url, running_allocation, tmp_path):
     inventory = tmp_path / 'inventory.yml'
     inventory.write_text(yaml.safe_dump({'all': {'hosts': {'n1': {
         'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
