@@ -497,6 +497,8 @@ class Discovery:
         self.bus = PciBus(self.sysfs)
         self.usage = HostUsage(self.sysfs, proc_root)
         self.warnings = []
+        # The host CPU's physical address bits (or why they cannot be known), read once per run.
+        self.phys_bits = None
         if approved_slots is not None and not isinstance(approved_slots, list):
             raise ContractError('approved_slots must be a list (the approved slot map), not %s' % show(approved_slots))
         self.pins = approved_pins(self.node_id, approved_slots or [], self.warnings)
@@ -597,10 +599,10 @@ class Discovery:
         except ContractError as exc:
             reasons.append(str(exc))
             return None
-        try:
-            problem = memory_mib is not None and address_space_problem(memory_mib, bars, read_phys_bits(self.proc_root))
-        except ContractError as exc:
-            problem = str(exc)
+        if isinstance(self.phys_bits, ContractError):
+            problem = memory_mib is not None and str(self.phys_bits)
+        else:
+            problem = memory_mib is not None and address_space_problem(memory_mib, bars, self.phys_bits)
         if problem:
             reasons.append(problem)
         return bars
@@ -616,15 +618,17 @@ class Discovery:
         index_of, gone = number_slots([gpu.address for gpu in gpus], self.pins)
         nvme_of = keep_pairs(gpus, nvmes, kept_devices(self.pins, 'nvme'))
         kept_pf = kept_fabric_pfs(self.pins, fabric_pfs)
-        present = set(gpu.address for gpu in gpus)
         fabric_of = pair_fabric_vfs([(index_of[gpu.address], gpu) for gpu in gpus], fabric_pfs,
-                                    lambda device: self._numa(device, len(numa_nodes)),
-                                    kept=dict((gpu, pf) for gpu, pf in kept_pf.items() if gpu in present),
+                                    lambda device: self._numa(device, len(numa_nodes)), kept=kept_pf,
                                     reserved=[(index, kept_pf[address]) for index, address in gone if address in kept_pf])
         slot_nodes = dict((index_of[record['address']], record['numa_node']) for record in gpu_records)
         absent = [self._absent(index, address, numa_nodes) for index, address in gone]
         slot_nodes.update((item['slot_index'], item['numa_node']) for item in absent)
         host_cpulist, shares = self._shares(numa_nodes, slot_nodes)
+        try:
+            self.phys_bits = read_phys_bits(self.proc_root)
+        except ContractError as exc:     # every slot with a memory share says so (_bar_mib)
+            self.phys_bits = exc
 
         slots = []
         for gpu, record in sorted(zip(gpus, gpu_records), key=lambda pair: index_of[pair[0].address]):
