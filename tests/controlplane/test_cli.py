@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0009 (newest 0009)' in upgraded.stdout
+    assert 'revision 0010 (newest 0010)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
@@ -170,13 +170,14 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     # is found.
     entries = json.loads(gpuaas('--json', 'audit', 'list', token=operator).stdout)['entries']
     # Every state change is in it, the worker's too (through the one lifecycle table).
+    # The tenant's network given with its first allocation, its slot joining and leaving the fabric too.
     assert [e['action'] for e in entries] == ['token.create', 'token.create', 'node.discovery',
-                                              'node.approve', 'allocation.create',
-                                              'allocation.provision', 'allocation.run',
-                                              'allocation.release', 'allocation.released']
+                                              'node.approve', 'tenant_network.assign', 'allocation.create',
+                                              'allocation.provision', 'fabric.join', 'allocation.run',
+                                              'allocation.release', 'fabric.leave', 'allocation.released']
     assert entries[2]['actor'].endswith(':alice')
-    assert entries[5]['actor'] == 'worker:cli-worker' and entries[5]['role'] == 'system'
-    assert entries[8]['after']['slot_state'] == 'free'
+    assert entries[6]['actor'] == 'worker:cli-worker' and entries[6]['role'] == 'system'
+    assert entries[11]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
     # Anchored by each process that appended: the CLI, the API and the worker.
     assert verified.stdout.startswith('audit chain ok: 9 entries, checkpoint at entry 9, head 9 ')

@@ -5,6 +5,7 @@ command-line overrides. A bad value is refused with the variable's name and the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated, Literal
 
@@ -75,6 +76,39 @@ class Settings(BaseSettings):
     # The audit ledger's anchor, outside the database (audit.Anchor). Empty: audit-head.json
     # next to a SQLite database, in /var/lib/gpuaas/control for PostgreSQL.
     audit_checkpoint: str = ''
+    # Tenant networks (networks.py): the ranges each tenant's identifiers come from, 'LOW-HIGH'
+    # (decimal or 0x hex), inside what the protocol allows; 'off': none given (pkey, VLAN and
+    # fabric pool only). The overlay's VNI (24 bits), the InfiniBand partition key (15 bits,
+    # never the default partition 0x7fff), the RoCE VLAN (802.1Q, 0, 1 and 4095 excluded).
+    tenant_vni_range: str = '4096-16777215'
+    tenant_pkey_range: str = '0x0100-0x7ffe'
+    tenant_vlan_range: str = '100-3999'
+    # The tenants' fabric subnets are carved from this pool, one /tenant_fabric_prefix each;
+    # a slot's fabric address is a host of its tenant's subnet.
+    tenant_fabric_pool: str = '10.224.0.0/12'
+    tenant_fabric_prefix: int = Field(24, ge=8, le=30)
+    # The MTU the slots' guests get on the tenant overlay (the underlay's minus VXLAN's 50 bytes).
+    tenant_overlay_mtu: int = Field(1450, ge=1280, le=9000)
+
+    @field_validator('tenant_vni_range', 'tenant_pkey_range', 'tenant_vlan_range')
+    @classmethod
+    def _id_range(cls, value: str, info) -> str:
+        parse_range(info.field_name, value)
+        return value
+
+    @field_validator('tenant_fabric_pool')
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        parse_pool(value)
+        return value
+
+    @model_validator(mode='after')
+    def _pool_prefix(self):
+        pool = parse_pool(self.tenant_fabric_pool)
+        if pool is not None and self.tenant_fabric_prefix < pool.prefixlen:
+            raise ValueError('GPUAAS_TENANT_FABRIC_PREFIX=%d is shorter than the pool %s: a tenant '
+                             'subnet must fit inside it' % (self.tenant_fabric_prefix, pool))
+        return self
 
     @field_validator('audit_checkpoint')
     @classmethod
@@ -99,6 +133,49 @@ class Settings(BaseSettings):
             raise SettingsError(describe(exc)) from None
 
 
+# What each protocol allows a tenant identifier to be (inclusive).
+ID_LIMITS = {
+    'tenant_vni_range': (1, 16777215, False),      # VXLAN/Geneve: 24 bits, 0 reserved
+    'tenant_pkey_range': (0x0001, 0x7ffe, True),   # 15 bits; 0x7fff is the default partition
+    'tenant_vlan_range': (2, 4094, True),          # 802.1Q; 1 is the default VLAN
+}
+
+
+def parse_range(name: str, value: str) -> range | None:
+    """``'LOW-HIGH'`` (decimal or 0x hex) as a range; None for 'off' where allowed. Raises
+    ValueError saying what the protocol allows."""
+    low_limit, high_limit, may_be_off = ID_LIMITS[name]
+    text = value.strip().lower()
+    if text == 'off':
+        if not may_be_off:
+            raise ValueError('the overlay needs a VNI range: it cannot be off')
+        return None
+    low, sep, high = text.partition('-')
+    try:
+        first, last = int(low, 0), int(high, 0)
+    except ValueError:
+        first = last = None
+    if not sep or first is None:
+        raise ValueError("must be 'LOW-HIGH' (decimal or 0x hex)%s" % (" or 'off'" if may_be_off else ''))
+    if not low_limit <= first <= last <= high_limit:
+        raise ValueError('must lie within %s-%s (what the protocol allows), low before high'
+                         % (('0x%04x' % low_limit, '0x%04x' % high_limit) if 'pkey' in name else (low_limit, high_limit)))
+    return range(first, last + 1)
+
+
+def parse_pool(value: str):
+    """The fabric address pool as an IPv4Network; None for 'off'."""
+    if value.strip().lower() == 'off':
+        return None
+    try:
+        pool = ipaddress.IPv4Network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError("must be an IPv4 network 'a.b.c.d/nn' or 'off' (%s)" % exc) from None
+    if not (pool.is_private and pool.prefixlen >= 8):
+        raise ValueError('must be a private network of at most a /8')
+    return pool
+
+
 def _database_dir(db_url: str) -> str:
     """The directory of a SQLite database file; DEFAULT_DIR for anything else (a bad URL is
     refused where the database is opened)."""
@@ -114,6 +191,9 @@ def _database_dir(db_url: str) -> str:
 def describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
+        if not error['loc']:    # a check across settings: its message names them
+            problems.append(error['msg'].removeprefix('Value error, '))
+            continue
         name = ENV_PREFIX + '_'.join(str(part) for part in error['loc']).upper()
         problems.append('%s=%r: %s' % (name, error.get('input'), error['msg']))
     return 'bad settings: ' + '; '.join(problems)

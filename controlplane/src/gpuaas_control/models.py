@@ -104,6 +104,26 @@ class Tenant(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
+class TenantNetwork(Base):
+    """A tenant's network identifiers (networks.py), given on its first allocation and kept
+    while the tenant exists: the overlay's VNI, the InfiniBand partition key, the RoCE VLAN
+    and the fabric subnet its slots take their fabric addresses from. Unique across tenants:
+    the database refuses a second tenant with the same one, whatever the code above does."""
+
+    __tablename__ = 'tenant_networks'
+    __table_args__ = tuple(UniqueConstraint(column, name='uq_tenant_networks_' + column)
+                           for column in ('vni', 'pkey', 'vlan', 'fabric_subnet'))
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey('tenants.id'), primary_key=True)
+    vni: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The 15-bit partition key (0x0001-0x7ffe); NULL when no pkey range is configured.
+    pkey: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    vlan: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # 'a.b.c.d/nn'; NULL when no fabric address pool is configured.
+    fabric_subnet: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
 # A token's lifetime in whole days (0: it never expires) and a rotation's grace period, in
 # seconds, during which the token it replaces still works.
 TOKEN_MAX_DAYS = 3650
@@ -144,6 +164,9 @@ class Node(Base):
     # The approved slot map as the operator posted it (docs/approved-slot-map.md).
     approved_slots: Mapped[list | None] = mapped_column(JSON, nullable=True)
     approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The node's address on the underlay network, where the other nodes' overlay tunnels end
+    # (tenant networks); NULL: not set, the node is no overlay peer of anyone.
+    underlay_ip: Mapped[str | None] = mapped_column(String(15), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
@@ -204,6 +227,9 @@ class Allocation(Base):
               sqlite_where=text(_ACTIVE_SQL), postgresql_where=text(_ACTIVE_SQL)),
         UniqueConstraint('tenant_id', 'idempotency_key', name='uq_allocations_idempotency'),
         Index('ix_allocations_tenant_state', 'tenant_id', 'state'),
+        # A tenant's live allocations never share a fabric address (networks.fabric_host).
+        Index('uq_allocations_active_fabric_host', 'tenant_id', 'fabric_host', unique=True,
+              sqlite_where=text(_ACTIVE_SQL), postgresql_where=text(_ACTIVE_SQL)),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -230,6 +256,9 @@ class Allocation(Base):
     access: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     ssh_source_cidrs: Mapped[list | None] = mapped_column(JSON, nullable=True, default=list)
     telemetry_token: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The slot's host number in its tenant's fabric subnet (TenantNetwork.fabric_subnet),
+    # given when its first allocate job is claimed; NULL: none (no fabric, or made before 0010).
+    fabric_host: Mapped[int | None] = mapped_column(Integer, nullable=True)
     hostdevs_attached: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     timings: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -11,7 +11,7 @@ import ipaddress
 
 from sqlalchemy import select
 
-from gpuaas_control import audit, lifecycle, service
+from gpuaas_control import audit, lifecycle, networks, service
 from gpuaas_control.models import (
     FAILED,
     JOB_PENDING,
@@ -24,6 +24,7 @@ from gpuaas_control.models import (
     SLOT_FREE,
     Allocation,
     OutboxJob,
+    Slot,
     UsageRecord,
 )
 from gpuaas_control.runs import Claim, Outcome, short
@@ -76,6 +77,7 @@ def allocated(session, actor: audit.Actor, claim: Claim, allocation: Allocation,
                                   'runner': round(outcome.seconds, 3),
                                   'total': round((now - allocation.created_at).total_seconds(), 3),
                               })
+    networks.audit_membership(session, actor, allocation, session.get(Slot, allocation.slot_id), joined=True)
     if allocation.address != claim.slot_ip:
         service.add_event(session, allocation.id, 'progress',
                           'warning: the node reports address %s, the layout says %s'
@@ -117,6 +119,7 @@ def released(session, actor: audit.Actor, claim: Claim, allocation: Allocation, 
         'node': (outcome.result or {}).get('timings') or {},
         'runner': round(outcome.seconds, 3)})
     close_usage(session, allocation, now)
+    networks.audit_membership(session, actor, allocation, session.get(Slot, allocation.slot_id), joined=False)
     lifecycle.move(session, actor, allocation, final, '%s: slot %s is free again'
                    % (final, claim.slot_id), slot_to=SLOT_FREE, now=now)
 

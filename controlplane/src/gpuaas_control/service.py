@@ -13,12 +13,13 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import ipaddress
 import secrets
 
 from sqlalchemy import and_, bindparam, case, func, insert, not_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpuaas_control import audit, lifecycle
+from gpuaas_control import audit, lifecycle, networks
 from gpuaas_control.collection import approval, contract
 from gpuaas_control.errors import Conflict, Forbidden, Invalid, NotFound
 from gpuaas_control.models import (
@@ -526,6 +527,26 @@ def set_drain(session, actor: audit.Actor, node_id: str, drain: bool, reason: st
     return node
 
 
+def set_underlay(session, actor: audit.Actor, node_id: str, underlay_ip: str | None) -> Node:
+    """The node's underlay address for the tenant overlay (None removes it); audited."""
+    if underlay_ip is not None:
+        try:
+            address = ipaddress.IPv4Address(underlay_ip)
+        except ValueError:
+            address = None
+        if address is None or str(address) != underlay_ip or address.is_loopback or address.is_multicast \
+                or address.is_unspecified or address.is_link_local or address.is_reserved:
+            raise Invalid('underlay_ip %s is not a unicast IPv4 address a tunnel can end at (dotted quad, not '
+                          'loopback, link-local, multicast or 0.0.0.0)' % show(underlay_ip))
+    node = get_node(session, node_id, lock=True)
+    if node.underlay_ip != underlay_ip:
+        audit.append(session, actor, 'node.underlay', 'node', node_id,
+                     {'underlay_ip': node.underlay_ip}, {'underlay_ip': underlay_ip})
+        node.underlay_ip = underlay_ip
+        node.updated_at = utcnow()
+    return node
+
+
 # -- reservation ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -668,7 +689,7 @@ def _check_constraints(session, request: AllocationRequest):
 
 
 def reserve(session, actor: audit.Actor, request: AllocationRequest,
-            default_max_gpus: int = -1) -> tuple[Allocation, bool]:
+            default_max_gpus: int = -1, ranges: networks.Ranges | None = None) -> tuple[Allocation, bool]:
     """Reserve a slot for the actor's tenant in this transaction; (allocation, created).
 
     A tenant with a quota, or a request with an idempotency key, has its row locked first,
@@ -711,6 +732,8 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
             raise Conflict('tenant %s has used its GPU quota: %d of %d GPUs are allocated'
                            % (actor.tenant, used, max_gpus))
 
+    # The tenant's network identifiers, given with its first reservation (networks.ensure).
+    networks.ensure(session, actor, actor.tenant, ranges or networks.default_ranges())
     allocation_id = new_allocation_id()
     now = utcnow()
     slot = _take_slot(session, request, allocation_id, now)

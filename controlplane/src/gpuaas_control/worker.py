@@ -33,7 +33,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, lifecycle, outcomes, service, telemetry
+from gpuaas_control import audit, lifecycle, networks, outcomes, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -177,6 +177,8 @@ class Worker:
             job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
             job.last_error = 'allocation is %s: nothing to provision' % allocation.state
             return True
+        # Before any audit entry of this transaction: fabric_host may roll back a savepoint.
+        network = networks.plan(session, self.settings, allocation, slot, job.kind == JOB_ALLOCATE)
         token = secrets.token_hex(8)
         job.status = JOB_RUNNING
         job.claimed_by = self.worker_id
@@ -211,6 +213,8 @@ class Worker:
         }
         if allocation.hostname:
             spec['hostname'] = allocation.hostname
+        if network is not None:
+            spec['network'] = network
         node = session.get(Node, allocation.node_id)
         facts = telemetry.approved_facts(slot, node.discovery if node is not None else None)
         if facts is not None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from gpuaas_control import service, telemetry
+from gpuaas_control import networks, service, telemetry
 from gpuaas_control.deps import DB, Actor, AppSettings, ReadSession
 from gpuaas_control.models import ALLOCATION_STATES, TERMINAL_STATES
 from gpuaas_control.schemas.bodies import AllocationCreate
@@ -33,7 +33,8 @@ def create_allocation(body: AllocationCreate, who: Actor, db: DB, settings: AppS
     """Reserve a slot: 201 with the allocation in ``requested``; a worker brings it up."""
     request = service.AllocationRequest(idempotency_key=idempotency_key, **body.model_dump())
     allocation, created = db.transact(service.reserve, who, request,
-                                      default_max_gpus=settings.default_max_gpus)
+                                      default_max_gpus=settings.default_max_gpus,
+                                      ranges=networks.Ranges.of(settings))
     if not created:
         response.status_code = 200
     response.headers['Location'] = '/v1/allocations/%s' % allocation.id

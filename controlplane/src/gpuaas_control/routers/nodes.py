@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from gpuaas_control import service
 from gpuaas_control.deps import DB, Operator, ReadSession
 from gpuaas_control.models import SLOT_FREE, Node, Slot
-from gpuaas_control.schemas.bodies import ApprovalIn, DrainIn
+from gpuaas_control.schemas.bodies import ApprovalIn, DrainIn, UnderlayIn
 from gpuaas_control.schemas.fleet import ApprovalResult, NodeDetail, NodeList, NodeSummary, NodeView
 from gpuaas_control.schemas.params import Key
 
@@ -64,3 +64,9 @@ def drain(node_id: Key, who: Operator, db: DB, body: DrainIn | None = None):
 @router.post('/{node_id}/undrain', response_model=NodeView)
 def undrain(node_id: Key, who: Operator, db: DB):
     return db.transact(service.set_drain, who, node_id, False)
+
+
+@router.put('/{node_id}/underlay', response_model=NodeView)
+def put_underlay(node_id: Key, body: UnderlayIn, who: Operator, db: DB):
+    """Set the node's underlay address: the other nodes' overlay tunnels to it end there."""
+    return db.transact(service.set_underlay, who, node_id, body.underlay_ip)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from gpuaas_control import service
+from gpuaas_control import networks, service
 from gpuaas_control.deps import DB, AppSettings, Operator, ReadSession
-from gpuaas_control.models import Tenant
+from gpuaas_control.models import Tenant, TenantNetwork
 from gpuaas_control.schemas.admin import QuotaView, TenantList, TenantView
 from gpuaas_control.schemas.bodies import QuotaIn
 from gpuaas_control.schemas.params import Key
@@ -20,8 +20,10 @@ router = APIRouter(prefix='/v1/tenants', tags=['operators'])
 @router.get('', response_model=TenantList)
 def list_tenants(_who: Operator, session: ReadSession):
     tenants = session.execute(select(Tenant).order_by(Tenant.id)).scalars().all()
+    nets = {n.tenant_id: n for n in session.execute(select(TenantNetwork)).scalars()}
     return TenantList(tenants=[
-        TenantView(id=t.id, max_gpus=t.max_gpus, allocated_gpus=service.active_count(session, t.id))
+        TenantView(id=t.id, max_gpus=t.max_gpus, allocated_gpus=service.active_count(session, t.id),
+                   network=networks.view(nets.get(t.id)))
         for t in tenants])
 
 

@@ -14,10 +14,22 @@ AuditTime = Annotated[Time, PlainSerializer(lambda value: value.isoformat(timesp
                                             return_type=str)]
 
 
+class TenantNetworkView(View):
+    vni: int = Field(description="The tenant overlay's VXLAN/Geneve network identifier.")
+    pkey: str | None = Field(description="The tenant's InfiniBand partition key, '0x' and 4 hex digits "
+                             '(its VFs are full members: 0x8000 set); null: no pkey range configured.')
+    vlan: int | None = Field(description="The tenant's RoCE VLAN on its VFs; null: no VLAN range configured.")
+    fabric_subnet: str | None = Field(description="The subnet the tenant's slots take their fabric "
+                                      'addresses from; null: no fabric pool configured.')
+    assigned_at: Time
+
+
 class TenantView(View):
     id: str
     max_gpus: int = Field(description='-1 is unlimited.')
     allocated_gpus: int
+    network: TenantNetworkView | None = Field(None, description='Given with the tenant\'s first allocation '
+                                              'and kept; null: none yet.')
 
 
 class TenantList(View):

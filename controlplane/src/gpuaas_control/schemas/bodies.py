@@ -96,6 +96,11 @@ class DrainIn(Strict):
     _reason = _pattern(NOTE_RE, 'reason', 'text without control characters')
 
 
+class UnderlayIn(Strict):
+    underlay_ip: str | None = Field(max_length=15, description="The node's IPv4 underlay address "
+                                    '(unicast, not loopback); null removes it.')
+
+
 class QuotaIn(Strict):
     max_gpus: int = Field(ge=-1, le=100000, description='-1 is unlimited.')
 

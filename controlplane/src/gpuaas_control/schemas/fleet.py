@@ -93,6 +93,8 @@ class NodeView(View):
     discovered_at: Time | None
     approved_at: Time | None
     discovery: DiscoverySummary | None
+    underlay_ip: str | None = Field(None, description="The node's underlay address, where the tenant "
+                                    "overlay's tunnels from other nodes end; null: the node is no overlay peer.")
 
     @field_validator('discovery', mode='before')
     @classmethod
