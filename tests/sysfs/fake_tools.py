@@ -8,9 +8,10 @@ A :class:`FakeTools` instance replaces ``AnsibleModule.run_command`` and
 openvswitch collection's tests do) and answers the way the real tool does, keeping its
 state next to a :class:`~tests.sysfs.kernel_model.KernelModel`:
 
-* ``ip -j link show dev PF`` prints the PF's ``vfinfo_list`` in iproute2's JSON keys
-  (``vf``, ``address``, ``spoofchk``, ``trust``, ``link_state``, ``node guid``, ``port
-  guid``); VFs come from the model's tree, and a VF count change resets their properties
+* ``ip -j [-d] link show dev PF`` prints the PF's ``vfinfo_list`` in iproute2's JSON keys
+  (``vf``, ``address``, ``vlan_list``, ``spoofchk``, ``trust``, ``link_state``, ``node
+  guid``, ``port guid``; ``vlan_list`` holds one object, ``{}`` for VLAN 0 and ``{"vlan":
+  N}`` otherwise, as iproute2 6.1's print_vfinfo prints IFLA_VF_VLAN_LIST); VFs come from the model's tree, and a VF count change resets their properties
   (new VFs start with a zero MAC), as the drivers do;
 * ``ip link set dev PF vf N ...`` sets them; a VF index the PF does not have is refused
   (``RTNETLINK answers: Invalid argument``, status 2);
@@ -108,7 +109,7 @@ class FakeTools:
     def _props(self, pf, index):
         key = (pf, self.model.sriov_generation.get(pf, 0), index)
         if key not in self.vf_props:
-            self.vf_props[key] = {'mac': ZERO_MAC, 'spoofchk': True, 'trust': False,
+            self.vf_props[key] = {'mac': ZERO_MAC, 'vlan': 0, 'spoofchk': True, 'trust': False,
                                   'link_state': 'auto', 'node_guid': ZERO_GUID,
                                   'port_guid': ZERO_GUID}
         return self.vf_props[key]
@@ -117,6 +118,8 @@ class FakeTools:
         return (self.model.read_int('bus/pci/devices/%s/class' % pf, 16) or 0) >> 8 == 0x0207
 
     def _ip(self, args):
+        if len(args) == 6 and args[:2] == ['-j', '-d']:
+            args = args[:1] + args[2:]       # -d adds nothing the fake prints
         if len(args) == 5 and args[:4] == ['-j', 'link', 'show', 'dev']:
             return self._link_show(args[4])
         if len(args) == 5 and args[:4] == ['-j', 'addr', 'show', 'dev']:
@@ -134,7 +137,8 @@ class FakeTools:
         for index in range(self._vf_count(pf)):
             p = self._props(pf, index)
             entry = {'vf': index, 'link_type': 'infiniband' if ib else 'ether',
-                     'address': p['mac'], 'spoofchk': p['spoofchk'],
+                     'address': p['mac'], 'vlan_list': [{'vlan': p['vlan']} if p['vlan'] else {}],
+                     'spoofchk': p['spoofchk'],
                      'link_state': p['link_state'], 'trust': p['trust']}
             if ib and self.report_guids:
                 entry['node guid'] = p['node_guid']
@@ -167,8 +171,9 @@ class FakeTools:
         if not index.isdigit() or int(index) >= self._vf_count(pf):
             return 2, '', 'RTNETLINK answers: Invalid argument'
         props = self._props(pf, int(index))
+        ib = self._is_ib(pf)
         values = {}
-        keys = {'mac': 'mac', 'spoofchk': 'spoofchk', 'trust': 'trust', 'state': 'link_state',
+        keys = {'mac': 'mac', 'vlan': 'vlan', 'spoofchk': 'spoofchk', 'trust': 'trust', 'state': 'link_state',
                 'node_guid': 'node_guid', 'port_guid': 'port_guid'}
         if len(rest) % 2:
             return 255, '', 'Command line is not complete. Try option "help"'
@@ -179,6 +184,10 @@ class FakeTools:
                 if value not in ('on', 'off'):
                     return 255, '', 'Error: argument of "%s" must be "on" or "off"' % key
                 value = value == 'on'
+            if key == 'vlan':
+                if not value.isdigit() or int(value) > 4095 or (int(value) and ib):
+                    return 2, '', 'RTNETLINK answers: Invalid argument'    # ndo_set_vf_vlan refuses
+                value = int(value)
             if key == 'state' and value not in ('auto', 'enable', 'disable'):
                 return 255, '', 'Error: argument "%s" is wrong' % value
             values[keys[key]] = value.lower() if isinstance(value, str) else value
