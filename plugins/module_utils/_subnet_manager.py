@@ -11,7 +11,9 @@ members, and no other tenant's. The interface every backend implements (:class:`
   :class:`SubnetManagerError` when it cannot tell (the module then changes nothing);
 * ``plan(plan, wanted)``: add the engine steps that make the SM hold ``wanted``, make it
   apply them, and read them back;
-* ``describe()``: where the partitions are kept, for messages.
+* ``describe()``: where the partitions are kept, for messages;
+* ``locked()``: a context held from ``read`` to the end of the plan, so that two slots'
+  tasks delegated to the SM host at once do not lose each other's change.
 
 :func:`converge` computes ``wanted`` from what is there: ``present`` makes a port GUID a full
 member of its tenant's partition and of no other, ``absent`` takes it out of every tenant
@@ -36,6 +38,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import fcntl
 import os
 import re
 
@@ -132,6 +136,9 @@ class Backend:
     def describe(self):
         raise NotImplementedError
 
+    def locked(self):
+        raise NotImplementedError
+
     def read(self):
         raise NotImplementedError
 
@@ -151,6 +158,22 @@ class OpenSM(Backend):
 
     def describe(self):
         return 'OpenSM partitions %s' % self.conf
+
+    @contextlib.contextmanager
+    def locked(self):
+        """An exclusive flock on ``conf.lock`` (the file itself is replaced, not locked); none
+        in check mode, which writes nothing."""
+        if self.module.check_mode:
+            yield
+            return
+        try:
+            handle = open(self.conf + '.lock', 'a')
+        except (IOError, OSError) as exc:
+            raise SubnetManagerError('cannot open %s.lock (%s): the partitions are not changed unlocked'
+                                     % (self.conf, exc))
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def render(self, partitions):
         lines = [HEADER, 'Default=0x%04x, ipoib : %s ;\n' % (DEFAULT_PKEY, self.default_members)]
@@ -206,13 +229,14 @@ def run(module, backend, port_guid, state, tenant=None, pkey=None):
         tenant, number = TENANT_ID.check(tenant, 'tenant'), check_pkey(pkey)
     else:
         number = None
-    have = backend.read()
-    wanted = converge(have, tenant, number, guid, state == 'present')
-    plan = Plan(module, error=SubnetManagerError)
-    if wanted != have:
-        backend.plan(plan, wanted)
-        first = plan.steps[0]
-        first.key, first.before, first.after = 'partitions', as_dicts(have), as_dicts(wanted)
-    plan.execute()
+    with backend.locked():
+        have = backend.read()
+        wanted = converge(have, tenant, number, guid, state == 'present')
+        plan = Plan(module, error=SubnetManagerError)
+        if wanted != have:
+            backend.plan(plan, wanted)
+            first = plan.steps[0]
+            first.key, first.before, first.after = 'partitions', as_dicts(have), as_dicts(wanted)
+        plan.execute()
     return plan.result(where=backend.describe(), pkey=None if number is None else '0x%04x' % number, port_guid=guid,
                        partitions=as_dicts(wanted), commands=plan.commands())
