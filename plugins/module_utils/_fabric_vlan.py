@@ -16,6 +16,9 @@ The VF is found from its PCI address: its PF is the ``physfn`` link, its index t
 * **InfiniBand**: a VF's isolation is its partition, kept by the subnet manager
   (``_subnet_manager.py``); this module changes nothing and returns the VF's port GUID, the
   one ``sriov_vfs`` set, for the subnet manager's membership.
+
+With a node id it returns the VF's identity as ``sriov_vfs`` derived it (an Ethernet VF's MAC,
+an InfiniBand VF's port GUID): the guest finds its fabric interface by it (the seed).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,7 +29,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as dev
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_path
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import CLASS_ETHERNET, CLASS_INFINIBAND
-from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids
+from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids, vf_mac
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import NODE_ID, check_int
 
 ETHERNET = 'ethernet'
@@ -111,7 +114,7 @@ class FabricVlan:
         if sub == CLASS_INFINIBAND:
             guid = vf_guids(self.node_id, pf.address, index)[1] if self.node_id else None
             return dict(changed=False, actions=[], kind=INFINIBAND, pf_address=pf.address, vf_index=index,
-                        netdev=netdev, port_guid=guid, vlan=None)
+                        netdev=netdev, port_guid=guid, mac=None, vlan=None)
         if sub != CLASS_ETHERNET:
             raise devctl.DeviceError('%s is not an Ethernet (0x0200) or InfiniBand (0x0207) PF: its VF %s '
                                      'has no fabric segment to set' % (pf.describe(), self.vf_address))
@@ -129,8 +132,9 @@ class FabricVlan:
             plan.change('read VF %d of %s back' % (index, netdev), mutates=False,
                         verify=lambda: self.mismatch(netdev, index, want))
         plan.execute()
+        mac = vf_mac(self.node_id, pf.address, index) if self.node_id else None
         return plan.result(kind=ETHERNET, pf_address=pf.address, vf_index=index, netdev=netdev,
-                           port_guid=None, commands=plan.commands(), **want)
+                           port_guid=None, mac=mac, commands=plan.commands(), **want)
 
     def mismatch(self, netdev, index, want):
         got = self.read(netdev, index)

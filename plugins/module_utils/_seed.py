@@ -8,7 +8,11 @@ local-hostname. user-data: ``#cloud-config`` with the login user and the tenant'
 carrying the telemetry sink and token; optionally the slot's approved facts
 (/etc/gpuaas/slot.json, what the guest agent's acceptance check compares the slot with)
 and the guest agent itself with a systemd unit that runs it (for images that do not
-have it). network-config: version 2, DHCP on the NIC matched by the slot's MAC. Every file is JSON, which is YAML too: tenant strings are
+have it). network-config: version 2, DHCP on the NIC matched by the slot's MAC. With a fabric
+(:func:`check_fabric`), the slot's fabric VF gets its tenant fabric address: a RoCE VF's netdev
+matched by the VF's MAC (the VLAN is the VF's, set on the PF: the guest sees untagged frames),
+an InfiniBand VF through a oneshot unit that finds the IPoIB interface by the VF's port GUID,
+creates its child on the tenant's partition key and puts the address there. Every file is JSON, which is YAML too: tenant strings are
 validated first and then written as JSON strings, so no value can become YAML syntax,
 a tag or a shell command. The ISO records the SHA-256 of its content in its
 application id, so an unchanged seed is recognised without a side file.
@@ -21,6 +25,7 @@ __metaclass__ = type
 import base64
 import hashlib
 import json
+import ipaddress
 import os
 import re
 import shutil
@@ -95,6 +100,7 @@ ARGUMENT_SPEC = dict(
     login_user=dict(type='str', default=DEFAULT_LOGIN_USER),
     approved=dict(type='dict'),
     guest_agent=dict(type='path'),
+    fabric=dict(type='dict'),
     seed_dir=dict(type='path', default='/var/lib/gpuaas/seeds'),
 )
 RULES = dict(required_if=[('state', 'present', ('allocation_id', 'hostname', 'telemetry_token'))])
@@ -137,6 +143,79 @@ def check_approved(approved):
             raise SeedError("approved.%s must be true, false or a PCI id 'vendor:device', not %s"
                             % (key, json.dumps(value)[:80]))
     return dict(approved, bars=dict((str(k), v) for k, v in bars.items()))
+
+
+FABRIC_SCRIPT_PATH = '/usr/local/lib/gpuaas/gpuaas-fabric-ipoib'
+FABRIC_UNIT_PATH = '/etc/systemd/system/gpuaas-fabric.service'
+FABRIC_UNIT = """[Unit]
+Description=gpuaas: the slot's InfiniBand VF on its tenant's partition (IPoIB)
+After=systemd-udev-settle.service
+Before=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh %s
+
+[Install]
+WantedBy=multi-user.target
+""" % FABRIC_SCRIPT_PATH
+# Every value is validated first (16 hex digits, 0x and 4 hex digits, a.b.c.d/nn): nothing in it
+# is tenant text. An IPoIB interface's 20-byte hardware address ends with its port GUID (type 32
+# is ARPHRD_INFINIBAND); the kernel names a partition child PARENT.PKEY (create_child).
+FABRIC_SCRIPT = """#!/bin/sh
+set -eu
+guid=%(guid)s
+pkey=%(pkey)s
+address=%(address)s
+parent=
+for dev in /sys/class/net/*; do
+    [ "$(cat "$dev/type" 2>/dev/null)" = 32 ] || continue
+    case "$(tr -d ':' < "$dev/address")" in *"$guid") parent=${dev##*/} ;; esac
+done
+[ -n "$parent" ] || { echo "gpuaas-fabric: no IPoIB interface has port GUID $guid" >&2; exit 1; }
+child=$parent.${pkey#0x}
+[ -e "/sys/class/net/$child" ] || echo "$pkey" > "/sys/class/net/$parent/create_child"
+ip link set dev "$parent" up
+ip link set dev "$child" up
+ip addr replace "$address" dev "$child"
+"""
+FABRIC_RUNCMD = [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', 'gpuaas-fabric.service']]
+_FABRIC_GUID = re.compile(r'[0-9a-f]{2}(:[0-9a-f]{2}){7}')
+_FABRIC_MAC = re.compile(r'[0-9a-f]{2}(:[0-9a-f]{2}){5}')
+_FABRIC_PKEY = re.compile(r'0x[89a-f][0-9a-f]{3}')
+
+
+def check_fabric(fabric):
+    """The slot's fabric for the guest, or SeedError naming the field: ``kind`` (ethernet or
+    infiniband), ``address`` (the slot's fabric address, a.b.c.d/nn), for ethernet the VF's
+    ``mac``, for infiniband its ``port_guid`` and the tenant's ``pkey`` (full member, 0x8001 style)."""
+    if fabric is None:
+        return None
+    kind = fabric.get('kind')
+    known = {'ethernet': ('kind', 'address', 'mac'), 'infiniband': ('kind', 'address', 'port_guid', 'pkey')}
+    if kind not in known:
+        raise SeedError('fabric.kind must be ethernet or infiniband, not %s' % json.dumps(kind)[:40])
+    unknown = sorted(set(fabric) - set(known[kind]))
+    if unknown:
+        raise SeedError('fabric has keys %s that a %s fabric does not take (%s)'
+                        % (', '.join(unknown), kind, ', '.join(known[kind])))
+    address = fabric.get('address')
+    try:
+        interface = ipaddress.IPv4Interface(address if isinstance(address, str) else '')
+    except ValueError:
+        interface = None
+    if interface is None or '/' not in address or str(interface) != address or not 8 <= interface.network.prefixlen <= 30 \
+            or interface.ip in (interface.network.network_address, interface.network.broadcast_address):
+        raise SeedError("fabric.address %s is not a host address with its prefix, a.b.c.d/8 to /30"
+                        % json.dumps(address)[:40])
+    for key, rule, explain in (('mac', _FABRIC_MAC, '6 lower-case hex octets'),
+                               ('port_guid', _FABRIC_GUID, '8 lower-case hex octets'),
+                               ('pkey', _FABRIC_PKEY, "a full member's key, 0x8001 to 0xfffe")):
+        if key in known[kind] and not (isinstance(fabric.get(key), str) and rule.fullmatch(fabric[key])
+                                       and fabric[key] not in ('0x8000', '0xffff')):
+            raise SeedError('fabric.%s %s is not %s' % (key, json.dumps(fabric.get(key))[:40], explain))
+    return dict((key, fabric[key]) for key in known[kind])
 
 
 def read_agent(path):
@@ -187,7 +266,7 @@ def _dump(value):
 
 def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
                  telemetry_file=DEFAULT_TELEMETRY_FILE, user_data=None, login_user=DEFAULT_LOGIN_USER,
-                 approved=None, agent=None):
+                 approved=None, agent=None, fabric=None):
     """The seed as (files {name: bytes}, shown {name: data with the token redacted}, mac).
 
     ``approved`` (the slot's approved facts) becomes SLOT_FILE; ``agent`` (the guest agent's
@@ -201,8 +280,11 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
     GUEST_PATH.check(telemetry_file, 'telemetry_file')
     login_user = LOGIN_USER.check(login_user, 'login_user')
     approved = check_approved(approved)
+    fabric = check_fabric(fabric)
+    ipoib = fabric is not None and fabric['kind'] == 'infiniband'
     protected = tuple(path for path, wanted in ((SLOT_FILE, approved is not None), (AGENT_PATH, agent is not None),
-                                                (AGENT_UNIT_PATH, agent is not None)) if wanted)
+                                                (AGENT_UNIT_PATH, agent is not None), (FABRIC_SCRIPT_PATH, ipoib),
+                                                (FABRIC_UNIT_PATH, ipoib)) if wanted)
     extra = _check_user_data(user_data, telemetry_file, protected)
     ours = []
     if approved is not None:
@@ -212,9 +294,17 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
         ours.append({'path': AGENT_PATH, 'owner': 'root:root', 'permissions': '0644', 'encoding': 'b64',
                      'content': base64.b64encode(agent).decode('ascii')})
         ours.append({'path': AGENT_UNIT_PATH, 'owner': 'root:root', 'permissions': '0644', 'content': AGENT_UNIT})
+    if ipoib:
+        script = FABRIC_SCRIPT % {'guid': fabric['port_guid'].replace(':', ''), 'pkey': fabric['pkey'],
+                                  'address': fabric['address']}
+        ours.append({'path': FABRIC_SCRIPT_PATH, 'owner': 'root:root', 'permissions': '0755', 'content': script})
+        ours.append({'path': FABRIC_UNIT_PATH, 'owner': 'root:root', 'permissions': '0644', 'content': FABRIC_UNIT})
 
     meta = {'instance-id': allocation_id, 'local-hostname': hostname}
     network = {'version': 2, 'ethernets': {'slot0': {'match': {'macaddress': mac}, 'dhcp4': True}}}
+    if fabric is not None and fabric['kind'] == 'ethernet':
+        network['ethernets']['fabric0'] = {'match': {'macaddress': fabric['mac']}, 'dhcp4': False,
+                                           'addresses': [fabric['address']]}
 
     def cloud_config(secret, shown=False):
         # One KEY=value per line; every value is validated to a charset that needs no
@@ -232,9 +322,10 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
                 'path': telemetry_file, 'owner': 'root:root', 'permissions': '0600',
                 'content': env}] + [_shown(item) if shown else item for item in ours],
         })
-        if agent is not None:
+        ours_runcmd = (AGENT_RUNCMD if agent is not None else []) + (FABRIC_RUNCMD if ipoib else [])
+        if ours_runcmd:
             runcmd = extra.get('runcmd', [])
-            config['runcmd'] = (list(runcmd) if isinstance(runcmd, list) else [runcmd]) + AGENT_RUNCMD
+            config['runcmd'] = (list(runcmd) if isinstance(runcmd, list) else [runcmd]) + ours_runcmd
         return config
 
     def _shown(item):
@@ -339,7 +430,7 @@ class Seed:
             files, shown, mac = seed_content(
                 p['slot_id'], p['allocation_id'], p['hostname'], p['ssh_keys'],
                 p['telemetry_token'], p['telemetry_sink'], p['telemetry_file'], p['user_data'], p['login_user'],
-                p['approved'], read_agent(p['guest_agent']) if p['guest_agent'] else None)
+                p['approved'], read_agent(p['guest_agent']) if p['guest_agent'] else None, p['fabric'])
             want_hash = content_hash(files)
             after = {'path': path, 'content_hash': want_hash, 'files': shown}
             result.update(content_hash=want_hash, mac=mac, files=shown)

@@ -53,7 +53,7 @@ options:
     required: true
   node_id:
     description:
-      - The host's node id; with it an InfiniBand VF's port GUID is returned.
+      - The host's node id; with it the VF's derived MAC (Ethernet) or port GUID (InfiniBand) is returned.
     type: str
   timeout:
     description:
@@ -114,6 +114,11 @@ trust:
   description: Trust (always false on Ethernet).
   returned: when RV(kind=ethernet)
   type: bool
+mac:
+  description: The Ethernet VF's MAC (as M(gpuaas.slice.sriov_vfs) set it), with O(node_id); null otherwise.
+  returned: always
+  type: str
+  sample: "96:bf:df:86:c9:f5"
 port_guid:
   description: The InfiniBand VF's port GUID, with O(node_id); null otherwise.
   returned: always

@@ -109,6 +109,21 @@ options:
         (base64 in C(write_files)), a systemd unit C(gpuaas-guest-agent.service), and C(runcmd) entries (argv lists,
         after the tenant's) that enable and start it. The diff shows the agent's size and SHA-256, not its text.
     type: path
+  fabric:
+    description:
+      - The slot's fabric interface in the guest, from the control plane's C(network.fabric.address)
+        (docs/operator-guide.md, "Tenant networks").
+      - "C(kind=ethernet) (RoCE) with C(address) (V(a.b.c.d/nn)) and C(mac), the VF's MAC: network-config
+        gets C(fabric0), matched by that MAC, with the static address and no DHCP. The VLAN is the VF's,
+        set on the PF (M(gpuaas.slice.fabric_vlan)): the guest sees untagged frames."
+      - "C(kind=infiniband) with C(address), C(port_guid) (the VF's, colon form) and C(pkey) (the tenant's
+        full-member key, V(0x8001) style): the seed writes C(/usr/local/lib/gpuaas/gpuaas-fabric-ipoib) and a
+        oneshot unit C(gpuaas-fabric.service) (enabled and started by C(runcmd)) that finds the IPoIB
+        interface whose hardware address ends with the port GUID, creates its child on the partition
+        key (C(create_child), named C(PARENT.PKEY)) and puts the address on the child, at every boot."
+      - Every value is checked first (an address with a prefix from /8 to /30, not the subnet's network
+        or broadcast address; hex octets; a full member's key) and refused naming the field.
+    type: dict
   seed_dir:
     description: The directory of the seed ISOs (created mode 0711 when missing).
     type: path

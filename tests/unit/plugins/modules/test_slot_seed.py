@@ -262,3 +262,72 @@ def test_bad_approved_facts_or_agent_are_refused(tmp_path, capsys, extra, messag
     result = run_module(slot_seed, args(tmp_path, **extra), capsys=capsys)
     assert result['failed'] and message in result['msg'], result['msg']
     assert not (tmp_path / 'seeds').exists()
+
+
+# -- the fabric interface (docs/operator-guide.md, "Tenant networks") ------------------------
+
+ROCE = {'kind': 'ethernet', 'address': '10.224.0.2/24', 'mac': '96:bf:df:86:c9:f5'}
+IPOIB = {'kind': 'infiniband', 'address': '10.224.1.1/24', 'port_guid': 'e2:ad:1b:cf:24:48:10:6c', 'pkey': '0x8101'}
+
+
+def test_a_roce_vf_gets_its_fabric_address_matched_by_its_mac(tmp_path, capsys):
+    result = run_module(slot_seed, args(tmp_path, fabric=ROCE), capsys=capsys)
+    network = yaml.safe_load(iso_file(result['path'], 'network-config'))
+    assert network['ethernets']['fabric0'] == {'match': {'macaddress': '96:bf:df:86:c9:f5'}, 'dhcp4': False,
+                                               'addresses': ['10.224.0.2/24']}
+    assert network['ethernets']['slot0']['dhcp4'] is True
+    user = yaml.safe_load(iso_file(result['path'], 'user-data'))
+    assert 'runcmd' not in user and _seed.FABRIC_SCRIPT_PATH not in {f['path'] for f in user['write_files']}
+
+
+def test_an_infiniband_vf_gets_an_ipoib_child_on_its_partition(tmp_path, capsys):
+    result = run_module(slot_seed, args(tmp_path, fabric=IPOIB), capsys=capsys)
+    user = yaml.safe_load(iso_file(result['path'], 'user-data'))
+    files = {item['path']: item for item in user['write_files']}
+    assert 'ExecStart=/bin/sh %s' % _seed.FABRIC_SCRIPT_PATH in files[_seed.FABRIC_UNIT_PATH]['content']
+    assert user['runcmd'] == [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', 'gpuaas-fabric.service']]
+    assert 'fabric0' not in yaml.safe_load(iso_file(result['path'], 'network-config'))['ethernets']
+    # The script as the guest runs it, on a /sys/class/net of two interfaces and an ip that logs.
+    net = tmp_path / 'net'
+    for name, kind, address in (('eth0', '1', '52:54:00:12:34:56'),
+                                ('ib0', '32', '00:00:10:49:fe:80:00:00:00:00:00:00:11:22:33:44:55:66:77:88'),
+                                ('ib1', '32', '00:00:10:49:fe:80:00:00:00:00:00:00:' + IPOIB['port_guid'])):
+        (net / name).mkdir(parents=True)
+        (net / name / 'type').write_text(kind + '\n')
+        (net / name / 'address').write_text(address + '\n')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'ip').write_text('#!/bin/sh\necho "$@" >> %s\n' % (tmp_path / 'ip.log'))
+    (bin_dir / 'ip').chmod(0o755)
+    script = tmp_path / 'fabric.sh'
+    script.write_text(files[_seed.FABRIC_SCRIPT_PATH]['content'].replace('/sys/class/net', str(net)))
+    env = dict(os.environ, PATH='%s:%s' % (bin_dir, os.environ['PATH']))
+    subprocess.run(['sh', str(script)], check=True, env=env)
+    assert (net / 'ib1' / 'create_child').read_text() == '0x8101\n'
+    assert not (net / 'ib0' / 'create_child').exists()
+    assert (tmp_path / 'ip.log').read_text().splitlines() == [
+        'link set dev ib1 up', 'link set dev ib1.8101 up', 'addr replace 10.224.1.1/24 dev ib1.8101']
+    # An interface without the VF's GUID: the unit fails, naming it.
+    (net / 'ib1' / 'address').write_text('00:00:10:49:fe:80:00:00:00:00:00:00:02:00:00:00:00:00:00:01\n')
+    failed = subprocess.run(['sh', str(script)], env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and 'no IPoIB interface has port GUID e2ad1bcf2448106c' in failed.stderr
+
+
+@pytest.mark.parametrize('fabric, message', [
+    (dict(ROCE, kind='myrinet'), 'fabric.kind must be ethernet or infiniband, not "myrinet"'),
+    (dict(ROCE, pkey='0x8101'), 'fabric has keys pkey that a ethernet fabric does not take'),
+    (dict(ROCE, address='10.224.0.2'), 'fabric.address "10.224.0.2" is not a host address with its prefix'),
+    (dict(ROCE, address='10.224.0.0/24'), 'fabric.address "10.224.0.0/24" is not a host address'),
+    (dict(ROCE, address='10.224.0.255/24'), 'fabric.address "10.224.0.255/24" is not a host address'),
+    (dict(ROCE, address='10.224.0.2/31'), 'fabric.address "10.224.0.2/31" is not a host address'),
+    (dict(ROCE, address='10.0.0.1/24; reboot'), 'fabric.address "10.0.0.1/24; reboot" is not'),
+    (dict(ROCE, mac='96:BF:DF:86:C9'), 'fabric.mac "96:BF:DF:86:C9" is not 6 lower-case hex octets'),
+    (dict(IPOIB, pkey='0x0101'), "fabric.pkey \"0x0101\" is not a full member's key"),
+    (dict(IPOIB, pkey='0xffff'), "fabric.pkey \"0xffff\" is not a full member's key"),
+    (dict(IPOIB, pkey='0x8101$(id)'), "fabric.pkey \"0x8101$(id)\" is not"),
+    (dict(IPOIB, port_guid='e2ad1bcf2448106c'), 'fabric.port_guid "e2ad1bcf2448106c" is not 8 lower-case hex octets'),
+])
+def test_a_bad_fabric_is_refused_naming_the_field(tmp_path, capsys, fabric, message):
+    result = run_module(slot_seed, args(tmp_path, fabric=fabric), capsys=capsys)
+    assert result['failed'] and message in result['msg'], result['msg']
+    assert not (tmp_path / 'seeds').exists()
