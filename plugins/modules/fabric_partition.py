@@ -55,8 +55,8 @@ options:
     type: str
   pkey:
     description:
-      - The tenant's partition key, V(0x0001) to V(0x7ffe), or its full-member form (V(0x8001)):
-        the control plane's C(network.pkey). Required with O(state=present).
+      - The tenant's partition key, V(0x0001) to V(0x7ffe), or its full-member form (V(0x8001)),
+        as the control plane's C(network.pkey) has it. Required with O(state=present).
     type: str
   backend:
     description: The subnet manager. Only V(opensm) ships.
