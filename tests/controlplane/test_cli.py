@@ -180,7 +180,7 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert entries[11]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
     # Anchored by each process that appended: the CLI, the API and the worker.
-    assert verified.stdout.startswith('audit chain ok: 9 entries, checkpoint at entry 9, head 9 ')
+    assert verified.stdout.startswith('audit chain ok: 12 entries, checkpoint at entry 12, head 12 ')
     head = verified.stdout.split()[-1]
     assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
     db = Database(fresh_url)
