@@ -144,7 +144,7 @@ ARGUMENT_SPEC = dict(
     port_guid=dict(type='str', required=True),
     state=dict(type='str', choices=['present', 'absent'], default='present'),
     tenant=dict(type='str'),
-    pkey=dict(type='str'),
+    pkey=dict(type='str', no_log=False),   # a partition key names a partition: no secret
     backend=dict(type='str', choices=['opensm'], default='opensm'),
     conf=dict(type='path', default='/etc/opensm/partitions.conf'),
     default_members=dict(type='str', default=DEFAULT_MEMBERS),
