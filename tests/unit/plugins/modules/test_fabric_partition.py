@@ -40,7 +40,7 @@ def opensm_grammar(text):
     """{pkey: {port: membership}} as OpenSM's grammar reads the file; AssertionError on any
     statement the grammar does not allow."""
     body = '\n'.join(line.split('#', 1)[0] for line in text.splitlines())
-    statements = [s for s in body.split(';')]
+    statements = body.split(';')
     assert not statements[-1].strip(), 'text after the last ";": %r' % statements[-1]
     partitions = {}
     for statement in statements[:-1]:
