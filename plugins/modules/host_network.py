@@ -261,13 +261,13 @@ class HostNetwork:
                              verify=lambda: net.interface_addresses(self.run, self.bridge) != ([gateway], True)
                              and 'the bridge has other addresses or is down',
                              before={'addresses': found, 'up': up}, after={'addresses': [gateway], 'up': True})
-        # The group first: OVS refuses a flow that names a group that does not exist.
-        if have is None or net.group_buckets(self.run, self.bridge) is None:
-            self.plan.command('DHCP broadcast group',
-                              net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP],
-                              verify=lambda: net.group_buckets(self.run, self.bridge) is None and 'no group')
         net.flows_step(self.plan, self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)),
                        'host flows', force=have is None)
+        # The group that flooded broadcast DHCP replies to every slot (earlier versions) goes.
+        if have is not None and net.group_buckets(self.run, self.bridge) is not None:
+            self.plan.command('DHCP broadcast group removed', net.OFCTL + [
+                'del-groups', self.bridge, 'group_id=%d' % net.DHCP_GROUP],
+                verify=lambda: net.group_buckets(self.run, self.bridge) is not None and 'the group is left')
         for path in (self.hosts_dir, self.ssh_dir):
             if not os.path.isdir(path):
                 self.plan.change('directory %s' % path, lambda path=path: os.makedirs(path, 0o755))
