@@ -39,9 +39,11 @@ import json
 import os
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
+from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATE_PHASES, LeaseError, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
-    MAX_VNI, NODE_ID, SLOT_GATEWAY, SLOT_NETWORK, TENANT_COOKIE_BASE, TENANT_COOKIE_MASK, TENANT_ID,
+    IFNAME, MAX_VNI, NODE_ID, SLOT_GATEWAY, SLOT_NETWORK, TENANT_COOKIE_BASE, TENANT_COOKIE_MASK, TENANT_ID,
     ContractError, Slot, check_int, show, tenant_cookie)
 
 TUNNEL_PORT = 'gpuaas-vxlan'
@@ -259,3 +261,38 @@ class TenantSteps(object):
             'tenant_problems': self.problems,
             'tenant_removed': self.removed,
         }
+
+
+# The tenant_network module's options.
+ARGUMENT_SPEC = dict(
+    node_id=dict(type='str', required=True),
+    bridge=dict(type='str', default='br-gpuaas'),
+    lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
+    gateway=dict(type='str', default=str(SLOT_GATEWAY)),
+)
+
+
+class TenantNetwork(object):
+    """The tenant_network module: every tenant's flows and the tunnel port made to match the leases."""
+
+    def __init__(self, module):
+        p = module.params
+        self.run = net.runner(module)
+        self.plan = Plan(module, self.run, net.NetworkError)
+        self.node_id = NODE_ID.check(p['node_id'], 'node_id')
+        self.bridge = IFNAME.check(p['bridge'], 'bridge')
+        self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
+        self.lease_dir = check_dir(p['lease_dir'], 'lease_dir')
+        self.steps = None
+
+    def present(self):
+        net.ovs_available(self.run)
+        if net.bridge_info(self.run, self.bridge) is None:
+            raise net.NetworkError('bridge %s does not exist: set up the host network first '
+                                   '(gpuaas.slice.host_network, run by host_prep)' % self.bridge)
+        self.steps = TenantSteps(self.plan, self.run, self.bridge, self.node_id, self.lease_dir, self.gateway)
+        self.steps.steps()
+
+    def result(self):
+        self.plan.execute()
+        return net.report(self.plan, node_id=self.node_id, bridge=self.bridge, **self.steps.report())

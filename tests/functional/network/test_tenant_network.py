@@ -145,6 +145,39 @@ def test_a_second_run_changes_nothing(net):
         assert not again['changed'], again
 
 
+PLAN = dict(tenant='tenant-a', vni=5001, mtu=1450, peers=[dict(node_id='tnode2', underlay_ip='192.0.2.12')])
+
+
+def test_reconcile_gives_the_overlay_a_tunnel_and_removes_what_no_lease_explains(net):
+    host = net['host']
+    args = dict(node_id=NODE, bridge=BRIDGE, lease_dir=net['leases'])
+    for index in (0, 1):
+        lease(net, index, network=PLAN)
+    # A tenant no lease names any more (its flows left behind by a crash).
+    ghost = tenant_cookie('tenant-gone')
+    host.sh('ovs-ofctl', '-O', 'OpenFlow15', 'add-flow', BRIDGE,
+            'cookie=%#x,priority=195,ip,in_port=100,nw_dst=10.100.0.12 actions=output:102' % ghost)
+    planned = host.module('tenant_network', args, check_mode=True, diff=True)
+    assert planned['changed'] and host.flows(BRIDGE, ghost), planned
+    done = host.module('tenant_network', args)
+    assert done['changed'] and done['tenant_removed'] == ['%#x' % ghost], done
+    assert done['tenants']['tenant-a']['vni'] == 5001 and done['tenants']['tenant-a']['peers'] == ['192.0.2.12']
+    assert host.flows(BRIDGE, ghost) == []
+    row = host.sh('ovs-vsctl', 'get', 'Interface', 'gpuaas-vxlan', 'type', 'options', 'ofport').stdout.split('\n')
+    assert row[0] == 'vxlan' and 'remote_ip=flow' in row[1] and row[2] == '99', row
+    flows = host.flows(BRIDGE, tenant_cookie('tenant-a'))
+    assert any('tun_id=0x1389' in flow and 'tun_src=192.0.2.12' in flow for flow in flows), flows
+    assert not host.module('tenant_network', args)['changed']
+    # The matrix on the node is unchanged by the overlay.
+    assert net['slots'][0].ping(ip(1)) and not net['slots'][2].ping(ip(0)) and not net['slots'][0].ping(ip(2))
+    # No plan any more: the tunnel port goes.
+    for index in (0, 1):
+        lease(net, index, network=None)
+    gone = host.module('tenant_network', args)
+    assert gone['changed'] and gone['tenant_removed'] == ['gpuaas-vxlan'], gone
+    assert 'gpuaas-vxlan' not in host.ports(BRIDGE)
+
+
 def test_release_removes_the_slot_from_its_tenant(net):
     """Runs last: slot 1 goes; slot 0 reaches it no more, and its tenant's flows are gone."""
     host = net['host']
