@@ -296,3 +296,18 @@ class TenantNetwork(object):
     def result(self):
         self.plan.execute()
         return net.report(self.plan, node_id=self.node_id, bridge=self.bridge, **self.steps.report())
+
+
+def tenant_lines(result, check_mode=False):
+    """Report lines (reconcile) about what tenant_network found that no lease explains."""
+    done = 'would be ' if check_mode else ''
+    lines = []
+    for what in result.get('tenant_removed') or []:
+        if what == TUNNEL_PORT:
+            lines.append('node: tunnel port %s served no tenant with an overlay here: %sremoved' % (what, done))
+        else:
+            lines.append('node: tenant flows with cookie %s belonged to no tenant of a live lease: %sremoved'
+                         % (what, done))
+    for problem in result.get('tenant_problems') or []:
+        lines.append('node: lease %s (the slot is isolated from its tenant); operator: look at the lease' % problem)
+    return lines
