@@ -519,7 +519,7 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_add
 
 # -- dnsmasq ------------------------------------------------------------------
 
-def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE):
+def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE, opts_dir=None):
     net = gateway.network
     lines = [
         '# Written by gpuaas.slice.host_network: DHCP for the slot network %s only.' % net,
@@ -541,6 +541,9 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=D
     ]
     if dns_servers:
         lines.append('dhcp-option=option:dns-server,%s' % ','.join(dns_servers))
+    if opts_dir:
+        # Per-slot options (a tenant overlay's MTU), each file read by inotify like the hosts.
+        lines.append('dhcp-optsdir=%s' % opts_dir)
     return '\n'.join(lines) + '\n'
 
 
@@ -578,8 +581,19 @@ def apply_nft(module, run, path, ruleset):
             os.unlink(tmp)
 
 
-def dhcp_host_line(mac, ip, hostname):
-    return '%s,%s,%s\n' % (mac, ip, hostname)
+def dhcp_host_line(mac, ip, hostname, tag=None):
+    """A dhcp-hostsdir entry; ``tag`` sets a dnsmasq tag the slot's own options (dhcp_mtu_line) match."""
+    return '%s,%s%s,%s\n' % (mac, 'set:%s,' % tag if tag else '', ip, hostname)
+
+
+def mtu_tag(mtu):
+    """The dnsmasq tag of the slots whose guests are told the interface MTU ``mtu``."""
+    return 'mtu-%d' % mtu
+
+
+def dhcp_mtu_line(mtu):
+    """A dhcp-optsdir entry: the interface MTU (option 26) for the slots tagged ``mtu_tag(mtu)``."""
+    return 'tag:%s,option:mtu,%d\n' % (mtu_tag(mtu), mtu)
 
 
 def config_path(path, what, directory=False):

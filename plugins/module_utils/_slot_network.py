@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
+
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
 from ansible_collections.gpuaas.slice.plugins.module_utils import _tenant as tenant
@@ -22,6 +24,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type='str', choices=['present', 'absent'], default='present'),
     bridge=dict(type='str', default='br-gpuaas'),
     hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+    opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
     hostname=dict(type='str'),
     mac=dict(type='str'),
     ip=dict(type='str'),
@@ -63,6 +66,7 @@ class SlotNetwork:
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = self.slot.file(self.hosts_dir)
+        self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
         self.tap = p['port_type'] == 'tap'
         self.reloaded = False
@@ -99,7 +103,13 @@ class SlotNetwork:
         if why:
             raise net.NetworkError('slot %s: %s' % (self.slot_id, why))
         # Everything checked: now the steps, in an order where each step's inputs exist.
-        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
+        mtu = self.tenant_mtu()
+        if mtu:
+            # One options file per MTU, shared and never removed (dnsmasq 2.90 dies of SIGSEGV on the
+            # SIGHUP after a dhcp-optsdir file is deleted); the slot's entry sets the tag it matches.
+            path = os.path.join(self.opts_dir, net.mtu_tag(mtu))
+            net.file_step(self.plan, self.module, path, net.dhcp_mtu_line(mtu), 'dhcp options %s' % path, self.reload)
+        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname, net.mtu_tag(mtu) if mtu else None)
         net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
         if not exists:
             # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
@@ -197,6 +207,13 @@ class SlotNetwork:
             self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
                              verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
 
+    def tenant_mtu(self):
+        """The MTU of the slot's tenant's overlay (its lease's plan), None without one."""
+        for entry in (self.tenants.tenants if self.tenants is not None else {}).values():
+            if self.slot in entry['members'] and entry['plan']:
+                return entry['plan']['mtu']
+        return None
+
     def remove_entry(self):
         remove(self.hosts_file)
         self.reload()
@@ -205,6 +222,7 @@ class SlotNetwork:
         self.plan.execute()
         return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
                           ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
+                          mtu=self.tenant_mtu() if self.hostname else None,
                           hostname=self.hostname, dnsmasq_reloaded=self.reloaded,
                           ssh_port=self.slot.ssh_port(self.base), ssh_source_cidrs=self.sources,
                           **(self.tenants.report() if self.tenants is not None else {}))

@@ -86,6 +86,12 @@ options:
     description: dnsmasq's C(dhcp-hostsdir), one file per slot (created when missing).
     type: path
     default: /var/lib/gpuaas/network/dhcp-hosts.d
+  opts_dir:
+    description:
+      - dnsmasq's C(dhcp-optsdir), one file per slot that has options of its own (created when missing):
+        the MTU of its tenant's overlay (DHCP option 26), written by M(gpuaas.slice.slot_network).
+    type: path
+    default: /var/lib/gpuaas/network/dhcp-opts.d
   lease_file:
     description: dnsmasq's lease file.
     type: path
@@ -235,6 +241,7 @@ class HostNetwork:
         self.dns = [item.split('/')[0] for item in net.check_networks(p['dns_servers'], 'dns_servers')]
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
+        self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
@@ -268,11 +275,11 @@ class HostNetwork:
             self.plan.command('DHCP broadcast group removed', net.OFCTL + [
                 'del-groups', self.bridge, 'group_id=%d' % net.DHCP_GROUP],
                 verify=lambda: net.group_buckets(self.run, self.bridge) is not None and 'the group is left')
-        for path in (self.hosts_dir, self.ssh_dir):
+        for path in (self.hosts_dir, self.opts_dir, self.ssh_dir):
             if not os.path.isdir(path):
                 self.plan.change('directory %s' % path, lambda path=path: os.makedirs(path, 0o755))
         net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
-            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file))
+            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file, self.opts_dir))
         self.nftables()
         if self.module.params['nat'] and read_forward() != '1':
             self.plan.change('net.ipv4.ip_forward=1', write_forward, before='0', after='1',
@@ -345,6 +352,7 @@ def main():
         telemetry_port=dict(type='int', default=9110),
         dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
         hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+        opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
         lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
         dns_servers=dict(type='list', elements='str', default=[]),
         nat=dict(type='bool', default=True),

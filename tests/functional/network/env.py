@@ -239,6 +239,22 @@ class SlotNamespace(Peer):
         with open(self.lease_out) as handle:
             return tuple(handle.read().split())
 
+    def dhcp_options(self, option):
+        """The value of DHCP option ``option`` (udhcpc's name for it) in a fresh lease, '' when none came, None without a lease."""
+        script = self.script + '.' + option
+        with open(script, 'w') as handle:
+            handle.write('#!/bin/sh\n[ "$1" = bound ] && echo "${%s}" > %s.%s\nexit 0\n' % (option, self.lease_out, option))
+        os.chmod(script, 0o755)
+        out = self.lease_out + '.' + option
+        if os.path.exists(out):
+            os.unlink(out)
+        sh('busybox', 'udhcpc', '-i', 'eth0', '-n', '-q', '-t', '3', '-T', '1', '-A', '1', '-O', option, '-s', script,
+           ns=self.ns, check=False)
+        if not os.path.exists(out):
+            return None
+        with open(out) as handle:
+            return handle.read().strip()
+
     def address(self):
         out = sh('ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0', ns=self.ns).stdout
         return out.split()[3].split('/')[0] if out.strip() else None

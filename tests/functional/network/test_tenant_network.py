@@ -32,7 +32,7 @@ def slot_args(net, index, **extra):
     ns = net['slots'][index]
     return dict(dict(slot_id=Slot(NODE, index).slot_id, bridge=BRIDGE, hosts_dir=net['hosts'], hostname='t-%d' % index,
                      dnsmasq_pid_file=net['host_args']['pid_file'], ssh_dir=net['host_args']['ssh_dir'],
-                     lease_dir=net['leases'], port=ns.port, port_type='existing'), **extra)
+                     lease_dir=net['leases'], port=ns.port, port_type='existing', opts_dir=net['opts']), **extra)
 
 
 def lease(net, index, state='present', tenant=None, phase='running', **data):
@@ -56,10 +56,11 @@ def net():
         pytest.skip(str(exc))
     pid = os.getpid()
     state = {'host': host, 'dir': work, 'hosts': os.path.join(work, 'hosts'), 'leases': os.path.join(work, 'leases'),
+             'opts': os.path.join(work, 'opts'),
              'slots': {}, 'daemons': {}, 'peers': []}
     os.makedirs(state['leases'])
     host_args = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
-                     hosts_dir=state['hosts'], lease_file=os.path.join(work, 'dnsmasq.leases'),
+                     hosts_dir=state['hosts'], opts_dir=state['opts'], lease_file=os.path.join(work, 'dnsmasq.leases'),
                      nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
                      ssh_dir=os.path.join(work, 'ssh.d'))
     state['host_args'] = host_args
@@ -168,6 +169,12 @@ def test_reconcile_gives_the_overlay_a_tunnel_and_removes_what_no_lease_explains
     flows = host.flows(BRIDGE, tenant_cookie('tenant-a'))
     assert any('tun_id=0x1389' in flow and 'tun_src=192.0.2.12' in flow for flow in flows), flows
     assert not host.module('tenant_network', args)['changed']
+    # The guest learns the overlay's MTU through DHCP (option 26), its neighbour of tenant B does not.
+    wired = host.module('slot_network', slot_args(net, 0))
+    assert wired['changed'] and wired['mtu'] == 1450 and wired['dnsmasq_reloaded'], wired
+    assert net['slots'][0].dhcp_options('mtu') == '1450', open(os.path.join(net['dir'], 'dnsmasq.log')).read()[-2000:]
+    assert net['slots'][2].dhcp_options('mtu') == ''
+    assert not host.module('slot_network', slot_args(net, 0))['changed']
     # The matrix on the node is unchanged by the overlay.
     assert net['slots'][0].ping(ip(1)) and not net['slots'][2].ping(ip(0)) and not net['slots'][0].ping(ip(2))
     # No plan any more: the tunnel port goes.
