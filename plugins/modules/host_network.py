@@ -17,11 +17,14 @@ description:
     the kernel datapath (V(system)) or the userspace one (V(netdev), for hosts without the
     openvswitch kernel module).
   - Puts the gateway address O(gateway) on the bridge's own interface and brings it up.
-  - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies go only to slot
-    ports, through a group each slot adds its own bucket to). Each slot's own flows come from
-    M(gpuaas.slice.slot_network).
+  - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies are dropped). A DHCP
+    reply reaches only the slot it answers - the nftables table clears the broadcast flag of the slots'
+    DHCP requests (and their UDP checksum, which IPv4 allows to be 0), so dnsmasq sends each reply to the
+    asker's MAC, which only that slot's flows deliver. The group that flooded broadcast replies to every
+    slot port in earlier versions is removed. Each slot's own flows come from M(gpuaas.slice.slot_network),
+    each tenant's from M(gpuaas.slice.tenant_network).
   - Writes the dnsmasq configuration O(dnsmasq_conf), with DHCP on the bridge only, fixed addresses only
-    (C(dhcp-hostsdir), one file per slot), no dynamic range, no
+    (C(dhcp-hostsdir), one file per slot; C(dhcp-optsdir) O(opts_dir), per-MTU options), no dynamic range, no
     DNS, and its own pid file O(pid_file). It does not run dnsmasq; RV(dnsmasq_argv) is the command
     line to run it with (a systemd unit or M(gpuaas.slice.host_daemon)).
   - dnsmasq reads a new file in O(hosts_dir) by itself but keeps the record of a changed or deleted
@@ -88,8 +91,8 @@ options:
     default: /var/lib/gpuaas/network/dhcp-hosts.d
   opts_dir:
     description:
-      - dnsmasq's C(dhcp-optsdir), one file per slot that has options of its own (created when missing):
-        the MTU of its tenant's overlay (DHCP option 26), written by M(gpuaas.slice.slot_network).
+      - dnsmasq's C(dhcp-optsdir) (created when missing), where M(gpuaas.slice.slot_network) keeps one file per
+        tenant overlay MTU (DHCP option 26) that slots are told.
     type: path
     default: /var/lib/gpuaas/network/dhcp-opts.d
   lease_file:

@@ -14,7 +14,7 @@ short_description: Make a node's tenant flows and VXLAN tunnel port match its li
 version_added: 0.2.0
 description:
   - Reads the node's leases (C({lease_dir}/{slot_id}.json), phases C(reserved), C(provisioning), C(running)) and
-    their C(data.tenant) and C(data.network) (the tenant's overlay plan from the control plane:
+    their C(data.tenant) and C(data.network) (the tenant's overlay plan from the control plane,
     C({tenant, vni, mtu, peers})), and gives the bridge exactly the tenant flows they explain, one set per
     tenant under the tenant's cookie (C(0x677074) and 40 bits of the tenant id's SHA-256).
   - Slots of one tenant on the node reach each other on the slot network (IPv4 and ARP, from the sender's own
@@ -26,7 +26,7 @@ description:
     an overlay, are removed and reported (RV(tenant_removed)). The reconcile role runs it.
     M(gpuaas.slice.slot_network) does the same for one slot's tenant when given O(lease_dir).
   - A lease that cannot be read, or whose tenant or plan is invalid, joins no tenant (it is named in
-    RV(tenant_problems)): what cannot be seen stays isolated.
+    RV(tenant_problems)) - what cannot be seen stays isolated.
 author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
