@@ -59,6 +59,11 @@ options:
     description: The gateway address on the slot network (never reached through a tenant's overlay).
     type: str
     default: 10.100.0.1
+  state:
+    description: V(present), the only state - the tenant flows exactly as the leases say (none for a tenant without live leases).
+    type: str
+    choices: [present]
+    default: present
 '''
 
 EXAMPLES = r'''
