@@ -61,7 +61,7 @@ def net():
     state = {'host': host, 'dir': work, 'hosts': os.path.join(work, 'hosts'), 'tokens': os.path.join(work, 'tokens'),
              'data': os.path.join(work, 'data'), 'slots': {}, 'daemons': {}, 'tokens_by_slot': {}, 'peers': []}
     host_args = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
-                     hosts_dir=state['hosts'], lease_file=os.path.join(work, 'leases'),
+                     hosts_dir=state['hosts'], opts_dir=os.path.join(work, 'opts'), lease_file=os.path.join(work, 'leases'),
                      nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
                      ssh_dir=os.path.join(work, 'ssh.d'))
     state['host_args'] = host_args
@@ -403,7 +403,8 @@ def test_the_kernel_datapath_works_or_is_refused_clearly():
     try:
         with env.Host(work, tag='k') as host:
             args = dict(bridge='br-gpuaas-k', datapath_type='system', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
-                        hosts_dir=os.path.join(work, 'hosts'), lease_file=os.path.join(work, 'leases'),
+                        hosts_dir=os.path.join(work, 'hosts'), opts_dir=os.path.join(work, 'opts'),
+                        lease_file=os.path.join(work, 'leases'),
                         nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
                         ssh_dir=os.path.join(work, 'ssh.d'))
             result = host.module('host_network', args)
