@@ -41,7 +41,7 @@ def timed(host, name, args):
 
 def one_run(node, work, slots):
     host = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
-                hosts_dir=os.path.join(work, 'hosts'), lease_file=os.path.join(work, 'leases'),
+                hosts_dir=os.path.join(work, 'hosts'), opts_dir=os.path.join(work, 'opts'), lease_file=os.path.join(work, 'leases'),
                 nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'))
     slot = dict(bridge=BRIDGE, hosts_dir=host['hosts_dir'], dnsmasq_pid_file=host['pid_file'])
     figures = {'host up': timed(node, 'host_network', host)}

@@ -3,18 +3,19 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The local lab: the whole product on this machine, driven like AWX drives it.
 
-    python lab/lab.py run     # make lab: prepare, discover, allocate two slots, prove, release
-    python lab/lab.py up      # make lab-up: the same, leaving both allocations running
+    python lab/lab.py run     # make lab: prepare, discover, allocate three slots (two tenants), prove, release
+    python lab/lab.py up      # make lab-up: the same, leaving the allocations running
     python lab/lab.py down    # make lab-down: release them, reconcile, stop the lab's daemons
 
 The playbooks run through ansible-runner, as the control plane's worker runs them. This
 machine has no GPU and no IOMMU: the node is the bundled sample host (a sysfs tree of a
-two-socket 8-GPU server, lab/inventory.yml), its slots s0 and s1 are approved
+two-socket 8-GPU server, lab/inventory.yml), its slots s0, s1 and s2 are approved
 (lab/host_vars/sample-hgx.yml), and the VMs are the test guest (tests/guest) under TCG
 without their hostdevs, which the report says. Everything else is real: libvirt and QEMU,
 Open vSwitch (userspace datapath), dnsmasq, nftables, the telemetry sink. The guests prove
-isolation with their own packets: each pings its gateway and every other slot address and
-posts what answered to the sink with its token.
+tenant isolation with their own packets: s0 and s1 are tenant lab-a's, s2 lab-b's (TENANTS);
+each guest pings its gateway and every other slot address and posts what answered to the sink
+with its token, and the report shows the tenant matrix (lab/tenants.py) those answers prove.
 """
 
 import argparse
@@ -32,11 +33,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import tenants  # noqa: E402  lab/tenants.py: the tenant matrix, whatever collects the probes
 
 BUILD = os.path.join(REPO, '.build', 'lab')
 INVENTORY = os.path.join(HERE, 'inventory.yml')
 NODE = 'sample-hgx'
-SLOTS = ['sample-hgx-s0', 'sample-hgx-s1']
+# Two slots of one tenant and one of another: the guests' own packets prove the tenant matrix.
+TENANTS = {'sample-hgx-s0': 'lab-a', 'sample-hgx-s1': 'lab-a', 'sample-hgx-s2': 'lab-b'}
+SLOTS = sorted(TENANTS)
 STATE = os.path.join(BUILD, 'allocations.json')
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
 VARS_ONLY = 'vars' in sys.argv[1:2]
@@ -181,7 +187,7 @@ def prepare():
 
 
 def allocation(slot, image, checksum, pubkey):
-    return {'id': 'lab-%s-%s' % (slot.rsplit('-', 1)[1], secrets.token_hex(3)), 'tenant': 'lab',
+    return {'id': 'lab-%s-%s' % (slot.rsplit('-', 1)[1], secrets.token_hex(3)), 'tenant': TENANTS.get(slot, 'lab-a'),
             'image': image, 'image_checksum': checksum, 'image_format': 'qcow2',
             'ssh_keys': [pubkey], 'vcpus': 1, 'memory_mib': 256, 'disk_gib': 1}
 
@@ -227,8 +233,8 @@ def prove_firmware(results):
 
 
 def prove(results, since, timeout=240):
-    """Wait until each guest has posted a probe taken after both were running; check it."""
-    log('waiting for both guests to post an isolation probe (gateway and the other slot addresses)')
+    """Wait until each guest has posted a probe taken after all were running; check it."""
+    log('waiting for every guest to post an isolation probe (gateway and the other slot addresses)')
     deadline = time.monotonic() + timeout
     proofs = {}
     while time.monotonic() < deadline and len(proofs) < len(results):
@@ -249,9 +255,17 @@ def prove(results, since, timeout=240):
             problems.append('%s: the guest has %s, the layout says %s' % (slot, proof.get('ip'), result['address']))
         if proof.get('gateway_ok') != 1:
             problems.append('%s: cannot reach its gateway' % slot)
-        if proof.get('peers_reachable'):
-            problems.append('%s: REACHES OTHER SLOTS: %s' % (slot, proof['peers_reachable']))
+    problems.extend(tenant_matrix(results, proofs)[1])
     return proofs, problems
+
+
+def tenant_matrix(results, proofs):
+    """The tenant matrix (lab/tenants.py) from the probes: each slot's reached addresses."""
+    slots = dict((slot, TENANTS.get(slot, 'lab-a')) for slot in results)
+    addresses = dict((slot, result.get('address')) for slot, result in results.items())
+    reached = dict((slot, tenants.parse_reached(proofs[slot].get('peers_reachable')) if slot in proofs else None)
+                   for slot in results)
+    return tenants.matrix(slots, addresses, reached)
 
 
 def report(allocations, releases, proofs):
@@ -262,9 +276,13 @@ def report(allocations, releases, proofs):
         print('  %-15s %-13s %-17s %s' % ('slot', 'address', 'mac', 'isolation (from the guest)'))
         for slot, result in allocations.items():
             proof = proofs.get(slot, {})
-            print('  %-15s %-13s %-17s gateway %s, other slots reachable: %s' % (
+            print('  %-15s %-13s %-17s gateway %s, other slots reachable: %s (tenant %s)' % (
                 slot, result.get('address'), result.get('mac'), 'ok' if proof.get('gateway_ok') == 1 else 'NO',
-                proof.get('peers_reachable') or 'none'))
+                proof.get('peers_reachable') or 'none', TENANTS.get(slot, 'lab-a')))
+        print('  tenant matrix (did the guest\'s own ping reach the other slot; ! where that is wrong):')
+        for line in tenants.render(dict((slot, TENANTS.get(slot, 'lab-a')) for slot in allocations),
+                                   tenant_matrix(allocations, proofs)[0]):
+            print('  ' + line)
         print("  each slot's CPU slice and memory share, its devices' 64-bit BARs; what its VM got, as the guest saw it:")
         print('    %-15s %-11s %13s %8s | %5s %12s %-8s %5s %s' % ('slot', 'cpu slice', 'memory_mib', 'bar_mib', 'vcpus',
                                                                  'vm memory', 'firmware', 'bits', 'largest 64-bit BAR'))
@@ -409,7 +427,7 @@ def main():
     for problem in problems:
         log('PROBLEM %s' % problem)
     log('%s in %.0f s%s' % ('FAILED' if problems else 'passed', time.monotonic() - start,
-                            '' if args.command == 'run' else '; both allocations are running: '
+                            '' if args.command == 'run' else '; the allocations are running: '
                             'virsh list, ovs-ofctl dump-flows br-gpuaas; make lab-down ends them'))
     return 1 if problems else 0
 

@@ -10,10 +10,11 @@ __metaclass__ = type
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import report_lines
+from ansible_collections.gpuaas.slice.plugins.module_utils._tenant import tenant_lines
 
 
-def reconcile_report(node, repairs=None, check_mode=False):
-    """node_state's result (+ the slot_vm state=repaired results) -> report lines."""
+def reconcile_report(node, repairs=None, check_mode=False, tenants=None):
+    """node_state's result (+ the slot_vm state=repaired results, the tenant_network result) -> report lines."""
     if not isinstance(node, dict) or 'blind' not in node:
         raise AnsibleFilterError('reconcile_report expects the result of gpuaas.slice.node_state')
     by_slot = {}
@@ -21,7 +22,11 @@ def reconcile_report(node, repairs=None, check_mode=False):
         item = result.get('item') if isinstance(result, dict) else None
         if isinstance(item, dict) and item.get('slot_id'):
             by_slot[item['slot_id']] = result
-    return report_lines(node, by_slot, check_mode=bool(check_mode))
+    lines = report_lines(node, by_slot, check_mode=bool(check_mode))
+    extra = tenant_lines(tenants if isinstance(tenants, dict) else {}, check_mode=bool(check_mode))
+    if extra and lines[-1].startswith('node: agrees with its leases'):
+        lines.pop()
+    return lines + extra
 
 
 class FilterModule(object):

@@ -7,15 +7,24 @@ The bridge runs with ``fail_mode=secure``: without flows it forwards nothing, so
 restarted switch or a port nobody configured gets no traffic. Every packet that moves
 does so because a flow says it may:
 
-* host flows (cookie ``HOST_COOKIE``): default drop; DHCP replies broadcast by dnsmasq go
-  to the group ``DHCP_GROUP``, whose buckets are the slot ports (one bucket per slot,
-  added and removed by that slot alone, so slots never rewrite each other's state);
+* host flows (cookie ``HOST_COOKIE``): default drop; DHCP replies broadcast by dnsmasq are
+  dropped: a DHCP reply reaches only the slot it answers. nftables clears the broadcast flag
+  of every DHCP request from the bridge (and the UDP checksum, which the change voids and
+  which IPv4 allows to be 0), so dnsmasq sends each reply to the asker's MAC (``chaddr``),
+  and only the flows of the slot with that MAC deliver it. A slot that claims another's MAC
+  in ``chaddr`` gets nothing: the reply goes to that other slot's port. (The group
+  ``DHCP_GROUP`` of earlier versions flooded the broadcast replies to every slot port;
+  host_network removes it.)
 * slot flows (cookie ``Slot.cookie``): from the slot's port only its own MAC with
   its own IP (ARP included), and only to the gateway's services (DHCP, ICMP, the
   telemetry sink) or past the slot network (NAT); towards the slot's port only what the
   gateway sends to its MAC or asks about its IP.
 
-Two slots never exchange a frame: no flow outputs from one slot port to another.
+* tenant flows (cookie ``contract.tenant_cookie``, ``_tenant.py``): between the slots of
+  one tenant, and through the tenant's overlay.
+
+Two slots of different tenants never exchange a frame: no flow outputs from one slot port to
+another unless both slots' leases name the same tenant.
 
 A slot port is also a device of the host's kernel, which sees every frame on it: with the
 userspace datapath Open vSwitch reads the port with a packet socket and the kernel still
@@ -364,10 +373,11 @@ def host_flows(gateway_ip):
     return [
         # Everything not allowed by a slot's own flows stops here.
         '%s,priority=0 actions=drop' % c,
-        # dnsmasq's broadcast DHCP replies (clients that set the broadcast flag) go to the slot
-        # ports only, through the group each slot adds its own bucket to.
-        '%s,priority=150,udp,in_port=LOCAL,dl_dst=%s,nw_src=%s,tp_src=67,tp_dst=68 actions=group:%d'
-        % (c, MAC_BROADCAST, gateway_ip, DHCP_GROUP),
+        # A broadcast DHCP reply would tell every slot another's address and host name: never
+        # sent on. nftables clears the broadcast flag of the slots' requests (nft_ruleset), so
+        # dnsmasq answers each to its own MAC, which only that slot's flows deliver.
+        '%s,priority=150,udp,in_port=LOCAL,dl_dst=%s,nw_src=%s,tp_src=67,tp_dst=68 actions=drop'
+        % (c, MAC_BROADCAST, gateway_ip),
     ]
 
 
@@ -468,6 +478,12 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_add
         '    type nat hook prerouting priority dstnat; policy accept;',
         '    iifname != "%s" ip saddr != %s %s tcp dport vmap @ssh_dnat' % (bridge, net, to_host),
         '  }',
+        '  chain dhcp_unicast {',
+        '    type filter hook prerouting priority mangle; policy accept;',
+        # The broadcast flag (bit 0 of BOOTP flags, 10 bytes into the message) cleared, and the
+        # UDP checksum with it (0: none, which IPv4 allows): dnsmasq answers the asker's MAC only.
+        '    iifname "%s" udp sport 68 udp dport 67 @th,144,1 1 @th,144,16 set 0x0 @th,48,16 set 0x0' % bridge,
+        '  }',
         '  chain forward {',
         '    type filter hook forward priority filter - 1; policy accept;',
         '    ip saddr %s iifname != "%s" drop' % (net, bridge),
@@ -503,7 +519,7 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_add
 
 # -- dnsmasq ------------------------------------------------------------------
 
-def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE):
+def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE, opts_dir=None):
     net = gateway.network
     lines = [
         '# Written by gpuaas.slice.host_network: DHCP for the slot network %s only.' % net,
@@ -525,6 +541,9 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=D
     ]
     if dns_servers:
         lines.append('dhcp-option=option:dns-server,%s' % ','.join(dns_servers))
+    if opts_dir:
+        # Per-slot options (a tenant overlay's MTU), each file read by inotify like the hosts.
+        lines.append('dhcp-optsdir=%s' % opts_dir)
     return '\n'.join(lines) + '\n'
 
 
@@ -562,8 +581,19 @@ def apply_nft(module, run, path, ruleset):
             os.unlink(tmp)
 
 
-def dhcp_host_line(mac, ip, hostname):
-    return '%s,%s,%s\n' % (mac, ip, hostname)
+def dhcp_host_line(mac, ip, hostname, tag=None):
+    """A dhcp-hostsdir entry; ``tag`` sets a dnsmasq tag the slot's own options (dhcp_mtu_line) match."""
+    return '%s,%s%s,%s\n' % (mac, 'set:%s,' % tag if tag else '', ip, hostname)
+
+
+def mtu_tag(mtu):
+    """The dnsmasq tag of the slots whose guests are told the interface MTU ``mtu``."""
+    return 'mtu-%d' % mtu
+
+
+def dhcp_mtu_line(mtu):
+    """A dhcp-optsdir entry: the interface MTU (option 26) for the slots tagged ``mtu_tag(mtu)``."""
+    return 'tag:%s,option:mtu,%d\n' % (mtu_tag(mtu), mtu)
 
 
 def config_path(path, what, directory=False):

@@ -73,7 +73,8 @@ class Provision(Composite):
         p, module = self.p, self.module
         slot = dict(slot_id=p['slot_id'], state='present')
         # Every step's options are checked before the first step runs.
-        network = self.part('network', NETWORK_SPEC, NETWORK_RULES, dict(p['network'], **slot))
+        # The tenant's flows follow the node's leases, this slot's (taken before this module runs) among them.
+        network = self.part('network', NETWORK_SPEC, NETWORK_RULES, dict(p['network'], lease_dir=p['lease_dir'], **slot))
         vm = self.part('vm', slot_vm_spec(), VM_RULES, dict(p['vm'], slot_id=p['slot_id'], state='running'))
         nvme = vm.params['nvme_address'] if vm.params['passthrough'] and vm.params['nvme_address'] in p['devices'] else None
         image = dict(p['image'], **slot)

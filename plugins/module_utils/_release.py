@@ -97,7 +97,7 @@ class Release(Composite):
             bridge=p['bridge']))))
         self.step(NETWORK, lambda: net.engine(SlotNetwork)(self.part('slot_network', NETWORK_SPEC, NETWORK_RULES, dict(
             slot, bridge=p['bridge'], hosts_dir=p['hosts_dir'], dnsmasq_pid_file=p['dnsmasq_pid_file'],
-            ssh_dir=p['ssh_dir']))))
+            ssh_dir=p['ssh_dir'], lease_dir=p['lease_dir']))))
         self.step(TOKEN, lambda: token.engine(self.part('telemetry_token', token.ARGUMENT_SPEC, token.RULES, dict(
             slot, allocation_id=p['allocation_id'], token_dir=p['token_dir']))))
         self.step(SEED, lambda: Seed(self.part('slot_seed', SEED_SPEC, SEED_RULES, dict(slot, seed_dir=p['seed_dir']))))

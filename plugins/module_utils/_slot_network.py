@@ -7,8 +7,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
+
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
+from ansible_collections.gpuaas.slice.plugins.module_utils import _tenant as tenant
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
@@ -21,6 +24,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type='str', choices=['present', 'absent'], default='present'),
     bridge=dict(type='str', default='br-gpuaas'),
     hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+    opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
     hostname=dict(type='str'),
     mac=dict(type='str'),
     ip=dict(type='str'),
@@ -33,6 +37,7 @@ ARGUMENT_SPEC = dict(
     ssh_source_cidrs=dict(type='list', elements='str', default=[]),
     nft_table=dict(type='str', default='gpuaas'),
     ssh_dir=dict(type='path', default=ssh.DEFAULT_SSH_DIR),
+    lease_dir=dict(type='path'),
 )
 RULES = dict(required_if=[('state', 'present', ('hostname',))])
 
@@ -61,6 +66,7 @@ class SlotNetwork:
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = self.slot.file(self.hosts_dir)
+        self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
         self.tap = p['port_type'] == 'tap'
         self.reloaded = False
@@ -68,6 +74,10 @@ class SlotNetwork:
         self.sources = check_source_cidrs(p['ssh_source_cidrs'])
         self.table = NFT_TABLE.check(p['nft_table'], 'nft_table')
         self.ssh_file = self.slot.file(net.config_path(p['ssh_dir'], 'ssh_dir', directory=True), '.nft')
+        self.tenants = None
+        if p['lease_dir']:
+            self.tenants = tenant.TenantSteps(self.plan, self.run, self.bridge, self.slot.node_id, p['lease_dir'],
+                                              self.gateway, exclude=self.slot_id if p['state'] == 'absent' else None)
 
     def reload(self):
         # dnsmasq keeps a changed or removed file's old record until SIGHUP.
@@ -78,9 +88,6 @@ class SlotNetwork:
         if net.bridge_info(self.run, self.bridge) is None:
             raise net.NetworkError('bridge %s does not exist: set up the host network first '
                                    '(gpuaas.slice.host_network, run by host_prep)' % self.bridge)
-        buckets = net.group_buckets(self.run, self.bridge)
-        if buckets is None:
-            raise net.NetworkError('bridge %s has no DHCP broadcast group: run gpuaas.slice.host_network' % self.bridge)
         exists = net.device_exists(self.port)
         if not exists and not self.tap:
             raise net.NetworkError('port %s does not exist (port_type=existing)' % self.port)
@@ -96,7 +103,13 @@ class SlotNetwork:
         if why:
             raise net.NetworkError('slot %s: %s' % (self.slot_id, why))
         # Everything checked: now the steps, in an order where each step's inputs exist.
-        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
+        mtu = self.tenant_mtu()
+        if mtu:
+            # One options file per MTU, shared and never removed (dnsmasq 2.90 dies of SIGSEGV on the
+            # SIGHUP after a dhcp-optsdir file is deleted); the slot's entry sets the tag it matches.
+            path = os.path.join(self.opts_dir, net.mtu_tag(mtu))
+            net.file_step(self.plan, self.module, path, net.dhcp_mtu_line(mtu), 'dhcp options %s' % path, self.reload)
+        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname, net.mtu_tag(mtu) if mtu else None)
         net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
         if not exists:
             # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
@@ -121,13 +134,9 @@ class SlotNetwork:
                               verify=lambda: None if net.link_up(self.port) else 'the link is down')
         net.flows_step(self.plan, self.run, self.bridge, self.cookie,
                        net.slot_flows(self.slot, self.gateway, self.sink_port), 'flows cookie=%#x' % self.cookie)
-        want = 'output:%d' % self.ofport
-        if buckets.get(self.ofport) != want:
-            self.plan.change('DHCP broadcast bucket %d' % self.ofport,
-                             lambda: net.set_bucket(self.run, self.bridge, self.ofport, self.ofport in buckets),
-                             verify=lambda: None if net.bucket(self.run, self.bridge, self.ofport) == want
-                             else 'the group has no bucket %d' % self.ofport)
-
+        if self.tenants is not None:
+            # The tenant's flows, with this slot among its members (its lease says which tenant).
+            self.tenants.steps()
         self.ssh_present(tables)
 
     def ssh_present(self, tables):
@@ -172,12 +181,16 @@ class SlotNetwork:
         net.check_slot_port(self.run, self.port, self.bridge, self.slot_id, self.tap, on_bridge, ids)
         self.ssh_absent()
         if bridge_there:
+            if self.tenants is not None:
+                # First no tenant flow leads to the port any more (its tenant's others keep theirs).
+                self.tenants.steps()
             if net.dump_flows(self.run, self.bridge, self.cookie):
                 self.plan.command('flows cookie=%#x removed' % self.cookie,
                                   net.OFCTL + ['del-flows', self.bridge, 'cookie=%#x/-1' % self.cookie],
                                   verify=lambda: 'flows are left' if net.dump_flows(self.run, self.bridge, self.cookie)
                                   else None)
             if self.ofport in (net.group_buckets(self.run, self.bridge) or {}):
+                # A bucket from before replies went to the asker alone (host_network removes the group).
                 self.plan.change('DHCP broadcast bucket %d removed' % self.ofport,
                                  lambda: net.remove_bucket(self.run, self.bridge, self.ofport),
                                  verify=lambda: 'the bucket is left' if net.bucket(self.run, self.bridge, self.ofport)
@@ -194,6 +207,13 @@ class SlotNetwork:
             self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
                              verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
 
+    def tenant_mtu(self):
+        """The MTU of the slot's tenant's overlay (its lease's plan), None without one."""
+        for entry in (self.tenants.tenants if self.tenants is not None else {}).values():
+            if self.slot in entry['members'] and entry['plan']:
+                return entry['plan']['mtu']
+        return None
+
     def remove_entry(self):
         remove(self.hosts_file)
         self.reload()
@@ -202,5 +222,7 @@ class SlotNetwork:
         self.plan.execute()
         return net.report(self.plan, slot_id=self.slot_id, mac=self.mac, ip=self.ip, port=self.port,
                           ofport=self.ofport, cookie='%#x' % self.cookie, hosts_file=self.hosts_file,
+                          mtu=self.tenant_mtu() if self.hostname else None,
                           hostname=self.hostname, dnsmasq_reloaded=self.reloaded,
-                          ssh_port=self.slot.ssh_port(self.base), ssh_source_cidrs=self.sources)
+                          ssh_port=self.slot.ssh_port(self.base), ssh_source_cidrs=self.sources,
+                          **(self.tenants.report() if self.tenants is not None else {}))

@@ -398,6 +398,24 @@ DOMAIN_PREFIX = 'gpuaas-'
 COOKIE_BASE = 0x6770750000000000
 COOKIE_MASK = 0xffffffffffff0000
 
+# A tenant's flows on a node (its slots reaching each other, its overlay): 'gpt' in the top
+# bytes, the first 5 bytes of sha256(tenant id) in the others, so one tenant's flows are
+# replaced and removed together, and flows of a tenant with no live lease show.
+TENANT_COOKIE_BASE = 0x6770740000000000
+TENANT_COOKIE_MASK = 0xffffff0000000000
+# The overlay's VXLAN network identifiers (24 bits; 0 is never a tenant's).
+MAX_VNI = 16777215
+
+
+def tenant_cookie(tenant):
+    """The OpenFlow cookie of a tenant's flows on a node."""
+    tenant = TENANT_ID.check(tenant, 'tenant')
+    return TENANT_COOKIE_BASE | int(hashlib.sha256(tenant.encode('utf-8')).hexdigest()[:10], 16)
+
+
+def is_tenant_cookie(cookie):
+    return cookie & TENANT_COOKIE_MASK == TENANT_COOKIE_BASE
+
 
 def check_slot_index(value):
     return check_int(value, 'slot index', 0, MAX_SLOTS - 1)

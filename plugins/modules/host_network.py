@@ -17,11 +17,14 @@ description:
     the kernel datapath (V(system)) or the userspace one (V(netdev), for hosts without the
     openvswitch kernel module).
   - Puts the gateway address O(gateway) on the bridge's own interface and brings it up.
-  - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies go only to slot
-    ports, through a group each slot adds its own bucket to). Each slot's own flows come from
-    M(gpuaas.slice.slot_network).
+  - Installs the bridge's host flows (default drop; dnsmasq's broadcast DHCP replies are dropped). A DHCP
+    reply reaches only the slot it answers - the nftables table clears the broadcast flag of the slots'
+    DHCP requests (and their UDP checksum, which IPv4 allows to be 0), so dnsmasq sends each reply to the
+    asker's MAC, which only that slot's flows deliver. The group that flooded broadcast replies to every
+    slot port in earlier versions is removed. Each slot's own flows come from M(gpuaas.slice.slot_network),
+    each tenant's from M(gpuaas.slice.tenant_network).
   - Writes the dnsmasq configuration O(dnsmasq_conf), with DHCP on the bridge only, fixed addresses only
-    (C(dhcp-hostsdir), one file per slot), no dynamic range, no
+    (C(dhcp-hostsdir), one file per slot; C(dhcp-optsdir) O(opts_dir), per-MTU options), no dynamic range, no
     DNS, and its own pid file O(pid_file). It does not run dnsmasq; RV(dnsmasq_argv) is the command
     line to run it with (a systemd unit or M(gpuaas.slice.host_daemon)).
   - dnsmasq reads a new file in O(hosts_dir) by itself but keeps the record of a changed or deleted
@@ -86,6 +89,12 @@ options:
     description: dnsmasq's C(dhcp-hostsdir), one file per slot (created when missing).
     type: path
     default: /var/lib/gpuaas/network/dhcp-hosts.d
+  opts_dir:
+    description:
+      - dnsmasq's C(dhcp-optsdir) (created when missing), where M(gpuaas.slice.slot_network) keeps one file per
+        tenant overlay MTU (DHCP option 26) that slots are told.
+    type: path
+    default: /var/lib/gpuaas/network/dhcp-opts.d
   lease_file:
     description: dnsmasq's lease file.
     type: path
@@ -235,6 +244,7 @@ class HostNetwork:
         self.dns = [item.split('/')[0] for item in net.check_networks(p['dns_servers'], 'dns_servers')]
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
+        self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
@@ -261,18 +271,18 @@ class HostNetwork:
                              verify=lambda: net.interface_addresses(self.run, self.bridge) != ([gateway], True)
                              and 'the bridge has other addresses or is down',
                              before={'addresses': found, 'up': up}, after={'addresses': [gateway], 'up': True})
-        # The group first: OVS refuses a flow that names a group that does not exist.
-        if have is None or net.group_buckets(self.run, self.bridge) is None:
-            self.plan.command('DHCP broadcast group',
-                              net.OFCTL + ['add-group', self.bridge, 'group_id=%d,type=all' % net.DHCP_GROUP],
-                              verify=lambda: net.group_buckets(self.run, self.bridge) is None and 'no group')
         net.flows_step(self.plan, self.run, self.bridge, net.HOST_COOKIE, net.host_flows(str(self.gateway.ip)),
                        'host flows', force=have is None)
-        for path in (self.hosts_dir, self.ssh_dir):
+        # The group that flooded broadcast DHCP replies to every slot (earlier versions) goes.
+        if have is not None and net.group_buckets(self.run, self.bridge) is not None:
+            self.plan.command('DHCP broadcast group removed', net.OFCTL + [
+                'del-groups', self.bridge, 'group_id=%d' % net.DHCP_GROUP],
+                verify=lambda: net.group_buckets(self.run, self.bridge) is not None and 'the group is left')
+        for path in (self.hosts_dir, self.opts_dir, self.ssh_dir):
             if not os.path.isdir(path):
                 self.plan.change('directory %s' % path, lambda path=path: os.makedirs(path, 0o755))
         net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
-            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file))
+            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file, self.opts_dir))
         self.nftables()
         if self.module.params['nat'] and read_forward() != '1':
             self.plan.change('net.ipv4.ip_forward=1', write_forward, before='0', after='1',
@@ -345,6 +355,7 @@ def main():
         telemetry_port=dict(type='int', default=9110),
         dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
         hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
+        opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
         lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
         dns_servers=dict(type='list', elements='str', default=[]),
         nat=dict(type='bool', default=True),

@@ -19,7 +19,15 @@ description:
   - The rules let out of the port only the slot's MAC with the slot's IP (ARP included), and only
     to the gateway's DHCP, ping and telemetry sink, or past the slot network (NAT). Towards the
     port they let in only what the gateway sends to the slot's MAC or asks about its IP. No rule
-    ever forwards between two slot ports, and a port no slot owns matches no rule.
+    forwards between two slot ports unless both slots' leases name one tenant (below), and a port no slot
+    owns matches no rule.
+  - With O(lease_dir) (M(gpuaas.slice.slot_provision) and M(gpuaas.slice.slot_release) give it), the flows of
+    the slot's tenant follow the node's live leases as M(gpuaas.slice.tenant_network) makes them. The slots
+    of one tenant on the node reach each other (IPv4 and ARP, each from its own port, MAC and address), other
+    tenants' never, and a tenant with an overlay plan in its leases (C(data.network)) reaches its slots on
+    other nodes through the VXLAN tunnel port in its VNI. V(absent) takes the slot out of its tenant's flows
+    first. The slot's guest is told the overlay's MTU by DHCP (option 26) - the entry sets the dnsmasq tag
+    C(mtu-{mtu}), whose options file C({opts_dir}/mtu-{mtu}) is written once and shared.
   - With O(port_type=tap) (the default) the port is a persistent tap device the slot's VM opens
     later (M(gpuaas.slice.slot_vm) with C(bridge_type=ethernet)), so the VM never sits on the bridge
     before its rules exist. With V(existing), the device exists already (a veth end in tests).
@@ -29,7 +37,7 @@ description:
     forward chain, nothing else), from O(ssh_source_cidrs) only. They are added in one C(nft) transaction
     and kept in C({ssh_dir}/{slot_id}.nft), which the table's ruleset includes.
   - V(absent) first closes the slot's SSH port (its rules, then their file), then removes exactly that
-    slot's entry, rules, group bucket, port and tap; other slots are untouched.
+    slot's entry, rules, port and tap (and a DHCP group bucket an earlier version left); other slots are untouched.
   - dnsmasq reads a new entry by itself (inotify on its C(dhcp-hostsdir)) but serves a changed or
     removed entry's old record until it gets C(SIGHUP); the module sends it one, through
     O(dnsmasq_pid_file), whenever it rewrites or removes an entry.
@@ -125,6 +133,17 @@ options:
     description: Where the slot's SSH rules are kept (M(gpuaas.slice.host_network)'s O(gpuaas.slice.host_network#module:ssh_dir)).
     type: path
     default: /etc/gpuaas/ssh.d
+  opts_dir:
+    description: dnsmasq's C(dhcp-optsdir) (M(gpuaas.slice.host_network)'s O(gpuaas.slice.host_network#module:opts_dir)).
+    type: path
+    default: /var/lib/gpuaas/network/dhcp-opts.d
+  lease_dir:
+    description:
+      - The node's lease directory (M(gpuaas.slice.slot_lease)). Given, the slot's tenant's flows (and the tunnel port)
+        are made to match the node's live leases; the slot's own lease says its tenant (C(data.tenant)) and overlay
+        plan (C(data.network)).
+      - Not given, the slot is wired alone (no tenant flows are read or changed).
+    type: path
 '''
 
 EXAMPLES = r'''
@@ -201,6 +220,25 @@ ssh_source_cidrs:
   type: list
   elements: str
   sample: [0.0.0.0/0]
+mtu:
+  description: The MTU the slot's guest is told by DHCP (its tenant's overlay); null without one or with O(state=absent).
+  returned: always
+  type: int
+  sample: 1450
+tenants:
+  description: With O(lease_dir), each tenant with slots on the node (see M(gpuaas.slice.tenant_network)'s RV(gpuaas.slice.tenant_network#module:tenants)).
+  returned: when O(lease_dir) is given
+  type: dict
+tenant_problems:
+  description: With O(lease_dir), leases that joined no tenant, and why.
+  returned: when O(lease_dir) is given
+  type: list
+  elements: str
+tenant_removed:
+  description: With O(lease_dir), cookies of tenant flows no live lease explains (and the unused tunnel port), removed.
+  returned: when O(lease_dir) is given
+  type: list
+  elements: str
 changes:
   description: What changed (or would change in check mode).
   returned: always

@@ -227,16 +227,33 @@ class SlotNamespace(Peer):
                          '  echo "$ip $hostname $router" > %s;;\nesac\nexit 0\n' % self.lease_out)
         os.chmod(self.script, 0o755)
 
-    def dhcp(self, tries=3):
-        """(address, host name, router) of the lease udhcpc got, or None."""
+    def dhcp(self, tries=3, broadcast=False):
+        """(address, host name, router) of the lease udhcpc got, or None; ``broadcast``: the
+        request asks for broadcast replies (the BOOTP broadcast flag)."""
         if os.path.exists(self.lease_out):
             os.unlink(self.lease_out)
         proc = sh('busybox', 'udhcpc', '-i', 'eth0', '-n', '-q', '-t', str(tries), '-T', '1', '-A', '1',
-                  '-s', self.script, ns=self.ns, check=False)
+                  '-s', self.script, *(['-B'] if broadcast else []), ns=self.ns, check=False)
         if proc.returncode != 0 or not os.path.exists(self.lease_out):
             return None
         with open(self.lease_out) as handle:
             return tuple(handle.read().split())
+
+    def dhcp_options(self, option):
+        """The value of DHCP option ``option`` (udhcpc's name for it) in a fresh lease, '' when none came, None without a lease."""
+        script = self.script + '.' + option
+        with open(script, 'w') as handle:
+            handle.write('#!/bin/sh\n[ "$1" = bound ] && echo "${%s}" > %s.%s\nexit 0\n' % (option, self.lease_out, option))
+        os.chmod(script, 0o755)
+        out = self.lease_out + '.' + option
+        if os.path.exists(out):
+            os.unlink(out)
+        sh('busybox', 'udhcpc', '-i', 'eth0', '-n', '-q', '-t', '3', '-T', '1', '-A', '1', '-O', option, '-s', script,
+           ns=self.ns, check=False)
+        if not os.path.exists(out):
+            return None
+        with open(out) as handle:
+            return handle.read().strip()
 
     def address(self):
         out = sh('ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0', ns=self.ns).stdout
@@ -299,3 +316,45 @@ def serve_once(ns, address, port, timeout=5):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'ready', proc.stderr.read()
     return proc
+
+
+CAPTURE = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(('eth0', 0)); s.settimeout(0.2)
+print('ready', flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        frame, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or len(frame) < 34 or frame[12:14] != b'\\x08\\x00':
+        continue
+    ihl = (frame[14] & 15) * 4
+    ip = frame[14:14 + ihl]
+    if ip[9] != 17:
+        continue
+    udp = frame[14 + ihl:]
+    sport, dport = struct.unpack('!HH', udp[:4])
+    if dport != 68:
+        continue
+    bootp = udp[8:]
+    print(':'.join('%02x' % b for b in frame[:6]), socket.inet_ntoa(bootp[16:20]),
+          ':'.join('%02x' % b for b in bootp[28:34]), flush=True)
+"""
+
+
+class Capture:
+    """DHCP replies (UDP to port 68) arriving on eth0 of namespace ``ns`` for ``seconds``:
+    (destination MAC, yiaddr, chaddr) of each, by an AF_PACKET socket as tcpdump would."""
+
+    def __init__(self, ns, seconds):
+        self.proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-c', CAPTURE, str(seconds)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == 'ready', self.proc.stderr.read()
+
+    def replies(self):
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return [tuple(line.split()) for line in out.splitlines()]

@@ -82,7 +82,7 @@ def ssh():
     state = {'host': host, 'dir': work, 'hosts': os.path.join(work, 'hosts'), 'ssh_dir': os.path.join(work, 'ssh.d'),
              'slots': {}, 'peers': [], 'servers': []}
     state['host_args'] = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
-                              hosts_dir=state['hosts'], lease_file=os.path.join(work, 'leases'),
+                              hosts_dir=state['hosts'], opts_dir=os.path.join(work, 'opts'), lease_file=os.path.join(work, 'leases'),
                               nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
                               ssh_dir=state['ssh_dir'], ssh_public_address=PUBLIC, ssh_port_base=BASE)
     try:
