@@ -213,6 +213,7 @@ def _reschedule(session, actor: audit.Actor, claim: Claim, allocation: Allocatio
         image=allocation.image, image_checksum=allocation.image_checksum, ssh_keys=allocation.ssh_keys,
         vcpus=allocation.vcpus, memory_mib=allocation.memory_mib,
         gpu_model=asked.get('gpu_model'), numa_node=asked.get('numa_node'))
+    session.flush()   # the node's mark, which the statement below reads past the ORM
     taken = service.take_slot(session, request, allocation.id, now)
     if taken is None:
         return False
