@@ -349,7 +349,7 @@ def _client(args):
     return Client(args.api, args.token)
 
 
-NODE_COLUMNS = [('id', 'node'), ('schedulable', 'schedulable'), ('approved_slots', 'slots'),
+NODE_COLUMNS = [('id', 'node'), ('schedulable', 'schedulable'), ('reachable', 'reachable'), ('approved_slots', 'slots'),
                 ('free_slots', 'free'), ('drain_reason', 'drain reason'),
                 ('discovered_at', 'discovered')]
 SLOT_COLUMNS = [('id', 'slot'), ('state', 'state'), ('approved', 'approved'),
@@ -372,7 +372,8 @@ def cmd_node(args):
         data = client.call('GET', '/v1/nodes/%s' % args.node)
 
         def show(d):
-            fields(d, ['id', 'schedulable', 'drain_reason', 'discovered_at', 'approved_at'])
+            fields(d, ['id', 'schedulable', 'drain_reason', 'reachable', 'unreachable_since',
+                       'unreachable_error', 'next_probe_at', 'discovered_at', 'approved_at'])
             print()
             table(d['slots'], SLOT_COLUMNS)
             ineligible = [s for s in (d.get('discovery') or {}).get('slots', []) if not s['eligible']]
