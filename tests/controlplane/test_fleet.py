@@ -147,7 +147,8 @@ def test_a_claim_takes_one_job_per_node(db, settings, project, nodes):
 @pytest.mark.backends('postgresql')
 def test_two_claims_racing_for_two_jobs_of_one_node_take_one(db, settings, project, nodes):
     """PostgreSQL, two connections. (1) While one claim holds n1's row, the other skips n1
-    and takes the n2 job. (2) A claim that read both n1 jobs as runnable before the other
+    and takes the n2 job (it then waits for the audit ledger's head, which the first holds to
+    its commit). (2) A claim that read both n1 jobs as runnable before the other
     committed finds n1 busy once it holds n1's row, and takes nothing there."""
     on_n1 = [_reserve(db, node_id='n1').id for _index in range(2)]
     on_n2 = _reserve(db, node_id='n2').id
@@ -157,8 +158,9 @@ def test_two_claims_racing_for_two_jobs_of_one_node_take_one(db, settings, proje
         got['a'] = a._claim(session_a)
         thread = threading.Thread(target=lambda: got.update(b=db.transact(b._claim)))
         thread.start()
-        thread.join(30)
-        assert not thread.is_alive()
+        time.sleep(2)
+    thread.join(30)
+    assert not thread.is_alive()
     assert got['a'].allocation_id == on_n1[0] and got['b'].allocation_id == on_n2
     assert db.transact(b._claim) is None
 
