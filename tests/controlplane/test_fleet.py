@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from gpuaas_control import audit, fleet, service
 from gpuaas_control.config import Settings
 from gpuaas_control.errors import Conflict
-from gpuaas_control.models import Allocation, AuditEntry, Node, OutboxJob, Slot, UsageRecord, utcnow
+from gpuaas_control.models import Allocation, AuditEntry, Node, OutboxJob, Slot, utcnow
 from gpuaas_control.schemas.fleet import NodeView
 from gpuaas_control.worker import Worker, _candidates
 from tests.controlplane.conftest import approved_map
@@ -195,7 +195,8 @@ def test_many_threads_claiming_at_once_take_one_job_per_node(db, settings, proje
     taken = sorted(c.node_id for c in claims if c is not None)
     assert taken == ['n1', 'n2'], claims
     with db.read() as session:
-        assert session.execute(select(OutboxJob.id).where(OutboxJob.status == 'running')).all().__len__() == 2
+        running = session.execute(select(OutboxJob.id).where(OutboxJob.status == 'running')).all()
+    assert len(running) == 2
 
 
 @pytest.mark.slow

@@ -32,7 +32,6 @@ from sqlalchemy import or_, select
 
 from gpuaas_control import audit, lifecycle, service
 from gpuaas_control.config import Settings
-from gpuaas_control.outcomes import close_usage
 from gpuaas_control.models import (
     FAILED,
     JOB_ALLOCATE,
@@ -49,6 +48,7 @@ from gpuaas_control.models import (
     UsageRecord,
     utcnow,
 )
+from gpuaas_control.outcomes import close_usage
 from gpuaas_control.runs import Claim, Outcome, seconds, short
 
 log = logging.getLogger('gpuaas_control.worker')
