@@ -360,3 +360,34 @@ def test_a_release_on_an_unreachable_node_keeps_the_slot_until_it_answers(db, se
     _recover(db, worker, project, 'n1', n1='ok', n2='ok')
     got, slot, jobs, _usage, _events = _allocation(db, allocation.id)
     assert got.state == 'released' and slot.state == 'free' and jobs[-1] == ('release', 'done', 1)
+
+
+@pytest.mark.backends('sqlite')
+def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, nodes):
+    project.set_modes(n1='down')
+    assert db.transact(fleet.claim_probe, settings) is None       # nothing unreachable
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n1', 'refused', utcnow())
+    assert db.transact(fleet.claim_probe, settings) is None       # not due for 0.2 s
+    time.sleep(0.3)
+    assert db.transact(fleet.claim_probe, settings) == 'n1'
+    assert db.transact(fleet.claim_probe, settings) is None       # held by the first
+    error = fleet.probe(settings, 'n1')
+    assert 'Connection refused' in error
+    before = utcnow()
+    db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', error)
+    node = _node(db, 'n1')
+    assert node.probe_failures == 1 and node.unreachable_error == error
+    assert 0.39 < (node.next_probe_at - before).total_seconds() < 3   # 0.2 s doubled
+    assert fleet.probe_delay(settings, 20) == fleet.MAX_PROBE_INTERVAL
+    # A host the inventory does not have never counts as an answer.
+    assert 'is n9 a host of the inventory?' in fleet.probe(settings, 'n9')
+    project.set_modes(n1='ok')
+    assert fleet.probe(settings, 'n1') is None
+    db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', None)
+    node = _node(db, 'n1')
+    assert node.unreachable_since is None and node.probe_failures == 0 and node.next_probe_at is None
+    with db.read() as session:
+        entry = session.execute(select(AuditEntry).where(AuditEntry.target_id == 'n1')
+                                .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
+    assert (entry.action, entry.before['probe_failures'], entry.after) == (
+        'node.reachable', 1, {'reachable': True, 'via': 'probe'})
