@@ -391,3 +391,27 @@ def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, no
                                 .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
     assert (entry.action, entry.before['probe_failures'], entry.after) == (
         'node.reachable', 1, {'reachable': True, 'via': 'probe'})
+
+
+@pytest.mark.slow
+@pytest.mark.backends('sqlite')
+def test_allocations_waiting_on_a_node_that_stops_answering_move_before_they_run(db, settings, project, nodes):
+    """Three allocations reserved on n1 (one job at a time there); the first run finds n1
+    down: it moves, and so do the two still requested, whose untouched slots are freed."""
+    project.set_modes(n1='down', n2='ok')
+    ids = [_reserve(db).id for _index in range(3)]
+    pinned = _reserve(db, node_id='n1').id
+    worker = Worker(db, settings)
+    worker.drain()
+    states = {i: _allocation(db, i)[0] for i in ids}
+    assert {(a.state, a.node_id) for a in states.values()} == {('running', 'n2')}, states
+    assert _slot(db, 'n1-s0').state == 'blocked'                     # the one a run touched
+    assert [_slot(db, 'n1-s%d' % i).state for i in (1, 2)] == ['free', 'free']
+    assert _actions(db, 'n1-s1') == ['slot.free']
+    # One that named its node waits for it (requested, its job pending).
+    got, slot, jobs, _usage, _events = _allocation(db, pinned)
+    assert got.state == 'requested' and jobs == [('allocate', 'pending', 0)]
+    _recover(db, worker, project, 'n1', n1='ok')
+    assert _allocation(db, pinned)[0].state == 'running'
+    assert _slot(db, 'n1-s0').state == 'free'    # its cleanup ran
+    _no_leaks(db)

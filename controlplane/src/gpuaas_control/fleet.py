@@ -13,7 +13,9 @@
   ``allocation.reschedule``) or fails (``fail``; and when it named its node or nothing else
   fits), its error ``node unreachable: ...``. Either way the slot it leaves is blocked and a
   *cleanup* job (an outbox release naming that slot) releases it once the node answers: the
-  run may have built part of the VM before the node went away.
+  run may have built part of the VM before the node went away. Under ``reschedule`` the
+  node's allocations still ``requested`` (their job never ran: their slots are untouched,
+  and freed) move too rather than wait for the node.
 * **Answering again.** The worker probes an unreachable node with ``ansible.builtin.ping``
   (ad hoc, through ansible-runner, the worker's inventory) when ``next_probe_at`` is due:
   every ``GPUAAS_PROBE_INTERVAL`` seconds, doubled after each probe without an answer, up to
@@ -39,6 +41,7 @@ from gpuaas_control.models import (
     JOB_PENDING,
     JOB_RELEASE,
     PROVISIONING,
+    REQUESTED,
     SLOT_BLOCKED,
     SLOT_FREE,
     Allocation,
@@ -169,6 +172,8 @@ def unreachable(session, actor: audit.Actor, settings: Settings, claim: Claim, j
                 allocation: Allocation, outcome: Outcome, now) -> None:
     """Record a run that could not reach its node (``outcome.unreachable``)."""
     node_unreachable(session, actor, settings, claim.node_id, outcome.unreachable, now)
+    if settings.unreachable_policy == 'reschedule':
+        move_waiting(session, actor, claim.node_id, now)
     detail = short(outcome.unreachable, 500)
     job.attempts = max(0, job.attempts - 1)   # the node's absence, not the job's failure
     job.last_error = short('the node did not answer: %s' % outcome.unreachable)
@@ -204,8 +209,26 @@ def _add_cleanup(session, allocation_id: str, slot_id: str, now) -> None:
 
 
 def _reschedule(session, actor: audit.Actor, claim: Claim, allocation: Allocation, now) -> bool:
-    """Move the allocation to a free slot of another node that fits it; False when it named
-    its node or nothing fits (its node is already skipped: marked unreachable above)."""
+    """Move the allocation whose run could not reach its node to a free slot of another node
+    that fits it; False when it named its node or nothing fits."""
+    return _move(session, actor, allocation, claim.slot_id, claim.node_id, now, touched=True)
+
+
+def move_waiting(session, actor: audit.Actor, node_id: str, now) -> int:
+    """Move the allocations still ``requested`` on the node (their allocate job never ran:
+    their slots are untouched) to other nodes that fit them; how many moved."""
+    waiting = session.execute(select(Allocation).where(
+        Allocation.node_id == node_id, Allocation.state == REQUESTED)
+        .order_by(Allocation.created_at, Allocation.id).with_for_update()).scalars().all()
+    return sum(_move(session, actor, allocation, allocation.slot_id, node_id, now, touched=False)
+               for allocation in waiting)
+
+
+def _move(session, actor: audit.Actor, allocation: Allocation, old_slot_id: str, old_node_id: str, now,
+          touched: bool) -> bool:
+    """Move the allocation to a free slot of another node that fits it (False when it named its
+    node or nothing fits; the node it leaves is marked unreachable, so it is skipped). The slot
+    it leaves is blocked for a cleanup release if a run may have touched it, else free."""
     asked = allocation.request or {}
     if asked.get('node_id'):
         return False
@@ -217,27 +240,34 @@ def _reschedule(session, actor: audit.Actor, claim: Claim, allocation: Allocatio
     taken = service.take_slot(session, request, allocation.id, now)
     if taken is None:
         return False
-    old = session.get(Slot, claim.slot_id, with_for_update=True)
-    reason = _blocked_reason(allocation.id, claim.node_id)
-    lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'slot %s' % old.id, old.state, SLOT_BLOCKED)
+    old = session.get(Slot, old_slot_id, with_for_update=True)
     before = {'state': old.state, 'allocation_id': old.allocation_id}
-    old.state, old.state_reason, old.updated_at = SLOT_BLOCKED, reason, now
-    audit.append(session, actor, 'slot.block', 'slot', old.id, before,
-                 {'state': SLOT_BLOCKED, 'allocation_id': allocation.id, 'reason': reason})
+    if touched:
+        reason = _blocked_reason(allocation.id, old_node_id)
+        lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'slot %s' % old.id, old.state, SLOT_BLOCKED)
+        old.state, old.state_reason = SLOT_BLOCKED, reason
+        audit.append(session, actor, 'slot.block', 'slot', old.id, before,
+                     {'state': SLOT_BLOCKED, 'allocation_id': allocation.id, 'reason': reason})
+        session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_ALLOCATE, status=JOB_PENDING, attempts=0,
+                              available_at=now, created_at=now, updated_at=now))
+        _add_cleanup(session, allocation.id, old.id, now)
+    else:
+        lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'slot %s' % old.id, old.state, SLOT_FREE)
+        old.state, old.allocation_id, old.state_reason = SLOT_FREE, None, None
+        audit.append(session, actor, 'slot.free', 'slot', old.id, before,
+                     {'state': SLOT_FREE, 'allocation_id': None, 'via': 'moved before it ran'})
+    old.updated_at = now
     allocation.slot_id, allocation.node_id, allocation.mac = taken.id, taken.node_id, taken.mac
     allocation.updated_at = now
     usage = session.execute(select(UsageRecord).where(UsageRecord.allocation_id == allocation.id)).scalar_one()
     usage.slot_id, usage.node_id, usage.gpu_model = taken.id, taken.node_id, taken.gpu_model
-    session.add(OutboxJob(allocation_id=allocation.id, kind=JOB_ALLOCATE, status=JOB_PENDING, attempts=0,
-                          available_at=now, created_at=now, updated_at=now))
-    _add_cleanup(session, allocation.id, old.id, now)
     service.add_event(session, allocation.id, 'state',
-                      'provisioning: the node did not answer; moved to slot %s' % taken.id,
-                      {'state': PROVISIONING, 'slot_id': taken.id, 'left_slot_id': old.id})
+                      '%s: the node did not answer; moved to slot %s' % (allocation.state, taken.id),
+                      {'state': allocation.state, 'slot_id': taken.id, 'left_slot_id': old.id})
     audit.append(session, actor, 'allocation.reschedule', 'allocation', allocation.id,
-                 {'slot_id': old.id, 'node_id': claim.node_id},
+                 {'slot_id': old.id, 'node_id': old_node_id},
                  {'slot_id': taken.id, 'node_id': taken.node_id, 'tenant': allocation.tenant_id,
-                  'reason': 'node %s unreachable' % claim.node_id})
+                  'reason': 'node %s unreachable' % old_node_id})
     return True
 
 
