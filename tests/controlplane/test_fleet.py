@@ -19,7 +19,7 @@ import pytest
 import yaml
 from sqlalchemy import select, update
 
-from gpuaas_control import audit, fleet, service
+from gpuaas_control import audit, fleet, lifecycle, service
 from gpuaas_control.config import Settings
 from gpuaas_control.errors import Conflict
 from gpuaas_control.models import Allocation, AuditEntry, Node, OutboxJob, Slot, utcnow
@@ -322,6 +322,7 @@ def test_an_unreachable_node_fails_the_allocation_under_the_fail_policy(db, sett
     worker.drain()
     got, slot, jobs, usage, events = _allocation(db, allocation.id)
     assert got.state == 'failed' and got.error.startswith('node unreachable: ')
+    assert lifecycle.public_reason(got.error) == 'node unreachable'    # what the tenant reads
     assert slot.state == 'blocked' and usage.allocated_end is not None
     assert 'node unreachable: the node did not answer; the allocation failed' in events
     assert _slot(db, 'n2-s0').state == 'free'

@@ -614,7 +614,7 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
 
 
 def _candidates(query, gpu_model: bool, node_id: bool):
-    """``query`` narrowed to free, approved slots on schedulable nodes, and the request's model and node."""
+    """``query`` narrowed to free, approved slots on schedulable, reachable nodes, and the request's model and node."""
     nodes = Node.__table__.c
     # Drained and unreachable nodes (both partial indexes, usually empty) are skipped.
     skipped = select(nodes.id).where(or_(not_(nodes.schedulable), nodes.unreachable_since.is_not(None)))
