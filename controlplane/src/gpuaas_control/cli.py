@@ -349,8 +349,8 @@ def _client(args):
     return Client(args.api, args.token)
 
 
-NODE_COLUMNS = [('id', 'node'), ('schedulable', 'schedulable'), ('reachable', 'reachable'), ('approved_slots', 'slots'),
-                ('free_slots', 'free'), ('drain_reason', 'drain reason'),
+NODE_COLUMNS = [('id', 'node'), ('schedulable', 'schedulable'), ('approved_slots', 'slots'),
+                ('free_slots', 'free'), ('reachable', 'reachable'), ('drain_reason', 'drain reason'),
                 ('discovered_at', 'discovered')]
 SLOT_COLUMNS = [('id', 'slot'), ('state', 'state'), ('approved', 'approved'),
                 ('gpu_model', 'gpu'), ('gpu_address', 'address'), ('numa_node', 'numa'),
