@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0010 (newest 0010)' in upgraded.stdout
+    assert 'revision 0011 (newest 0011)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
@@ -132,7 +132,7 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert [line.split()[:3] for line in lines[1:3]] == [['sample-hgx-s0', 'free', 'yes'],
                                                          ['sample-hgx-s1', 'free', 'yes']]
     nodes = gpuaas('node', 'list', token=operator).stdout
-    assert nodes.splitlines()[1].split()[:4] == ['sample-hgx', 'yes', '2', '2']
+    assert nodes.splitlines()[1].split()[:5] == ['sample-hgx', 'yes', '2', '2', 'yes']
 
     # The tenant: a refused request says why and changes nothing; a good one comes up
     # with its progress shown.

@@ -217,7 +217,7 @@ def cmd_worker(args):
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('alembic').setLevel(logging.WARNING)   # the schema check below is not news
     settings = _settings(args, project_dir=args.project_dir, inventory=args.inventory,
-                         runs_dir=args.runs_dir)
+                         runs_dir=args.runs_dir, worker_concurrency=args.concurrency)
     try:
         worker = Worker(_require_schema(_database(args)), settings, worker_id=args.id)
     except WorkerError as exc:
@@ -232,7 +232,7 @@ def cmd_worker(args):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logging.getLogger('gpuaas_control.worker').info('worker %s: draining the outbox', worker.worker_id)
-    worker.run_forever(args.concurrency)
+    worker.run_forever(settings.worker_concurrency)
     return 0
 
 
@@ -350,7 +350,7 @@ def _client(args):
 
 
 NODE_COLUMNS = [('id', 'node'), ('schedulable', 'schedulable'), ('approved_slots', 'slots'),
-                ('free_slots', 'free'), ('drain_reason', 'drain reason'),
+                ('free_slots', 'free'), ('reachable', 'reachable'), ('drain_reason', 'drain reason'),
                 ('discovered_at', 'discovered')]
 SLOT_COLUMNS = [('id', 'slot'), ('state', 'state'), ('approved', 'approved'),
                 ('gpu_model', 'gpu'), ('gpu_address', 'address'), ('numa_node', 'numa'),
@@ -372,7 +372,8 @@ def cmd_node(args):
         data = client.call('GET', '/v1/nodes/%s' % args.node)
 
         def show(d):
-            fields(d, ['id', 'schedulable', 'drain_reason', 'discovered_at', 'approved_at'])
+            fields(d, ['id', 'schedulable', 'drain_reason', 'reachable', 'unreachable_since',
+                       'unreachable_error', 'next_probe_at', 'discovered_at', 'approved_at'])
             print()
             table(d['slots'], SLOT_COLUMNS)
             ineligible = [s for s in (d.get('discovery') or {}).get('slots', []) if not s['eligible']]
@@ -579,7 +580,8 @@ def parser():
     p.add_argument('--project-dir', help='the gpuaas.slice checkout (GPUAAS_PROJECT_DIR)')
     p.add_argument('--inventory', help='inventory whose hosts are the node ids (GPUAAS_INVENTORY)')
     p.add_argument('--runs-dir', help='where private data dirs go (GPUAAS_RUNS_DIR)')
-    p.add_argument('--concurrency', type=int, default=1, help='jobs run at once by this process')
+    p.add_argument('--concurrency', type=int,
+                   help='jobs run at once by this process, one per node (GPUAAS_WORKER_CONCURRENCY, 4)')
     p.add_argument('--id', help='this worker\'s name in the outbox (default host:pid:random)')
     p.add_argument('--once', action='store_true', help='run what is runnable now, then exit')
     p.set_defaults(func=cmd_worker)

@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     telemetry_interval: float = Field(60.0, ge=0, le=86400, allow_inf_nan=False)
     telemetry_timeout: int = Field(300, ge=1, le=3600)
     acceptance_policy: Literal['report', 'quarantine'] = 'report'
+    # The fleet: jobs a worker process runs at once (one at a time per node, whatever the
+    # number), what an allocation whose node stopped answering does, and how often the worker
+    # asks an unreachable node whether it answers again (doubled after each probe that got
+    # no answer, up to 300 s; a probe's run may take probe_timeout seconds).
+    # 4: each job is one ansible-playbook (a controller core for its first seconds, ~100 MB),
+    # so a small controller serves four nodes at once; more nodes queue, none is starved.
+    worker_concurrency: int = Field(4, ge=1, le=64)
+    # reschedule: the allocation moves to a free slot of another node that fits it (unless it
+    # named its node, or none fits: then it fails); fail: it fails at once. Either way the
+    # slot it leaves stays blocked until its node answers and a release cleaned it.
+    unreachable_policy: Literal['reschedule', 'fail'] = 'reschedule'
+    probe_interval: Seconds = 15.0
+    probe_timeout: int = Field(60, ge=1, le=3600)
     max_attempts: int = Field(3, ge=1, le=100)
     retry_base: Seconds = 5.0
     lease_seconds: Seconds = 60.0

@@ -37,6 +37,9 @@ ALLOCATION_TRANSITIONS = {
     (REQUESTED, PROVISIONING): 'allocation.provision',
     (REQUESTED, RELEASING): 'allocation.release',
     (PROVISIONING, RUNNING): 'allocation.run',
+    # Its node stopped answering (fleet.py, GPUAAS_UNREACHABLE_POLICY=fail): the slot stays
+    # blocked until the node answers and a release cleaned it.
+    (PROVISIONING, FAILED): 'allocation.fail',
     (PROVISIONING, RELEASING): 'allocation.release',
     (RUNNING, RELEASING): 'allocation.release',
     # A failed allocation whose release could not finish, released again by an operator.
@@ -56,7 +59,8 @@ SLOT_TRANSITIONS = {
 # the text (a playbook's msg or stderr) is for operators.
 PROVISIONING_FAILED = 'provisioning failed'
 RELEASE_FAILED = 'release failed'
-REASONS = (PROVISIONING_FAILED, RELEASE_FAILED)
+NODE_UNREACHABLE = 'node unreachable'
+REASONS = (PROVISIONING_FAILED, RELEASE_FAILED, NODE_UNREACHABLE)
 
 
 def public_reason(error: str | None) -> str | None:

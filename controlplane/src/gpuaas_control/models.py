@@ -154,6 +154,9 @@ class Node(Base):
         # The drained nodes, which a reservation skips (service._take_slot_statement).
         Index('ix_nodes_drained', 'id', sqlite_where=text('schedulable = 0'),
               postgresql_where=text('NOT schedulable')),
+        # The unreachable nodes, which a reservation skips too and the worker probes.
+        Index('ix_nodes_unreachable', 'id', sqlite_where=text('unreachable_since IS NOT NULL'),
+              postgresql_where=text('unreachable_since IS NOT NULL')),
     )
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -167,6 +170,13 @@ class Node(Base):
     # The node's address on the underlay network, where the other nodes' overlay tunnels end
     # (tenant networks); NULL: not set, the node is no overlay peer of anyone.
     underlay_ip: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    # Reachability, as the worker last found it: NULL while the node answers; since when a run
+    # (or a probe) could not reach it, what it said, how many probes failed since and when the
+    # next one is due. An unreachable node is skipped by reservation and its jobs wait.
+    unreachable_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    unreachable_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    probe_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
@@ -277,6 +287,10 @@ class OutboxJob(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # A cleanup: the release of a slot the allocation left on a node that stopped answering
+    # (it holds that slot blocked until the node answers and the release ran). NULL: the job
+    # is for the allocation's own slot.
+    slot_id: Mapped[str | None] = mapped_column(ForeignKey('slots.id'), nullable=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=JOB_PENDING)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     available_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

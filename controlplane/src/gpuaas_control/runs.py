@@ -64,6 +64,9 @@ class Claim:
     # checks this one slot against the host instead of discovering it whole.
     slot: dict
     queued_seconds: float
+    # A cleanup (fleet.py): the release of a slot the allocation left on a node that stopped
+    # answering, not of the allocation's own slot.
+    cleanup: bool = False
 
 
 @dataclasses.dataclass
@@ -74,6 +77,9 @@ class Outcome:
     error: str | None
     seconds: float
     cancel_reason: str | None = None
+    # What ansible said when the claim's node could not be reached (runner_on_unreachable);
+    # None when it answered.
+    unreachable: str | None = None
 
 
 def short(text, limit=2000):
@@ -153,7 +159,7 @@ class Run:
         cancel = {'reason': None}
         done = threading.Event()
         monitor = threading.Thread(target=self._monitor, args=(cancel, done), daemon=True)
-        captured = {'result': None, 'error': None}
+        captured = {'result': None, 'error': None, 'unreachable': None}
 
         def on_event(event):
             self._on_event(event, captured)
@@ -197,7 +203,8 @@ class Run:
         elif status == 'failed' and not error:
             error = 'the playbook failed (rc %s)' % rc
         return Outcome(status=status, rc=rc, result=captured['result'], error=error,
-                       seconds=seconds, cancel_reason=cancel['reason'])
+                       seconds=seconds, cancel_reason=cancel['reason'],
+                       unreachable=captured['unreachable'])
 
     def _monitor(self, cancel: dict, done: threading.Event):
         """Renew the lease; cancel the run on a release request, a stop or a lost claim."""
@@ -240,6 +247,8 @@ class Run:
                                         data.get('host') or '?')
             level, detail = 'error', short(reason, 500)
             captured['error'] = '%s: %s' % (message, detail)
+            if kind == 'runner_on_unreachable' and data.get('host') == claim.node_id:
+                captured['unreachable'] = detail
         elif kind == 'playbook_on_stats':
             artifact = data.get('artifact_data') or {}
             captured['result'] = copy.deepcopy(artifact.get('gpuaas_result'))

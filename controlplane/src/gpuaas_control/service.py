@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 import secrets
 
-from sqlalchemy import and_, bindparam, case, func, insert, not_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gpuaas_control import audit, lifecycle, networks
@@ -635,11 +635,13 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
 
 
 def _candidates(query, gpu_model: bool, node_id: bool):
-    """``query`` narrowed to free, approved slots on schedulable nodes, and the request's model and node."""
-    drained = select(Node.__table__.c.id).where(not_(Node.__table__.c.schedulable))
+    """``query`` narrowed to free, approved slots on schedulable, reachable nodes, and the request's model and node."""
+    nodes = Node.__table__.c
+    # Drained and unreachable nodes (both partial indexes, usually empty) are skipped.
+    skipped = select(nodes.id).where(or_(not_(nodes.schedulable), nodes.unreachable_since.is_not(None)))
     # An absent slot (its GPU gone from the bus) is never a candidate.
     query = query.where(_SLOTS.c.state == SLOT_FREE, _SLOTS.c.approved, _SLOTS.c.absent_reason.is_(None),
-                        _SLOTS.c.node_id.not_in(drained))
+                        _SLOTS.c.node_id.not_in(skipped))
     if gpu_model:
         query = query.where(_SLOTS.c.gpu_model == bindparam('want_model'))
     if node_id:
@@ -658,6 +660,10 @@ def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
               'want_numa': request.numa_node, 'want_vcpus': request.vcpus, 'want_memory': request.memory_mib,
               'take_for': allocation_id, 'take_at': now}
     return session.connection().execute(statement, params).first()
+
+
+# The worker moves an allocation whose node stopped answering to another slot (fleet.py).
+take_slot = _take_slot
 
 
 def _explain_no_fit(session, request: AllocationRequest) -> str:

@@ -29,11 +29,11 @@ import socket
 import threading
 import time
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, lifecycle, networks, outcomes, service, telemetry
+from gpuaas_control import audit, fleet, lifecycle, networks, outcomes, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -77,6 +77,54 @@ def backoff(attempts: int, base: float) -> float:
     return delay * random.uniform(0.8, 1.2)
 
 
+# How many candidates a claim reads at once: enough to find a job of an idle node behind
+# jobs of nodes that other claims are locking right now.
+CANDIDATES = 16
+
+
+def _runnable(job, now):
+    """Pending and due, or running with an expired lease (its worker died)."""
+    return or_(and_(job.status == JOB_PENDING, job.available_at <= now),
+               and_(job.status == JOB_RUNNING, job.lease_expires_at < now))
+
+
+def _job_node_of(job_allocation, cleanup_slot):
+    """The node a job runs on: the slot a cleanup releases is on its own node; any other job
+    runs on its allocation's node."""
+    return func.coalesce(cleanup_slot.node_id, job_allocation.node_id)
+
+
+_BUSY = (aliased(Allocation), aliased(Slot))
+_BUSY_JOB = aliased(OutboxJob)
+
+
+def _busy_nodes(now):
+    """The nodes that run a job now (running, its lease live)."""
+    job_allocation, cleanup_slot = _BUSY
+    return (select(_job_node_of(job_allocation, cleanup_slot)).select_from(_BUSY_JOB)
+            .join(job_allocation, job_allocation.id == _BUSY_JOB.allocation_id)
+            .outerjoin(cleanup_slot, cleanup_slot.id == _BUSY_JOB.slot_id)
+            .where(_BUSY_JOB.status == JOB_RUNNING, _BUSY_JOB.lease_expires_at >= now))
+
+
+def _candidates(now):
+    """(job id, node id) of the oldest runnable jobs whose allocation has no earlier
+    unfinished job (of the same slot: a cleanup waits for no other job), on reachable nodes
+    that run no job now. Read without locks: ``Worker._take`` locks and checks again."""
+    cleanup_slot = aliased(Slot)
+    node = _job_node_of(Allocation, cleanup_slot)
+    earlier = aliased(OutboxJob)
+    blocked = select(earlier.id).where(
+        earlier.allocation_id == OutboxJob.allocation_id, earlier.id < OutboxJob.id,
+        earlier.status.in_((JOB_PENDING, JOB_RUNNING)),
+        func.coalesce(earlier.slot_id, '') == func.coalesce(OutboxJob.slot_id, '')).exists()
+    unreachable = select(Node.id).where(Node.unreachable_since.is_not(None))
+    return (select(OutboxJob.id, node).join(Allocation, Allocation.id == OutboxJob.allocation_id)
+            .outerjoin(cleanup_slot, cleanup_slot.id == OutboxJob.slot_id)
+            .where(_runnable(OutboxJob, now), ~blocked, node.not_in(unreachable), node.not_in(_busy_nodes(now)))
+            .order_by(OutboxJob.id).limit(CANDIDATES))
+
+
 class Worker:
     def __init__(self, db: Database, settings: Settings, worker_id: str | None = None):
         self.db = db
@@ -105,7 +153,10 @@ class Worker:
     def stop(self):
         self.stopping.set()
 
-    def run_forever(self, concurrency: int = 1):
+    def run_forever(self, concurrency: int | None = None):
+        """Run jobs on ``concurrency`` threads (GPUAAS_WORKER_CONCURRENCY when None): jobs of
+        different nodes at once, of one node one at a time (``_claim``)."""
+        concurrency = concurrency or self.settings.worker_concurrency
         threads = [threading.Thread(target=self._loop, name='gpuaas-worker-%d' % i, daemon=True)
                    for i in range(max(1, concurrency))]
         if self.settings.telemetry_interval:
@@ -136,7 +187,13 @@ class Worker:
                               'trying again next interval')
 
     def run_once(self) -> bool:
-        """Claim and run one job; False when there was none."""
+        """Probe an unreachable node whose probe is due, or claim and run one job; False when
+        there was nothing to do."""
+        node_id = self.db.transact(fleet.claim_probe, self.settings)
+        if node_id is not None:
+            error = fleet.probe(self.settings, node_id)
+            self.db.transact(fleet.record_probe, self.actor, self.settings, node_id, error)
+            return True
         claim = self.db.transact(self._claim)
         if claim is None:
             return False
@@ -156,23 +213,43 @@ class Worker:
     # -- claiming ----------------------------------------------------------------------------
 
     def _claim(self, session):
+        """The oldest runnable job whose node is free, claimed; None when there is none, True
+        when one was settled without running anything."""
         now = utcnow()
-        earlier = aliased(OutboxJob)
-        blocked = select(earlier.id).where(
-            earlier.allocation_id == OutboxJob.allocation_id, earlier.id < OutboxJob.id,
-            earlier.status.in_((JOB_PENDING, JOB_RUNNING))).exists()
-        job = session.execute(
-            select(OutboxJob).where(
-                or_(and_(OutboxJob.status == JOB_PENDING, OutboxJob.available_at <= now),
-                    and_(OutboxJob.status == JOB_RUNNING, OutboxJob.lease_expires_at < now)),
-                ~blocked)
-            .order_by(OutboxJob.id).limit(1)
-            .with_for_update(skip_locked=True, of=OutboxJob)).scalar_one_or_none()
-        if job is None:
+        for job_id, node_id in session.execute(_candidates(now)).all():
+            job = self._take(session, job_id, node_id, now)
+            if job is not None:
+                return self._claimed(session, job, node_id, now)
+        return None
+
+    @staticmethod
+    def _take(session, job_id: int, node_id: str, now):
+        """The candidate job locked for this claim, or None: its node is locked by another
+        claim right now (skipped: PostgreSQL), or, read again under the node's lock, runs a
+        job with a live lease or stopped answering, or the job was taken meanwhile.
+
+        The node's row lock is what serializes claims per node: two workers that both saw
+        two jobs of an idle node in their snapshots meet on it, and the second, reading
+        after the first committed (READ COMMITTED: a new snapshot per statement), sees the
+        first job running. SQLite's write transaction serializes the claims whole."""
+        locked = session.execute(select(Node.id, Node.unreachable_since).where(Node.id == node_id)
+                                 .with_for_update(skip_locked=True)).first()
+        if locked is None or locked.unreachable_since is not None:
             return None
+        if session.execute(_busy_nodes(now).where(_job_node_of(*_BUSY) == node_id).limit(1)).first():
+            return None
+        return session.execute(select(OutboxJob).where(OutboxJob.id == job_id, _runnable(OutboxJob, now))
+                               .with_for_update(skip_locked=True)).scalar_one_or_none()
+
+    def _claimed(self, session, job, node_id, now):
         allocation = session.get(Allocation, job.allocation_id, with_for_update=True)
-        slot = session.get(Slot, allocation.slot_id)
+        cleanup = job.slot_id is not None
+        slot = fleet.cleanup_slot(session, job) if cleanup else session.get(Slot, allocation.slot_id)
         resumed = job.status == JOB_RUNNING
+        if cleanup and slot is None:
+            job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
+            job.last_error = 'the slot is no longer blocked by this allocation: nothing to release'
+            return True
         if job.kind == JOB_ALLOCATE and allocation.state not in (REQUESTED, PROVISIONING):
             job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
             job.last_error = 'allocation is %s: nothing to provision' % allocation.state
@@ -197,7 +274,8 @@ class Worker:
                                   {'state': PROVISIONING, 'attempt': job.attempts})
         else:
             service.add_event(session, allocation.id, 'progress',
-                              'releasing: attempt %d on %s%s' % (job.attempts, self.worker_id, note),
+                              '%s: attempt %d on %s%s' % ('releasing slot %s' % slot.id if cleanup else 'releasing',
+                                                          job.attempts, self.worker_id, note),
                               {'state': allocation.state, 'attempt': job.attempts})
         spec = {
             'id': allocation.id,
@@ -215,15 +293,15 @@ class Worker:
             spec['hostname'] = allocation.hostname
         if network is not None:
             spec['network'] = network
-        node = session.get(Node, allocation.node_id)
+        node = session.get(Node, node_id)
         facts = telemetry.approved_facts(slot, node.discovery if node is not None else None)
         if facts is not None:
             spec['approved_facts'] = facts
         return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=token,
                      allocation_id=allocation.id, tenant=allocation.tenant_id,
-                     node_id=allocation.node_id, slot_id=allocation.slot_id, slot_mac=slot.mac,
+                     node_id=slot.node_id, slot_id=slot.id, slot_mac=slot.mac,
                      slot_ip=slot.ip, allocation=spec, slot=slot_record(slot),
-                     queued_seconds=(now - job.created_at).total_seconds())
+                     queued_seconds=(now - job.created_at).total_seconds(), cleanup=cleanup)
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -254,6 +332,9 @@ class Worker:
                               'provisioning cancelled: the release was requested')
             return
 
+        if outcome.unreachable is not None:
+            fleet.unreachable(session, self.actor, self.settings, claim, job, allocation, outcome, now)
+            return
         error, permanent = outcome.error, False
         if outcome.status == 'successful':
             if claim.kind == JOB_ALLOCATE:
@@ -262,7 +343,9 @@ class Worker:
                 error = outcomes.check_release_result(claim, outcome.result)
         if error is None:
             job.status, job.finished_at, job.last_error = JOB_DONE, now, None
-            if claim.kind == JOB_ALLOCATE:
+            if claim.cleanup:
+                fleet.cleaned(session, self.actor, claim, now)
+            elif claim.kind == JOB_ALLOCATE:
                 outcomes.allocated(session, self.actor, claim, allocation, outcome, now)
             else:
                 outcomes.released(session, self.actor, claim, allocation, outcome, now)
@@ -280,7 +363,9 @@ class Worker:
                                'detail': short(error, 500)})
             return
         job.status, job.finished_at = JOB_FAILED, now
-        if claim.kind == JOB_ALLOCATE:
+        if claim.cleanup:
+            fleet.cleanup_failed(session, claim, error, now)
+        elif claim.kind == JOB_ALLOCATE:
             outcomes.compensate(session, self.actor, claim, allocation, error, now)
         else:
             outcomes.release_failed(session, self.actor, claim, allocation, error, now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gpuaas_control.schemas.views import Time, View
 
@@ -90,6 +90,11 @@ class NodeView(View):
     id: str
     schedulable: bool
     drain_reason: str | None
+    reachable: bool = Field(True, description='False while the worker cannot reach the node: reservation skips it, its '
+                            'jobs wait, and the worker probes it until it answers.')
+    unreachable_since: Time | None = Field(None, description='When a run first could not reach the node; null while it answers.')
+    unreachable_error: str | None = Field(None, description='What ansible said the last time the node did not answer.')
+    next_probe_at: Time | None = Field(None, description="When the worker next asks the unreachable node whether it answers.")
     discovered_at: Time | None
     approved_at: Time | None
     discovery: DiscoverySummary | None
@@ -100,6 +105,11 @@ class NodeView(View):
     @classmethod
     def _summary(cls, discovery):
         return discovery or None
+
+    @model_validator(mode='after')
+    def _reachable(self):
+        self.reachable = self.unreachable_since is None
+        return self
 
 
 class NodeSummary(NodeView):

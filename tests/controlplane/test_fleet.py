@@ -1,0 +1,418 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control plane over a fleet: jobs of one node one at a time and of different nodes at
+once (claims racing on PostgreSQL included); a node that does not answer (a real
+ansible-runner run against an SSH host whose port answers nothing) fails its job cleanly,
+is skipped by reservation, probed, and cleaned up once it answers; drain."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from sqlalchemy import select, update
+
+from gpuaas_control import audit, fleet, lifecycle, service
+from gpuaas_control.config import Settings
+from gpuaas_control.errors import Conflict
+from gpuaas_control.models import Allocation, AuditEntry, Node, OutboxJob, Slot, utcnow
+from gpuaas_control.schemas.fleet import NodeView
+from gpuaas_control.worker import Worker, _candidates
+from tests.controlplane.conftest import approved_map
+from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.controlplane.test_worker import _allocation, _no_leaks, _wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _closed_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """The stand-in project with an inventory of nodes: ``ok`` and ``slow`` ones run locally
+    (and are pinged first), a ``down`` one is an SSH host at 127.0.0.1 on a port nothing
+    listens on."""
+    root = tmp_path / 'project'
+    shutil.copytree(os.path.join(HERE, 'fake_node'), root)
+    state = tmp_path / 'state'
+    state.mkdir()
+    port = _closed_port()
+    modes = {}
+
+    def write(**node_modes):
+        modes.update(node_modes)
+        hosts = {}
+        for node, mode in modes.items():
+            hosts[node] = {'fake_mode': mode, 'fake_connect': True}
+            if mode == 'down':
+                hosts[node].update(ansible_connection='ssh', ansible_host='127.0.0.1', ansible_port=port,
+                                   ansible_user='gpuaas-test', ansible_ssh_common_args=(
+                                       '-o ConnectTimeout=5 -o BatchMode=yes -o StrictHostKeyChecking=no '
+                                       '-o UserKnownHostsFile=/dev/null'))
+        inventory = {'all': {'vars': {'ansible_connection': 'local',
+                                      'ansible_python_interpreter': sys.executable,
+                                      'fake_state_dir': str(state)},
+                             'hosts': hosts}}
+        (tmp_path / 'inventory.yml').write_text(yaml.safe_dump(inventory))
+
+    class Project:
+        dir = str(root)
+        inventory = str(tmp_path / 'inventory.yml')
+        state_dir = state
+        set_modes = staticmethod(write)
+
+        @staticmethod
+        def runs():
+            log = state / 'runs.log'
+            return [line.split()[:3] for line in log.read_text().splitlines()] if log.exists() else []
+
+        @staticmethod
+        def intervals():
+            log = state / 'intervals.log'
+            rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+            return [(node, alloc, float(start), float(end)) for node, alloc, start, end in rows]
+    write(n1='ok', n2='ok')
+    yield Project
+    (state / 'stop').touch()
+
+
+@pytest.fixture
+def settings(db_url, project, tmp_path):
+    return Settings(db_url=db_url, project_dir=project.dir, inventory=project.inventory,
+                    runs_dir=str(tmp_path / 'runs'), job_timeout=90, max_attempts=2,
+                    retry_base=0.2, lease_seconds=5.0, poll_interval=0.2, probe_interval=0.2,
+                    probe_timeout=30, telemetry_interval=0)
+
+
+@pytest.fixture
+def nodes(db, hgx_discovery_factory):
+    for node_id in ('n1', 'n2'):
+        discovery = hgx_discovery_factory(node_id)
+        add_node(db, discovery, approved_map(discovery))
+    add_tenant(db, 'acme')
+
+
+def _reserve(db, **constraints):
+    return db.transact(service.reserve, tenant('acme'), request(**constraints))[0]
+
+
+def _node(db, node_id):
+    with db.read() as session:
+        return session.get(Node, node_id)
+
+
+def _slot(db, slot_id):
+    with db.read() as session:
+        return session.get(Slot, slot_id)
+
+
+def _actions(db, target_id):
+    with db.read() as session:
+        return [e.action for e in session.execute(select(AuditEntry).where(
+            AuditEntry.target_id == target_id).order_by(AuditEntry.seq)).scalars()]
+
+
+# -- claiming: one job per node at a time ------------------------------------------------------
+
+def test_a_claim_takes_one_job_per_node(db, settings, project, nodes):
+    """Three jobs on n1, one on n2: two claims run (one per node); the others wait until a
+    node's job is done. A job's claim is held by its live lease, not by its worker."""
+    on_n1 = [_reserve(db, node_id='n1').id for _index in range(3)]
+    on_n2 = _reserve(db, node_id='n2').id
+    worker = Worker(db, settings, worker_id='w')
+    first, second = db.transact(worker._claim), db.transact(worker._claim)
+    assert (first.allocation_id, first.node_id) == (on_n1[0], 'n1')
+    assert (second.allocation_id, second.node_id) == (on_n2, 'n2')
+    assert db.transact(worker._claim) is None
+    # The n1 job's worker died: once its lease ran out, it is claimed again, and still alone.
+    with db.write() as session:
+        session.execute(update(OutboxJob).where(OutboxJob.id == first.job_id)
+                        .values(lease_expires_at=utcnow()))
+    again = db.transact(worker._claim)
+    assert (again.job_id, again.attempts) == (first.job_id, 2)
+    assert db.transact(worker._claim) is None
+
+
+@pytest.mark.backends('postgresql')
+def test_two_claims_racing_for_two_jobs_of_one_node_take_one(db, settings, project, nodes):
+    """PostgreSQL, two connections. (1) While one claim holds n1's row, the other skips n1
+    and takes the n2 job (it then waits for the audit ledger's head, which the first holds to
+    its commit). (2) A claim that read both n1 jobs as runnable before the other
+    committed finds n1 busy once it holds n1's row, and takes nothing there."""
+    on_n1 = [_reserve(db, node_id='n1').id for _index in range(2)]
+    on_n2 = _reserve(db, node_id='n2').id
+    a, b = Worker(db, settings, worker_id='a'), Worker(db, settings, worker_id='b')
+    got = {}
+    with db.write() as session_a:
+        got['a'] = a._claim(session_a)
+        thread = threading.Thread(target=lambda: got.update(b=db.transact(b._claim)))
+        thread.start()
+        time.sleep(2)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert got['a'].allocation_id == on_n1[0] and got['b'].allocation_id == on_n2
+    assert db.transact(b._claim) is None
+
+    # (2): release the claims (done), add two more n1 jobs; b reads them before a commits.
+    with db.write() as session:
+        session.execute(update(OutboxJob).values(status='done'))
+    more = [_reserve(db, node_id='n1').id for _index in range(2)]
+    with db.write() as session_b:
+        seen = session_b.execute(_candidates(utcnow())).all()
+        assert [node for _job, node in seen] == ['n1', 'n1']
+        assert db.transact(a._claim).allocation_id == more[0]   # committed meanwhile
+        assert [b._take(session_b, job, node, utcnow()) for job, node in seen] == [None, None]
+
+
+@pytest.mark.backends('postgresql')
+def test_many_threads_claiming_at_once_take_one_job_per_node(db, settings, project, nodes):
+    for node_id in ('n1', 'n2'):
+        for _index in range(4):
+            _reserve(db, node_id=node_id)
+    workers = [Worker(db, settings, worker_id='w%d' % i) for i in range(8)]
+    barrier = threading.Barrier(len(workers))
+    claims = []
+
+    def claim(worker):
+        barrier.wait()
+        claims.append(db.transact(worker._claim))
+    threads = [threading.Thread(target=claim, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    taken = sorted(c.node_id for c in claims if c is not None)
+    assert taken == ['n1', 'n2'], claims
+    with db.read() as session:
+        running = session.execute(select(OutboxJob.id).where(OutboxJob.status == 'running')).all()
+    assert len(running) == 2
+
+
+@pytest.mark.slow
+def test_nodes_run_in_parallel_and_each_node_one_job_at_a_time(db, settings, project, nodes):
+    project.set_modes(n1='slow', n2='slow')
+    ids = [_reserve(db, node_id=node_id).id for node_id in ('n1', 'n2', 'n1', 'n2')]
+    worker = Worker(db, settings.model_copy(update={'worker_concurrency': 4}))
+    runner = threading.Thread(target=worker.run_forever)
+    runner.start()
+    try:
+        _wait_for(lambda: all(_allocation(db, i)[0].state == 'running' for i in ids),
+                  timeout=120, what='four allocations to run')
+    finally:
+        worker.stop()
+        runner.join(60)
+    intervals = project.intervals()
+    assert sorted(alloc for _node, alloc, _start, _end in intervals) == sorted(ids)
+    by_node = {}
+    for node, _alloc, start, end in intervals:
+        by_node.setdefault(node, []).append((start, end))
+    for node, spans in by_node.items():
+        (_s1, end1), (start2, _e2) = sorted(spans)
+        assert end1 <= start2, '%s ran two jobs at once: %s' % (node, spans)
+    # Four threads, two nodes: the nodes' runs overlapped.
+    assert any(s1 < e2 and s2 < e1 for s1, e1 in by_node['n1'] for s2, e2 in by_node['n2']), by_node
+    _no_leaks(db)
+
+
+# -- reservation skips unreachable and drained nodes -------------------------------------------
+
+def test_reservation_skips_unreachable_and_drained_nodes(db, settings, nodes):
+    now = utcnow()
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n1', 'ssh: connect refused', now)
+    assert _reserve(db).node_id == 'n2'
+    with pytest.raises(Conflict, match='no free, approved slot on a schedulable node'):
+        _reserve(db, node_id='n1')
+    db.transact(service.set_drain, OPERATOR, 'n2', True, 'bios')
+    with pytest.raises(Conflict):
+        _reserve(db)
+    # A second report keeps the first time and audits nothing new; the answer is audited.
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n1', 'timed out', utcnow())
+    node = _node(db, 'n1')
+    assert node.unreachable_since == now and node.unreachable_error == 'timed out'
+    view = NodeView.model_validate(node)
+    assert (view.reachable, view.unreachable_error) == (False, 'timed out')
+    assert db.transact(fleet.node_answered, audit.SYSTEM, 'n1', utcnow(), 'probe') is True
+    assert db.transact(fleet.node_answered, audit.SYSTEM, 'n1', utcnow(), 'probe') is False
+    assert NodeView.model_validate(_node(db, 'n1')).reachable is True
+    assert _reserve(db).node_id == 'n1'
+    assert _actions(db, 'n1')[-2:] == ['node.unreachable', 'node.reachable']
+    assert _actions(db, 'n2')[-1] == 'node.drain'
+
+
+def test_a_drained_node_keeps_its_allocations_and_refuses_new_ones(db, client, tokens, settings, nodes):
+    kept = _reserve(db, node_id='n1')
+    op = tokens['operator']
+    assert client.post('/v1/nodes/n1/drain', json={'reason': 'firmware'}, headers=op).status_code == 200
+    with pytest.raises(Conflict):
+        _reserve(db, node_id='n1')
+    assert _reserve(db).node_id == 'n2'
+    with db.read() as session:
+        assert session.get(Allocation, kept.id).state == 'requested'
+    # The worker still runs the drained node's jobs (its allocations are served).
+    claim = db.transact(Worker(db, settings)._claim)
+    assert claim.allocation_id == kept.id
+    listed = {n['id']: n for n in client.get('/v1/nodes', headers=op).json()['nodes']}
+    assert listed['n1']['schedulable'] is False and listed['n1']['drain_reason'] == 'firmware'
+    assert listed['n1']['reachable'] is True and listed['n1']['unreachable_since'] is None
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n2', 'no route to host', utcnow())
+    shown = client.get('/v1/nodes/n2', headers=op).json()
+    assert shown['reachable'] is False and shown['unreachable_error'] == 'no route to host'
+    assert shown['unreachable_since'] and shown['next_probe_at']
+
+
+# -- a node that does not answer ---------------------------------------------------------------
+
+def _recover(db, worker, project, node_id, **modes):
+    project.set_modes(**modes)
+    _wait_for(lambda: worker.drain() >= 0 and _node(db, node_id).unreachable_since is None,
+              timeout=60, what='%s to answer a probe' % node_id)
+    worker.drain()
+
+
+@pytest.mark.slow
+def test_an_unreachable_node_moves_the_allocation_and_is_cleaned_when_it_answers(db, settings, project, nodes):
+    project.set_modes(n1='down', n2='ok')
+    allocation = _reserve(db)
+    assert allocation.node_id == 'n1'
+    worker = Worker(db, settings)
+    worker.drain()
+    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    assert got.state == 'running' and got.node_id == 'n2' and slot.id == 'n2-s0', (jobs, events)
+    assert (usage.node_id, usage.slot_id) == ('n2', 'n2-s0')
+    assert jobs == [('allocate', 'failed', 0), ('allocate', 'done', 1), ('release', 'pending', 0)]
+    assert 'provisioning: the node did not answer; moved to slot n2-s0' in events
+    left = _slot(db, 'n1-s0')
+    assert left.state == 'blocked' and left.allocation_id == allocation.id
+    assert 'did not answer' in left.state_reason
+    node = _node(db, 'n1')
+    assert node.unreachable_since is not None and 'Connection refused' in node.unreachable_error
+    with db.read() as session:
+        cleanup = session.execute(select(OutboxJob).where(OutboxJob.slot_id == 'n1-s0')).scalar_one()
+    assert (cleanup.kind, cleanup.status) == ('release', 'pending')
+    assert _actions(db, 'n1')[-1] == 'node.unreachable'
+    assert 'allocation.reschedule' in _actions(db, allocation.id)
+    # The node answers again: the probe says so, then the cleanup releases the slot it left.
+    _recover(db, worker, project, 'n1', n1='ok')
+    assert _slot(db, 'n1-s0').state == 'free' and _slot(db, 'n1-s0').allocation_id is None
+    assert ['release', allocation.id, 'n1-s0'] in project.runs()
+    assert _actions(db, 'n1')[-1] == 'node.reachable' and _actions(db, 'n1-s0') == ['slot.block', 'slot.free']
+    assert _allocation(db, allocation.id)[0].state == 'running'
+    with db.read() as session:
+        assert audit.verify(session).ok
+    _no_leaks(db)
+
+
+@pytest.mark.slow
+@pytest.mark.backends('sqlite')
+def test_an_unreachable_node_fails_the_allocation_under_the_fail_policy(db, settings, project, nodes):
+    project.set_modes(n1='down', n2='ok')
+    allocation = _reserve(db)
+    worker = Worker(db, settings.model_copy(update={'unreachable_policy': 'fail'}))
+    worker.drain()
+    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    assert got.state == 'failed' and got.error.startswith('node unreachable: ')
+    assert lifecycle.public_reason(got.error) == 'node unreachable'    # what the tenant reads
+    assert slot.state == 'blocked' and usage.allocated_end is not None
+    assert 'node unreachable: the node did not answer; the allocation failed' in events
+    assert _slot(db, 'n2-s0').state == 'free'
+    _recover(db, worker, project, 'n1', n1='ok')
+    got, slot, _jobs, _usage, _events = _allocation(db, allocation.id)
+    assert got.state == 'failed' and slot.state == 'free'
+    assert [r[0] for r in project.runs()] == ['release']
+    _no_leaks(db)
+
+
+@pytest.mark.slow
+@pytest.mark.backends('sqlite')
+def test_an_allocation_that_named_its_node_fails_rather_than_moves(db, settings, project, nodes):
+    project.set_modes(n1='down', n2='ok')
+    allocation = _reserve(db, node_id='n1')
+    Worker(db, settings).drain()
+    got, _slot_row, _jobs, _usage, _events = _allocation(db, allocation.id)
+    assert got.state == 'failed' and got.node_id == 'n1'
+
+
+@pytest.mark.slow
+@pytest.mark.backends('sqlite')
+def test_a_release_on_an_unreachable_node_keeps_the_slot_until_it_answers(db, settings, project, nodes):
+    allocation = _reserve(db, node_id='n1')
+    worker = Worker(db, settings)
+    worker.drain()
+    assert _allocation(db, allocation.id)[0].state == 'running'
+    project.set_modes(n1='down', n2='ok')
+    db.transact(service.request_release, tenant('acme'), allocation.id)
+    worker.drain()
+    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    assert got.state == 'releasing' and slot.state == 'reserved' and slot.allocation_id == allocation.id
+    assert jobs[-1] == ('release', 'pending', 0)
+    assert 'the node did not answer; the release runs when it does' in events
+    assert _reserve(db).node_id == 'n2'     # n1 is skipped
+    _recover(db, worker, project, 'n1', n1='ok', n2='ok')
+    got, slot, jobs, _usage, _events = _allocation(db, allocation.id)
+    assert got.state == 'released' and slot.state == 'free' and jobs[-1] == ('release', 'done', 1)
+
+
+@pytest.mark.backends('sqlite')
+def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, nodes):
+    project.set_modes(n1='down')
+    assert db.transact(fleet.claim_probe, settings) is None       # nothing unreachable
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n1', 'refused', utcnow())
+    assert db.transact(fleet.claim_probe, settings) is None       # not due for 0.2 s
+    time.sleep(0.3)
+    assert db.transact(fleet.claim_probe, settings) == 'n1'
+    assert db.transact(fleet.claim_probe, settings) is None       # held by the first
+    error = fleet.probe(settings, 'n1')
+    assert 'Connection refused' in error
+    before = utcnow()
+    db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', error)
+    node = _node(db, 'n1')
+    assert node.probe_failures == 1 and node.unreachable_error == error
+    assert 0.39 < (node.next_probe_at - before).total_seconds() < 3   # 0.2 s doubled
+    assert fleet.probe_delay(settings, 20) == fleet.MAX_PROBE_INTERVAL
+    # A host the inventory does not have never counts as an answer.
+    assert 'is n9 a host of the inventory?' in fleet.probe(settings, 'n9')
+    project.set_modes(n1='ok')
+    assert fleet.probe(settings, 'n1') is None
+    db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', None)
+    node = _node(db, 'n1')
+    assert node.unreachable_since is None and node.probe_failures == 0 and node.next_probe_at is None
+    with db.read() as session:
+        entry = session.execute(select(AuditEntry).where(AuditEntry.target_id == 'n1')
+                                .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
+    assert (entry.action, entry.before['probe_failures'], entry.after) == (
+        'node.reachable', 1, {'reachable': True, 'via': 'probe'})
+
+
+@pytest.mark.slow
+@pytest.mark.backends('sqlite')
+def test_allocations_waiting_on_a_node_that_stops_answering_move_before_they_run(db, settings, project, nodes):
+    """Three allocations reserved on n1 (one job at a time there); the first run finds n1
+    down: it moves, and so do the two still requested, whose untouched slots are freed."""
+    project.set_modes(n1='down', n2='ok')
+    ids = [_reserve(db).id for _index in range(3)]
+    pinned = _reserve(db, node_id='n1').id
+    worker = Worker(db, settings)
+    worker.drain()
+    states = {i: _allocation(db, i)[0] for i in ids}
+    assert {(a.state, a.node_id) for a in states.values()} == {('running', 'n2')}, states
+    assert _slot(db, 'n1-s0').state == 'blocked'                     # the one a run touched
+    assert [_slot(db, 'n1-s%d' % i).state for i in (1, 2)] == ['free', 'free']
+    assert _actions(db, 'n1-s1') == ['slot.free']
+    # One that named its node waits for it (requested, its job pending).
+    got, slot, jobs, _usage, _events = _allocation(db, pinned)
+    assert got.state == 'requested' and jobs == [('allocate', 'pending', 0)]
+    _recover(db, worker, project, 'n1', n1='ok')
+    assert _allocation(db, pinned)[0].state == 'running'
+    assert _slot(db, 'n1-s0').state == 'free'    # its cleanup ran
+    _no_leaks(db)
