@@ -152,7 +152,10 @@ def test_tenants_racing_for_their_first_reservation_get_distinct_identifiers(db,
 # -- the plan the node gets ------------------------------------------------------------------
 
 def _claim_network(db, worker):
+    """The next job claimed and marked done at once, so that its node's next job is claimable
+    (one job per node at a time)."""
     claim = db.transact(worker._claim)
+    db.transact(lambda s: s.execute(update(OutboxJob).where(OutboxJob.id == claim.job_id).values(status='done')))
     return claim, claim.allocation.get('network')
 
 
