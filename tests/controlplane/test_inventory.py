@@ -183,9 +183,8 @@ def test_refusals_say_what_to_do(db, api_url, operator_token, tmp_path):
         ({'token': operator_token}, api_url + '/v1/nodes', '404: '),
         ({'token': operator_token}, 'http://127.0.0.1:9', 'cannot reach the control plane at '
                                                           'http://127.0.0.1:9/v1/inventory'),
-        ({'token': operator_token}, 'ftp://awx:hunter2@127.0.0.1/api', "url must be the API's http:// or "
-                                                                          "https:// address without a query, not "
-                                                                          "'ftp://127.0.0.1/api'"),
+        ({'token': operator_token}, 'ftp://awx:hunter2@127.0.0.1/api',
+         "url must be the API's http:// or https:// address without a query, not 'ftp://127.0.0.1/api'"),
         ({'token': operator_token}, api_url + '/?x=1', 'url must be'),
         ({}, api_url, 'token'),
         ({'token': ''}, api_url, 'no token: set the token option or GPUAAS_API_TOKEN'),
@@ -239,8 +238,8 @@ def liar():
     ((200, {'Content-Type': 'application/json'}, b'{"nodes": [], "slots": [{"id": "n1-s0"}]}'),
      'slots[0] lacks node_id, slot_index'),
     ((502, {'Content-Type': 'text/html'}, b'<html>bad gateway</html>'), '502: no JSON error detail'),
-    ((302, {'Location': '/elsewhere/v1/inventory'}, b''), "302: no JSON error detail (a redirect: the token "
-                                                         "is sent to no other address"),
+    ((302, {'Location': '/elsewhere/v1/inventory'}, b''),
+     '302: no JSON error detail (a redirect: the token is sent to no other address'),
     ((None, {}, b''), 'cannot reach the control plane at http://127.0.0.1:'),
 ])
 def test_a_wrong_answer_fails_closed(tmp_path, liar, answer, message):
