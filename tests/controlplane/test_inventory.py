@@ -293,3 +293,21 @@ def test_tls_is_checked(db, tls_api, operator_token, tmp_path, hgx_discovery_fac
         done = _inventory(tmp_path, url, token=operator_token, **options)
         assert done.returncode == 0, done.stderr
         assert list(json.loads(done.stdout)['_meta']['hostvars']) == ['gpu-node-01']
+
+
+@pytest.mark.backends('sqlite')
+def test_the_awx_inventory_source_as_awx_runs_it(db, api_url, operator_token, hgx_discovery_factory):
+    """inventory/awx.gpuaas_slots.yml with the environment the AWX credential type injects
+    (docs/awx/job_templates.yml) and ANSIBLE_INVENTORY_UNPARSED_FAILED as AWX sets it."""
+    one = hgx_discovery_factory('gpu-node-01')
+    add_node(db, one, approved_map(one))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'),
+               ANSIBLE_INVENTORY_UNPARSED_FAILED='True', GPUAAS_API=api_url, GPUAAS_API_TOKEN=operator_token)
+    env.pop('ANSIBLE_CONFIG', None)
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible-inventory'), '-i',
+                           os.path.join('inventory', 'awx.gpuaas_slots.yml'), '--list', '--export'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    data = _plain(json.loads(done.stdout))
+    assert data['gpuaas_state_free']['hosts'] == ['gpu-node-01']
+    assert data['_meta']['hostvars']['gpu-node-01']['gpuaas_approved_slots'] == approved_map(one)

@@ -151,3 +151,26 @@ def test_a_survey_that_does_not_match_its_playbook_is_caught():
         'release.yml needs gpuaas_slot_id: no survey question, extra var or inventory var gives it']
     discover = dict(template('discover.yml'), extra_vars={'gpuaas_hosts': 'all', 'gpuaas_host': 'x'})
     assert problems(discover) == ['extra var gpuaas_host: the playbook does not use it']
+
+
+def test_the_inventory_source_is_the_plugin_given_what_it_reads():
+    """The project's inventory file names the plugin, and the credential type sets the
+    variables the plugin's url and token options read (the token as a secret input)."""
+    document = yaml.safe_load(open(os.path.join(REPO, 'docs', 'awx', 'job_templates.yml')))
+    (source,) = document['inventory_sources']
+    (kind,) = [k for k in document['credential_types'] if k['name'] == source['credential_type']]
+    inventory = yaml.safe_load(open(os.path.join(REPO, source['source_path'])))
+    assert source['source_path'].endswith('.gpuaas_slots.yml') and inventory['plugin'] == 'gpuaas.slice.slots'
+    options = yaml.safe_load(_plugin_documentation())['options']
+    assert set(inventory) - {'plugin'} <= set(options)
+    env = {name: value.strip('{} ') for name, value in kind['injectors']['env'].items()}
+    fields = {field['id']: field for field in kind['inputs']['fields']}
+    for option in ('url', 'token'):
+        (variable,) = [e['name'] for e in options[option]['env']]
+        assert env[variable] in fields and env[variable] in kind['inputs']['required']
+    assert fields[env['GPUAAS_API_TOKEN']].get('secret') is True and options['token']['secret'] is True
+
+
+def _plugin_documentation():
+    text = open(os.path.join(REPO, 'plugins', 'inventory', 'slots.py')).read()
+    return text.split("DOCUMENTATION = r'''", 1)[1].split("'''", 1)[0]
