@@ -376,7 +376,7 @@ differences:
   returned: always
   type: list
   elements: str
-  sample: ["memory_kib: 1048576 -> 2097152"]
+  sample: ["memory_mib: 1024 -> 2048"]
 restored:
   description: With O(state=repaired), the addresses whose hostdevs were put back (empty when none were missing).
   returned: when O(state=repaired)
