@@ -634,7 +634,7 @@ def parser():
     nsub.add_parser('list')
     n = nsub.add_parser('show')
     n.add_argument('node')
-    n = nsub.add_parser('discovery', help='store a slot_discovery result (JSON/YAML file, - for stdin)')
+    n = nsub.add_parser('discovery', help='store a slot_discovery_info result (JSON/YAML file, - for stdin)')
     n.add_argument('node')
     n.add_argument('file')
     n = nsub.add_parser('approve', help='apply an approved slot map (a list, or host_vars with '

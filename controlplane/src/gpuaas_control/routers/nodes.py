@@ -43,7 +43,7 @@ def get_node(node_id: Key, _who: OperatorView, session: ReadSession):
 
 @router.put('/{node_id}/discovery', response_model=NodeView)
 def put_discovery(node_id: Key, discovery: dict[str, Any], who: Operator, db: DB):
-    """Store the node's discovery result (what gpuaas.slice.slot_discovery returned);
+    """Store the node's discovery result (what gpuaas.slice.slot_discovery_info returned);
     registers the node the first time."""
     return db.transact(service.record_discovery, who, node_id, discovery)
 
