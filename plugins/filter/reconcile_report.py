@@ -14,9 +14,9 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._tenant import tenant
 
 
 def reconcile_report(node, repairs=None, check_mode=False, tenants=None):
-    """node_state's result (+ the slot_vm state=repaired results, the tenant_network result) -> report lines."""
+    """node_state_info's result (+ the slot_vm state=repaired results, the tenant_network result) -> report lines."""
     if not isinstance(node, dict) or 'blind' not in node:
-        raise AnsibleFilterError('reconcile_report expects the result of gpuaas.slice.node_state')
+        raise AnsibleFilterError('reconcile_report expects the result of gpuaas.slice.node_state_info')
     by_slot = {}
     for result in (repairs or {}).get('results', []) if isinstance(repairs, dict) else repairs or []:
         item = result.get('item') if isinstance(result, dict) else None

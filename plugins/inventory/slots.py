@@ -28,6 +28,11 @@ description:
     at least one such approved slot, C(gpuaas_state_<state>) (V(free), V(reserved),
     V(blocked)), C(gpuaas_gpu_<vendor>_<device>) and C(gpuaas_numa_<node>)."
   - The inventory file's name must end in C(gpuaas_slots.yml) or C(gpuaas_slots.yaml).
+  - Reads only, with a token of the V(reader) role (O(token)), so AWX needs no access to the control
+    plane's database. Every failure (the API unreachable, a refused or expired token, a TLS
+    certificate that does not check, an answer that is not the inventory) is an error naming the
+    address and the cause, never a partial inventory; AWX's inventory updates make it fatal
+    (C(ANSIBLE_INVENTORY_UNPARSED_FAILED)), on the command line set it too.
   - Reads only; the connection details of the nodes (C(ansible_host) and so on) come from
     O(compose), host vars or another inventory source.
 extends_documentation_fragment:
@@ -49,17 +54,30 @@ options:
       - name: GPUAAS_API
   token:
     description:
-      - An operator's bearer token (C(gpuaas token create --role operator)).
-      - Keep it out of the inventory file; set E(GPUAAS_API_TOKEN), or use a vaulted value.
+      - A bearer token of the V(reader) role (C(gpuaas token create --role reader)), which reads the
+        operator views and can change nothing; an V(operator) token works too, but gives the inventory
+        source more than it needs.
+      - Keep it out of the inventory file; set E(GPUAAS_API_TOKEN) (in AWX, a custom credential type
+        that injects it, see C(docs/awx/README.md)), or use a vaulted value. It is never shown in an
+        error, and the plugin follows no redirect, so it goes to O(url) only.
     type: str
     required: true
     secret: true
     env:
       - name: GPUAAS_API_TOKEN
   validate_certs:
-    description: Check the API's TLS certificate.
+    description:
+      - Check the API's TLS certificate (and its name) against O(ca_path) or the system's CAs.
+      - Turn it off only for a test; the token would go to whoever answers.
     type: bool
     default: true
+    env:
+      - name: GPUAAS_API_VALIDATE_CERTS
+  ca_path:
+    description: A PEM file of the CA certificates that sign the API's certificate (a private CA).
+    type: path
+    env:
+      - name: GPUAAS_API_CA_PATH
   timeout:
     description: Seconds to wait for the API's answer.
     type: int
@@ -111,6 +129,7 @@ compose:
 # GPUAAS_API_TOKEN=gpuaas_... ansible-inventory -i production.gpuaas_slots.yml --graph gpuaas_state_free
 '''
 
+from http.client import HTTPException
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
 
@@ -133,27 +152,38 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _fetch(self):
         details = self.get_option('slot_details')
-        url = '%s%s?%s' % (self.get_option('url').rstrip('/'), _slot_inventory.path(details), urlencode(
-            {'include_unapproved': 'true' if self.get_option('include_unapproved') else 'false'}))
+        base = self.get_option('url')
         try:
+            shown = _slot_inventory.check_url(base)
+        except _slot_inventory.InventoryError as exc:
+            raise AnsibleParserError('gpuaas.slice.slots: %s' % to_native(exc))
+        query = '%s?%s' % (_slot_inventory.path(details), urlencode(
+            {'include_unapproved': 'true' if self.get_option('include_unapproved') else 'false'}))
+        url, shown = base.rstrip('/') + query, shown + query
+        try:
+            # No redirects: the token goes to the address given and nowhere else.
             reply = open_url(url, headers={'Authorization': 'Bearer %s' % self.get_option('token'),
                                            'Accept': 'application/json'},
-                             timeout=self.get_option('timeout'),
-                             validate_certs=self.get_option('validate_certs'))
+                             timeout=self.get_option('timeout'), follow_redirects='none', use_netrc=False,
+                             validate_certs=self.get_option('validate_certs'), ca_path=self.get_option('ca_path'))
             return _slot_inventory.parse(reply.read(), self.get_option('include_unapproved'), details)
         except HTTPError as exc:
             raise AnsibleParserError('gpuaas.slice.slots: %s answered %s' % (
-                url, _slot_inventory.http_error(exc.code, exc.read())))
-        except (URLError, UrlsConnectionError, SSLValidationError, OSError) as exc:
+                shown, _slot_inventory.http_error(exc.code, exc.read())))
+        except (URLError, UrlsConnectionError, SSLValidationError, OSError, HTTPException) as exc:
             raise AnsibleParserError('gpuaas.slice.slots: cannot reach the control plane at %s '
                                      '(is `gpuaas serve` running there?): %s'
-                                     % (url, to_native(getattr(exc, 'reason', exc))))
+                                     % (shown, _slot_inventory.scrub(to_native(getattr(exc, 'reason', exc)),
+                                                                     self.get_option('token'))))
         except _slot_inventory.InventoryError as exc:
-            raise AnsibleParserError('gpuaas.slice.slots: %s: %s' % (url, to_native(exc)))
+            raise AnsibleParserError('gpuaas.slice.slots: %s: %s' % (shown, to_native(exc)))
 
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
         self._read_config_data(path)
+        if not self.get_option('token'):
+            raise AnsibleParserError('gpuaas.slice.slots: no token: set the token option or GPUAAS_API_TOKEN '
+                                     "(a reader token: gpuaas token create --role reader)")
         cache_key = self.get_cache_key(path)
         # A cached inventory made with other options is not an answer to these.
         made_with = [self.get_option('slot_details'), self.get_option('include_unapproved')]

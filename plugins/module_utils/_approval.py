@@ -35,7 +35,7 @@ BLOCK_WIPE_POLICIES = ('nvme-format', 'blkdiscard')
 
 REQUIRED_KEYS = ('slot_id', 'gpu_address', 'destructive_wipe_policy', 'capacity_metadata')
 # The slot's share of its NUMA node: an entry may carry it from discovery (allocating from the
-# map needs it, see slot_check), and then it must still be discovery's.
+# map needs it, see slot_check_info), and then it must still be discovery's.
 SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
 # Which VF of its fabric PF the slot has (discovery's): optional, and then it must still be discovery's.
 VF_KEYS = ('fabric_vf_index',)
@@ -65,8 +65,8 @@ class ApprovalError(ContractError):
 def _check_discovery(discovery):
     if not isinstance(discovery, dict) or not isinstance(discovery.get('slots'), list) \
             or 'node_id' not in discovery or discovery.get('approval_required') is not True:
-        raise ApprovalError(['discovery is not a gpuaas.slice.slot_discovery result '
-                             '(register the slot_discovery task and pass it whole)'])
+        raise ApprovalError(['discovery is not a gpuaas.slice.slot_discovery_info result '
+                             '(register the slot_discovery_info task and pass it whole)'])
     try:
         node_id = NODE_ID.check(discovery['node_id'], 'discovery.node_id')
     except ContractError as exc:

@@ -455,7 +455,9 @@ def domain_facts(xml_text):
     facts = {'type': root.get('type'), 'name': root.findtext('name')}
     slot = root.find('metadata/{%s}slot' % METADATA_NS)
     facts['slot_id'] = slot.get('id') if slot is not None else None
-    facts['memory_kib'] = _kib(root.find('memory'))
+    # In MiB, as every memory size of the collection (a domain made elsewhere may have KiB left over).
+    kib = _kib(root.find('memory'))
+    facts['memory_mib'] = kib if kib is None else (kib // 1024 if kib % 1024 == 0 else kib / 1024)
     vcpu = root.find('vcpu')
     facts['vcpus'] = _int((vcpu.text or '').strip()) if vcpu is not None else None
     facts['vcpu_cpuset'] = _cpuset(vcpu.get('cpuset')) if vcpu is not None else None

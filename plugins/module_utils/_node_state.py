@@ -397,7 +397,7 @@ def _join(items):
 def report_lines(state, repairs=None, check_mode=False):
     """What reconcile found and did on one node, for a person: one line per finding.
 
-    ``state`` is node_state's result; ``repairs`` maps a slot id to the result of its
+    ``state`` is node_state_info's result; ``repairs`` maps a slot id to the result of its
     ``slot_vm state=repaired`` task (``restored``, or ``failed``/``msg``). Lines about a
     slot start with the slot id, lines about the node with ``node``; each says what was
     found, what was done (or, in check mode, would be) and what the operator must do.

@@ -70,7 +70,7 @@ FINGERPRINT_ROLES = ('gpu', 'companions', 'nvme', 'fabric_pf')
 SHARE_KEYS = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
 LEGACY_RECORD = ('%s: the record has none, so it was approved before each slot had its own CPU slice and memory '
                  'share (its cpulist would be the whole NUMA node, shared with every slot of the node): approve '
-                 'the slot again from a fresh slot_discovery (with a control plane, post the approved map again; '
+                 'the slot again from a fresh slot_discovery_info (with a control plane, post the approved map again; '
                  "without one, copy the slot's cpulist, vcpus, memory_mib and host_cpulist from discovery into "
                  'its map entry)')
 

@@ -57,6 +57,24 @@ def group_name(*parts):
     return re.sub(r'[^A-Za-z0-9_]', '_', '_'.join(str(part) for part in parts))
 
 
+_URL_RE = re.compile(r'(https?)://(?:[^@/?#]*@)?([^/?#]+)(.*)', re.IGNORECASE | re.DOTALL)
+
+
+def check_url(url):
+    """The API's address as an error may show it (without user:password@); InventoryError
+    unless it is an http:// or https:// URL."""
+    found = _URL_RE.fullmatch(url) if isinstance(url, str) else None
+    if found is None or '?' in found.group(3) or '#' in found.group(3):
+        raise InventoryError('url must be the API\'s http:// or https:// address without a query, not %r'
+                             % (re.sub(r'//[^@/?#]*@', '//', url)[:200] if isinstance(url, str) else url,))
+    return '%s://%s%s' % (found.group(1), found.group(2), found.group(3).rstrip('/'))
+
+
+def scrub(text, secret):
+    """``text`` without ``secret`` (a token must never reach a log)."""
+    return text.replace(secret, '<token>') if secret else text
+
+
 def http_error(status, body):
     """'403: this endpoint is for operators': an API refusal, for the operator."""
     try:
@@ -64,9 +82,11 @@ def http_error(status, body):
     except (ValueError, TypeError, AttributeError):
         detail = None
     hints = {401: ' (set the token option or GPUAAS_API_TOKEN to a valid token)',
-             403: ' (the inventory needs an operator token)',
+             403: ' (the inventory needs a reader or operator token)',
              404: ' (is the url the control plane\'s API?)'}
-    return '%s: %s%s' % (status, detail if isinstance(detail, str) else 'no JSON error detail',
+    if 300 <= status < 400:
+        hints[status] = ' (a redirect: the token is sent to no other address, give the API\'s own url)'
+    return '%s: %s%s' % (status, detail[:500] if isinstance(detail, str) else 'no JSON error detail',
                          hints.get(status, ''))
 
 

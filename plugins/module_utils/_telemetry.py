@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Internal to gpuaas.slice: the telemetry sink's per-allocation summaries, read (telemetry_read).
+"""Internal to gpuaas.slice: the telemetry sink's per-allocation summaries, read (telemetry_info).
 
 The sink (roles/host_prep/files/gpuaas_telemetry_sink.py) rewrites
 ``{data_dir}/{allocation_id}.summary.json`` after every stored sample: the sample count, the

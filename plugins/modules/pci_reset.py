@@ -57,7 +57,7 @@ options:
     choices: [device_specific, acpi, flr, af_flr, pm, bus, cxl_bus]
 seealso:
   - module: gpuaas.slice.vfio_bind
-  - module: gpuaas.slice.slot_discovery
+  - module: gpuaas.slice.slot_discovery_info
 notes:
   - Resetting a GPU bound to a host driver is allowed (the kernel saves and restores its state
     around the reset), but the usual time is after the VM stopped, while it is bound to vfio-pci.

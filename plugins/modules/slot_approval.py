@@ -14,7 +14,7 @@ short_description: Validate an operator's approved slot map against a discovery 
 version_added: 0.1.0
 description:
   - Checks the operator's approved slot map (kept in host vars, see C(docs/approved-slot-map.md))
-    against a M(gpuaas.slice.slot_discovery) result of the same host and returns the approved
+    against a M(gpuaas.slice.slot_discovery_info) result of the same host and returns the approved
     slots, each with its discovery data, its wipe policy and its device fingerprint.
   - It refuses, listing every problem and approving nothing, when a slot is unknown, approved
     twice, not eligible, or its GPU address no longer matches; when C(destructive_wipe_policy) is
@@ -29,7 +29,7 @@ description:
     address), is not approved and is listed in RV(absent) with the reason; the other slots are
     approved as usual and keep their ids, MACs and IPs. The operator's entry of an absent slot is
     still checked for mistakes (keys, policy, texts).
-  - The discovery is not taken on trust. Every slot in it must be what M(gpuaas.slice.slot_discovery)
+  - The discovery is not taken on trust. Every slot in it must be what M(gpuaas.slice.slot_discovery_info)
     could have reported (its C(slot_id), C(mac) and C(ip) those of its node and index, PCI addresses,
     a NUMA node and a bounded C(cpulist), a fingerprint of PCI ids), else the map is refused naming
     the field. Every value in a message is quoted, so no value can start a line of its own.
@@ -42,8 +42,8 @@ extends_documentation_fragment:
 options:
   discovery:
     description:
-      - The registered result of M(gpuaas.slice.slot_discovery) for this host, run with this same
-        map as its O(gpuaas.slice.slot_discovery#module:approved_slots), so that every approved
+      - The registered result of M(gpuaas.slice.slot_discovery_info) for this host, run with this same
+        map as its O(gpuaas.slice.slot_discovery_info#module:approved_slots), so that every approved
         slot keeps its index with its GPU address and a slot whose GPU is gone is reported
         absent rather than renumbering the others.
     type: dict
@@ -60,12 +60,12 @@ options:
     elements: raw
     required: true
 seealso:
-  - module: gpuaas.slice.slot_discovery
+  - module: gpuaas.slice.slot_discovery_info
 '''
 
 EXAMPLES = r'''
 - name: Discover
-  gpuaas.slice.slot_discovery:
+  gpuaas.slice.slot_discovery_info:
     node_id: "{{ gpuaas_node_id }}"
   register: discovery
 

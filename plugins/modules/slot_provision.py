@@ -13,7 +13,7 @@ module: slot_provision
 short_description: Wire, image, seed and start a leased slot in one step
 version_added: 0.2.0
 description:
-  - The host side of an allocation once its slot is checked (M(gpuaas.slice.slot_check)), leased
+  - The host side of an allocation once its slot is checked (M(gpuaas.slice.slot_check_info)), leased
     (M(gpuaas.slice.slot_lease)) and has its token (M(gpuaas.slice.telemetry_token)), in one module
     process. Each step is done by the engine of the module an operator runs for it alone, with that
     module's own options, checked by that module's argument spec.
@@ -120,7 +120,7 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Provision slot 0 for an allocation (after slot_check, slot_lease and telemetry_token)
+- name: Provision slot 0 for an allocation (after slot_check_info, slot_lease and telemetry_token)
   gpuaas.slice.slot_provision:
     slot_id: gpu-node-01-s0
     allocation_id: alloc-7f3a

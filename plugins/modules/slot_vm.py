@@ -96,7 +96,7 @@ options:
     type: str
   host_cpulist:
     description:
-      - The host's CPUs (slot_discovery's C(host_cpulist)), where the emulator threads are pinned; it
+      - The host's CPUs (slot_discovery_info's C(host_cpulist)), where the emulator threads are pinned; it
         must not share a CPU with O(cpulist). Without it they run on any CPU of O(cpulist).
     type: str
   vcpus:
@@ -207,7 +207,7 @@ options:
     default: /var/lib/gpuaas/nvram
   bar_mib:
     description:
-      - The MiB of 64-bit BARs the slot's devices bring into the VM (discovery's and M(gpuaas.slice.slot_check)'s
+      - The MiB of 64-bit BARs the slot's devices bring into the VM (discovery's and M(gpuaas.slice.slot_check_info)'s
         C(bar_mib)). The guest CPU's physical address bits are computed from O(memory_mib) plus this (with
         O(passthrough=true)) plus a lab stand-in's BAR; more bits than the host CPU has (C(/proc/cpuinfo)
         "address sizes") is refused, naming the numbers.
@@ -376,7 +376,7 @@ differences:
   returned: always
   type: list
   elements: str
-  sample: ["memory_kib: 1048576 -> 2097152"]
+  sample: ["memory_mib: 1024 -> 2048"]
 restored:
   description: With O(state=repaired), the addresses whose hostdevs were put back (empty when none were missing).
   returned: when O(state=repaired)

@@ -75,7 +75,7 @@ options:
     required: true
   node_id:
     description:
-      - The host's node id (as for M(gpuaas.slice.slot_discovery)); the VF MACs and GUIDs are
+      - The host's node id (as for M(gpuaas.slice.slot_discovery_info)); the VF MACs and GUIDs are
         derived from it, the PF address and the VF index.
     type: str
     required: true
@@ -116,7 +116,7 @@ options:
     default: 30
 seealso:
   - module: gpuaas.slice.vfio_bind
-  - module: gpuaas.slice.slot_discovery
+  - module: gpuaas.slice.slot_discovery_info
 notes:
   - Needs root and, for Ethernet and for InfiniBand without the mlx5 sysfs files, C(ip) from
     iproute2.

@@ -95,7 +95,7 @@ options:
     type: path
     default: /dev
 seealso:
-  - module: gpuaas.slice.slot_discovery
+  - module: gpuaas.slice.slot_discovery_info
   - module: gpuaas.slice.pci_reset
   - module: gpuaas.slice.sriov_vfs
 notes:

@@ -98,7 +98,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope='session')
 def hgx_discovery_factory(tmp_path_factory):
-    """``discovery(node_id)``: the real slot_discovery result of the sample 8-GPU host."""
+    """``discovery(node_id)``: the real slot_discovery_info result of the sample 8-GPU host."""
     from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
     from tests.sysfs import hosts
     sysfs, proc = hosts.HOSTS['hgx'](str(tmp_path_factory.mktemp('hgx') / 'hgx'))

@@ -97,7 +97,7 @@ def test_hostile_discovery_fields_are_refused(db, hgx_discovery_factory, field, 
 
 @pytest.mark.backends('sqlite')
 def test_discovery_must_be_a_discovery_of_that_node(db, hgx_discovery_factory):
-    with pytest.raises(service.Invalid, match='not a gpuaas.slice.slot_discovery result'):
+    with pytest.raises(service.Invalid, match='not a gpuaas.slice.slot_discovery_info result'):
         db.transact(service.record_discovery, OPERATOR, 'n1', {'node_id': 'n1', 'slots': []})
     with pytest.raises(service.Invalid, match='is of node'):
         db.transact(service.record_discovery, OPERATOR, 'n2', hgx_discovery_factory('n1'))

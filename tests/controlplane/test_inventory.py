@@ -8,6 +8,7 @@ an API that is not there and an answer that is not an inventory."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
@@ -60,7 +61,8 @@ def api_url(db, db_url):
 
 @pytest.fixture
 def operator_token(db):
-    return make_token(db, 'operator')['Authorization'].split()[1]
+    """What the plugin is given: a reader token (it reads the operator views, nothing else)."""
+    return make_token(db, 'reader')['Authorization'].split()[1]
 
 
 def _inventory(tmp_path, url, *args, token=None, **options):
@@ -177,15 +179,135 @@ def test_refusals_say_what_to_do(db, api_url, operator_token, tmp_path):
     cases = [
         ({'token': 'gpuaas_nope'}, api_url, '401: the token is not valid or was revoked (set the token'),
         ({'token': make_token(db, 'tenant', 'acme')['Authorization'].split()[1]}, api_url,
-         '403: this endpoint is for operators (the inventory needs an operator token)'),
+         '403: this endpoint is for operators (the inventory needs a reader or operator token)'),
         ({'token': operator_token}, api_url + '/v1/nodes', '404: '),
         ({'token': operator_token}, 'http://127.0.0.1:9', 'cannot reach the control plane at '
                                                           'http://127.0.0.1:9/v1/inventory'),
-        ({'token': operator_token}, api_url + '/docs/assets/favicon-32x32.png?', 'the answer is not JSON'),
+        ({'token': operator_token}, 'ftp://awx:hunter2@127.0.0.1/api',
+         "url must be the API's http:// or https:// address without a query, not 'ftp://127.0.0.1/api'"),
+        ({'token': operator_token}, api_url + '/?x=1', 'url must be'),
         ({}, api_url, 'token'),
+        ({'token': ''}, api_url, 'no token: set the token option or GPUAAS_API_TOKEN'),
     ]
     for options, url, message in cases:
         done = _inventory(tmp_path, url, **options)
         assert done.returncode != 0 and message in ' '.join(done.stderr.split()), done.stderr
+        assert 'Traceback' not in done.stderr and 'hunter2' not in done.stderr
         if options.get('token'):
             assert options['token'] not in done.stdout + done.stderr
+
+
+class _Liar(http.server.BaseHTTPRequestHandler):
+    """Answers every request with what the test set: a status, headers and a body, or
+    nothing at all (the connection closed). Records the paths asked for."""
+
+    answer = (200, {}, b'')
+    asked = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).asked.append((self.path, self.headers.get('Authorization')))
+        status, headers, body = type(self).answer
+        if status is None:
+            self.close_connection = True
+            return
+        self.send_response(status)
+        for key, value in dict({'Content-Length': str(len(body))}, **headers).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def liar():
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Liar)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Liar.asked = []
+    yield _Liar, 'http://127.0.0.1:%d' % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.backends('sqlite')
+@pytest.mark.parametrize('answer, message', [
+    ((200, {'Content-Type': 'application/json'}, b'{"nodes": [{"id": "n1", '), 'the answer is not JSON'),
+    ((200, {'Content-Type': 'application/json'}, b'[]'), 'the answer is not a mapping with nodes and slots'),
+    ((200, {'Content-Type': 'application/json'}, b'{"nodes": [], "slots": [{"id": "n1-s0"}]}'),
+     'slots[0] lacks node_id, slot_index'),
+    ((502, {'Content-Type': 'text/html'}, b'<html>bad gateway</html>'), '502: no JSON error detail'),
+    ((302, {'Location': '/elsewhere/v1/inventory'}, b''),
+     '302: no JSON error detail (a redirect: the token is sent to no other address'),
+    ((None, {}, b''), 'cannot reach the control plane at http://127.0.0.1:'),
+])
+def test_a_wrong_answer_fails_closed(tmp_path, liar, answer, message):
+    """Whatever answers at the url, the inventory is an error with the cause, never a
+    partial inventory or a traceback, and the token goes nowhere else."""
+    handler, url = liar
+    handler.answer = answer
+    token = 'gpuaas_' + 'k' * 43
+    done = _inventory(tmp_path, url, token=token)
+    assert done.returncode != 0 and message in ' '.join(done.stderr.split()), done.stderr
+    assert 'Traceback' not in done.stderr and token not in done.stdout + done.stderr
+    assert not done.stdout.strip()
+    # Asked once (no redirect followed), with the token, for the inventory.
+    assert handler.asked == [('/v1/inventory?include_unapproved=false', 'Bearer ' + token)]
+
+
+@pytest.fixture
+def tls_api(db, db_url, tmp_path):
+    """The API over TLS on 127.0.0.1, with a self-signed certificate for that address."""
+    key, cert = tmp_path / 'api.key', tmp_path / 'api.crt'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                    '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '2', '-subj', '/CN=127.0.0.1',
+                    '-addext', 'subjectAltName=IP:127.0.0.1'], check=True, capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db), host='127.0.0.1',
+                                           port=port, log_level='critical', ssl_keyfile=str(key),
+                                           ssl_certfile=str(cert)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
+        time.sleep(0.05)
+    yield 'https://127.0.0.1:%d' % port, str(cert)
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.mark.backends('sqlite')
+def test_tls_is_checked(db, tls_api, operator_token, tmp_path, hgx_discovery_factory):
+    url, cert = tls_api
+    one = hgx_discovery_factory('gpu-node-01')
+    add_node(db, one, approved_map(one))
+    refused = _inventory(tmp_path, url, token=operator_token)
+    assert refused.returncode != 0 and 'cannot reach the control plane at %s/v1/inventory' % url in \
+        ' '.join(refused.stderr.split()), refused.stderr
+    assert 'CERTIFICATE_VERIFY_FAILED' in refused.stderr and 'Traceback' not in refused.stderr
+    for options in ({'ca_path': cert}, {'validate_certs': False}):
+        done = _inventory(tmp_path, url, token=operator_token, **options)
+        assert done.returncode == 0, done.stderr
+        assert list(json.loads(done.stdout)['_meta']['hostvars']) == ['gpu-node-01']
+
+
+@pytest.mark.backends('sqlite')
+def test_the_awx_inventory_source_as_awx_runs_it(db, api_url, operator_token, hgx_discovery_factory):
+    """inventory/awx.gpuaas_slots.yml with the environment the AWX credential type injects
+    (docs/awx/job_templates.yml) and ANSIBLE_INVENTORY_UNPARSED_FAILED as AWX sets it."""
+    one = hgx_discovery_factory('gpu-node-01')
+    add_node(db, one, approved_map(one))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'),
+               ANSIBLE_INVENTORY_UNPARSED_FAILED='True', GPUAAS_API=api_url, GPUAAS_API_TOKEN=operator_token)
+    env.pop('ANSIBLE_CONFIG', None)
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible-inventory'), '-i',
+                           os.path.join('inventory', 'awx.gpuaas_slots.yml'), '--list', '--export'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    data = _plain(json.loads(done.stdout))
+    assert data['gpuaas_state_free']['hosts'] == ['gpu-node-01']
+    assert data['_meta']['hostvars']['gpu-node-01']['gpuaas_approved_slots'] == approved_map(one)

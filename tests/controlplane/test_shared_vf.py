@@ -2,7 +2,7 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Slots sharing a fabric PF: the control plane keeps each slot's VF index, shows it, and hands the
-node the record its slot_check accepts (the sample PCIe server with one fabric PF per socket)."""
+node the record its slot_check_info accepts (the sample PCIe server with one fabric PF per socket)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_each_slot_keeps_and_shows_its_vf_of_the_shared_pf(client, tokens, db, p
         for socket, bus in enumerate(('6a', 'd5')) for k in range(4)]
     inventory = client.get('/v1/inventory', headers=op).json()
     assert [s['fabric_vf_index'] for s in inventory['slots']] == [0, 1, 2, 3] * 2
-    # The worker's record for each slot is one the node's slot_check accepts, with the same VF.
+    # The worker's record for each slot is one the node's slot_check_info accepts, with the same VF.
     for row in db.transact(lambda session: session.query(Slot).order_by(Slot.slot_index).all()):
         record = slot_record(row)
         checked = SlotCheck('p8', row.id, record, sys_root, proc_root).run()

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The whole telemetry path, every part real: the guest agent posts to the telemetry sink
 (both processes from their files), and the control plane collects the sink's summary through
-ansible-runner running the collection's own playbooks/telemetry.yml (module telemetry_read)
+ansible-runner running the collection's own playbooks/telemetry.yml (module telemetry_info)
 on the node (here: this machine, ansible_connection=local; the sink's data under tmp_path, so
 nothing touches /var/lib/gpuaas)."""
 

@@ -2,7 +2,7 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The worker hands the node the slot record it reserved (gpuaas_slot), and that record is
-exactly what the node's slot_check accepts for the host it was approved on."""
+exactly what the node's slot_check_info accepts for the host it was approved on."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._domain import Domain
 from ansible_collections.gpuaas.slice.plugins.module_utils._node_state import NodeState, report_lines
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids
 from ansible_collections.gpuaas.slice.plugins.modules import (
-    pci_reset, slot_approval, slot_discovery, slot_lease, slot_vm, sriov_vfs, vfio_bind)
+    pci_reset, slot_approval, slot_discovery_info, slot_lease, slot_vm, sriov_vfs, vfio_bind)
 from tests.integrity.playbooks import Node, fake_tool
 from tests.sysfs import device_hosts, hosts, kernel_fixture
 from tests.sysfs.fake_tools import ZERO_GUID
@@ -198,7 +198,7 @@ def test_cloudstack_12910_reconcile_on_an_unreadable_sysfs_removes_nothing(tmp_p
     assert all(os.path.exists(path) for path in orphans)
     assert sorted(os.listdir(node.dirs['vfio'])) == before
     # Discovery on the same tree says what it cannot read instead of proposing an empty host.
-    found = run_module(slot_discovery, {'node_id': NODE, 'sysfs_root': sys_root, 'proc_root': proc_root},
+    found = run_module(slot_discovery_info, {'node_id': NODE, 'sysfs_root': sys_root, 'proc_root': proc_root},
                        capsys=capsys)
     assert found['failed'] and '%s has no bus/pci/devices directory' % sys_root in found['msg']
 

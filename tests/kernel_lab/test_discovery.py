@@ -1,18 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""slot_discovery against the lab guest's real /sys."""
+"""slot_discovery_info against the lab guest's real /sys."""
 
 from __future__ import annotations
 
-from ansible_collections.gpuaas.slice.plugins.modules import slot_discovery
+from ansible_collections.gpuaas.slice.plugins.modules import slot_discovery_info
 from tests.unit.module_runner import run_module
 
 from .conftest import LAB_GPU_VENDOR, SHARED_GPU, SHARED_NIC, SLOTS
 
 
 def discover(capsys):
-    return run_module(slot_discovery, {
+    return run_module(slot_discovery_info, {
         'node_id': 'lab', 'gpu_vendors': [LAB_GPU_VENDOR],
         # The lab's fabric PFs are SR-IOV NVMe controllers.
         'fabric_classes': ['0108'],

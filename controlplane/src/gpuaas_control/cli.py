@@ -597,7 +597,8 @@ def parser():
     p = sub.add_parser('token', help='API tokens (on the database)')
     tsub = p.add_subparsers(dest='action', required=True)
     t = tsub.add_parser('create', help='print a new token')
-    t.add_argument('--role', required=True, choices=['operator', 'tenant'])
+    t.add_argument('--role', required=True, choices=['operator', 'reader', 'tenant'],
+                   help='reader: the operator views, read-only (the inventory plugin, AWX)')
     t.add_argument('--tenant', help='the tenant of a tenant token (created when new)')
     t.add_argument('--name')
     t.add_argument('--expires-in', type=int, metavar='DAYS',
@@ -635,7 +636,7 @@ def parser():
     nsub.add_parser('list')
     n = nsub.add_parser('show')
     n.add_argument('node')
-    n = nsub.add_parser('discovery', help='store a slot_discovery result (JSON/YAML file, - for stdin)')
+    n = nsub.add_parser('discovery', help='store a slot_discovery_info result (JSON/YAML file, - for stdin)')
     n.add_argument('node')
     n.add_argument('file')
     n = nsub.add_parser('approve', help='apply an approved slot map (a list, or host_vars with '

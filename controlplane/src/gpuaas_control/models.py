@@ -61,6 +61,13 @@ JOB_CANCELLED = 'cancelled'
 
 ROLE_OPERATOR = 'operator'
 ROLE_TENANT = 'tenant'
+# Reads the operator views (GET) and nothing else: for the inventory plugin, dashboards and
+# AWX, which need the slot table but must not change it (deps.get_actor refuses it any other
+# method, deps.get_operator every operator route that acts).
+ROLE_READER = 'reader'
+ROLES = (ROLE_OPERATOR, ROLE_READER, ROLE_TENANT)
+# The roles that see the operator views.
+OPERATOR_VIEW_ROLES = (ROLE_OPERATOR, ROLE_READER)
 
 _ACTIVE_SQL = "state IN ('requested', 'provisioning', 'running', 'releasing')"
 

@@ -34,6 +34,7 @@ from gpuaas_control.models import (
     REQUESTED,
     ROLE_OPERATOR,
     ROLE_TENANT,
+    ROLES,
     SLOT_BLOCKED,
     SLOT_FREE,
     SLOT_RESERVED,
@@ -114,12 +115,12 @@ def create_token(session, actor: audit.Actor, role: str, tenant: str | None = No
                  name: str = '', default_max_gpus: int = -1, expires_in: int = 0):
     """Create a bearer token that expires in ``expires_in`` days (0: never); return (the
     token, its row). Only its sha256 is stored."""
-    if role not in (ROLE_OPERATOR, ROLE_TENANT):
-        raise Invalid('role must be operator or tenant, not %s' % show(role))
+    if role not in ROLES:
+        raise Invalid('role must be one of %s, not %s' % (', '.join(ROLES), show(role)))
     if role == ROLE_TENANT and not tenant:
         raise Invalid('a tenant token needs its tenant (--tenant NAME)')
-    if role == ROLE_OPERATOR and tenant:
-        raise Invalid('an operator token belongs to no tenant')
+    if role != ROLE_TENANT and tenant:
+        raise Invalid('%s token belongs to no tenant' % ('an operator' if role == ROLE_OPERATOR else 'a reader'))
     if name and not TOKEN_NAME_RE.match(name):
         raise Invalid('token name %s is not valid: letters, digits and ._@- (1-63)' % show(name))
     now = utcnow()

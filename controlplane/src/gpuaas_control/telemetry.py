@@ -5,7 +5,7 @@
 The guest agent posts to its node's telemetry sink, which keeps a summary per allocation
 (the last health sample, the acceptance result). The control plane never reads the node's
 files: :func:`collect` runs the collection's read-only playbook (``playbooks/telemetry.yml``,
-module ``gpuaas.slice.telemetry_read``) through ansible-runner, once per node with running
+module ``gpuaas.slice.telemetry_info``) through ansible-runner, once per node with running
 allocations, and :func:`record` checks what came back and keeps it per allocation
 (``allocation_telemetry``). The allocation's tenant and operators read it
 (``GET /v1/allocations/{id}/telemetry``). A failed acceptance is reported once: an ``error``

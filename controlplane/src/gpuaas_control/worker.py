@@ -68,7 +68,7 @@ SLOT_RECORD = ('slot_index', 'gpu_address', 'companions', 'nvme_address', 'fabri
 
 
 def slot_record(slot: Slot) -> dict:
-    """The slot's approved record as the node's slot_check takes it (the job's gpuaas_slot)."""
+    """The slot's approved record as the node's slot_check_info takes it (the job's gpuaas_slot)."""
     return dict({key: getattr(slot, key) for key in SLOT_RECORD}, slot_id=slot.id)
 
 

@@ -19,7 +19,7 @@ Accepted samples are appended, one JSON line each, to ``{data_dir}/{allocation_i
 (moved to ``.jsonl.1`` when it passes 8 MiB: an allocation's series is bounded), and
 ``{data_dir}/{allocation_id}.summary.json`` is rewritten: the sample count, the first and
 last time, the last health sample and the acceptance result. The summaries are what the
-control plane collects (gpuaas.slice.telemetry_read). Answers: 200 stored, 400 bad body
+control plane collects (gpuaas.slice.telemetry_info). Answers: 200 stored, 400 bad body
 (not JSON, not an object, a non-finite number, a malformed acceptance result), 401 unknown
 token, 403 token from the wrong address, 404 other paths, 413 too large or too many values.
 GET /healthz answers 200. Standard library only: it runs with the host's python3.

@@ -57,7 +57,7 @@ class LabNode:
                                             **extra), log)
 
     def state(self):
-        return netenv.module('node_state', {'node_id': NODE})
+        return netenv.module('node_state_info', {'node_id': NODE})
 
     def lease(self, slot):
         path = os.path.join(LEASES, '%s.json' % slot)

@@ -134,7 +134,7 @@ def control(node, tmp_path):
     plane.start('serve', 'serve', '--port', plane.url.rsplit(':', 1)[1], '--no-access-log')
     plane.wait_healthy()
     plane.start('worker', 'worker')
-    # What slot_discovery reports for the node (the engine the module runs), stored by an operator.
+    # What slot_discovery_info reports for the node (the engine the module runs), stored by an operator.
     hgx = os.path.join(lab.BUILD, 'hgx')
     discovery = Discovery(NODE, os.path.join(hgx, 'sys'), os.path.join(hgx, 'proc')).run()
     (tmp_path / 'discovery.json').write_text(json.dumps(discovery))

@@ -7,7 +7,7 @@ Each kill is a SIGKILL of ansible-playbook and everything it started, the moment
 banner appears or, inside the one-process steps (slot_provision, slot_release), the moment the
 host shows a step done: the step before is done, the next has begun or not. Afterwards either a
 second allocate with the same allocation id completes the allocation, or a release cleans
-the slot; either way node_state must find the node agreeing with its leases.
+the slot; either way node_state_info must find the node agreeing with its leases.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def test_replace_stop_restart_and_remove_leave_nothing_behind(slot, network, gue
 
     # A different definition is refused unless replace=true; the UUID survives a replace.
     other = run_module(slot_vm, dict(base, memory_mib=256), capsys=capsys)
-    assert other['failed'] and 'replace=true' in other['msg'] and 'memory_kib' in other['msg']
+    assert other['failed'] and 'replace=true' in other['msg'] and 'memory_mib' in other['msg']
     replaced = run_module(slot_vm, dict(base, memory_mib=256, replace=True), diff=True, capsys=capsys)
     assert replaced['actions'] == ['destroy', 'redefine', 'start'], replaced
     assert replaced['uuid'] == before['uuid'] and replaced['ip'] == slot['ip']

@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import subprocess
 import sys
 
 import yaml
 
+from ansible_collections.gpuaas.slice.plugins.module_utils import _slot_inventory
 from tests.conftest import COLLECTIONS, REPO
 
 TEMPLATES = yaml.safe_load(open(os.path.join(REPO, 'docs', 'awx', 'job_templates.yml')))['job_templates']
@@ -65,3 +68,109 @@ def test_the_allocate_survey_becomes_the_allocation_the_role_takes(tmp_path):
                           'image_checksum': 'sha256:' + 'a' * 64, 'image_format': 'qcow2',
                           'ssh_keys': ['ssh-ed25519 AAAAC3Nza alice', 'ssh-ed25519 AAAAC3Nzb bob'],
                           'vcpus': 8, 'memory_mib': 65536, 'disk_gib': 100}
+
+
+# -- the surveys and extra vars against what the playbooks take ------------------------------
+
+VAR_RE = re.compile(r'\b(gpuaas_[a-z0-9_]+)\b')
+
+
+def _roles(plays):
+    """The roles a collection playbook runs (roles:, import_role, include_role)."""
+    names = []
+    for play in plays:
+        names += [r['role'] if isinstance(r, dict) else r for r in play.get('roles', [])]
+        for task in play.get('tasks', []):
+            for key in ('ansible.builtin.import_role', 'ansible.builtin.include_role'):
+                if key in task:
+                    names.append(task[key]['name'])
+    return [name.split('.')[-1] for name in names]
+
+
+def _options(role):
+    spec = yaml.safe_load(open(os.path.join(REPO, 'roles', role, 'meta', 'argument_specs.yml')))
+    return spec['argument_specs']['main']['options']
+
+
+def inventory_vars():
+    """The host vars the gpuaas.slice.slots inventory source gives each node."""
+    built = _slot_inventory.build([{'id': 'n1', 'approved_slots': []}], [], details='full')
+    return set(built['hosts']['n1'])
+
+
+def problems(item):
+    """What does not match between a job template and its playbook: a survey or extra var the
+    playbook does not use, a variable the playbook needs that nothing gives."""
+    root_text = open(os.path.join(REPO, item['playbook'])).read()
+    root = yaml.safe_load(root_text)
+    collection_text = open(os.path.join(REPO, 'playbooks', item['playbook'])).read()
+    options = {}
+    for role in _roles(yaml.safe_load(collection_text)):
+        options.update(_options(role))
+    used = set(options) | set(VAR_RE.findall(root_text)) | set(VAR_RE.findall(collection_text))
+    # What the wrapper's own plays set, and what they read without a default.
+    made, needed = set(), set()
+    for play in root[:-1]:
+        for task in play.get('tasks', []):
+            facts = task.get('ansible.builtin.set_fact', {})
+            made |= set(facts)
+            text = yaml.safe_dump(facts)
+            needed |= {name for name in VAR_RE.findall(text)
+                       if not re.search(r'\b%s\s*\|\s*default\(' % name, text)}
+    needed |= {name for name, spec in options.items() if spec.get('required')}
+    survey = [q['variable'] for q in item['survey_spec']['spec']] if item.get('survey_enabled') else []
+    extra = list(item.get('extra_vars', {}))
+    given = set(survey) | set(extra) | inventory_vars() | made
+    found = ['survey variable %s: the playbook does not use it' % name for name in survey if name not in used]
+    found += ['extra var %s: the playbook does not use it' % name for name in extra if name not in used]
+    found += ['%s needs %s: no survey question, extra var or inventory var gives it' % (item['playbook'], name)
+              for name in sorted(needed - given - made)]
+    return found
+
+
+def test_every_template_gives_what_its_playbook_needs_and_nothing_else():
+    assert {t['playbook']: problems(t) for t in TEMPLATES} == {t['playbook']: [] for t in TEMPLATES}
+
+
+def test_a_survey_that_does_not_match_its_playbook_is_caught():
+    allocate = copy.deepcopy(template('allocate.yml'))
+    allocate['survey_spec']['spec'].append({'question_name': 'GPUs', 'variable': 'gpuaas_gpus', 'type': 'integer'})
+    assert problems(allocate) == ['survey variable gpuaas_gpus: the playbook does not use it']
+    allocate['survey_spec']['spec'] = [q for q in allocate['survey_spec']['spec']
+                                       if q['variable'] not in ('gpuaas_gpus', 'gpuaas_slot_id', 'gpuaas_tenant')]
+    assert problems(allocate) == ['allocate.yml needs gpuaas_slot_id: no survey question, extra var or inventory '
+                                  'var gives it',
+                                  'allocate.yml needs gpuaas_tenant: no survey question, extra var or inventory '
+                                  'var gives it']
+    release = copy.deepcopy(template('release.yml'))
+    release['survey_enabled'] = False
+    release['extra_vars'] = {'gpuaas_slot': 'gpu-node-01-s0'}
+    assert problems(release) == [
+        'extra var gpuaas_slot: the playbook does not use it',
+        'release.yml needs gpuaas_allocation_id: no survey question, extra var or inventory var gives it',
+        'release.yml needs gpuaas_slot_id: no survey question, extra var or inventory var gives it']
+    discover = dict(template('discover.yml'), extra_vars={'gpuaas_hosts': 'all', 'gpuaas_host': 'x'})
+    assert problems(discover) == ['extra var gpuaas_host: the playbook does not use it']
+
+
+def test_the_inventory_source_is_the_plugin_given_what_it_reads():
+    """The project's inventory file names the plugin, and the credential type sets the
+    variables the plugin's url and token options read (the token as a secret input)."""
+    document = yaml.safe_load(open(os.path.join(REPO, 'docs', 'awx', 'job_templates.yml')))
+    (source,) = document['inventory_sources']
+    (kind,) = [k for k in document['credential_types'] if k['name'] == source['credential_type']]
+    inventory = yaml.safe_load(open(os.path.join(REPO, source['source_path'])))
+    assert source['source_path'].endswith('.gpuaas_slots.yml') and inventory['plugin'] == 'gpuaas.slice.slots'
+    options = yaml.safe_load(_plugin_documentation())['options']
+    assert set(inventory) - {'plugin'} <= set(options)
+    env = {name: value.strip('{} ') for name, value in kind['injectors']['env'].items()}
+    fields = {field['id']: field for field in kind['inputs']['fields']}
+    for option in ('url', 'token'):
+        (variable,) = [e['name'] for e in options[option]['env']]
+        assert env[variable] in fields and env[variable] in kind['inputs']['required']
+    assert fields[env['GPUAAS_API_TOKEN']].get('secret') is True and options['token']['secret'] is True
+
+
+def _plugin_documentation():
+    text = open(os.path.join(REPO, 'plugins', 'inventory', 'slots.py')).read()
+    return text.split("DOCUMENTATION = r'''", 1)[1].split("'''", 1)[0]

@@ -139,10 +139,22 @@ def test_license_is_the_gpl3_text_galaxy_yml_names():
     assert 'GNU GENERAL PUBLIC LICENSE' in text and 'Version 3, 29 June 2007' in text
 
 
+def test_galaxy_yml_names_addresses_that_exist():
+    """No placeholder domain: the collection's page on Galaxy, its published home."""
+    galaxy = load_yaml('galaxy.yml')
+    page = 'https://galaxy.ansible.com/ui/repo/published/%s/%s/' % (galaxy['namespace'], galaxy['name'])
+    assert galaxy['repository'] == galaxy['homepage'] == page
+    assert galaxy['documentation'] == page + 'docs/'
+    assert 'issues' not in galaxy
+    with open(os.path.join(REPO, 'galaxy.yml'), encoding='utf-8') as handle:
+        text = handle.read()
+    assert '.invalid' not in text and 'example.' not in text
+
+
 def test_build_ignore_leaves_out_what_needs_the_repository():
     ignored = set(load_yaml('galaxy.yml')['build_ignore'])
     for needs_checkout in ('tests', 'molecule', 'ansible.cfg', 'collections', 'controlplane', 'lab',
-                           'hack', 'bench', 'execution-environment.yml', 'changelogs/fragments'):
+                           'hack', 'bench', 'execution-environment.yml', 'changelogs/fragments', 'inventory'):
         assert needs_checkout in ignored, needs_checkout
     for shipped in ('plugins', 'roles', 'playbooks', 'meta', 'docs', 'LICENSE', 'README.md'):
         assert shipped not in ignored, shipped

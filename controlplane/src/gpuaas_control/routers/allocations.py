@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from gpuaas_control import networks, service, telemetry
-from gpuaas_control.deps import DB, Actor, AppSettings, ReadSession
+from gpuaas_control.deps import DB, AppSettings, Member, ReadSession
 from gpuaas_control.models import ALLOCATION_STATES, TERMINAL_STATES
 from gpuaas_control.schemas.bodies import AllocationCreate
 from gpuaas_control.schemas.params import After, IdempotencyKey, Key, LastEventId, Offset, TenantFilter
@@ -28,7 +28,7 @@ router = APIRouter(prefix='/v1/allocations', tags=['allocations'])
                               'model': AllocationView},
                         409: {'description': 'Nothing fits, the quota is used up, or the '
                                              'Idempotency-Key was used for another request'}})
-def create_allocation(body: AllocationCreate, who: Actor, db: DB, settings: AppSettings,
+def create_allocation(body: AllocationCreate, who: Member, db: DB, settings: AppSettings,
                       response: Response, idempotency_key: IdempotencyKey = None):
     """Reserve a slot: 201 with the allocation in ``requested``; a worker brings it up."""
     request = service.AllocationRequest(idempotency_key=idempotency_key, **body.model_dump())
@@ -42,7 +42,7 @@ def create_allocation(body: AllocationCreate, who: Actor, db: DB, settings: AppS
 
 
 @router.get('', response_model=AllocationList)
-def list_allocations(who: Actor, session: ReadSession,
+def list_allocations(who: Member, session: ReadSession,
                      state: Annotated[Literal[ALLOCATION_STATES] | None, Query()] = None,
                      tenant: TenantFilter = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Offset = 0):
@@ -52,19 +52,19 @@ def list_allocations(who: Actor, session: ReadSession,
 
 
 @router.get('/{allocation_id}', response_model=AllocationView)
-def get_allocation(allocation_id: Key, who: Actor, session: ReadSession):
+def get_allocation(allocation_id: Key, who: Member, session: ReadSession):
     return AllocationView.of(service.get_allocation(session, who, allocation_id), who)
 
 
 @router.get('/{allocation_id}/telemetry', response_model=TelemetryView)
-def allocation_telemetry(allocation_id: Key, who: Actor, session: ReadSession):
+def allocation_telemetry(allocation_id: Key, who: Member, session: ReadSession):
     """The guest agent's last health sample and the slot acceptance result, as last collected
     from the node's telemetry sink (its own tenant and operators)."""
     return TelemetryView.of(*telemetry.get(session, who, allocation_id), who)
 
 
 @router.delete('/{allocation_id}', status_code=202, response_model=AllocationView)
-def release_allocation(allocation_id: Key, who: Actor, db: DB):
+def release_allocation(allocation_id: Key, who: Member, db: DB):
     """Release: 202 with the allocation in ``releasing`` (idempotent)."""
     return AllocationView.of(db.transact(service.request_release, who, allocation_id), who)
 
@@ -73,7 +73,7 @@ def release_allocation(allocation_id: Key, who: Actor, db: DB):
             responses={200: {'model': EventView, 'content': {'text/event-stream': {}},
                              'description': 'Server-sent events (state, progress, error), each '
                                             "an EventView in its 'data' line"}})
-async def allocation_events(allocation_id: Key, who: Actor, db: DB, follow: bool = True,
+async def allocation_events(allocation_id: Key, who: Member, db: DB, follow: bool = True,
                             last_event_id: LastEventId = None, after: After = 0,
                             timeout: Annotated[float, Query(gt=0, le=86400, allow_inf_nan=False)] = 3600):
     """Progress as server-sent events. With ``follow`` (the default) the stream stays

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from gpuaas_control import audit
-from gpuaas_control.deps import Operator, ReadSession
+from gpuaas_control.deps import OperatorView, ReadSession
 from gpuaas_control.models import AuditEntry
 from gpuaas_control.schemas.admin import AuditList, AuditVerification
 from gpuaas_control.schemas.params import After
@@ -20,12 +20,12 @@ router = APIRouter(prefix='/v1/audit', tags=['operators'])
 
 
 @router.get('', response_model=AuditList)
-def list_audit(_who: Operator, session: ReadSession, after: After = 0,
+def list_audit(_who: OperatorView, session: ReadSession, after: After = 0,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100):
     return AuditList(entries=session.execute(select(AuditEntry).where(AuditEntry.seq > after)
                                              .order_by(AuditEntry.seq).limit(limit)).scalars().all())
 
 
 @router.get('/verify', response_model=AuditVerification)
-def verify_audit(_who: Operator, session: ReadSession, request: Request):
+def verify_audit(_who: OperatorView, session: ReadSession, request: Request):
     return audit.verify(session, request.app.state.db.anchor)

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from gpuaas_control import service
-from gpuaas_control.deps import DB, Operator, ReadSession
+from gpuaas_control.deps import DB, Operator, OperatorView, ReadSession
 from gpuaas_control.models import SLOT_FREE, Node, Slot
 from gpuaas_control.schemas.bodies import ApprovalIn, DrainIn, UnderlayIn
 from gpuaas_control.schemas.fleet import ApprovalResult, NodeDetail, NodeList, NodeSummary, NodeView
@@ -25,7 +25,7 @@ def _slot_counts(session, *where):
 
 
 @router.get('', response_model=NodeList)
-def list_nodes(_who: Operator, session: ReadSession):
+def list_nodes(_who: OperatorView, session: ReadSession):
     nodes = session.execute(select(Node).order_by(Node.id)).scalars().all()
     approved = _slot_counts(session)
     free = _slot_counts(session, Slot.state == SLOT_FREE, Slot.absent_reason.is_(None))
@@ -34,7 +34,7 @@ def list_nodes(_who: Operator, session: ReadSession):
 
 
 @router.get('/{node_id}', response_model=NodeDetail)
-def get_node(node_id: Key, _who: Operator, session: ReadSession):
+def get_node(node_id: Key, _who: OperatorView, session: ReadSession):
     node = service.get_node(session, node_id)
     slots = session.execute(select(Slot).where(Slot.node_id == node.id)
                             .order_by(Slot.slot_index)).scalars().all()
@@ -43,7 +43,7 @@ def get_node(node_id: Key, _who: Operator, session: ReadSession):
 
 @router.put('/{node_id}/discovery', response_model=NodeView)
 def put_discovery(node_id: Key, discovery: dict[str, Any], who: Operator, db: DB):
-    """Store the node's discovery result (what gpuaas.slice.slot_discovery returned);
+    """Store the node's discovery result (what gpuaas.slice.slot_discovery_info returned);
     registers the node the first time."""
     return db.transact(service.record_discovery, who, node_id, discovery)
 

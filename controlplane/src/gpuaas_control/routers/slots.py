@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
-from gpuaas_control.deps import Operator, ReadSession
+from gpuaas_control.deps import OperatorView, ReadSession
 from gpuaas_control.models import SLOT_STATES, Node, Slot
 from gpuaas_control.schemas.fleet import (Inventory, InventoryNode, InventoryNodeState, InventorySlot,
                                           InventorySlotState, InventoryStates, SlotList)
@@ -19,7 +19,7 @@ router = APIRouter(tags=['operators'])
 
 
 @router.get('/v1/slots', response_model=SlotList)
-def list_slots(_who: Operator, session: ReadSession, node_id: NodeFilter = None,
+def list_slots(_who: OperatorView, session: ReadSession, node_id: NodeFilter = None,
                state: Annotated[Literal[SLOT_STATES] | None, Query()] = None):
     query = select(Slot).order_by(Slot.node_id, Slot.slot_index)
     if node_id:
@@ -46,14 +46,14 @@ def _fleet(session, document, node, slot, include_unapproved):
 
 
 @router.get('/v1/inventory', response_model=Inventory)
-def inventory(_who: Operator, session: ReadSession, include_unapproved: bool = False):
+def inventory(_who: OperatorView, session: ReadSession, include_unapproved: bool = False):
     """Every node and its slots in one answer: what the gpuaas.slice.slots inventory
     plugin reads (slots an approval withdrew only with ``include_unapproved``)."""
     return _fleet(session, Inventory, InventoryNode, InventorySlot, include_unapproved)
 
 
 @router.get('/v1/inventory/states', response_model=InventoryStates)
-def inventory_states(_who: Operator, session: ReadSession, include_unapproved: bool = False):
+def inventory_states(_who: OperatorView, session: ReadSession, include_unapproved: bool = False):
     """Every node's and slot's state, without the approved slot maps and the slots' devices:
     what the inventory plugin reads with ``slot_details: none`` (a fifth of the document)."""
     return _fleet(session, InventoryStates, InventoryNodeState, InventorySlotState, include_unapproved)

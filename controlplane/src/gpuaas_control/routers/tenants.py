@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from gpuaas_control import networks, service
-from gpuaas_control.deps import DB, AppSettings, Operator, ReadSession
+from gpuaas_control.deps import DB, AppSettings, Operator, OperatorView, ReadSession
 from gpuaas_control.models import Tenant, TenantNetwork
 from gpuaas_control.schemas.admin import QuotaView, TenantList, TenantView
 from gpuaas_control.schemas.bodies import QuotaIn
@@ -18,7 +18,7 @@ router = APIRouter(prefix='/v1/tenants', tags=['operators'])
 
 
 @router.get('', response_model=TenantList)
-def list_tenants(_who: Operator, session: ReadSession):
+def list_tenants(_who: OperatorView, session: ReadSession):
     tenants = session.execute(select(Tenant).order_by(Tenant.id)).scalars().all()
     nets = {n.tenant_id: n for n in session.execute(select(TenantNetwork)).scalars()}
     return TenantList(tenants=[

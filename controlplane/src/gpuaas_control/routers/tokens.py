@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from gpuaas_control import service
-from gpuaas_control.deps import DB, AppSettings, Operator, ReadSession
+from gpuaas_control.deps import DB, AppSettings, Operator, OperatorView, ReadSession
 from gpuaas_control.models import ApiToken
 from gpuaas_control.schemas.admin import TokenCreated, TokenList, TokenRevoked, TokenRotated
 from gpuaas_control.schemas.bodies import TokenIn, TokenRotateIn
@@ -23,7 +23,7 @@ def _days(asked, settings):
 
 
 @router.get('', response_model=TokenList)
-def list_tokens(_who: Operator, session: ReadSession):
+def list_tokens(_who: OperatorView, session: ReadSession):
     return TokenList(tokens=session.execute(select(ApiToken).order_by(ApiToken.id)).scalars().all())
 
 

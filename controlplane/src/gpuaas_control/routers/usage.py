@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from gpuaas_control import service
 from gpuaas_control.deps import Actor, ReadSession
-from gpuaas_control.models import ROLE_OPERATOR
+from gpuaas_control.models import OPERATOR_VIEW_ROLES
 from gpuaas_control.schemas.admin import UsageReport
 from gpuaas_control.schemas.params import TenantFilter, Time
 
@@ -19,7 +19,7 @@ router = APIRouter(prefix='/v1/usage', tags=['operators'])
 def get_usage(who: Actor, session: ReadSession, tenant: TenantFilter = None,
               since: Time = None, until: Time = None):
     """Allocated and running GPU-seconds per allocation in [since, until). A tenant sees
-    its own."""
-    if who.role != ROLE_OPERATOR:
+    its own; operators and readers every tenant's."""
+    if who.role not in OPERATOR_VIEW_ROLES:
         tenant = who.tenant
     return UsageReport.of(service.usage(session, tenant, since, until))

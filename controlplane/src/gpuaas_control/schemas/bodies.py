@@ -110,7 +110,8 @@ _EXPIRES = ("The new token's lifetime in days; 0: it never expires; left out: th
 
 
 class TokenIn(Strict):
-    role: Literal['operator', 'tenant']
+    role: Literal['operator', 'reader', 'tenant'] = Field(description="'reader' reads the operator views (GET) "
+                                                         'and nothing else.')
     tenant: str | None = Field(None, max_length=63)
     name: str | None = Field(None, max_length=63)
     expires_in_days: int | None = Field(None, ge=0, le=TOKEN_MAX_DAYS, description=_EXPIRES)

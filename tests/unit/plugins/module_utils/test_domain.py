@@ -277,14 +277,14 @@ def test_paths_must_be_absolute_without_dotdot(field):
 
 def test_facts_and_differences():
     base = _domain.domain_facts(_domain.build_xml(spec()))
-    assert base['memory_kib'] == 4096 * 1024
+    assert base['memory_mib'] == 4096
     assert base['vcpupin'][:2] == [[0, '8'], [1, '9']]
     assert base['numatune'] == 'strict:1'
     assert base['slot_id'] == 'gpu-node-01-s3'
     assert _domain.differences(base, base) == []
     other = _domain.domain_facts(_domain.build_xml(spec(memory_mib=8192, hostdevs=[])))
     changes = _domain.differences(base, other)
-    assert any(c.startswith('memory_kib: ') for c in changes)
+    assert any(c.startswith('memory_mib: ') for c in changes)
     assert any(c.startswith('hostdevs: ') and c.endswith('-> none') for c in changes)
 
 
@@ -296,6 +296,9 @@ def test_facts_read_libvirts_normalised_spelling():
     theirs = theirs.replace('cpuset="8-11,120-123"', 'cpuset="8,9,10,11,120-123"')
     theirs = theirs.replace("bus=\"0x18\"", "bus=\"0x18\"").replace('domain="0x0000"', 'domain="0x0"')
     assert _domain.differences(_domain.domain_facts(theirs), ours) == []
+    # In MiB, without losing what does not make a whole MiB.
+    odd = _domain.domain_facts(theirs.replace('<memory unit="MiB">4096</memory>', '<memory unit="KiB">4194305</memory>'))
+    assert _domain.differences(odd, ours) == ['memory_mib: 4096.0009765625 -> 4096']
 
 
 def test_uuid_is_kept():

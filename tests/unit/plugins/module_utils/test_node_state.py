@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""node_state: orphans, devices to return, mismatches, and blindness that blocks cleaning."""
+"""node_state_info: orphans, devices to return, mismatches, and blindness that blocks cleaning."""
 
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def test_a_damaged_vfio_record_blinds_the_node(node, name, text):
                                         ('disk', 'gpu-node-01-s0.image.json')])
 @pytest.mark.parametrize('text', ['{not json', '[]', '\0\0\0'])
 def test_damaged_tokens_and_image_markers_never_stop_the_report(node, kind, name, text):
-    """node_state judges tokens and image markers by their names; their content cannot crash it."""
+    """node_state_info judges tokens and image markers by their names; their content cannot crash it."""
     node.lease('gpu-node-01-s0', devices=['0000:18:00.0'])
     node.domains.append(('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0', ['0000:18:00.0'])))
     (node.dirs[kind] / name).write_text(text)

@@ -124,8 +124,40 @@ def test_api_refusals_say_what_to_do():
         '401: the token is not valid or was revoked (set the token option or GPUAAS_API_TOKEN '
         'to a valid token)')
     assert inv.http_error(403, b'{"detail": "this endpoint is for operators"}').endswith(
-        '(the inventory needs an operator token)')
+        '(the inventory needs a reader or operator token)')
     assert inv.http_error(502, b'<html>bad gateway</html>') == '502: no JSON error detail'
+
+
+@pytest.mark.parametrize('url, shown', [
+    ('https://gpuaas.example.com/', 'https://gpuaas.example.com'),
+    ('http://127.0.0.1:8000', 'http://127.0.0.1:8000'),
+    ('HTTPS://api.example.com/gpuaas//', 'HTTPS://api.example.com/gpuaas'),
+    ('https://awx:hunter2@gpuaas.example.com/api', 'https://gpuaas.example.com/api'),
+])
+def test_the_url_is_shown_without_its_credentials(url, shown):
+    assert inv.check_url(url) == shown
+
+
+@pytest.mark.parametrize('url, message', [
+    ('gpuaas.example.com', "not 'gpuaas.example.com'"),
+    ('ftp://awx:hunter2@gpuaas.example.com', "not 'ftp://gpuaas.example.com'"),
+    ('https://gpuaas.example.com/?token=1', 'without a query'),
+    ('https://gpuaas.example.com/#x', 'without a query'),
+    ('https://', "not 'https://'"),
+    (None, 'not None'),
+])
+def test_a_url_that_is_not_the_apis_is_refused(url, message):
+    with pytest.raises(inv.InventoryError, match="^url must be the API's http:// or https:// address") as caught:
+        inv.check_url(url)
+    assert message in str(caught.value) and 'hunter2' not in str(caught.value)
+
+
+def test_a_token_never_reaches_a_message():
+    assert inv.scrub('refused gpuaas_abc by proxy', 'gpuaas_abc') == 'refused <token> by proxy'
+    assert inv.scrub('refused', None) == 'refused'
+    assert inv.http_error(302, b'') == ("302: no JSON error detail (a redirect: the token is sent to no other "
+                                        "address, give the API's own url)")
+    assert len(inv.http_error(500, json.dumps({'detail': 'x' * 5000}).encode())) < 600
 
 
 def test_the_collector_is_paused_while_the_host_vars_are_made_and_restored():

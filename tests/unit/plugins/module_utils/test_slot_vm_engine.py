@@ -145,7 +145,7 @@ def test_plan_refuses_a_different_domain_unless_replace(tmp_path):
     have = xml(memory_mib=2048)
     with pytest.raises(_slot_vm.SlotVmError) as caught:
         engine(tmp_path).plan(have, True, xml())
-    assert 'replace=true' in str(caught.value) and 'memory_kib: 2097152 -> 1048576' in str(caught.value)
+    assert 'replace=true' in str(caught.value) and 'memory_mib: 2048 -> 1024' in str(caught.value)
     plan, differences = engine(tmp_path, replace=True).plan(have, True, xml())
     assert plan.actions() == ['destroy', 'redefine', 'start'] and differences
     plan, _differences = engine(tmp_path, replace=True, state='present').plan(have, False, xml())

@@ -30,7 +30,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Dis
 from ansible_collections.gpuaas.slice.plugins import modules
 from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
 from ansible_collections.gpuaas.slice.plugins.modules import (
-    host_daemon, host_network, node_state, slot_approval, slot_discovery, slot_image, slot_lease, slot_network,
+    host_daemon, host_network, node_state_info, slot_approval, slot_discovery_info, slot_image, slot_lease, slot_network,
     slot_seed, telemetry_token)
 from tests.unit.module_runner import run_module
 
@@ -197,11 +197,11 @@ CASES = [
     (host_network, host_network_args, {option: _t('outside')}, option, None)
     for option in ('dnsmasq_conf', 'lease_file', 'nft_file', 'pid_file')
 ] + [
-    (node_state, node_args, dict(node_id='gpu-node-01' + FORGED), 'node_id', None),
-    (node_state, node_args, dict(bridge='br0\0'), 'bridge', None),
-    (node_state, node_args, dict(sysfs_root=''), 'sysfs_root', None),
+    (node_state_info, node_args, dict(node_id='gpu-node-01' + FORGED), 'node_id', None),
+    (node_state_info, node_args, dict(bridge='br0\0'), 'bridge', None),
+    (node_state_info, node_args, dict(sysfs_root=''), 'sysfs_root', None),
 ] + [
-    (node_state, node_args, {option: value}, option, None)
+    (node_state_info, node_args, {option: value}, option, None)
     for option in ('lease_dir', 'hosts_dir', 'token_dir', 'disk_dir', 'seed_dir', 'vfio_state_dir')
     for value in ('', _t('a-file'), '/var/lib/gpuaas\0', 'relative')
 ] + [
@@ -219,13 +219,13 @@ CASES = [
      'user_data.write_files', None),
     (slot_seed, seed_args, dict(allocation_id='a1' + FORGED), 'allocation_id', None),
     (slot_seed, seed_args, dict(user_data={'n': float('-inf')}), 'user_data', None),
-    (slot_discovery, None, dict(gpu_vendors=['10de\0']), 'gpu_vendors', None),
-    (slot_discovery, None, dict(gpu_vendors=['10de' + FORGED]), 'gpu_vendors', None),
-    (slot_discovery, None, dict(fabric_classes=['02' + FORGED]), 'fabric_classes', None),
-    (slot_discovery, None, dict(sysfs_root=''), 'sysfs_root', None),
-    (slot_discovery, None, dict(proc_root=''), 'proc_root', None),
-    (slot_discovery, None, dict(proc_root=_t('a-file')), 'proc_root', None),
-    (slot_discovery, None, dict(node_id='ws' + FORGED), 'node_id', None),
+    (slot_discovery_info, None, dict(gpu_vendors=['10de\0']), 'gpu_vendors', None),
+    (slot_discovery_info, None, dict(gpu_vendors=['10de' + FORGED]), 'gpu_vendors', None),
+    (slot_discovery_info, None, dict(fabric_classes=['02' + FORGED]), 'fabric_classes', None),
+    (slot_discovery_info, None, dict(sysfs_root=''), 'sysfs_root', None),
+    (slot_discovery_info, None, dict(proc_root=''), 'proc_root', None),
+    (slot_discovery_info, None, dict(proc_root=_t('a-file')), 'proc_root', None),
+    (slot_discovery_info, None, dict(node_id='ws' + FORGED), 'node_id', None),
     # item 8: process management stays in its run directory, bounded
     (host_daemon, daemon_args, dict(pidfile='/tmp/elsewhere.pid'), 'pidfile', None),
     (host_daemon, daemon_args, dict(pidfile=_t('run/../outside/x.pid')), 'pidfile', None),
@@ -275,7 +275,7 @@ def fill(value, t):
 def test_a_bad_value_is_refused_by_name_and_changes_nothing(tree, host_tree, capsys, module, base, bad, name, setup):
     if setup:
         setup(tree)
-    if base is None:   # slot_discovery reads a sample host
+    if base is None:   # slot_discovery_info reads a sample host
         sysfs, proc = host_tree('workstation')
         args = dict(node_id='ws', sysfs_root=sysfs, proc_root=proc)
     else:

@@ -148,8 +148,8 @@ def test_one_bad_entry_approves_nothing_and_every_problem_is_listed(capsys, disc
 
 def test_something_that_is_not_a_discovery_result_is_refused(capsys):
     result = approve(capsys, {'slots': []}, [entry()])
-    assert result['problems'] == ['discovery is not a gpuaas.slice.slot_discovery result '
-                                  '(register the slot_discovery task and pass it whole)']
+    assert result['problems'] == ['discovery is not a gpuaas.slice.slot_discovery_info result '
+                                  '(register the slot_discovery_info task and pass it whole)']
 
 
 # -- shared-PF VFs: a PCIe server with one fabric PF per socket --------------------------------------------------

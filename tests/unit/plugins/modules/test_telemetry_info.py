@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ansible_collections.gpuaas.slice.plugins.modules import telemetry_read
+from ansible_collections.gpuaas.slice.plugins.modules import telemetry_info
 from tests.unit.module_runner import run_module
 
 SUMMARY = {'allocation_id': 'a1', 'slot_id': 'n-s0', 'samples': 2, 'first_at': 1.0, 'last_at': 2.0,
@@ -22,7 +22,7 @@ def read(tmp_path, capsys):
 
     def call(check_mode=False, **args):
         args.setdefault('data_dir', str(data))
-        return run_module(telemetry_read, args, check_mode=check_mode, capsys=capsys)
+        return run_module(telemetry_info, args, check_mode=check_mode, capsys=capsys)
     call.data = data
     return call
 

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 ---
-module: slot_check
+module: slot_check_info
 short_description: Check one approved slot record against the host before it is allocated
 version_added: 0.1.0
 description:
@@ -27,13 +27,13 @@ description:
     an NVMe the host mounts, swaps on or stacks device-mapper/md on; a NUMA node that is not the
     GPU's; an unknown wipe policy, or a block wipe policy without an NVMe drive."
   - "The slot's share (C(cpulist), C(vcpus), C(memory_mib), C(host_cpulist), see
-    M(gpuaas.slice.slot_discovery)) is checked too: a cpulist off the GPU's NUMA node or splitting a
+    M(gpuaas.slice.slot_discovery_info)) is checked too: a cpulist off the GPU's NUMA node or splitting a
     core, a host_cpulist that overlaps it, a vcpus that is not its CPU count, a memory_mib above
     the node's MemTotal. A record without them was approved before slots had their own share (its
     cpulist was the whole node, shared by every slot of the node) and is refused: approve it again."
   - With O(vcpus) and O(memory_mib), the allocation's shape must fit the slot's share; one that does
     not is refused, naming both numbers, before the allocation takes the slot's lease.
-  - "The slot's C(bar_mib) (its devices' 64-bit BARs, as M(gpuaas.slice.slot_discovery) computes it) is read from
+  - "The slot's C(bar_mib) (its devices' 64-bit BARs, as M(gpuaas.slice.slot_discovery_info) computes it) is read from
     the devices' C(resource) files; a record's own C(bar_mib) must agree. The allocation's memory (else the slot's
     share) plus C(bar_mib) must fit a guest's physical address space on this host's CPU (the address sizes line
     of C(cpuinfo) under O(proc_root)), or the shape is refused with the bits it needs."
@@ -75,12 +75,12 @@ options:
     type: int
 seealso:
   - module: gpuaas.slice.slot_approval
-  - module: gpuaas.slice.slot_discovery
+  - module: gpuaas.slice.slot_discovery_info
 '''
 
 EXAMPLES = r'''
 - name: Check the slot the control plane reserved (or the approved map's entry)
-  gpuaas.slice.slot_check:
+  gpuaas.slice.slot_check_info:
     node_id: "{{ gpuaas_node_id }}"
     slot_id: "{{ gpuaas_slot_id }}"
     slot: "{{ gpuaas_slot | default(omit) }}"

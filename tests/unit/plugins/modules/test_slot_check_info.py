@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""slot_check: one approved slot record against the sample hosts' sysfs trees.
+"""slot_check_info: one approved slot record against the sample hosts' sysfs trees.
 
 The records are what approval makes of discovery (the control plane stores exactly that);
 each refusal changes the host or the record the way the failure would, and the message
@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._approval import validate
 from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
-from ansible_collections.gpuaas.slice.plugins.modules import slot_check
+from ansible_collections.gpuaas.slice.plugins.modules import slot_check_info
 from tests.unit.module_runner import run_module
 
 SHARE = ('cpulist', 'vcpus', 'memory_mib', 'host_cpulist')
@@ -37,7 +37,7 @@ def ws(host_tree):
 
 
 def check(capsys, host, slot_id='ws-s0', node_id='ws', **args):
-    return run_module(slot_check, dict(args, node_id=node_id, slot_id=slot_id, sysfs_root=host['sys'],
+    return run_module(slot_check_info, dict(args, node_id=node_id, slot_id=slot_id, sysfs_root=host['sys'],
                                        proc_root=host['proc']), capsys=capsys)
 
 
@@ -75,7 +75,7 @@ def test_the_approved_map_entry_gives_the_same_record(capsys, ws):
 
 
 def test_check_mode_is_the_same_read(capsys, ws):
-    result = run_module(slot_check, dict(node_id='ws', slot_id='ws-s0', slot=ws['record'], sysfs_root=ws['sys'],
+    result = run_module(slot_check_info, dict(node_id='ws', slot_id='ws-s0', slot=ws['record'], sysfs_root=ws['sys'],
                                          proc_root=ws['proc']), check_mode=True, capsys=capsys)
     assert result['changed'] is False and result['slot']['gpu_address'] == GPU
 
@@ -189,7 +189,7 @@ def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name)
     entries = [{'slot_id': s['slot_id'], 'gpu_address': s['gpu_address'], 'destructive_wipe_policy': 'zero',
                 'capacity_metadata': s['capacity_metadata'], 'fingerprint': s['fingerprint']} for s in slots]
     for record in validate(found, entries):
-        result = run_module(slot_check, dict(node_id=name, slot_id=record['slot_id'], slot=record,
+        result = run_module(slot_check_info, dict(node_id=name, slot_id=record['slot_id'], slot=record,
                                              sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
         assert 'failed' not in result, result
         for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_index', 'fabric_vf_pci_address',
@@ -206,7 +206,7 @@ def test_a_record_approved_before_slots_had_shares_is_refused_saying_what_to_do(
     legacy = dict((k, v) for k, v in ws['record'].items() if k not in SHARE)
     problems = refused(check(capsys, ws, slot=dict(legacy, cpulist='0-31')),
                        'vcpus, memory_mib, host_cpulist: the record has none, so it was approved before each slot '
-                       'had its own CPU slice and memory share', 'approve the slot again from a fresh slot_discovery')
+                       'had its own CPU slice and memory share', 'approve the slot again from a fresh slot_discovery_info')
     assert len(problems) == 1
     refused(check(capsys, ws, slot=legacy), 'cpulist, vcpus, memory_mib, host_cpulist: the record has none')
 

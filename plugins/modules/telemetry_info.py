@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 ---
-module: telemetry_read
+module: telemetry_info
 short_description: Read the telemetry sink's per-allocation summaries
 version_added: 0.1.0
 description:
@@ -48,7 +48,7 @@ options:
 
 EXAMPLES = r'''
 - name: The running allocations' telemetry
-  gpuaas.slice.telemetry_read:
+  gpuaas.slice.telemetry_info:
     allocation_ids: [alloc-7f3a, alloc-81c2]
   register: telemetry
 '''

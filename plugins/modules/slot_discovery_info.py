@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 ---
-module: slot_discovery
+module: slot_discovery_info
 short_description: Propose the GPU slots a host can offer
 version_added: 0.1.0
 description:
@@ -133,7 +133,7 @@ notes:
 
 EXAMPLES = r'''
 - name: Discover the slots of this host
-  gpuaas.slice.slot_discovery:
+  gpuaas.slice.slot_discovery_info:
     node_id: "{{ inventory_hostname_short }}"
   register: discovery
 
@@ -142,7 +142,7 @@ EXAMPLES = r'''
     msg: "{{ discovery.slots | selectattr('eligible') | map(attribute='slot_id') }}"
 
 - name: Discover a workstation without fabric NICs, NVIDIA GPUs only
-  gpuaas.slice.slot_discovery:
+  gpuaas.slice.slot_discovery_info:
     node_id: ws-01
     gpu_vendors: ['10de']
     require_fabric: false

@@ -9,7 +9,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 ---
-module: node_state
+module: node_state_info
 short_description: Compare what a node holds for its slots with its slot leases
 version_added: 0.1.0
 description:
@@ -90,7 +90,7 @@ requirements:
 
 EXAMPLES = r'''
 - name: What does this node hold that no lease explains?
-  gpuaas.slice.node_state:
+  gpuaas.slice.node_state_info:
     node_id: gpu-node-01
   register: node
 
