@@ -55,7 +55,7 @@ VARS_ONLY = 'vars' in sys.argv[1:2]
 STANDIN_BAR_MIB = 128 * 1024
 # The real guest under TCG: what Debian, cloud-init and the agent need, and how long its first
 # boot (OVMF, systemd, cloud-init's four stages) may take on a busy two-core machine.
-CLOUD_MEMORY_MIB = 512
+CLOUD_MEMORY_MIB = 384
 CLOUD_BOOT_TIMEOUT = 900
 
 
