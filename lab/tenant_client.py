@@ -22,7 +22,7 @@ CLIENT_NS = 'gpuaas-lab-client'
 NODE_LINK, CLIENT_LINK = 'glab-public', 'glab-client'
 PUBLIC_ADDRESS, CLIENT_ADDRESS, PREFIX = '198.51.100.1', '198.51.100.2', 24
 SSH_OPTIONS = ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-               '-o', 'LogLevel=ERROR', '-o', 'ConnectTimeout=5', '-o', 'IdentitiesOnly=yes']
+               '-o', 'LogLevel=ERROR', '-o', 'ConnectTimeout=30', '-o', 'IdentitiesOnly=yes']
 # What the lab reads in a guest, one 'key=value' a line: its identity, firmware, address bits,
 # its largest assigned 64-bit BAR (as tests/guest/init reads them), its address and cloud-init.
 FACTS = r'''
