@@ -456,7 +456,7 @@ def report(allocations, releases, proofs):
     print()
 
 
-def up(books, kind='cloud'):
+def up(books, kind='cloud', slots=None):
     guest, image, checksum, pubkey = prepare(kind)
     extravars = lab_vars(guest, image)
     if kind == 'cloud':
@@ -471,7 +471,7 @@ def up(books, kind='cloud'):
     found = books.run('discover.yml', 'lab', extravars, 'discover')
     check(found, 'discover')
     allocations = {}
-    for slot in SLOTS:
+    for slot in slots or SLOTS:
         alloc = allocation(slot, image, checksum, pubkey, kind)
         # Recorded before the playbook runs, so lab-down releases even an allocation that failed.
         allocations[slot] = {'allocation_id': alloc['id']}
@@ -545,6 +545,8 @@ def main():
     parser.add_argument('--allocation-id', default='lab-allocation')
     parser.add_argument('--guest', choices=['cloud', 'busybox'], default='cloud',
                         help='cloud: the Debian cloud image (tests/guest/cloud_image.py); busybox: the fast test guest')
+    parser.add_argument('--slots', type=int, choices=[1, 2], default=2,
+                        help='how many of the sample host\'s slots to allocate (1: s0 only, for a busy machine)')
     parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
     args = parser.parse_args()
     if args.command == 'vars':
@@ -567,7 +569,7 @@ def main():
             report({}, releases, {})
             return 0
         try:
-            allocations, proofs, problems = up(books, args.guest)
+            allocations, proofs, problems = up(books, args.guest, SLOTS[:args.slots])
         except LabFailed:
             if args.command == 'run':
                 log('cleaning up after the failure')

@@ -96,6 +96,10 @@ ssh_genkeytypes: [ed25519]
 # under TCG each module udev loads at boot costs seconds.
 INITRAMFS_CONF = 'MODULES=list\n'
 INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ext4']
+# Under TCG on a busy machine a unit can take minutes to start; systemd's default 90 s would kill
+# and restart journald and udevd over and over (seen in the lab: a guest never reached its DHCP
+# lease in 15 minutes). A slow start is waited for instead.
+SYSTEMD_CONF = '[Manager]\nDefaultTimeoutStartSec=15min\n'
 # Timers and units of a long-lived machine that only cost a short-lived lab guest boot time.
 MASKED = ['apt-daily.timer', 'apt-daily-upgrade.timer', 'e2scrub_all.timer', 'fstrim.timer',
           'e2scrub_reap.service']
@@ -198,6 +202,7 @@ def root_tree(root, key, debs, epoch):
     _write(os.path.join(root, 'etc/systemd/system', AGENT_UNIT_NAME), AGENT_UNIT)
     _write(os.path.join(root, 'etc/cloud/cloud.cfg.d/90-gpuaas.cfg'), CLOUD_CFG)
     _write(os.path.join(root, 'etc/fstab'), fstab(key))
+    _write(os.path.join(root, 'etc/systemd/system.conf.d/50-gpuaas-slow-start.conf'), SYSTEMD_CONF)
     _write(os.path.join(root, 'etc/hostname'), 'localhost\n')
     # Every instance makes its own identity: machine id at first boot, SSH host keys by cloud-init.
     _write(os.path.join(root, 'etc/machine-id'), '')

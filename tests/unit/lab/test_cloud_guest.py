@@ -72,6 +72,7 @@ def test_the_image_runs_the_agent_where_the_seed_puts_it_once_cloud_init_wrote_i
     assert 'After=network-online.target cloud-init.service\n' in cloud_image.AGENT_UNIT
     assert 'ConditionPathExists=%s\n' % _seed.DEFAULT_TELEMETRY_FILE in cloud_image.AGENT_UNIT
     assert 'datasource_list: [NoCloud]' in cloud_image.CLOUD_CFG
+    assert 'DefaultTimeoutStartSec=15min' in cloud_image.SYSTEMD_CONF
     for package in ('cloud-init', 'openssh-server', 'qemu-guest-agent', 'python3', 'systemd-sysv', 'systemd-boot-efi'):
         assert package in cloud_image.PACKAGES
 
