@@ -574,6 +574,7 @@ def main():
             if args.command == 'run':
                 log('cleaning up after the failure')
                 down(books)
+                tenant_client.client_down()
             raise
         releases = {}
         if args.command == 'run':
