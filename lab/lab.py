@@ -394,8 +394,8 @@ def report_tenant(allocations, releases):
         return
     print('  the tenant (client namespace %s, %s, key %s) at each allocation\'s access:'
           % (tenant_client.CLIENT_NS, tenant_client.CLIENT_ADDRESS, os.path.relpath(KEY, REPO)))
-    print('    %-15s %-20s %-8s %-18s %-32s %s' % ('slot', 'access', 'firmware', 'cloud-init',
-                                                  'SSH landed in (hostname, instance)', 'released port'))
+    print('    %-15s %-20s %-8s %-18s %-32s %s' % (
+        'slot', 'access', 'firmware', 'cloud-init', 'SSH landed in (hostname, instance)', 'released port'))
     for slot, result in allocations.items():
         login, access = result.get('login') or {}, result.get('access') or {}
         errors = tenant_client.cloud_init_errors(login) if 'error' not in login else ['-']

@@ -118,27 +118,29 @@ def cloud_init_errors(facts):
 
 
 def guest_facts(access, key, timeout=600):
-    """Wait until the guest answers SSH and cloud-init has finished; what FACTS read then.
-
-    {'ssh_seconds': when SSH first answered, 'seconds': when cloud-init was done, ...facts},
+    """Wait until the guest answers SSH (the tenant's login works), then until cloud-init has
+    finished; what FACTS read then: {'ssh_seconds', 'seconds' (cloud-init done), ...facts},
     or {'error': why} at the timeout."""
     start = time.monotonic()
     deadline = start + timeout
-    answered = None
-    last = ''
+    last = ['nothing tried']
     while time.monotonic() < deadline:
-        rc, out, err = ssh(access, key, 'cloud-init status --wait >/dev/null 2>&1; ' + FACTS,
-                           timeout=max(10, deadline - time.monotonic()))
+        rc, out, err = ssh(access, key, 'true', timeout=max(10, deadline - time.monotonic()))
         if rc == 0:
-            facts = parse_facts(out)
-            facts.update(ssh_seconds=round((answered or time.monotonic()) - start, 1),
-                         seconds=round(time.monotonic() - start, 1))
-            return facts
-        if rc is not None and rc != 255 and answered is None:
-            answered = time.monotonic()
+            break
         last = (err or out).strip().splitlines()[-1:] or ['ssh exited %s' % rc]
         time.sleep(3)
-    return {'error': 'no answer over SSH within %d s (%s)' % (timeout, last[0] if last else '')}
+    else:
+        return {'error': 'no login over SSH within %d s (%s)' % (timeout, last[0])}
+    ssh_seconds = round(time.monotonic() - start, 1)
+    rc, out, err = ssh(access, key, 'cloud-init status --wait >/dev/null 2>&1; ' + FACTS,
+                       timeout=max(30, deadline - time.monotonic()))
+    if rc != 0:
+        return {'error': 'logged in after %s s, then reading the guest failed (ssh exited %s: %s)'
+                % (ssh_seconds, rc, (err or out).strip()[:200])}
+    facts = parse_facts(out)
+    facts.update(ssh_seconds=ssh_seconds, seconds=round(time.monotonic() - start, 1))
+    return facts
 
 
 def probe(access, key, targets):
