@@ -10,12 +10,19 @@
 The playbooks run through ansible-runner, as the control plane's worker runs them. This
 machine has no GPU and no IOMMU: the node is the bundled sample host (a sysfs tree of a
 two-socket 8-GPU server, lab/inventory.yml), its slots s0, s1 and s2 are approved
-(lab/host_vars/sample-hgx.yml), and the VMs are the test guest (tests/guest) under TCG
-without their hostdevs, which the report says. Everything else is real: libvirt and QEMU,
-Open vSwitch (userspace datapath), dnsmasq, nftables, the telemetry sink. The guests prove
-tenant isolation with their own packets: s0 and s1 are tenant lab-a's, s2 lab-b's (TENANTS);
-each guest pings its gateway and every other slot address and posts what answered to the sink
-with its token, and the report shows the tenant matrix (lab/tenants.py) those answers prove.
+(lab/host_vars/sample-hgx.yml), and the VMs run under TCG without their hostdevs, which the
+report says. Everything else is real: libvirt and QEMU, Open vSwitch (userspace datapath),
+dnsmasq, nftables, the telemetry sink.
+
+The VMs boot a real Debian 12 cloud image (tests/guest/cloud_image.py, ``--guest cloud``, the
+default) under UEFI: cloud-init reads the NoCloud seed, the tenant logs in from a client
+namespace outside the node (lab/tenant_client.py) at the allocation's ``access`` with its key, and
+the guest agent posts its samples and acceptance result to the sink. ``--guest busybox`` boots
+the fast test guest (tests/guest/build_image.py) instead. Either proves isolation with the
+guests' own packets: each pings its gateway and every other slot address (the busybox guest
+posts what answered to the sink with its token; the real one is asked over SSH). s0 and s1 are
+tenant lab-a's, s2 lab-b's (TENANTS): the report shows the tenant matrix (lab/tenants.py) those
+answers prove.
 """
 
 import argparse
@@ -36,6 +43,7 @@ if REPO not in sys.path:
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 import tenants  # noqa: E402  lab/tenants.py: the tenant matrix, whatever collects the probes
+import tenant_client  # noqa: E402  (lab/tenant_client.py)
 
 BUILD = os.path.join(REPO, '.build', 'lab')
 INVENTORY = os.path.join(HERE, 'inventory.yml')
@@ -44,10 +52,16 @@ NODE = 'sample-hgx'
 TENANTS = {'sample-hgx-s0': 'lab-a', 'sample-hgx-s1': 'lab-a', 'sample-hgx-s2': 'lab-b'}
 SLOTS = sorted(TENANTS)
 STATE = os.path.join(BUILD, 'allocations.json')
+KEY = os.path.join(BUILD, 'id_ed25519')
+GATEWAY = '10.100.0.1'
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
 VARS_ONLY = 'vars' in sys.argv[1:2]
 # lab/inventory.yml gives each sample-hgx slot VM a pci-testdev with a BAR of this size.
 STANDIN_BAR_MIB = 128 * 1024
+# The real guest under TCG: what Debian, cloud-init and the agent need, and how long its first
+# boot (OVMF, systemd, cloud-init's four stages) may take on a busy two-core machine.
+CLOUD_MEMORY_MIB = 384
+CLOUD_BOOT_TIMEOUT = 900
 
 
 def log(message):
@@ -107,7 +121,10 @@ class Playbooks:
 
 
 def lab_vars(guest, image):
-    """What the lab adds to lab/inventory.yml: the test guest and where its image lies."""
+    """What the lab adds to lab/inventory.yml: the test guest (none for the cloud image, which
+    boots from its disk) and where its image lies."""
+    if guest is None:
+        return {'gpuaas_image_dirs': [os.path.dirname(image)], 'gpuaas_vm_boot_timeout': CLOUD_BOOT_TIMEOUT}
     return {'gpuaas_guest_kernel': guest['kernel'], 'gpuaas_guest_initrd': guest['initrd'],
             'gpuaas_guest_cmdline': guest['cmdline'], 'gpuaas_image_dirs': [os.path.dirname(image)]}
 
@@ -150,9 +167,10 @@ def _read(path):
         return None
 
 
-def prepare():
-    """The sample host, the test guest, the tenant image and an SSH key; all cached in .build/."""
-    from tests.guest import build_image
+def prepare(kind='busybox'):
+    """The sample host, the guest (``kind`` busybox: the test guest and a blank disk image; cloud:
+    the Debian cloud image, guest None) and an SSH key; all cached in .build/."""
+    from tests.guest import build_image, cloud_image
     from tests.sysfs import hosts
     os.makedirs(BUILD, exist_ok=True)
     # The sample host is rebuilt when the code that builds it changed (a new sysfs file the
@@ -165,6 +183,16 @@ def prepare():
         hosts.HOSTS['hgx'](hgx)
         with open(stamp, 'w') as handle:
             handle.write(made)
+    key = os.path.join(BUILD, 'id_ed25519')
+    if not os.path.exists(key):
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'lab@gpuaas', '-f', key], check=True)
+    with open(key + '.pub') as handle:
+        pubkey = handle.read().strip()
+    if kind == 'cloud':
+        manifest = cloud_image.build()
+        log('cloud guest %s (%s, built in %s s%s)' % (manifest['image'], manifest['kernel'], manifest['build_seconds'],
+                                                      ', cached' if manifest['cached'] else ''))
+        return None, manifest['image'], 'sha256:' + manifest['sha256'], pubkey
     guest = build_image.build()
     images = os.path.join(BUILD, 'images')
     image = os.path.join(images, 'lab-guest.qcow2')
@@ -178,18 +206,32 @@ def prepare():
         os.unlink(raw)
     with open(image, 'rb') as handle:
         checksum = 'sha256:' + hashlib.sha256(handle.read()).hexdigest()
-    key = os.path.join(BUILD, 'id_ed25519')
-    if not os.path.exists(key):
-        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'lab@gpuaas', '-f', key], check=True)
-    with open(key + '.pub') as handle:
-        pubkey = handle.read().strip()
     return guest, image, checksum, pubkey
 
 
-def allocation(slot, image, checksum, pubkey):
-    return {'id': 'lab-%s-%s' % (slot.rsplit('-', 1)[1], secrets.token_hex(3)), 'tenant': TENANTS.get(slot, 'lab-a'),
-            'image': image, 'image_checksum': checksum, 'image_format': 'qcow2',
-            'ssh_keys': [pubkey], 'vcpus': 1, 'memory_mib': 256, 'disk_gib': 1}
+def allocation(slot, image, checksum, pubkey, kind='busybox'):
+    alloc = {'id': 'lab-%s-%s' % (slot.rsplit('-', 1)[1], secrets.token_hex(3)), 'tenant': TENANTS.get(slot, 'lab-a'),
+             'image': image, 'image_checksum': checksum, 'image_format': 'qcow2',
+             'ssh_keys': [pubkey], 'vcpus': 1, 'memory_mib': 256, 'disk_gib': 1}
+    if kind == 'cloud':
+        alloc.update(memory_mib=CLOUD_MEMORY_MIB, disk_gib=2, approved_facts=approved_facts(slot))
+    return alloc
+
+
+def approved_facts(slot):
+    """What the guest agent checks the slot against, as the control plane derives it
+    (gpuaas_control.telemetry.approved_facts): the approved GPU model and its link as the
+    sample host's sysfs shows it, and whether the slot has its NVMe and fabric VF."""
+    import yaml
+    with open(os.path.join(HERE, 'host_vars', NODE + '.yml')) as handle:
+        approved = next(s for s in yaml.safe_load(handle)['gpuaas_approved_slots'] if s['slot_id'] == slot)
+    gpu = approved['fingerprint']['gpu']
+    device = os.path.join(BUILD, 'hgx', 'sys', 'bus', 'pci', 'devices', gpu['address'])
+    return {'gpu_model': '%s:%s' % (gpu['vendor_id'], gpu['device_id']),
+            'link_speed': _read(os.path.join(device, 'max_link_speed')).strip(),
+            'link_width': int(_read(os.path.join(device, 'max_link_width'))),
+            'nvme': approved['fingerprint'].get('nvme') is not None,
+            'fabric_vf': bool(approved['capacity_metadata'].get('fabric_vf_pci_address'))}
 
 
 def sink_samples(allocation_id):
@@ -218,11 +260,12 @@ def guest_facts(allocation_id):
     return {}
 
 
-def prove_firmware(results):
-    """Each guest booted UEFI and sees the stand-in's BAR assigned, or why not."""
+def prove_firmware(results, facts_of=None):
+    """Each guest booted UEFI and sees the stand-in's BAR assigned, or why not. ``facts_of(result)``
+    is what the guest said of itself (default: the busybox guest's boot metric at the sink)."""
     problems = []
     for slot, result in results.items():
-        facts = guest_facts(result['allocation_id'])
+        facts = facts_of(result) if facts_of else guest_facts(result['allocation_id'])
         result['guest'] = {key: facts.get(key) for key in ('firmware', 'phys_bits', 'bar_max_mib', 'bar_max')}
         if facts.get('firmware') != 'uefi':
             problems.append('%s: the guest booted %s, not UEFI' % (slot, facts.get('firmware')))
@@ -268,6 +311,127 @@ def tenant_matrix(results, proofs):
     return tenants.matrix(slots, addresses, reached)
 
 
+# -- the real guest, seen by its tenant (lab/tenant_client.py) -------------------------------------
+
+def isolation_targets(result):
+    """What a slot's isolation probe pings: its gateway and every other slot address of the node."""
+    return [GATEWAY] + ['10.100.0.%d' % n for n in range(10, 18) if '10.100.0.%d' % n != result.get('address')]
+
+
+def prove_isolation_over_ssh(slot, result, targets, key=None):
+    """The isolation probe of one real guest, run in it over SSH: the proof the busybox guest
+    posts to the sink ({'ip', 'gateway_ok', 'peers_reachable'}) and the problems it shows."""
+    found = tenant_client.probe(result['access'], key or KEY, targets)
+    if 'error' in found:
+        return {'error': found['error']}, ['%s: %s' % (slot, found['error'])]
+    peers = [t for t in found['reachable'] if t != GATEWAY]
+    proof = {'ip': found['ip'], 'gateway_ok': 1 if GATEWAY in found['reachable'] else 0,
+             'peers_reachable': ' '.join(peers), 'targets': len(targets)}
+    problems = []
+    if proof['ip'] != result.get('address'):
+        problems.append('%s: the guest has %s, the layout says %s' % (slot, proof['ip'], result.get('address')))
+    if GATEWAY in targets and proof['gateway_ok'] != 1:
+        problems.append('%s: cannot reach its gateway' % slot)
+    # Which other slots it may reach is the tenant matrix's to judge (tenant_matrix).
+    return proof, problems
+
+
+def agent_samples(allocation_id, timeout):
+    """The guest agent's first health sample and its acceptance result at the sink (waited for)."""
+    deadline = time.monotonic() + timeout
+    found = {}
+    while True:
+        for sample in sink_samples(allocation_id):
+            data = body(sample)
+            if data.get('kind') in ('health', 'acceptance') and data['kind'] not in found:
+                found[data['kind']] = dict(data, received_at=sample.get('received_at'))
+        if len(found) == 2 or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
+def prove_cloud(allocations):
+    """Each real guest from its tenant's side: SSH at the allocation's access lands in that
+    slot's guest (hostname, instance id, address), which booted under UEFI, whose cloud-init is
+    done without errors and whose agent posted its samples; then the isolation probes."""
+    problems, proofs = [], {}
+    for slot, result in allocations.items():
+        access = result.get('access') or {}
+        log('%s: the tenant logs in: %s' % (slot, tenant_client.tenant_command(access, os.path.relpath(KEY, REPO))))
+        facts = tenant_client.guest_facts(access, KEY, timeout=CLOUD_BOOT_TIMEOUT)
+        result['login'] = facts
+        if 'error' in facts:
+            problems.append('%s: %s' % (slot, facts['error']))
+            continue
+        log('%s: SSH answered after %s s, cloud-init %s after %s s' % (
+            slot, facts['ssh_seconds'], facts.get('cloud_init'), facts['seconds']))
+        result['guest'] = dict((k, facts.get(k)) for k in ('firmware', 'phys_bits', 'bar_max_mib', 'bar_max'))
+        for what, seen, want in (('hostname', facts.get('hostname'), result.get('hostname')),
+                                 ('instance id', facts.get('instance_id'), result['allocation_id']),
+                                 ('address', facts.get('ip'), result.get('address'))):
+            if seen != want:
+                problems.append('%s: port %s landed in a guest with %s %s, not %s' % (
+                    slot, access.get('ssh_port'), what, seen, want))
+        errors = tenant_client.cloud_init_errors(facts)
+        if facts.get('cloud_init') != 'done' or errors:
+            problems.append('%s: cloud-init is %s (errors: %s)' % (slot, facts.get('cloud_init'), errors or 'none'))
+    for slot, result in allocations.items():
+        if 'error' in result.get('login', {}):
+            continue
+        proofs[slot], found = prove_isolation_over_ssh(slot, result, isolation_targets(result))
+        problems.extend(found)
+        result['agent'] = agent_samples(result['allocation_id'], timeout=120)
+        for kind in ('health', 'acceptance'):
+            if kind not in result['agent']:
+                problems.append('%s: no %s sample from the guest agent at the sink' % (slot, kind))
+    problems.extend(tenant_matrix(allocations, proofs)[1])
+    problems.extend(prove_firmware(allocations, facts_of=lambda result: result.get('guest') or {}))
+    return proofs, problems
+
+
+def prove_released(allocations, releases):
+    """After release, nothing answers on a released slot's public port (from the client)."""
+    problems = []
+    for slot, result in allocations.items():
+        if slot in releases and result.get('access'):
+            seen = tenant_client.port_silent(result['access'])
+            releases[slot]['port_after_release'] = seen
+            if seen not in ('silent', 'refused'):
+                problems.append('%s: port %s still answers after release (%s)' % (slot, result['access']['ssh_port'], seen))
+    return problems
+
+
+def report_tenant(allocations, releases):
+    """The real guests as their tenant saw them (prove_cloud), per slot."""
+    if not any('login' in result for result in allocations.values()):
+        return
+    print('  the tenant (client namespace %s, %s, key %s) at each allocation\'s access:'
+          % (tenant_client.CLIENT_NS, tenant_client.CLIENT_ADDRESS, os.path.relpath(KEY, REPO)))
+    print('    %-15s %-20s %-8s %-18s %-32s %s' % (
+        'slot', 'access', 'firmware', 'cloud-init', 'SSH landed in (hostname, instance)', 'released port'))
+    for slot, result in allocations.items():
+        login, access = result.get('login') or {}, result.get('access') or {}
+        errors = tenant_client.cloud_init_errors(login) if 'error' not in login else ['-']
+        print('    %-15s %-20s %-8s %-18s %-32s %s' % (
+            slot, '%s:%s' % (access.get('ssh_host'), access.get('ssh_port')), login.get('firmware', '-'),
+            '%s, %d errors' % (login.get('cloud_init'), len(errors)) if 'error' not in login else 'NO ANSWER',
+            '%s, %s' % (login.get('hostname'), login.get('instance_id')),
+            (releases.get(slot) or {}).get('port_after_release', '(still allocated)')))
+    print('    %-15s %-9s %-9s %s' % ('slot', 'ssh s', 'done s', 'guest agent: first health sample; acceptance'))
+    for slot, result in allocations.items():
+        login, agent = result.get('login') or {}, result.get('agent') or {}
+        health = agent.get('health', {}).get('health') or {}
+        acceptance = agent.get('acceptance') or {}
+        failed = ['%s (%s)' % (c['name'], c['reason']) for c in acceptance.get('checks', []) if c.get('status') == 'failed']
+        print('    %-15s %-9s %-9s health: %s; acceptance: %s' % (
+            slot, login.get('ssh_seconds', '-'), login.get('seconds', '-'),
+            json.dumps(health, sort_keys=True)[:90] if health else 'NONE',
+            '%s%s' % (acceptance.get('status', 'NONE'), ': ' + '; '.join(failed) if failed else '')))
+    for slot, result in allocations.items():
+        if result.get('access'):
+            print('  log in to %s as its tenant: %s' % (slot, tenant_client.tenant_command(result['access'], os.path.relpath(KEY, REPO))))
+
+
 def report(allocations, releases, proofs):
     phases = ['check', 'image', 'vm', 'total']
     print()
@@ -309,9 +473,13 @@ def report(allocations, releases, proofs):
     print()
 
 
-def up(books):
-    guest, image, checksum, pubkey = prepare()
+def up(books, kind='cloud', slots=None):
+    guest, image, checksum, pubkey = prepare(kind)
     extravars = lab_vars(guest, image)
+    if kind == 'cloud':
+        log('the tenant\'s client: namespace %s at %s, the node\'s public address %s'
+            % (tenant_client.CLIENT_NS, tenant_client.CLIENT_ADDRESS, tenant_client.PUBLIC_ADDRESS))
+        tenant_client.client_up()
     log('host_prep on this machine (libvirt, Open vSwitch, br-gpuaas 10.100.0.1/24, dnsmasq, nftables, sink)')
     prep = books.run('host_prep.yml', 'this-machine', extravars, 'host_prep')
     check(prep, 'host_prep')
@@ -320,13 +488,13 @@ def up(books):
     found = books.run('discover.yml', 'lab', extravars, 'discover')
     check(found, 'discover')
     allocations = {}
-    for slot in SLOTS:
-        alloc = allocation(slot, image, checksum, pubkey)
+    for slot in slots or SLOTS:
+        alloc = allocation(slot, image, checksum, pubkey, kind)
         # Recorded before the playbook runs, so lab-down releases even an allocation that failed.
         allocations[slot] = {'allocation_id': alloc['id']}
         with open(STATE, 'w') as handle:
             json.dump(allocations, handle, indent=2)
-        log('allocating %s to %s (test guest, TCG)' % (slot, alloc['id']))
+        log('allocating %s to %s (%s guest, TCG)' % (slot, alloc['id'], kind))
         done = books.run('allocate.yml', NODE, dict(extravars, gpuaas_slot_id=slot, gpuaas_allocation=alloc),
                          'allocate ' + slot)
         check(done, 'allocate %s' % slot)
@@ -336,6 +504,9 @@ def up(books):
         with open(STATE, 'w') as handle:
             json.dump(allocations, handle, indent=2)
         log('%s: running at %s (%s) in %.1f s' % (slot, result.get('address'), result.get('mac'), done['seconds']))
+    if kind == 'cloud':
+        proofs, problems = prove_cloud(allocations)
+        return allocations, proofs, problems
     since = time.time()
     proofs, problems = prove(allocations, since)
     problems.extend(prove_firmware(allocations))
@@ -364,8 +535,9 @@ def down(books):
 
 
 def stop_network(books=None):
-    """Stop the lab's dnsmasq and sink and remove br-gpuaas and the nftables table."""
+    """Stop the lab's dnsmasq and sink and remove br-gpuaas, the nftables table and the client."""
     books = books or Playbooks()
+    tenant_client.client_down()
     log('taking the slot network down (dnsmasq, sink, br-gpuaas, nftables)')
     check(books.run(os.path.join(HERE, 'teardown.yml'), 'this-machine', {}, 'teardown'), 'teardown')
 
@@ -388,6 +560,11 @@ def main():
                         help='vars: print the extra vars of an allocation of --slot (for molecule)')
     parser.add_argument('--slot', default=SLOTS[0])
     parser.add_argument('--allocation-id', default='lab-allocation')
+    parser.add_argument('--guest', choices=['cloud', 'busybox'], default='cloud',
+                        help='cloud: the Debian cloud image (tests/guest/cloud_image.py); busybox: the fast test guest')
+    parser.add_argument('--slots', type=int, choices=range(1, len(SLOTS) + 1), default=len(SLOTS),
+                        help='how many of the sample host\'s slots to allocate, in order (s0, s1 of tenant lab-a, '
+                        's2 of lab-b); fewer for a busy machine')
     parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
     args = parser.parse_args()
     if args.command == 'vars':
@@ -410,20 +587,24 @@ def main():
             report({}, releases, {})
             return 0
         try:
-            allocations, proofs, problems = up(books)
+            allocations, proofs, problems = up(books, args.guest, SLOTS[:args.slots])
         except LabFailed:
             if args.command == 'run':
                 log('cleaning up after the failure')
                 down(books)
+                tenant_client.client_down()
             raise
         releases = {}
         if args.command == 'run':
             releases = down(books)
+            if args.guest == 'cloud':
+                problems.extend(prove_released(allocations, releases))
             stop_network(books)
     except LabFailed as exc:
         log(str(exc))
         return 1
     report(allocations, releases, proofs)
+    report_tenant(allocations, releases)
     for problem in problems:
         log('PROBLEM %s' % problem)
     log('%s in %.0f s%s' % ('FAILED' if problems else 'passed', time.monotonic() - start,

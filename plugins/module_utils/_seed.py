@@ -83,7 +83,7 @@ LINK_SPEED = re.compile(r'[0-9]{1,3}(\.[0-9]{1,2})? GT/s( PCIe)?')
 
 MAX_USER_DATA = 256 * 1024
 # cloud-config keys the module sets itself; a tenant's user_data may not override them.
-RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname',
+RESERVED_KEYS = ('hostname', 'fqdn', 'preserve_hostname', 'prefer_fqdn_over_hostname', 'manage_etc_hosts',
                  'ssh_authorized_keys', 'users')
 
 # The module's options; slot_provision and slot_release check a step's options with them too.
@@ -315,6 +315,9 @@ def seed_content(slot_id, allocation_id, hostname, ssh_keys, token, sink,
         config.update({
             'hostname': hostname,
             'preserve_hostname': False,
+            # The hostname in /etc/hosts (127.0.1.1): real cloud-init leaves it out otherwise, and
+            # sudo then cannot resolve the guest's own name.
+            'manage_etc_hosts': True,
             # The tenant logs in as the node's login user (sudo without a password), with the keys.
             'users': [{'name': login_user, 'ssh_authorized_keys': keys, 'lock_passwd': True,
                        'shell': '/bin/bash', 'sudo': 'ALL=(ALL) NOPASSWD:ALL'}],

@@ -17,7 +17,8 @@ description:
     cloud-init's NoCloud data source reads from the VM's CD-ROM.
   - C(meta-data) holds C(instance-id) (the allocation id, so a new allocation is a new instance
     to cloud-init) and C(local-hostname).
-  - C(user-data) is C(#cloud-config) with the tenant's SSH keys and a root-only file
+  - C(user-data) is C(#cloud-config) with the hostname (also in C(/etc/hosts), C(manage_etc_hosts), so that
+    the guest resolves its own name), the tenant's SSH keys and a root-only file
     (O(telemetry_file)) holding the telemetry sink URL, token and allocation id as C(KEY=value)
     lines the guest's agent can source. O(user_data) adds the tenant's own cloud-config keys.
   - C(network-config) (version 2) turns on DHCP on the NIC whose MAC is the slot's; dnsmasq hands
@@ -83,7 +84,7 @@ options:
   user_data:
     description:
       - Extra cloud-config keys from the tenant (C(packages), C(runcmd), C(write_files)...), written
-        as data. C(hostname), C(fqdn), C(preserve_hostname), C(prefer_fqdn_over_hostname) and
+        as data. C(hostname), C(fqdn), C(preserve_hostname), C(prefer_fqdn_over_hostname), C(manage_etc_hosts),
         C(ssh_authorized_keys) and C(users) are refused, and so is a C(write_files) entry for O(telemetry_file).
     type: dict
     default: {}
@@ -199,7 +200,7 @@ files:
     meta-data: {"instance-id": "alloc-7f3a", "local-hostname": "train-01"}
     network-config: {"version": 2, "ethernets": {"slot0": {"match": {"macaddress": "52:54:4f:3c:9e:0a"},
                                                            "dhcp4": true}}}
-    user-data: {"hostname": "train-01", "preserve_hostname": false,
+    user-data: {"hostname": "train-01", "preserve_hostname": false, "manage_etc_hosts": true,
                 "users": [{"name": "gpuaas", "ssh_authorized_keys": [], "lock_passwd": true, "shell": "/bin/bash",
                            "sudo": "ALL=(ALL) NOPASSWD:ALL"}],
                 "write_files": [{"path": "/etc/gpuaas/telemetry.env", "permissions": "0600",

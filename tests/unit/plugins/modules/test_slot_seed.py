@@ -72,6 +72,9 @@ def test_seed_content_read_back(tmp_path, capsys):
     assert raw_user.startswith('#cloud-config\n')
     user = yaml.safe_load(raw_user)
     assert user['hostname'] == 'train-01'
+    # Real cloud-init (Debian 12's) leaves /etc/hosts without the hostname unless told: sudo then
+    # says "unable to resolve host train-01" on every command. The seed tells it.
+    assert user['manage_etc_hosts'] is True
     # The keys are the login user's (default gpuaas), never the distribution default user's.
     assert 'ssh_authorized_keys' not in user
     assert user['users'] == [{'name': 'gpuaas', 'ssh_authorized_keys': [key(), key('ssh-rsa', 256, 'bob')],
@@ -166,6 +169,7 @@ def test_user_data_metacharacters_stay_data(tmp_path, capsys):
     ('ssh_keys', [key()] * 17, 'ssh_keys must be a list of 0 to 16 public keys'),
     ('user_data', {'ssh_authorized_keys': [key()]}, 'may not set ssh_authorized_keys'),
     ('user_data', {'hostname': 'other'}, 'may not set hostname'),
+    ('user_data', {'manage_etc_hosts': False}, 'may not set manage_etc_hosts'),
     ('user_data', {'users': [{'name': 'root', 'ssh_authorized_keys': [key()]}]}, 'may not set users'),
     ('login_user', 'Root', "login_user 'Root' is not a valid login user"),
     ('login_user', 'gpu aas', "login_user 'gpu aas' is not a valid login user"),
