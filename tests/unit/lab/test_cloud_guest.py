@@ -107,9 +107,10 @@ def test_the_probe_reports_what_answered_and_ignores_what_was_not_asked():
 @pytest.mark.parametrize('reachable, problem', [
     (['10.100.0.1'], None),
     ([], 'sample-hgx-s0: cannot reach its gateway'),
-    (['10.100.0.1', '10.100.0.11'], 'sample-hgx-s0: REACHES OTHER SLOTS: 10.100.0.11'),
+    # Which other slots it reached is the tenant matrix's to judge: recorded, no problem here.
+    (['10.100.0.1', '10.100.0.11'], None),
 ])
-def test_the_isolation_proof_over_ssh_wants_the_gateway_and_no_other_slot(monkeypatch, reachable, problem):
+def test_the_isolation_proof_over_ssh_wants_the_gateway_and_records_the_slots_reached(monkeypatch, reachable, problem):
     result = {'address': '10.100.0.10', 'access': {'ssh_host': '198.51.100.1', 'ssh_port': 22000, 'user': 'gpuaas'}}
     targets = lab.isolation_targets(result)
     assert targets[0] == lab.GATEWAY and '10.100.0.10' not in targets and '10.100.0.17' in targets
@@ -119,3 +120,4 @@ def test_the_isolation_proof_over_ssh_wants_the_gateway_and_no_other_slot(monkey
     proof, problems = lab.prove_isolation_over_ssh('sample-hgx-s0', result, targets)
     assert problems == ([problem] if problem else [])
     assert proof['gateway_ok'] == (1 if '10.100.0.1' in reachable else 0)
+    assert proof['peers_reachable'] == ' '.join(t for t in reachable if t != lab.GATEWAY)
