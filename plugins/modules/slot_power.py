@@ -53,7 +53,7 @@ options:
   state:
     description:
       - V(stopped) shuts the VM down; V(running) starts it; V(rebooted) reboots a running VM (a stopped one
-        is refused: start it).
+        is refused, start it first).
     type: str
     choices: [running, stopped, rebooted]
     required: true

@@ -159,6 +159,15 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
 
     listed = gpuaas('--json', 'allocation', 'list', token=operator).stdout
     assert [a['id'] for a in json.loads(listed)['allocations']] == [allocation_id]
+    # Stop, start, reboot (issue 18, item 5) through the worker, and the console it reads.
+    stopped = gpuaas('allocation', 'stop', allocation_id, '--wait', token=tenant).stdout
+    assert stopped.rstrip().endswith('allocation %s: stopped' % allocation_id)
+    refused = gpuaas('allocation', 'reboot', allocation_id, token=tenant, check=False)
+    assert refused.returncode != 0 and 'it can be rebooted only when it is running' in refused.stdout + refused.stderr
+    for action in ('start', 'reboot'):
+        done = gpuaas('allocation', action, allocation_id, '--wait', token=tenant).stdout
+        assert done.rstrip().endswith('allocation %s: running' % allocation_id)
+    assert gpuaas('allocation', 'console', allocation_id, '--wait', token=tenant).stdout == 'boot 1\n'
     released = gpuaas('allocation', 'release', allocation_id, '--wait', token=tenant).stdout
     assert released.rstrip().endswith('allocation %s: released' % allocation_id)
     usage = gpuaas('usage', token=operator).stdout
@@ -173,10 +182,12 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert [e['action'] for e in entries] == ['token.create', 'token.create', 'node.discovery',
                                               'node.approve', 'allocation.create',
                                               'allocation.provision', 'allocation.run',
+                                              'allocation.stop', 'allocation.stopped', 'allocation.start',
+                                              'allocation.started', 'allocation.reboot', 'allocation.rebooted',
                                               'allocation.release', 'allocation.released']
     assert entries[2]['actor'].endswith(':alice')
     assert entries[5]['actor'] == 'worker:cli-worker' and entries[5]['role'] == 'system'
-    assert entries[8]['after']['slot_state'] == 'free'
+    assert entries[-1]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
     # Anchored by each process that appended: the CLI, the API and the worker.
     assert verified.stdout.startswith('audit chain ok: 9 entries, checkpoint at entry 9, head 9 ')
