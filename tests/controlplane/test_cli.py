@@ -190,7 +190,7 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert entries[-1]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
     # Anchored by each process that appended: the CLI, the API and the worker.
-    assert verified.stdout.startswith('audit chain ok: 9 entries, checkpoint at entry 9, head 9 ')
+    assert verified.stdout.startswith('audit chain ok: 15 entries, checkpoint at entry 15, head 15 ')
     head = verified.stdout.split()[-1]
     assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
     db = Database(fresh_url)
