@@ -29,8 +29,12 @@ from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
 
 # The phases of a lease, in the order an allocation goes through them.
 ALLOCATE_PHASES = ('reserved', 'provisioning', 'running')
+# A running allocation whose VM its tenant stopped (slot_power): devices, domain, network, disk
+# and lease stay; only the power state differs from running.
+STOPPED = 'stopped'
+POWER_PHASES = ('running', STOPPED)
 RELEASE_PHASES = ('releasing', 'wiping')
-PHASES = ALLOCATE_PHASES + RELEASE_PHASES + ('quarantined',)
+PHASES = ALLOCATE_PHASES + (STOPPED,) + RELEASE_PHASES + ('quarantined',)
 MAX_DATA_BYTES = 64 * 1024
 LOCK_TIMEOUT = 30
 HELD = 'the slot is treated as held; an operator must look at it and remove it with force=true'
@@ -147,9 +151,13 @@ def plan(current, slot_id, allocation_id, state, phase, data, reason, force, mis
         for chain in (ALLOCATE_PHASES, RELEASE_PHASES):
             if have in chain and phase in chain and chain.index(phase) < chain.index(have):
                 phase = have
-        if have in RELEASE_PHASES and phase in ALLOCATE_PHASES:
+        # A stopped allocation went past provisioning: a re-run of allocate's early steps keeps it stopped.
+        if have == STOPPED and phase in ALLOCATE_PHASES[:-1]:
+            phase = have
+        if have in RELEASE_PHASES and (phase in ALLOCATE_PHASES or phase == STOPPED):
             raise LeaseError('allocation %s on slot %s is being released (phase %s): it cannot be '
-                             'allocated again; finish the release first' % (allocation_id, slot_id, have))
+                             '%s again; finish the release first'
+                             % (allocation_id, slot_id, have, 'stopped' if phase == STOPPED else 'allocated'))
     lease = dict(current) if current and holder == allocation_id else {
         'slot_id': slot_id, 'allocation_id': allocation_id, 'created_at': now, 'data': {}}
     lease['phase'] = phase

@@ -47,6 +47,18 @@ def _quiet(_ctx, _error):
     """libvirt prints every error to stderr by default; the modules report them instead."""
 
 
+_LOOP = {}
+EVENT_TICK_MS = 100
+
+
+def _event_loop():
+    """libvirt's default event loop, registered once per process before a connection that wants
+    events is opened; a timer makes each :meth:`Connection.pump` return within EVENT_TICK_MS."""
+    if not _LOOP:
+        libvirt.virEventRegisterDefaultImpl()
+        _LOOP['timer'] = libvirt.virEventAddTimeout(EVENT_TICK_MS, lambda _timer, _opaque: None, None)
+
+
 class Connection:
     """An open connection to ``uri``; use it as a context manager.
 
@@ -54,12 +66,15 @@ class Connection:
     :class:`LibvirtError` with the domain name in the message.
     """
 
-    def __init__(self, uri=DEFAULT_URI):
+    def __init__(self, uri=DEFAULT_URI, events=False):
         self.uri = uri
         self.conn = None
+        self.events = events
 
     def __enter__(self):
         libvirt.registerErrorHandler(_quiet, None)
+        if self.events:
+            _event_loop()
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
@@ -108,3 +123,19 @@ class Connection:
                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
         return self.call('undefining %s' % domain.name(), domain.undefineFlags, flags)
+
+    def on_reboot(self, domain, callback):
+        """Call ``callback()`` at each reset of ``domain`` (a guest reboot, or libvirt's reset
+        after an ACPI reboot); needs ``events=True``. Returns the registration's id."""
+        return self.call('watching %s for reboots' % domain.name(), self.conn.domainEventRegisterAny,
+                         domain, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, lambda _c, _d, _o: callback(), None)
+
+    def pump(self):
+        """Deliver pending events (returns within EVENT_TICK_MS)."""
+        if libvirt.virEventRunDefaultImpl() < 0:
+            raise LibvirtError('running the libvirt event loop failed')
+
+    def reboot(self, domain):
+        """Ask for an ACPI reboot: the power button, then libvirt resets the guest instead of
+        letting it power off."""
+        return self.call('rebooting %s' % domain.name(), domain.reboot, libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)

@@ -31,7 +31,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as
 from ansible_collections.gpuaas.slice.plugins.module_utils._domain import (
     DomainError, domain_facts, slot_hostdevs)
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import StateFileError, read_json
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LeaseError, read_lease
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import POWER_PHASES, LeaseError, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import PciBus, PciError, Sysfs
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     ContractError,
@@ -316,16 +316,17 @@ class NodeState(object):
                 incomplete.append({'slot_id': slot, 'allocation_id': lease.get('allocation_id'),
                                    'phase': phase, 'since': lease.get('updated_at'),
                                    'reason': lease.get('reason')})
-            if phase != 'running':
+            if phase not in POWER_PHASES:
                 continue
             domain = domains.get(slot)
             if domain is None:
-                mismatches.append({'slot_id': slot, 'problem': 'the lease says running but there is '
-                                   'no domain %s%s' % (DOMAIN_PREFIX, slot)})
+                mismatches.append({'slot_id': slot, 'problem': 'the lease says %s but there is '
+                                   'no domain %s%s' % (phase, DOMAIN_PREFIX, slot)})
                 continue
-            if not domain['active']:
-                mismatches.append({'slot_id': slot, 'problem': 'domain %s is defined but not running'
-                                   % domain['name']})
+            if domain['active'] != (phase == 'running'):
+                mismatches.append({'slot_id': slot, 'problem': 'domain %s is defined but not running' % domain['name']
+                                   if phase == 'running' else 'domain %s runs, but the lease says its allocation '
+                                   'stopped it' % domain['name']})
             if data.get('passthrough'):
                 entry = self._drift(slot, lease, domain, records, holder_of)
                 if entry:

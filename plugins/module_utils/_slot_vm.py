@@ -191,6 +191,32 @@ def console_tail(path, lines=20):
     return '\n'.join(data.replace('\r', '').splitlines()[-lines:])
 
 
+def acpi_shutdown(conn, domain, name, timeout, clock=time.monotonic, sleep=time.sleep):
+    """ACPI shutdown, then a hard power-off (destroy) after ``timeout`` s; True when forced.
+
+    The power button is pressed again every SHUTDOWN_REPEAT_S: a guest that was still
+    booting (no ACPI handler yet) misses the first press. slot_vm and slot_power share it.
+    """
+    deadline = clock() + timeout
+    pressed = None
+    while clock() < deadline:
+        if not conn.is_active(domain):
+            return False
+        if pressed is None or clock() - pressed >= SHUTDOWN_REPEAT_S:
+            try:
+                conn.call('shutting down %s' % name, domain.shutdown)
+            except LibvirtError:
+                if not conn.is_active(domain):   # it went off between the two calls
+                    return False
+                raise
+            pressed = clock()
+        sleep(STOP_POLL_S)
+    if not conn.is_active(domain):
+        return False
+    conn.call('powering off %s' % name, domain.destroy)
+    return True
+
+
 class SlotVm:
     """Bring one slot's domain to ``params['state']``; :meth:`run` returns the result.
 
@@ -398,31 +424,12 @@ class SlotVm:
         self.domain, self.after_xml = None, ''
 
     def shutdown(self, conn, domain):
-        """ACPI shutdown, then a hard power-off after stop_timeout; True when forced.
-
-        The power button is pressed again every SHUTDOWN_REPEAT_S: a guest that was still
-        booting (no ACPI handler yet) misses the first press.
-        """
-        deadline = self.clock() + self.params['stop_timeout']
-        pressed = None
-        while self.clock() < deadline:
-            if not conn.is_active(domain):
-                return False
-            if pressed is None or self.clock() - pressed >= SHUTDOWN_REPEAT_S:
-                try:
-                    conn.call('shutting down %s' % self.name, domain.shutdown)
-                except LibvirtError:
-                    if not conn.is_active(domain):   # it went off between the two calls
-                        return False
-                    raise
-                pressed = self.clock()
-            self.sleep(STOP_POLL_S)
-        if not conn.is_active(domain):
-            return False
-        self.warnings.append('%s did not shut down within %d s; it was powered off'
-                             % (self.name, self.params['stop_timeout']))
-        conn.call('powering off %s' % self.name, domain.destroy)
-        return True
+        """ACPI shutdown, then a hard power-off after stop_timeout; True when forced."""
+        forced = acpi_shutdown(conn, domain, self.name, self.params['stop_timeout'], self.clock, self.sleep)
+        if forced:
+            self.warnings.append('%s did not shut down within %d s; it was powered off'
+                                 % (self.name, self.params['stop_timeout']))
+        return forced
 
     def release_lease(self):
         """Ask dnsmasq to drop the slot's lease (dhcp_release), then wait for it to go."""

@@ -14,8 +14,8 @@ short_description: Take, advance, query and free a slot's file lease on its node
 version_added: 0.1.0
 description:
   - A slot's lease is C({lease_dir}/{slot_id}.json). It names the allocation that holds the slot,
-    the phase it reached (V(reserved), V(provisioning), V(running), V(releasing), V(wiping), or
-    V(quarantined) with a reason) and what the allocation needs to be undone (its devices, its
+    the phase it reached (V(reserved), V(provisioning), V(running), V(stopped) (its VM stopped by
+    M(gpuaas.slice.slot_power)), V(releasing), V(wiping), or V(quarantined) with a reason) and what the allocation needs to be undone (its devices, its
     wipe policy), so a release or a reconcile after a crash knows what to clean.
   - Every change happens under an exclusive C(flock) on C({lease_dir}/.{slot_id}.lock) and
     replaces the file atomically. Check mode and O(state=query) read the lease without the lock
@@ -60,7 +60,7 @@ options:
   phase:
     description: The phase to record with O(state=present).
     type: str
-    choices: [reserved, provisioning, running, releasing, wiping, quarantined]
+    choices: [reserved, provisioning, running, stopped, releasing, wiping, quarantined]
     default: provisioning
   data:
     description:

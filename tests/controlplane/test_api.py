@@ -411,5 +411,5 @@ def test_operator_endpoints(client, db, tokens, node):
     verified = client.get('/v1/audit/verify', headers=op).json()
     assert verified['ok'] is True and verified['entries'] == len(entries)
     usage = client.get('/v1/usage?since=2020-01-01T00:00:00Z', headers=op).json()
-    assert usage == {'usage': [], 'totals': {'allocated_seconds': 0, 'running_seconds': 0}}
+    assert usage == {'usage': [], 'totals': {'allocated_seconds': 0, 'running_seconds': 0, 'stopped_seconds': 0}}
     assert client.get('/v1/usage?since=2020-01-01T00:00:00', headers=op).status_code == 422

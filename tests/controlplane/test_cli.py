@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0011 (newest 0011)' in upgraded.stdout
+    assert 'revision 0012 (newest 0012)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],
@@ -159,6 +159,15 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
 
     listed = gpuaas('--json', 'allocation', 'list', token=operator).stdout
     assert [a['id'] for a in json.loads(listed)['allocations']] == [allocation_id]
+    # Stop, start, reboot (issue 18, item 5) through the worker, and the console it reads.
+    stopped = gpuaas('allocation', 'stop', allocation_id, '--wait', token=tenant).stdout
+    assert stopped.rstrip().endswith('allocation %s: stopped' % allocation_id)
+    refused = gpuaas('allocation', 'reboot', allocation_id, token=tenant, check=False)
+    assert refused.returncode != 0 and 'it can be rebooted only when it is running' in refused.stdout + refused.stderr
+    for action in ('start', 'reboot'):
+        done = gpuaas('allocation', action, allocation_id, '--wait', token=tenant).stdout
+        assert done.rstrip().endswith('allocation %s: running' % allocation_id)
+    assert gpuaas('allocation', 'console', allocation_id, '--wait', token=tenant).stdout == 'boot 1\n'
     released = gpuaas('allocation', 'release', allocation_id, '--wait', token=tenant).stdout
     assert released.rstrip().endswith('allocation %s: released' % allocation_id)
     usage = gpuaas('usage', token=operator).stdout
@@ -174,13 +183,15 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
     assert [e['action'] for e in entries] == ['token.create', 'token.create', 'node.discovery',
                                               'node.approve', 'tenant_network.assign', 'allocation.create',
                                               'allocation.provision', 'fabric.join', 'allocation.run',
+                                              'allocation.stop', 'allocation.stopped', 'allocation.start',
+                                              'allocation.started', 'allocation.reboot', 'allocation.rebooted',
                                               'allocation.release', 'fabric.leave', 'allocation.released']
     assert entries[2]['actor'].endswith(':alice')
     assert entries[6]['actor'] == 'worker:cli-worker' and entries[6]['role'] == 'system'
-    assert entries[11]['after']['slot_state'] == 'free'
+    assert entries[-1]['after']['slot_state'] == 'free'
     verified = gpuaas('audit', 'verify')
     # Anchored by each process that appended: the CLI, the API and the worker.
-    assert verified.stdout.startswith('audit chain ok: 12 entries, checkpoint at entry 12, head 12 ')
+    assert verified.stdout.startswith('audit chain ok: 18 entries, checkpoint at entry 18, head 18 ')
     head = verified.stdout.split()[-1]
     assert gpuaas('audit', 'verify', '--expect-head', head).returncode == 0
     db = Database(fresh_url)

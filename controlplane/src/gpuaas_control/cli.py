@@ -499,6 +499,8 @@ def cmd_allocation(args):
                           out=sys.stderr if args.json else sys.stdout)
         emit(args, data, lambda d: fields(d, ALLOCATION_FIELDS))
         return 0 if data['state'] in ('requested', 'provisioning', 'running') else 1
+    if args.action in POWER_UNTIL:
+        return _power(client, args)
     if args.action == 'list':
         params = {k: v for k, v in (('state', args.state), ('tenant', args.tenant)) if v}
         data = client.call('GET', '/v1/allocations', params=params)
@@ -509,6 +511,13 @@ def cmd_allocation(args):
     elif args.action == 'telemetry':
         data = client.call('GET', '/v1/allocations/%s/telemetry' % args.allocation)
         emit(args, data, _print_telemetry)
+    elif args.action == 'console':
+        data = client.call('GET', '/v1/allocations/%s/console' % args.allocation)
+        deadline = time.monotonic() + args.timeout
+        while args.wait and data['refreshing'] and time.monotonic() < deadline:
+            time.sleep(1)
+            data = client.call('GET', '/v1/allocations/%s/console' % args.allocation)
+        emit(args, data, lambda d: sys.stdout.write(d['text'] or '(no console output read yet)\n'))
     elif args.action == 'release':
         data = client.call('DELETE', '/v1/allocations/%s' % args.allocation)
         if args.wait:
@@ -524,6 +533,23 @@ def cmd_allocation(args):
             else:
                 out.write('%s  %-8s %s\n' % (event['at'], event['kind'], event['message']))
     return 0
+
+
+# The state a power action's --wait waits to see left (done, failed, or overtaken by a release).
+POWER_UNTIL = {'stop': 'stopping', 'start': 'starting', 'reboot': 'rebooting'}
+
+
+def _power(client, args):
+    """stop, start, reboot; with --wait, until the node has done it (exit 1 when it did not)."""
+    data = client.call('POST', '/v1/allocations/%s/%s' % (args.allocation, args.action))
+    deadline = time.monotonic() + args.timeout
+    while args.wait and data['state'] == POWER_UNTIL[args.action] and time.monotonic() < deadline:
+        time.sleep(1)
+        data = client.call('GET', '/v1/allocations/%s' % args.allocation)
+    emit(args, data, lambda d: print('allocation %s: %s' % (d['id'], d['state'])))
+    if not args.wait:
+        return 0
+    return 0 if data['state'] == ('stopped' if args.action == 'stop' else 'running') else 1
 
 
 def _static_events(client, allocation_id):
@@ -545,8 +571,8 @@ def cmd_usage(args):
                            ('gpu_model', 'gpu'), ('allocated_seconds', 'allocated s'),
                            ('running_seconds', 'running s'), ('allocated_start', 'from'),
                            ('allocated_end', 'to')])
-        print('total: %(allocated_seconds)s GPU-seconds allocated, %(running_seconds)s running'
-              % d['totals'])
+        print('total: %(allocated_seconds)s GPU-seconds allocated, %(running_seconds)s running, '
+              '%(stopped_seconds)s stopped' % d['totals'])
     emit(args, data, show)
     return 0
 
@@ -694,6 +720,16 @@ def parser():
     a.add_argument('allocation')
     a.add_argument('--wait', action='store_true')
     a.add_argument('--timeout', type=float, default=3600)
+    for action, text in (('stop', 'stop the VM (ACPI shutdown); the slot stays the allocation\'s'),
+                         ('start', 'start the stopped VM'), ('reboot', 'reboot the VM')):
+        a = asub.add_parser(action, help=text)
+        a.add_argument('allocation')
+        a.add_argument('--wait', action='store_true', help='until the node has done it')
+        a.add_argument('--timeout', type=float, default=600)
+    a = asub.add_parser('console', help="the newest part of the VM's serial console log (at most 64 KiB)")
+    a.add_argument('allocation')
+    a.add_argument('--wait', action='store_true', help='until a fresh read from the node is in')
+    a.add_argument('--timeout', type=float, default=60)
     a = asub.add_parser('events')
     a.add_argument('allocation')
     a.add_argument('--follow', action='store_true')

@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     keep_runs: int = Field(0, ge=0, le=1000)
     allocate_playbook: str = 'playbooks/allocate.yml'
     release_playbook: str = 'playbooks/release.yml'
+    # A running allocation's power (jobs stop, start, reboot) and its serial console.
+    stop_playbook: str = 'playbooks/stop.yml'
+    start_playbook: str = 'playbooks/start.yml'
+    reboot_playbook: str = 'playbooks/reboot.yml'
+    console_playbook: str = 'playbooks/console.yml'
+    # The console (console.py): a tenant's read is answered from the copy last read from the
+    # node; one older than console_max_age seconds is read again by the worker, which looks
+    # for such requests every console_poll_interval seconds (0: never) and reads each node once
+    # for all of them.
+    console_max_age: float = Field(5.0, ge=0, le=3600, allow_inf_nan=False)
+    console_poll_interval: float = Field(1.0, ge=0, le=3600, allow_inf_nan=False)
+    console_timeout: int = Field(120, ge=1, le=3600)
     job_timeout: int = Field(1800, ge=1, le=86400)
     # Telemetry: the read-only playbook that collects the nodes' sink summaries, how often the
     # worker runs it (per node with running allocations; 0 never: `gpuaas telemetry collect`

@@ -18,11 +18,18 @@ from gpuaas_control import audit
 from gpuaas_control.errors import Conflict
 from gpuaas_control.models import (
     FAILED,
+    JOB_REBOOT,
+    JOB_START,
+    JOB_STOP,
     PROVISIONING,
+    REBOOTING,
     RELEASED,
     RELEASING,
     REQUESTED,
     RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
     SLOT_BLOCKED,
     SLOT_FREE,
     SLOT_RESERVED,
@@ -42,6 +49,21 @@ ALLOCATION_TRANSITIONS = {
     (PROVISIONING, FAILED): 'allocation.fail',
     (PROVISIONING, RELEASING): 'allocation.release',
     (RUNNING, RELEASING): 'allocation.release',
+    # The tenant's power requests, and the node's answers (a power job that fails for good
+    # goes back to the state the node last confirmed: stop_failed, start_failed).
+    (RUNNING, STOPPING): 'allocation.stop',
+    (STOPPING, STOPPED): 'allocation.stopped',
+    (STOPPING, RUNNING): 'allocation.stop_failed',
+    (STOPPED, STARTING): 'allocation.start',
+    (STARTING, RUNNING): 'allocation.started',
+    (STARTING, STOPPED): 'allocation.start_failed',
+    (RUNNING, REBOOTING): 'allocation.reboot',
+    (REBOOTING, RUNNING): 'allocation.rebooted',
+    # Released whatever its power: the release job runs after the power job.
+    (STOPPING, RELEASING): 'allocation.release',
+    (STOPPED, RELEASING): 'allocation.release',
+    (STARTING, RELEASING): 'allocation.release',
+    (REBOOTING, RELEASING): 'allocation.release',
     # A failed allocation whose release could not finish, released again by an operator.
     (FAILED, RELEASING): 'allocation.release',
     (RELEASING, RELEASED): 'allocation.released',
@@ -53,6 +75,35 @@ SLOT_TRANSITIONS = {
     (SLOT_RESERVED, SLOT_BLOCKED): 'slot.block',
     (SLOT_BLOCKED, SLOT_FREE): 'slot.free',
 }
+
+
+# The power actions of a running allocation: the state it must be in, the state the request
+# moves it to (its job runs the node's playbook), the state the node's success moves it to,
+# the state a failure for good leaves it in, and the states in which asking again changes
+# nothing (the request is already under way or done).
+POWER = {
+    'stop': {'job': JOB_STOP, 'from': RUNNING, 'via': STOPPING, 'to': STOPPED, 'failed': RUNNING,
+             'done': (STOPPING, STOPPED)},
+    'start': {'job': JOB_START, 'from': STOPPED, 'via': STARTING, 'to': RUNNING, 'failed': STOPPED,
+              'done': (STARTING, RUNNING)},
+    'reboot': {'job': JOB_REBOOT, 'from': RUNNING, 'via': REBOOTING, 'to': RUNNING, 'failed': RUNNING,
+               'done': (REBOOTING,)},
+}
+POWER_BY_JOB = {spec['job']: action for action, spec in POWER.items()}
+
+
+def check_power(allocation, action: str) -> bool:
+    """Whether ``action`` must be started (False: it is under way or done already); a
+    TransitionError saying why when the allocation's state does not allow it."""
+    spec = POWER[action]
+    if allocation.state in spec['done']:
+        return False
+    if allocation.state != spec['from']:
+        raise TransitionError('allocation %s is %s: it can be %s only when it is %s'
+                              % (allocation.id, allocation.state,
+                                 {'stop': 'stopped', 'start': 'started', 'reboot': 'rebooted'}[action],
+                                 spec['from']))
+    return True
 
 
 # What a tenant reads of a failure (Allocation.error starts with one of them); the rest of

@@ -32,15 +32,23 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Allocation states. requested -> provisioning -> running -> releasing -> released;
-# failed when provisioning gave up and the slot was handed back (or blocked).
+# failed when provisioning gave up and the slot was handed back (or blocked). A running
+# allocation's VM is stopped, started and rebooted by its tenant (lifecycle.POWER):
+# running -> stopping -> stopped -> starting -> running, running -> rebooting -> running;
+# the slot stays the allocation's throughout.
 REQUESTED = 'requested'
 PROVISIONING = 'provisioning'
 RUNNING = 'running'
+STOPPING = 'stopping'
+STOPPED = 'stopped'
+STARTING = 'starting'
+REBOOTING = 'rebooting'
 RELEASING = 'releasing'
 RELEASED = 'released'
 FAILED = 'failed'
-ALLOCATION_STATES = (REQUESTED, PROVISIONING, RUNNING, RELEASING, RELEASED, FAILED)
-ACTIVE_STATES = (REQUESTED, PROVISIONING, RUNNING, RELEASING)
+POWER_STATES = (STOPPING, STOPPED, STARTING, REBOOTING)
+ALLOCATION_STATES = (REQUESTED, PROVISIONING, RUNNING) + POWER_STATES + (RELEASING, RELEASED, FAILED)
+ACTIVE_STATES = (REQUESTED, PROVISIONING, RUNNING) + POWER_STATES + (RELEASING,)
 TERMINAL_STATES = (RELEASED, FAILED)
 
 # Slot states: free (schedulable when approved and its node is not drained), reserved (an
@@ -53,6 +61,11 @@ SLOT_STATES = (SLOT_FREE, SLOT_RESERVED, SLOT_BLOCKED)
 # Outbox job kinds and statuses.
 JOB_ALLOCATE = 'allocate'
 JOB_RELEASE = 'release'
+# A running allocation's VM: the node's stop, start and reboot playbooks (slot_power).
+JOB_STOP = 'stop'
+JOB_START = 'start'
+JOB_REBOOT = 'reboot'
+POWER_JOBS = (JOB_STOP, JOB_START, JOB_REBOOT)
 JOB_PENDING = 'pending'
 JOB_RUNNING = 'running'
 JOB_DONE = 'done'
@@ -69,7 +82,7 @@ ROLES = (ROLE_OPERATOR, ROLE_READER, ROLE_TENANT)
 # The roles that see the operator views.
 OPERATOR_VIEW_ROLES = (ROLE_OPERATOR, ROLE_READER)
 
-_ACTIVE_SQL = "state IN ('requested', 'provisioning', 'running', 'releasing')"
+_ACTIVE_SQL = "state IN (%s)" % ', '.join("'%s'" % state for state in ACTIVE_STATES)
 
 
 def utcnow() -> dt.datetime:
@@ -350,7 +363,7 @@ class AllocationTelemetry(Base):
 
 class UsageRecord(Base):
     """One per allocation: allocated time (reservation to end) and running time (running to
-    end), for billing."""
+    end, less the periods its VM was stopped), for billing."""
 
     __tablename__ = 'usage_records'
     __table_args__ = (Index('ix_usage_tenant', 'tenant_id'),)
@@ -367,6 +380,26 @@ class UsageRecord(Base):
     allocated_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     running_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     running_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The periods the VM was stopped, as the node confirmed them: [{"from": ISO time, "to": ISO
+    # time or null while it is stopped}]. Not running time; still allocated time.
+    stopped_periods: Mapped[list | None] = mapped_column(JSON, nullable=True, default=list)
+
+
+class AllocationConsole(Base):
+    """One per allocation: the newest part of its VM's serial console log, as last read from
+    its node (``console.py``), and when the tenant last asked for it."""
+
+    __tablename__ = 'allocation_console'
+
+    allocation_id: Mapped[str] = mapped_column(ForeignKey('allocations.id'), primary_key=True)
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    collected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    truncated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Why the last read gave nothing (the node's reason, for operators), or None.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditEntry(Base):

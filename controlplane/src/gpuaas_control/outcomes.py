@@ -11,7 +11,7 @@ import ipaddress
 
 from sqlalchemy import select
 
-from gpuaas_control import audit, lifecycle, networks, service
+from gpuaas_control import audit, lifecycle, networks, power, service
 from gpuaas_control.models import (
     FAILED,
     JOB_PENDING,
@@ -143,3 +143,4 @@ def close_usage(session, allocation: Allocation, now):
     usage.allocated_end = usage.allocated_end or now
     if usage.running_start is not None:
         usage.running_end = usage.running_end or now
+    power.close_on_release(session, allocation.id, now)

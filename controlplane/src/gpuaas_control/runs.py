@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gpuaas_control import service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
-from gpuaas_control.models import JOB_ALLOCATE, RELEASING, Allocation, OutboxJob, utcnow
+from gpuaas_control.models import JOB_ALLOCATE, JOB_REBOOT, JOB_START, JOB_STOP, RELEASING, Allocation, OutboxJob, utcnow
 
 log = logging.getLogger('gpuaas_control.worker')
 
@@ -145,6 +145,12 @@ def extravars(claim: Claim) -> dict:
             'gpuaas_allocation_id': claim.allocation_id}
 
 
+def playbook_of(settings: Settings, kind: str) -> str:
+    """The playbook a job of ``kind`` runs."""
+    return {JOB_ALLOCATE: settings.allocate_playbook, JOB_STOP: settings.stop_playbook,
+            JOB_START: settings.start_playbook, JOB_REBOOT: settings.reboot_playbook}.get(kind, settings.release_playbook)
+
+
 class Run:
     """One run of ``claim``'s playbook; ``stopping`` is the worker's stop request."""
 
@@ -167,8 +173,7 @@ class Run:
             return True
 
         private = private_dir(self.settings.runs_dir, claim.job_id)
-        playbook = (self.settings.allocate_playbook if claim.kind == JOB_ALLOCATE
-                    else self.settings.release_playbook)
+        playbook = playbook_of(self.settings, claim.kind)
         started = time.monotonic()
         monitor.start()
         try:

@@ -843,9 +843,14 @@ def _seconds(start, end, now, since, until):
     return max(0.0, (end - start).total_seconds())
 
 
+seconds_between = _seconds
+
+
 def usage(session, tenant: str | None = None, since: dt.datetime | None = None,
           until: dt.datetime | None = None):
-    """Per-allocation usage in [since, until): allocated and running GPU-seconds."""
+    """Per-allocation usage in [since, until): allocated, running and stopped GPU-seconds
+    (running time less the periods the VM was stopped: ``power``)."""
+    from gpuaas_control import power   # power builds on this module
     now = utcnow()
     query = select(UsageRecord).order_by(UsageRecord.allocated_start, UsageRecord.id)
     if tenant:
@@ -857,6 +862,7 @@ def usage(session, tenant: str | None = None, since: dt.datetime | None = None,
             (UsageRecord.allocated_end.is_(None)) | (UsageRecord.allocated_end > since)))
     records = []
     for rec in session.execute(query).scalars():
+        stopped = power.stopped_seconds(rec.stopped_periods, rec.running_end, now, since, until)
         records.append({
             'allocation_id': rec.allocation_id, 'tenant': rec.tenant_id, 'slot_id': rec.slot_id,
             'node_id': rec.node_id, 'gpu_model': rec.gpu_model, 'gpus': rec.gpus,
@@ -864,7 +870,8 @@ def usage(session, tenant: str | None = None, since: dt.datetime | None = None,
             'running_start': rec.running_start, 'running_end': rec.running_end,
             'allocated_seconds': round(rec.gpus * _seconds(rec.allocated_start, rec.allocated_end,
                                                            now, since, until), 3),
-            'running_seconds': round(rec.gpus * _seconds(rec.running_start, rec.running_end,
-                                                         now, since, until), 3),
+            'running_seconds': round(rec.gpus * max(0.0, _seconds(rec.running_start, rec.running_end, now, since, until)
+                                                    - stopped), 3),
+            'stopped_seconds': round(rec.gpus * stopped, 3),
         })
     return records

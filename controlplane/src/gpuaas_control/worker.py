@@ -33,7 +33,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, fleet, lifecycle, networks, outcomes, service, telemetry
+from gpuaas_control import audit, console, fleet, lifecycle, networks, outcomes, power, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -43,6 +43,7 @@ from gpuaas_control.models import (
     JOB_FAILED,
     JOB_PENDING,
     JOB_RUNNING,
+    POWER_JOBS,
     PROVISIONING,
     REQUESTED,
     Allocation,
@@ -140,7 +141,8 @@ class Worker:
         if not project or not os.path.isdir(project):
             raise WorkerError('the project directory %r does not exist: set GPUAAS_PROJECT_DIR to '
                               'the gpuaas.slice checkout (or --project-dir)' % project)
-        for playbook in (self.settings.allocate_playbook, self.settings.release_playbook):
+        for playbook in (self.settings.allocate_playbook, self.settings.release_playbook, self.settings.stop_playbook,
+                         self.settings.start_playbook, self.settings.reboot_playbook):
             if not os.path.isfile(os.path.join(project, playbook)):
                 raise WorkerError('%s is not in the project directory %s' % (playbook, project))
         inventory = self.settings.inventory
@@ -161,6 +163,8 @@ class Worker:
                    for i in range(max(1, concurrency))]
         if self.settings.telemetry_interval:
             threads.append(threading.Thread(target=self._telemetry_loop, name='gpuaas-telemetry', daemon=True))
+        if self.settings.console_poll_interval:
+            threads.append(threading.Thread(target=self._console_loop, name='gpuaas-console', daemon=True))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -185,6 +189,14 @@ class Worker:
             except (SQLAlchemyError, OSError):
                 log.exception('telemetry not collected (the database, or the runs directory); '
                               'trying again next interval')
+
+    def _console_loop(self):
+        """Read the consoles tenants asked for, each node once per ``console_poll_interval``."""
+        while not self.stopping.wait(self.settings.console_poll_interval):
+            try:
+                console.collect(self.db, self.settings)
+            except (SQLAlchemyError, OSError):
+                log.exception('consoles not read (the database, or the runs directory); trying again')
 
     def run_once(self) -> bool:
         """Probe an unreachable node whose probe is due, or claim and run one job; False when
@@ -254,6 +266,12 @@ class Worker:
             job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
             job.last_error = 'allocation is %s: nothing to provision' % allocation.state
             return True
+        power_action = lifecycle.POWER_BY_JOB.get(job.kind)
+        if power_action and allocation.state != lifecycle.POWER[power_action]['via']:
+            # A release overtook it: its VM goes with the slot.
+            job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
+            job.last_error = 'allocation is %s: nothing to %s' % (allocation.state, power_action)
+            return True
         # Before any audit entry of this transaction: fabric_host may roll back a savepoint.
         network = networks.plan(session, self.settings, allocation, slot, job.kind == JOB_ALLOCATE)
         token = secrets.token_hex(8)
@@ -274,7 +292,7 @@ class Worker:
                                   {'state': PROVISIONING, 'attempt': job.attempts})
         else:
             service.add_event(session, allocation.id, 'progress',
-                              '%s: attempt %d on %s%s' % ('releasing slot %s' % slot.id if cleanup else 'releasing',
+                              '%s: attempt %d on %s%s' % ('releasing slot %s' % slot.id if cleanup else allocation.state,
                                                           job.attempts, self.worker_id, note),
                               {'state': allocation.state, 'attempt': job.attempts})
         spec = {
@@ -336,9 +354,12 @@ class Worker:
             fleet.unreachable(session, self.actor, self.settings, claim, job, allocation, outcome, now)
             return
         error, permanent = outcome.error, False
+        power_job = claim.kind in POWER_JOBS
         if outcome.status == 'successful':
             if claim.kind == JOB_ALLOCATE:
                 error, permanent = outcomes.check_allocate_result(claim, outcome.result)
+            elif power_job:
+                error = power.check_result(claim, outcome.result)
             else:
                 error = outcomes.check_release_result(claim, outcome.result)
         if error is None:
@@ -347,6 +368,8 @@ class Worker:
                 fleet.cleaned(session, self.actor, claim, now)
             elif claim.kind == JOB_ALLOCATE:
                 outcomes.allocated(session, self.actor, claim, allocation, outcome, now)
+            elif power_job:
+                power.done(session, self.actor, claim, allocation, outcome, now)
             else:
                 outcomes.released(session, self.actor, claim, allocation, outcome, now)
             return
@@ -367,5 +390,7 @@ class Worker:
             fleet.cleanup_failed(session, claim, error, now)
         elif claim.kind == JOB_ALLOCATE:
             outcomes.compensate(session, self.actor, claim, allocation, error, now)
+        elif power_job:
+            power.failed(session, self.actor, claim, allocation, error, now)
         else:
             outcomes.release_failed(session, self.actor, claim, allocation, error, now)

@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from gpuaas_control import networks, service, telemetry
+from gpuaas_control import console, networks, power, service, telemetry
 from gpuaas_control.deps import DB, AppSettings, Member, ReadSession
 from gpuaas_control.models import ALLOCATION_STATES, TERMINAL_STATES
 from gpuaas_control.schemas.bodies import AllocationCreate
 from gpuaas_control.schemas.params import After, IdempotencyKey, Key, LastEventId, Offset, TenantFilter
-from gpuaas_control.schemas.views import AllocationList, AllocationView, EventView, TelemetryView
+from gpuaas_control.schemas.views import AllocationList, AllocationView, ConsoleView, EventView, TelemetryView
 
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -61,6 +61,40 @@ def allocation_telemetry(allocation_id: Key, who: Member, session: ReadSession):
     """The guest agent's last health sample and the slot acceptance result, as last collected
     from the node's telemetry sink (its own tenant and operators)."""
     return TelemetryView.of(*telemetry.get(session, who, allocation_id), who)
+
+
+POWER_RESPONSES = {409: {'description': "The allocation's state does not allow it (e.g. stopping one that is "
+                                         'provisioning, rebooting a stopped one)'}}
+
+
+@router.post('/{allocation_id}/stop', status_code=202, response_model=AllocationView, responses=POWER_RESPONSES)
+def stop_allocation(allocation_id: Key, who: Member, db: DB):
+    """Stop the VM (ACPI shutdown, powered off after a timeout): 202 with the allocation in
+    ``stopping``, then ``stopped``. The slot, its devices, disk and address stay the allocation's;
+    stopped time is not running time in usage. Idempotent."""
+    return AllocationView.of(db.transact(power.request, who, allocation_id, 'stop'), who)
+
+
+@router.post('/{allocation_id}/start', status_code=202, response_model=AllocationView, responses=POWER_RESPONSES)
+def start_allocation(allocation_id: Key, who: Member, db: DB):
+    """Start a stopped VM: 202 with the allocation in ``starting``, then ``running``. Idempotent."""
+    return AllocationView.of(db.transact(power.request, who, allocation_id, 'start'), who)
+
+
+@router.post('/{allocation_id}/reboot', status_code=202, response_model=AllocationView, responses=POWER_RESPONSES)
+def reboot_allocation(allocation_id: Key, who: Member, db: DB):
+    """Reboot a running VM (ACPI reboot; powered off and started when the guest does not
+    answer): 202 with the allocation in ``rebooting``, then ``running``."""
+    return AllocationView.of(db.transact(power.request, who, allocation_id, 'reboot'), who)
+
+
+@router.get('/{allocation_id}/console', response_model=ConsoleView)
+def allocation_console(allocation_id: Key, who: Member, db: DB, settings: AppSettings):
+    """The newest part of the VM's serial console log (at most 64 KiB), as last read from the
+    node. A copy older than a few seconds is read again by the worker: ``refreshing`` says so,
+    ask again shortly."""
+    allocation, row, refreshing = db.transact(console.get, who, allocation_id, settings.console_max_age)
+    return ConsoleView.of(allocation, row, refreshing, who)
 
 
 @router.delete('/{allocation_id}', status_code=202, response_model=AllocationView)

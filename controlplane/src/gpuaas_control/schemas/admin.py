@@ -53,12 +53,15 @@ class UsageRecordView(View):
     running_start: Time | None
     running_end: Time | None
     allocated_seconds: float
-    running_seconds: float
+    running_seconds: float = Field(description='GPU-seconds the VM ran (allocated time less the periods it was '
+                                   'stopped).')
+    stopped_seconds: float = Field(0.0, description='GPU-seconds the VM was stopped by its tenant (still allocated).')
 
 
 class UsageTotals(View):
     allocated_seconds: float
     running_seconds: float
+    stopped_seconds: float = 0.0
 
 
 class UsageReport(View):
@@ -69,7 +72,8 @@ class UsageReport(View):
     def of(cls, records) -> UsageReport:
         return cls(usage=records, totals=UsageTotals(
             allocated_seconds=round(sum(r['allocated_seconds'] for r in records), 3),
-            running_seconds=round(sum(r['running_seconds'] for r in records), 3)))
+            running_seconds=round(sum(r['running_seconds'] for r in records), 3),
+            stopped_seconds=round(sum(r['stopped_seconds'] for r in records), 3)))
 
 
 class TokenView(View):

@@ -164,3 +164,29 @@ class TelemetryView(Restricted):
 
 class Health(View):
     ok: bool = Field(description='The service answers and reaches its database.')
+
+
+class ConsoleView(Restricted):
+    allocation_id: str
+    state: str = Field(description="The allocation's state.")
+    text: str | None = Field(None, description='The newest part of the serial console log (at most 64 KiB, whole '
+                             'lines), as last read from the node; None before the first read or when the VM has '
+                             'written nothing yet.')
+    size: int | None = Field(None, description='The whole log\'s size in bytes when it was read.')
+    truncated: bool | None = Field(None, description='Whether the log is longer than the part in text.')
+    modified_at: Time | None = Field(None, description='When the VM last wrote to the log (as read).')
+    collected_at: Time | None = Field(None, description='When the control plane last read the node.')
+    requested_at: Time | None = Field(None, description='When a fresh read was last asked for.')
+    refreshing: bool = Field(description='A fresh read is under way: ask again in a few seconds.')
+    error: str | None = Field(None, description='Why the last read gave nothing (operators only).')
+
+    @classmethod
+    def of(cls, allocation, row, refreshing: bool, actor: Actor) -> ConsoleView:
+        values = {'allocation_id': allocation.id, 'state': allocation.state, 'refreshing': refreshing}
+        if row is not None:
+            values.update({key: getattr(row, key) for key in (
+                'text', 'size', 'truncated', 'modified_at', 'collected_at', 'requested_at', 'error')})
+            values['refreshing'] = refreshing or row.collected_at is None or row.requested_at > row.collected_at
+        view = cls.model_validate(values)
+        view._hidden = frozenset() if actor.role == ROLE_OPERATOR else frozenset({'error'})
+        return view

@@ -124,6 +124,23 @@ def test_mismatches_and_incomplete_leases(node):
     assert [i['slot_id'] for i in report['incomplete']] == ['gpu-node-01-s2']
 
 
+def test_a_stopped_allocation_is_a_shut_off_domain_with_its_devices(node):
+    """Issue 18, item 5: a stopped slot keeps its domain and devices; reconcile agrees with it."""
+    node.lease('gpu-node-01-s0', phase='stopped', devices=['0000:18:00.0'])
+    node.slot_files('gpu-node-01-s0')
+    node.domains.append(('gpuaas-gpu-node-01-s0', 0, domain('gpu-node-01-s0', ['0000:18:00.0'])))
+    node.vfio('0000:18:00.0', ['0000:18:00.0'])
+    report = node.report()
+    assert report['clean'] and not report['incomplete'] and not report['devices_to_return'], report
+    # One that runs while its lease says stopped, or that lost its domain, is a mismatch.
+    node.domains[0] = ('gpuaas-gpu-node-01-s0', 1, domain('gpu-node-01-s0', ['0000:18:00.0']))
+    node.lease('gpu-node-01-s1', phase='stopped', devices=['0000:19:00.0'])
+    problems = {m['slot_id']: m['problem'] for m in node.report()['mismatches']}
+    assert problems == {'gpu-node-01-s0': 'domain gpuaas-gpu-node-01-s0 runs, but the lease says its allocation '
+                                          'stopped it',
+                        'gpu-node-01-s1': 'the lease says stopped but there is no domain gpuaas-gpu-node-01-s1'}
+
+
 def test_a_damaged_lease_holds_its_slot(node):
     (node.dirs['lease'] / 'gpu-node-01-s4.json').write_text('{not json')
     node.slot_files('gpu-node-01-s4')

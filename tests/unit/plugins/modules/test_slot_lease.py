@@ -157,3 +157,19 @@ def test_racing_processes_exactly_one_wins(tmp_path):
     assert stored['allocation_id'] == winners[0]
     losers = {alloc: outcome for alloc, outcome in outcomes.items() if alloc != winners[0]}
     assert all('held by allocation %s' % winners[0] in outcome for outcome in losers.values()), losers
+
+
+def test_stopped_is_the_power_state_of_an_allocation_past_provisioning(lease):
+    """Issue 18, item 5: slot_power records stopped/running; allocate's early steps keep stopped."""
+    lease(allocation_id='a1', phase='running')
+    stopped = lease(allocation_id='a1', phase='stopped')
+    assert stopped['changed'] and stopped['lease']['phase'] == 'stopped'
+    for phase in ('reserved', 'provisioning'):
+        again = lease(allocation_id='a1', phase=phase)
+        assert not again['changed'] and again['lease']['phase'] == 'stopped'
+    assert lease(allocation_id='a1', phase='running')['lease']['phase'] == 'running'
+    lease(allocation_id='a1', phase='stopped')
+    assert lease(allocation_id='a1', phase='releasing')['lease']['phase'] == 'releasing'
+    refused = lease(allocation_id='a1', phase='stopped')
+    assert refused['failed'] and refused['msg'] == ('allocation a1 on slot gpu-node-01-s0 is being released (phase '
+                                                    'releasing): it cannot be stopped again; finish the release first')
