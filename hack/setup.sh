@@ -11,7 +11,8 @@ apt_packages=(git rsync pciutils bc iproute2
   qemu-system-x86 qemu-utils ovmf busybox-static
   libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
   postgresql
-  openvswitch-switch nftables ethtool openssh-client systemd)
+  openvswitch-switch nftables ethtool openssh-client systemd
+  python3-libvirt openssh-server sudo mmdebstrap)   # the SSH test and the fleet lab (make lab-fleet)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
