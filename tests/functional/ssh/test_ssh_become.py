@@ -25,6 +25,8 @@ from tests.sysfs import hosts
 sys.path.insert(0, os.path.join(REPO, 'lab', 'fleet'))
 import local_node  # noqa: E402  (lab/fleet/local_node.py)
 
+pytestmark = pytest.mark.slow
+
 USER = 'gpuaas-ssh-test'
 NODE_ID = 'sample-hgx'   # the node id lab/host_vars/sample-hgx.yml approved its slots under
 
