@@ -2,12 +2,14 @@
 VENV ?= .venv
 SETUP := hack/setup.sh $(VENV)
 
-.PHONY: help setup lab lab-up lab-down kernel-lab test units sanity lint molecule packaging docs docs-check bench clean
+.PHONY: help setup lab lab-up lab-down lab-fleet kernel-lab test units sanity lint molecule packaging docs docs-check bench clean
 
 help:
 	@echo "make lab    - set everything up and run the local lab: host_prep, discover, allocate two slots"
 	@echo "              (test guests under TCG), prove their network isolation, release them, report"
 	@echo "make lab-up / lab-down - the lab's two allocations left running / torn down"
+	@echo "make lab-fleet - the playbooks over SSH (non-root user, become) against two nodes: this machine"
+	@echo "              and a Debian VM with its own kernel (TCG); one slot allocated on each, report per node"
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
 	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it,"
 	@echo "              then boot it into systemd and run host_prep's units there"
@@ -26,6 +28,10 @@ lab-up: setup
 
 lab-down: setup
 	@hack/lab.sh $(VENV) down
+
+# Not part of make test: the node VM boots under TCG and its slot VM under TCG inside it.
+lab-fleet: setup
+	@export PATH="$(abspath $(VENV))/bin:$$PATH"; $(VENV)/bin/python lab/fleet/fleet_lab.py run
 
 # Two boots: the device tests in a chroot of the host's tree, then host_prep's units under
 # systemd as PID 1. Both run; either failing fails the target.

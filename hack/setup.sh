@@ -12,7 +12,8 @@ apt_packages=(git rsync pciutils bc iproute2
   libvirt-daemon-system libvirt-dev pkg-config gcc genisoimage dnsmasq-base dnsmasq-utils
   postgresql
   openvswitch-switch nftables ethtool openssh-client systemd
-  mmdebstrap e2fsprogs dosfstools mtools fdisk)   # the lab's Debian cloud guest (tests/guest/cloud_image.py)
+  mmdebstrap e2fsprogs dosfstools mtools fdisk   # Debian images: the lab's cloud guest, the fleet lab's node
+  python3-libvirt openssh-server sudo)   # the SSH test and the fleet lab (make lab-fleet)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -1,0 +1,374 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) gpuaas.slice contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet lab: the playbooks over SSH against two nodes, each with its own node id, approved
+slot map, libvirt, Open vSwitch, dnsmasq and nftables.
+
+    python lab/fleet/fleet_lab.py run [--lock FILE] [-v]   # make lab-fleet
+
+  fleet-local  this machine, reached through an sshd on a loopback port as a non-root user
+               with a sudoers drop-in (lab/fleet/local_node.py), made for the run, removed after
+  fleet-vm     a QEMU (TCG) VM with its own Debian kernel and systemd, built from Debian's
+               packages (lab/fleet/node_image.py), reached through a forwarded port as the
+               same kind of user
+
+Both are driven as AWX drives a fleet: ansible-runner, inventory lab/fleet/inventory.yml plus
+the connection details (.build/fleet/connection.yml), ansible_become, Debian's /usr/bin/python3
+on the nodes. Per node, in parallel: stage.yml copies the sample host's sysfs tree, the test
+guest and the tenant image to it; host_prep, discover, allocate (its one approved slot);
+probe.yml waits for the guest's isolation probe on the node's own sink; release, reconcile.
+Then this machine's slot network is taken down and the VM powered off. The report gives, per
+node, its kernel, slot, address, what the guest saw and the seconds of each phase.
+
+--lock FILE: hold an flock on FILE while fleet-local's phases touch this machine's libvirt,
+Open vSwitch, dnsmasq and nftables (other users of this machine's services take it too).
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+for path in (REPO, os.path.join(REPO, 'lab'), HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+import lab as local_lab  # noqa: E402  (lab/lab.py: the sample host, the test guest, the image)
+import local_node  # noqa: E402
+import node_image  # noqa: E402
+
+BUILD = os.path.join(REPO, '.build', 'fleet')
+INVENTORY = os.path.join(HERE, 'inventory.yml')
+CONNECTION = os.path.join(BUILD, 'connection.yml')
+KEY = os.path.join(BUILD, 'id_ed25519')
+LAB_DIR = '/var/lib/gpuaas-lab'       # the inventory's gpuaas_lab_dir
+SINK_DATA = '/var/lib/gpuaas/telemetry/data'
+SLOTS = {'fleet-local': 'fleet-local-s0', 'fleet-vm': 'fleet-vm-s1'}
+VM_MEMORY_MB = 3072
+
+
+def log(message):
+    print('fleet-lab: %s' % message, flush=True)
+
+
+class LabFailed(Exception):
+    pass
+
+
+def run_playbook(playbook, host, extravars, label, verbose=False):
+    """One playbook against one node through ansible-runner; its stats and failures."""
+    import ansible_runner
+    ident = '%s-%s-%s' % (host, label.replace(' ', '-'), time.strftime('%Y%m%dT%H%M%S'))
+    data_dir = os.path.join(BUILD, 'runner', ident)
+    os.makedirs(data_dir, exist_ok=True)
+    started = {}
+
+    def on_event(event):
+        data = event.get('event_data', {})
+        if event.get('event') == 'runner_on_start':
+            started[data.get('task_uuid')] = time.monotonic()
+        elif event.get('event') in ('runner_on_ok', 'runner_on_failed'):
+            took = time.monotonic() - started.get(data.get('task_uuid'), time.monotonic())
+            status = 'FAILED' if 'failed' in event['event'] else (
+                'changed' if data.get('res', {}).get('changed') else 'ok')
+            if verbose or status == 'FAILED' or took > 5:
+                print('  [%s %s] %-55s %-7s %5.1fs' % (host, label, data.get('task', '')[:55], status, took),
+                      flush=True)
+        return True
+
+    env = {'ANSIBLE_CONFIG': os.path.join(REPO, 'ansible.cfg'),
+           'ANSIBLE_COLLECTIONS_PATH': os.path.join(REPO, '.build', 'collections'),
+           'PATH': os.pathsep.join([os.path.dirname(sys.executable), os.environ.get('PATH', '')])}
+    if not os.path.isabs(playbook):
+        playbook = os.path.join(REPO, 'playbooks', playbook)
+    start = time.monotonic()
+    result = ansible_runner.run(
+        private_data_dir=data_dir, ident=ident, playbook=playbook, inventory=[INVENTORY, CONNECTION],
+        limit=host, extravars=dict(extravars, gpuaas_hosts=host), envvars=env, quiet=True,
+        event_handler=on_event, timeout=3600)
+    stats, failures = {}, []
+    for event in result.events:
+        if event.get('event') == 'playbook_on_stats':
+            stats = event['event_data'].get('artifact_data') or {}
+        if event.get('event') in ('runner_on_failed', 'runner_on_unreachable') \
+                and not event['event_data'].get('ignore_errors'):
+            res = event['event_data'].get('res', {})
+            failures.append('%s: %s' % (event['event_data'].get('task'), res.get('msg', res)))
+    seconds = round(time.monotonic() - start, 1)
+    if result.rc != 0:
+        for failure in failures:
+            log('FAILED [%s] %s' % (host, str(failure)[:2000]))
+        raise LabFailed('%s on %s failed (%s); its events are under %s' % (label, host, result.status, data_dir))
+    return stats, seconds
+
+
+def prepare():
+    """The sample host (a tarball for the nodes), the test guest, the tenant image, the keys."""
+    guest, image, checksum, pubkey = local_lab.prepare()
+    os.makedirs(BUILD, exist_ok=True)
+    hgx = os.path.join(local_lab.BUILD, 'hgx')
+    with open(os.path.join(hgx, '.built-from')) as handle:
+        digest = handle.read().strip()
+    tarball = os.path.join(BUILD, 'hgx-%s.tar.gz' % digest[:16])
+    if not os.path.exists(tarball):
+        with tarfile.open(tarball + '.tmp', 'w:gz') as tar:
+            tar.add(os.path.join(hgx, 'sys'), 'hgx/sys')
+            tar.add(os.path.join(hgx, 'proc'), 'hgx/proc')
+            tar.add(os.path.join(hgx, '.built-from'), 'hgx/' + digest[:16])
+        os.rename(tarball + '.tmp', tarball)
+    if not os.path.exists(KEY):
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'fleet@gpuaas', '-f', KEY], check=True)
+    stage_vars = {'fleet_sysfs_tarball': tarball, 'fleet_sysfs_digest': digest[:16],
+                  'fleet_guest_kernel': guest['kernel'], 'fleet_guest_initrd': guest['initrd'],
+                  'fleet_image': image}
+    return guest, checksum, pubkey, stage_vars
+
+
+class VmNode:
+    """The second node: node_image's root booted in QEMU (TCG), SSH on a forwarded local port."""
+
+    def __init__(self):
+        self.port = local_node.free_port()
+        self.pidfile = os.path.join(BUILD, 'vm.pid')
+        self.console = os.path.join(BUILD, 'vm-console.log')
+
+    def start(self, timeout=1200):
+        image = node_image.build(KEY + '.pub')
+        disk = os.path.join(BUILD, 'vm-run.qcow2')   # each boot starts from the pristine image
+        if os.path.exists(disk):
+            os.unlink(disk)
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', os.path.join(image, 'root.img'),
+                        '-F', 'raw', disk], check=True)
+        started = time.monotonic()
+        subprocess.run([
+            'qemu-system-x86_64', '-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-smp', '2',
+            '-m', '%dM' % VM_MEMORY_MB, '-kernel', os.path.join(image, 'vmlinuz'),
+            '-initrd', os.path.join(image, 'initrd.img'),
+            '-append', 'root=/dev/vda rw console=ttyS0 quiet systemd.show_status=error',
+            '-drive', 'file=%s,if=virtio,format=qcow2' % disk,
+            '-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22' % self.port,
+            '-device', 'virtio-net-pci,netdev=n0', '-display', 'none', '-serial', 'file:' + self.console,
+            '-pidfile', self.pidfile, '-daemonize'], check=True)
+        log('fleet-vm booting (TCG, %d MiB, 2 vCPUs); console in %s' % (VM_MEMORY_MB, self.console))
+        local_node.wait_port(self.port, timeout=timeout)
+        # sshd answers before the user's login works (systemd-user-sessions): wait for a login.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = subprocess.run(['ssh', '-q', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no',
+                                   '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=20', '-i', KEY,
+                                   '-p', str(self.port), '%s@127.0.0.1' % node_image.LAB_USER, 'sudo', '-n', 'true'],
+                                  check=False, timeout=120)
+            if done.returncode == 0:
+                break
+            time.sleep(3)
+        else:
+            raise LabFailed('fleet-vm: no SSH login with sudo within %d s' % timeout)
+        log('fleet-vm up in %.0f s' % (time.monotonic() - started))
+        return round(time.monotonic() - started, 1)
+
+    def inventory_vars(self):
+        return {'ansible_host': '127.0.0.1', 'ansible_port': self.port, 'ansible_user': node_image.LAB_USER,
+                'ansible_ssh_private_key_file': KEY}
+
+    def stop(self):
+        try:
+            with open(self.pidfile) as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+        os.unlink(self.pidfile)
+
+
+def write_connection(nodes):
+    import yaml
+    hosts = {name: node.inventory_vars() for name, node in nodes.items()}
+    for name in hosts:
+        hosts[name] = {key: value for key, value in hosts[name].items()
+                       if key in ('ansible_host', 'ansible_port', 'ansible_user', 'ansible_ssh_private_key_file')}
+    with open(CONNECTION, 'w') as handle:
+        yaml.safe_dump({'all': {'children': {'fleet': {'hosts': hosts}}}}, handle, default_flow_style=False)
+
+
+def parse_reports(text):
+    """The guest's boot facts and its latest probe from the node's sink (JSON lines)."""
+    facts, probe = {}, {}
+    for line in text.splitlines():
+        try:
+            sample = json.loads(line)
+        except ValueError:
+            continue
+        data = sample.get('body', sample)
+        if data.get('metric') == 'guest_boot':
+            facts = data
+        elif data.get('metric') == 'probe':
+            probe = data
+    return facts, probe
+
+
+class NodeRun(threading.Thread):
+    """One node's whole sequence, in its own thread: stage, host_prep, discover, allocate,
+    wait for the guest's probe, release, reconcile (and, on this machine, the teardown)."""
+
+    def __init__(self, host, common, stage_vars, alloc, verbose, lock=None, vm=None):
+        super().__init__(name=host)
+        self.stage_vars, self.vm = stage_vars, vm
+        self.host, self.common, self.alloc, self.verbose, self.lock = host, common, alloc, verbose, lock
+        self.result = {'node': host, 'slot': SLOTS[host], 'allocation_id': alloc['id'], 'phases': {}}
+        self.error = None
+
+    def phase(self, name, playbook, extravars, label=None):
+        stats, seconds = run_playbook(playbook, self.host, dict(self.common, **extravars), label or name, self.verbose)
+        self.result['phases'][name] = seconds
+        log('%s: %s in %.1f s' % (self.host, name, seconds))
+        return stats
+
+    def run(self):
+        held = None
+        try:
+            if self.lock:
+                held = open(self.lock, 'w')
+                log('%s: waiting for %s' % (self.host, self.lock))
+                fcntl.flock(held, fcntl.LOCK_EX)
+            self.sequence()
+        except Exception as exc:  # pylint: disable=broad-except
+            self.error = exc
+        finally:
+            if held is not None:
+                held.close()
+
+    def sequence(self):
+        slot = SLOTS[self.host]
+        if self.vm is not None:
+            self.result['phases']['boot'] = self.vm.start()
+        stats = self.phase('stage', os.path.join(HERE, 'stage.yml'), self.stage_vars)
+        self.result['kernel'] = stats.get('fleet_kernel')
+        self.phase('host_prep', 'host_prep.yml', {})
+        self.phase('discover', 'discover.yml', {})
+        allocated = False
+        try:
+            stats = self.phase('allocate', 'allocate.yml', {'gpuaas_slot_id': slot, 'gpuaas_allocation': self.alloc})
+            allocated = True
+            got = stats.get('gpuaas_result') or {}
+            self.result.update({key: got.get(key) for key in ('address', 'mac', 'timings', 'node_id')})
+            stats = self.phase('probe', os.path.join(HERE, 'probe.yml'),
+                               {'fleet_allocation_id': self.alloc['id'], 'fleet_sink_data': SINK_DATA})
+            self.result['guest'], self.result['probe'] = parse_reports(stats.get('fleet_reports') or '')
+        finally:
+            if allocated or 'allocate' not in self.result['phases']:
+                stats = self.phase('release', 'release.yml', {'gpuaas_slot_id': slot,
+                                                              'gpuaas_allocation_id': self.alloc['id']})
+                self.result['release'] = (stats.get('gpuaas_result') or {}).get('timings', {})
+            self.phase('reconcile', 'reconcile.yml', {})
+            if self.host == 'fleet-local':
+                self.phase('teardown', os.path.join(REPO, 'lab', 'teardown.yml'), {})
+
+
+def problems_of(result):
+    problems = []
+    probe, guest = result.get('probe') or {}, result.get('guest') or {}
+    if not probe:
+        problems.append('%s: no probe from the guest' % result['node'])
+        return problems
+    if probe.get('ip') != result.get('address'):
+        problems.append('%s: the guest has %s, the layout says %s' % (result['node'], probe.get('ip'),
+                                                                      result.get('address')))
+    if probe.get('gateway_ok') != 1:
+        problems.append('%s: the guest cannot reach its gateway' % result['node'])
+    if probe.get('peers_reachable'):
+        problems.append('%s: the guest REACHES OTHER SLOTS: %s' % (result['node'], probe['peers_reachable']))
+    if not guest.get('firmware'):
+        problems.append('%s: the guest reported no boot facts' % result['node'])
+    return problems
+
+
+def report(results, total):
+    print()
+    print('fleet lab report (%s): %d node(s) over SSH as %s with become (sudo), /usr/bin/python3 on the nodes'
+          % (time.strftime('%Y-%m-%d %H:%M:%S'), len(results), node_image.LAB_USER))
+    header = ('node', 'kernel', 'slot', 'address', 'mac', 'firmware', 'isolation (from the guest)')
+    print('  %-12s %-16s %-15s %-12s %-17s %-8s %s' % header)
+    for result in results:
+        probe, guest = result.get('probe') or {}, result.get('guest') or {}
+        print('  %-12s %-16s %-15s %-12s %-17s %-8s gateway %s, other slots reachable: %s' % (
+            result['node'], result.get('kernel'), result['slot'], result.get('address'), result.get('mac'),
+            guest.get('firmware'), 'ok' if probe.get('gateway_ok') == 1 else 'NO',
+            probe.get('peers_reachable') or 'none'))
+    phases = ['boot', 'stage', 'host_prep', 'discover', 'allocate', 'probe', 'release', 'reconcile', 'teardown']
+    print('  seconds per playbook run (probe: from allocated until the guest\'s probe reached the node\'s sink):')
+    print('    %-12s ' % 'node' + ' '.join('%9s' % phase for phase in phases))
+    for result in results:
+        print('    %-12s ' % result['node'] + ' '.join('%9s' % result['phases'].get(phase, '-') for phase in phases))
+    print('  allocate as the modules measured it (check, image, vm, total) and release (reset):')
+    for result in results:
+        timings = result.get('timings') or {}
+        measured = ', '.join('%s %s' % (key, timings.get(key, '-')) for key in ('check', 'image', 'vm', 'total'))
+        print('    %-12s %s; reset %s' % (result['node'], measured, (result.get('release') or {}).get('reset', '-')))
+    print('  (boot: fleet-vm from QEMU\'s start to an SSH login with sudo); the whole lab took %.0f s' % total)
+    print()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('command', choices=['run'])
+    parser.add_argument('--lock', help='flock this file while fleet-local runs')
+    parser.add_argument('--only', action='append', choices=sorted(SLOTS), help='run on this node only')
+    parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        log('the lab makes a user and runs an sshd and libvirt on this machine: run it as root')
+        return 2
+    for tool in (local_node.SSHD, '/usr/bin/sudo', '/usr/bin/python3', 'mmdebstrap'):
+        if shutil.which(tool) is None:
+            log('%s is missing: make setup installs it' % tool)
+            return 2
+    start = time.monotonic()
+    guest, checksum, pubkey, stage_vars = prepare()
+    vm = VmNode()
+    local = local_node.LocalNode(os.path.join(BUILD, 'sshd'), node_image.LAB_USER, KEY)
+    results, problems = [], []
+    try:
+        local.start()
+        write_connection({'fleet-local': local, 'fleet-vm': vm})
+        common = {'gpuaas_guest_cmdline': guest['cmdline']}
+        image = '%s/images/lab-guest.qcow2' % LAB_DIR
+        runs = []
+        for host in args.only or ('fleet-vm', 'fleet-local'):
+            alloc = local_lab.allocation(SLOTS[host], image, checksum, pubkey)
+            alloc['id'] = alloc['id'].replace('lab-', 'fleet-', 1)
+            runs.append(NodeRun(host, common, stage_vars, alloc, args.verbose,
+                                lock=args.lock if host == 'fleet-local' else None,
+                                vm=vm if host == 'fleet-vm' else None))
+        for node_run in runs:
+            node_run.start()
+        for node_run in runs:
+            node_run.join()
+            results.append(node_run.result)
+            if node_run.error is not None:
+                problems.append('%s: %s' % (node_run.host, node_run.error))
+            else:
+                problems.extend(problems_of(node_run.result))
+    except LabFailed as exc:
+        problems.append(str(exc))
+    finally:
+        local.stop()
+        vm.stop()
+    report(results, time.monotonic() - start)
+    for problem in problems:
+        log('PROBLEM %s' % problem)
+    log('%s in %.0f s' % ('FAILED' if problems else 'passed', time.monotonic() - start))
+    return 1 if problems else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
