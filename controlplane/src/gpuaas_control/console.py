@@ -19,13 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
-import shutil
-import tempfile
 
 from sqlalchemy import or_, select
 
-from gpuaas_control import service
+from gpuaas_control import runs, service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -135,39 +132,9 @@ def requested_by_node(session) -> dict:
 
 def run_playbook(settings: Settings, node_id: str, asked: dict):
     """The console playbook on one node: (its gpuaas_result, None) or (None, why not)."""
-    import ansible_runner  # the API process never needs it
-
-    captured = {}
-
-    def on_event(event):
-        data = event.get('event_data') or {}
-        if event.get('event') == 'playbook_on_stats':
-            captured['result'] = (data.get('artifact_data') or {}).get('gpuaas_result')
-        elif event.get('event') in ('runner_on_failed', 'runner_on_unreachable') and not data.get('ignore_errors'):
-            captured['error'] = '%s on %s: %s' % (data.get('task') or '?', data.get('host') or '?',
-                                                  short((data.get('res') or {}).get('msg') or 'failed', 500))
-        return True
-    os.makedirs(settings.runs_dir, mode=0o700, exist_ok=True)
-    private = tempfile.mkdtemp(prefix='console-', dir=settings.runs_dir)
     slots = [{'slot_id': slot_id, 'allocation_id': allocation_id} for slot_id, allocation_id in sorted(asked.items())]
-    try:
-        runner = ansible_runner.run(
-            private_data_dir=private, project_dir=os.path.abspath(settings.project_dir),
-            playbook=settings.console_playbook, inventory=os.path.abspath(settings.inventory),
-            extravars={'gpuaas_hosts': node_id, 'gpuaas_console_slots': slots},
-            event_handler=on_event, timeout=settings.console_timeout, quiet=True,
-            settings={'pexpect_timeout': 0.5, 'suppress_ansible_output': True})
-        status = runner.status
-    except Exception as exc:  # noqa: BLE001 - ansible-runner raises bare exceptions
-        return None, 'ansible-runner: %s' % exc
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-    if status != 'successful':
-        return None, captured.get('error') or 'the console playbook ended %s' % status
-    result = captured.get('result')
-    if not isinstance(result, dict) or result.get('node_id') != node_id:
-        return None, 'the console playbook returned no gpuaas_result for %s' % node_id
-    return result, None
+    return runs.node_result(settings, 'console', settings.console_playbook, node_id,
+                            {'gpuaas_console_slots': slots}, settings.console_timeout)
 
 
 def collect(db: Database, settings: Settings) -> dict:

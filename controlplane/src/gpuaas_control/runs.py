@@ -87,6 +87,45 @@ def short(text, limit=2000):
     return text if len(text) <= limit else text[:limit] + '...'
 
 
+def node_result(settings: Settings, what: str, playbook: str, node_id: str, extravars: dict,
+                timeout: int) -> tuple[dict | None, str | None]:
+    """A read-only playbook (telemetry, console) on one node, through ansible-runner in a private
+    directory under the runs directory removed after: (its gpuaas_result stat, None), or (None,
+    why not)."""
+    import ansible_runner  # the API process never needs it
+
+    captured = {}
+
+    def on_event(event):
+        data = event.get('event_data') or {}
+        if event.get('event') == 'playbook_on_stats':
+            captured['result'] = (data.get('artifact_data') or {}).get('gpuaas_result')
+        elif event.get('event') in ('runner_on_failed', 'runner_on_unreachable') and not data.get('ignore_errors'):
+            captured['error'] = '%s on %s: %s' % (data.get('task') or '?', data.get('host') or '?',
+                                                  short((data.get('res') or {}).get('msg') or 'failed', 500))
+        return True
+    os.makedirs(settings.runs_dir, mode=0o700, exist_ok=True)
+    private = tempfile.mkdtemp(prefix=what + '-', dir=settings.runs_dir)
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=private, project_dir=os.path.abspath(settings.project_dir),
+            playbook=playbook, inventory=os.path.abspath(settings.inventory),
+            extravars=dict(extravars, gpuaas_hosts=node_id),
+            event_handler=on_event, timeout=timeout, quiet=True,
+            settings={'pexpect_timeout': 0.5, 'suppress_ansible_output': True})
+        status = runner.status
+    except Exception as exc:  # noqa: BLE001 - ansible-runner raises bare exceptions
+        return None, 'ansible-runner: %s' % exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    if status != 'successful':
+        return None, captured.get('error') or 'the %s playbook ended %s' % (what, status)
+    result = captured.get('result')
+    if not isinstance(result, dict) or result.get('node_id') != node_id:
+        return None, 'the %s playbook returned no gpuaas_result for %s' % (what, node_id)
+    return result, None
+
+
 def seconds(value) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 

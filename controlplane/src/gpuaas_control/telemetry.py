@@ -21,14 +21,11 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 
 from sqlalchemy import select
 
-from gpuaas_control import audit, service
+from gpuaas_control import audit, runs, service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -228,39 +225,8 @@ def running_by_node(session, node_id: str | None = None) -> dict:
 
 def run_playbook(settings: Settings, node_id: str, allocation_ids) -> tuple[dict | None, str | None]:
     """The telemetry playbook on one node: (its gpuaas_result, None) or (None, why not)."""
-    import ansible_runner  # the API process never needs it
-
-    captured = {}
-
-    def on_event(event):
-        data = event.get('event_data') or {}
-        if event.get('event') == 'playbook_on_stats':
-            captured['result'] = (data.get('artifact_data') or {}).get('gpuaas_result')
-        elif event.get('event') in ('runner_on_failed', 'runner_on_unreachable') and not data.get('ignore_errors'):
-            result = data.get('res') or {}
-            captured['error'] = '%s on %s: %s' % (data.get('task') or '?', data.get('host') or '?',
-                                                  short(result.get('msg') or 'failed', 500))
-        return True
-    os.makedirs(settings.runs_dir, mode=0o700, exist_ok=True)
-    private = tempfile.mkdtemp(prefix='telemetry-', dir=settings.runs_dir)
-    try:
-        runner = ansible_runner.run(
-            private_data_dir=private, project_dir=os.path.abspath(settings.project_dir),
-            playbook=settings.telemetry_playbook, inventory=os.path.abspath(settings.inventory),
-            extravars={'gpuaas_hosts': node_id, 'gpuaas_allocation_ids': list(allocation_ids)},
-            event_handler=on_event, timeout=settings.telemetry_timeout, quiet=True,
-            settings={'pexpect_timeout': 0.5, 'suppress_ansible_output': True})
-        status = runner.status
-    except Exception as exc:  # noqa: BLE001 - ansible-runner raises bare exceptions
-        return None, 'ansible-runner: %s' % exc
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-    if status != 'successful':
-        return None, captured.get('error') or 'the telemetry playbook ended %s' % status
-    result = captured.get('result')
-    if not isinstance(result, dict) or result.get('node_id') != node_id:
-        return None, 'the telemetry playbook returned no gpuaas_result for %s' % node_id
-    return result, None
+    return runs.node_result(settings, 'telemetry', settings.telemetry_playbook, node_id,
+                            {'gpuaas_allocation_ids': list(allocation_ids)}, settings.telemetry_timeout)
 
 
 def collect(db: Database, settings: Settings, actor: audit.Actor, node_id: str | None = None) -> dict:
