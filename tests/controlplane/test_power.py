@@ -18,7 +18,7 @@ from gpuaas_control import console, power, service
 from gpuaas_control.models import Allocation, AllocationConsole, AuditEntry, Event, OutboxJob, UsageRecord, utcnow
 from gpuaas_control.worker import Worker
 from tests.controlplane.helpers import OPERATOR, tenant
-from tests.controlplane.test_worker import node, project, settings  # noqa: F401 (fixtures)
+from tests.controlplane.test_worker import node, project, settings  # noqa: F401 (fixtures) pylint: disable=unused-import
 
 
 def auth(headers):
@@ -199,7 +199,7 @@ def test_the_console_is_read_through_the_worker_once_per_node(client, db, tokens
     body = first.json()
     assert body['text'] is None and body['refreshing'] is True and 'error' not in body
     # A storm of reads asks once.
-    for _ in range(20):
+    for _number in range(20):
         assert client.get(path, headers=auth(tokens['acme'])).json()['refreshing'] is True
     with db.read() as session:
         assert console.requested_by_node(session) == {'n1': {running_allocation.slot_id: running_allocation.id}}

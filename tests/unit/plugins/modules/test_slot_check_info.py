@@ -38,7 +38,7 @@ def ws(host_tree):
 
 def check(capsys, host, slot_id='ws-s0', node_id='ws', **args):
     return run_module(slot_check_info, dict(args, node_id=node_id, slot_id=slot_id, sysfs_root=host['sys'],
-                                       proc_root=host['proc']), capsys=capsys)
+                                            proc_root=host['proc']), capsys=capsys)
 
 
 def attr(host, address, name, value):
@@ -76,7 +76,7 @@ def test_the_approved_map_entry_gives_the_same_record(capsys, ws):
 
 def test_check_mode_is_the_same_read(capsys, ws):
     result = run_module(slot_check_info, dict(node_id='ws', slot_id='ws-s0', slot=ws['record'], sysfs_root=ws['sys'],
-                                         proc_root=ws['proc']), check_mode=True, capsys=capsys)
+                                              proc_root=ws['proc']), check_mode=True, capsys=capsys)
     assert result['changed'] is False and result['slot']['gpu_address'] == GPU
 
 
@@ -190,7 +190,7 @@ def test_every_eligible_slot_of_the_sample_hosts_passes(capsys, host_tree, name)
                 'capacity_metadata': s['capacity_metadata'], 'fingerprint': s['fingerprint']} for s in slots]
     for record in validate(found, entries):
         result = run_module(slot_check_info, dict(node_id=name, slot_id=record['slot_id'], slot=record,
-                                             sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
+                                                  sysfs_root=sys_root, proc_root=proc_root), capsys=capsys)
         assert 'failed' not in result, result
         for key in ('gpu_address', 'companions', 'nvme_address', 'fabric_vf_index', 'fabric_vf_pci_address',
                     'numa_node') + SHARE:

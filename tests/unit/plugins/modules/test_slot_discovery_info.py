@@ -17,7 +17,7 @@ def test_discovery_reports_and_changes_nothing(capsys, host_tree, tmp_path, chec
     sys_root, proc_root = host_tree('hgx')
     before = snapshot(str(tmp_path))
     result = run_module(slot_discovery_info, {'node_id': 'hgx-01', 'sysfs_root': sys_root,
-                                         'proc_root': proc_root}, check_mode=check_mode,
+                                              'proc_root': proc_root}, check_mode=check_mode,
                         capsys=capsys)
     assert result['changed'] is False
     assert result['approval_required'] is True
@@ -30,7 +30,7 @@ def test_discovery_reports_and_changes_nothing(capsys, host_tree, tmp_path, chec
 def test_a_hostile_node_id_is_refused(capsys, host_tree, node_id):
     sys_root, proc_root = host_tree('workstation')
     result = run_module(slot_discovery_info, {'node_id': node_id, 'sysfs_root': sys_root,
-                                         'proc_root': proc_root}, capsys=capsys)
+                                              'proc_root': proc_root}, capsys=capsys)
     assert result['failed'] is True
     assert result['msg'].startswith('node_id %r is not a valid node id' % node_id)
 
@@ -45,7 +45,7 @@ def test_a_tree_that_is_not_sysfs_fails_clearly(capsys, tmp_path):
 def test_an_invalid_fabric_class_is_refused(capsys, host_tree):
     sys_root, proc_root = host_tree('workstation')
     result = run_module(slot_discovery_info, {'node_id': 'n', 'sysfs_root': sys_root,
-                                         'proc_root': proc_root, 'fabric_classes': ['02']},
+                                              'proc_root': proc_root, 'fabric_classes': ['02']},
                         capsys=capsys)
     assert result['failed'] is True and 'is not a PCI class and subclass' in result['msg']
 
@@ -55,7 +55,7 @@ def test_missing_attributes_become_warnings(capsys, host_tree):
     sys_root, proc_root = host_tree('workstation')
     os.unlink(os.path.join(sys_root, 'bus/pci/devices/0000:04:00.0/class'))
     result = run_module(slot_discovery_info, {'node_id': 'n', 'sysfs_root': sys_root,
-                                         'proc_root': proc_root}, capsys=capsys)
+                                              'proc_root': proc_root}, capsys=capsys)
     assert '0000:04:00.0 has no readable class attribute; skipped' in [
         w['event']['msg'] for w in result['warnings']]
 
@@ -73,14 +73,14 @@ def test_missing_attributes_become_warnings(capsys, host_tree):
 def test_hostile_reservations_are_refused_naming_the_option(capsys, host_tree, option, value, fragment):
     sys_root, proc_root = host_tree('workstation')
     result = run_module(slot_discovery_info, {'node_id': 'n', 'sysfs_root': sys_root, 'proc_root': proc_root,
-                                         option: value}, capsys=capsys)
+                                              option: value}, capsys=capsys)
     assert result['failed'] is True and fragment in result['msg'], result['msg']
 
 
 def test_the_reservations_shape_the_slices(capsys, host_tree):
     sys_root, proc_root = host_tree('hgx')
     result = run_module(slot_discovery_info, {'node_id': 'n', 'sysfs_root': sys_root, 'proc_root': proc_root,
-                                         'host_reserved_cores': 4, 'host_reserved_memory_mib': 65536}, capsys=capsys)
+                                              'host_reserved_cores': 4, 'host_reserved_memory_mib': 65536}, capsys=capsys)
     # 52 cores a node for 4 slots: 13 each; (1031590 - 65536) // 4 = 241513 MiB, down to 235 GiB.
     assert result['host_cpulist'] == '0-3,56-59,112-115,168-171'
     assert [(s['cpulist'], s['vcpus'], s['memory_mib']) for s in result['slots'][:2]] == [
