@@ -16,11 +16,11 @@ import sys
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from gpuaas_control import telemetry
 from gpuaas_control.config import Settings
-from gpuaas_control.models import AuditEntry, Event, Slot
+from gpuaas_control.models import AuditEntry, Event, Node, Slot, utcnow
 from gpuaas_control.schemas.views import TelemetryView
 from tests.conftest import REPO
 from tests.controlplane.helpers import OPERATOR, tenant
@@ -94,3 +94,16 @@ def test_a_node_that_cannot_be_read_is_reported(db, db_url, running_allocation, 
     settings = Settings(db_url=db_url, project_dir=REPO, inventory=str(inventory), runs_dir=str(tmp_path / 'runs'))
     report = telemetry.collect(db, settings, OPERATOR)
     assert 'is not a directory' in report['n1']['error'] and 'Read the sink' in report['n1']['error']
+
+
+def test_an_unreachable_node_is_not_read_until_it_answers(db, db_url, running_allocation, tmp_path, monkeypatch):
+    """The worker's probe owns an unreachable node: collecting telemetry (or consoles) from it
+    would only spend the playbook's timeout every interval."""
+    asked = []
+    monkeypatch.setattr(telemetry, 'run_playbook', lambda settings, node, ids: asked.append(node) or (None, 'no'))
+    settings = Settings(db_url=db_url, project_dir=REPO, inventory=str(tmp_path / 'none.yml'),
+                        runs_dir=str(tmp_path / 'runs'))
+    db.transact(lambda s: s.execute(update(Node).where(Node.id == 'n1').values(unreachable_since=utcnow())))
+    assert telemetry.collect(db, settings, OPERATOR) == {} and asked == []
+    db.transact(lambda s: s.execute(update(Node).where(Node.id == 'n1').values(unreachable_since=None)))
+    assert telemetry.collect(db, settings, OPERATOR) == {'n1': {'error': 'no'}} and asked == ['n1']

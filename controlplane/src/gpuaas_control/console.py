@@ -34,6 +34,7 @@ from gpuaas_control.models import (
     STOPPING,
     Allocation,
     AllocationConsole,
+    Node,
     utcnow,
 )
 from gpuaas_control.runs import short
@@ -120,7 +121,8 @@ def requested_by_node(session) -> dict:
     """{node: {slot id: allocation id}} of the consoles asked for since they were last read."""
     query = (select(Allocation.node_id, Allocation.slot_id, Allocation.id)
              .join(AllocationConsole, AllocationConsole.allocation_id == Allocation.id)
-             .where(Allocation.state.in_(READABLE),
+             .join(Node, Node.id == Allocation.node_id)
+             .where(Allocation.state.in_(READABLE), Node.unreachable_since.is_(None),
                     or_(AllocationConsole.collected_at.is_(None),
                         AllocationConsole.requested_at > AllocationConsole.collected_at))
              .order_by(Allocation.node_id, Allocation.slot_id))

@@ -34,6 +34,7 @@ from gpuaas_control.models import (
     RUNNING,
     Allocation,
     AllocationTelemetry,
+    Node,
     Slot,
     utcnow,
 )
@@ -214,7 +215,10 @@ def get(session, actor: audit.Actor, allocation_id: str):
 # -- collecting ------------------------------------------------------------------------------
 
 def running_by_node(session, node_id: str | None = None) -> dict:
-    query = select(Allocation.node_id, Allocation.id).where(Allocation.state == RUNNING)
+    """{node: [running allocation ids]}, of the nodes that answer (an unreachable node is the
+    worker's probe's until it does)."""
+    query = (select(Allocation.node_id, Allocation.id).join(Node, Node.id == Allocation.node_id)
+             .where(Allocation.state == RUNNING, Node.unreachable_since.is_(None)))
     if node_id:
         query = query.where(Allocation.node_id == node_id)
     nodes = {}
