@@ -129,10 +129,11 @@ def test_the_cli_drives_the_whole_flow(stack, fresh_url, hgx_discovery_factory, 
                       os.path.join(REPO, 'lab', 'host_vars', 'sample-hgx.yml'), token=operator).stdout
     lines = approved.splitlines()
     assert lines[0].split()[:3] == ['SLOT', 'STATE', 'APPROVED']
-    assert [line.split()[:3] for line in lines[1:3]] == [['sample-hgx-s0', 'free', 'yes'],
-                                                         ['sample-hgx-s1', 'free', 'yes']]
+    assert [line.split()[:3] for line in lines[1:4]] == [['sample-hgx-s0', 'free', 'yes'],
+                                                         ['sample-hgx-s1', 'free', 'yes'],
+                                                         ['sample-hgx-s2', 'free', 'yes']]
     nodes = gpuaas('node', 'list', token=operator).stdout
-    assert nodes.splitlines()[1].split()[:5] == ['sample-hgx', 'yes', '2', '2', 'yes']
+    assert nodes.splitlines()[1].split()[:5] == ['sample-hgx', 'yes', '3', '3', 'yes']
 
     # The tenant: a refused request says why and changes nothing; a good one comes up
     # with its progress shown.
