@@ -106,7 +106,7 @@ def test_discover_over_ssh_with_become(ssh_node):
     assert discovery['node_id'] == NODE_ID
     assert len(discovery['gpus']) == 8
     approval = got['Check the approved slot map against what is really there']
-    assert [slot['slot_id'] for slot in approval['slots']] == ['sample-hgx-s0', 'sample-hgx-s1']
+    assert [slot['slot_id'] for slot in approval['slots']] == ['sample-hgx-s0', 'sample-hgx-s1', 'sample-hgx-s2']
 
 
 def lease_task(private, phase='provisioning'):
