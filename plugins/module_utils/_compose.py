@@ -20,7 +20,7 @@ import time
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, number_option_problem, oserror
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, number_option_problem, oserror, run_engine
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import converge
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
 
@@ -74,11 +74,7 @@ class Composite:
         if isinstance(engine, dict):
             result = engine
         else:
-            try:
-                result = engine.run()
-            finally:
-                for warning in getattr(engine, 'warnings', ()):
-                    self.module.warn('%s: %s' % (name, warning))
+            result = run_engine(self.module, engine, '%s: ' % name)
         self.seconds[name] = round(self.seconds.get(name, 0) + time.monotonic() - start, 3)
         diff = result.get('diff') or {}
         for action in result.get('actions', result.get('changes')) or []:

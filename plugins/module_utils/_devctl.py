@@ -38,6 +38,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._pci import (
     Sysfs,
     parse_bdf,
 )
+from ansible_collections.gpuaas.slice.plugins.module_utils import _engine
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, Step, Wait, oserror
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     IFNAME,
@@ -113,14 +114,8 @@ def tool(runner, name, package, why):
 
 
 def engine_of(cls):
-    """``run_module``'s engine for a device module: ``cls(module, **params).run()``, warned."""
-    def engine(module):
-        device_engine = cls(module, **module.params)
-        result = device_engine.run()
-        for warning in device_engine.warnings:
-            module.warn(warning)
-        return result
-    return engine
+    """``run_module``'s engine for a device module: ``cls(module, **params)`` run by ``_engine.engine_of``."""
+    return _engine.engine_of(lambda module: cls(module, **module.params))
 
 
 # -- plans -------------------------------------------------------------------

@@ -366,6 +366,37 @@ class _Module(AnsibleModule):
         super(_Module, self)._log_invocation()
 
 
+def run_engine(module, engine, prefix=''):
+    """``engine.run()``: the result of a module's work done by one object; the ``warnings`` it
+    collected (where it has them) go to ``module.warn``, ``prefix`` first, also when it fails."""
+    try:
+        return engine.run()
+    finally:
+        for warning in getattr(engine, 'warnings', ()):
+            module.warn(prefix + warning)
+
+
+def engine_of(make, error=None, require=None):
+    """:func:`run_module`'s engine for a module whose work is one object: ``make(module)`` (a
+    class, say) builds it and :func:`run_engine` runs it.
+
+    ``require(module)`` runs first (``_libvirt.require_libvirt``: fail when a library is missing).
+    With ``error``, an OSError the run lets through fails the module as
+    ``error('<slot_id>: <what the OS said>')``.
+    """
+    def engine(module):
+        if require is not None:
+            require(module)
+        target = make(module)
+        try:
+            return run_engine(module, target)
+        except (IOError, OSError) as exc:
+            if error is None:
+                raise
+            raise error('%s: %s' % (module.params['slot_id'], oserror(exc)))
+    return engine
+
+
 def run_module(argument_spec, engine, **module_kwargs):
     """The one ``main()``: the module from its spec, ``engine(module)`` -> result, reported.
 

@@ -198,21 +198,12 @@ actions:
   sample: [convert, resize, write marker]
 '''
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import engine_of, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._image import ARGUMENT_SPEC, RULES, Image
 
 
-def engine(module):
-    image = Image(module)
-    try:
-        return image.run()
-    finally:
-        for warning in image.warnings:
-            module.warn(warning)
-
-
 def main():
-    run_module(ARGUMENT_SPEC, engine, **RULES)
+    run_module(ARGUMENT_SPEC, engine_of(Image), **RULES)
 
 
 if __name__ == '__main__':

@@ -138,25 +138,13 @@ timings:
   sample: {shutdown_s: 2.4}
 '''
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import oserror, run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import engine_of, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._power import SlotPower, SlotPowerError, argument_spec
 
 
-def engine(module):
-    require_libvirt(module)
-    power = SlotPower(module)
-    try:
-        result = power.run()
-    except (IOError, OSError) as exc:
-        raise SlotPowerError('%s: %s' % (module.params['slot_id'], oserror(exc)))
-    for warning in power.warnings:
-        module.warn(warning)
-    return result
-
-
 def main():
-    run_module(argument_spec(), engine)
+    run_module(argument_spec(), engine_of(SlotPower, SlotPowerError, require_libvirt))
 
 
 if __name__ == '__main__':

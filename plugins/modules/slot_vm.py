@@ -441,25 +441,13 @@ xml:
   sample: "<domain type='kvm'>...</domain>"
 '''
 
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import oserror, run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import engine_of, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import require_libvirt
 from ansible_collections.gpuaas.slice.plugins.module_utils._slot_vm import RULES, SlotVm, SlotVmError, argument_spec
 
 
-def engine(module):
-    require_libvirt(module)
-    vm = SlotVm(module)
-    try:
-        result = vm.run()
-    except (IOError, OSError) as exc:
-        raise SlotVmError('%s: %s' % (module.params['slot_id'], oserror(exc)))
-    for warning in vm.warnings:
-        module.warn(warning)
-    return result
-
-
 def main():
-    run_module(argument_spec(), engine, **RULES)
+    run_module(argument_spec(), engine_of(SlotVm, SlotVmError, require_libvirt), **RULES)
 
 
 if __name__ == '__main__':
