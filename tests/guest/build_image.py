@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 from tests.guest.debian import (  # noqa: E402
-    Cpio, add_busybox, add_modules, download, kernel_package, module_order, write_initrd)
+    Cpio, add_busybox, add_modules, cached, download, kernel_package, module_order, publish, sha256, write_initrd)
 CACHE = os.path.join(REPO, '.build', 'guest')
 
 KERNEL_META = 'linux-image-cloud-amd64'
@@ -55,14 +55,6 @@ POWER_BUTTON_SCRIPT = b'#!/bin/sh\necho "gpuaas-guest: power button, powering of
 
 def log(message):
     print('guest-image: %s' % message, file=sys.stderr, flush=True)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _inputs():
@@ -86,11 +78,8 @@ def build(force=False):
     """Build (or reuse) the guest; return {'dir', 'kernel', 'initrd', 'cmdline', ...}."""
     kernel_deb, busybox_deb, key = _inputs()
     out = os.path.join(CACHE, key)
-    manifest_path = os.path.join(out, 'manifest.json')
-    if os.path.exists(manifest_path) and not force:
-        with open(manifest_path) as handle:
-            manifest = json.load(handle)
-        manifest['cached'] = True
+    manifest = None if force else cached(out)
+    if manifest:
         return manifest
     start = time.time()
     log('building the test guest from %s and %s'
@@ -128,26 +117,18 @@ def build(force=False):
             'kernel_package': os.path.basename(kernel_deb),
             'busybox_package': os.path.basename(busybox_deb),
             'modules': order,
-            'initrd_sha256': _sha256(os.path.join(staging, 'initrd.img')),
+            'initrd_sha256': sha256(os.path.join(staging, 'initrd.img')),
             'build_seconds': round(time.time() - start, 2),
         }
-        with open(os.path.join(staging, 'manifest.json'), 'w') as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=True)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(staging, out)
-        # Older builds (other inputs) and packages that are no longer the candidates go.
-        for name in os.listdir(CACHE):
-            if name not in (key, 'debs') and not name.startswith('.work-'):
-                shutil.rmtree(os.path.join(CACHE, name), ignore_errors=True)
+        publish(staging, out, manifest)
+        # Packages that are no longer the candidates go.
         for name in os.listdir(os.path.join(CACHE, 'debs')):
             if name not in (os.path.basename(kernel_deb), os.path.basename(busybox_deb)):
                 os.unlink(os.path.join(CACHE, 'debs', name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log('built in %.1f s: %s' % (time.time() - start, out))
-    manifest['cached'] = False
-    return manifest
+    return dict(manifest, cached=False)
 
 
 def main():

@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from tests.guest.debian import candidate  # noqa: E402
+from tests.guest.debian import cached, candidate, publish, sha256  # noqa: E402
 
 CACHE = os.path.join(REPO, '.build', 'cloud-guest')
 AGENT = os.path.join(REPO, 'roles', 'host_prep', 'files', 'gpuaas_guest_agent.py')
@@ -261,14 +261,6 @@ def assemble(work, root, key, epoch):
     return disk, kernel
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build(force=False):
     """Build (or reuse) the image; return its manifest {'image', 'sha256', 'key', ...}."""
     for tool in ('mmdebstrap', 'mkfs.ext4', 'mkfs.vfat', 'mcopy', 'sfdisk', 'qemu-img'):
@@ -277,10 +269,9 @@ def build(force=False):
                              'e2fsprogs, dosfstools, mtools, fdisk, qemu-utils)' % tool)
     versions, key = _inputs()
     out = os.path.join(CACHE, key)
-    manifest_path = os.path.join(out, 'manifest.json')
-    if os.path.exists(manifest_path) and not force:
-        with open(manifest_path) as handle:
-            return dict(json.load(handle), cached=True)
+    manifest = None if force else cached(out)
+    if manifest:
+        return manifest
     start = time.time()
     # The build's clock: a fixed time derived from the key (same inputs, same timestamps).
     epoch = 1700000000 + int(key[:6], 16)
@@ -298,18 +289,11 @@ def build(force=False):
         image = os.path.join(staging, IMAGE_NAME)
         _run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2', disk, image])
         manifest = {'key': key, 'dir': out, 'image': os.path.join(out, IMAGE_NAME),
-                    'sha256': _sha256(image), 'size_bytes': os.path.getsize(image),
+                    'sha256': sha256(image), 'size_bytes': os.path.getsize(image),
                     'virtual_mib': DISK_MIB, 'kernel': kernel, 'packages': versions,
                     'tree_seconds': round(tree_seconds, 1),
                     'build_seconds': round(time.time() - start, 1)}
-        with open(os.path.join(staging, 'manifest.json'), 'w') as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=True)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(staging, out)
-        for name in os.listdir(CACHE):
-            if name not in (key, 'debs') and not name.startswith('.work-'):
-                shutil.rmtree(os.path.join(CACHE, name), ignore_errors=True)
+        publish(staging, out, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log('built in %.0f s (root tree %.0f s): %s' % (manifest['build_seconds'], tree_seconds, manifest['image']))

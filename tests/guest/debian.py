@@ -7,14 +7,18 @@
 Packages are fetched with ``apt-get download`` at their current candidate version;
 a kernel .deb carries no modules.dep, so module dependencies are read from each
 module's own .modinfo; the initramfs is written here (cpio newc, fixed metadata), so
-the same inputs give the same bytes.
+the same inputs give the same bytes. A build is cached in ``<cache>/<key>/`` with its
+``manifest.json`` (:func:`cached`, :func:`publish`).
 """
 
 import glob
 import gzip
+import hashlib
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 
 
@@ -142,3 +146,34 @@ def write_initrd(path, cpio, level=6):
     with open(path, 'wb') as raw:
         with gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=level, mtime=0) as handle:
             handle.write(cpio.finish())
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached(out):
+    """The manifest of the build cached in ``out``, marked cached; None when there is none."""
+    path = os.path.join(out, 'manifest.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return dict(json.load(handle), cached=True)
+
+
+def publish(staging, out, manifest):
+    """Write ``manifest`` into ``staging`` and make it ``out``, the cached build; the cache's other
+    builds (older inputs) go, its work directories and downloaded packages (debs/) stay."""
+    with open(os.path.join(staging, 'manifest.json'), 'w') as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.rename(staging, out)
+    cache, key = os.path.split(out)
+    for name in os.listdir(cache):
+        if name not in (key, 'debs') and not name.startswith('.work-'):
+            shutil.rmtree(os.path.join(cache, name), ignore_errors=True)
