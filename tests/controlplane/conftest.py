@@ -3,18 +3,25 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fixtures of the control plane tests: a database on each backend (a SQLite file, and a
 database in a private PostgreSQL cluster started once per session), migrated by the real
-Alembic migrations; a real discovery result of the sample 8-GPU host; tokens."""
+Alembic migrations; a real discovery result of the sample 8-GPU host; tokens; the stand-in
+project the worker drives (tests/controlplane/fake_node) and the worker's settings."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import os
 import shutil
+import socket
+import sys
 
 import pytest
+import yaml
 
+from gpuaas_control.config import Settings
 from tests.controlplane import pg as pgmod
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ('sqlite', 'postgresql')
 _names = itertools.count()
 
@@ -199,3 +206,82 @@ def snapshot(db):
                 sorted(session.execute(select(Tenant.id, Tenant.max_gpus)).all()),
                 sorted(session.execute(select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at,
                                               ApiToken.replaced_by)).all()))
+
+
+def _closed_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class FakeProject:
+    """The stand-in project (a copy of fake_node), its inventory and its state directory.
+
+    :meth:`set_modes` gives nodes their mode: ``allocate[/release]`` (the modes fake_node's
+    playbooks know), or ``down``: an SSH host at 127.0.0.1 on a port nothing listens on. With
+    ``connect``, the playbooks reach every node first (fake_connect), as the real ones do.
+    """
+
+    def __init__(self, tmp_path):
+        self.dir = str(tmp_path / 'project')
+        shutil.copytree(os.path.join(HERE, 'fake_node'), self.dir)
+        self.inventory = str(tmp_path / 'inventory.yml')
+        self.state_dir = tmp_path / 'state'
+        self.state_dir.mkdir()
+        self.connect = False
+        self.port = _closed_port()
+        self.modes = {}
+
+    def set_modes(self, **node_modes):
+        self.modes.update(node_modes)
+        hosts = {}
+        for node, mode in self.modes.items():
+            allocate_mode, _sep, release_mode = mode.partition('/')
+            hosts[node] = {'fake_mode': allocate_mode, 'fake_release_mode': release_mode or 'ok'}
+            if self.connect:
+                hosts[node]['fake_connect'] = True
+            if mode == 'down':
+                hosts[node].update(ansible_connection='ssh', ansible_host='127.0.0.1', ansible_port=self.port,
+                                   ansible_user='gpuaas-test', ansible_ssh_common_args=(
+                                       '-o ConnectTimeout=5 -o BatchMode=yes -o StrictHostKeyChecking=no '
+                                       '-o UserKnownHostsFile=/dev/null'))
+        inventory = {'all': {'vars': {'ansible_connection': 'local',
+                                      'ansible_python_interpreter': sys.executable,
+                                      'fake_state_dir': str(self.state_dir)},
+                             'hosts': hosts}}
+        with open(self.inventory, 'w') as handle:
+            handle.write(yaml.safe_dump(inventory))
+
+    def _log(self, name):
+        log = self.state_dir / name
+        return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+    def runs(self):
+        return [row[:3] for row in self._log('runs.log')]
+
+    def intervals(self):
+        """(node, allocation, start, end) of every run in mode slow."""
+        return [(node, alloc, float(start), float(end)) for node, alloc, start, end in self._log('intervals.log')]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """The stand-in project with node n1 in mode ok."""
+    project = FakeProject(tmp_path)
+    project.set_modes(n1='ok')
+    yield project
+    # A cancelled or orphaned run may still sit in its long task (ansible-runner kills
+    # ansible-playbook's process group, not the worker process it forked): end it.
+    (project.state_dir / 'stop').touch()
+
+
+def worker_settings(db_url, project, tmp_path, **overrides):
+    """Settings of a worker driving ``project``: short leases, retries and polls."""
+    return Settings(**dict(dict(db_url=db_url, project_dir=project.dir, inventory=project.inventory,
+                                runs_dir=str(tmp_path / 'runs'), job_timeout=90, max_attempts=2,
+                                retry_base=0.2, lease_seconds=2.0, poll_interval=0.2), **overrides))
+
+
+@pytest.fixture
+def settings(db_url, project, tmp_path):
+    return worker_settings(db_url, project, tmp_path)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
+
+from sqlalchemy import func, select
 
 from gpuaas_control import audit, service
+from gpuaas_control.models import Allocation, Event, OutboxJob, Slot, UsageRecord
 
 OPERATOR = audit.Actor('test-operator', 'operator')
 
@@ -42,3 +46,41 @@ def add_tenant(db, name, max_gpus=-1):
 def make_token(db, role, tenant_name=None):
     token, _row = db.transact(service.create_token, OPERATOR, role, tenant_name)
     return {'Authorization': 'Bearer %s' % token}
+
+
+def allocation_state(db, allocation_id):
+    """(allocation, slot, [(kind, status, attempts) of its jobs], usage record, [event messages])."""
+    with db.read() as session:
+        allocation = session.get(Allocation, allocation_id)
+        slot = session.get(Slot, allocation.slot_id)
+        jobs = session.execute(select(OutboxJob).where(OutboxJob.allocation_id == allocation_id)
+                               .order_by(OutboxJob.id)).scalars().all()
+        usage = session.execute(select(UsageRecord).where(
+            UsageRecord.allocation_id == allocation_id)).scalar_one()
+        events = [e.message for e in session.execute(select(Event).where(
+            Event.allocation_id == allocation_id).order_by(Event.id)).scalars()]
+    return allocation, slot, [(j.kind, j.status, j.attempts) for j in jobs], usage, events
+
+
+def no_leaks(db):
+    """Every reserved slot is held by its active allocation and the other way round; no
+    job is left pending or running."""
+    with db.read() as session:
+        active = {a.slot_id: a.id for a in session.execute(select(Allocation).where(
+            Allocation.state.in_(('requested', 'provisioning', 'running', 'releasing')))).scalars()}
+        reserved = {s.id: s.allocation_id for s in session.execute(
+            select(Slot).where(Slot.state == 'reserved')).scalars()}
+        unfinished = session.execute(select(func.count()).select_from(OutboxJob).where(
+            OutboxJob.status.in_(('pending', 'running')))).scalar()
+    assert active == reserved
+    assert unfinished == 0
+
+
+def wait_for(predicate, timeout=60.0, what='condition'):
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError('timed out waiting for %s' % what)

@@ -9,90 +9,37 @@ is skipped by reservation, probed, and cleaned up once it answers; drain."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import sys
 import threading
 import time
 
 import pytest
-import yaml
 from sqlalchemy import select, update
 
 from gpuaas_control import audit, fleet, lifecycle, service
-from gpuaas_control.config import Settings
 from gpuaas_control.errors import Conflict
 from gpuaas_control.models import Allocation, AuditEntry, Node, OutboxJob, Slot, utcnow
 from gpuaas_control.schemas.fleet import NodeView
 from gpuaas_control.worker import Worker, _candidates
-from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
-from tests.controlplane.test_worker import _allocation, _no_leaks, _wait_for
+from tests.controlplane.conftest import approved_map, worker_settings
+from tests.controlplane.helpers import (
+    OPERATOR, add_node, add_tenant, allocation_state, no_leaks, request, tenant, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _closed_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def project(tmp_path):
-    """The stand-in project with an inventory of nodes: ``ok`` and ``slow`` ones run locally
-    (and are pinged first), a ``down`` one is an SSH host at 127.0.0.1 on a port nothing
-    listens on."""
-    root = tmp_path / 'project'
-    shutil.copytree(os.path.join(HERE, 'fake_node'), root)
-    state = tmp_path / 'state'
-    state.mkdir()
-    port = _closed_port()
-    modes = {}
-
-    def write(**node_modes):
-        modes.update(node_modes)
-        hosts = {}
-        for node, mode in modes.items():
-            hosts[node] = {'fake_mode': mode, 'fake_connect': True}
-            if mode == 'down':
-                hosts[node].update(ansible_connection='ssh', ansible_host='127.0.0.1', ansible_port=port,
-                                   ansible_user='gpuaas-test', ansible_ssh_common_args=(
-                                       '-o ConnectTimeout=5 -o BatchMode=yes -o StrictHostKeyChecking=no '
-                                       '-o UserKnownHostsFile=/dev/null'))
-        inventory = {'all': {'vars': {'ansible_connection': 'local',
-                                      'ansible_python_interpreter': sys.executable,
-                                      'fake_state_dir': str(state)},
-                             'hosts': hosts}}
-        (tmp_path / 'inventory.yml').write_text(yaml.safe_dump(inventory))
-
-    class Project:
-        dir = str(root)
-        inventory = str(tmp_path / 'inventory.yml')
-        state_dir = state
-        set_modes = staticmethod(write)
-
-        @staticmethod
-        def runs():
-            log = state / 'runs.log'
-            return [line.split()[:3] for line in log.read_text().splitlines()] if log.exists() else []
-
-        @staticmethod
-        def intervals():
-            log = state / 'intervals.log'
-            rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-            return [(node, alloc, float(start), float(end)) for node, alloc, start, end in rows]
-    write(n1='ok', n2='ok')
-    yield Project
-    (state / 'stop').touch()
+def project(project):
+    """Nodes n1 and n2 in mode ok, every one reached first (fake_connect); a node in mode
+    ``down`` answers nothing."""
+    project.connect = True
+    project.set_modes(n2='ok')
+    return project
 
 
 @pytest.fixture
 def settings(db_url, project, tmp_path):
-    return Settings(db_url=db_url, project_dir=project.dir, inventory=project.inventory,
-                    runs_dir=str(tmp_path / 'runs'), job_timeout=90, max_attempts=2,
-                    retry_base=0.2, lease_seconds=5.0, poll_interval=0.2, probe_interval=0.2,
-                    probe_timeout=30, telemetry_interval=0)
+    return worker_settings(db_url, project, tmp_path, lease_seconds=5.0, probe_interval=0.2, probe_timeout=30,
+                           telemetry_interval=0)
 
 
 @pytest.fixture
@@ -207,8 +154,8 @@ def test_nodes_run_in_parallel_and_each_node_one_job_at_a_time(db, settings, pro
     runner = threading.Thread(target=worker.run_forever)
     runner.start()
     try:
-        _wait_for(lambda: all(_allocation(db, i)[0].state == 'running' for i in ids),
-                  timeout=120, what='four allocations to run')
+        wait_for(lambda: all(allocation_state(db, i)[0].state == 'running' for i in ids),
+                 timeout=120, what='four allocations to run')
     finally:
         worker.stop()
         runner.join(60)
@@ -222,7 +169,7 @@ def test_nodes_run_in_parallel_and_each_node_one_job_at_a_time(db, settings, pro
         assert end1 <= start2, '%s ran two jobs at once: %s' % (node, spans)
     # Four threads, two nodes: the nodes' runs overlapped.
     assert any(s1 < e2 and s2 < e1 for s1, e1 in by_node['n1'] for s2, e2 in by_node['n2']), by_node
-    _no_leaks(db)
+    no_leaks(db)
 
 
 # -- reservation skips unreachable and drained nodes -------------------------------------------
@@ -275,8 +222,8 @@ def test_a_drained_node_keeps_its_allocations_and_refuses_new_ones(db, client, t
 
 def _recover(db, worker, project, node_id, **modes):
     project.set_modes(**modes)
-    _wait_for(lambda: worker.drain() >= 0 and _node(db, node_id).unreachable_since is None,
-              timeout=60, what='%s to answer a probe' % node_id)
+    wait_for(lambda: worker.drain() >= 0 and _node(db, node_id).unreachable_since is None,
+             timeout=60, what='%s to answer a probe' % node_id)
     worker.drain()
 
 
@@ -287,7 +234,7 @@ def test_an_unreachable_node_moves_the_allocation_and_is_cleaned_when_it_answers
     assert allocation.node_id == 'n1'
     worker = Worker(db, settings)
     worker.drain()
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'running' and got.node_id == 'n2' and slot.id == 'n2-s0', (jobs, events)
     assert (usage.node_id, usage.slot_id) == ('n2', 'n2-s0')
     assert jobs == [('allocate', 'failed', 0), ('allocate', 'done', 1), ('release', 'pending', 0)]
@@ -307,10 +254,10 @@ def test_an_unreachable_node_moves_the_allocation_and_is_cleaned_when_it_answers
     assert _slot(db, 'n1-s0').state == 'free' and _slot(db, 'n1-s0').allocation_id is None
     assert ['release', allocation.id, 'n1-s0'] in project.runs()
     assert _actions(db, 'n1')[-1] == 'node.reachable' and _actions(db, 'n1-s0') == ['slot.block', 'slot.free']
-    assert _allocation(db, allocation.id)[0].state == 'running'
+    assert allocation_state(db, allocation.id)[0].state == 'running'
     with db.read() as session:
         assert audit.verify(session).ok
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.slow
@@ -320,17 +267,17 @@ def test_an_unreachable_node_fails_the_allocation_under_the_fail_policy(db, sett
     allocation = _reserve(db)
     worker = Worker(db, settings.model_copy(update={'unreachable_policy': 'fail'}))
     worker.drain()
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'failed' and got.error.startswith('node unreachable: ')
     assert lifecycle.public_reason(got.error) == 'node unreachable'    # what the tenant reads
     assert slot.state == 'blocked' and usage.allocated_end is not None
     assert 'node unreachable: the node did not answer; the allocation failed' in events
     assert _slot(db, 'n2-s0').state == 'free'
     _recover(db, worker, project, 'n1', n1='ok')
-    got, slot, _jobs, _usage, _events = _allocation(db, allocation.id)
+    got, slot, _jobs, _usage, _events = allocation_state(db, allocation.id)
     assert got.state == 'failed' and slot.state == 'free'
     assert [r[0] for r in project.runs()] == ['release']
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.slow
@@ -339,7 +286,7 @@ def test_an_allocation_that_named_its_node_fails_rather_than_moves(db, settings,
     project.set_modes(n1='down', n2='ok')
     allocation = _reserve(db, node_id='n1')
     Worker(db, settings).drain()
-    got, _slot_row, _jobs, _usage, _events = _allocation(db, allocation.id)
+    got, _slot_row, _jobs, _usage, _events = allocation_state(db, allocation.id)
     assert got.state == 'failed' and got.node_id == 'n1'
 
 
@@ -349,17 +296,17 @@ def test_a_release_on_an_unreachable_node_keeps_the_slot_until_it_answers(db, se
     allocation = _reserve(db, node_id='n1')
     worker = Worker(db, settings)
     worker.drain()
-    assert _allocation(db, allocation.id)[0].state == 'running'
+    assert allocation_state(db, allocation.id)[0].state == 'running'
     project.set_modes(n1='down', n2='ok')
     db.transact(service.request_release, tenant('acme'), allocation.id)
     worker.drain()
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'releasing' and slot.state == 'reserved' and slot.allocation_id == allocation.id
     assert jobs[-1] == ('release', 'pending', 0)
     assert 'the node did not answer; the release runs when it does' in events
     assert _reserve(db).node_id == 'n2'     # n1 is skipped
     _recover(db, worker, project, 'n1', n1='ok', n2='ok')
-    got, slot, jobs, _usage, _events = _allocation(db, allocation.id)
+    got, slot, jobs, _usage, _events = allocation_state(db, allocation.id)
     assert got.state == 'released' and slot.state == 'free' and jobs[-1] == ('release', 'done', 1)
 
 
@@ -404,15 +351,15 @@ def test_allocations_waiting_on_a_node_that_stops_answering_move_before_they_run
     pinned = _reserve(db, node_id='n1').id
     worker = Worker(db, settings)
     worker.drain()
-    states = {i: _allocation(db, i)[0] for i in ids}
+    states = {i: allocation_state(db, i)[0] for i in ids}
     assert {(a.state, a.node_id) for a in states.values()} == {('running', 'n2')}, states
     assert _slot(db, 'n1-s0').state == 'blocked'                     # the one a run touched
     assert [_slot(db, 'n1-s%d' % i).state for i in (1, 2)] == ['free', 'free']
     assert _actions(db, 'n1-s1') == ['slot.free']
     # One that named its node waits for it (requested, its job pending).
-    got, slot, jobs, _usage, _events = _allocation(db, pinned)
+    got, slot, jobs, _usage, _events = allocation_state(db, pinned)
     assert got.state == 'requested' and jobs == [('allocate', 'pending', 0)]
     _recover(db, worker, project, 'n1', n1='ok')
-    assert _allocation(db, pinned)[0].state == 'running'
+    assert allocation_state(db, pinned)[0].state == 'running'
     assert _slot(db, 'n1-s0').state == 'free'    # its cleanup ran
-    _no_leaks(db)
+    no_leaks(db)

@@ -18,7 +18,7 @@ from gpuaas_control import console, power, service
 from gpuaas_control.models import Allocation, AllocationConsole, AuditEntry, Event, OutboxJob, UsageRecord, utcnow
 from gpuaas_control.worker import Worker
 from tests.controlplane.helpers import OPERATOR, tenant
-from tests.controlplane.test_worker import node, project, settings  # noqa: F401 (fixtures) pylint: disable=unused-import
+from tests.controlplane.test_worker import node  # noqa: F401 (fixtures) pylint: disable=unused-import
 
 
 def auth(headers):

@@ -12,7 +12,6 @@ without running a job twice."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,63 +19,18 @@ import threading
 import time
 
 import pytest
-import yaml
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from gpuaas_control import audit, service
 from gpuaas_control.config import Settings
-from gpuaas_control.models import Allocation, AuditEntry, Event, OutboxJob, Slot, UsageRecord
+from gpuaas_control.models import Allocation, AuditEntry, Event, OutboxJob
 from gpuaas_control.worker import Worker, WorkerError
 from tests.controlplane.conftest import approved_map
-from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, request, tenant
+from tests.controlplane.helpers import (
+    OPERATOR, add_node, add_tenant, allocation_state, no_leaks, request, tenant, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def project(tmp_path):
-    """The stand-in project, its inventory (node id -> mode) and its state directory."""
-    root = tmp_path / 'project'
-    shutil.copytree(os.path.join(HERE, 'fake_node'), root)
-    state = tmp_path / 'state'
-    state.mkdir()
-    modes = {}
-
-    def write(**node_modes):
-        modes.update(node_modes)
-        hosts = {}
-        for node, mode in modes.items():
-            allocate_mode, _sep, release_mode = mode.partition('/')
-            hosts[node] = {'fake_mode': allocate_mode, 'fake_release_mode': release_mode or 'ok'}
-        inventory = {'all': {'vars': {'ansible_connection': 'local',
-                                      'ansible_python_interpreter': sys.executable,
-                                      'fake_state_dir': str(state)},
-                             'hosts': hosts}}
-        (tmp_path / 'inventory.yml').write_text(yaml.safe_dump(inventory))
-    write(n1='ok')
-
-    class Project:
-        dir = str(root)
-        inventory = str(tmp_path / 'inventory.yml')
-        state_dir = state
-        set_modes = staticmethod(write)
-
-        @staticmethod
-        def runs():
-            log = state / 'runs.log'
-            return [line.split()[:3] for line in log.read_text().splitlines()] if log.exists() else []
-    yield Project
-    # A cancelled or orphaned run may still sit in its long task (ansible-runner kills
-    # ansible-playbook's process group, not the worker process it forked): end it.
-    (state / 'stop').touch()
-
-
-@pytest.fixture
-def settings(db_url, project, tmp_path):
-    return Settings(db_url=db_url, project_dir=project.dir, inventory=project.inventory,
-                    runs_dir=str(tmp_path / 'runs'), job_timeout=90, max_attempts=2,
-                    retry_base=0.2, lease_seconds=2.0, poll_interval=0.2)
 
 
 @pytest.fixture
@@ -87,44 +41,17 @@ def node(db, hgx_discovery_factory):
     return discovery
 
 
-def _allocation(db, allocation_id):
-    with db.read() as session:
-        allocation = session.get(Allocation, allocation_id)
-        slot = session.get(Slot, allocation.slot_id)
-        jobs = session.execute(select(OutboxJob).where(OutboxJob.allocation_id == allocation_id)
-                               .order_by(OutboxJob.id)).scalars().all()
-        usage = session.execute(select(UsageRecord).where(
-            UsageRecord.allocation_id == allocation_id)).scalar_one()
-        events = [e.message for e in session.execute(select(Event).where(
-            Event.allocation_id == allocation_id).order_by(Event.id)).scalars()]
-    return allocation, slot, [(j.kind, j.status, j.attempts) for j in jobs], usage, events
-
-
 def _events(db, allocation_id):
     with db.read() as session:
         return session.execute(select(Event).where(Event.allocation_id == allocation_id)
                                .order_by(Event.id)).scalars().all()
 
 
-def _no_leaks(db):
-    """Every reserved slot is held by its active allocation and the other way round; no
-    job is left pending or running."""
-    with db.read() as session:
-        active = {a.slot_id: a.id for a in session.execute(select(Allocation).where(
-            Allocation.state.in_(('requested', 'provisioning', 'running', 'releasing')))).scalars()}
-        reserved = {s.id: s.allocation_id for s in session.execute(
-            select(Slot).where(Slot.state == 'reserved')).scalars()}
-        unfinished = session.execute(select(func.count()).select_from(OutboxJob).where(
-            OutboxJob.status.in_(('pending', 'running')))).scalar()
-    assert active == reserved
-    assert unfinished == 0
-
-
 def test_allocate_then_release(db, settings, project, node):
     allocation, _created = db.transact(service.reserve, tenant('acme'), request(hostname='train-1'))
     worker = Worker(db, settings)
     assert worker.drain() == 1
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'running' and jobs == [('allocate', 'done', 1)]
     assert got.address == slot.ip and got.mac == slot.mac
     assert got.ssh == {'user': 'root', 'host': slot.ip, 'port': 22}
@@ -142,7 +69,7 @@ def test_allocate_then_release(db, settings, project, node):
 
     db.transact(service.request_release, tenant('acme'), allocation.id)
     assert worker.drain() == 1
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'released' and slot.state == 'free' and slot.allocation_id is None
     assert jobs == [('allocate', 'done', 1), ('release', 'done', 1)]
     assert usage.allocated_end == usage.running_end == got.ended_at
@@ -157,7 +84,7 @@ def test_allocate_then_release(db, settings, project, node):
         ('allocation.create', 'test-acme', None), ('allocation.provision', 'worker', None),
         ('allocation.run', 'worker', None), ('allocation.release', 'test-acme', None),
         ('allocation.released', 'worker', 'free')]
-    _no_leaks(db)
+    no_leaks(db)
 
 
 def _files_holding(root, secret):
@@ -225,7 +152,7 @@ def test_a_transient_failure_is_retried(db, settings, project, node):
     worker.drain()
     time.sleep(0.4)   # the backoff
     worker.drain()
-    got, _slot, jobs, _usage, events = _allocation(db, allocation.id)
+    got, _slot, jobs, _usage, events = allocation_state(db, allocation.id)
     assert got.state == 'running' and jobs == [('allocate', 'done', 2)]
     # The event says that it failed; what the playbook said is the operator's detail.
     failed = [e for e in _events(db, allocation.id) if e.message.startswith('attempt 1 of 2 failed')]
@@ -248,10 +175,10 @@ def test_a_failed_allocation_is_compensated_by_a_release(db, settings, project, 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         worker.drain()
-        if _allocation(db, allocation.id)[0].state == 'failed':
+        if allocation_state(db, allocation.id)[0].state == 'failed':
             break
         time.sleep(0.2)
-    got, slot, jobs, usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, usage, events = allocation_state(db, allocation.id)
     assert got.state == 'failed' and slot.state == 'free'
     assert jobs == [('allocate', 'failed', runs), ('release', 'done', 1)]
     assert 'provisioning failed after %d attempts; releasing the slot' % runs in events, events
@@ -261,7 +188,7 @@ def test_a_failed_allocation_is_compensated_by_a_release(db, settings, project, 
     assert not any(reason[:30] in e for e in events)
     assert [r[0] for r in project.runs()] == ['allocate'] * runs + ['release']
     assert usage.running_start is None and usage.allocated_end is not None
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.backends('sqlite')
@@ -274,29 +201,20 @@ def test_a_release_that_cannot_finish_blocks_the_slot_until_an_operator_retries(
     worker.drain()
     time.sleep(0.4)
     worker.drain()
-    got, slot, jobs, _usage, _events = _allocation(db, allocation.id)
+    got, slot, jobs, _usage, _events = allocation_state(db, allocation.id)
     assert got.state == 'failed' and got.error.startswith('release failed: failed: Fail on n1')
     assert slot.state == 'blocked' and slot.allocation_id == allocation.id
     assert jobs[-1] == ('release', 'failed', 2)
     # Nothing schedules a blocked slot; a tenant's repeated DELETE does nothing; an
     # operator's, once the node is fixed, releases it.
     db.transact(service.request_release, tenant('acme'), allocation.id)
-    assert _allocation(db, allocation.id)[2] == jobs
+    assert allocation_state(db, allocation.id)[2] == jobs
     project.set_modes(n1='ok/ok')
     db.transact(service.request_release, OPERATOR, allocation.id)
     worker.drain()
-    got, slot, _jobs, _usage, _events = _allocation(db, allocation.id)
+    got, slot, _jobs, _usage, _events = allocation_state(db, allocation.id)
     assert slot.state == 'free' and got.state == 'released'
-    _no_leaks(db)
-
-
-def _wait_for(predicate, timeout=60.0, what='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError('timed out waiting for %s' % what)
+    no_leaks(db)
 
 
 def _processes_mentioning(text):
@@ -314,7 +232,7 @@ def _processes_mentioning(text):
 
 
 def _sleeping(db, allocation_id):
-    return lambda: 'task: Take long the first time' in _allocation(db, allocation_id)[4]
+    return lambda: 'task: Take long the first time' in allocation_state(db, allocation_id)[4]
 
 
 def test_killing_the_worker_mid_run_then_another_resumes(db, db_url, settings, project, node):
@@ -328,22 +246,22 @@ def test_killing_the_worker_mid_run_then_another_resumes(db, db_url, settings, p
     doomed = subprocess.Popen([sys.executable, '-c', code, db_url, project.dir, project.inventory,
                                settings.runs_dir], start_new_session=True)
     try:
-        _wait_for(_sleeping(db, allocation.id), what='the first run to reach its long task')
+        wait_for(_sleeping(db, allocation.id), what='the first run to reach its long task')
     finally:
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait()
-    got, slot, jobs, _usage, _events = _allocation(db, allocation.id)
+    got, slot, jobs, _usage, _events = allocation_state(db, allocation.id)
     assert got.state == 'provisioning' and jobs == [('allocate', 'running', 1)]
 
     # Another worker takes the job over once the dead one's lease runs out, and re-runs it.
     worker = Worker(db, settings, worker_id='survivor')
-    _wait_for(worker.run_once, timeout=30, what='the lease to expire')
-    got, slot, jobs, _usage, events = _allocation(db, allocation.id)
+    wait_for(worker.run_once, timeout=30, what='the lease to expire')
+    got, slot, jobs, _usage, events = allocation_state(db, allocation.id)
     assert got.state == 'running' and slot.allocation_id == allocation.id
     assert jobs == [('allocate', 'done', 2)]
     assert any('resumed: the worker before stopped answering' in e for e in events)
     assert [r[0] for r in project.runs()] == ['allocate', 'allocate']
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.backends('sqlite')
@@ -354,7 +272,7 @@ def test_releasing_while_it_provisions_cancels_the_run(db, settings, project, no
     runner = threading.Thread(target=worker.run_once)
     started = time.monotonic()
     runner.start()
-    _wait_for(_sleeping(db, allocation.id), what='the long task')
+    wait_for(_sleeping(db, allocation.id), what='the long task')
     db.transact(service.request_release, tenant('acme'), allocation.id)
     runner.join(60)
     assert time.monotonic() - started < 60   # cancelled, not waited out (the task sleeps 120 s)
@@ -362,11 +280,11 @@ def test_releasing_while_it_provisions_cancels_the_run(db, settings, project, no
     # the task's own process.
     assert _processes_mentioning(str(project.state_dir)) == []
     worker.drain()
-    got, slot, jobs, _usage, events = _allocation(db, allocation.id)
+    got, slot, jobs, _usage, events = allocation_state(db, allocation.id)
     assert jobs == [('allocate', 'cancelled', 1), ('release', 'done', 1)]
     assert got.state == 'released' and slot.state == 'free'
     assert 'provisioning cancelled: the release was requested' in events
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.backends('sqlite')
@@ -376,13 +294,13 @@ def test_a_stopping_worker_hands_its_job_back(db, settings, project, node):
     worker = Worker(db, settings)
     runner = threading.Thread(target=worker.run_once)
     runner.start()
-    _wait_for(_sleeping(db, allocation.id), what='the long task')
+    wait_for(_sleeping(db, allocation.id), what='the long task')
     worker.stop()
     runner.join(60)
-    assert _allocation(db, allocation.id)[2] == [('allocate', 'pending', 0)]
+    assert allocation_state(db, allocation.id)[2] == [('allocate', 'pending', 0)]
     assert _processes_mentioning(str(project.state_dir)) == []
     Worker(db, settings).drain()
-    assert _allocation(db, allocation.id)[0].state == 'running'
+    assert allocation_state(db, allocation.id)[0].state == 'running'
 
 
 def test_several_workers_share_the_outbox(db, settings, project, node):
@@ -392,8 +310,8 @@ def test_several_workers_share_the_outbox(db, settings, project, node):
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: all(_allocation(db, i)[0].state == 'running' for i in ids),
-                  timeout=90, what='four allocations to run')
+        wait_for(lambda: all(allocation_state(db, i)[0].state == 'running' for i in ids),
+                 timeout=90, what='four allocations to run')
     finally:
         for w in workers:
             w.stop()
@@ -404,7 +322,7 @@ def test_several_workers_share_the_outbox(db, settings, project, node):
     with db.read() as session:
         claimed_by = set(session.execute(select(OutboxJob.claimed_by)).scalars())
     assert claimed_by <= {'w0', 'w1'}
-    _no_leaks(db)
+    no_leaks(db)
 
 
 @pytest.mark.backends('sqlite')
