@@ -37,6 +37,9 @@ RELEASE_PHASES = ('releasing', 'wiping')
 PHASES = ALLOCATE_PHASES + (STOPPED,) + RELEASE_PHASES + ('quarantined',)
 MAX_DATA_BYTES = 64 * 1024
 LOCK_TIMEOUT = 30
+# The options of a module that takes the lease (doc fragment gpuaas.slice.lease).
+LEASE_ARGS = dict(lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
+                  lock_timeout=dict(type='int', default=LOCK_TIMEOUT))
 HELD = 'the slot is treated as held; an operator must look at it and remove it with force=true'
 
 

@@ -32,6 +32,7 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
+  - gpuaas.slice.lease
 attributes:
   check_mode:
     support: full
@@ -84,14 +85,6 @@ options:
         allocation never got as far as its lease.
     type: bool
     default: false
-  lease_dir:
-    description: The node's lease directory (created with mode 0700 when missing).
-    type: path
-    default: /var/lib/gpuaas/node-scheduler/leases
-  lock_timeout:
-    description: Seconds to wait for another process's lock on the slot before failing (1 to 3600).
-    type: int
-    default: 30
 '''
 
 EXAMPLES = r'''
@@ -154,9 +147,10 @@ actions:
 '''
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import PHASES, converge
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LEASE_ARGS, PHASES, converge
 
 ARGUMENT_SPEC = dict(
+    LEASE_ARGS,
     slot_id=dict(type='str', required=True),
     allocation_id=dict(type='str'),
     state=dict(type='str', choices=['present', 'absent', 'query'], default='present'),
@@ -165,8 +159,6 @@ ARGUMENT_SPEC = dict(
     reason=dict(type='str'),
     force=dict(type='bool', default=False),
     missing_ok=dict(type='bool', default=False),
-    lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
-    lock_timeout=dict(type='int', default=30),
 )
 
 

@@ -42,6 +42,7 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
+  - gpuaas.slice.lease
   - gpuaas.slice.sysfs
 attributes:
   check_mode:
@@ -100,14 +101,6 @@ options:
         C(seed) default to the image's target and the seed's path.
     type: dict
     required: true
-  lease_dir:
-    description: The slot leases' directory.
-    type: path
-    default: /var/lib/gpuaas/node-scheduler/leases
-  lock_timeout:
-    description: Seconds to wait for another process's lock on the lease (1 to 3600).
-    type: int
-    default: 30
   ssh_host:
     description:
       - The node's public host name or IPv4 address, where the slot's SSH port is (the network step opens it,
@@ -207,9 +200,11 @@ provision_step:
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LEASE_ARGS
 from ansible_collections.gpuaas.slice.plugins.module_utils._provision import Provision
 
 ARGUMENT_SPEC = with_sysfs_args(dict(
+    LEASE_ARGS,
     slot_id=dict(type='str', required=True),
     allocation_id=dict(type='str', required=True),
     telemetry_token=dict(type='str', required=True, no_log=True),
@@ -220,8 +215,6 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
     dev_root=dict(type='path', default='/dev'),
     vm=dict(type='dict', required=True),
-    lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
-    lock_timeout=dict(type='int', default=30),
     ssh_host=dict(type='str', required=True),
 ))
 

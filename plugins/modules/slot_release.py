@@ -43,6 +43,7 @@ author:
   - gpuaas.slice contributors (@gpuaas)
 extends_documentation_fragment:
   - gpuaas.slice.attributes
+  - gpuaas.slice.lease
   - gpuaas.slice.libvirt
   - gpuaas.slice.sysfs
 attributes:
@@ -69,14 +70,6 @@ options:
     description: Release a quarantined slot (an operator who has dealt with what failed).
     type: bool
     default: false
-  lease_dir:
-    description: The slot leases' directory.
-    type: path
-    default: /var/lib/gpuaas/node-scheduler/leases
-  lock_timeout:
-    description: Seconds to wait for another process's lock on the lease (1 to 3600).
-    type: int
-    default: 30
   bridge:
     description: The slot network's Open vSwitch bridge.
     type: str
@@ -217,6 +210,7 @@ quarantined:
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._common import with_sysfs_args
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import LEASE_ARGS
 from ansible_collections.gpuaas.slice.plugins.module_utils._libvirt import LIBVIRT_ARGS
 from ansible_collections.gpuaas.slice.plugins.module_utils._network import DNSMASQ_PID_FILE
 from ansible_collections.gpuaas.slice.plugins.module_utils._release import Release
@@ -226,8 +220,6 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     slot_id=dict(type='str', required=True),
     allocation_id=dict(type='str', required=True),
     clear_quarantine=dict(type='bool', default=False),
-    lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
-    lock_timeout=dict(type='int', default=30),
     bridge=dict(type='str', default='br-gpuaas'),
     hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
     dnsmasq_pid_file=dict(type='path', default=DNSMASQ_PID_FILE),
@@ -241,6 +233,7 @@ ARGUMENT_SPEC = with_sysfs_args(dict(
     vfio_state_dir=dict(type='path', default='/var/lib/gpuaas/vfio'),
     dev_root=dict(type='path', default='/dev'),
     wipe_allowed_file_dirs=dict(type='list', elements='path', default=[]),
+    **LEASE_ARGS
 ))
 
 
