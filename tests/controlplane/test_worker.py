@@ -235,6 +235,18 @@ def _sleeping(db, allocation_id):
     return lambda: 'task: Take long the first time' in allocation_state(db, allocation_id)[4]
 
 
+def _run_into_the_long_task(db, settings, project):
+    """An allocation whose allocate run (mode sleep) sits in its long task, run by a worker in
+    a thread: (allocation, worker, thread)."""
+    project.set_modes(n1='sleep')
+    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
+    worker = Worker(db, settings)
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    wait_for(_sleeping(db, allocation.id), what='the long task')
+    return allocation, worker, runner
+
+
 def test_killing_the_worker_mid_run_then_another_resumes(db, db_url, settings, project, node):
     project.set_modes(n1='sleep')
     allocation, _created = db.transact(service.reserve, tenant('acme'), request())
@@ -266,13 +278,8 @@ def test_killing_the_worker_mid_run_then_another_resumes(db, db_url, settings, p
 
 @pytest.mark.backends('sqlite')
 def test_releasing_while_it_provisions_cancels_the_run(db, settings, project, node):
-    project.set_modes(n1='sleep')
-    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
-    worker = Worker(db, settings)
-    runner = threading.Thread(target=worker.run_once)
     started = time.monotonic()
-    runner.start()
-    wait_for(_sleeping(db, allocation.id), what='the long task')
+    allocation, worker, runner = _run_into_the_long_task(db, settings, project)
     db.transact(service.request_release, tenant('acme'), allocation.id)
     runner.join(60)
     assert time.monotonic() - started < 60   # cancelled, not waited out (the task sleeps 120 s)
@@ -289,12 +296,7 @@ def test_releasing_while_it_provisions_cancels_the_run(db, settings, project, no
 
 @pytest.mark.backends('sqlite')
 def test_a_stopping_worker_hands_its_job_back(db, settings, project, node):
-    project.set_modes(n1='sleep')
-    allocation, _created = db.transact(service.reserve, tenant('acme'), request())
-    worker = Worker(db, settings)
-    runner = threading.Thread(target=worker.run_once)
-    runner.start()
-    wait_for(_sleeping(db, allocation.id), what='the long task')
+    allocation, worker, runner = _run_into_the_long_task(db, settings, project)
     worker.stop()
     runner.join(60)
     assert allocation_state(db, allocation.id)[2] == [('allocate', 'pending', 0)]
