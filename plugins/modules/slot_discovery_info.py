@@ -354,7 +354,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import (
     DEFAULT_HOST_RESERVED_MEMORY_MIB,
     Discovery,
 )
-from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_module
+from ansible_collections.gpuaas.slice.plugins.module_utils._engine import run_engine, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir
 
 ARGUMENT_SPEC = with_sysfs_args(dict(
@@ -377,10 +377,7 @@ def engine(module):
         require_nvme=p['require_nvme'], require_fabric=p['require_fabric'], fabric_classes=p['fabric_classes'],
         host_reserved_cores=p['host_reserved_cores'], host_reserved_memory_mib=p['host_reserved_memory_mib'],
         approved_slots=p['approved_slots'])
-    result = discovery.run()
-    for warning in discovery.warnings:
-        module.warn(warning)
-    return dict(changed=False, **result)
+    return dict(changed=False, **run_engine(module, discovery))
 
 
 def main():

@@ -239,3 +239,56 @@ def test_run_module_turns_a_gpuaas_error_into_fail_json_with_its_details(capsys)
     result = run(engine, capsys)
     assert result['failed'] is True and result['msg'] == 'refusing: it is in use'
     assert result['reasons'] == ['pid 7 holds it'] and result['failed_step'] == 's'
+
+
+class Work:
+    """A module's work done by one object: ``run()`` warns, then returns or raises ``failure``."""
+
+    def __init__(self, module, failure=None):
+        self.module = module
+        self.failure = failure
+        self.warnings = []
+
+    def run(self):
+        self.warnings.append('%s looks odd' % self.module.params['slot_id'])
+        if self.failure is not None:
+            raise self.failure
+        return {'changed': False, 'slot_id': self.module.params['slot_id']}
+
+
+def run_object(engine, capsys):
+    with patch_module_args({'slot_id': 'n1-s0'}):
+        with pytest.raises(SystemExit):
+            _engine.run_module({'slot_id': {'type': 'str', 'required': True}}, engine)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_engine_of_runs_the_object_and_passes_its_warnings_on(capsys):
+    result = run_object(_engine.engine_of(Work), capsys)
+    assert result['slot_id'] == 'n1-s0' and result['changed'] is False
+    assert [warning['event']['msg'] for warning in result['warnings']] == ['n1-s0 looks odd']
+
+
+def test_engine_of_passes_the_warnings_on_when_the_object_fails(capsys):
+    result = run_object(_engine.engine_of(lambda module: Work(module, GpuaasError('it broke', step='x'))), capsys)
+    assert result['failed'] is True and result['msg'] == 'it broke' and result['step'] == 'x'
+    assert [warning['event']['msg'] for warning in result['warnings']] == ['n1-s0 looks odd']
+
+
+def test_engine_of_names_the_slot_of_an_os_error_and_checks_what_it_requires_first(capsys):
+    order = []
+
+    def make(module):
+        order.append('make')
+        return Work(module, OSError(errno.ENOENT, 'No such file or directory'))
+    result = run_object(_engine.engine_of(make, GpuaasError, lambda module: order.append('require')), capsys)
+    assert order == ['require', 'make']
+    assert result['failed'] is True
+    assert result['msg'] == 'n1-s0: No such file or directory (ENOENT)'
+
+
+def test_engine_of_without_an_error_class_lets_an_os_error_through():
+    with patch_module_args({'slot_id': 'n1-s0'}):
+        with pytest.raises(OSError):
+            _engine.run_module({'slot_id': {'type': 'str', 'required': True}},
+                               _engine.engine_of(lambda module: Work(module, OSError(errno.EIO, 'I/O error'))))
