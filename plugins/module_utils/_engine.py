@@ -16,7 +16,8 @@ tool is an error naming it), an argument list (never a shell string), ``LANG=C``
 so output can be parsed, and an optional time limit.
 
 Every error a module reports is a :class:`GpuaasError` (``contract.py``; the module's own
-errors subclass it); its ``details`` go into the failed result. :func:`run_module` is the one ``main()``.
+errors subclass it); its ``details`` go into the failed result. :func:`run_module` is the one ``main()``;
+a module whose work is one object (its ``run()`` and ``warnings``) gets its engine from :func:`engine_of`.
 """
 
 from __future__ import absolute_import, division, print_function
