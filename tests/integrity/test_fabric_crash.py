@@ -24,8 +24,10 @@ import json
 
 import pytest
 
+from ansible_collections.gpuaas.slice.plugins.module_utils import _subnet_manager as sm
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids
 from ansible_collections.gpuaas.slice.plugins.modules import fabric_partition, fabric_vlan, slot_lease, sriov_vfs
+from tests.integrity.opensm import opensm_parser, opensm_required  # noqa: F401 (fixtures) pylint: disable=unused-import
 from tests.integrity.playbooks import Node as PlaybookNode
 from tests.sysfs import kernel_fixture
 from tests.unit.module_runner import run_module
@@ -46,8 +48,8 @@ FABRICS = {
 class Node:
     """One node on the kernel model, its leases and the subnet manager's partitions.conf."""
 
-    def __init__(self, host, node_id, pf, netdev, tmp_path, capsys):
-        self.host, self.node_id, self.netdev, self.capsys = host, node_id, netdev, capsys
+    def __init__(self, host, node_id, pf, netdev, tmp_path, capsys, opensm=None):
+        self.host, self.node_id, self.netdev, self.capsys, self.opensm = host, node_id, netdev, capsys, opensm
         made = run_module(sriov_vfs, dict(host.args, address=pf, num_vfs=3, node_id=node_id), capsys=capsys)
         self.vfs = made['vf_addresses']
         self.lease_dir = str(tmp_path / 'leases')
@@ -116,10 +118,16 @@ class Node:
                     for entry in json.loads(out)[0]['vfinfo_list'])
 
     def partitions(self):
-        """{pkey: {port: membership}} of the tenant partitions, as OpenSM's grammar reads the file."""
+        """{pkey: {port: membership}} of the tenant partitions, as OpenSM's grammar reads the file
+        and, where it is installed, as OpenSM's own parser builds them."""
         with open(self.conf) as handle:
             found = opensm_grammar(handle.read())
         assert found.pop(0x7fff) == {'ALL': 'limited', 'SELF': 'full'}
+        if self.opensm:
+            ports = set(guid for members in found.values() for guid in members)
+            built = self.opensm(self.conf, ports)
+            assert built.pop(0x7fff) == dict((guid, 'limited') for guid in ports)   # ALL=limited
+            assert built == found
         return found
 
     def guid(self, index):
@@ -136,9 +144,9 @@ class Node:
 
 
 @pytest.fixture(params=sorted(FABRICS))
-def node(request, kernel, tmp_path, capsys):
+def node(request, kernel, tmp_path, capsys, opensm_parser):
     name, node_id, pf, netdev = FABRICS[request.param]
-    made = Node(kernel(name), node_id, pf, netdev, tmp_path, capsys)
+    made = Node(kernel(name), node_id, pf, netdev, tmp_path, capsys, opensm_parser)
     # Another node's GUID, in a partition of its own tenant: no reconcile here may touch it.
     made.call(fabric_partition, port_guid=OTHER_NODE_GUID, tenant='initech', pkey='0x0200', conf=made.conf,
               reload=[])
@@ -232,9 +240,10 @@ def test_reconcile_reports_each_difference_by_slot(node):
             (node.guid(0), ['0x0101'], []), (node.guid(1), [], ['0x0100'])])]
 
 
-def test_the_reconcile_role_converges_the_partitions_and_refuses_a_file_it_did_not_write(kernel, tmp_path, capsys):
+def test_the_reconcile_role_converges_the_partitions_and_refuses_a_file_it_did_not_write(kernel, tmp_path, capsys,
+                                                                                        opensm_parser):
     host = kernel('gpu_box')
-    fabric = Node(host, 'gpu-box', '0000:5e:00.0', None, tmp_path, capsys)
+    fabric = Node(host, 'gpu-box', '0000:5e:00.0', None, tmp_path, capsys, opensm_parser)
     node = PlaybookNode(tmp_path / 'node', 'gpu-box', sys_root=host.sys, proc_root=host.proc)
     fabric.lease_dir = node.dirs['leases']
     fabric.call(fabric_partition, port_guid=OTHER_NODE_GUID, tenant='initech', pkey='0x0200', conf=fabric.conf,
@@ -270,3 +279,20 @@ def test_the_reconcile_role_converges_the_partitions_and_refuses_a_file_it_did_n
     found = stats['localhost']['gpuaas_reconcile']
     assert 'is not one gpuaas.slice writes' in found['partitions_refused']
     assert any(line.startswith("node: the subnet manager's partitions were not converged") for line in found['report'])
+
+
+def test_opensm_itself_reads_the_file_as_written_and_would_misread_a_damaged_one(opensm_required, tmp_path):
+    """The parser these tests trust, on what the backend writes and on what it refuses: OpenSM
+    silently makes a member with a bad membership flag a limited one, which is why a file the
+    backend cannot read back as its own is refused rather than handed to OpenSM."""
+    good = tmp_path / 'good.conf'
+    guids = [OTHER_NODE_GUID, '0x0211223344556677']
+    good.write_text('%sDefault=0x7fff, ipoib : ALL=limited, SELF=full ;\n'
+                    'tenant_acme=0x0100, ipoib : %s=full, %s=full ;\n' % (sm.HEADER, guids[0], guids[1]))
+    assert opensm_required(str(good), guids) == {0x7fff: dict((g, 'limited') for g in guids),
+                                                 0x0100: dict((g, 'full') for g in guids)}
+    bad = tmp_path / 'bad.conf'
+    bad.write_text('tenant_acme=0x0100, ipoib : %s=full %s ;\n' % tuple(guids))
+    assert opensm_required(str(bad), guids) == {0x0100: {guids[0]: 'limited'}}
+    with pytest.raises(AssertionError, match='no port'):
+        opensm_required(str(good), guids[:1])

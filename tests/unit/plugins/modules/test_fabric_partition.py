@@ -2,9 +2,10 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """fabric_partition with the OpenSM backend: partitions.conf kept to exactly the live
-memberships, in OpenSM's documented grammar (checked by a reader of that grammar: Debian's
-opensm has no way to parse a file without an InfiniBand port), check mode, diff,
-idempotence, the reload, and every refusal."""
+memberships, in OpenSM's documented grammar (checked by a reader of that grammar; Debian's
+opensm has no option to parse a file without an InfiniBand port, and OpenSM's own parser,
+run by tests/integrity/opensm.py, checks the files of the crash tests), check mode, diff,
+idempotence, the reload, and every refusal; state=converged (reconcile) for one node's GUIDs."""
 
 from __future__ import annotations
 
