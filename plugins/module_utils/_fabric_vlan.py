@@ -22,8 +22,8 @@ an InfiniBand VF's port GUID): the guest finds its fabric interface by it (the s
 
 ``state=reconciled`` (:class:`NodeFabric`, the reconcile role) converges every fabric VF of
 the node's slots (the approved map's, and each live lease's ``data.fabric_vf_pci_address``)
-to the node's live leases, which ``_tenant.live_tenants`` reads (phase reserved, provisioning
-or running, a valid tenant): a slot whose live lease has passthrough and a fabric VF gets its
+to the node's live leases, which ``_tenant.live_tenants`` reads (phase reserved, provisioning,
+running or stopped, a valid tenant): a slot whose live lease has passthrough and a fabric VF gets its
 ``data.network.vlan`` (0 without one), every other slot's VF VLAN 0, each with spoof checking
 on and trust off, read back. An InfiniBand VF is left to the subnet manager: the result lists
 the node's port GUIDs and the memberships its live leases ask for (``data.network.pkey``),
@@ -39,7 +39,7 @@ __metaclass__ = type
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir, check_path
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import lease_path, read_lease
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATE_PHASES, STOPPED, lease_path, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import CLASS_ETHERNET, CLASS_INFINIBAND
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids, vf_mac
 from ansible_collections.gpuaas.slice.plugins.module_utils._subnet_manager import check_guid, check_pkey
@@ -203,7 +203,8 @@ def slot_vfs(slots, node_id):
 def leased_fabric(lease_dir, node_id):
     """({slot_id: {vf, tenant, vlan, pkey}}, [problem]): what each live lease of the node with a
     fabric VF asks of it (no VLAN and no key without passthrough: the VF is not the guest's)."""
-    tenants, problems = live_tenants(lease_dir, node_id)
+    # A stopped VM's allocation keeps its segment: slot_power starts it again without allocate.
+    tenants, problems = live_tenants(lease_dir, node_id, phases=ALLOCATE_PHASES + (STOPPED,))
     found = {}
     for tenant, entry in sorted(tenants.items()):
         for slot in entry['members']:

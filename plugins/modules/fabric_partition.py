@@ -137,22 +137,22 @@ where:
   sample: OpenSM partitions /etc/opensm/partitions.conf
 pkey:
   description: The partition key (15 bits); null with O(state=absent) and no O(pkey).
-  returned: with O(state=present) or O(state=absent)
+  returned: with state=present or state=absent
   type: str
   sample: "0x0100"
 port_guid:
   description: The port GUID as OpenSM writes it.
-  returned: with O(state=present) or O(state=absent)
+  returned: with state=present or state=absent
   type: str
   sample: "0xe2ad1bcf2448106c"
 port_guids:
   description: The node's port GUIDs, as OpenSM writes them.
-  returned: with O(state=converged)
+  returned: with state=converged
   type: list
   elements: str
 changes:
   description: Each of the node's GUIDs whose membership changed (or would), with the partition keys it was found in and is now in.
-  returned: with O(state=converged)
+  returned: with state=converged
   type: list
   elements: dict
   sample: [{port_guid: "0xe2ad1bcf2448106c", found: ["0x0100"], set: []}]

@@ -26,7 +26,7 @@ description:
     subnet manager (M(gpuaas.slice.fabric_partition)). It returns the VF's port GUID (the one
     M(gpuaas.slice.sriov_vfs) set, derived from O(node_id), the PF address and the VF index)."
   - "O(state=reconciled) (the reconcile role): every fabric VF of the node's slots - those of
-    O(slots) and of every live lease in O(lease_dir) (phase reserved, provisioning or running) -
+    O(slots) and of every live lease in O(lease_dir) (phase reserved, provisioning, running or stopped) -
     is converged to the live leases. A slot whose live lease has passthrough gets the lease's
     C(data.network.vlan) (0 without one), every other slot's VF VLAN 0; each with spoof checking on
     and trust off, read back. RV(vlans) names each VF that differed, what was found and what was
@@ -119,27 +119,27 @@ EXAMPLES = r'''
 RETURN = r'''
 kind:
   description: V(ethernet) (the VLAN was converged) or V(infiniband) (nothing changed, see RV(port_guid)).
-  returned: with O(state=present)
+  returned: with state=present
   type: str
   sample: ethernet
 pf_address:
   description: The VF's PF.
-  returned: with O(state=present)
+  returned: with state=present
   type: str
   sample: "0000:1a:00.0"
 vf_index:
   description: The VF's index on its PF.
-  returned: with O(state=present)
+  returned: with state=present
   type: int
   sample: 1
 netdev:
   description: The PF's network interface, or null when it has none.
-  returned: with O(state=present)
+  returned: with state=present
   type: str
   sample: enp26s0f0np0
 vlan:
   description: The VF's VLAN now (V(0) none); null on an InfiniBand PF.
-  returned: with O(state=present)
+  returned: with state=present
   type: int
   sample: 101
 spoofchk:
@@ -152,12 +152,12 @@ trust:
   type: bool
 mac:
   description: The Ethernet VF's MAC (as M(gpuaas.slice.sriov_vfs) set it), with O(node_id); null otherwise.
-  returned: with O(state=present)
+  returned: with state=present
   type: str
   sample: "96:bf:df:86:c9:f5"
 port_guid:
   description: The InfiniBand VF's port GUID, with O(node_id); null otherwise.
-  returned: with O(state=present)
+  returned: with state=present
   type: str
   sample: "e2:ad:1b:cf:24:48:10:6c"
 actions:
@@ -167,33 +167,33 @@ actions:
   elements: str
 vlans:
   description: With O(state=reconciled), each Ethernet VF that differed from its live lease, what was found and what was set.
-  returned: with O(state=reconciled)
+  returned: with state=reconciled
   type: list
   elements: dict
   sample: [{slot_id: gpu-node-01-s0, vf_address: "0000:1a:00.2", found: {vlan: 101, spoofchk: true, trust: false},
             set: {vlan: 0, spoofchk: true, trust: false}}]
 problems:
   description: Leases and VFs that could not be read or verified (their VFs join no tenant).
-  returned: with O(state=reconciled)
+  returned: with state=reconciled
   type: list
   elements: str
 port_guids:
   description: The port GUIDs of the node's InfiniBand slot VFs (OpenSM's form).
-  returned: with O(state=reconciled)
+  returned: with state=reconciled
   type: list
   elements: str
 guid_slots:
   description: The slot of each of RV(port_guids).
-  returned: with O(state=reconciled)
+  returned: with state=reconciled
   type: dict
 members:
   description: The memberships the live leases ask for, C({slot_id, port_guid, tenant, pkey}).
-  returned: with O(state=reconciled)
+  returned: with state=reconciled
   type: list
   elements: dict
 commands:
   description: The argv of every command the module ran (or would run).
-  returned: when RV(kind=ethernet) or with O(state=reconciled)
+  returned: when RV(kind=ethernet) or with state=reconciled
   type: list
   elements: list
   sample: [["/usr/sbin/ip", "link", "set", "dev", "enp26s0f0np0", "vf", "1", "vlan", "101",

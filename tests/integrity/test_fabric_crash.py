@@ -240,8 +240,8 @@ def test_reconcile_reports_each_difference_by_slot(node):
             (node.guid(0), ['0x0101'], []), (node.guid(1), [], ['0x0100'])])]
 
 
-def test_the_reconcile_role_converges_the_partitions_and_refuses_a_file_it_did_not_write(kernel, tmp_path, capsys,
-                                                                                        opensm_parser):
+def test_the_reconcile_role_converges_partitions_and_refuses_a_file_it_did_not_write(kernel, tmp_path, capsys,
+                                                                                     opensm_parser):
     host = kernel('gpu_box')
     fabric = Node(host, 'gpu-box', '0000:5e:00.0', None, tmp_path, capsys, opensm_parser)
     node = PlaybookNode(tmp_path / 'node', 'gpu-box', sys_root=host.sys, proc_root=host.proc)

@@ -246,3 +246,13 @@ def test_reconciled_on_infiniband_returns_the_node_guids_and_the_leases_membersh
     assert got['changed'] is False and box.tools.calls == [] and got['port_guids'] == sorted(guids)
     assert got['members'] == [{'slot_id': 'gpu-box-s1', 'port_guid': guids[1], 'tenant': 'acme', 'pkey': '0x0100'}]
     assert got['guid_slots'] == {guids[0]: 'gpu-box-s0', guids[1]: 'gpu-box-s1'}
+
+
+def test_reconciled_keeps_a_stopped_vm_on_its_tenant_vlan(ws, capsys, tmp_path):
+    """slot_power starts a stopped VM again without allocate: its VF must keep its segment."""
+    leases = tmp_path / 'leases'
+    run(ws, capsys, vlan=101)
+    write_lease(leases, 'ws-01-s1', phase='stopped', tenant='acme', network=network('acme', 101), passthrough=True,
+                fabric_vf_pci_address=VF1)
+    kept = reconcile(ws, capsys, leases, APPROVED)
+    assert kept['changed'] is False and vlans_of(ws) == [0, 101, 0, 0]
