@@ -124,9 +124,9 @@ def converge(have, owned, members):
     A key that keeps members of another tenant is refused: the control plane never gives a
     key to two tenants, so one of the two is stale and an operator must look.
     """
-    wanted = {}
+    owned, wanted = set(owned), {}
     for number, part in have.items():
-        guids = part.guids - set(owned)
+        guids = part.guids - owned
         if guids:
             wanted[number] = Partition(part.tenant, guids)
     for guid, (tenant, pkey) in sorted(members.items()):
