@@ -279,6 +279,10 @@ def test_the_reconcile_role_converges_partitions_and_refuses_a_file_it_did_not_w
     found = stats['localhost']['gpuaas_reconcile']
     assert 'is not one gpuaas.slice writes' in found['partitions_refused']
     assert any(line.startswith("node: the subnet manager's partitions were not converged") for line in found['report'])
+    # Without passthrough (a sample tree, no IOMMU) no VF is a guest's: the fabric is left alone.
+    rc, out, stats = node.run('reconcile.yml', gpuaas_passthrough=False, **run)
+    assert rc == 0 and open(fabric.conf).read() == edited, out[-3000:]
+    assert stats['localhost']['gpuaas_reconcile']['partitions_refused'] is None
 
 
 def test_opensm_itself_reads_the_file_as_written_and_would_misread_a_damaged_one(opensm_required, tmp_path):

@@ -256,3 +256,20 @@ def test_reconciled_keeps_a_stopped_vm_on_its_tenant_vlan(ws, capsys, tmp_path):
                 fabric_vf_pci_address=VF1)
     kept = reconcile(ws, capsys, leases, APPROVED)
     assert kept['changed'] is False and vlans_of(ws) == [0, 101, 0, 0]
+
+
+def test_the_reconcile_report_names_slot_found_and_set_once_per_finding():
+    vlans = {'vlans': [{'slot_id': 'ws-01-s1', 'vf_address': VF1, 'found': {'vlan': 0, 'spoofchk': False, 'trust': True},
+                        'set': {'vlan': 101, 'spoofchk': True, 'trust': False}}],
+             'problems': ['ws-01-s2: bad lease; it joins no tenant', 'ws-01-s3: fabric VF 0000:03:00.5: gone'],
+             'guid_slots': {'0x0211223344556677': 'ws-01-s4'}}
+    partitions = {'changes': [{'port_guid': '0x0211223344556677', 'found': ['0x0100'], 'set': []}]}
+    assert _fabric_vlan.fabric_lines(vlans, partitions, check_mode=True, known=['ws-01-s2: bad lease; it joins no tenant']) == [
+        'ws-01-s1: fabric VF %s held VLAN 0, spoof checking off, trust on: would be set to VLAN 101, spoof checking on, '
+        'trust off' % VF1,
+        'ws-01-s3: fabric VF 0000:03:00.5: gone; operator: look at it',
+        'ws-01-s4: InfiniBand VF 0x0211223344556677 was in partitions 0x0100: would be set to none']
+    refused = _fabric_vlan.fabric_lines({}, {'failed': False, 'msg': 'conf line 3 is not one gpuaas.slice writes'})
+    assert refused == ["node: the subnet manager's partitions were not converged: conf line 3 is not one gpuaas.slice "
+                       "writes; operator: look at it"]
+    assert _fabric_vlan.fabric_lines({}, {'skipped': True}) == []
