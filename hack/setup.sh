@@ -13,6 +13,7 @@ apt_packages=(git rsync pciutils bc iproute2
   postgresql
   openvswitch-switch nftables ethtool openssh-client systemd
   mmdebstrap e2fsprogs dosfstools mtools fdisk   # Debian images: the lab's cloud guest, the fleet lab's node
+  opensm libopensm-dev libibumad-dev   # OpenSM's own parser checks partitions.conf (tests/integrity/opensm.py)
   python3-libvirt openssh-server sudo)   # the SSH test and the fleet lab (make lab-fleet)
 
 missing=()

@@ -15,10 +15,14 @@ members, and no other tenant's. The interface every backend implements (:class:`
 * ``locked()``: a context held from ``read`` to the end of the plan, so that two slots'
   tasks delegated to the SM host at once do not lose each other's change.
 
-:func:`converge` computes ``wanted`` from what is there: ``present`` makes a port GUID a full
-member of its tenant's partition and of no other, ``absent`` takes it out of every tenant
-partition; a partition left without members is dropped. A partition key the SM holds for
-another tenant is refused: the control plane never gives one key to two tenants.
+:func:`converge` computes ``wanted`` from what is there, for a set of port GUIDs the caller
+owns: each becomes a full member of exactly the partition its member entry names (its tenant's)
+or of none, and every GUID the caller does not own (another node's) stays as it is; a partition
+left without members is dropped. ``present``/``absent`` (allocate, release) own one GUID;
+``converged`` (reconcile) owns every fabric VF of one node's slots, with its live leases'
+memberships, so a node converges its own part of a file every node shares. A partition key
+that keeps members of another tenant is refused: the control plane never gives one key to two
+tenants.
 
 The OpenSM backend (:class:`OpenSM`) owns ``partitions.conf`` (``--Pconfig``, default
 ``/etc/opensm/partitions.conf``) and writes it whole: the default partition line, then one
@@ -112,22 +116,33 @@ def as_dicts(partitions):
     return dict(('0x%04x' % pkey, part.as_dict()) for pkey, part in sorted(partitions.items()))
 
 
-def converge(have, tenant, pkey, guid, present):
-    """The partitions wanted: ``have`` with ``guid`` a full member of ``pkey`` only (present)
-    or of none (absent); empty partitions dropped."""
-    held = have.get(pkey)
-    if present and held is not None and held.tenant != tenant:
-        raise SubnetManagerError('partition key 0x%04x is held by tenant %s in the subnet manager, not %s: '
-                                 'the control plane never gives a key to two tenants; an operator must look'
-                                 % (pkey, held.tenant, tenant))
-    wanted = {}
+def converge(have, owned, members):
+    """The partitions wanted when the port GUIDs ``owned`` are full members of exactly
+    ``members`` ({guid: (tenant, pkey)}, each in ``owned``) and of no other tenant partition;
+    every other GUID (another node's) stays where it is; empty partitions are dropped.
+
+    A key that keeps members of another tenant is refused: the control plane never gives a
+    key to two tenants, so one of the two is stale and an operator must look.
+    """
+    owned, wanted = set(owned), {}
     for number, part in have.items():
-        guids = part.guids - set([guid])
+        guids = part.guids - owned
         if guids:
             wanted[number] = Partition(part.tenant, guids)
-    if present:
-        wanted.setdefault(pkey, Partition(tenant)).guids.add(guid)
+    for guid, (tenant, pkey) in sorted(members.items()):
+        part = wanted.setdefault(pkey, Partition(tenant))
+        if part.tenant != tenant:
+            raise SubnetManagerError('partition key 0x%04x is held by tenant %s in the subnet manager, not %s: '
+                                     'the control plane never gives a key to two tenants; an operator must look'
+                                     % (pkey, part.tenant, tenant))
+        part.guids.add(guid)
     return wanted
+
+
+def memberships(partitions, guids):
+    """{guid: [pkey text]} of the tenant partitions each of ``guids`` is in."""
+    return dict((guid, ['0x%04x' % number for number, part in sorted(partitions.items()) if guid in part.guids])
+                for guid in guids)
 
 
 class Backend:
@@ -219,6 +234,21 @@ class OpenSM(Backend):
             plan.command('make OpenSM re-read it: %s' % ' '.join(self.reload), self.reload)
 
 
+def apply(module, backend, owned, members, **fields):
+    """Converge the subnet manager (:func:`converge`) under the backend's lock: (the result,
+    the partitions found)."""
+    with backend.locked():
+        have = backend.read()
+        wanted = converge(have, owned, members)
+        plan = Plan(module, error=SubnetManagerError)
+        if wanted != have:
+            backend.plan(plan, wanted)
+            first = plan.steps[0]
+            first.key, first.before, first.after = 'partitions', as_dicts(have), as_dicts(wanted)
+        plan.execute()
+    return plan.result(where=backend.describe(), partitions=as_dicts(wanted), commands=plan.commands(), **fields), have
+
+
 def run(module, backend, port_guid, state, tenant=None, pkey=None):
     """The module's result for one port GUID's membership (``tenant`` and ``pkey`` are needed
     for ``present`` only: ``absent`` takes the GUID out of whichever partition holds it)."""
@@ -229,14 +259,34 @@ def run(module, backend, port_guid, state, tenant=None, pkey=None):
         tenant, number = TENANT_ID.check(tenant, 'tenant'), check_pkey(pkey)
     else:
         number = None
-    with backend.locked():
-        have = backend.read()
-        wanted = converge(have, tenant, number, guid, state == 'present')
-        plan = Plan(module, error=SubnetManagerError)
-        if wanted != have:
-            backend.plan(plan, wanted)
-            first = plan.steps[0]
-            first.key, first.before, first.after = 'partitions', as_dicts(have), as_dicts(wanted)
-        plan.execute()
-    return plan.result(where=backend.describe(), pkey=None if number is None else '0x%04x' % number, port_guid=guid,
-                       partitions=as_dicts(wanted), commands=plan.commands())
+    members = {guid: (tenant, number)} if state == 'present' else {}
+    return apply(module, backend, [guid], members, port_guid=guid,
+                 pkey=None if number is None else '0x%04x' % number)[0]
+
+
+def run_node(module, backend, port_guids, members):
+    """state=converged: a node's own port GUIDs (``port_guids``, every fabric VF of its slots)
+    made full members of exactly ``members`` ([{port_guid, tenant, pkey}], its live leases'),
+    and of no other tenant partition; other nodes' GUIDs are left as they are. The result
+    names each of the node's GUIDs whose membership changed (``changes``)."""
+    if not isinstance(port_guids, list) or not isinstance(members, list):
+        raise SubnetManagerError('port_guids and members must be lists')
+    owned = set(check_guid(guid, 'port_guids[%d]' % number) for number, guid in enumerate(port_guids))
+    wanted = {}
+    for number, member in enumerate(members):
+        where = 'members[%d]' % number
+        if not isinstance(member, dict):
+            raise SubnetManagerError('%s must be a mapping {port_guid, tenant, pkey}, not %s' % (where, show(member)))
+        guid = check_guid(member.get('port_guid'), where + '.port_guid')
+        if guid not in owned:
+            raise SubnetManagerError('%s.port_guid %s is not one of port_guids: a node converges its own GUIDs only'
+                                     % (where, guid))
+        if guid in wanted:
+            raise SubnetManagerError('%s.port_guid %s is listed twice: a port is in one tenant partition' % (where, guid))
+        wanted[guid] = (TENANT_ID.check(member.get('tenant'), where + '.tenant'), check_pkey(member.get('pkey'), where + '.pkey'))
+    result, have = apply(module, backend, owned, wanted, port_guids=sorted(owned))
+    before = memberships(have, owned)
+    after = dict((guid, ['0x%04x' % wanted[guid][1]] if guid in wanted else []) for guid in owned)
+    result['changes'] = [{'port_guid': guid, 'found': before[guid], 'set': after[guid]}
+                         for guid in sorted(owned) if before[guid] != after[guid]]
+    return result

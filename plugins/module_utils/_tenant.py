@@ -88,10 +88,11 @@ def check_plan(network, tenant, what='network'):
     return {'vni': vni, 'mtu': mtu, 'peers': sorted(set(found))}
 
 
-def live_tenants(lease_dir, node_id, exclude=None):
+def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
     """({tenant: {'members': [Slot], 'plan': plan or None}}, [problem]) from the node's live leases.
 
-    ``exclude``: a slot id counted out (a slot being released). A tenant's plan is that of its
+    ``exclude``: a slot id counted out (a slot being released); ``phases``: the phases that
+    count as live (the fabric counts a stopped VM's too). A tenant's plan is that of its
     most recently updated lease (the control plane's newest word). A lease that cannot be read,
     or carries an invalid tenant or plan, joins no tenant and is named in the problems.
     """
@@ -113,7 +114,7 @@ def live_tenants(lease_dir, node_id, exclude=None):
             continue
         try:
             lease = read_lease(os.path.join(lease_dir, name))
-            if lease is None or lease.get('phase') not in ALLOCATE_PHASES:
+            if lease is None or lease.get('phase') not in phases:
                 continue
             data = lease.get('data') or {}
             if data.get('tenant') is None:

@@ -18,6 +18,11 @@ description:
     partition O(pkey), and of no other tenant's partition. O(state=absent): it is in no tenant
     partition (O(tenant) and O(pkey) are not needed). A tenant partition left without members
     is dropped."
+  - "O(state=converged) (the reconcile role): one node's membership made exactly what its live
+    leases say. Every GUID in O(port_guids) (the fabric VFs of the node's slots, which
+    M(gpuaas.slice.fabric_vlan) O(state=reconciled) returns) is a full member of the partition its
+    O(members) entry names and of no other tenant partition, or of none without an entry; GUIDs
+    of other nodes are left as they are. RV(changes) names each GUID whose membership changed."
   - "The OpenSM backend owns O(conf) (OpenSM's C(--Pconfig), C(partitions.conf)): it writes it
     whole, atomically - the default partition (0x7fff) with O(default_members), then one line
     per tenant partition, C(tenant_<tenant>=0x<pkey>, ipoib : 0x<guid>=full, ... ;) (the grammar
@@ -43,13 +48,27 @@ options:
     description:
       - The VF's port GUID, as M(gpuaas.slice.sriov_vfs) set it (V(e2:ad:1b:cf:24:48:10:6c) or
         V(0xe2ad1bcf2448106c)); M(gpuaas.slice.fabric_vlan) returns it for the slot's VF.
+        Required with O(state=present) and O(state=absent).
     type: str
-    required: true
   state:
-    description: V(present) makes it a full member of O(pkey); V(absent) takes it out of every tenant partition.
+    description:
+      - V(present) makes O(port_guid) a full member of O(pkey); V(absent) takes it out of every tenant
+        partition; V(converged) makes the node's O(port_guids) members of exactly O(members).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, converged]
     default: present
+  port_guids:
+    description:
+      - With O(state=converged), the node's own port GUIDs (every fabric VF of its slots), whose
+        membership this run owns.
+    type: list
+    elements: str
+  members:
+    description:
+      - With O(state=converged), the memberships the node's live leases ask for, each
+        C({port_guid, tenant, pkey}) with a GUID of O(port_guids), at most one entry per GUID.
+    type: list
+    elements: dict
   tenant:
     description: The tenant (the partition's name is C(tenant_<tenant>)); required with O(state=present).
     type: str
@@ -96,6 +115,13 @@ EXAMPLES = r'''
     pkey: "0x8100"
   delegate_to: "{{ gpuaas_sm_host }}"
 
+- name: Reconcile - the node's VFs in exactly the partitions of its live leases
+  gpuaas.slice.fabric_partition:
+    state: converged
+    port_guids: "{{ gpuaas_fabric_node.port_guids }}"
+    members: "{{ gpuaas_fabric_node.members }}"
+  delegate_to: "{{ gpuaas_sm_host }}"
+
 - name: Out of every tenant partition, before the slot is wiped
   gpuaas.slice.fabric_partition:
     port_guid: "e2:ad:1b:cf:24:48:10:6c"
@@ -111,14 +137,25 @@ where:
   sample: OpenSM partitions /etc/opensm/partitions.conf
 pkey:
   description: The partition key (15 bits); null with O(state=absent) and no O(pkey).
-  returned: always
+  returned: with state=present or state=absent
   type: str
   sample: "0x0100"
 port_guid:
   description: The port GUID as OpenSM writes it.
-  returned: always
+  returned: with state=present or state=absent
   type: str
   sample: "0xe2ad1bcf2448106c"
+port_guids:
+  description: The node's port GUIDs, as OpenSM writes them.
+  returned: with state=converged
+  type: list
+  elements: str
+changes:
+  description: Each of the node's GUIDs whose membership changed (or would), with the partition keys it was found in and is now in.
+  returned: with state=converged
+  type: list
+  elements: dict
+  sample: [{port_guid: "0xe2ad1bcf2448106c", found: ["0x0100"], set: []}]
 partitions:
   description: Every tenant partition now, by partition key, with its tenant and full members.
   returned: always
@@ -138,11 +175,13 @@ commands:
 
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._subnet_manager import (
-    DEFAULT_MEMBERS, OpenSM, SubnetManagerError, run)
+    DEFAULT_MEMBERS, OpenSM, SubnetManagerError, run, run_node)
 
 ARGUMENT_SPEC = dict(
-    port_guid=dict(type='str', required=True),
-    state=dict(type='str', choices=['present', 'absent'], default='present'),
+    port_guid=dict(type='str'),
+    state=dict(type='str', choices=['present', 'absent', 'converged'], default='present'),
+    port_guids=dict(type='list', elements='str'),
+    members=dict(type='list', elements='dict'),
     tenant=dict(type='str'),
     pkey=dict(type='str', no_log=False),   # a partition key names a partition: no secret
     backend=dict(type='str', choices=['opensm'], default='opensm'),
@@ -159,11 +198,14 @@ def engine(module):
     if reload:
         reload[0] = runner.path(reload[0])
     backend = OpenSM(module, runner, p['conf'], p['default_members'], reload)
+    if p['state'] == 'converged':
+        return run_node(module, backend, p['port_guids'], p['members'])
     return run(module, backend, p['port_guid'], p['state'], p['tenant'], p['pkey'])
 
 
 def main():
-    run_module(ARGUMENT_SPEC, engine)
+    run_module(ARGUMENT_SPEC, engine, required_if=[('state', 'present', ['port_guid']), ('state', 'absent', ['port_guid']),
+                                                   ('state', 'converged', ['port_guids', 'members'])])
 
 
 if __name__ == '__main__':

@@ -2,9 +2,10 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """fabric_partition with the OpenSM backend: partitions.conf kept to exactly the live
-memberships, in OpenSM's documented grammar (checked by a reader of that grammar: Debian's
-opensm has no way to parse a file without an InfiniBand port), check mode, diff,
-idempotence, the reload, and every refusal."""
+memberships, in OpenSM's documented grammar (checked by a reader of that grammar; Debian's
+opensm has no option to parse a file without an InfiniBand port, and OpenSM's own parser,
+run by tests/integrity/opensm.py, checks the files of the crash tests), check mode, diff,
+idempotence, the reload, and every refusal; state=converged (reconcile) for one node's GUIDs."""
 
 from __future__ import annotations
 
@@ -162,3 +163,68 @@ def test_the_grammar_reader_refuses_what_opensm_would():
         opensm_grammar('tenant_a=0x0100, ipoib 0x01=full ;')           # no ':'
     with pytest.raises(AssertionError):
         opensm_grammar('tenant_a=0x0100, ipoib : 0x01=full 0x02 ;')    # no ','
+
+
+# -- state=converged: one node's GUIDs in exactly its live leases' partitions -----------------------
+
+GUID_N1 = hexguid(vf_guids('gpu-node-01', '0000:1a:00.0', 2)[1])
+
+
+def converge(capsys, conf, port_guids, members, check_mode=False):
+    return run_module(fabric_partition, dict(state='converged', port_guids=port_guids, members=members, conf=conf,
+                                             reload=['/bin/true']), check_mode=check_mode, diff=True, capsys=capsys)
+
+
+def test_converged_owns_the_node_guids_only_and_reports_each_change(capsys, conf):
+    run(capsys, conf, port_guid=GUID_A1)                              # node 01, acme
+    run(capsys, conf, port_guid=GUID_A2)                              # node 02, acme: not node 01's
+    run(capsys, conf, port_guid=GUID_B1, tenant='globex', pkey='0x0101')
+    owned = [GUID_A1, GUID_B1, GUID_N1]
+    members = [{'port_guid': GUID_N1, 'tenant': 'globex', 'pkey': '0x8101'},
+               {'port_guid': GUID_B1, 'tenant': 'globex', 'pkey': '0x0101'}]
+    before = open(conf).read()
+    checked = converge(capsys, conf, owned, members, check_mode=True)
+    assert checked['changed'] is True and open(conf).read() == before
+    assert checked['changes'] == sorted([{'port_guid': hexguid(GUID_A1), 'found': ['0x0100'], 'set': []},
+                                         {'port_guid': GUID_N1, 'found': [], 'set': ['0x0101']}],
+                                        key=lambda change: change['port_guid'])
+    done = converge(capsys, conf, owned, members)
+    assert done['changes'] == checked['changes'] and done['port_guids'] == sorted([hexguid(GUID_A1), hexguid(GUID_B1),
+                                                                                   GUID_N1])
+    assert opensm_grammar(open(conf).read()) == {
+        0x7fff: {'ALL': 'limited', 'SELF': 'full'},
+        0x0100: {hexguid(GUID_A2): 'full'},
+        0x0101: {hexguid(GUID_B1): 'full', GUID_N1: 'full'}}
+    again = converge(capsys, conf, owned, members)
+    assert again['changed'] is False and again['changes'] == [] and again['actions'] == []
+    # No live lease on the node any more: its GUIDs leave; node 02's stays.
+    converge(capsys, conf, owned, [])
+    assert opensm_grammar(open(conf).read()) == {0x7fff: {'ALL': 'limited', 'SELF': 'full'},
+                                                 0x0100: {hexguid(GUID_A2): 'full'}}
+
+
+def test_converged_refuses_a_damaged_file_and_leaves_it(capsys, conf):
+    run(capsys, conf)
+    with open(conf) as handle:
+        text = handle.read()
+    for damaged in (text[:-3], text.replace('=full', '=limited'), text + text.splitlines(True)[-1], ''.join(
+            text.splitlines(True)[1:])):
+        with open(conf, 'w') as handle:
+            handle.write(damaged)
+        failed = converge(capsys, conf, [GUID_A1], [])
+        assert failed['failed'] and 'gpuaas.slice' in failed['msg'] and open(conf).read() == damaged
+
+
+@pytest.mark.parametrize('members, reason', [
+    ([{'port_guid': GUID_A2, 'tenant': 'acme', 'pkey': '0x0100'}], 'is not one of port_guids'),
+    ([{'port_guid': GUID_A1, 'tenant': 'acme', 'pkey': '0x0100'}, {'port_guid': GUID_A1, 'tenant': 'acme',
+                                                                   'pkey': '0x0100'}], 'listed twice'),
+    ([{'port_guid': GUID_A1, 'tenant': 'acme', 'pkey': '0x7fff'}], 'not a tenant partition key'),
+    ([{'port_guid': GUID_A1, 'tenant': '../x', 'pkey': '0x0100'}], 'members[0].tenant'),
+    ([{'port_guid': '0x' + '0' * 16, 'tenant': 'acme', 'pkey': '0x0100'}], 'not a port GUID'),
+    ([{'port_guid': GUID_A1, 'tenant': 'acme', 'pkey': '0x0101'}, {'port_guid': GUID_B1, 'tenant': 'globex',
+                                                                   'pkey': '0x0101'}], 'partition key 0x0101 is held by tenant'),
+])
+def test_converged_refuses_members_it_cannot_trust_and_changes_nothing(capsys, conf, members, reason):
+    failed = converge(capsys, conf, [GUID_A1, GUID_B1], members)
+    assert failed['failed'] and reason in failed['msg'] and not os.path.exists(conf)
