@@ -378,6 +378,7 @@ def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, no
     db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', error)
     node = _node(db, 'n1')
     assert node.probe_failures == 1 and node.unreachable_error == error
+    assert before <= node.last_probe_at <= utcnow()
     assert 0.39 < (node.next_probe_at - before).total_seconds() < 3   # 0.2 s doubled
     assert fleet.probe_delay(settings, 20) == fleet.MAX_PROBE_INTERVAL
     # A host the inventory does not have never counts as an answer.
@@ -387,6 +388,7 @@ def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, no
     db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', None)
     node = _node(db, 'n1')
     assert node.unreachable_since is None and node.probe_failures == 0 and node.next_probe_at is None
+    assert node.last_probe_at > before    # the probe that found it answering
     with db.read() as session:
         entry = session.execute(select(AuditEntry).where(AuditEntry.target_id == 'n1')
                                 .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()

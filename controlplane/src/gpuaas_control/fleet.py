@@ -154,11 +154,14 @@ def probe(settings: Settings, node_id: str) -> str | None:
 
 def record_probe(session, actor: audit.Actor, settings: Settings, node_id: str, error: str | None) -> None:
     now = utcnow()
+    node = session.get(Node, node_id, with_for_update=True)
+    if node is None:
+        return
+    node.last_probe_at = now
     if error is None:
         node_answered(session, actor, node_id, now, 'probe')
         return
-    node = session.get(Node, node_id, with_for_update=True)
-    if node is None or node.unreachable_since is None:
+    if node.unreachable_since is None:
         return
     node.probe_failures += 1
     node.unreachable_error = short(error, 1000)

@@ -39,7 +39,8 @@ def _fleet(session, document, node, slot, include_unapproved):
         Slot.node_id, Slot.slot_index)
     if not include_unapproved:
         slots = slots.where(Slot.approved.is_(True))
-    nodes = select(*(getattr(Node, name) for name in node.model_fields)).order_by(Node.id)
+    nodes = select(*(getattr(Node, name) for name in node.model_fields if name in Node.__table__.c)
+                   ).order_by(Node.id)
     answer = document(nodes=[row._asdict() for row in session.execute(nodes)],
                       slots=[row._asdict() for row in session.execute(slots)])
     return Response(answer.model_dump_json(), media_type='application/json')

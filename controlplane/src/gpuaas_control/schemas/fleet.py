@@ -86,7 +86,9 @@ class DiscoverySummary(View):
         return [slot for slot in slots or [] if isinstance(slot, dict)]
 
 
-class NodeView(View):
+class InventoryNodeState(View):
+    """A node's drain state and reachability (as the worker last found it)."""
+
     id: str
     schedulable: bool
     drain_reason: str | None
@@ -94,7 +96,17 @@ class NodeView(View):
                             'jobs wait, and the worker probes it until it answers.')
     unreachable_since: Time | None = Field(None, description='When a run first could not reach the node; null while it answers.')
     unreachable_error: str | None = Field(None, description='What ansible said the last time the node did not answer.')
+    last_probe_at: Time | None = Field(None, description='When the worker last asked the node whether it answers '
+                                       '(ansible.builtin.ping); null: never since it was registered.')
     next_probe_at: Time | None = Field(None, description="When the worker next asks the unreachable node whether it answers.")
+
+    @model_validator(mode='after')
+    def _reachable(self):
+        self.reachable = self.unreachable_since is None
+        return self
+
+
+class NodeView(InventoryNodeState):
     discovered_at: Time | None
     approved_at: Time | None
     discovery: DiscoverySummary | None
@@ -105,11 +117,6 @@ class NodeView(View):
     @classmethod
     def _summary(cls, discovery):
         return discovery or None
-
-    @model_validator(mode='after')
-    def _reachable(self):
-        self.reachable = self.unreachable_since is None
-        return self
 
 
 class NodeSummary(NodeView):
@@ -131,12 +138,6 @@ class NodeDetail(NodeView):
     @classmethod
     def of(cls, node, slots) -> NodeDetail:
         return cls(**dict(NodeView.model_validate(node)), slots=slots)
-
-
-class InventoryNodeState(View):
-    id: str
-    schedulable: bool
-    drain_reason: str | None
 
 
 class InventoryNode(InventoryNodeState):
