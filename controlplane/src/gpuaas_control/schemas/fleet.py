@@ -86,6 +86,27 @@ class DiscoverySummary(View):
         return [slot for slot in slots or [] if isinstance(slot, dict)]
 
 
+class BlockedCleanup(View):
+    """A slot a cleanup keeps blocked: an allocation left it on a node that did not answer, and
+    its release (the cleanup) has not run or failed."""
+
+    slot_id: str
+    node_id: str
+    allocation_id: str = Field(description='The allocation that left the slot (it may run on another slot now).')
+    reason: str | None = Field(description="The slot's state reason: why it is blocked, and how the last cleanup failed.")
+    node_reachable: bool
+    job_id: int = Field(description='The newest cleanup job of the slot.')
+    status: str = Field(description='Its status: pending (it runs when the node answers), running, failed (it failed '
+                        "every attempt: retry it, or mark the slot clean), cancelled or done.")
+    attempts: int
+    last_error: str | None
+    updated_at: Time
+
+
+class BlockedCleanupList(View):
+    cleanups: list[BlockedCleanup]
+
+
 class InventoryNodeState(View):
     """A node's drain state and reachability (as the worker last found it)."""
 
