@@ -19,12 +19,17 @@ description:
     endpoints) and returns one host per node, named by its node id, so AWX or
     C(ansible-playbook) can use the slot table as an inventory source.
   - Each node's host vars hold C(gpuaas_node_id), C(gpuaas_slot_counts) (approved slots per
-    state), C(gpuaas_schedulable) and C(gpuaas_drain_reason); with O(slot_details=approved) also
+    state), its drain state (C(gpuaas_schedulable), C(gpuaas_drain_reason)) and its reachability
+    as the control plane's worker last found it (C(gpuaas_reachable); while it is false,
+    C(gpuaas_unreachable_since) and C(gpuaas_unreachable_error), what ansible said; and
+    C(gpuaas_last_probe_at), C(gpuaas_next_probe_at), when the worker last asked it and asks it
+    next, times in ISO 8601 UTC); with O(slot_details=approved) also
     C(gpuaas_approved_slots) (the approved slot map, with each slot's wipe policy and capacity
     metadata, that the discover and allocate plays read); with O(slot_details=full), the
     default, also C(gpuaas_slots) (every approved slot with its state, allocation, GPU model
     and address, companions, NUMA node and CPUs, NVMe, fabric PF and VF, MAC and IP).
-  - "Groups: C(gpuaas_nodes); C(gpuaas_schedulable) or C(gpuaas_drained); and, for nodes with
+  - "Groups: C(gpuaas_nodes); C(gpuaas_schedulable) or C(gpuaas_drained); C(gpuaas_reachable) or
+    C(gpuaas_unreachable); and, for nodes with
     at least one such approved slot, C(gpuaas_state_<state>) (V(free), V(reserved),
     V(blocked)), C(gpuaas_gpu_<vendor>_<device>) and C(gpuaas_numa_<node>)."
   - The inventory file's name must end in C(gpuaas_slots.yml) or C(gpuaas_slots.yaml).

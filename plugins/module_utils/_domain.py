@@ -56,6 +56,9 @@ MAX_MEMORY_MIB = LIMITS['memory_mib'][1]
 MAX_VCPUS = LIMITS['vcpus'][1]
 MAX_HUGEPAGE_KIB = 16 * 1024 * 1024
 
+# The virtio-serial port qemu-guest-agent opens (its udev rule starts the service on it).
+GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+
 ALIAS_RE = re.compile(r'ua-(gpu|companion|nvme|fabric-vf)([0-9]+)')
 
 
@@ -319,6 +322,12 @@ def build_xml(spec, uuid=None):
         _sub(serial, 'log', file=spec.console_log, append='off')
     _sub(serial, 'target', port=0)
     _sub(_sub(devices, 'console', type='pty'), 'target', type='serial', port=0)
+    # The QEMU guest agent's virtio-serial port (libvirt adds the controller and the host-side
+    # socket), so qemu-guest-agent in the guest starts and libvirt can ask it. Not one of
+    # domain_facts: a domain defined before it had the channel is not redefined (nor, running,
+    # destroyed) for it; it gets the channel when it is defined again.
+    channel = _sub(devices, 'channel', type='unix')
+    _sub(channel, 'target', type='virtio', name=GUEST_AGENT_CHANNEL)
 
     roles = {}
     for role, address in spec.hostdevs:

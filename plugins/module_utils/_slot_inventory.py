@@ -18,7 +18,7 @@ import json
 import re
 
 # What each level of detail puts in the host vars (the plugin's slot_details option): the
-# groups, gpuaas_slot_counts and the node's drain state always; 'approved' adds the approved
+# groups, gpuaas_slot_counts and the node's drain state and reachability always; 'approved' adds the approved
 # slot map; 'full' also gpuaas_slots. ansible-core copies and tags every value of every host
 # var, so at fleet scale each value left out counts.
 DETAILS = ('full', 'approved', 'none')
@@ -29,7 +29,10 @@ STATE_KEYS = ('slot_index', 'state', 'approved', 'allocation_id', 'state_reason'
 # repeated there: they are its entry of gpuaas_approved_slots.
 DEVICE_KEYS = ('gpu_address', 'companions', 'cpulist', 'nvme_address', 'fabric_pf_address',
                'fabric_vf_index', 'fabric_vf_pci_address', 'mac', 'ip')
-NODE_KEYS = ('id', 'schedulable', 'drain_reason')
+# A node's reachability, as the control plane's worker last found it: each is the host var
+# gpuaas_<key> (times in ISO 8601, UTC).
+REACHABILITY_KEYS = ('reachable', 'unreachable_since', 'unreachable_error', 'last_probe_at', 'next_probe_at')
+NODE_KEYS = ('id', 'schedulable', 'drain_reason') + REACHABILITY_KEYS
 
 
 class InventoryError(ValueError):
@@ -145,6 +148,10 @@ def build(nodes, slots, include_unapproved=False, details='full'):
             'gpuaas_drain_reason': row.get('drain_reason'),
             'gpuaas_slot_counts': {},
         }
+        for key in REACHABILITY_KEYS:
+            host['gpuaas_' + key] = row.get(key)
+        # Anything but true is unreachable: the worker does not reach it.
+        host['gpuaas_reachable'] = row.get('reachable') is True
         if details != 'none':
             # The operator's approved slot map, as the discover and allocate plays read it.
             host['gpuaas_approved_slots'] = row.get('approved_slots') or []
@@ -152,6 +159,7 @@ def build(nodes, slots, include_unapproved=False, details='full'):
             host['gpuaas_slots'] = []
         member(node_id, 'gpuaas_nodes')
         member(node_id, 'gpuaas_schedulable' if host['gpuaas_schedulable'] else 'gpuaas_drained')
+        member(node_id, 'gpuaas_reachable' if host['gpuaas_reachable'] else 'gpuaas_unreachable')
     for row in sorted(slots, key=lambda s: (s['node_id'], s['slot_index'])):
         node_id = row['node_id']
         host = hosts.get(node_id)

@@ -26,7 +26,9 @@ description:
   - The NIC is a virtio interface on O(bridge) with the slot's fixed MAC; on an Open vSwitch bridge
     it carries C(<virtualport type='openvswitch'/>). The NoCloud seed is a read-only CD-ROM on
     virtio-scsi; the serial console is a pty that libvirt also logs to
-    C({console_log_dir}/{slot_id}.log) (rewritten at each start).
+    C({console_log_dir}/{slot_id}.log) (rewritten at each start). A virtio-serial channel
+    C(org.qemu.guest_agent.0) serves qemu-guest-agent in the guest; a domain defined without it is
+    not redefined for it.
   - A domain that exists with a different definition (devices, CPUs, memory, disks, network) is an
     error unless O(replace=true). Its UUID is kept when it is redefined.
   - Before a start the module checks what would otherwise fail in QEMU or succeed wrongly. Files and

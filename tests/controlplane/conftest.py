@@ -14,10 +14,14 @@ import os
 import shutil
 import socket
 import sys
+import threading
+import time
 
 import pytest
+import uvicorn
 import yaml
 
+from gpuaas_control import api
 from gpuaas_control.config import Settings
 from tests.controlplane import pg as pgmod
 
@@ -152,11 +156,28 @@ def running_allocation(db, hgx_discovery_factory):
 # -- the HTTP API ----------------------------------------------------------------------------
 
 @pytest.fixture
+def api_url(db, db_url):
+    """The API on a free port of 127.0.0.1, served by uvicorn in a thread."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db),
+                                           host='127.0.0.1', port=port, log_level='warning'))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
+        time.sleep(0.05)
+    yield 'http://127.0.0.1:%d' % port
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture
 def client(db, db_url):
     from fastapi.testclient import TestClient
 
-    from gpuaas_control import api
-    from gpuaas_control.config import Settings
     settings = Settings(db_url=db_url, max_body=64 * 1024)
     with TestClient(api.create_app(settings, db)) as test_client:
         yield test_client

@@ -30,6 +30,10 @@ def test_openapi_document_and_health(client):
         assert path in doc['paths']
     assert client.get('/docs').status_code == 200
     assert client.get('/healthz').json()['ok'] is True
+    # The old ssh field stays, marked deprecated in favour of access.
+    fields = doc['components']['schemas']['AllocationView']['properties']
+    assert fields['ssh']['deprecated'] is True and fields['ssh']['description'].startswith('Deprecated: use access.')
+    assert 'deprecated' not in fields['access']
 
 
 def test_authentication(client, db, tokens):

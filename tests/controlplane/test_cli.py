@@ -85,7 +85,7 @@ def stack(fresh_url, tmp_path):
     assert refused.returncode == 1 and 'run `gpuaas db upgrade`' in refused.stderr
     assert gpuaas('db', 'status', check=False).returncode == 1
     upgraded = gpuaas('db', 'upgrade')
-    assert 'revision 0012 (newest 0012)' in upgraded.stdout
+    assert 'revision 0013 (newest 0013)' in upgraded.stdout
     procs = []
     try:
         procs.append(subprocess.Popen([GPUAAS, 'serve', '--port', str(port), '--no-access-log'],

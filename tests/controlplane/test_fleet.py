@@ -8,11 +8,15 @@ is skipped by reservation, probed, and cleaned up once it answers; drain."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import yaml
 from sqlalchemy import select, update
 
 from gpuaas_control import audit, fleet, lifecycle, service
@@ -22,7 +26,7 @@ from gpuaas_control.schemas.fleet import NodeView
 from gpuaas_control.worker import Worker, _candidates
 from tests.controlplane.conftest import approved_map, worker_settings
 from tests.controlplane.helpers import (
-    OPERATOR, add_node, add_tenant, allocation_state, no_leaks, request, tenant, wait_for)
+    OPERATOR, add_node, add_tenant, allocation_state, make_token, no_leaks, request, tenant, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -325,6 +329,7 @@ def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, no
     db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', error)
     node = _node(db, 'n1')
     assert node.probe_failures == 1 and node.unreachable_error == error
+    assert before <= node.last_probe_at <= utcnow()
     assert 0.39 < (node.next_probe_at - before).total_seconds() < 3   # 0.2 s doubled
     assert fleet.probe_delay(settings, 20) == fleet.MAX_PROBE_INTERVAL
     # A host the inventory does not have never counts as an answer.
@@ -334,6 +339,7 @@ def test_probes_are_claimed_once_when_due_and_back_off(db, settings, project, no
     db.transact(fleet.record_probe, audit.SYSTEM, settings, 'n1', None)
     node = _node(db, 'n1')
     assert node.unreachable_since is None and node.probe_failures == 0 and node.next_probe_at is None
+    assert node.last_probe_at > before    # the probe that found it answering
     with db.read() as session:
         entry = session.execute(select(AuditEntry).where(AuditEntry.target_id == 'n1')
                                 .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
@@ -363,3 +369,130 @@ def test_allocations_waiting_on_a_node_that_stops_answering_move_before_they_run
     assert allocation_state(db, pinned)[0].state == 'running'
     assert _slot(db, 'n1-s0').state == 'free'    # its cleanup ran
     no_leaks(db)
+
+
+# -- a cleanup that fails for good: the operator's hand -----------------------------------------
+
+def _release_fails_on(project, node_id, fails):
+    with open(project.inventory) as stream:
+        inventory = yaml.safe_load(stream)
+    inventory['all']['hosts'][node_id]['fake_release_mode'] = 'fail' if fails else 'ok'
+    with open(project.inventory, 'w') as stream:
+        yaml.safe_dump(inventory, stream)
+
+
+@pytest.mark.slow
+def test_a_cleanup_that_fails_for_good_is_retried_or_marked_clean_by_an_operator(
+        db, client, tokens, settings, project, nodes):
+    """n1 stops answering while it provisions: the allocation moves to n2 and n1-s0 waits for
+    its cleanup. Operators see it (a reader too), may not retry what is queued or running, nor
+    mark it clean without a reason; the cleanup fails every attempt once n1 answers; a retry
+    runs it again (and it fails again); marked clean with a reason, the slot is free."""
+    op, reader = tokens['operator'], make_token(db, 'reader')
+    project.set_modes(n1='down', n2='ok')
+    allocation = _reserve(db)
+    worker = Worker(db, settings)
+    worker.drain()
+    listed = client.get('/v1/cleanups', headers=reader)
+    assert listed.status_code == 200, listed.text
+    [row] = listed.json()['cleanups']
+    assert (row['slot_id'], row['node_id'], row['allocation_id'], row['status'], row['node_reachable']) == (
+        'n1-s0', 'n1', allocation.id, 'pending', False)
+    assert client.get('/v1/cleanups', headers=tokens['acme']).status_code == 403
+    # Fail closed: a reader changes nothing; nothing without a reason; nothing queued twice.
+    for path, body in (('retry', None), ('mark-clean', {'reason': 'reimaged'})):
+        assert client.post('/v1/cleanups/n1-s0/%s' % path, json=body, headers=reader).status_code == 403
+    retried = client.post('/v1/cleanups/n1-s0/retry', headers=op)
+    assert retried.status_code == 409 and 'already queued' in retried.json()['detail'], retried.text
+    assert 'runs when node n1 answers' in retried.json()['detail']
+    for body in (None, {}, {'reason': ''}, {'reason': 'two\nlines'}, {'reason': 'x' * 256},
+                 {'reason': 'ok', 'force': True}):
+        assert client.post('/v1/cleanups/n1-s0/mark-clean', json=body, headers=op).status_code == 422, body
+    assert client.post('/v1/cleanups/n1-s0/mark-clean', json={'reason': '   '}, headers=op).status_code == 422
+    for slot_id, status in (('n2-s0', 409), ('n2-s1', 409), ('n9-s0', 404)):   # reserved, free, none
+        assert client.post('/v1/cleanups/%s/retry' % slot_id, headers=op).status_code == status
+        assert client.post('/v1/cleanups/%s/mark-clean' % slot_id, json={'reason': 'x'},
+                           headers=op).status_code == status
+    # While the cleanup runs, neither.
+    with db.write() as session:
+        session.execute(update(OutboxJob).where(OutboxJob.slot_id == 'n1-s0').values(status='running'))
+    for path, body in (('retry', None), ('mark-clean', {'reason': 'reimaged'})):
+        refused = client.post('/v1/cleanups/n1-s0/%s' % path, json=body, headers=op)
+        assert refused.status_code == 409 and 'runs now' in refused.json()['detail']
+    with db.write() as session:
+        session.execute(update(OutboxJob).where(OutboxJob.slot_id == 'n1-s0').values(status='pending'))
+    assert _slot(db, 'n1-s0').state == 'blocked' and 'slot.cleanup_retry' not in _actions(db, 'n1-s0')
+
+    # n1 answers, but its release fails every attempt.
+    project.set_modes(n1='ok')
+    _release_fails_on(project, 'n1', True)
+
+    def cleanup():
+        worker.drain()
+        return client.get('/v1/cleanups', headers=op).json()['cleanups'][0]
+    wait_for(lambda: cleanup()['status'] == 'failed', what='the cleanup to fail')
+    row = cleanup()
+    assert row['attempts'] == settings.max_attempts and row['node_reachable'] is True
+    assert 'fake release failure' in row['last_error'] and 'after 2 attempts' in row['reason']
+    assert 'gpuaas slot retry-cleanup' in row['reason']
+    # A retry runs it again, attempts afresh.
+    retried = client.post('/v1/cleanups/n1-s0/retry', headers=op)
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()['status'], retried.json()['attempts']) == ('pending', 0)
+    assert retried.json()['job_id'] > row['job_id']
+    wait_for(lambda: cleanup()['status'] == 'failed', what='the retried cleanup to fail')
+    assert [r[:1] + r[2:] for r in project.runs()].count(['release', 'n1-s0']) == 2 * settings.max_attempts
+    # The operator reimaged the node: marked clean, the slot is free for the next tenant.
+    marked = client.post('/v1/cleanups/n1-s0/mark-clean', json={'reason': 'reimaged n1, ticket 42'}, headers=op)
+    assert marked.status_code == 200, marked.text
+    assert (marked.json()['state'], marked.json()['allocation_id'], marked.json()['state_reason']) == (
+        'free', None, None)
+    assert client.get('/v1/cleanups', headers=op).json()['cleanups'] == []
+    assert client.post('/v1/cleanups/n1-s0/mark-clean', json={'reason': 'again'}, headers=op).status_code == 409
+    assert _actions(db, 'n1-s0') == ['slot.block', 'slot.cleanup_retry', 'slot.free']
+    with db.read() as session:
+        entry = session.execute(select(AuditEntry).where(AuditEntry.target_id == 'n1-s0')
+                                .order_by(AuditEntry.seq.desc()).limit(1)).scalar_one()
+        assert audit.verify(session).ok
+    assert entry.after == {'state': 'free', 'allocation_id': None, 'via': 'marked clean',
+                           'reason': 'reimaged n1, ticket 42'}
+    assert entry.before['allocation_id'] == allocation.id and 'failed after 2 attempts' in entry.before['reason']
+    assert allocation_state(db, allocation.id)[0].state == 'running'   # the allocation on n2 is untouched
+    assert _reserve(db, node_id='n1').slot_id == 'n1-s0'
+
+
+@pytest.mark.backends('sqlite')
+def test_the_cli_marks_clean_the_slot_of_a_node_that_never_answers(db, settings, nodes, api_url):
+    """`gpuaas slot cleanups | retry-cleanup | mark-clean` against a real `gpuaas serve`: the
+    queued cleanup of a node that never answers is cancelled when the slot is marked clean."""
+    allocation = _reserve(db, node_id='n1')
+    now = utcnow()
+    with db.write() as session:   # as fleet.unreachable leaves a failed allocate on n1
+        session.get(Slot, 'n1-s0').state = 'blocked'
+        fleet._add_cleanup(session, allocation.id, 'n1-s0', now)
+    db.transact(fleet.node_unreachable, audit.SYSTEM, settings, 'n1', 'no route to host', now)
+    operator = make_token(db, 'operator')['Authorization'].split()[1]
+    reader = make_token(db, 'reader')['Authorization'].split()[1]
+
+    def gpuaas(*argv, token=operator):
+        return subprocess.run([os.path.join(os.path.dirname(sys.executable), 'gpuaas'), '--api', api_url] + list(argv),
+                              env=dict(os.environ, GPUAAS_TOKEN=token), capture_output=True, text=True, timeout=60,
+                              check=False)
+    listed = gpuaas('slot', 'cleanups', token=reader)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:3] == ['SLOT', 'LEFT', 'BY']
+    assert row.split()[:5] == ['n1-s0', allocation.id, 'pending', '0', 'no']
+    assert json.loads(gpuaas('--json', 'slot', 'cleanups').stdout)['cleanups'][0]['node_id'] == 'n1'
+    refused = gpuaas('slot', 'mark-clean', 'n1-s0', '--reason', 'scrapped', token=reader)
+    assert refused.returncode == 1 and refused.stderr.startswith('gpuaas: 403: ')
+    queued = gpuaas('slot', 'retry-cleanup', 'n1-s0')
+    assert queued.returncode == 1 and 'already queued' in queued.stderr and 'runs when node n1 answers' in queued.stderr
+    assert gpuaas('slot', 'mark-clean', 'n1-s0').returncode == 2     # --reason is required
+    marked = gpuaas('slot', 'mark-clean', 'n1-s0', '--reason', 'n1 is scrapped')
+    assert marked.returncode == 0 and marked.stdout == 'slot n1-s0 marked clean: free again\n', marked.stderr
+    with db.read() as session:
+        job = session.execute(select(OutboxJob).where(OutboxJob.slot_id == 'n1-s0')).scalar_one()
+        assert fleet.blocked_cleanups(session) == [] and session.get(Slot, 'n1-s0').state == 'free'
+    assert job.status == 'cancelled' and job.last_error.startswith('the slot was marked clean by ')
+    assert gpuaas('slot', 'cleanups').stdout.splitlines()[-1] == '(none)'

@@ -8,6 +8,7 @@ an API that is not there and an answer that is not an inventory."""
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import json
 import os
@@ -21,8 +22,9 @@ import pytest
 import uvicorn
 import yaml
 
-from gpuaas_control import api, service
+from gpuaas_control import api, audit, fleet, service
 from gpuaas_control.config import Settings
+from gpuaas_control.models import utcnow
 from tests.controlplane.conftest import approved_map
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, make_token, request, tenant
 
@@ -38,25 +40,6 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-@pytest.fixture
-def api_url(db, db_url):
-    """The API on a free port of 127.0.0.1, served by uvicorn in a thread."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db),
-                                           host='127.0.0.1', port=port, log_level='warning'))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
-        time.sleep(0.05)
-    yield 'http://127.0.0.1:%d' % port
-    server.should_exit = True
-    thread.join(30)
 
 
 @pytest.fixture
@@ -87,6 +70,10 @@ def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, h
     allocation, _created = db.transact(service.reserve, tenant('acme'), request(node_id='gpu-node-02',
                                                                                 numa_node=1))
     db.transact(service.set_drain, OPERATOR, 'gpu-node-02', True, 'bios update')
+    # gpu-node-01 stopped answering, and the worker's first probe found it still silent.
+    since = utcnow()
+    db.transact(fleet.node_unreachable, audit.SYSTEM, Settings(), 'gpu-node-01', 'ssh: Connection refused', since)
+    db.transact(fleet.record_probe, audit.SYSTEM, Settings(), 'gpu-node-01', 'ssh: No route to host')
     cache_dir = tmp_path / 'cache'
     done = _inventory(tmp_path, api_url, token=operator_token,
                       compose={'ansible_host': "gpuaas_node_id ~ '.example.com'"},
@@ -110,6 +97,16 @@ def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, h
     # The approval's decisions are in gpuaas_approved_slots alone.
     assert not {'destructive_wipe_policy', 'capacity_metadata'} & set(node2['gpuaas_slots'][0])
     assert len(hostvars['gpu-node-01']['gpuaas_slots']) == 8
+    # Each node's reachability, as the worker last found it.
+    node1 = hostvars['gpu-node-01']
+    assert node1['gpuaas_reachable'] is False and node1['gpuaas_schedulable'] is True
+    assert node1['gpuaas_unreachable_since'] == since.isoformat()
+    assert node1['gpuaas_unreachable_error'] == 'ssh: No route to host'
+    assert since < dt.datetime.fromisoformat(node1['gpuaas_last_probe_at']) < \
+        dt.datetime.fromisoformat(node1['gpuaas_next_probe_at'])
+    assert node2['gpuaas_reachable'] is True
+    times = ('gpuaas_unreachable_since', 'gpuaas_unreachable_error', 'gpuaas_last_probe_at', 'gpuaas_next_probe_at')
+    assert [node2[k] for k in times] == [None] * 4
 
     def hosts(group):
         return sorted(data.get(group, {}).get('hosts', []))
@@ -119,6 +116,7 @@ def test_the_slot_table_as_an_inventory(db, api_url, operator_token, tmp_path, h
     assert hosts('gpuaas_numa_0') == ['gpu-node-01']
     assert hosts('gpuaas_numa_1') == ['gpu-node-01', 'gpu-node-02']
     assert hosts('gpuaas_drained') == ['gpu-node-02'] and hosts('gpuaas_schedulable') == ['gpu-node-01']
+    assert hosts('gpuaas_unreachable') == ['gpu-node-01'] and hosts('gpuaas_reachable') == ['gpu-node-02']
     assert hosts('free_slots_8') == ['gpu-node-01'] and hosts('free_slots_1') == ['gpu-node-02']
     assert os.listdir(cache_dir)
 
@@ -147,6 +145,8 @@ def test_less_detail_for_fleet_scale_runs(db, api_url, operator_token, tmp_path,
     # Each level from a fresh answer (the cache made with other options is not used)...
     assert approved == {k: v for k, v in full.items() if k != 'gpuaas_slots'}
     assert none == {'gpuaas_node_id': 'gpu-node-01', 'gpuaas_schedulable': True, 'gpuaas_drain_reason': None,
+                    'gpuaas_reachable': True, 'gpuaas_unreachable_since': None, 'gpuaas_unreachable_error': None,
+                    'gpuaas_last_probe_at': None, 'gpuaas_next_probe_at': None,
                     'gpuaas_slot_counts': {'free': 1, 'reserved': 1}}
     # ... and the same groups.
     assert rendered['none'] == dict(rendered['full'], _meta=rendered['none']['_meta'])
@@ -155,7 +155,8 @@ def test_less_detail_for_fleet_scale_runs(db, api_url, operator_token, tmp_path,
 
 @pytest.mark.backends('sqlite')
 def test_the_states_are_the_inventory_without_details(client, tokens, node):
-    node_keys = ('id', 'schedulable', 'drain_reason')
+    node_keys = ('id', 'schedulable', 'drain_reason', 'reachable', 'unreachable_since', 'unreachable_error',
+                 'last_probe_at', 'next_probe_at')
     slot_keys = ('id', 'node_id', 'slot_index', 'state', 'approved', 'allocation_id', 'state_reason', 'absent_reason',
                  'gpu_model', 'numa_node')
     op = tokens['operator']
@@ -167,7 +168,7 @@ def test_the_states_are_the_inventory_without_details(client, tokens, node):
     assert len(full['slots']) == len(states['slots']) == 8
     assert states['nodes'] == [{k: n[k] for k in node_keys} for n in full['nodes']]
     assert states['slots'] == [{k: s[k] for k in slot_keys} for s in full['slots']]
-    assert states['nodes'][0]['drain_reason'] == 'bios'
+    assert states['nodes'][0]['drain_reason'] == 'bios' and states['nodes'][0]['reachable'] is True
     for path in ('/v1/inventory', '/v1/inventory/states'):
         reply = client.get(path, headers=tokens['acme'])
         assert reply.status_code == 403 and reply.json()['detail'] == 'this endpoint is for operators'

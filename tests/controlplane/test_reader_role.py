@@ -42,7 +42,7 @@ def _routes(client):
 
 def _fill(path, allocation_id):
     return (path.replace('{node_id}', 'n1').replace('{tenant_id}', 'acme').replace('{token_id}', '1')
-            .replace('{allocation_id}', allocation_id))
+            .replace('{slot_id}', 'n1-s0').replace('{allocation_id}', allocation_id))
 
 
 def test_every_route_that_acts_refuses_a_reader_and_changes_nothing(client, db, tokens, node, allocation_id,
@@ -53,7 +53,8 @@ def test_every_route_that_acts_refuses_a_reader_and_changes_nothing(client, db, 
             ('PUT', '/v1/nodes/{node_id}/discovery'), ('PUT', '/v1/nodes/{node_id}/approval'),
             ('POST', '/v1/nodes/{node_id}/drain'), ('POST', '/v1/nodes/{node_id}/undrain'),
             ('PUT', '/v1/tenants/{tenant_id}/quota'), ('POST', '/v1/tokens'),
-            ('POST', '/v1/tokens/{token_id}/rotate'), ('DELETE', '/v1/tokens/{token_id}')} <= set(acting)
+            ('POST', '/v1/tokens/{token_id}/rotate'), ('DELETE', '/v1/tokens/{token_id}'),
+            ('POST', '/v1/cleanups/{slot_id}/retry'), ('POST', '/v1/cleanups/{slot_id}/mark-clean')} <= set(acting)
     before = snapshot(db)
     for method, path in acting:
         reply = client.request(method, _fill(path, allocation_id), json={}, headers=reader)
@@ -67,7 +68,7 @@ def test_a_reader_reads_every_operator_view(client, db, tokens, node, allocation
     operator = tokens['operator']
     reads = ['/v1/nodes', '/v1/nodes/n1', '/v1/slots', '/v1/slots?state=reserved', '/v1/inventory',
              '/v1/inventory/states?include_unapproved=true', '/v1/tenants', '/v1/audit',
-             '/v1/audit/verify', '/v1/tokens', '/v1/usage']
+             '/v1/audit/verify', '/v1/tokens', '/v1/usage', '/v1/cleanups']
     # Every documented GET route of the operator views is in the list.
     documented = {p for m, p in _routes(client) if m == 'GET' and p.startswith('/v1/')
                   and not p.startswith('/v1/allocations')}

@@ -25,7 +25,7 @@ def test_migrations_match_the_models(db):
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert migrate.status(db) == ('0012', '0012')
+    assert migrate.status(db) == ('0013', '0013')
 
 
 def test_upgrade_is_idempotent_and_downgrade_empties(db):
@@ -34,7 +34,7 @@ def test_upgrade_is_idempotent_and_downgrade_empties(db):
     with db.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() is None
     migrate.upgrade(db)
-    assert migrate.status(db) == ('0012', '0012')
+    assert migrate.status(db) == ('0013', '0013')
 
 
 def test_0003_keeps_the_tokens_of_0002_working_without_an_expiry(db):

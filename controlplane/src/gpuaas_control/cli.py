@@ -373,7 +373,7 @@ def cmd_node(args):
 
         def show(d):
             fields(d, ['id', 'schedulable', 'drain_reason', 'reachable', 'unreachable_since',
-                       'unreachable_error', 'next_probe_at', 'discovered_at', 'approved_at'])
+                       'unreachable_error', 'last_probe_at', 'next_probe_at', 'discovered_at', 'approved_at'])
             print()
             table(d['slots'], SLOT_COLUMNS)
             ineligible = [s for s in (d.get('discovery') or {}).get('slots', []) if not s['eligible']]
@@ -405,10 +405,26 @@ def cmd_node(args):
     return 0
 
 
+CLEANUP_COLUMNS = [('slot_id', 'slot'), ('allocation_id', 'left by'), ('status', 'cleanup'),
+                   ('attempts', 'attempts'), ('node_reachable', 'node reachable'), ('last_error', 'last error')]
+
+
 def cmd_slot(args):
-    params = {k: v for k, v in (('node_id', args.node), ('state', args.state)) if v}
-    data = _client(args).call('GET', '/v1/slots', params=params)
-    emit(args, data, lambda d: table(d['slots'], SLOT_COLUMNS))
+    client = _client(args)
+    if args.action == 'list':
+        params = {k: v for k, v in (('node_id', args.node), ('state', args.state)) if v}
+        data = client.call('GET', '/v1/slots', params=params)
+        emit(args, data, lambda d: table(d['slots'], SLOT_COLUMNS))
+    elif args.action == 'cleanups':
+        data = client.call('GET', '/v1/cleanups')
+        emit(args, data, lambda d: table(d['cleanups'], CLEANUP_COLUMNS))
+    elif args.action == 'retry-cleanup':
+        data = client.call('POST', '/v1/cleanups/%s/retry' % args.slot)
+        emit(args, data, lambda d: print('slot %s: cleanup queued again (job %d)%s' % (
+            d['slot_id'], d['job_id'], '' if d['node_reachable'] else '; it runs when %s answers' % d['node_id'])))
+    else:
+        data = client.call('POST', '/v1/cleanups/%s/mark-clean' % args.slot, json={'reason': args.reason})
+        emit(args, data, lambda d: print('slot %s marked clean: free again' % d['id']))
     return 0
 
 
@@ -681,6 +697,12 @@ def parser():
     s = ssub.add_parser('list')
     s.add_argument('--node')
     s.add_argument('--state', choices=['free', 'reserved', 'blocked'])
+    ssub.add_parser('cleanups', help='slots a cleanup keeps blocked (left on a node that did not answer)')
+    s = ssub.add_parser('retry-cleanup', help="queue a blocked slot's failed cleanup again")
+    s.add_argument('slot')
+    s = ssub.add_parser('mark-clean', help='free a slot a cleanup keeps blocked, once you cleaned its node by hand')
+    s.add_argument('slot')
+    s.add_argument('--reason', required=True, help='what was done on the node (audited)')
     p.set_defaults(func=cmd_slot)
 
     p = sub.add_parser('quota', help='per-tenant GPU quotas (operators)')

@@ -21,6 +21,11 @@
   every ``GPUAAS_PROBE_INTERVAL`` seconds, doubled after each probe without an answer, up to
   300. The first answer makes it reachable (audited ``node.reachable``); its waiting jobs
   and cleanups run then.
+* **By hand.** A cleanup that fails ``max_attempts`` times leaves its slot blocked. An operator
+  sees those slots (``blocked_cleanups``: ``GET /v1/cleanups``, ``gpuaas slot cleanups``),
+  queues the cleanup again (``retry_cleanup``), or, having cleaned the node by hand, marks the
+  slot clean with a reason (``mark_clean``: free again). Both are audited and refused while
+  the slot's cleanup runs.
 """
 
 from __future__ import annotations
@@ -34,12 +39,15 @@ from sqlalchemy import or_, select
 
 from gpuaas_control import audit, lifecycle, service
 from gpuaas_control.config import Settings
+from gpuaas_control.errors import Conflict, Invalid, NotFound
 from gpuaas_control.models import (
     FAILED,
     JOB_ALLOCATE,
+    JOB_CANCELLED,
     JOB_FAILED,
     JOB_PENDING,
     JOB_RELEASE,
+    JOB_RUNNING,
     PROVISIONING,
     REQUESTED,
     SLOT_BLOCKED,
@@ -53,6 +61,7 @@ from gpuaas_control.models import (
 )
 from gpuaas_control.outcomes import close_usage
 from gpuaas_control.runs import Claim, Outcome, seconds, short
+from gpuaas_control.validation import NOTE_RE, show
 
 log = logging.getLogger('gpuaas_control.worker')
 
@@ -154,11 +163,14 @@ def probe(settings: Settings, node_id: str) -> str | None:
 
 def record_probe(session, actor: audit.Actor, settings: Settings, node_id: str, error: str | None) -> None:
     now = utcnow()
+    node = session.get(Node, node_id, with_for_update=True)
+    if node is None:
+        return
+    node.last_probe_at = now
     if error is None:
         node_answered(session, actor, node_id, now, 'probe')
         return
-    node = session.get(Node, node_id, with_for_update=True)
-    if node is None or node.unreachable_since is None:
+    if node.unreachable_since is None:
         return
     node.probe_failures += 1
     node.unreachable_error = short(error, 1000)
@@ -287,14 +299,19 @@ def cleaned(session, actor: audit.Actor, claim: Claim, now) -> None:
     slot = session.get(Slot, claim.slot_id, with_for_update=True)
     if slot is None or slot.state != SLOT_BLOCKED or slot.allocation_id != claim.allocation_id:
         return
+    _free(session, actor, slot, now, via='cleanup of %s' % claim.allocation_id)
+    service.add_event(session, claim.allocation_id, 'progress',
+                      'slot %s, left when its node did not answer, is released' % slot.id,
+                      {'slot_id': slot.id})
+
+
+def _free(session, actor: audit.Actor, slot: Slot, now, **after) -> None:
+    """The blocked slot is free again (audited ``slot.free``, with ``after``)."""
     lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'slot %s' % slot.id, SLOT_BLOCKED, SLOT_FREE)
     before = {'state': slot.state, 'allocation_id': slot.allocation_id, 'reason': slot.state_reason}
     slot.state, slot.allocation_id, slot.state_reason, slot.updated_at = SLOT_FREE, None, None, now
     audit.append(session, actor, 'slot.free', 'slot', slot.id, before,
-                 {'state': SLOT_FREE, 'allocation_id': None, 'via': 'cleanup of %s' % claim.allocation_id})
-    service.add_event(session, claim.allocation_id, 'progress',
-                      'slot %s, left when its node did not answer, is released' % slot.id,
-                      {'slot_id': slot.id})
+                 dict({'state': SLOT_FREE, 'allocation_id': None}, **after))
 
 
 def cleanup_failed(session, claim: Claim, error, now) -> None:
@@ -302,9 +319,90 @@ def cleanup_failed(session, claim: Claim, error, now) -> None:
     slot = session.get(Slot, claim.slot_id, with_for_update=True)
     if slot is None or slot.state != SLOT_BLOCKED or slot.allocation_id != claim.allocation_id:
         return
-    slot.state_reason = short('release of the slot left by %s failed after %d attempts: %s (fix the node; '
-                              'the slot stays blocked)' % (claim.allocation_id, claim.attempts, error))
+    slot.state_reason = short('release of the slot left by %s failed after %d attempts (the slot stays blocked: '
+                              'fix the node and gpuaas slot retry-cleanup, or clean it by hand and gpuaas slot '
+                              'mark-clean): %s' % (claim.allocation_id, claim.attempts, error))
     slot.updated_at = now
     service.add_event(session, claim.allocation_id, 'error',
                       'the release of slot %s failed after %d attempts; it stays blocked for an operator'
                       % (slot.id, claim.attempts), {'detail': short(error, 500)})
+
+
+# -- an operator's hand on a cleanup ----------------------------------------------------------
+
+def _cleanup_jobs(session, slot: Slot):
+    """The cleanup jobs of the slot for the allocation that left it, newest first."""
+    return session.execute(select(OutboxJob).where(
+        OutboxJob.slot_id == slot.id, OutboxJob.allocation_id == slot.allocation_id)
+        .order_by(OutboxJob.id.desc())).scalars().all()
+
+
+def blocked_cleanups(session) -> list[dict]:
+    """The slots a cleanup keeps blocked (left by an allocation on a node that did not
+    answer), each with its newest cleanup job and its node's reachability."""
+    rows = session.execute(select(Slot, OutboxJob, Node).join(OutboxJob, (OutboxJob.slot_id == Slot.id) & (
+        OutboxJob.allocation_id == Slot.allocation_id)).join(Node, Node.id == Slot.node_id)
+        .where(Slot.state == SLOT_BLOCKED).order_by(Slot.node_id, Slot.slot_index, OutboxJob.id.desc())).all()
+    seen, answer = set(), []
+    for slot, job, node in rows:
+        if slot.id in seen:
+            continue
+        seen.add(slot.id)
+        answer.append({'slot_id': slot.id, 'node_id': slot.node_id, 'allocation_id': slot.allocation_id,
+                       'reason': slot.state_reason, 'node_reachable': node.unreachable_since is None,
+                       'job_id': job.id, 'status': job.status, 'attempts': job.attempts,
+                       'last_error': job.last_error, 'updated_at': job.updated_at})
+    return answer
+
+
+def _blocked_by_cleanup(session, slot_id: str):
+    """The slot (locked: a worker's claim of its cleanup locks it too) and its cleanup jobs;
+    NotFound/Conflict unless a cleanup keeps it blocked and none of them runs now."""
+    slot = session.get(Slot, slot_id, with_for_update=True)
+    if slot is None:
+        raise NotFound('no slot %s' % show(slot_id))
+    jobs = _cleanup_jobs(session, slot) if slot.state == SLOT_BLOCKED else []
+    if not jobs:
+        raise Conflict('slot %s is %s, not blocked by a cleanup (gpuaas slot cleanups lists those; a failed '
+                       "release is released again: gpuaas allocation release)" % (slot.id, slot.state))
+    if jobs[0].status == JOB_RUNNING:
+        raise Conflict('the cleanup of slot %s runs now (job %d): wait for it to end' % (slot.id, jobs[0].id))
+    return slot, jobs
+
+
+def retry_cleanup(session, actor: audit.Actor, slot_id: str) -> dict:
+    """Queue the cleanup of a slot whose cleanup failed again (attempts afresh); audited
+    ``slot.cleanup_retry``. Conflict while one is queued or running."""
+    slot, jobs = _blocked_by_cleanup(session, slot_id)
+    if jobs[0].status == JOB_PENDING:
+        raise Conflict('the cleanup of slot %s is already queued (job %d)%s' % (
+            slot.id, jobs[0].id, '' if session.get(Node, slot.node_id).unreachable_since is None
+            else ': it runs when node %s answers' % slot.node_id))
+    now = utcnow()
+    _add_cleanup(session, slot.allocation_id, slot.id, now)
+    audit.append(session, actor, 'slot.cleanup_retry', 'slot', slot.id,
+                 {'job_id': jobs[0].id, 'status': jobs[0].status, 'last_error': jobs[0].last_error},
+                 {'allocation_id': slot.allocation_id, 'status': JOB_PENDING})
+    service.add_event(session, slot.allocation_id, 'progress',
+                      'the release of slot %s is retried by an operator' % slot.id, {'slot_id': slot.id})
+    session.flush()
+    return next(row for row in blocked_cleanups(session) if row['slot_id'] == slot.id)
+
+
+def mark_clean(session, actor: audit.Actor, slot_id: str, reason: str) -> Slot:
+    """An operator cleaned the node by hand: the slot is free, its queued cleanups are
+    cancelled; audited ``slot.free`` with the reason. Conflict while its cleanup runs."""
+    if not isinstance(reason, str) or not reason.strip() or not NOTE_RE.match(reason):
+        raise Invalid('a reason is required: what was done on the node (at most 255 characters on one line)')
+    slot, jobs = _blocked_by_cleanup(session, slot_id)
+    now = utcnow()
+    for job in jobs:
+        if job.status == JOB_PENDING:
+            job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
+            job.last_error = 'the slot was marked clean by %s' % actor.name
+    allocation_id = slot.allocation_id
+    _free(session, actor, slot, now, via='marked clean', reason=reason)
+    service.add_event(session, allocation_id, 'progress',
+                      'slot %s, left when its node did not answer, was marked clean by an operator' % slot.id,
+                      {'slot_id': slot.id, 'reason': reason})
+    return slot

@@ -191,12 +191,14 @@ class Node(Base):
     # (tenant networks); NULL: not set, the node is no overlay peer of anyone.
     underlay_ip: Mapped[str | None] = mapped_column(String(15), nullable=True)
     # Reachability, as the worker last found it: NULL while the node answers; since when a run
-    # (or a probe) could not reach it, what it said, how many probes failed since and when the
-    # next one is due. An unreachable node is skipped by reservation and its jobs wait.
+    # (or a probe) could not reach it, what it said, how many probes failed since, when the last
+    # one ran and when the next one is due. An unreachable node is skipped by reservation and
+    # its jobs wait.
     unreachable_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     unreachable_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     probe_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 

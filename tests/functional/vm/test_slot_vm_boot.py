@@ -215,6 +215,8 @@ def test_check_mode_apply_idempotence_and_boot(slot, network, guest, workdir, ca
     assert dom.emulatorPinInfo(0)[:2] == (True, True)
     numa = dom.numaParameters(0)
     assert numa['numa_nodeset'] == '0' and numa['numa_mode'] == libvirt.VIR_DOMAIN_NUMATUNE_MEM_STRICT
+    # QEMU made the guest agent's port and libvirt's socket (the test guest runs no agent).
+    assert "<target type='virtio' name='org.qemu.guest_agent.0' state='disconnected'/>" in dom.XMLDesc(0)
     conn.close()
     print('\nslot VM apply (playbook, 3 tasks, boot to lease): %.1f s; guest uptime at lease %.2f s; '
           'slot_vm timings %s' % (apply_s, body['uptime_at_lease'], vm['timings']))
@@ -322,6 +324,36 @@ def test_libvirt_takes_a_slices_pinning_and_the_emulator_on_the_hosts_cpus(slot,
         assert "<memory mode='strict' nodeset='0'/>" in made['xml']
         assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
     finally:
+        removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
+                                           lease_file=network.lease_file), capsys=capsys)
+        assert removed['actions'] == ['undefine']
+
+
+def test_libvirt_takes_the_guest_agent_channel_and_keeps_a_domain_defined_without_it(slot, network, guest, capsys):
+    """The qemu-guest-agent's virtio-serial channel is defined (libvirt adds the controller
+    and the socket); a domain defined before the channel existed is left as it is."""
+    import libvirt
+
+    name = 'vmtest-s7'
+    args = vm_args(slot, network, guest, slot_id=name, state='present')
+    conn = libvirt.open(slot['uri'])
+    try:
+        made = run_module(slot_vm, args, capsys=capsys)
+        assert made['changed'] and made['actions'][-1] == 'define', made
+        assert "<target type='virtio' name='org.qemu.guest_agent.0'/>" in made['xml']
+        assert "<controller type='virtio-serial'" in made['xml']
+        assert run_module(slot_vm, args, capsys=capsys)['changed'] is False
+        # As a domain defined by the collection before the channel: not redefined for it.
+        dom = conn.lookupByName('gpuaas-' + name)
+        old = made['xml'].split("<channel type='unix'>", 1)
+        old = old[0] + old[1].split('</channel>', 1)[1]
+        conn.defineXML(old)
+        assert 'org.qemu.guest_agent.0' not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        again = run_module(slot_vm, args, capsys=capsys)
+        assert again['changed'] is False and again['differences'] == [], again
+        assert 'org.qemu.guest_agent.0' not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    finally:
+        conn.close()
         removed = run_module(slot_vm, dict(uri=slot['uri'], slot_id=name, state='absent',
                                            lease_file=network.lease_file), capsys=capsys)
         assert removed['actions'] == ['undefine']

@@ -26,7 +26,8 @@ def template(playbook):
 
 def test_every_template_runs_a_root_playbook_that_imports_the_collections():
     assert {t['playbook'] for t in TEMPLATES} == {'host_prep.yml', 'discover.yml', 'allocate.yml',
-                                                  'release.yml', 'reconcile.yml'}
+                                                  'release.yml', 'reconcile.yml', 'stop.yml', 'start.yml',
+                                                  'reboot.yml', 'console.yml'}
     for item in TEMPLATES:
         plays = yaml.safe_load(open(os.path.join(REPO, item['playbook'])))
         name = item['playbook'][:-4]
@@ -70,6 +71,28 @@ def test_the_allocate_survey_becomes_the_allocation_the_role_takes(tmp_path):
                           'vcpus': 8, 'memory_mib': 65536, 'disk_gib': 100}
 
 
+def test_the_console_survey_becomes_the_slots_the_playbook_reads(tmp_path):
+    """The console wrapper's first play turns one slot's answers into gpuaas_console_slots,
+    and leaves a gpuaas_console_slots the launch passed as it is."""
+    answers = {q['variable']: q.get('default') for q in template('console.yml')['survey_spec']['spec']}
+    answers.update(gpuaas_slot_id='gpu-node-01-s0', gpuaas_allocation_id='alloc-1')
+    plays = yaml.safe_load(open(os.path.join(REPO, 'console.yml')))[:1]
+    plays[0]['hosts'] = 'localhost'
+    plays[0]['tasks'].append({'ansible.builtin.copy': {'content': '{{ gpuaas_console_slots | to_json }}',
+                                                       'dest': str(tmp_path / 'slots.json'), 'mode': '0600'}})
+    (tmp_path / 'play.yml').write_text(yaml.safe_dump(plays))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'))
+    passed = [{'slot_id': 'gpu-node-01-s1', 'allocation_id': 'alloc-2'}]
+    for extra, expected in ((answers, [{'slot_id': 'gpu-node-01-s0', 'allocation_id': 'alloc-1'}]),
+                            ({'gpuaas_console_slots': passed}, passed)):
+        (tmp_path / 'answers.yml').write_text(yaml.safe_dump(extra))
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', 'localhost,',
+                        '-c', 'local', '-e', 'ansible_python_interpreter=%s' % sys.executable,
+                        '-e', '@%s' % (tmp_path / 'answers.yml'), str(tmp_path / 'play.yml')],
+                       check=True, env=env, capture_output=True)
+        assert yaml.safe_load((tmp_path / 'slots.json').read_text()) == expected
+
+
 # -- the surveys and extra vars against what the playbooks take ------------------------------
 
 VAR_RE = re.compile(r'\b(gpuaas_[a-z0-9_]+)\b')
@@ -98,14 +121,21 @@ def inventory_vars():
     return set(built['hosts']['n1'])
 
 
+def _without_default(mapping):
+    """The variables a task's arguments read without a default."""
+    text = yaml.safe_dump(mapping)
+    return {name for name in VAR_RE.findall(text) if not re.search(r'\b%s\s*\|\s*default\(' % name, text)}
+
+
 def problems(item):
     """What does not match between a job template and its playbook: a survey or extra var the
     playbook does not use, a variable the playbook needs that nothing gives."""
     root_text = open(os.path.join(REPO, item['playbook'])).read()
     root = yaml.safe_load(root_text)
     collection_text = open(os.path.join(REPO, 'playbooks', item['playbook'])).read()
+    collection = yaml.safe_load(collection_text)
     options = {}
-    for role in _roles(yaml.safe_load(collection_text)):
+    for role in _roles(collection):
         options.update(_options(role))
     used = set(options) | set(VAR_RE.findall(root_text)) | set(VAR_RE.findall(collection_text))
     # What the wrapper's own plays set, and what they read without a default.
@@ -114,10 +144,13 @@ def problems(item):
         for task in play.get('tasks', []):
             facts = task.get('ansible.builtin.set_fact', {})
             made |= set(facts)
-            text = yaml.safe_dump(facts)
-            needed |= {name for name in VAR_RE.findall(text)
-                       if not re.search(r'\b%s\s*\|\s*default\(' % name, text)}
+            needed |= _without_default(facts)
     needed |= {name for name, spec in options.items() if spec.get('required')}
+    # What the collection playbook's own calls of the collection's modules read without a default.
+    for play in collection:
+        for task in play.get('tasks', []):
+            needed |= set().union(*(_without_default(args) for module, args in task.items()
+                                    if module.startswith('gpuaas.slice.')))
     survey = [q['variable'] for q in item['survey_spec']['spec']] if item.get('survey_enabled') else []
     extra = list(item.get('extra_vars', {}))
     given = set(survey) | set(extra) | inventory_vars() | made
@@ -151,6 +184,17 @@ def test_a_survey_that_does_not_match_its_playbook_is_caught():
         'release.yml needs gpuaas_slot_id: no survey question, extra var or inventory var gives it']
     discover = dict(template('discover.yml'), extra_vars={'gpuaas_hosts': 'all', 'gpuaas_host': 'x'})
     assert problems(discover) == ['extra var gpuaas_host: the playbook does not use it']
+    # The power playbooks call the module themselves: what its arguments read is needed.
+    stop = copy.deepcopy(template('stop.yml'))
+    stop['survey_spec']['spec'] = [q for q in stop['survey_spec']['spec'] if q['variable'] != 'gpuaas_allocation_id']
+    stop['survey_spec']['spec'].append({'question_name': 'Force', 'variable': 'gpuaas_force', 'type': 'text'})
+    assert problems(stop) == ['survey variable gpuaas_force: the playbook does not use it',
+                              'stop.yml needs gpuaas_allocation_id: no survey question, extra var or inventory '
+                              'var gives it']
+    console = copy.deepcopy(template('console.yml'))
+    console['survey_spec']['spec'] = [q for q in console['survey_spec']['spec'] if q['variable'] != 'gpuaas_slot_id']
+    assert problems(console) == ['console.yml needs gpuaas_slot_id: no survey question, extra var or inventory '
+                                 'var gives it']
 
 
 def test_the_inventory_source_is_the_plugin_given_what_it_reads():

@@ -96,6 +96,13 @@ class DrainIn(Strict):
     _reason = _pattern(NOTE_RE, 'reason', 'text without control characters')
 
 
+class MarkCleanIn(Strict):
+    reason: str = Field(min_length=1, max_length=255, description='What was done on the node by hand, for the '
+                        'audit ledger (required).')
+
+    _reason = _pattern(NOTE_RE, 'reason', 'text without control characters')
+
+
 class UnderlayIn(Strict):
     underlay_ip: str | None = Field(max_length=15, description="The node's IPv4 underlay address "
                                     '(unicast, not loopback); null removes it.')

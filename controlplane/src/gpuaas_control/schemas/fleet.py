@@ -86,7 +86,30 @@ class DiscoverySummary(View):
         return [slot for slot in slots or [] if isinstance(slot, dict)]
 
 
-class NodeView(View):
+class BlockedCleanup(View):
+    """A slot a cleanup keeps blocked: an allocation left it on a node that did not answer, and
+    its release (the cleanup) has not run or failed."""
+
+    slot_id: str
+    node_id: str
+    allocation_id: str = Field(description='The allocation that left the slot (it may run on another slot now).')
+    reason: str | None = Field(description="The slot's state reason: why it is blocked, and how the last cleanup failed.")
+    node_reachable: bool
+    job_id: int = Field(description='The newest cleanup job of the slot.')
+    status: str = Field(description='Its status: pending (it runs when the node answers), running, failed (it failed '
+                        "every attempt: retry it, or mark the slot clean), cancelled or done.")
+    attempts: int
+    last_error: str | None
+    updated_at: Time
+
+
+class BlockedCleanupList(View):
+    cleanups: list[BlockedCleanup]
+
+
+class InventoryNodeState(View):
+    """A node's drain state and reachability (as the worker last found it)."""
+
     id: str
     schedulable: bool
     drain_reason: str | None
@@ -94,7 +117,17 @@ class NodeView(View):
                             'jobs wait, and the worker probes it until it answers.')
     unreachable_since: Time | None = Field(None, description='When a run first could not reach the node; null while it answers.')
     unreachable_error: str | None = Field(None, description='What ansible said the last time the node did not answer.')
+    last_probe_at: Time | None = Field(None, description='When the worker last asked the node whether it answers '
+                                       '(ansible.builtin.ping); null: never since it was registered.')
     next_probe_at: Time | None = Field(None, description="When the worker next asks the unreachable node whether it answers.")
+
+    @model_validator(mode='after')
+    def _reachable(self):
+        self.reachable = self.unreachable_since is None
+        return self
+
+
+class NodeView(InventoryNodeState):
     discovered_at: Time | None
     approved_at: Time | None
     discovery: DiscoverySummary | None
@@ -105,11 +138,6 @@ class NodeView(View):
     @classmethod
     def _summary(cls, discovery):
         return discovery or None
-
-    @model_validator(mode='after')
-    def _reachable(self):
-        self.reachable = self.unreachable_since is None
-        return self
 
 
 class NodeSummary(NodeView):
@@ -131,12 +159,6 @@ class NodeDetail(NodeView):
     @classmethod
     def of(cls, node, slots) -> NodeDetail:
         return cls(**dict(NodeView.model_validate(node)), slots=slots)
-
-
-class InventoryNodeState(View):
-    id: str
-    schedulable: bool
-    drain_reason: str | None
 
 
 class InventoryNode(InventoryNodeState):

@@ -56,8 +56,10 @@ class AllocationView(Restricted):
     request: dict[str, Any]
     mac: str
     address: str | None
-    ssh: dict[str, Any] | None = Field(description='The slot on the host-only slot network (from the node '
-                                       'itself): user, host, port.')
+    ssh: dict[str, Any] | None = Field(description='Deprecated: use access. The slot on the host-only slot network '
+                                       '(from the node itself only): user, host, port. Kept for existing clients; '
+                                       'to be removed in a later API version.',
+                                       deprecated='use access, the way in from outside the node')
     access: dict[str, Any] | None = Field(None, description="The tenant's way in from outside the node: "
                                           "{ssh_host, ssh_port, user} ('ssh -p SSH_PORT USER@SSH_HOST').")
     ssh_source_cidrs: list[str] | None = Field(None, description="The networks the slot's SSH port answers "

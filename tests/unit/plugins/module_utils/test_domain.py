@@ -275,6 +275,18 @@ def test_paths_must_be_absolute_without_dotdot(field):
         spec(**extra)
 
 
+def test_the_guest_agent_has_its_channel_and_a_domain_without_it_is_not_redefined():
+    root = tree(spec())
+    (channel,) = root.findall('devices/channel')
+    assert channel.get('type') == 'unix' and channel.find('source') is None   # libvirt picks the socket
+    assert channel.find('target').attrib == {'type': 'virtio', 'name': 'org.qemu.guest_agent.0'}
+    # A domain defined before the channel existed reads back the same: no redefine for it.
+    before = ET.fromstring(_domain.build_xml(spec()))
+    before.find('devices').remove(before.find('devices/channel'))
+    assert _domain.differences(_domain.domain_facts(ET.tostring(before, encoding='unicode')),
+                               _domain.domain_facts(_domain.build_xml(spec()))) == []
+
+
 def test_facts_and_differences():
     base = _domain.domain_facts(_domain.build_xml(spec()))
     assert base['memory_mib'] == 4096

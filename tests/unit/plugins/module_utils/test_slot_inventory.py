@@ -26,10 +26,21 @@ def _slot(node, index, **values):
     return row
 
 
+REACHABLE = {'reachable': True, 'unreachable_since': None, 'unreachable_error': None,
+             'last_probe_at': None, 'next_probe_at': None}
+UNREACHABLE = {'reachable': False, 'unreachable_since': '2026-12-02T10:00:00+00:00',
+               'unreachable_error': 'ssh: connect to host n2 port 22: Connection refused',
+               'last_probe_at': '2026-12-02T10:00:15+00:00', 'next_probe_at': '2026-12-02T10:00:45+00:00'}
+
+
+def _node(node_id, schedulable=True, drain_reason=None, reach=None, **values):
+    return dict(reach or REACHABLE, id=node_id, schedulable=schedulable, drain_reason=drain_reason, **values)
+
+
 def test_hosts_groups_and_host_vars():
     approved = [{'slot_id': 'n1-s0', 'gpu_address': '0000:18:00.0'}]
-    nodes = [{'id': 'n2', 'schedulable': False, 'drain_reason': 'bios', 'approved_slots': None},
-             {'id': 'n1', 'schedulable': True, 'drain_reason': None, 'approved_slots': approved}]
+    nodes = [_node('n2', False, 'bios', UNREACHABLE, approved_slots=None),
+             _node('n1', approved_slots=approved)]
     slots = [_slot('n1', 1, state='reserved', allocation_id='alloc-1', numa_node=1),
              _slot('n1', 0),
              _slot('n2', 0, gpu_model='1002:74a1'),
@@ -49,12 +60,18 @@ def test_hosts_groups_and_host_vars():
     assert 'destructive_wipe_policy' not in n1['gpuaas_slots'][0]
     assert 'capacity_metadata' not in n1['gpuaas_slots'][0]
     assert n1['gpuaas_slot_counts'] == {'free': 1, 'reserved': 1}
+    assert n1['gpuaas_reachable'] is True and n1['gpuaas_unreachable_since'] is None
+    n2 = data['hosts']['n2']
+    assert n2['gpuaas_schedulable'] is False and n2['gpuaas_drain_reason'] == 'bios'
+    assert {key: n2['gpuaas_' + key] for key in inv.REACHABILITY_KEYS} == UNREACHABLE
     assert data['hosts']['n2']['gpuaas_approved_slots'] == []
     assert [s['slot_id'] for s in data['hosts']['n2']['gpuaas_slots']] == ['n2-s0']
     assert data['groups'] == {
         'gpuaas_nodes': ['n1', 'n2'],
         'gpuaas_schedulable': ['n1'],
         'gpuaas_drained': ['n2'],
+        'gpuaas_reachable': ['n1'],
+        'gpuaas_unreachable': ['n2'],
         'gpuaas_state_free': ['n1', 'n2'],
         'gpuaas_gpu_10de_2330': ['n1'],
         'gpuaas_numa_0': ['n1', 'n2'],
@@ -71,9 +88,17 @@ def _states(row):
     return dict((key, row[key]) for key in ('id', 'node_id') + inv.STATE_KEYS)
 
 
+def test_only_a_true_reachable_is_reachable():
+    """Fail closed: a node the answer does not say is reachable is in gpuaas_unreachable."""
+    for value in (None, 'yes', 1, False):
+        data = inv.build([_node('n1', reach=dict(REACHABLE, reachable=value))], [], details='none')
+        assert data['hosts']['n1']['gpuaas_reachable'] is False
+        assert data['groups']['gpuaas_unreachable'] == ['n1'] and 'gpuaas_reachable' not in data['groups']
+
+
 def test_less_detail_leaves_out_host_vars_not_groups():
     approved = [{'slot_id': 'n1-s0', 'gpu_address': '0000:18:00.0'}]
-    nodes = [{'id': 'n1', 'schedulable': False, 'drain_reason': 'bios', 'approved_slots': approved}]
+    nodes = [_node('n1', False, 'bios', UNREACHABLE, approved_slots=approved)]
     slots = [_slot('n1', 0), _slot('n1', 1, state='reserved', allocation_id='a1', numa_node=1)]
     full = inv.build(nodes, slots)
     approved_only = inv.build(nodes, slots, details='approved')
@@ -82,19 +107,22 @@ def test_less_detail_leaves_out_host_vars_not_groups():
     assert none['groups'] == approved_only['groups'] == full['groups']
     assert approved_only['hosts']['n1'] == dict((k, v) for k, v in full['hosts']['n1'].items() if k != 'gpuaas_slots')
     assert approved_only['hosts']['n1']['gpuaas_approved_slots'] == approved
-    assert none['hosts']['n1'] == {'gpuaas_node_id': 'n1', 'gpuaas_schedulable': False, 'gpuaas_drain_reason': 'bios',
-                                   'gpuaas_slot_counts': {'free': 1, 'reserved': 1}}
+    assert none['hosts']['n1'] == dict({'gpuaas_' + key: value for key, value in UNREACHABLE.items()},
+                                       gpuaas_node_id='n1', gpuaas_schedulable=False, gpuaas_drain_reason='bios',
+                                       gpuaas_slot_counts={'free': 1, 'reserved': 1})
 
 
 def test_each_level_asks_what_it_needs():
     assert inv.path('full') == inv.path('approved') == '/v1/inventory'
     assert inv.path('none') == '/v1/inventory/states'
-    states = json.dumps({'nodes': [{'id': 'n1', 'schedulable': True, 'drain_reason': None}],
+    states = json.dumps({'nodes': [_node('n1')],
                          'slots': [_states(_slot('n1', 0))]})
     with pytest.raises(inv.InventoryError, match=r'nodes\[0\] lacks approved_slots'):
         inv.parse(states, details='approved')
     with pytest.raises(inv.InventoryError, match=r'slots\[0\] lacks gpu_address, companions'):
         inv.parse(states.replace('"drain_reason": null', '"drain_reason": null, "approved_slots": []'))
+    with pytest.raises(inv.InventoryError, match=r'nodes\[0\] lacks last_probe_at'):
+        inv.parse(states.replace('"last_probe_at": null, ', ''), details='none')
     with pytest.raises(inv.InventoryError, match="slot_details must be one of full, approved, none, not 'some'"):
         inv.build([], [], details='some')
 
@@ -110,7 +138,7 @@ def test_group_names_are_valid_names():
     (b'{"slots": []}', "no list 'nodes'"),
     (b'{"nodes": {}, "slots": []}', "no list 'nodes'"),
     (b'{"nodes": ["n1"], "slots": []}', r'nodes\[0\] is not a mapping'),
-    (b'{"nodes": [{"id": "n1"}], "slots": []}', r'nodes\[0\] lacks schedulable, drain_reason, approved_slots'),
+    (b'{"nodes": [{"id": "n1"}], "slots": []}', r'nodes\[0\] lacks schedulable, drain_reason, reachable, .*, approved_slots'),
     (json.dumps({'nodes': [], 'slots': [{'id': 'n1-s0', 'node_id': 'n1'}]}).encode(),
      r'slots\[0\] lacks slot_index, state'),
 ])
