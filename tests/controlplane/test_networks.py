@@ -165,10 +165,13 @@ def test_the_allocate_job_carries_the_network_plan(db, nodes, tmp_path):
     db.transact(service.set_underlay, OPERATOR, 'n2', '192.0.2.2')
     on_n1, on_n2, other = (db.transact(service.reserve, tenant(who), request(node_id=node_id))[0].id
                            for who, node_id in (('acme', 'n1'), ('acme', 'n2'), ('globex', 'n2')))
-    claims = {}
-    for _number in range(3):
+    claims, kinds = {}, []
+    for _number in range(4):   # the three allocates and n1's network job (acme joined n2)
         claim, network = _claim_network(db, worker)
-        claims[claim.allocation_id] = network
+        kinds.append(claim.kind)
+        if claim.kind == 'allocate':
+            claims[claim.allocation_id] = network
+    assert sorted(kinds) == ['allocate'] * 3 + ['network']
     assert claims[on_n1] == {'tenant': 'acme', 'vni': 4096, 'mtu': 1450,
                              'peers': [{'node_id': 'n2', 'underlay_ip': '192.0.2.2'}],
                              'pkey': '0x8100', 'vlan': 100, 'fabric': {'address': '10.224.0.1/24'}}

@@ -32,12 +32,13 @@ import tempfile
 
 from sqlalchemy import or_, select
 
-from gpuaas_control import audit, lifecycle, service
+from gpuaas_control import audit, lifecycle, networks, service
 from gpuaas_control.config import Settings
 from gpuaas_control.models import (
     FAILED,
     JOB_ALLOCATE,
     JOB_FAILED,
+    JOB_NETWORK,
     JOB_PENDING,
     JOB_RELEASE,
     PROVISIONING,
@@ -181,7 +182,7 @@ def unreachable(session, actor: audit.Actor, settings: Settings, claim: Claim, j
         job.status, job.claim_token, job.available_at = JOB_PENDING, None, now
         service.add_event(session, allocation.id, 'error',
                           'the node did not answer; the %s runs when it does'
-                          % ('release' if claim.kind == JOB_RELEASE else claim.kind),
+                          % {JOB_RELEASE: 'release', JOB_NETWORK: 'tenant network update'}.get(claim.kind, claim.kind),
                           {'detail': detail, 'slot_id': claim.slot_id})
         return
     job.status, job.finished_at = JOB_FAILED, now
@@ -268,6 +269,8 @@ def _move(session, actor: audit.Actor, allocation: Allocation, old_slot_id: str,
                  {'slot_id': old.id, 'node_id': old_node_id},
                  {'slot_id': taken.id, 'node_id': taken.node_id, 'tenant': allocation.tenant_id,
                   'reason': 'node %s unreachable' % old_node_id})
+    networks.announce(session, actor, allocation.tenant_id, old_node_id, 'left', allocation.id, now)
+    networks.announce(session, actor, allocation.tenant_id, taken.node_id, 'joined', allocation.id, now)
     return True
 
 

@@ -545,6 +545,10 @@ def set_underlay(session, actor: audit.Actor, node_id: str, underlay_ip: str | N
                      {'underlay_ip': node.underlay_ip}, {'underlay_ip': underlay_ip})
         node.underlay_ip = underlay_ip
         node.updated_at = utcnow()
+        # The tenants on the node: their other nodes' tunnels must follow the new address.
+        for tenant_id in session.execute(select(Allocation.tenant_id).where(
+                Allocation.node_id == node_id, Allocation.state.in_(ACTIVE_STATES)).distinct()).scalars().all():
+            networks.announce(session, actor, tenant_id, node_id, 'underlay')
     return node
 
 
