@@ -238,7 +238,7 @@ def _move(session, actor: audit.Actor, allocation: Allocation, old_slot_id: str,
         vcpus=allocation.vcpus, memory_mib=allocation.memory_mib,
         gpu_model=asked.get('gpu_model'), numa_node=asked.get('numa_node'))
     session.flush()   # the node's mark, which the statement below reads past the ORM
-    taken = service.take_slot(session, request, allocation.id, now)
+    taken = service.take_slot(session, request, allocation.id, now, allocation.tenant_id)
     if taken is None:
         return False
     old = session.get(Slot, old_slot_id, with_for_update=True)
