@@ -233,6 +233,21 @@ def converge(module, lease_dir, slot_id, allocation_id, state='present', phase='
     return result
 
 
+def rewrite(module, lease_dir, slot_id, change, timeout=LOCK_TIMEOUT):
+    """Rewrite one lease's data under its lock: ``change(lease)`` returns the new data, or None to
+    leave the lease as it is (read again under the lock, it is no longer the one planned for).
+    True when the lease was written."""
+    path = lease_path(lease_dir, slot_id)
+    with LeaseLock(os.path.dirname(path), slot_id, timeout=timeout):
+        lease = read_lease(path)
+        data = change(lease) if lease is not None else None
+        if data is None or data == lease.get('data'):
+            return False
+        lease = dict(lease, data=check_data(data), updated_at=now_iso())
+        atomic_write(module, path, _render(lease).encode('utf-8'), mode=0o600)
+        return True
+
+
 def _read_any(path):
     """For a forced removal: whatever is there, damaged or not."""
     try:

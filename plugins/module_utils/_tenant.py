@@ -27,7 +27,8 @@ no member here go to every peer of the tenant, in the tenant's VNI. From the tun
 here (its MAC and address, or ARP for its address) reach that member's port. Every node numbers
 its slots on the same slot network (``contract.SLOT_NETWORK``, slot i is 10.100.0.(10+i)): two
 slots of one tenant with the same index on two nodes have the same address, and the local one
-wins; the control plane places a tenant's slots on distinct indices (docs/operator-guide.md).
+wins; the control plane's reservation places a tenant's slots on distinct indices across the
+nodes of its overlay (docs/operator-guide.md, "Addressing across nodes").
 """
 
 from __future__ import absolute_import, division, print_function
@@ -41,7 +42,8 @@ import os
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATE_PHASES, LeaseError, read_lease
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import (
+    ALLOCATE_PHASES, LeaseError, lease_path, read_lease, rewrite)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     IFNAME, MAX_VNI, NODE_ID, SLOT_GATEWAY, SLOT_NETWORK, TENANT_COOKIE_BASE, TENANT_COOKIE_MASK, TENANT_ID,
     ContractError, Slot, check_int, show, tenant_cookie)
@@ -89,7 +91,8 @@ def check_plan(network, tenant, what='network'):
 
 
 def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
-    """({tenant: {'members': [Slot], 'plan': plan or None}}, [problem]) from the node's live leases.
+    """({tenant: {'members': [Slot], 'plan': plan or None, 'plans': {slot_id: plan}}}, [problem])
+    from the node's live leases.
 
     ``exclude``: a slot id counted out (a slot being released); ``phases``: the phases that
     count as live (the fabric counts a stopped VM's too). A tenant's plan is that of its
@@ -124,8 +127,9 @@ def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
         except (LeaseError, ContractError, IOError, OSError) as exc:
             problems.append('%s: %s; it joins no tenant' % (slot.slot_id, exc))
             continue
-        entry = tenants.setdefault(tenant, {'members': [], 'plan': None})
+        entry = tenants.setdefault(tenant, {'members': [], 'plan': None, 'plans': {}})
         entry['members'].append(slot)
+        entry['plans'][slot.slot_id] = plan
         stamp = str(lease.get('updated_at') or '')
         if tenant not in newest or stamp >= newest[tenant]:
             newest[tenant] = stamp
@@ -133,6 +137,11 @@ def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
     for entry in tenants.values():
         entry['members'].sort(key=lambda slot: slot.index)
     return tenants, problems
+
+
+def peers_view(plan):
+    """A plan as the diff and the report show it: {vni, mtu, peers: [underlay address]} or None."""
+    return plan and {'vni': plan['vni'], 'mtu': plan['mtu'], 'peers': [address for _n, address in plan['peers']]}
 
 
 def tunnel_actions(plan):
@@ -206,9 +215,39 @@ class TenantSteps(object):
 
     def __init__(self, plan, run, bridge, node_id, lease_dir, gateway=str(SLOT_GATEWAY), exclude=None):
         self.plan, self.run, self.bridge = plan, run, bridge
+        self.lease_dir = lease_dir
         self.tenants, self.problems = live_tenants(lease_dir, node_id, exclude)
         self.gateway = gateway
         self.removed = []
+        self.updated = []
+
+    def update(self, module, network):
+        """The control plane's new overlay plan for one tenant (``network``: {tenant, vni, mtu,
+        peers}, already checked), written into each of the tenant's live leases here whose plan
+        differs (the leases stay the node's one record of the plan; their other keys of
+        data.network, the slot's fabric part, are kept), and used for the flows planned after."""
+        tenant = network['tenant']
+        wanted = check_plan(network, tenant, 'plan')
+        entry = self.tenants.get(tenant)
+        if entry is None:
+            return   # no live lease of the tenant here: nothing to hold the plan, no flows
+        entry['plan'] = wanted
+        for slot in entry['members']:
+            if entry['plans'][slot.slot_id] == wanted:
+                continue
+
+            def change(lease):
+                data = lease.get('data') or {}
+                if lease.get('phase') not in ALLOCATE_PHASES or data.get('tenant') != tenant:
+                    return None   # released or retaken meanwhile: not the tenant's lease any more
+                return dict(data, network=dict(data.get('network') or {}, **network))
+
+            self.updated.append(slot.slot_id)
+            self.plan.change('lease %s: tenant %s overlay plan (vni %d, %d peers)'
+                             % (slot.slot_id, tenant, wanted['vni'], len(wanted['peers'])),
+                             lambda change=change, slot=slot: rewrite(module, self.lease_dir, slot.slot_id, change),
+                             key=lease_path(self.lease_dir, slot.slot_id),
+                             before=peers_view(entry['plans'][slot.slot_id]), after=peers_view(wanted))
 
     def wanted(self):
         """{cookie: (tenant, flows)} of every tenant with a slot here."""
@@ -261,6 +300,7 @@ class TenantSteps(object):
                             for tenant, entry in self.tenants.items()),
             'tenant_problems': self.problems,
             'tenant_removed': self.removed,
+            'leases_updated': self.updated,
         }
 
 
@@ -270,6 +310,7 @@ ARGUMENT_SPEC = dict(
     bridge=dict(type='str', default='br-gpuaas'),
     lease_dir=dict(type='path', default='/var/lib/gpuaas/node-scheduler/leases'),
     gateway=dict(type='str', default=str(SLOT_GATEWAY)),
+    plan=dict(type='dict'),
 )
 
 
@@ -284,6 +325,14 @@ class TenantNetwork(object):
         self.bridge = IFNAME.check(p['bridge'], 'bridge')
         self.gateway = str(net.gateway_interface('%s/%d' % (p['gateway'], SLOT_NETWORK.prefixlen)).ip)
         self.lease_dir = check_dir(p['lease_dir'], 'lease_dir')
+        self.module = module
+        self.network = None
+        if p['plan'] is not None:
+            # Only the node's part of the plan; checked whole before anything is planned.
+            tenant = TENANT_ID.check(p['plan'].get('tenant'), 'plan.tenant')
+            check_plan(p['plan'], tenant, 'plan')
+            self.network = dict((key, p['plan'].get(key)) for key in ('tenant', 'vni', 'mtu', 'peers'))
+            self.network['peers'] = self.network['peers'] or []
         self.steps = None
 
     def present(self):
@@ -292,6 +341,8 @@ class TenantNetwork(object):
             raise net.NetworkError('bridge %s does not exist: set up the host network first '
                                    '(gpuaas.slice.host_network, run by host_prep)' % self.bridge)
         self.steps = TenantSteps(self.plan, self.run, self.bridge, self.node_id, self.lease_dir, self.gateway)
+        if self.network is not None:
+            self.steps.update(self.module, self.network)
         self.steps.steps()
 
     def result(self):

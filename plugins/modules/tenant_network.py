@@ -59,6 +59,16 @@ options:
     description: The gateway address on the slot network (never reached through a tenant's overlay).
     type: str
     default: 10.100.0.1
+  plan:
+    description:
+      - The tenant's new overlay plan from the control plane, C({tenant, vni, mtu, peers}) with C(peers) a list of
+        C({node_id, underlay_ip}) (other keys are ignored), when the tenant's set of nodes changed and this node, already holding slots of
+        the tenant, must learn it without any slot being touched.
+      - It is written into C(data.network) of each of the tenant's live leases on the node whose plan differs
+        (under the lease's lock; the fabric keys C(pkey), C(vlan), C(fabric) of each lease are kept), so the leases
+        stay the node's one record of the plan, and the flows are made from it. A tenant without a live lease here
+        has nothing to update. A plan that is not valid fails the task and changes nothing.
+    type: dict
   state:
     description: V(present), the only state - the tenant flows exactly as the leases say (none for a tenant without live leases).
     type: str
@@ -71,6 +81,11 @@ EXAMPLES = r'''
   gpuaas.slice.tenant_network:
     node_id: gpu-node-01
   register: tenants
+
+- name: Give the node a tenant's new overlay peers (the control plane's network job)
+  gpuaas.slice.tenant_network:
+    node_id: gpu-node-01
+    plan: {tenant: acme, vni: 4096, mtu: 1450, peers: [{node_id: gpu-node-02, underlay_ip: 192.0.2.12}]}
 '''
 
 RETURN = r'''
@@ -99,6 +114,12 @@ tenant_removed:
   type: list
   elements: str
   sample: ["0x6770749f00112233"]
+leases_updated:
+  description: The slots whose lease got the new O(plan) (empty without one, or when each had it already).
+  returned: always
+  type: list
+  elements: str
+  sample: ["gpu-node-01-s0"]
 changes:
   description: What changed (or would change in check mode).
   returned: always

@@ -165,10 +165,13 @@ def test_the_allocate_job_carries_the_network_plan(db, nodes, tmp_path):
     db.transact(service.set_underlay, OPERATOR, 'n2', '192.0.2.2')
     on_n1, on_n2, other = (db.transact(service.reserve, tenant(who), request(node_id=node_id))[0].id
                            for who, node_id in (('acme', 'n1'), ('acme', 'n2'), ('globex', 'n2')))
-    claims = {}
-    for _number in range(3):
+    claims, kinds = {}, []
+    for _number in range(4):   # the three allocates and n1's network job (acme joined n2)
         claim, network = _claim_network(db, worker)
-        claims[claim.allocation_id] = network
+        kinds.append(claim.kind)
+        if claim.kind == 'allocate':
+            claims[claim.allocation_id] = network
+    assert sorted(kinds) == ['allocate'] * 3 + ['network']
     assert claims[on_n1] == {'tenant': 'acme', 'vni': 4096, 'mtu': 1450,
                              'peers': [{'node_id': 'n2', 'underlay_ip': '192.0.2.2'}],
                              'pkey': '0x8100', 'vlan': 100, 'fabric': {'address': '10.224.0.1/24'}}
@@ -299,3 +302,71 @@ def test_the_underlay_address_is_set_audited_and_removed(db, client, tokens, nod
     assert [(e.before, e.after) for e in entries] == [
         ({'underlay_ip': None}, {'underlay_ip': '198.51.100.7'}),
         ({'underlay_ip': '198.51.100.7'}, {'underlay_ip': None})]
+
+
+# -- slot indices across the nodes of a tenant's overlay ---------------------------------------
+
+def _slot_of(db, who, **constraints):
+    return db.transact(service.reserve, tenant(who), request(**constraints))[0].slot_id
+
+
+def _underlays(db):
+    db.transact(service.set_underlay, OPERATOR, 'n1', '192.0.2.1')
+    db.transact(service.set_underlay, OPERATOR, 'n2', '192.0.2.2')
+
+
+def test_a_tenants_slots_on_two_nodes_of_its_overlay_get_distinct_indices(db, nodes):
+    _underlays(db)
+    assert _slot_of(db, 'acme', node_id='n1') == 'n1-s0'
+    assert _slot_of(db, 'acme', node_id='n2') == 'n2-s1'     # n2-s0 would be 10.100.0.10 twice
+    assert _slot_of(db, 'globex', node_id='n2') == 'n2-s0'   # another tenant: another overlay
+    assert _slot_of(db, 'acme', node_id='n1') == 'n1-s2'     # s1 is acme's on n2
+    assert _slot_of(db, 'acme') == 'n1-s3'
+
+
+def test_without_an_underlay_address_a_node_is_no_overlay_peer_and_indices_may_repeat(db, nodes):
+    db.transact(service.set_underlay, OPERATOR, 'n1', '192.0.2.1')
+    assert _slot_of(db, 'acme', node_id='n1') == 'n1-s0'
+    assert _slot_of(db, 'acme', node_id='n2') == 'n2-s0'
+
+
+def test_when_only_colliding_slots_fit_the_reservation_is_refused_naming_why(db, nodes):
+    _underlays(db)
+    held = [_slot_of(db, 'acme', node_id='n1') for _number in range(6)]
+    assert held == ['n1-s%d' % index for index in range(6)]
+    assert _slot_of(db, 'acme', node_id='n2') == 'n2-s6'
+    assert _slot_of(db, 'acme', node_id='n2') == 'n2-s7'
+    with pytest.raises(Conflict) as refused:
+        _slot_of(db, 'acme', node_id='n2')
+    message = str(refused.value)
+    assert 'slot index that tenant acme already holds on another node of its overlay' in message, message
+    assert 'n1 slot 0' in message and 'distinct indices' in message, message
+    # Free slots are still there for another tenant, and for acme once one of its indices is free.
+    assert _slot_of(db, 'globex', node_id='n2') == 'n2-s0'
+    with db.write() as session:
+        session.execute(update(Allocation).where(Allocation.slot_id == 'n1-s1').values(state='released'))
+    assert _slot_of(db, 'acme', node_id='n2') == 'n2-s1'
+
+
+def test_a_tenants_reservations_racing_on_two_nodes_never_share_an_index(db, nodes):
+    _underlays(db)
+
+    def one(node_id):
+        try:
+            return _slot_of(db, 'acme', node_id=node_id)
+        except Conflict:
+            return None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        taken = [slot for slot in pool.map(one, ['n1', 'n2'] * 8) if slot]
+    indices = [slot.split('-s')[1] for slot in taken]
+    assert len(indices) == len(set(indices)) == 8, taken
+
+
+def test_a_moved_allocation_keeps_its_index_free_of_its_own_old_slot(db, nodes):
+    _underlays(db)
+    allocation = db.transact(service.reserve, tenant('acme'), request(node_id='n1'))[0]
+    with db.write() as session:
+        session.execute(update(service.Node).where(service.Node.id == 'n1').values(unreachable_since=utcnow()))
+        moved = service.take_slot(session, service.AllocationRequest(
+            image='x', image_checksum='x', ssh_keys=[], vcpus=1, memory_mib=1024), allocation.id, utcnow(), 'acme')
+    assert moved.id == 'n2-s0'

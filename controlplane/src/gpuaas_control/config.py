@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     start_playbook: str = 'playbooks/start.yml'
     reboot_playbook: str = 'playbooks/reboot.yml'
     console_playbook: str = 'playbooks/console.yml'
+    # A tenant's new overlay plan for a node already holding its slots (the network job).
+    network_playbook: str = 'playbooks/network.yml'
     # The console (console.py): a tenant's read is answered from the copy last read from the
     # node; one older than console_max_age seconds is read again by the worker, which looks
     # for such requests every console_poll_interval seconds (0: never) and reads each node once

@@ -37,7 +37,7 @@ import tempfile
 
 from sqlalchemy import or_, select
 
-from gpuaas_control import audit, lifecycle, service
+from gpuaas_control import audit, lifecycle, networks, service
 from gpuaas_control.config import Settings
 from gpuaas_control.errors import Conflict, Invalid, NotFound
 from gpuaas_control.models import (
@@ -45,6 +45,7 @@ from gpuaas_control.models import (
     JOB_ALLOCATE,
     JOB_CANCELLED,
     JOB_FAILED,
+    JOB_NETWORK,
     JOB_PENDING,
     JOB_RELEASE,
     JOB_RUNNING,
@@ -193,7 +194,7 @@ def unreachable(session, actor: audit.Actor, settings: Settings, claim: Claim, j
         job.status, job.claim_token, job.available_at = JOB_PENDING, None, now
         service.add_event(session, allocation.id, 'error',
                           'the node did not answer; the %s runs when it does'
-                          % ('release' if claim.kind == JOB_RELEASE else claim.kind),
+                          % {JOB_RELEASE: 'release', JOB_NETWORK: 'tenant network update'}.get(claim.kind, claim.kind),
                           {'detail': detail, 'slot_id': claim.slot_id})
         return
     job.status, job.finished_at = JOB_FAILED, now
@@ -249,7 +250,7 @@ def _move(session, actor: audit.Actor, allocation: Allocation, old_slot_id: str,
         vcpus=allocation.vcpus, memory_mib=allocation.memory_mib,
         gpu_model=asked.get('gpu_model'), numa_node=asked.get('numa_node'))
     session.flush()   # the node's mark, which the statement below reads past the ORM
-    taken = service.take_slot(session, request, allocation.id, now)
+    taken = service.take_slot(session, request, allocation.id, now, allocation.tenant_id)
     if taken is None:
         return False
     old = session.get(Slot, old_slot_id, with_for_update=True)
@@ -280,6 +281,8 @@ def _move(session, actor: audit.Actor, allocation: Allocation, old_slot_id: str,
                  {'slot_id': old.id, 'node_id': old_node_id},
                  {'slot_id': taken.id, 'node_id': taken.node_id, 'tenant': allocation.tenant_id,
                   'reason': 'node %s unreachable' % old_node_id})
+    networks.announce(session, actor, allocation.tenant_id, old_node_id, 'left', allocation.id, now)
+    networks.announce(session, actor, allocation.tenant_id, taken.node_id, 'joined', allocation.id, now)
     return True
 
 

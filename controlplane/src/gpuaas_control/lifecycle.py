@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from gpuaas_control import audit
+from gpuaas_control import audit, networks
 from gpuaas_control.errors import Conflict
 from gpuaas_control.models import (
+    ACTIVE_STATES,
     FAILED,
     JOB_REBOOT,
     JOB_START,
@@ -33,6 +34,7 @@ from gpuaas_control.models import (
     SLOT_BLOCKED,
     SLOT_FREE,
     SLOT_RESERVED,
+    TERMINAL_STATES,
     Event,
     Slot,
     utcnow,
@@ -175,4 +177,8 @@ def move(session, actor: audit.Actor, allocation, to: str, message: str, *, frm=
     audit.append(session, actor, action, 'allocation', allocation.id,
                  before if frm is not None else None,
                  dict(after, tenant=allocation.tenant_id, slot_id=allocation.slot_id))
+    # The tenant's other nodes learn a node that joined or left its overlay.
+    if frm is None or (frm in ACTIVE_STATES and to in TERMINAL_STATES):
+        networks.announce(session, actor, allocation.tenant_id, allocation.node_id,
+                          'joined' if frm is None else 'left', allocation.id, now)
     return event

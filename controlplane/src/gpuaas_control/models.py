@@ -66,6 +66,9 @@ JOB_STOP = 'stop'
 JOB_START = 'start'
 JOB_REBOOT = 'reboot'
 POWER_JOBS = (JOB_STOP, JOB_START, JOB_REBOOT)
+# A tenant's new overlay plan for one of its nodes (networks.announce): the allocation is one of
+# the tenant's on that node, the job's carrier; no slot is touched.
+JOB_NETWORK = 'network'
 JOB_PENDING = 'pending'
 JOB_RUNNING = 'running'
 JOB_DONE = 'done'

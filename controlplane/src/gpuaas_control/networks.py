@@ -23,9 +23,20 @@ node gets with each job.
   nodes holding live allocations of the tenant that have an underlay address (a node without
   one is no overlay peer); ``pkey`` (full membership, ``0x8001`` style), ``vlan`` and
   ``fabric`` are None for a slot without a fabric PF.
+* **Peers kept current** (:func:`announce`): when a tenant's set of nodes changes (a node gets
+  the tenant's first live allocation, loses its last one, an allocation moves to another node,
+  or a node of the tenant changes its underlay address), each *other* node of the tenant gets a
+  ``network`` outbox job, carried by one of the tenant's allocations on it: the worker runs it
+  like the node's other jobs (one job per node at a time, held while the node does not answer),
+  computes the tenant's plan for that node when it claims the job (so it is the newest word,
+  and a job for a node that no longer holds the tenant is cancelled), and the node's
+  ``tenant_network`` writes it into the tenant's leases there and rewrites its flows (no slot is
+  touched; the same plan twice changes nothing). A node with a pending one gets no second.
 * **Audit**: the record's creation (``tenant_network.assign``), and every change of fabric
   membership: an allocation joining its tenant's fabric when its allocate job succeeded
-  (``fabric.join``) and leaving it when released (``fabric.leave``).
+  (``fabric.join``) and leaving it when released (``fabric.leave``); a change of the tenant's
+  set of nodes (``tenant_network.nodes``: the node that joined or left, the nodes told) and each
+  node that applied its new plan (``tenant_network.peers``: the node, VNI and peers).
 """
 
 from __future__ import annotations
@@ -40,7 +51,8 @@ from sqlalchemy.exc import IntegrityError
 from gpuaas_control import audit
 from gpuaas_control.config import Settings, parse_pool, parse_range
 from gpuaas_control.errors import Conflict
-from gpuaas_control.models import ACTIVE_STATES, Allocation, Node, Slot, TenantNetwork, utcnow
+from gpuaas_control.models import (
+    ACTIVE_STATES, JOB_NETWORK, JOB_PENDING, RELEASING, Allocation, Node, OutboxJob, Slot, TenantNetwork, utcnow)
 
 # Full membership: the high bit of the 16-bit P_Key as the port's table holds it.
 PKEY_FULL = 0x8000
@@ -217,3 +229,92 @@ def audit_membership(session, actor: audit.Actor, allocation: Allocation, slot: 
               'fabric_address': fabric_address(network, allocation.fabric_host)}
     audit.append(session, actor, 'fabric.join' if joined else 'fabric.leave', 'tenant',
                  allocation.tenant_id, before=None if joined else member, after=member if joined else None)
+
+
+# -- peers kept current on the tenant's other nodes -------------------------------------------
+
+# The states in which an allocation's lease is live on its node (a releasing one has left its
+# tenant): a network job's carrier is one of them.
+CARRIER_STATES = tuple(state for state in ACTIVE_STATES if state != RELEASING)
+
+
+def _nodes(session, tenant_id: str, states=ACTIVE_STATES) -> dict:
+    """{node id: the oldest of the tenant's allocations in ``states`` on it}."""
+    nodes = {}
+    for node_id, allocation_id in session.execute(
+            select(Allocation.node_id, Allocation.id).where(
+                Allocation.tenant_id == tenant_id, Allocation.state.in_(states))
+            .order_by(Allocation.node_id, Allocation.created_at, Allocation.id)).all():
+        nodes.setdefault(node_id, allocation_id)
+    return nodes
+
+
+def announce(session, actor: audit.Actor, tenant_id: str, node_id: str, why: str,
+             allocation_id: str | None = None, now=None) -> list[str]:
+    """After the tenant's allocations on ``node_id`` changed, in the caller's transaction:
+    ``allocation_id`` became live there (``why`` 'joined') or stopped being (``left``: it ended
+    or moved away), or the node's underlay address changed (``underlay``). When that changed
+    the tenant's set of nodes (or its peers' addresses), each other node of the tenant gets a
+    network job, unless one is pending there already; audited. The nodes told."""
+    if session.get(TenantNetwork, tenant_id) is None:
+        return []
+    session.flush()   # the caller's state changes, which the statements below read
+    # The nodes where the tenant has a live lease (one only releasing there takes its flows with it).
+    nodes = _nodes(session, tenant_id, CARRIER_STATES)
+    if why != 'underlay' and session.execute(select(Allocation.id).where(
+            Allocation.tenant_id == tenant_id, Allocation.node_id == node_id, Allocation.id != allocation_id,
+            Allocation.state.in_(ACTIVE_STATES)).limit(1)).first() is not None:
+        return []   # another of the tenant's allocations holds the node: the set is the same
+    now = now or utcnow()
+    # The allocation's own node (another than ``node_id`` when it moved) gets the plan with its allocate job.
+    moved_to = session.get(Allocation, allocation_id).node_id if allocation_id else None
+    told = sorted(other for other in nodes if other not in (node_id, moved_to))
+    for other in told:
+        pending = session.execute(select(OutboxJob.id).join(Allocation, Allocation.id == OutboxJob.allocation_id).where(
+            OutboxJob.kind == JOB_NETWORK, OutboxJob.status == JOB_PENDING, Allocation.tenant_id == tenant_id,
+            Allocation.node_id == other).limit(1)).first()
+        if pending is None:
+            session.add(OutboxJob(allocation_id=nodes[other], kind=JOB_NETWORK, status=JOB_PENDING, attempts=0,
+                                  available_at=now, created_at=now, updated_at=now))
+    if told:
+        audit.append(session, actor, 'tenant_network.nodes', 'tenant', tenant_id, None,
+                     {'node_id': node_id, 'change': why, 'nodes': sorted(nodes), 'told': told})
+    return told
+
+
+def carrier(session, allocation: Allocation) -> Allocation | None:
+    """The allocation a network job runs for: its own, while its lease is live on its node, else
+    another of the tenant's there (the job is the node's, not the allocation's); None when the
+    node holds none of the tenant's any more (nothing to update: its last one took the tenant's
+    flows with it)."""
+    if allocation.state in CARRIER_STATES:
+        return allocation
+    other = _nodes(session, allocation.tenant_id, CARRIER_STATES).get(allocation.node_id)
+    return session.get(Allocation, other, with_for_update=True) if other else None
+
+
+def overlay_plan(session, settings: Settings, allocation: Allocation) -> dict | None:
+    """The node's part of the tenant's plan for the allocation's node: {tenant, vni, mtu, peers}."""
+    network = session.get(TenantNetwork, allocation.tenant_id)
+    if network is None:
+        return None
+    return {'tenant': allocation.tenant_id, 'vni': network.vni, 'mtu': settings.tenant_overlay_mtu,
+            'peers': peers(session, allocation)}
+
+
+def check_result(claim, result) -> str | None:
+    """What is wrong with a network job's gpuaas_result (None: it is the claim's)."""
+    if not isinstance(result, dict):
+        return 'the network playbook returned no gpuaas_result (set_stats)'
+    if result.get('node_id') != claim.node_id or result.get('tenant') != claim.tenant:
+        return 'the network playbook reported %r' % ({k: result.get(k) for k in ('node_id', 'tenant')},)
+    return None
+
+
+def updated(session, actor: audit.Actor, claim, result: dict) -> None:
+    """A node applied the tenant's new plan: audited with what it now holds."""
+    plan = claim.allocation['network']
+    audit.append(session, actor, 'tenant_network.peers', 'tenant', claim.tenant, None,
+                 {'node_id': claim.node_id, 'vni': plan['vni'],
+                  'peers': [peer['node_id'] for peer in plan['peers']],
+                  'slots': list(result.get('slots') or []), 'leases_updated': list(result.get('leases_updated') or [])})

@@ -32,7 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gpuaas_control import service
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
-from gpuaas_control.models import JOB_ALLOCATE, JOB_REBOOT, JOB_START, JOB_STOP, RELEASING, Allocation, OutboxJob, utcnow
+from gpuaas_control.models import (
+    JOB_ALLOCATE, JOB_NETWORK, JOB_REBOOT, JOB_START, JOB_STOP, RELEASING, Allocation, OutboxJob, utcnow)
 
 log = logging.getLogger('gpuaas_control.worker')
 
@@ -180,6 +181,8 @@ def extravars(claim: Claim) -> dict:
     if claim.kind == JOB_ALLOCATE:
         return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
                 'gpuaas_allocation': claim.allocation, 'gpuaas_slot': claim.slot}
+    if claim.kind == JOB_NETWORK:
+        return {'gpuaas_hosts': claim.node_id, 'gpuaas_network': claim.allocation['network']}
     return {'gpuaas_hosts': claim.node_id, 'gpuaas_slot_id': claim.slot_id,
             'gpuaas_allocation_id': claim.allocation_id}
 
@@ -187,7 +190,8 @@ def extravars(claim: Claim) -> dict:
 def playbook_of(settings: Settings, kind: str) -> str:
     """The playbook a job of ``kind`` runs."""
     return {JOB_ALLOCATE: settings.allocate_playbook, JOB_STOP: settings.stop_playbook,
-            JOB_START: settings.start_playbook, JOB_REBOOT: settings.reboot_playbook}.get(kind, settings.release_playbook)
+            JOB_START: settings.start_playbook, JOB_REBOOT: settings.reboot_playbook,
+            JOB_NETWORK: settings.network_playbook}.get(kind, settings.release_playbook)
 
 
 class Run:

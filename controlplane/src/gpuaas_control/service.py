@@ -545,6 +545,10 @@ def set_underlay(session, actor: audit.Actor, node_id: str, underlay_ip: str | N
                      {'underlay_ip': node.underlay_ip}, {'underlay_ip': underlay_ip})
         node.underlay_ip = underlay_ip
         node.updated_at = utcnow()
+        # The tenants on the node: their other nodes' tunnels must follow the new address.
+        for tenant_id in session.execute(select(Allocation.tenant_id).where(
+                Allocation.node_id == node_id, Allocation.state.in_(ACTIVE_STATES)).distinct()).scalars().all():
+            networks.announce(session, actor, tenant_id, node_id, 'underlay')
     return node
 
 
@@ -623,7 +627,8 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
     """
     query = _candidates(select(_SLOTS.c.id), gpu_model, node_id).where(
         # Only a slot whose share fits the shape (a slot approved before shares has none: NULL).
-        _SLOTS.c.vcpus >= bindparam('want_vcpus'), _SLOTS.c.memory_mib >= bindparam('want_memory'))
+        _SLOTS.c.vcpus >= bindparam('want_vcpus'), _SLOTS.c.memory_mib >= bindparam('want_memory'),
+        _distinct_index())
     order = [_SLOTS.c.node_id, _SLOTS.c.slot_index]
     if numa_node:
         order.insert(0, case((_SLOTS.c.numa_node == bindparam('want_numa'), 0), else_=1))
@@ -633,6 +638,29 @@ def _take_slot_statement(gpu_model: bool, node_id: bool, numa_node: bool):
             .values(state=SLOT_RESERVED, allocation_id=bindparam('take_for'),
                     updated_at=bindparam('take_at'))
             .returning(_SLOTS.c.id, _SLOTS.c.node_id, _SLOTS.c.gpu_model, _SLOTS.c.mac))
+
+
+_HELD = Slot.__table__.alias('held')
+_OVERLAY_NODES = select(Node.__table__.c.id).where(Node.__table__.c.underlay_ip.is_not(None))
+
+
+def _index_taken():
+    """EXISTS: a live allocation of the tenant (``want_tenant``) holds the candidate's slot index
+    on another node of the overlay (a node with an underlay address)."""
+    allocations = Allocation.__table__.c
+    return (select(allocations.id).select_from(Allocation.__table__.join(_HELD, _HELD.c.id == allocations.slot_id))
+            .where(allocations.tenant_id == bindparam('want_tenant'), allocations.state.in_(ACTIVE_STATES),
+                   allocations.id != bindparam('take_for'),   # the allocation itself, when it moves
+                   _HELD.c.slot_index == _SLOTS.c.slot_index, _HELD.c.node_id != _SLOTS.c.node_id,
+                   _HELD.c.node_id.in_(_OVERLAY_NODES)).exists())
+
+
+def _distinct_index():
+    """The candidate is off the overlay (its node has no underlay address), or no live
+    allocation of the tenant holds its slot index on another node of the overlay: every node
+    numbers its slots 10.100.0.(10+i), so two slots of one tenant with one index on two nodes
+    of its overlay would have one address (docs/operator-guide.md, "Addressing across nodes")."""
+    return or_(_SLOTS.c.node_id.not_in(_OVERLAY_NODES), ~_index_taken())
 
 
 def _candidates(query, gpu_model: bool, node_id: bool):
@@ -650,16 +678,16 @@ def _candidates(query, gpu_model: bool, node_id: bool):
     return query
 
 
-def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
-    """Choose a free slot and take it in one statement; its row, or None when every
-    candidate is taken (or, on PostgreSQL, held by a reservation still in flight)."""
+def _take_slot(session, request: AllocationRequest, allocation_id: str, now, tenant_id: str):
+    """Choose a free slot for the tenant and take it in one statement; its row, or None when
+    every candidate is taken (or, on PostgreSQL, held by a reservation still in flight)."""
     lifecycle.check(lifecycle.SLOT_TRANSITIONS, 'a slot', SLOT_FREE, SLOT_RESERVED)
     statement = _take_slot_statement(request.gpu_model is not None, request.node_id is not None,
                                      request.numa_node is not None)
     # Parameter names are not column names: an UPDATE would take those as SET values.
     params = {'want_model': request.gpu_model, 'want_node': request.node_id,
               'want_numa': request.numa_node, 'want_vcpus': request.vcpus, 'want_memory': request.memory_mib,
-              'take_for': allocation_id, 'take_at': now}
+              'take_for': allocation_id, 'take_at': now, 'want_tenant': tenant_id}
     return session.connection().execute(statement, params).first()
 
 
@@ -667,9 +695,25 @@ def _take_slot(session, request: AllocationRequest, allocation_id: str, now):
 take_slot = _take_slot
 
 
-def _explain_no_fit(session, request: AllocationRequest) -> str:
+def _explain_no_fit(session, request: AllocationRequest, tenant_id: str) -> str:
     wanted = ', '.join('%s=%s' % (k, v) for k, v in request.constraints().items() if v is not None)
     wanted = ' (%s)' % wanted if wanted else ''
+    params = {'want_model': request.gpu_model, 'want_node': request.node_id, 'want_tenant': tenant_id,
+              'want_vcpus': request.vcpus, 'want_memory': request.memory_mib, 'take_for': ''}
+    fits = _candidates(select(_SLOTS.c.id), request.gpu_model is not None, request.node_id is not None).where(
+        _SLOTS.c.vcpus >= bindparam('want_vcpus'), _SLOTS.c.memory_mib >= bindparam('want_memory'))
+    if session.connection().execute(fits.limit(1), params).first() is not None:
+        held = session.connection().execute(
+            select(_HELD.c.node_id, _HELD.c.slot_index).select_from(
+                Allocation.__table__.join(_HELD, _HELD.c.id == Allocation.__table__.c.slot_id))
+            .where(Allocation.__table__.c.tenant_id == bindparam('want_tenant'),
+                   Allocation.__table__.c.state.in_(ACTIVE_STATES), _HELD.c.node_id.in_(_OVERLAY_NODES))
+            .order_by(_HELD.c.node_id, _HELD.c.slot_index), params).all()
+        return ('every free slot that fits%s has a slot index that tenant %s already holds on another node of its '
+                'overlay (%s): slot i has the address 10.100.0.(10+i) on every node, so the tenant\'s slots on '
+                'nodes with an underlay address must have distinct indices; release one of them, or ask again '
+                'when a slot with another index is free' % (wanted, tenant_id, ', '.join(
+                    '%s slot %d' % (node, index) for node, index in held)))
     largest = session.connection().execute(
         _candidates(select(_SLOTS.c.vcpus, _SLOTS.c.memory_mib), request.gpu_model is not None,
                     request.node_id is not None).where(_SLOTS.c.vcpus.is_not(None), _SLOTS.c.memory_mib.is_not(None))
@@ -699,10 +743,9 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
             default_max_gpus: int = -1, ranges: networks.Ranges | None = None) -> tuple[Allocation, bool]:
     """Reserve a slot for the actor's tenant in this transaction; (allocation, created).
 
-    A tenant with a quota, or a request with an idempotency key, has its row locked first,
-    so the quota count and the idempotency check cannot race; an unlimited tenant's
-    reservations do not wait for each other (a quota set meanwhile applies from its commit
-    on, as if they had committed just before it). The slot is chosen and taken in one
+    The tenant's row is locked first, so the quota count, the idempotency check and the slot
+    indices it holds on the nodes of its overlay cannot race: one tenant's reservations wait
+    for each other, different tenants' do not. The slot is chosen and taken in one
     statement (``_take_slot``, the lifecycle's free -> reserved edge), and the partial
     unique index on allocations(slot_id) refuses a second active allocation anyway.
 
@@ -719,7 +762,9 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
     max_gpus = connection.execute(_TENANT_QUOTA, params).scalar_one_or_none()
     if max_gpus is None:
         max_gpus = ensure_tenant(session, actor.tenant, default_max_gpus).max_gpus
-    elif max_gpus >= 0 or request.idempotency_key:
+    else:
+        # Locked: the quota count, the idempotency check and the slot indices the tenant holds
+        # (``_distinct_index``) cannot race with the tenant's other reservations.
         max_gpus = connection.execute(_LOCK_TENANT, params).scalar_one()
     if request.idempotency_key:
         existing = session.execute(select(Allocation).where(
@@ -743,9 +788,9 @@ def reserve(session, actor: audit.Actor, request: AllocationRequest,
     networks.ensure(session, actor, actor.tenant, ranges or networks.default_ranges())
     allocation_id = new_allocation_id()
     now = utcnow()
-    slot = _take_slot(session, request, allocation_id, now)
+    slot = _take_slot(session, request, allocation_id, now, actor.tenant)
     if slot is None:
-        raise Conflict(_explain_no_fit(session, request))
+        raise Conflict(_explain_no_fit(session, request, actor.tenant))
 
     values = {
         'id': allocation_id, 'tenant_id': actor.tenant, 'slot_id': slot.id,

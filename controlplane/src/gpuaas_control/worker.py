@@ -41,6 +41,7 @@ from gpuaas_control.models import (
     JOB_CANCELLED,
     JOB_DONE,
     JOB_FAILED,
+    JOB_NETWORK,
     JOB_PENDING,
     JOB_RUNNING,
     POWER_JOBS,
@@ -142,7 +143,7 @@ class Worker:
             raise WorkerError('the project directory %r does not exist: set GPUAAS_PROJECT_DIR to '
                               'the gpuaas.slice checkout (or --project-dir)' % project)
         for playbook in (self.settings.allocate_playbook, self.settings.release_playbook, self.settings.stop_playbook,
-                         self.settings.start_playbook, self.settings.reboot_playbook):
+                         self.settings.start_playbook, self.settings.reboot_playbook, self.settings.network_playbook):
             if not os.path.isfile(os.path.join(project, playbook)):
                 raise WorkerError('%s is not in the project directory %s' % (playbook, project))
         inventory = self.settings.inventory
@@ -266,6 +267,8 @@ class Worker:
             job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
             job.last_error = 'allocation is %s: nothing to provision' % allocation.state
             return True
+        if job.kind == JOB_NETWORK:
+            return self._claimed_network(session, job, allocation, now)
         power_action = lifecycle.POWER_BY_JOB.get(job.kind)
         if power_action and allocation.state != lifecycle.POWER[power_action]['via']:
             # A release overtook it: its VM goes with the slot.
@@ -321,6 +324,27 @@ class Worker:
                      slot_ip=slot.ip, allocation=spec, slot=slot_record(slot),
                      queued_seconds=(now - job.created_at).total_seconds(), cleanup=cleanup)
 
+    def _claimed_network(self, session, job, allocation, now):
+        """A network job: the tenant's plan for its carrier's node, computed now (the newest
+        word); cancelled when the node holds none of the tenant's allocations any more."""
+        carrier = networks.carrier(session, allocation)
+        plan = networks.overlay_plan(session, self.settings, carrier) if carrier is not None else None
+        if plan is None:
+            job.status, job.finished_at, job.updated_at = JOB_CANCELLED, now, now
+            job.last_error = ('node %s holds no live allocation of tenant %s any more: nothing to update'
+                              % (allocation.node_id, allocation.tenant_id))
+            return True
+        slot = session.get(Slot, carrier.slot_id)
+        job.allocation_id = carrier.id
+        job.status, job.claimed_by, job.claim_token = JOB_RUNNING, self.worker_id, secrets.token_hex(8)
+        job.lease_expires_at = now + seconds(self.settings.lease_seconds)
+        job.attempts += 1
+        job.updated_at = now
+        return Claim(job_id=job.id, kind=job.kind, attempts=job.attempts, token=job.claim_token,
+                     allocation_id=carrier.id, tenant=carrier.tenant_id, node_id=slot.node_id, slot_id=slot.id,
+                     slot_mac=slot.mac, slot_ip=slot.ip, allocation={'id': carrier.id, 'network': plan},
+                     slot=slot_record(slot), queued_seconds=(now - job.created_at).total_seconds())
+
     # -- recording ---------------------------------------------------------------------------
 
     def _record(self, session, claim: Claim, outcome: Outcome):
@@ -355,6 +379,9 @@ class Worker:
             return
         error, permanent = outcome.error, False
         power_job = claim.kind in POWER_JOBS
+        if claim.kind == JOB_NETWORK:
+            self._record_network(session, claim, job, outcome, now)
+            return
         if outcome.status == 'successful':
             if claim.kind == JOB_ALLOCATE:
                 error, permanent = outcomes.check_allocate_result(claim, outcome.result)
@@ -394,3 +421,21 @@ class Worker:
             power.failed(session, self.actor, claim, allocation, error, now)
         else:
             outcomes.release_failed(session, self.actor, claim, allocation, error, now)
+
+    def _record_network(self, session, claim: Claim, job, outcome: Outcome, now):
+        """A network job's run: audited when the node applied the plan; retried with backoff
+        otherwise, and left failed for an operator after ``max_attempts`` (the node's next
+        network job brings the plan again)."""
+        error = outcome.error if outcome.status != 'successful' else networks.check_result(claim, outcome.result)
+        if error is None:
+            job.status, job.finished_at, job.last_error = JOB_DONE, now, None
+            networks.updated(session, self.actor, claim, outcome.result)
+            return
+        job.last_error = short(error)
+        if job.attempts < self.settings.max_attempts:
+            job.status, job.claim_token = JOB_PENDING, None
+            job.available_at = now + seconds(backoff(job.attempts, self.settings.retry_base))
+            return
+        job.status, job.finished_at = JOB_FAILED, now
+        log.warning('network job %d: node %s did not take tenant %s\'s new plan after %d attempts: %s',
+                    claim.job_id, claim.node_id, claim.tenant, job.attempts, error)

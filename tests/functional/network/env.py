@@ -318,10 +318,12 @@ def serve_once(ns, address, port, timeout=5):
     return proc
 
 
-CAPTURE = """
+# The frames arriving on an interface (sys.argv[2]) for sys.argv[1] seconds, as tcpdump would see
+# them (an AF_PACKET socket): each IPv4 frame, as ``frame``, to the code that follows.
+CAPTURE_LOOP = """
 import socket, struct, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind(('eth0', 0)); s.settimeout(0.2)
+s.bind((sys.argv[2], 0)); s.settimeout(0.2)
 print('ready', flush=True)
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
@@ -331,6 +333,8 @@ while time.monotonic() < end:
         continue
     if addr[2] == socket.PACKET_OUTGOING or len(frame) < 34 or frame[12:14] != b'\\x08\\x00':
         continue
+"""
+CAPTURE = CAPTURE_LOOP + """
     ihl = (frame[14] & 15) * 4
     ip = frame[14:14 + ihl]
     if ip[9] != 17:
@@ -349,8 +353,8 @@ class Capture:
     """DHCP replies (UDP to port 68) arriving on eth0 of namespace ``ns`` for ``seconds``:
     (destination MAC, yiaddr, chaddr) of each, by an AF_PACKET socket as tcpdump would."""
 
-    def __init__(self, ns, seconds):
-        self.proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-c', CAPTURE, str(seconds)],
+    def __init__(self, ns, seconds, code=CAPTURE, iface='eth0'):
+        self.proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-c', code, str(seconds), iface],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == 'ready', self.proc.stderr.read()
 

@@ -10,6 +10,7 @@ slot_network wires it with ``lease_dir``: the tenant's flows follow the node's l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -182,6 +183,63 @@ def test_reconcile_gives_the_overlay_a_tunnel_and_removes_what_no_lease_explains
     gone = host.module('tenant_network', args)
     assert gone['changed'] and gone['tenant_removed'] == ['gpuaas-vxlan'], gone
     assert 'gpuaas-vxlan' not in host.ports(BRIDGE)
+
+
+def _lease_network(net, index):
+    with open(os.path.join(net['leases'], Slot(NODE, index).slot_id + '.json')) as handle:
+        return json.load(handle)['data']['network']
+
+
+def test_a_new_plan_from_the_control_plane_updates_the_leases_and_the_flows_without_a_slot(net):
+    """The control plane's network job: tenant A gets a second peer; no slot is wired again."""
+    host = net['host']
+    fabric = dict(PLAN, pkey='0x8101', vlan=101, fabric={'address': '10.224.0.1/24'})
+    lease(net, 0, network=fabric)
+    lease(net, 1, network=PLAN)
+    two = dict(PLAN, peers=PLAN['peers'] + [dict(node_id='tnode3', underlay_ip='192.0.2.13')], pkey='ignored')
+    args = dict(node_id=NODE, bridge=BRIDGE, lease_dir=net['leases'], plan=two)
+    before = sorted(os.listdir(net['leases']))
+    planned = host.module('tenant_network', args, check_mode=True, diff=True)
+    assert planned['changed'] and planned['leases_updated'] == [Slot(NODE, 0).slot_id, Slot(NODE, 1).slot_id], planned
+    assert _lease_network(net, 1) == PLAN   # check mode wrote nothing
+    done = host.module('tenant_network', args)
+    assert done['changed'] and done['tenants']['tenant-a']['peers'] == ['192.0.2.12', '192.0.2.13'], done
+    # Each lease holds the new overlay part and keeps its own fabric part.
+    assert _lease_network(net, 0) == dict(fabric, peers=two['peers'])
+    assert _lease_network(net, 1) == dict(PLAN, peers=two['peers'])
+    assert sorted(os.listdir(net['leases'])) == before
+    flows = host.flows(BRIDGE, tenant_cookie('tenant-a'))
+    assert any('tun_src=192.0.2.13' in flow for flow in flows), flows
+    assert any('192.0.2.12->tun_dst' in flow and '192.0.2.13->tun_dst' in flow for flow in flows), flows
+    assert not host.module('tenant_network', args)['changed']
+    # What reconcile then sees in the leases is the same: nothing to change.
+    assert not host.module('tenant_network', dict(args, plan=None))['changed']
+    # A plan that is not valid changes nothing; the same for a tenant with no lease here.
+    bad = host.module('tenant_network', dict(args, plan=dict(two, vni=0)))
+    assert bad.get('failed') and 'plan.vni' in bad['msg'], bad
+    hostile = host.module('tenant_network', dict(args, plan=dict(two, peers=[dict(node_id='x', underlay_ip='10.100.0.12')])))
+    assert hostile.get('failed') and 'underlay_ip' in hostile['msg'], hostile
+    other = host.module('tenant_network', dict(args, plan=dict(two, tenant='tenant-c')))
+    assert not other['changed'] and other['leases_updated'] == [], other
+    # A damaged lease of the tenant is not rewritten: it stays out of the tenant (isolated).
+    path = os.path.join(net['leases'], Slot(NODE, 1).slot_id + '.json')
+    with open(path) as handle:
+        kept = handle.read()
+    with open(path, 'w') as handle:
+        handle.write('{"allocation_id": 7')
+    try:
+        damaged = host.module('tenant_network', dict(args, plan=PLAN))
+        assert damaged['leases_updated'] == [Slot(NODE, 0).slot_id], damaged
+        assert any(Slot(NODE, 1).slot_id in problem for problem in damaged['tenant_problems']), damaged
+        with open(path) as handle:
+            assert handle.read() == '{"allocation_id": 7'
+    finally:
+        with open(path, 'w') as handle:
+            handle.write(kept)
+    for index in (0, 1):
+        lease(net, index, network=None)
+    assert 'gpuaas-vxlan' in host.module('tenant_network', dict(node_id=NODE, bridge=BRIDGE,
+                                                                lease_dir=net['leases']))['tenant_removed']
 
 
 def test_release_removes_the_slot_from_its_tenant(net):
