@@ -33,6 +33,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.dirname(sys.executable)
 
 
+# The allocate task during which fleet-vm is stopped, and how long after it started.
+STOP_IN = 'task: Wire, image, seed and start the slot'
+STOP_AFTER = 30
+
+
 class Failed(Exception):
     pass
 
@@ -125,7 +130,7 @@ class Scenario:
     def __init__(self, plane, nodes, vm, image, checksum, pubkey, policy, log):
         self.plane, self.nodes, self.vm, self.log = plane, nodes, vm, log
         self.request = {'image': image, 'image_checksum': checksum, 'ssh_keys': [pubkey], 'vcpus': 1,
-                        'memory_mib': 256, 'disk_gib': 1}
+                        'memory_mib': 512, 'disk_gib': 1}
         self.policy = policy
         self.start = time.monotonic()
         self.lines, self.problems = [], []
@@ -230,13 +235,16 @@ class Scenario:
         self.say('%s provisioning on %s while %s is %s on %s' % (second, vm_id, first, other, local_id))
         self.check(other == 'provisioning', 'the two allocate jobs did not run at once')
 
-        # fleet-vm stopped mid-job: once its allocate has run a few tasks.
-        tasks = self.wait('allocate on %s under way' % vm_id,
-                          lambda: (lambda seen: seen if len(seen) >= 3 else None)(self.tasks_seen(second)), 1200)
+        # fleet-vm stopped mid-job: while its allocate's longest task (the VM's build and boot)
+        # runs on an established SSH session. (Stopped during an SSH handshake instead, the
+        # client would wait without a bound: its keepalive starts after the handshake.)
+        tasks = self.wait('allocate on %s in its VM build' % vm_id, lambda: (
+            lambda seen: seen if seen and seen[-1].startswith(STOP_IN) else None)(self.tasks_seen(second)), 1200)
+        time.sleep(STOP_AFTER)
         self.vm.pause()
         stopped = time.monotonic()
-        self.say('%s STOPPED (SIGSTOP to its QEMU) during its allocate, after task %r'
-                 % (vm_id, tasks[-1].replace('task: ', '')))
+        self.say('%s STOPPED (SIGSTOP to its QEMU) %d s into its allocate\'s task %r'
+                 % (vm_id, STOP_AFTER, tasks[-1].replace('task: ', '')))
         ended = self.wait('the stopped node\'s job to end', lambda: (
             lambda a: a if a['state'] != 'provisioning' or a['node_id'] != vm_id else None)(self.allocation(second)),
             900, every=3)
@@ -271,17 +279,17 @@ class Scenario:
             self.api('DELETE', '/v1/allocations/%s' % second, token=self.tenant)
             self.state(second, ('released', 'failed'), 1800)
 
-        # Drain: nothing new lands on fleet-vm; undrain: it does.
+        # Drain: nothing new lands on fleet-vm (a request for it is refused); undrain: it does.
         self.api('POST', '/v1/nodes/%s/drain' % vm_id, {'reason': 'fleet lab: drain test'})
-        status, refused = self.create(want=None)
-        self.say('%s drained; a new allocation: %s %s' % (vm_id, status, str(refused)[:160]))
+        status, refused = self.create(node_id=vm_id, want=None)
+        self.say('%s drained; a new allocation for it: %s %s' % (vm_id, status, str(refused)[:160]))
         self.check(status >= 400, 'a drained node took an allocation: %s' % refused)
         if status < 400:
             self.api('DELETE', '/v1/allocations/%s' % refused['id'], token=self.tenant)
         self.api('POST', '/v1/nodes/%s/undrain' % vm_id)
-        third = self.create()['id']
+        third = self.create(node_id=vm_id)['id']
         landed = self.allocation(third)
-        self.say('%s undrained; a new allocation %s lands on %s' % (vm_id, third, landed['node_id']))
+        self.say('%s undrained; the same request %s lands on %s' % (vm_id, third, landed['node_id']))
         self.check(landed['node_id'] == vm_id, 'the allocation after undrain went to %s' % landed['node_id'])
         done = self.state(third, ('running', 'failed'), 1800)
         self.say('allocation %s on %s %s at %s' % (third, vm_id, done['state'], done.get('address')))

@@ -4,7 +4,7 @@
 """The fleet lab: the playbooks over SSH against two nodes, each with its own node id, approved
 slot map, libvirt, Open vSwitch, dnsmasq and nftables.
 
-    python lab/fleet/fleet_lab.py run [--lock FILE] [-v]   # make lab-fleet
+    python lab/fleet/fleet_lab.py run [--lock FILE] [--control-plane] [-v]   # make lab-fleet
 
   fleet-local  this machine, reached through an sshd on a loopback port as a non-root user
                with a sudoers drop-in (lab/fleet/local_node.py), made for the run, removed after
@@ -20,8 +20,12 @@ probe.yml waits for the guest's isolation probe on the node's own sink; release,
 Then this machine's slot network is taken down and the VM powered off. The report gives, per
 node, its kernel, slot, address, what the guest saw and the seconds of each phase.
 
---lock FILE: hold an flock on FILE while fleet-local's phases touch this machine's libvirt,
-Open vSwitch, dnsmasq and nftables (other users of this machine's services take it too).
+--control-plane: then gpuaas serve and gpuaas worker drive both nodes, fleet-vm stopped in the
+middle of a job (lab/fleet/control_plane.py); the fleet-local teardown comes after it.
+
+--lock FILE: hold an flock on FILE while fleet-local's phases (and the control plane's part)
+touch this machine's libvirt, Open vSwitch, dnsmasq and nftables (other users of this
+machine's services take it too).
 """
 
 import argparse

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -100,3 +101,31 @@ def test_the_worker_s_inventory_is_the_fleet_s_with_how_to_reach_each_node(tmp_p
     for host in fleet_lab.SLOTS:
         assert (tmp_path / 'inventory' / 'host_vars' / ('%s.yml' % host)).read_text() == \
             open(os.path.join(fleet_lab.HERE, 'host_vars', '%s.yml' % host)).read()
+
+
+def _state(pid):
+    with open('/proc/%d/stat' % pid) as handle:
+        return handle.read().rsplit(')', 1)[1].split()[0]
+
+
+def test_the_vm_node_is_stopped_and_resumed_through_its_pidfile(tmp_path):
+    import subprocess
+    import time
+    proc = subprocess.Popen(['sleep', '60'])
+    try:
+        node = fleet_lab.VmNode()
+        node.pidfile = str(tmp_path / 'vm.pid')
+        (tmp_path / 'vm.pid').write_text('%d\n' % proc.pid)
+        node.pause()
+        time.sleep(0.2)
+        assert _state(proc.pid) == 'T'
+        node.resume()
+        time.sleep(0.2)
+        assert _state(proc.pid) == 'S'
+        node.stop()
+        assert proc.wait(10) == -15 and not (tmp_path / 'vm.pid').exists()
+        with pytest.raises(fleet_lab.LabFailed, match='not running'):
+            node.pause()
+    finally:
+        proc.kill()
+        proc.wait()
