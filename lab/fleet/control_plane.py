@@ -304,10 +304,23 @@ class Scenario:
         left = {sid: s['state'] for sid, s in slots.items() if s['state'] != 'free'}
         self.check(not left, 'slots not free at the end: %s' % left)
         verify = self.api('GET', '/v1/audit/verify')
-        actions = {}
+        self.say('end: all slots free: %s; audit chain: %s' % (not left, 'ok' if verify.get('ok') else verify))
+        self.check(verify.get('ok'), 'the audit chain does not verify: %s' % verify)
+        self.per_node()
+
+    def per_node(self):
+        """Per node: its allocations and how they ended, what was audited of it, its state now."""
+        allocations = self.api('GET', '/v1/allocations?limit=500')['allocations']
+        audited = {}
         for entry in self.api('GET', '/v1/audit?limit=1000')['entries']:
-            if entry['action'].startswith(('node.', 'allocation.reschedule', 'slot.block', 'slot.free')):
-                actions.setdefault(entry['action'], []).append(entry['target_id'])
-        self.say('end: all slots free: %s; audit chain: %s; audited: %s' % (
-            not left, 'ok' if verify.get('ok', verify.get('valid')) else verify,
-            '; '.join('%s %s' % (action, ','.join(sorted(set(ids)))) for action, ids in sorted(actions.items()))))
+            if entry['target_type'] == 'node' and entry['action'] not in ('node.discovery', 'node.approve'):
+                audited.setdefault(entry['target_id'], []).append(entry['action'])
+        self.lines.append('per node:')
+        for node_id in self.nodes:
+            node = self.node(node_id)
+            mine = ['%s %s%s' % (a['id'], a['state'], ' (%s)' % a['error'] if a.get('error') else '')
+                    for a in sorted(allocations, key=lambda a: a['created_at']) if a['node_id'] == node_id]
+            self.lines.append('%-12s allocations: %s; audited: %s; now %s, %s' % (
+                node_id, ', '.join(mine) or 'none', ', '.join(audited.get(node_id, [])) or 'nothing',
+                'reachable' if node['reachable'] else 'UNREACHABLE',
+                'schedulable' if node['schedulable'] else 'drained'))
