@@ -9,7 +9,8 @@ help:
 	@echo "              (test guests under TCG), prove their network isolation, release them, report"
 	@echo "make lab-up / lab-down - the lab's two allocations left running / torn down"
 	@echo "make lab-fleet - the playbooks over SSH (non-root user, become) against two nodes: this machine"
-	@echo "              and a Debian VM with its own kernel (TCG); one slot allocated on each, report per node"
+	@echo "              and a Debian VM with its own kernel (TCG); one slot allocated on each, then the control"
+	@echo "              plane over both with the VM stopped mid-job; report per node"
 	@echo "make test   - set everything up and run the whole test suite (what CI runs)"
 	@echo "make kernel-lab - boot the real-kernel lab (QEMU, emulated IOMMU) and run tests/kernel_lab in it,"
 	@echo "              then boot it into systemd and run host_prep's units there"
@@ -31,7 +32,7 @@ lab-down: setup
 
 # Not part of make test: the node VM boots under TCG and its slot VM under TCG inside it.
 lab-fleet: setup
-	@export PATH="$(abspath $(VENV))/bin:$$PATH"; $(VENV)/bin/python lab/fleet/fleet_lab.py run
+	@export PATH="$(abspath $(VENV))/bin:$$PATH"; $(VENV)/bin/python lab/fleet/fleet_lab.py run --control-plane
 
 # Two boots: the device tests in a chroot of the host's tree, then host_prep's units under
 # systemd as PID 1. Both run; either failing fails the target.

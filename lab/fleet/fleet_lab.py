@@ -4,7 +4,7 @@
 """The fleet lab: the playbooks over SSH against two nodes, each with its own node id, approved
 slot map, libvirt, Open vSwitch, dnsmasq and nftables.
 
-    python lab/fleet/fleet_lab.py run [--lock FILE] [-v]   # make lab-fleet
+    python lab/fleet/fleet_lab.py run [--lock FILE] [--control-plane] [-v]   # make lab-fleet
 
   fleet-local  this machine, reached through an sshd on a loopback port as a non-root user
                with a sudoers drop-in (lab/fleet/local_node.py), made for the run, removed after
@@ -20,8 +20,12 @@ probe.yml waits for the guest's isolation probe on the node's own sink; release,
 Then this machine's slot network is taken down and the VM powered off. The report gives, per
 node, its kernel, slot, address, what the guest saw and the seconds of each phase.
 
---lock FILE: hold an flock on FILE while fleet-local's phases touch this machine's libvirt,
-Open vSwitch, dnsmasq and nftables (other users of this machine's services take it too).
+--control-plane: then gpuaas serve and gpuaas worker drive both nodes, fleet-vm stopped in the
+middle of a job (lab/fleet/control_plane.py); the fleet-local teardown comes after it.
+
+--lock FILE: hold an flock on FILE while fleet-local's phases (and the control plane's part)
+touch this machine's libvirt, Open vSwitch, dnsmasq and nftables (other users of this
+machine's services take it too).
 """
 
 import argparse
@@ -29,6 +33,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -52,6 +57,7 @@ LAB_DIR = '/var/lib/gpuaas-lab'       # the inventory's gpuaas_lab_dir
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
 SLOTS = {'fleet-local': 'fleet-local-s0', 'fleet-vm': 'fleet-vm-s1'}
 VM_MEMORY_MB = 3072
+DISCOVER_TASK = "Discover the host's slots"   # roles/discover: slot_discovery_info's result
 
 
 def log(message):
@@ -62,8 +68,9 @@ class LabFailed(Exception):
     pass
 
 
-def run_playbook(playbook, host, extravars, label, verbose=False):
-    """One playbook against one node through ansible-runner; its stats and failures."""
+def run_playbook(playbook, host, extravars, label, verbose=False, keep=None):
+    """One playbook against one node through ansible-runner; its stats and failures. ``keep``:
+    {task name: None}, filled with those tasks' results."""
     import ansible_runner
     ident = '%s-%s-%s' % (host, label.replace(' ', '-'), time.strftime('%Y%m%dT%H%M%S'))
     data_dir = os.path.join(BUILD, 'runner', ident)
@@ -75,6 +82,8 @@ def run_playbook(playbook, host, extravars, label, verbose=False):
         if event.get('event') == 'runner_on_start':
             started[data.get('task_uuid')] = time.monotonic()
         elif event.get('event') in ('runner_on_ok', 'runner_on_failed'):
+            if keep is not None and data.get('task') in keep:
+                keep[data['task']] = data.get('res')
             took = time.monotonic() - started.get(data.get('task_uuid'), time.monotonic())
             status = 'FAILED' if 'failed' in event['event'] else (
                 'changed' if data.get('res', {}).get('changed') else 'ok')
@@ -151,7 +160,7 @@ class VmNode:
             'qemu-system-x86_64', '-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-smp', '2',
             '-m', '%dM' % VM_MEMORY_MB, '-kernel', os.path.join(image, 'vmlinuz'),
             '-initrd', os.path.join(image, 'initrd.img'),
-            '-append', 'root=/dev/vda rw console=ttyS0 quiet systemd.show_status=error',
+            '-append', 'root=/dev/vda rw console=ttyS0 quiet systemd.show_status=error mitigations=off',
             '-drive', 'file=%s,if=virtio,format=qcow2' % disk,
             '-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22' % self.port,
             '-device', 'virtio-net-pci,netdev=n0', '-display', 'none', '-serial', 'file:' + self.console,
@@ -177,17 +186,26 @@ class VmNode:
         return {'ansible_host': '127.0.0.1', 'ansible_port': self.port, 'ansible_user': node_image.LAB_USER,
                 'ansible_ssh_private_key_file': KEY}
 
-    def stop(self):
+    def signal(self, number):
+        """Send the QEMU process ``number``; False when it is not running."""
         try:
             with open(self.pidfile) as handle:
-                pid = int(handle.read().strip())
+                os.kill(int(handle.read().strip()), number)
         except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, 15)
-        except OSError:
-            pass
-        os.unlink(self.pidfile)
+            return False
+        return True
+
+    def pause(self):
+        """The node stops answering at once, as one that hangs or drops off the network."""
+        if not self.signal(signal.SIGSTOP):
+            raise LabFailed('fleet-vm is not running: nothing to stop')
+
+    def resume(self):
+        self.signal(signal.SIGCONT)
+
+    def stop(self):
+        if self.signal(signal.SIGCONT) and self.signal(signal.SIGTERM):
+            os.unlink(self.pidfile)
 
 
 def write_connection(nodes):
@@ -220,15 +238,17 @@ class NodeRun(threading.Thread):
     """One node's whole sequence, in its own thread: stage, host_prep, discover, allocate,
     wait for the guest's probe, release, reconcile (and, on this machine, the teardown)."""
 
-    def __init__(self, host, common, stage_vars, alloc, verbose, lock=None, vm=None):
+    def __init__(self, host, common, stage_vars, alloc, verbose, lock=None, vm=None, teardown=True):
         super().__init__(name=host)
-        self.stage_vars, self.vm = stage_vars, vm
+        self.stage_vars, self.vm, self.teardown = stage_vars, vm, teardown
+        self.discovery = None
         self.host, self.common, self.alloc, self.verbose, self.lock = host, common, alloc, verbose, lock
         self.result = {'node': host, 'slot': SLOTS[host], 'allocation_id': alloc['id'], 'phases': {}}
         self.error = None
 
-    def phase(self, name, playbook, extravars, label=None):
-        stats, seconds = run_playbook(playbook, self.host, dict(self.common, **extravars), label or name, self.verbose)
+    def phase(self, name, playbook, extravars, label=None, keep=None):
+        stats, seconds = run_playbook(playbook, self.host, dict(self.common, **extravars), label or name, self.verbose,
+                                      keep)
         self.result['phases'][name] = seconds
         log('%s: %s in %.1f s' % (self.host, name, seconds))
         return stats
@@ -254,7 +274,9 @@ class NodeRun(threading.Thread):
         stats = self.phase('stage', os.path.join(HERE, 'stage.yml'), self.stage_vars)
         self.result['kernel'] = stats.get('fleet_kernel')
         self.phase('host_prep', 'host_prep.yml', {})
-        self.phase('discover', 'discover.yml', {})
+        keep = {DISCOVER_TASK: None}
+        self.phase('discover', 'discover.yml', {}, keep=keep)
+        self.discovery = keep[DISCOVER_TASK]   # what the node reported, for the control plane
         allocated = False
         try:
             stats = self.phase('allocate', 'allocate.yml', {'gpuaas_slot_id': slot, 'gpuaas_allocation': self.alloc})
@@ -270,7 +292,7 @@ class NodeRun(threading.Thread):
                                                               'gpuaas_allocation_id': self.alloc['id']})
                 self.result['release'] = (stats.get('gpuaas_result') or {}).get('timings', {})
             self.phase('reconcile', 'reconcile.yml', {})
-            if self.host == 'fleet-local':
+            if self.host == 'fleet-local' and self.teardown:
                 self.phase('teardown', os.path.join(REPO, 'lab', 'teardown.yml'), {})
 
 
@@ -292,7 +314,42 @@ def problems_of(result):
     return problems
 
 
-def report(results, total):
+def control_plane_part(runs, vm, common, checksum, pubkey, verbose):
+    """The control plane over both nodes (lab/fleet/control_plane.py); its report lines and
+    problems."""
+    import control_plane
+    work = os.path.join(BUILD, 'control-plane')
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    inventory = control_plane.worker_inventory(os.path.join(work, 'inventory'), INVENTORY, CONNECTION, common)
+    policy = os.environ.get('GPUAAS_UNREACHABLE_POLICY', 'reschedule')
+    plane = control_plane.ControlPlane(work, inventory, {
+        'GPUAAS_IMAGE_DIR': '%s/images' % LAB_DIR, 'GPUAAS_UNREACHABLE_POLICY': policy,
+        'GPUAAS_PROBE_INTERVAL': '10', 'GPUAAS_POLL_INTERVAL': '0.5', 'GPUAAS_RETRY_BASE': '2',
+        'GPUAAS_JOB_TIMEOUT': '1800', 'GPUAAS_TELEMETRY_INTERVAL': '0', 'GPUAAS_CONSOLE_POLL_INTERVAL': '0'})
+    discoveries, approvals = {}, {}
+    for node_run in runs:
+        discoveries[node_run.host] = os.path.join(work, '%s-discovery.json' % node_run.host)
+        with open(discoveries[node_run.host], 'w') as handle:
+            json.dump(node_run.discovery, handle)
+        approvals[node_run.host] = os.path.join(HERE, 'host_vars', '%s.yml' % node_run.host)
+    scenario = control_plane.Scenario(plane, ('fleet-local', 'fleet-vm'), vm, 'lab-guest.qcow2', checksum,
+                                      pubkey, policy, log)
+    try:
+        scenario.run(discoveries, approvals)
+    except (control_plane.Failed, LabFailed) as exc:
+        scenario.check(False, str(exc))
+        vm.resume()
+        scenario.cleanup()
+    finally:
+        vm.resume()
+        plane.stop()
+    if scenario.problems or verbose:
+        log('the control plane\'s logs and runs are under %s' % work)
+    return scenario.lines, scenario.problems
+
+
+def report(results, total, control_lines=()):
     print()
     print('fleet lab report (%s): %d node(s) over SSH as %s with become (sudo), /usr/bin/python3 on the nodes'
           % (time.strftime('%Y-%m-%d %H:%M:%S'), len(results), node_image.LAB_USER))
@@ -315,6 +372,10 @@ def report(results, total):
         measured = ', '.join('%s %s' % (key, timings.get(key, '-')) for key in ('check', 'image', 'vm', 'total'))
         print('    %-12s %s; reset %s' % (result['node'], measured, (result.get('release') or {}).get('reset', '-')))
     print('  (boot: fleet-vm from QEMU\'s start to an SSH login with sudo); the whole lab took %.0f s' % total)
+    if control_lines:
+        print('  the control plane over both nodes (gpuaas serve + gpuaas worker, SQLite), seconds from its start:')
+        for line in control_lines:
+            print('    ' + line)
     print()
 
 
@@ -323,6 +384,8 @@ def main():
     parser.add_argument('command', choices=['run'])
     parser.add_argument('--lock', help='flock this file while fleet-local runs')
     parser.add_argument('--only', action='append', choices=sorted(SLOTS), help='run on this node only')
+    parser.add_argument('--control-plane', action='store_true',
+                        help='then drive both nodes through gpuaas serve and worker, fleet-vm stopped mid-job')
     parser.add_argument('-v', '--verbose', action='store_true', help='print every task')
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -336,7 +399,10 @@ def main():
     guest, checksum, pubkey, stage_vars = prepare()
     vm = VmNode()
     local = local_node.LocalNode(os.path.join(BUILD, 'sshd'), node_image.LAB_USER, KEY)
-    results, problems = [], []
+    results, problems, control_lines = [], [], []
+    if args.control_plane and args.only:
+        log('--control-plane needs both nodes')
+        return 2
     try:
         local.start()
         write_connection({'fleet-local': local, 'fleet-vm': vm})
@@ -348,7 +414,7 @@ def main():
             alloc['id'] = alloc['id'].replace('lab-', 'fleet-', 1)
             runs.append(NodeRun(host, common, stage_vars, alloc, args.verbose,
                                 lock=args.lock if host == 'fleet-local' else None,
-                                vm=vm if host == 'fleet-vm' else None))
+                                vm=vm if host == 'fleet-vm' else None, teardown=not args.control_plane))
         for node_run in runs:
             node_run.start()
         for node_run in runs:
@@ -358,12 +424,21 @@ def main():
                 problems.append('%s: %s' % (node_run.host, node_run.error))
             else:
                 problems.extend(problems_of(node_run.result))
+        if args.control_plane and not problems:
+            with open(args.lock or os.devnull, 'w') as held:   # its jobs touch this machine's services
+                if args.lock:
+                    fcntl.flock(held, fcntl.LOCK_EX)
+                control_lines, failed = control_plane_part(runs, vm, common, checksum, pubkey, args.verbose)
+                problems.extend(failed)
+                local_result = next(r for r in results if r['node'] == 'fleet-local')
+                local_result['phases']['teardown'] = run_playbook(
+                    os.path.join(REPO, 'lab', 'teardown.yml'), 'fleet-local', common, 'teardown', args.verbose)[1]
     except LabFailed as exc:
         problems.append(str(exc))
     finally:
         local.stop()
         vm.stop()
-    report(results, time.monotonic() - start)
+    report(results, time.monotonic() - start, control_lines)
     for problem in problems:
         log('PROBLEM %s' % problem)
     log('%s in %.0f s' % ('FAILED' if problems else 'passed', time.monotonic() - start))

@@ -24,9 +24,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+# The Debian tree, made to boot fast under TCG, as the lab's cloud guest's.
+from tests.guest import cloud_image  # noqa: E402
+
 CACHE = os.path.join(REPO, '.build', 'fleet')
 LAB_USER = 'gpuaas-lab'
-SUITE = 'bookworm'
 IMAGE_SIZE = '6G'   # sparse: the slot's disk and image copies land here
 # host_prep's gpuaas_packages (roles/host_prep/defaults/main.yml), so that its install step finds
 # them present, and what a node reached over SSH needs besides.
@@ -48,9 +52,6 @@ mkdir -p "$root/etc/systemd/network"
 printf '[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n' > "$root/etc/systemd/network/10-uplink.network"
 chroot "$root" systemctl enable systemd-networkd ssh
 chroot "$root" systemctl set-default multi-user.target
-# Nothing slow or useless under TCG: no timers that wake apt or man-db.
-chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
-  fstrim.timer
 chroot "$root" useradd --create-home --shell /bin/bash {user}
 mkdir -p "$root/home/{user}/.ssh"
 cp /dev/stdin "$root/home/{user}/.ssh/authorized_keys" <<KEY
@@ -60,8 +61,11 @@ chroot "$root" chown -R {user}:{user} /home/{user}/.ssh
 chmod 700 "$root/home/{user}/.ssh"; chmod 600 "$root/home/{user}/.ssh/authorized_keys"
 echo '{user} ALL=(ALL) NOPASSWD: ALL' > "$root/etc/sudoers.d/{user}"
 chmod 440 "$root/etc/sudoers.d/{user}"
-rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*_Packages
+rm -rf "$root/var/lib/apt/lists/"*_Packages
 '''
+# Besides the cloud guest's (cloud_image.MASKED): what only costs the node boot time under TCG,
+# a wait for a network that nothing at boot needs (sshd does not), guests started at boot.
+MASKED = ['man-db.timer', 'systemd-networkd-wait-online.service', 'libvirt-guests.service']
 
 
 def log(message):
@@ -73,7 +77,9 @@ def build(pubkey_file):
     with open(pubkey_file) as handle:
         pubkey = handle.read().strip()
     customize = CUSTOMIZE.replace('{user}', LAB_USER).replace('{pubkey}', pubkey)
-    key = hashlib.sha256(('|'.join([SUITE, IMAGE_SIZE] + PACKAGES) + customize).encode()).hexdigest()[:16]
+    shared = [cloud_image.SUITE, cloud_image.INITRAMFS_CONF, cloud_image.SYSTEMD_CONF] + cloud_image.MIRRORS + \
+        cloud_image.INITRAMFS_MODULES + cloud_image.MASKED
+    key = hashlib.sha256(('|'.join([IMAGE_SIZE] + shared + PACKAGES + MASKED) + customize).encode()).hexdigest()[:16]
     out = os.path.join(CACHE, 'node-' + key)
     if os.path.exists(os.path.join(out, 'root.img')):
         return out
@@ -87,13 +93,9 @@ def build(pubkey_file):
         hook = os.path.join(work, 'customize.sh')
         with open(hook, 'w') as handle:
             handle.write(customize)
-        log('mmdebstrap %s with %d packages (minutes, once)' % (SUITE, len(PACKAGES)))
-        subprocess.run(['mmdebstrap', '--quiet', '--variant=apt', '--mode=root',
-                        '--aptopt=APT::Install-Recommends "false"',
-                        '--dpkgopt=path-exclude=/usr/share/doc/*', '--dpkgopt=path-exclude=/usr/share/man/*',
-                        '--dpkgopt=path-exclude=/usr/share/locale/*',
-                        '--include=' + ','.join(PACKAGES),
-                        '--customize-hook=sh %s "$1"' % hook, SUITE, rootfs], check=True)
+        log('mmdebstrap %s with %d packages (minutes, once)' % (cloud_image.SUITE, len(PACKAGES)))
+        cloud_image.debian_tree(rootfs, PACKAGES, os.path.join(CACHE, 'debs'), hooks=['sh %s "$1"' % hook],
+                                masked=MASKED)
         staging = os.path.join(work, 'out')
         os.makedirs(staging)
         boot = os.path.join(rootfs, 'boot')

@@ -177,14 +177,18 @@ def _write(path, text, mode=0o644):
     os.chmod(path, mode)
 
 
-def root_tree(root, key, debs, epoch):
-    """mmdebstrap the tree into ``root`` and make it a cloud image's (the customisations above)."""
+def debian_tree(root, packages, debs, hooks=(), masked=(), env=None):
+    """mmdebstrap a Debian tree of ``packages`` into ``root``, made to boot fast under TCG; shared
+    with the fleet lab's node (lab/fleet/node_image.py). No recommends, no documentation; the
+    .debs kept in ``debs`` between builds; an initramfs with what mounts a virtio root only; a
+    slow start waited for; MASKED and ``masked`` units masked. ``hooks``: more customize hooks
+    (mmdebstrap's, "$1" the root), run after the initramfs is written."""
     os.makedirs(debs, exist_ok=True)
     argv = ['mmdebstrap', '--variant=apt', '--mode=root', '--format=directory',
             '--aptopt=APT::Install-Recommends "false"',
             '--dpkgopt=path-exclude=/usr/share/{doc,man,info,locale}/*',
             '--dpkgopt=path-include=/usr/share/locale/locale.alias',
-            '--include=' + ','.join(PACKAGES),
+            '--include=' + ','.join(packages),
             # The downloaded .debs are kept between builds (mmdebstrap's documented recipe).
             '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
             '--setup-hook=sync-in %s /var/cache/apt/archives/' % debs,
@@ -193,16 +197,24 @@ def root_tree(root, key, debs, epoch):
             '--customize-hook=printf "%s" > "$1"/etc/initramfs-tools/conf.d/gpuaas' % INITRAMFS_CONF,
             '--customize-hook=printf "%s" > "$1"/usr/share/initramfs-tools/modules.d/gpuaas' % (
                 ''.join(name + '\\n' for name in INITRAMFS_MODULES)),
-            '--customize-hook=chroot "$1" update-initramfs -u -k all',
-            SUITE, root] + MIRRORS
-    _run(argv, env=dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), LANG='C.UTF-8'),
-         stdout=subprocess.DEVNULL)
+            '--customize-hook=chroot "$1" update-initramfs -u -k all'] + [
+                '--customize-hook=' + hook for hook in hooks] + [SUITE, root] + MIRRORS
+    _run(argv, env=dict(os.environ, LANG='C.UTF-8', **(env or {})), stdout=subprocess.DEVNULL)
+    _write(os.path.join(root, 'etc/systemd/system.conf.d/50-gpuaas-slow-start.conf'), SYSTEMD_CONF)
+    _run(['chroot', root, 'systemctl', 'mask'] + MASKED + list(masked), stdout=subprocess.DEVNULL,
+         stderr=subprocess.DEVNULL)
+    shutil.rmtree(os.path.join(root, 'var/cache/apt/archives'), ignore_errors=True)
+    os.makedirs(os.path.join(root, 'var/cache/apt/archives/partial'))
+
+
+def root_tree(root, key, debs, epoch):
+    """mmdebstrap the tree into ``root`` and make it a cloud image's (the customisations above)."""
+    debian_tree(root, PACKAGES, debs, env={'SOURCE_DATE_EPOCH': str(epoch)})
     os.makedirs(os.path.dirname(root + AGENT_PATH), exist_ok=True)
     shutil.copy(AGENT, root + AGENT_PATH)
     _write(os.path.join(root, 'etc/systemd/system', AGENT_UNIT_NAME), AGENT_UNIT)
     _write(os.path.join(root, 'etc/cloud/cloud.cfg.d/90-gpuaas.cfg'), CLOUD_CFG)
     _write(os.path.join(root, 'etc/fstab'), fstab(key))
-    _write(os.path.join(root, 'etc/systemd/system.conf.d/50-gpuaas-slow-start.conf'), SYSTEMD_CONF)
     _write(os.path.join(root, 'etc/hostname'), 'localhost\n')
     # Every instance makes its own identity: machine id at first boot, SSH host keys by cloud-init.
     _write(os.path.join(root, 'etc/machine-id'), '')
@@ -210,9 +222,6 @@ def root_tree(root, key, debs, epoch):
         os.unlink(path)
     _run(['chroot', root, 'systemctl', 'enable', AGENT_UNIT_NAME, 'systemd-networkd.service'],
          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _run(['chroot', root, 'systemctl', 'mask'] + MASKED, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shutil.rmtree(os.path.join(root, 'var/cache/apt/archives'), ignore_errors=True)
-    os.makedirs(os.path.join(root, 'var/cache/apt/archives/partial'))
 
 
 def _copy_into(disk, source, offset):

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -74,3 +75,57 @@ def test_every_shortfall_is_a_problem():
         "fleet-vm: the guest REACHES OTHER SLOTS: ['10.100.0.10']"]
     assert fleet_lab.problems_of(dict(result(), probe={})) == ['fleet-vm: no probe from the guest']
     assert fleet_lab.problems_of(dict(result(), guest={})) == ['fleet-vm: the guest reported no boot facts']
+
+
+def test_a_node_that_stops_answering_mid_task_ends_it_as_unreachable_in_a_minute():
+    with open(fleet_lab.INVENTORY) as handle:
+        args = yaml.safe_load(handle)['all']['vars']['ansible_ssh_common_args']
+    assert '-o ServerAliveInterval=15' in args and '-o ServerAliveCountMax=4' in args
+
+
+def test_the_worker_s_inventory_is_the_fleet_s_with_how_to_reach_each_node(tmp_path):
+    import control_plane  # lab/fleet/control_plane.py
+    connection = tmp_path / 'connection.yml'
+    reach = {host: {'ansible_host': '127.0.0.1', 'ansible_port': port, 'ansible_user': 'gpuaas-lab'}
+             for host, port in (('fleet-local', 2201), ('fleet-vm', 2202))}
+    connection.write_text(yaml.safe_dump({'all': {'children': {'fleet': {'hosts': reach}}}}))
+    path = control_plane.worker_inventory(str(tmp_path / 'inventory'), fleet_lab.INVENTORY, str(connection),
+                                          {'gpuaas_guest_cmdline': 'console=ttyS0'})
+    with open(path) as handle:
+        inventory = yaml.safe_load(handle)
+    hosts = inventory['all']['children']['fleet']['hosts']
+    assert hosts['fleet-vm']['ansible_port'] == 2202 and hosts['fleet-vm']['gpuaas_node_id'] == 'fleet-vm'
+    assert hosts['fleet-local']['ansible_port'] == 2201 and hosts['fleet-local']['gpuaas_service_manager'] == 'daemon'
+    assert inventory['all']['vars']['gpuaas_guest_cmdline'] == 'console=ttyS0'
+    assert inventory['all']['vars']['ansible_become'] is True
+    for host in fleet_lab.SLOTS:
+        assert (tmp_path / 'inventory' / 'host_vars' / ('%s.yml' % host)).read_text() == \
+            open(os.path.join(fleet_lab.HERE, 'host_vars', '%s.yml' % host)).read()
+
+
+def _state(pid):
+    with open('/proc/%d/stat' % pid) as handle:
+        return handle.read().rsplit(')', 1)[1].split()[0]
+
+
+def test_the_vm_node_is_stopped_and_resumed_through_its_pidfile(tmp_path):
+    import subprocess
+    import time
+    proc = subprocess.Popen(['sleep', '60'])
+    try:
+        node = fleet_lab.VmNode()
+        node.pidfile = str(tmp_path / 'vm.pid')
+        (tmp_path / 'vm.pid').write_text('%d\n' % proc.pid)
+        node.pause()
+        time.sleep(0.2)
+        assert _state(proc.pid) == 'T'
+        node.resume()
+        time.sleep(0.2)
+        assert _state(proc.pid) == 'S'
+        node.stop()
+        assert proc.wait(10) == -15 and not (tmp_path / 'vm.pid').exists()
+        with pytest.raises(fleet_lab.LabFailed, match='not running'):
+            node.pause()
+    finally:
+        proc.kill()
+        proc.wait()
