@@ -39,7 +39,7 @@ __metaclass__ = type
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner, check_timeout
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir, check_path
-from ansible_collections.gpuaas.slice.plugins.module_utils._lease import ALLOCATE_PHASES, STOPPED, lease_path, read_lease
+from ansible_collections.gpuaas.slice.plugins.module_utils._lease import lease_path, read_lease
 from ansible_collections.gpuaas.slice.plugins.module_utils._pci import CLASS_ETHERNET, CLASS_INFINIBAND
 from ansible_collections.gpuaas.slice.plugins.module_utils._sriov import vf_guids, vf_mac
 from ansible_collections.gpuaas.slice.plugins.module_utils._subnet_manager import check_guid, check_pkey
@@ -204,7 +204,7 @@ def leased_fabric(lease_dir, node_id):
     """({slot_id: {vf, tenant, vlan, pkey}}, [problem]): what each live lease of the node with a
     fabric VF asks of it (no VLAN and no key without passthrough: the VF is not the guest's)."""
     # A stopped VM's allocation keeps its segment: slot_power starts it again without allocate.
-    tenants, problems = live_tenants(lease_dir, node_id, phases=ALLOCATE_PHASES + (STOPPED,))
+    tenants, problems = live_tenants(lease_dir, node_id)
     found = {}
     for tenant, entry in sorted(tenants.items()):
         for slot in entry['members']:

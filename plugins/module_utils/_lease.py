@@ -33,8 +33,11 @@ ALLOCATE_PHASES = ('reserved', 'provisioning', 'running')
 # and lease stay; only the power state differs from running.
 STOPPED = 'stopped'
 POWER_PHASES = ('running', STOPPED)
+# The phases in which an allocation holds the slot: its tenant's flows, fabric VLAN and
+# partition stay while the VM is stopped, so that starting it needs nothing but the VM.
+HOLDING_PHASES = ALLOCATE_PHASES + (STOPPED,)
 RELEASE_PHASES = ('releasing', 'wiping')
-PHASES = ALLOCATE_PHASES + (STOPPED,) + RELEASE_PHASES + ('quarantined',)
+PHASES = HOLDING_PHASES + RELEASE_PHASES + ('quarantined',)
 MAX_DATA_BYTES = 64 * 1024
 LOCK_TIMEOUT = 30
 # The options of a module that takes the lease (doc fragment gpuaas.slice.lease).

@@ -43,7 +43,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _network as ne
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import check_dir
 from ansible_collections.gpuaas.slice.plugins.module_utils._lease import (
-    ALLOCATE_PHASES, LeaseError, lease_path, read_lease, rewrite)
+    HOLDING_PHASES, LeaseError, lease_path, read_lease, rewrite)
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
     IFNAME, MAX_VNI, NODE_ID, SLOT_GATEWAY, SLOT_NETWORK, TENANT_COOKIE_BASE, TENANT_COOKIE_MASK, TENANT_ID,
     ContractError, Slot, check_int, show, tenant_cookie)
@@ -90,12 +90,12 @@ def check_plan(network, tenant, what='network'):
     return {'vni': vni, 'mtu': mtu, 'peers': sorted(set(found))}
 
 
-def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
+def live_tenants(lease_dir, node_id, exclude=None):
     """({tenant: {'members': [Slot], 'plan': plan or None, 'plans': {slot_id: plan}}}, [problem])
     from the node's live leases.
 
-    ``exclude``: a slot id counted out (a slot being released); ``phases``: the phases that
-    count as live (the fabric counts a stopped VM's too). A tenant's plan is that of its
+    ``exclude``: a slot id counted out (a slot being released). A lease is live in the phases
+    that hold the slot (a stopped VM's too: its flows wait for it). A tenant's plan is that of its
     most recently updated lease (the control plane's newest word). A lease that cannot be read,
     or carries an invalid tenant or plan, joins no tenant and is named in the problems.
     """
@@ -117,7 +117,7 @@ def live_tenants(lease_dir, node_id, exclude=None, phases=ALLOCATE_PHASES):
             continue
         try:
             lease = read_lease(os.path.join(lease_dir, name))
-            if lease is None or lease.get('phase') not in phases:
+            if lease is None or lease.get('phase') not in HOLDING_PHASES:
                 continue
             data = lease.get('data') or {}
             if data.get('tenant') is None:
@@ -238,7 +238,7 @@ class TenantSteps(object):
 
             def change(lease):
                 data = lease.get('data') or {}
-                if lease.get('phase') not in ALLOCATE_PHASES or data.get('tenant') != tenant:
+                if lease.get('phase') not in HOLDING_PHASES or data.get('tenant') != tenant:
                     return None   # released or retaken meanwhile: not the tenant's lease any more
                 return dict(data, network=dict(data.get('network') or {}, **network))
 

@@ -70,22 +70,23 @@ def test_members_come_from_live_leases_of_this_node(tmp_path):
     write_lease(d, NODE + '-s1', phase='provisioning', tenant='acme', stamp='2026-12-02T09:00:00Z')
     write_lease(d, NODE + '-s2', tenant='bravo')
     write_lease(d, NODE + '-s3', phase='releasing', tenant='acme')      # going: no member
-    write_lease(d, NODE + '-s4', phase='quarantined', tenant='acme')    # its VM is stopped: no member
+    write_lease(d, NODE + '-s4', phase='quarantined', tenant='acme')    # held for an operator: no member
     write_lease(d, NODE + '-s5')                                         # before tenants: on its own
     write_lease(d, 'other-node-s0', tenant='acme')                       # another node's slot on a lab host
     write_lease(d, NODE + '-s6', tenant='Bad Tenant')
     write_lease(d, NODE + '-s7', tenant='acme', network=dict(PLAN, vni=0))
     with open(os.path.join(d, NODE + '-s8.json'), 'w') as handle:
         handle.write('{not json')
+    write_lease(d, NODE + '-s9', phase='stopped', tenant='acme', stamp='2026-12-02T08:00:00Z')  # VM stopped: a member
     found, problems = tenant.live_tenants(d, NODE)
     assert dict((t, [s.slot_id for s in e['members']]) for t, e in found.items()) == {
-        'acme': [NODE + '-s0', NODE + '-s1'], 'bravo': [NODE + '-s2']}
+        'acme': [NODE + '-s0', NODE + '-s1', NODE + '-s9'], 'bravo': [NODE + '-s2']}
     assert [p.split(':')[0] for p in problems] == [NODE + '-s6', NODE + '-s7', NODE + '-s8']
     assert all(p.endswith('it joins no tenant') for p in problems)
     # The newest lease's plan is the tenant's (s1 has none and is older).
     assert found['acme']['plan']['vni'] == 5001
     gone, _problems = tenant.live_tenants(d, NODE, exclude=NODE + '-s1')
-    assert [s.slot_id for s in gone['acme']['members']] == [NODE + '-s0']
+    assert [s.slot_id for s in gone['acme']['members']] == [NODE + '-s0', NODE + '-s9']
     assert tenant.live_tenants(os.path.join(d, 'nothing-here'), NODE) == ({}, [])
 
 
