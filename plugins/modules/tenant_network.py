@@ -13,7 +13,7 @@ module: tenant_network
 short_description: Make a node's tenant flows and VXLAN tunnel port match its live leases
 version_added: 0.2.0
 description:
-  - Reads the node's leases (C({lease_dir}/{slot_id}.json), phases C(reserved), C(provisioning), C(running)) and
+  - Reads the node's leases (C({lease_dir}/{slot_id}.json), phases C(reserved), C(provisioning), C(running), C(stopped)) and
     their C(data.tenant) and C(data.network) (the tenant's overlay plan from the control plane,
     C({tenant, vni, mtu, peers})), and gives the bridge exactly the tenant flows they explain, one set per
     tenant under the tenant's cookie (C(0x677074) and 40 bits of the tenant id's SHA-256).
