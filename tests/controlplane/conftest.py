@@ -8,6 +8,7 @@ project the worker drives (tests/controlplane/fake_node) and the worker's settin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
@@ -155,23 +156,31 @@ def running_allocation(db, hgx_discovery_factory):
 
 # -- the HTTP API ----------------------------------------------------------------------------
 
-@pytest.fixture
-def api_url(db, db_url):
-    """The API on a free port of 127.0.0.1, served by uvicorn in a thread."""
+@contextlib.contextmanager
+def serve_api(db, db_url, **ssl):
+    """The API on a free port of 127.0.0.1, served by uvicorn in a thread: yields the port."""
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db),
-                                           host='127.0.0.1', port=port, log_level='warning'))
+    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db), host='127.0.0.1',
+                                           port=port, log_level='critical' if ssl else 'warning', **ssl))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
         time.sleep(0.05)
-    yield 'http://127.0.0.1:%d' % port
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def api_url(db, db_url):
+    with serve_api(db, db_url) as port:
+        yield 'http://127.0.0.1:%d' % port
 
 
 @pytest.fixture

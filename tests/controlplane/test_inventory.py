@@ -12,20 +12,17 @@ import datetime as dt
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-import uvicorn
 import yaml
 
-from gpuaas_control import api, audit, fleet, service
+from gpuaas_control import audit, fleet, service
 from gpuaas_control.config import Settings
 from gpuaas_control.models import utcnow
-from tests.controlplane.conftest import approved_map
+from tests.controlplane.conftest import approved_map, serve_api
 from tests.controlplane.helpers import OPERATOR, add_node, add_tenant, make_token, request, tenant
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -264,21 +261,8 @@ def tls_api(db, db_url, tmp_path):
     subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
                     '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '2', '-subj', '/CN=127.0.0.1',
                     '-addext', 'subjectAltName=IP:127.0.0.1'], check=True, capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(api.create_app(Settings(db_url=db_url), db), host='127.0.0.1',
-                                           port=port, log_level='critical', ssl_keyfile=str(key),
-                                           ssl_certfile=str(cert)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), 'uvicorn did not start'
-        time.sleep(0.05)
-    yield 'https://127.0.0.1:%d' % port, str(cert)
-    server.should_exit = True
-    thread.join(30)
+    with serve_api(db, db_url, ssl_keyfile=str(key), ssl_certfile=str(cert)) as port:
+        yield 'https://127.0.0.1:%d' % port, str(cert)
 
 
 @pytest.mark.backends('sqlite')
