@@ -11,14 +11,19 @@ slot map, libvirt, Open vSwitch, dnsmasq and nftables.
   fleet-vm     a QEMU (TCG) VM with its own Debian kernel and systemd, built from Debian's
                packages (lab/fleet/node_image.py), reached through a forwarded port as the
                same kind of user
+  underlay     fleet-vm's second NIC, whose other end is a tap here; lab/fleet/underlay.yml
+               puts each node's end and its underlay address on an Open vSwitch bridge
 
 Both are driven as AWX drives a fleet: ansible-runner, inventory lab/fleet/inventory.yml plus
 the connection details (.build/fleet/connection.yml), ansible_become, Debian's /usr/bin/python3
 on the nodes. Per node, in parallel: stage.yml copies the sample host's sysfs tree, the test
-guest and the tenant image to it; host_prep, discover, allocate (its one approved slot);
-probe.yml waits for the guest's isolation probe on the node's own sink; release, reconcile.
-Then this machine's slot network is taken down and the VM powered off. The report gives, per
-node, its kernel, slot, address, what the guest saw and the seconds of each phase.
+guest and the tenant image to it; host_prep, underlay.yml, discover, allocate (its slots, SLOTS:
+tenant lab-a on both nodes, lab-b on fleet-local, each with the overlay plan the control plane
+would give); once every node's slots run, probe.yml waits for PROBES isolation probes of each
+guest on the node's own sink; release, reconcile. Then this machine's slot network and underlay
+bridge are taken down and the VM powered off. The report gives, per slot, its node's kernel, its
+address, what the guest saw and reached, the tenant matrix across the nodes (lab/tenants.py) and
+the seconds of each phase.
 
 --control-plane: then gpuaas serve and gpuaas worker drive both nodes, fleet-vm stopped in the
 middle of a job (lab/fleet/control_plane.py); the fleet-local teardown comes after it.
