@@ -348,6 +348,8 @@ class NodeRun(threading.Thread):
                 probe_vars['fleet_underlay_peer'] = UNDERLAY['fleet-vm']
             stats = self.phase('probe', PROBE, probe_vars)
             self.result['underlay_ping'] = stats.get('fleet_underlay_ping')
+            with open(os.path.join(BUILD, '%s-ovs.txt' % self.host), 'w') as handle:
+                handle.write(stats.get('fleet_ovs') or '')   # the node's switch then, for a failed run
             reports = stats.get('fleet_reports') or {}
             for entry in self.result['slots']:
                 entry['guest'], entry['probe'], entry['reached'] = parse_reports(
@@ -575,6 +577,8 @@ def main():
                 problems.extend(problems_of(node_run.result))
         if not problems:
             problems.extend(tenant_matrix(results)[1])
+            if problems:
+                log('what each node\'s switch held at the probe: %s/*-ovs.txt' % BUILD)
         if args.control_plane and not problems:
             with open(args.lock or os.devnull, 'w') as held:   # its jobs touch this machine's services
                 if args.lock:
