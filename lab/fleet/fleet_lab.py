@@ -344,7 +344,7 @@ class NodeRun(threading.Thread):
                     raise LabFailed('%s: the other node ended before its slots ran' % self.host)
             probe_vars = {'fleet_allocation_ids': [alloc['id'] for _slot, alloc in self.allocs],
                           'fleet_sink_data': SINK_DATA, 'fleet_probe_count': PROBES}
-            if self.underlay and self.host == 'fleet-local':   # fleet-vm's image has no ping
+            if self.underlay and self.host == 'fleet-local':   # fleet-vm's image has no ping (this machine: busybox's)
                 probe_vars['fleet_underlay_peer'] = UNDERLAY['fleet-vm']
             stats = self.phase('probe', PROBE, probe_vars)
             self.result['underlay_ping'] = stats.get('fleet_underlay_ping')
