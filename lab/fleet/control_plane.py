@@ -6,7 +6,8 @@ and ``gpuaas worker`` (SQLite) over the lab's two nodes, reached as the lab reac
 worker's inventory is the fleet inventory with the connection details).
 
 What it proves, on the nodes the playbook phases prepared:
-  1. both nodes registered (their discovery, their approved slot maps);
+  1. both nodes registered (their discovery, their approved slot maps: one slot each) with
+     their underlay addresses (PUT /v1/nodes/{id}/underlay);
   2. two allocations at once, one on each node: the worker runs both allocate jobs in parallel;
   3. fleet-vm stopped mid-job (its QEMU process SIGSTOPped while its allocate runs): the job
      fails cleanly, the node is marked unreachable, the allocation is moved or failed by
@@ -14,7 +15,11 @@ What it proves, on the nodes the playbook phases prepared:
   4. the node resumed (SIGCONT): the worker's probe marks it reachable and the left slot's
      cleanup release runs there, freeing it;
   5. drain through the API (a new allocation does not land there), undrain (it does);
-  6. everything released; the audit chain verifies.
+  6. with the tenant's allocations running on both nodes, the overlay the control plane
+     planned: fleet-local got the tenant's new peers by a network job (audited
+     tenant_network.peers), and each guest's own pings reach the other's slot across the
+     underlay (lab/fleet/probe.yml on each node);
+  7. everything released; the audit chain verifies.
 Each step's time and what the API said is kept for the report.
 """
 
@@ -127,8 +132,11 @@ def worker_inventory(directory, inventory, connection, extravars):
 class Scenario:
     """The steps above; ``lines`` is what the report prints, ``problems`` what failed."""
 
-    def __init__(self, plane, nodes, vm, image, checksum, pubkey, policy, log):
+    def __init__(self, plane, nodes, vm, image, checksum, pubkey, policy, log, underlay, probe):
+        """``underlay``: {node id: its underlay address}; ``probe({node id: allocation id})``:
+        {allocation id: the addresses its guest's probes reached from then on, or None}."""
         self.plane, self.nodes, self.vm, self.log = plane, nodes, vm, log
+        self.underlay, self.probe = underlay, probe
         self.request = {'image': image, 'image_checksum': checksum, 'ssh_keys': [pubkey], 'vcpus': 1,
                         'memory_mib': 512, 'disk_gib': 1}
         self.policy = policy
@@ -217,9 +225,10 @@ class Scenario:
         for node_id in self.nodes:
             plane.gpuaas('node', 'discovery', node_id, discoveries[node_id], token=self.operator)
             plane.gpuaas('node', 'approve', node_id, approvals[node_id], token=self.operator)
+            self.api('PUT', '/v1/nodes/%s/underlay' % node_id, {'underlay_ip': self.underlay[node_id]})
         free = sorted(s['id'] for s in self.slots().values() if s['approved'] and s['state'] == 'free')
-        self.say('serve + worker up (SQLite, policy %s); nodes registered, approved free slots: %s'
-                 % (self.policy, ', '.join(free)))
+        self.say('serve + worker up (SQLite, policy %s); nodes registered, approved free slots: %s; underlay: %s'
+                 % (self.policy, ', '.join(free), ', '.join('%s %s' % (n, self.underlay[n]) for n in self.nodes)))
         local_id, vm_id = self.nodes
 
         # Two at once: one named to fleet-local, one placed by reservation (fleet-vm's slot is
@@ -287,6 +296,7 @@ class Scenario:
         if status < 400:
             self.api('DELETE', '/v1/allocations/%s' % refused['id'], token=self.tenant)
         self.api('POST', '/v1/nodes/%s/undrain' % vm_id)
+        mark = self.audit_head()
         third = self.create(node_id=vm_id)['id']
         landed = self.allocation(third)
         self.say('%s undrained; the same request %s lands on %s' % (vm_id, third, landed['node_id']))
@@ -294,6 +304,8 @@ class Scenario:
         done = self.state(third, ('running', 'failed'), 1800)
         self.say('allocation %s on %s %s at %s' % (third, vm_id, done['state'], done.get('address')))
         self.check(done['state'] == 'running', 'allocation %s on %s is %s' % (third, vm_id, done['state']))
+        if done['state'] == 'running':
+            self.overlay({local_id: self.allocation(first), vm_id: done}, mark)
 
         # Both released at once; nothing left behind on the control plane.
         for ident in (first, third):
@@ -307,6 +319,42 @@ class Scenario:
         self.say('end: all slots free: %s; audit chain: %s' % (not left, 'ok' if verify.get('ok') else verify))
         self.check(verify.get('ok'), 'the audit chain does not verify: %s' % verify)
         self.per_node()
+
+    def audit_head(self):
+        entries = self.api('GET', '/v1/audit?limit=1000')['entries']
+        return entries[-1]['seq'] if entries else 0
+
+    def overlay(self, placed, since):
+        """The tenant's allocations on both nodes (``placed``: {node id: its allocation}): the node
+        that had the tenant first takes the new peer by a network job (audited after ``since``);
+        then each guest's own pings reach the other's address through the tunnel."""
+        local_id, vm_id = self.nodes
+        tenant = placed[local_id]['tenant']
+
+        def told():
+            entries = self.api('GET', '/v1/audit?after=%d&limit=1000' % since)['entries']
+            mine = [e['after'] for e in entries if e['action'] == 'tenant_network.peers' and e['target_id'] == tenant
+                    and (e['after'] or {}).get('node_id') == local_id]
+            return mine and mine[-1]['peers'] == [vm_id] and mine[-1]
+        started = time.monotonic()
+        applied = self.wait('%s applying tenant %s\'s new peers' % (local_id, tenant), told, 900, every=3)
+        self.say('%s took tenant %s\'s plan by a network job: VNI %s, peers %s, leases updated %s (%.0f s)' % (
+            local_id, tenant, applied['vni'], ', '.join(applied['peers']), ', '.join(applied['leases_updated']) or
+            'none', time.monotonic() - started))
+        ids = {node_id: allocation['id'] for node_id, allocation in placed.items()}
+        reached = self.probe(ids)
+        for node_id, allocation in placed.items():
+            other = placed[vm_id if node_id == local_id else local_id]
+            got = reached.get(allocation['id'])
+            self.say('overlay: %s on %s (%s) reaches %s on %s (%s): %s; its probes reached: %s' % (
+                allocation['id'], node_id, allocation.get('address'), other['id'], other['node_id'],
+                other.get('address'), 'yes' if got and other.get('address') in got else 'NO',
+                'no probe' if got is None else ' '.join(sorted(got)) or 'none'))
+            self.check(got is not None and other.get('address') in got,
+                       'the guest of %s on %s does not reach %s of its tenant on %s' % (
+                           allocation['id'], node_id, other['id'], other['node_id']))
+            self.check(got is None or got <= {other.get('address')},
+                       'the guest of %s reaches what is no slot of its tenant: %s' % (allocation['id'], got))
 
     def per_node(self):
         """Per node: its allocations and how they ended, what was audited of it, its state now."""

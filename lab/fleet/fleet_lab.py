@@ -11,14 +11,19 @@ slot map, libvirt, Open vSwitch, dnsmasq and nftables.
   fleet-vm     a QEMU (TCG) VM with its own Debian kernel and systemd, built from Debian's
                packages (lab/fleet/node_image.py), reached through a forwarded port as the
                same kind of user
+  underlay     fleet-vm's second NIC, whose other end is a tap here; lab/fleet/underlay.yml
+               puts each node's end and its underlay address on an Open vSwitch bridge
 
 Both are driven as AWX drives a fleet: ansible-runner, inventory lab/fleet/inventory.yml plus
 the connection details (.build/fleet/connection.yml), ansible_become, Debian's /usr/bin/python3
 on the nodes. Per node, in parallel: stage.yml copies the sample host's sysfs tree, the test
-guest and the tenant image to it; host_prep, discover, allocate (its one approved slot);
-probe.yml waits for the guest's isolation probe on the node's own sink; release, reconcile.
-Then this machine's slot network is taken down and the VM powered off. The report gives, per
-node, its kernel, slot, address, what the guest saw and the seconds of each phase.
+guest and the tenant image to it; host_prep, underlay.yml, discover, allocate (its slots, SLOTS:
+tenant lab-a on both nodes, lab-b on fleet-local, each with the overlay plan the control plane
+would give); once every node's slots run, probe.yml waits for PROBES isolation probes of each
+guest on the node's own sink; release, reconcile. Then this machine's slot network and underlay
+bridge are taken down and the VM powered off. The report gives, per slot, its node's kernel, its
+address, what the guest saw and reached, the tenant matrix across the nodes (lab/tenants.py) and
+the seconds of each phase.
 
 --control-plane: then gpuaas serve and gpuaas worker drive both nodes, fleet-vm stopped in the
 middle of a job (lab/fleet/control_plane.py); the fleet-local teardown comes after it.
@@ -48,14 +53,32 @@ for path in (REPO, os.path.join(REPO, 'lab'), HERE):
 import lab as local_lab  # noqa: E402  (lab/lab.py: the sample host, the test guest, the image)
 import local_node  # noqa: E402
 import node_image  # noqa: E402
+import tenants  # noqa: E402  (lab/tenants.py: the tenant matrix)
 
 BUILD = os.path.join(REPO, '.build', 'fleet')
 INVENTORY = os.path.join(HERE, 'inventory.yml')
+PROBE = os.path.join(HERE, 'probe.yml')
+UNDERLAY_PLAYBOOK = os.path.join(HERE, 'underlay.yml')
 CONNECTION = os.path.join(BUILD, 'connection.yml')
 KEY = os.path.join(BUILD, 'id_ed25519')
 LAB_DIR = '/var/lib/gpuaas-lab'       # the inventory's gpuaas_lab_dir
 SINK_DATA = '/var/lib/gpuaas/telemetry/data'
-SLOTS = {'fleet-local': 'fleet-local-s0', 'fleet-vm': 'fleet-vm-s1'}
+# Per node its slots, each with its tenant: lab-a has one on each node, so its overlay crosses the
+# underlay; lab-b one on fleet-local. The guests' own pings prove the matrix (lab/tenants.py).
+SLOTS = {'fleet-local': ('fleet-local-s0', 'fleet-local-s2'), 'fleet-vm': ('fleet-vm-s1',)}
+TENANTS = {'fleet-local-s0': 'lab-a', 'fleet-local-s2': 'lab-b', 'fleet-vm-s1': 'lab-a'}
+# The overlay plan the lab hands the allocations of its playbook phase, as the control plane would.
+VNI = {'lab-a': 4096, 'lab-b': 4097}
+OVERLAY_MTU = 1450
+# The underlay (lab/fleet/underlay.yml): fleet-vm's second NIC, whose other end is a tap on this
+# machine; each node's address on an Open vSwitch bridge (TEST-NET-3: this machine's own uplink
+# may be in TEST-NET-1).
+UNDERLAY = {'fleet-local': '203.0.113.1', 'fleet-vm': '203.0.113.2'}
+UNDERLAY_BRIDGE = 'gpuaas-ul'   # underlay.yml's fleet_underlay_bridge
+UNDERLAY_TAP = 'gpuaas-ul-vm'
+UNDERLAY_MAC = '52:54:00:67:75:01'
+# Probes each guest posts after all of the phase's slots run; what they reached is their union.
+PROBES = 3
 VM_MEMORY_MB = 3072
 DISCOVER_TASK = "Discover the host's slots"   # roles/discover: slot_discovery_info's result
 
@@ -163,7 +186,11 @@ class VmNode:
             '-append', 'root=/dev/vda rw console=ttyS0 quiet systemd.show_status=error mitigations=off',
             '-drive', 'file=%s,if=virtio,format=qcow2' % disk,
             '-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22' % self.port,
-            '-device', 'virtio-net-pci,netdev=n0', '-display', 'none', '-serial', 'file:' + self.console,
+            '-device', 'virtio-net-pci,netdev=n0',
+            # The underlay: a second NIC, whose other end is a tap here (lab/fleet/underlay.yml).
+            '-netdev', 'tap,id=n1,ifname=%s,script=no,downscript=no' % UNDERLAY_TAP,
+            '-device', 'virtio-net-pci,netdev=n1,mac=%s' % UNDERLAY_MAC,
+            '-display', 'none', '-serial', 'file:' + self.console,
             '-pidfile', self.pidfile, '-daemonize'], check=True)
         log('fleet-vm booting (TCG, %d MiB, 2 vCPUs); console in %s' % (VM_MEMORY_MB, self.console))
         local_node.wait_port(self.port, timeout=timeout)
@@ -218,9 +245,11 @@ def write_connection(nodes):
         yaml.safe_dump({'all': {'children': {'fleet': {'hosts': hosts}}}}, handle, default_flow_style=False)
 
 
-def parse_reports(text):
-    """The guest's boot facts and its latest probe from the node's sink (JSON lines)."""
-    facts, probe = {}, {}
+def parse_reports(text, since=None):
+    """What a guest posted to its node's sink (JSON lines): its boot facts, its latest probe, and
+    the addresses that its probes received at or after ``since`` (the node's clock) reached, their
+    union (None when none came)."""
+    facts, probe, reached = {}, {}, None
     for line in text.splitlines():
         try:
             sample = json.loads(line)
@@ -231,26 +260,46 @@ def parse_reports(text):
             facts = data
         elif data.get('metric') == 'probe':
             probe = data
-    return facts, probe
+            if since is None or float(sample.get('received_at') or 0) >= since:
+                reached = (reached or set()) | tenants.parse_reached(data.get('peers_reachable') or '')
+    return facts, probe, reached
+
+
+def overlay_plan(tenant, host, hosts):
+    """The tenant's overlay plan for ``host`` as the control plane gives it: the other nodes of
+    the run holding one of its slots are its peers."""
+    peers = [{'node_id': other, 'underlay_ip': UNDERLAY[other]} for other in sorted(hosts)
+             if other != host and any(TENANTS[slot] == tenant for slot in SLOTS[other])]
+    return {'tenant': tenant, 'vni': VNI[tenant], 'mtu': OVERLAY_MTU, 'peers': peers}
+
+
+def underlay_vars(host):
+    """How underlay.yml finds the node's end of the underlay and which address it gets."""
+    end = {'fleet_underlay_port': UNDERLAY_TAP} if host == 'fleet-local' else {'fleet_underlay_mac': UNDERLAY_MAC}
+    return dict(end, fleet_underlay_address=UNDERLAY[host])
 
 
 class NodeRun(threading.Thread):
-    """One node's whole sequence, in its own thread: stage, host_prep, discover, allocate,
-    wait for the guest's probe, release, reconcile (and, on this machine, the teardown)."""
+    """One node's whole sequence, in its own thread: stage, host_prep, the underlay, discover,
+    allocate its slots, wait (``ready``, a barrier of every node's run) until every node's slots
+    run, wait for its guests' probes, release, reconcile (and, on this machine, the teardown)."""
 
-    def __init__(self, host, common, stage_vars, alloc, verbose, lock=None, vm=None, teardown=True):
+    def __init__(self, host, common, stage_vars, allocs, verbose, lock=None, vm=None, teardown=True, ready=None,
+                 underlay=True):
         super().__init__(name=host)
-        self.stage_vars, self.vm, self.teardown = stage_vars, vm, teardown
+        self.stage_vars, self.vm, self.teardown, self.ready, self.underlay = stage_vars, vm, teardown, ready, underlay
         self.discovery = None
-        self.host, self.common, self.alloc, self.verbose, self.lock = host, common, alloc, verbose, lock
-        self.result = {'node': host, 'slot': SLOTS[host], 'allocation_id': alloc['id'], 'phases': {}}
+        self.host, self.common, self.allocs, self.verbose, self.lock = host, common, allocs, verbose, lock
+        self.result = {'node': host, 'phases': {}, 'slots': [
+            {'slot': slot, 'tenant': alloc['tenant'], 'allocation_id': alloc['id']} for slot, alloc in allocs]}
         self.error = None
 
     def phase(self, name, playbook, extravars, label=None, keep=None):
+        """One playbook run; its seconds are added to the phase's (a phase per slot adds up)."""
         stats, seconds = run_playbook(playbook, self.host, dict(self.common, **extravars), label or name, self.verbose,
                                       keep)
-        self.result['phases'][name] = seconds
-        log('%s: %s in %.1f s' % (self.host, name, seconds))
+        self.result['phases'][name] = round(self.result['phases'].get(name, 0) + seconds, 1)
+        log('%s: %s in %.1f s' % (self.host, label or name, seconds))
         return stats
 
     def run(self):
@@ -264,54 +313,99 @@ class NodeRun(threading.Thread):
         except Exception as exc:  # pylint: disable=broad-except
             self.error = exc
         finally:
+            if self.ready is not None:
+                self.ready.abort()   # a node that ends early must not keep the other waiting
             if held is not None:
                 held.close()
 
     def sequence(self):
-        slot = SLOTS[self.host]
         if self.vm is not None:
             self.result['phases']['boot'] = self.vm.start()
         stats = self.phase('stage', os.path.join(HERE, 'stage.yml'), self.stage_vars)
         self.result['kernel'] = stats.get('fleet_kernel')
         self.phase('host_prep', 'host_prep.yml', {})
+        if self.underlay:
+            self.phase('underlay', UNDERLAY_PLAYBOOK, underlay_vars(self.host))
         keep = {DISCOVER_TASK: None}
         self.phase('discover', 'discover.yml', {}, keep=keep)
         self.discovery = keep[DISCOVER_TASK]   # what the node reported, for the control plane
-        allocated = False
+        tried = []
         try:
-            stats = self.phase('allocate', 'allocate.yml', {'gpuaas_slot_id': slot, 'gpuaas_allocation': self.alloc})
-            allocated = True
-            got = stats.get('gpuaas_result') or {}
-            self.result.update({key: got.get(key) for key in ('address', 'mac', 'timings', 'node_id')})
-            stats = self.phase('probe', os.path.join(HERE, 'probe.yml'),
-                               {'fleet_allocation_id': self.alloc['id'], 'fleet_sink_data': SINK_DATA})
-            self.result['guest'], self.result['probe'] = parse_reports(stats.get('fleet_reports') or '')
+            for entry, (slot, alloc) in zip(self.result['slots'], self.allocs):
+                tried.append((slot, alloc))
+                stats = self.phase('allocate', 'allocate.yml', {'gpuaas_slot_id': slot, 'gpuaas_allocation': alloc},
+                                   label='allocate %s' % slot)
+                got = stats.get('gpuaas_result') or {}
+                entry.update({key: got.get(key) for key in ('address', 'mac', 'timings', 'node_id')})
+            if self.ready is not None:
+                try:
+                    self.ready.wait()
+                except threading.BrokenBarrierError:
+                    raise LabFailed('%s: the other node ended before its slots ran' % self.host)
+            probe_vars = {'fleet_allocation_ids': [alloc['id'] for _slot, alloc in self.allocs],
+                          'fleet_sink_data': SINK_DATA, 'fleet_probe_count': PROBES}
+            if self.underlay and self.host == 'fleet-local':   # fleet-vm's image has no ping (this machine: busybox's)
+                probe_vars['fleet_underlay_peer'] = UNDERLAY['fleet-vm']
+            stats = self.phase('probe', PROBE, probe_vars)
+            self.result['underlay_ping'] = stats.get('fleet_underlay_ping')
+            with open(os.path.join(BUILD, '%s-ovs.txt' % self.host), 'w') as handle:
+                handle.write(stats.get('fleet_ovs') or '')   # the node's switch then, for a failed run
+            reports = stats.get('fleet_reports') or {}
+            for entry in self.result['slots']:
+                entry['guest'], entry['probe'], entry['reached'] = parse_reports(
+                    reports.get(entry['allocation_id']) or '', stats.get('fleet_since'))
         finally:
-            if allocated or 'allocate' not in self.result['phases']:
-                stats = self.phase('release', 'release.yml', {'gpuaas_slot_id': slot,
-                                                              'gpuaas_allocation_id': self.alloc['id']})
-                self.result['release'] = (stats.get('gpuaas_result') or {}).get('timings', {})
+            for entry, (slot, alloc) in zip(self.result['slots'], tried):
+                stats = self.phase('release', 'release.yml', {
+                    'gpuaas_slot_id': slot, 'gpuaas_allocation_id': alloc['id']}, label='release %s' % slot)
+                entry['release'] = (stats.get('gpuaas_result') or {}).get('timings', {})
             self.phase('reconcile', 'reconcile.yml', {})
             if self.host == 'fleet-local' and self.teardown:
-                self.phase('teardown', os.path.join(REPO, 'lab', 'teardown.yml'), {})
+                teardown(self.phase, self.underlay)
+
+
+def teardown(phase, underlay):
+    """This machine's slot network taken down, and the underlay's bridge here."""
+    phase('teardown', os.path.join(REPO, 'lab', 'teardown.yml'), {})
+    if underlay:
+        phase('teardown', UNDERLAY_PLAYBOOK, {'fleet_underlay_state': 'absent'}, label='teardown underlay')
 
 
 def problems_of(result):
     problems = []
-    probe, guest = result.get('probe') or {}, result.get('guest') or {}
-    if not probe:
-        problems.append('%s: no probe from the guest' % result['node'])
-        return problems
-    if probe.get('ip') != result.get('address'):
-        problems.append('%s: the guest has %s, the layout says %s' % (result['node'], probe.get('ip'),
-                                                                      result.get('address')))
-    if probe.get('gateway_ok') != 1:
-        problems.append('%s: the guest cannot reach its gateway' % result['node'])
-    if probe.get('peers_reachable'):
-        problems.append('%s: the guest REACHES OTHER SLOTS: %s' % (result['node'], probe['peers_reachable']))
-    if not guest.get('firmware'):
-        problems.append('%s: the guest reported no boot facts' % result['node'])
+    for entry in result['slots']:
+        probe, guest = entry.get('probe') or {}, entry.get('guest') or {}
+        where = '%s %s' % (result['node'], entry['slot'])
+        if not probe:
+            problems.append('%s: no probe from the guest' % where)
+            continue
+        if probe.get('ip') != entry.get('address'):
+            problems.append('%s: the guest has %s, the layout says %s' % (where, probe.get('ip'), entry.get('address')))
+        if probe.get('gateway_ok') != 1:
+            problems.append('%s: the guest cannot reach its gateway' % where)
+        if not guest.get('firmware'):
+            problems.append('%s: the guest reported no boot facts' % where)
     return problems
+
+
+def tenant_matrix(results):
+    """The tenant matrix (lab/tenants.py) over every node's slots: (rows, problems)."""
+    entries = [entry for result in results for entry in result['slots']]
+    return tenants.matrix({e['slot']: e['tenant'] for e in entries}, {e['slot']: e.get('address') for e in entries},
+                          {e['slot']: e.get('reached') for e in entries})
+
+
+def approval(work, host):
+    """The node's approved slot map for the control plane: its first slot only (the scenario's
+    placements count on one free slot per node)."""
+    import yaml
+    with open(os.path.join(HERE, 'host_vars', '%s.yml' % host)) as handle:
+        approved = yaml.safe_load(handle)
+    approved['gpuaas_approved_slots'] = [s for s in approved['gpuaas_approved_slots'] if s['slot_id'] == SLOTS[host][0]]
+    path = os.path.join(work, '%s-approved.yml' % host)
+    with open(path, 'w') as handle:
+        yaml.safe_dump(approved, handle)
+    return path
 
 
 def control_plane_part(runs, vm, common, checksum, pubkey, verbose):
@@ -332,9 +426,27 @@ def control_plane_part(runs, vm, common, checksum, pubkey, verbose):
         discoveries[node_run.host] = os.path.join(work, '%s-discovery.json' % node_run.host)
         with open(discoveries[node_run.host], 'w') as handle:
             json.dump(node_run.discovery, handle)
-        approvals[node_run.host] = os.path.join(HERE, 'host_vars', '%s.yml' % node_run.host)
+        approvals[node_run.host] = approval(work, node_run.host)
+
+    def probe(ids):
+        """{allocation id: what its guest's probes reached} for {node: allocation id}, both nodes at once."""
+        reached = {}
+
+        def one(host, ident):
+            stats = run_playbook(PROBE, host, dict(common, fleet_allocation_ids=[ident], fleet_sink_data=SINK_DATA,
+                                                   fleet_probe_count=PROBES, fleet_probe_timeout=600),
+                                 'probe', verbose)[0]
+            reached[ident] = parse_reports((stats.get('fleet_reports') or {}).get(ident) or '',
+                                           stats.get('fleet_since'))[2]
+        threads = [threading.Thread(target=one, args=item) for item in ids.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return reached
+
     scenario = control_plane.Scenario(plane, ('fleet-local', 'fleet-vm'), vm, 'lab-guest.qcow2', checksum,
-                                      pubkey, policy, log)
+                                      pubkey, policy, log, UNDERLAY, probe)
     try:
         scenario.run(discoveries, approvals)
     except (control_plane.Failed, LabFailed) as exc:
@@ -353,30 +465,85 @@ def report(results, total, control_lines=()):
     print()
     print('fleet lab report (%s): %d node(s) over SSH as %s with become (sudo), /usr/bin/python3 on the nodes'
           % (time.strftime('%Y-%m-%d %H:%M:%S'), len(results), node_image.LAB_USER))
-    header = ('node', 'kernel', 'slot', 'address', 'mac', 'firmware', 'isolation (from the guest)')
-    print('  %-12s %-16s %-15s %-12s %-17s %-8s %s' % header)
+    header = ('node', 'kernel', 'slot', 'tenant', 'address', 'mac', 'firmware', 'isolation (the guest\'s own pings)')
+    print('  %-12s %-16s %-15s %-6s %-12s %-17s %-8s %s' % header)
     for result in results:
-        probe, guest = result.get('probe') or {}, result.get('guest') or {}
-        print('  %-12s %-16s %-15s %-12s %-17s %-8s gateway %s, other slots reachable: %s' % (
-            result['node'], result.get('kernel'), result['slot'], result.get('address'), result.get('mac'),
-            guest.get('firmware'), 'ok' if probe.get('gateway_ok') == 1 else 'NO',
-            probe.get('peers_reachable') or 'none'))
-    phases = ['boot', 'stage', 'host_prep', 'discover', 'allocate', 'probe', 'release', 'reconcile', 'teardown']
-    print('  seconds per playbook run (probe: from allocated until the guest\'s probe reached the node\'s sink):')
+        for entry in result['slots']:
+            probe, guest = entry.get('probe') or {}, entry.get('guest') or {}
+            print('  %-12s %-16s %-15s %-6s %-12s %-17s %-8s gateway %s, other slots reached: %s' % (
+                result['node'], result.get('kernel'), entry['slot'], entry['tenant'], entry.get('address'),
+                entry.get('mac'), guest.get('firmware'), 'ok' if probe.get('gateway_ok') == 1 else 'NO',
+                '?' if entry.get('reached') is None else ' '.join(sorted(entry['reached'])) or 'none'))
+    nodes = [result['node'] for result in results]
+    if any('underlay' in result['phases'] for result in results):
+        ping = next((r.get('underlay_ping') for r in results if r['node'] == 'fleet-local'), None)
+        ping = {0: 'ok', None: '-'}.get(ping, 'NO (rc %s)' % ping)
+        addresses = ', '.join('%s %s' % (node, UNDERLAY[node]) for node in nodes)
+        print('  underlay: %s (fleet-vm\'s second NIC, a tap on this machine; a bridge on each node holds its '
+              'address); fleet-local pinged fleet-vm: %s' % (addresses, ping))
+    print('  overlay plans: %s' % '; '.join(
+        'tenant %s VNI %d on %s' % (tenant, VNI[tenant], ', '.join(
+            n for n in nodes if any(TENANTS[slot] == tenant for slot in SLOTS[n]))) for tenant in sorted(VNI)))
+    print('  tenant matrix (did the guest\'s own ping reach the other slot, in its %d probes after every slot ran; '
+          '! where that is wrong):' % PROBES)
+    entries = [entry for result in results for entry in result['slots']]
+    for line in tenants.render({e['slot']: e['tenant'] for e in entries}, tenant_matrix(results)[0]):
+        print('  ' + line)
+    phases = ['boot', 'stage', 'host_prep', 'underlay', 'discover', 'allocate', 'probe', 'release', 'reconcile',
+              'teardown']
+    print('  seconds per playbook run (a phase per slot added up; probe: from every slot running until %d probes '
+          'of each guest reached the node\'s sink):' % PROBES)
     print('    %-12s ' % 'node' + ' '.join('%9s' % phase for phase in phases))
     for result in results:
         print('    %-12s ' % result['node'] + ' '.join('%9s' % result['phases'].get(phase, '-') for phase in phases))
     print('  allocate as the modules measured it (check, image, vm, total) and release (reset):')
     for result in results:
-        timings = result.get('timings') or {}
-        measured = ', '.join('%s %s' % (key, timings.get(key, '-')) for key in ('check', 'image', 'vm', 'total'))
-        print('    %-12s %s; reset %s' % (result['node'], measured, (result.get('release') or {}).get('reset', '-')))
+        for entry in result['slots']:
+            timings = entry.get('timings') or {}
+            measured = ', '.join('%s %s' % (key, timings.get(key, '-')) for key in ('check', 'image', 'vm', 'total'))
+            print('    %-15s %s; reset %s' % (entry['slot'], measured, (entry.get('release') or {}).get('reset', '-')))
     print('  (boot: fleet-vm from QEMU\'s start to an SSH login with sudo); the whole lab took %.0f s' % total)
     if control_lines:
         print('  the control plane over both nodes (gpuaas serve + gpuaas worker, SQLite), seconds from its start:')
         for line in control_lines:
             print('    ' + line)
     print()
+
+
+def dnsmasq_alive(pidfile='/run/gpuaas/gpuaas-dnsmasq.pid'):
+    """Whether fleet-local's dnsmasq (host_daemon's, this machine has no systemd) still runs."""
+    try:
+        with open(pidfile) as handle, open('/proc/%d/comm' % int(handle.read().strip())) as comm:
+            return comm.read().strip() == 'dnsmasq'
+    except (OSError, ValueError):
+        return False
+
+
+def revive_dnsmasq(common, verbose):
+    """Report lines. dnsmasq 2.90 here sometimes dies (a general protection fault, in dmesg) when
+    the release removes a slot's file from its dhcp-hostsdir; under systemd (fleet-vm)
+    Restart=on-failure starts it again, on this machine nothing does: host_prep does, and the
+    report says so, before the control plane's allocations need DHCP."""
+    if dnsmasq_alive():
+        return []
+    log('fleet-local: dnsmasq died after the playbook phase; host_prep starts it again')
+    seconds = run_playbook('host_prep.yml', 'fleet-local', common, 'host_prep again', verbose)[1]
+    return ['before: fleet-local\'s dnsmasq had died after the playbook phase (dnsmasq 2.90 on a release\'s '
+            'removal from its dhcp-hostsdir; no systemd here to restart it): host_prep ran again (%.0f s), '
+            'dnsmasq %s' % (seconds, 'runs' if dnsmasq_alive() else 'STILL DOWN')]
+
+
+def remove_underlay(lock):
+    """The underlay's bridge on this machine, when a failed run left it (its tap went with the VM)."""
+    found = subprocess.run(['ovs-vsctl', '--timeout=10', 'br-exists', UNDERLAY_BRIDGE], check=False,
+                           capture_output=True)
+    if found.returncode != 0:
+        return
+    with open(lock or os.devnull, 'w') as held:
+        if lock:
+            fcntl.flock(held, fcntl.LOCK_EX)
+        subprocess.run(['ovs-vsctl', '--timeout=10', '--if-exists', 'del-br', UNDERLAY_BRIDGE], check=False)
+    log('removed the underlay bridge %s that the run left on this machine' % UNDERLAY_BRIDGE)
 
 
 def main():
@@ -409,12 +576,19 @@ def main():
         common = {'gpuaas_guest_cmdline': guest['cmdline']}
         image = '%s/images/lab-guest.qcow2' % LAB_DIR
         runs = []
-        for host in args.only or ('fleet-vm', 'fleet-local'):
-            alloc = local_lab.allocation(SLOTS[host], image, checksum, pubkey)
-            alloc['id'] = alloc['id'].replace('lab-', 'fleet-', 1)
-            runs.append(NodeRun(host, common, stage_vars, alloc, args.verbose,
+        hosts = args.only or ('fleet-vm', 'fleet-local')
+        ready = threading.Barrier(len(hosts))
+        for host in hosts:
+            allocs = []
+            for slot in SLOTS[host]:
+                alloc = local_lab.allocation(slot, image, checksum, pubkey)
+                alloc.update(id=alloc['id'].replace('lab-', 'fleet-', 1), tenant=TENANTS[slot],
+                             network=overlay_plan(TENANTS[slot], host, hosts))
+                allocs.append((slot, alloc))
+            runs.append(NodeRun(host, common, stage_vars, allocs, args.verbose,
                                 lock=args.lock if host == 'fleet-local' else None,
-                                vm=vm if host == 'fleet-vm' else None, teardown=not args.control_plane))
+                                vm=vm if host == 'fleet-vm' else None, teardown=not args.control_plane, ready=ready,
+                                underlay=len(hosts) > 1))
         for node_run in runs:
             node_run.start()
         for node_run in runs:
@@ -424,20 +598,31 @@ def main():
                 problems.append('%s: %s' % (node_run.host, node_run.error))
             else:
                 problems.extend(problems_of(node_run.result))
+        if not problems:
+            problems.extend(tenant_matrix(results)[1])
+            if problems:
+                log('what each node\'s switch held at the probe: %s/*-ovs.txt' % BUILD)
         if args.control_plane and not problems:
             with open(args.lock or os.devnull, 'w') as held:   # its jobs touch this machine's services
                 if args.lock:
                     fcntl.flock(held, fcntl.LOCK_EX)
+                revived = revive_dnsmasq(common, args.verbose)
                 control_lines, failed = control_plane_part(runs, vm, common, checksum, pubkey, args.verbose)
+                control_lines[:0] = revived
                 problems.extend(failed)
                 local_result = next(r for r in results if r['node'] == 'fleet-local')
-                local_result['phases']['teardown'] = run_playbook(
-                    os.path.join(REPO, 'lab', 'teardown.yml'), 'fleet-local', common, 'teardown', args.verbose)[1]
+
+                def phase(name, playbook, extravars, label=None):
+                    seconds = run_playbook(playbook, 'fleet-local', dict(common, **extravars), label or name,
+                                           args.verbose)[1]
+                    local_result['phases'][name] = round(local_result['phases'].get(name, 0) + seconds, 1)
+                teardown(phase, underlay=True)
     except LabFailed as exc:
         problems.append(str(exc))
     finally:
         local.stop()
         vm.stop()
+        remove_underlay(args.lock)
     report(results, time.monotonic() - start, control_lines)
     for problem in problems:
         log('PROBLEM %s' % problem)

@@ -2,8 +2,8 @@
 # Copyright (c) gpuaas.slice contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The fleet lab's own logic (lab/fleet/): its inventory and slot maps agree with the slot
-identity, the guest's reports are read as the sink writes them, and every way a node's proof
-can fall short is a problem."""
+identity, the overlay plans it hands the nodes are the control plane's, the guest's reports are
+read as the sink writes them, and every way a node's proof can fall short is a problem."""
 
 from __future__ import annotations
 
@@ -26,12 +26,42 @@ def test_each_node_has_its_own_id_and_approved_slot_map():
     with open(fleet_lab.INVENTORY) as handle:
         hosts = yaml.safe_load(handle)['all']['children']['fleet']['hosts']
     assert sorted(hosts) == sorted(fleet_lab.SLOTS)
-    for host, slot_id in fleet_lab.SLOTS.items():
+    for host, slot_ids in fleet_lab.SLOTS.items():
         assert hosts[host]['gpuaas_node_id'] == host
         with open(os.path.join(fleet_lab.HERE, 'host_vars', '%s.yml' % host)) as handle:
             approved = yaml.safe_load(handle)['gpuaas_approved_slots']
-        assert [slot['slot_id'] for slot in approved] == [slot_id]
-        assert Slot.parse(slot_id).node_id == host
+        assert [slot['slot_id'] for slot in approved] == list(slot_ids)
+        assert all(Slot.parse(slot_id).node_id == host for slot_id in slot_ids)
+
+
+def test_a_tenant_s_slots_across_the_nodes_have_distinct_indices_and_the_plan_names_the_other_node():
+    """As reservation places them: slot i is 10.100.0.(10+i) on every node."""
+    assert sorted(fleet_lab.TENANTS) == sorted(slot for slots in fleet_lab.SLOTS.values() for slot in slots)
+    for tenant in set(fleet_lab.TENANTS.values()):
+        indices = [Slot.parse(slot).index for slot, owner in fleet_lab.TENANTS.items() if owner == tenant]
+        assert len(indices) == len(set(indices))
+    hosts = ('fleet-vm', 'fleet-local')
+    assert fleet_lab.overlay_plan('lab-a', 'fleet-local', hosts) == {
+        'tenant': 'lab-a', 'vni': fleet_lab.VNI['lab-a'], 'mtu': 1450,
+        'peers': [{'node_id': 'fleet-vm', 'underlay_ip': fleet_lab.UNDERLAY['fleet-vm']}]}
+    assert fleet_lab.overlay_plan('lab-a', 'fleet-vm', hosts)['peers'] == [
+        {'node_id': 'fleet-local', 'underlay_ip': fleet_lab.UNDERLAY['fleet-local']}]
+    assert fleet_lab.overlay_plan('lab-b', 'fleet-local', hosts)['peers'] == []
+    assert fleet_lab.overlay_plan('lab-a', 'fleet-local', ['fleet-local'])['peers'] == []   # --only
+
+
+def test_the_plans_are_what_the_node_accepts():
+    from ansible_collections.gpuaas.slice.plugins.module_utils._tenant import check_plan
+    for slot, tenant in fleet_lab.TENANTS.items():
+        plan = fleet_lab.overlay_plan(tenant, Slot.parse(slot).node_id, tuple(fleet_lab.SLOTS))
+        assert check_plan(plan, tenant)['vni'] == fleet_lab.VNI[tenant]
+
+
+def test_the_control_plane_approves_one_slot_per_node(tmp_path):
+    for host, slot_ids in fleet_lab.SLOTS.items():
+        with open(fleet_lab.approval(str(tmp_path), host)) as handle:
+            approved = yaml.safe_load(handle)['gpuaas_approved_slots']
+        assert [slot['slot_id'] for slot in approved] == [slot_ids[0]]
 
 
 def test_the_nodes_use_their_own_python_and_become():
@@ -46,21 +76,29 @@ def sink_line(body, received_at=1.0):
     return json.dumps({'received_at': received_at, 'body': body})
 
 
-def test_parse_reports_takes_boot_facts_and_the_latest_probe():
+def test_parse_reports_takes_boot_facts_the_latest_probe_and_what_the_probes_since_reached():
     text = '\n'.join([
         sink_line({'metric': 'guest_boot', 'firmware': 'bios'}),
         'not json',
-        sink_line({'metric': 'probe', 'ip': '10.100.0.11', 'gateway_ok': 0}),
-        sink_line({'metric': 'probe', 'ip': '10.100.0.11', 'gateway_ok': 1}),
+        sink_line({'metric': 'probe', 'ip': '10.100.0.11', 'gateway_ok': 0, 'peers_reachable': '10.100.0.12'}),
+        sink_line({'metric': 'probe', 'ip': '10.100.0.11', 'gateway_ok': 1, 'peers_reachable': '10.100.0.10'}, 5.0),
+        sink_line({'metric': 'probe', 'ip': '10.100.0.11', 'gateway_ok': 1, 'peers_reachable': ''}, 6.0),
     ])
-    facts, probe = fleet_lab.parse_reports(text)
+    facts, probe, reached = fleet_lab.parse_reports(text, since=5.0)
     assert facts['firmware'] == 'bios'
     assert probe['gateway_ok'] == 1
+    assert reached == {'10.100.0.10'}   # the union of the probes from 5.0 on
+    assert fleet_lab.parse_reports(text, since=7.0)[2] is None   # none since: unproven, not "none reached"
+    assert fleet_lab.parse_reports(text)[2] == {'10.100.0.10', '10.100.0.12'}
+
+
+def slot(slot_id, tenant, address, reached=(), **probe):
+    return {'slot': slot_id, 'tenant': tenant, 'address': address, 'guest': {'firmware': 'bios'},
+            'reached': set(reached), 'probe': dict({'ip': address, 'gateway_ok': 1}, **probe)}
 
 
 def result(**probe):
-    return {'node': 'fleet-vm', 'address': '10.100.0.11', 'guest': {'firmware': 'bios'},
-            'probe': dict({'ip': '10.100.0.11', 'gateway_ok': 1, 'peers_reachable': []}, **probe)}
+    return {'node': 'fleet-vm', 'slots': [slot('fleet-vm-s1', 'lab-a', '10.100.0.11', **probe)]}
 
 
 def test_a_good_proof_has_no_problems():
@@ -69,12 +107,31 @@ def test_a_good_proof_has_no_problems():
 
 def test_every_shortfall_is_a_problem():
     assert fleet_lab.problems_of(result(ip='10.100.0.12')) == [
-        'fleet-vm: the guest has 10.100.0.12, the layout says 10.100.0.11']
-    assert fleet_lab.problems_of(result(gateway_ok=0)) == ['fleet-vm: the guest cannot reach its gateway']
-    assert fleet_lab.problems_of(result(peers_reachable=['10.100.0.10'])) == [
-        "fleet-vm: the guest REACHES OTHER SLOTS: ['10.100.0.10']"]
-    assert fleet_lab.problems_of(dict(result(), probe={})) == ['fleet-vm: no probe from the guest']
-    assert fleet_lab.problems_of(dict(result(), guest={})) == ['fleet-vm: the guest reported no boot facts']
+        'fleet-vm fleet-vm-s1: the guest has 10.100.0.12, the layout says 10.100.0.11']
+    assert fleet_lab.problems_of(result(gateway_ok=0)) == ['fleet-vm fleet-vm-s1: the guest cannot reach its gateway']
+    no_probe, no_facts = result(), result()
+    no_probe['slots'][0]['probe'] = {}
+    no_facts['slots'][0]['guest'] = {}
+    assert fleet_lab.problems_of(no_probe) == ['fleet-vm fleet-vm-s1: no probe from the guest']
+    assert fleet_lab.problems_of(no_facts) == ['fleet-vm fleet-vm-s1: the guest reported no boot facts']
+
+
+def matrix(a_local, b_local, a_vm):
+    return fleet_lab.tenant_matrix([
+        {'node': 'fleet-local', 'slots': [slot('fleet-local-s0', 'lab-a', '10.100.0.10', a_local),
+                                          slot('fleet-local-s2', 'lab-b', '10.100.0.12', b_local)]},
+        {'node': 'fleet-vm', 'slots': [slot('fleet-vm-s1', 'lab-a', '10.100.0.11', a_vm)]}])
+
+
+def test_the_matrix_across_the_nodes_wants_the_tenant_s_slots_reached_and_no_other():
+    rows, problems = matrix(['10.100.0.11'], [], ['10.100.0.10'])
+    assert not problems
+    assert ('fleet-local-s0', 'fleet-vm-s1', True, True) in rows
+    assert ('fleet-vm-s1', 'fleet-local-s2', False, False) in rows
+    assert matrix([], [], ['10.100.0.10'])[1] == [
+        'fleet-local-s0 (tenant lab-a) does not reach fleet-vm-s1 of its own tenant at 10.100.0.11']
+    assert matrix(['10.100.0.11'], [], ['10.100.0.10', '10.100.0.12'])[1] == [
+        'fleet-vm-s1 (tenant lab-a) REACHES fleet-local-s2 of tenant lab-b at 10.100.0.12']
 
 
 def test_a_node_that_stops_answering_mid_task_ends_it_as_unreachable_in_a_minute():
