@@ -36,6 +36,11 @@ answers, no IPv6 (so the host sends nothing on the port by itself either).
 dnsmasq reads a *new* file in its dhcp-hostsdir by inotify, but keeps serving the record
 of a file that was changed or deleted until it gets SIGHUP: a slot whose entry changes or
 goes sends it one (``reload_dnsmasq``), through the pid file the configuration names.
+An entry never sets a dnsmasq tag (``set:``): dnsmasq 2.90 (Debian 12) chains an entry's tags
+onto the tag list of each reply it builds, on its stack, and on SIGHUP frees that chain with the
+entry, which kills it at the first reload after it answered such a slot. A slot's tag
+(``slot_tag``, for its options in the dhcp-optsdir) comes from ``dhcp-mac`` lines in the
+configuration instead, which dnsmasq never frees.
 nftables (table ``inet gpuaas``) guards the host side: slots reach only DHCP, ICMP echo
 and the sink on the host, never another slot through the host's routing, nor private
 networks behind the host; their egress is masqueraded.
@@ -56,7 +61,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils._daemon import cmdlin
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Runner
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import (
     atomic_write, check_dir, check_file, ensure_dir, has_control_chars)
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKIE_BASE, SLOT_NETWORK, GpuaasError
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import COOKIE_BASE, MAX_SLOTS, SLOT_NETWORK, GpuaasError, Slot
 
 HOST_COOKIE = COOKIE_BASE | 0xffff
 DHCP_GROUP = 0x677075     # 'gpu'
@@ -519,7 +524,10 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_add
 
 # -- dnsmasq ------------------------------------------------------------------
 
-def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE, opts_dir=None):
+def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE, opts_dir=None,
+                 node_id=None):
+    """dnsmasq's configuration; with ``node_id``, every slot the node can have is tagged by its MAC
+    (``slot_tag``), so that a file in ``opts_dir`` can give one slot its own options."""
     net = gateway.network
     lines = [
         '# Written by gpuaas.slice.host_network: DHCP for the slot network %s only.' % net,
@@ -544,7 +552,25 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=D
     if opts_dir:
         # Per-slot options (a tenant overlay's MTU), each file read by inotify like the hosts.
         lines.append('dhcp-optsdir=%s' % opts_dir)
+    if node_id:
+        # Tags from here, not from the entries (set:), which dnsmasq 2.90 frees with what a reply chained on.
+        lines.append('# Each slot of node %s tagged by its MAC, for its own options in the dhcp-optsdir.' % node_id)
+        lines += ['dhcp-mac=set:%s,%s' % (slot_tag(index), Slot(node_id, index).mac) for index in range(MAX_SLOTS)]
     return '\n'.join(lines) + '\n'
+
+
+def slot_tag(index):
+    """The dnsmasq tag of slot ``index``, which the configuration's ``dhcp-mac`` lines set."""
+    return 'slot-%d' % index
+
+
+def running_dnsmasq(pid_file, proc_root='/proc'):
+    """(pid, argv) of the dnsmasq of ``pid_file``, or None: none runs, or the pid is not a dnsmasq's."""
+    pid = read_pid(pid_file)
+    argv = cmdline(pid, proc_root) if pid else None
+    if not argv or os.path.basename(argv[0]) != 'dnsmasq':
+        return None
+    return pid, argv
 
 
 def reload_dnsmasq(pid_file, proc_root='/proc'):
@@ -553,15 +579,31 @@ def reload_dnsmasq(pid_file, proc_root='/proc'):
     True when a dnsmasq got the signal; False when none runs (it reads everything when it
     starts). A pid file whose process is not dnsmasq is left alone.
     """
-    pid = read_pid(pid_file)
-    argv = cmdline(pid, proc_root) if pid else None
-    if not argv or os.path.basename(argv[0]) != 'dnsmasq':
+    running = running_dnsmasq(pid_file, proc_root)
+    if running is None:
         return False
     try:
-        os.kill(pid, signal.SIGHUP)
+        os.kill(running[0], signal.SIGHUP)
     except OSError:
         return False
     return True
+
+
+def dnsmasq_conf_file(pid_file, proc_root='/proc'):
+    """The configuration file the dnsmasq of ``pid_file`` runs with (``--conf-file``, ``-C``), or
+    None when none runs. One that runs with its built-in default reads /etc/dnsmasq.conf."""
+    running = running_dnsmasq(pid_file, proc_root)
+    if running is None:
+        return None
+    argv = running[1]
+    for index, arg in enumerate(argv):
+        if arg.startswith('--conf-file='):
+            return arg[len('--conf-file='):]
+        if arg in ('--conf-file', '-C') and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith('-C') and len(arg) > 2:
+            return arg[2:]
+    return '/etc/dnsmasq.conf'
 
 
 def apply_nft(module, run, path, ruleset):
@@ -581,19 +623,18 @@ def apply_nft(module, run, path, ruleset):
             os.unlink(tmp)
 
 
-def dhcp_host_line(mac, ip, hostname, tag=None):
-    """A dhcp-hostsdir entry; ``tag`` sets a dnsmasq tag the slot's own options (dhcp_mtu_line) match."""
-    return '%s,%s%s,%s\n' % (mac, 'set:%s,' % tag if tag else '', ip, hostname)
+# The tag an entry of an earlier version set (``,set:mtu-1450``), which host_network removes.
+TAGGED_ENTRY = re.compile(r',(?:set|net):[^,\n]*')
 
 
-def mtu_tag(mtu):
-    """The dnsmasq tag of the slots whose guests are told the interface MTU ``mtu``."""
-    return 'mtu-%d' % mtu
+def dhcp_host_line(mac, ip, hostname):
+    """A dhcp-hostsdir entry. It sets no tag (the module docstring says why)."""
+    return '%s,%s,%s\n' % (mac, ip, hostname)
 
 
-def dhcp_mtu_line(mtu):
-    """A dhcp-optsdir entry: the interface MTU (option 26) for the slots tagged ``mtu_tag(mtu)``."""
-    return 'tag:%s,option:mtu,%d\n' % (mtu_tag(mtu), mtu)
+def dhcp_mtu_line(index, mtu):
+    """A dhcp-optsdir entry: the interface MTU (option 26) for slot ``index`` (its ``slot_tag``)."""
+    return 'tag:%s,option:mtu,%d\n' % (slot_tag(index), mtu)
 
 
 def config_path(path, what, directory=False):

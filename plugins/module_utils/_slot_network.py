@@ -7,8 +7,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
-
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
 from ansible_collections.gpuaas.slice.plugins.module_utils import _ssh_access as ssh
 from ansible_collections.gpuaas.slice.plugins.module_utils import _tenant as tenant
@@ -66,7 +64,7 @@ class SlotNetwork:
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.pid_file = net.config_path(p['dnsmasq_pid_file'], 'dnsmasq_pid_file')
         self.hosts_file = self.slot.file(self.hosts_dir)
-        self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
+        self.opts_file = self.slot.file(net.config_path(p['opts_dir'], 'opts_dir', directory=True))
         self.ofport, self.cookie = self.slot.ofport, self.slot.cookie
         self.tap = p['port_type'] == 'tap'
         self.reloaded = False
@@ -105,11 +103,13 @@ class SlotNetwork:
         # Everything checked: now the steps, in an order where each step's inputs exist.
         mtu = self.tenant_mtu()
         if mtu:
-            # One options file per MTU, shared and never removed (dnsmasq 2.90 dies of SIGSEGV on the
-            # SIGHUP after a dhcp-optsdir file is deleted); the slot's entry sets the tag it matches.
-            path = os.path.join(self.opts_dir, net.mtu_tag(mtu))
-            net.file_step(self.plan, self.module, path, net.dhcp_mtu_line(mtu), 'dhcp options %s' % path, self.reload)
-        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname, net.mtu_tag(mtu) if mtu else None)
+            # The slot's own options file, matched by the tag dnsmasq.conf gives the slot's MAC.
+            self.check_tagged()
+            net.file_step(self.plan, self.module, self.opts_file, net.dhcp_mtu_line(self.slot.index, mtu),
+                          'dhcp options %s' % self.opts_file, self.reload)
+        else:
+            self.opts_absent()
+        entry = net.dhcp_host_line(self.mac, self.ip, self.hostname)
         net.file_step(self.plan, self.module, self.hosts_file, entry, 'dhcp host %s' % self.hosts_file, self.reload)
         if not exists:
             # Before the port joins the bridge, the host's own stack is kept off it (_network.PORT_SYSCTLS).
@@ -202,10 +202,31 @@ class SlotNetwork:
         if self.tap and net.device_exists(self.port):
             self.plan.command('tap %s removed' % self.port, ['ip', 'tuntap', 'del', 'dev', self.port, 'mode', 'tap'],
                               verify=lambda: 'the device is left' if net.device_exists(self.port) else None)
-        before = net.read_text(self.hosts_file)
+        self.opts_absent()
+        self.file_absent(self.hosts_file, 'dhcp host')
+
+    def opts_absent(self):
+        self.file_absent(self.opts_file, 'dhcp options')
+
+    def file_absent(self, path, what):
+        """Remove one of the slot's dnsmasq files; dnsmasq forgets what it read there on the SIGHUP after."""
+        before = net.read_text(path)
         if before is not None:
-            self.plan.change('dhcp host %s removed' % self.hosts_file, self.remove_entry, before=before, after='',
-                             verify=lambda: net.read_text(self.hosts_file) is not None and 'the file is still there')
+            self.plan.change('%s %s removed' % (what, path), lambda: (remove(path), self.reload()), before=before,
+                             after='', verify=lambda: net.read_text(path) is not None and 'the file is still there')
+
+    def check_tagged(self):
+        """Refuse an MTU the guest would never be told: the running dnsmasq's configuration must tag
+        the slot's MAC (host_network with node_id). Without a running dnsmasq there is nothing to
+        ask; it reads host_network's configuration when it starts."""
+        conf = net.dnsmasq_conf_file(self.pid_file)
+        if conf is None:
+            return
+        line = 'dhcp-mac=set:%s,%s' % (net.slot_tag(self.slot.index), self.mac)
+        if line not in (net.read_text(conf) or '').splitlines():
+            raise net.NetworkError('the running dnsmasq\'s configuration %s does not tag slot %s\'s MAC, so its '
+                                   'guest cannot be told its overlay MTU: run host_network with node_id %s '
+                                   '(host_prep does), then restart dnsmasq' % (conf, self.slot_id, self.slot.node_id))
 
     def tenant_mtu(self):
         """The MTU of the slot's tenant's overlay (its lease's plan), None without one."""
@@ -213,10 +234,6 @@ class SlotNetwork:
             if self.slot in entry['members'] and entry['plan']:
                 return entry['plan']['mtu']
         return None
-
-    def remove_entry(self):
-        remove(self.hosts_file)
-        self.reload()
 
     def result(self):
         self.plan.execute()

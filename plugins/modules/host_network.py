@@ -24,7 +24,7 @@ description:
     slot port in earlier versions is removed. Each slot's own flows come from M(gpuaas.slice.slot_network),
     each tenant's from M(gpuaas.slice.tenant_network).
   - Writes the dnsmasq configuration O(dnsmasq_conf), with DHCP on the bridge only, fixed addresses only
-    (C(dhcp-hostsdir), one file per slot; C(dhcp-optsdir) O(opts_dir), per-MTU options), no dynamic range, no
+    (C(dhcp-hostsdir), one file per slot; C(dhcp-optsdir) O(opts_dir), one options file per slot), no dynamic range, no
     DNS, and its own pid file O(pid_file). It does not run dnsmasq; RV(dnsmasq_argv) is the command
     line to run it with (a systemd unit or M(gpuaas.slice.host_daemon)).
   - dnsmasq reads a new file in O(hosts_dir) by itself but keeps the record of a changed or deleted
@@ -91,10 +91,18 @@ options:
     default: /var/lib/gpuaas/network/dhcp-hosts.d
   opts_dir:
     description:
-      - dnsmasq's C(dhcp-optsdir) (created when missing), where M(gpuaas.slice.slot_network) keeps one file per
-        tenant overlay MTU (DHCP option 26) that slots are told.
+      - dnsmasq's C(dhcp-optsdir) (created when missing), where M(gpuaas.slice.slot_network) keeps a slot's own
+        options (its tenant overlay's MTU, DHCP option 26) in C({opts_dir}/{slot_id}).
     type: path
     default: /var/lib/gpuaas/network/dhcp-opts.d
+  node_id:
+    description:
+      - The node's id. The configuration then tags each slot the node can have (C(slot-{index})) by its MAC
+        (C(dhcp-mac)), which the slot's options file matches. Without it no slot can be told an overlay MTU,
+        and M(gpuaas.slice.slot_network) refuses to give one while dnsmasq runs with such a configuration.
+      - The tags are in the configuration, not in the slots' host entries (C(set:)), because dnsmasq 2.90
+        (Debian 12) dies at the first C(SIGHUP) after it answered a slot whose entry set a tag.
+    type: str
   lease_file:
     description: dnsmasq's lease file.
     type: path
@@ -213,7 +221,7 @@ from ansible_collections.gpuaas.slice.plugins.module_utils import _network as ne
 from ansible_collections.gpuaas.slice.plugins.module_utils._engine import Plan, run_module
 from ansible_collections.gpuaas.slice.plugins.module_utils._files import remove
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import (
-    DEFAULT_SSH_PORT_BASE, IFNAME, MAX_SLOTS, NFT_TABLE, SLOT_GATEWAY, SLOT_NETWORK, check_ssh_port_base)
+    DEFAULT_SSH_PORT_BASE, IFNAME, MAX_SLOTS, NFT_TABLE, NODE_ID, SLOT_GATEWAY, SLOT_NETWORK, check_ssh_port_base)
 
 DNSMASQ = '/usr/sbin/dnsmasq'
 FORWARD = '/proc/sys/net/ipv4/ip_forward'
@@ -245,6 +253,7 @@ class HostNetwork:
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
+        self.node_id = NODE_ID.check(p['node_id'], 'node_id') if p['node_id'] is not None else None
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
@@ -281,12 +290,24 @@ class HostNetwork:
         for path in (self.hosts_dir, self.opts_dir, self.ssh_dir):
             if not os.path.isdir(path):
                 self.plan.change('directory %s' % path, lambda path=path: os.makedirs(path, 0o755))
+        self.untag_entries()
         net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
-            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file, self.opts_dir))
+            self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file, self.opts_dir,
+            self.node_id))
         self.nftables()
         if self.module.params['nat'] and read_forward() != '1':
             self.plan.change('net.ipv4.ip_forward=1', write_forward, before='0', after='1',
                              verify=lambda: read_forward() != '1' and 'the kernel kept ip_forward off')
+
+    def untag_entries(self):
+        """Host entries an earlier version tagged (set:mtu-N) lose the tag, which the slot's options
+        file and the configuration's dhcp-mac lines now give: dnsmasq 2.90 dies at a SIGHUP after
+        answering a slot whose entry sets one, and host_prep restarts it on the changed configuration."""
+        names = sorted(os.listdir(self.hosts_dir)) if os.path.isdir(self.hosts_dir) else []
+        for path in [os.path.join(self.hosts_dir, name) for name in names]:
+            text = net.read_text(path) if os.path.isfile(path) and not os.path.islink(path) else None
+            if text and net.TAGGED_ENTRY.search(text):
+                net.file_step(self.plan, self.module, path, net.TAGGED_ENTRY.sub('', text), 'dhcp host %s untagged' % path)
 
     def make_bridge(self, created):
         """Create or reconfigure the bridge; fail clearly (removing a bridge made just now) when
@@ -356,6 +377,7 @@ def main():
         dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
         hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
         opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
+        node_id=dict(type='str'),
         lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
         dns_servers=dict(type='list', elements='str', default=[]),
         nat=dict(type='bool', default=True),

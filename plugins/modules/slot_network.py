@@ -26,8 +26,12 @@ description:
     of one tenant on the node reach each other (IPv4 and ARP, each from its own port, MAC and address), other
     tenants' never, and a tenant with an overlay plan in its leases (C(data.network)) reaches its slots on
     other nodes through the VXLAN tunnel port in its VNI. V(absent) takes the slot out of its tenant's flows
-    first. The slot's guest is told the overlay's MTU by DHCP (option 26) - the entry sets the dnsmasq tag
-    C(mtu-{mtu}), whose options file C({opts_dir}/mtu-{mtu}) is written once and shared.
+    first. The slot's guest is told the overlay's MTU by DHCP (option 26), from the slot's options file
+    C({opts_dir}/{slot_id}), which matches the tag C(slot-{index}) that M(gpuaas.slice.host_network) with its
+    O(gpuaas.slice.host_network#module:node_id) gives the slot's MAC; the file goes with the plan, and with
+    V(absent). The host entry itself never sets a tag (dnsmasq 2.90 dies at the C(SIGHUP) after it answered
+    a slot whose entry did). While dnsmasq runs with a configuration that does not tag the slot, an MTU is
+    refused.
   - With O(port_type=tap) (the default) the port is a persistent tap device the slot's VM opens
     later (M(gpuaas.slice.slot_vm) with C(bridge_type=ethernet)), so the VM never sits on the bridge
     before its rules exist. With V(existing), the device exists already (a veth end in tests).
@@ -40,7 +44,7 @@ description:
     slot's entry, rules, port and tap (and a DHCP group bucket an earlier version left); other slots are untouched.
   - dnsmasq reads a new entry by itself (inotify on its C(dhcp-hostsdir)) but serves a changed or
     removed entry's old record until it gets C(SIGHUP); the module sends it one, through
-    O(dnsmasq_pid_file), whenever it rewrites or removes an entry.
+    O(dnsmasq_pid_file), whenever it rewrites or removes an entry or an options file.
   - Refused before anything changes are slot ids that are not C({node_id}-s{index}), host names that
     are not one RFC 1123 label, a O(mac) or O(ip) that is not the layout's, a port that is the bridge,
     sits on another bridge, belongs to another slot, is not a tap with O(port_type=tap), or carries an

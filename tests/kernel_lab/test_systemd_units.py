@@ -176,7 +176,7 @@ def host_prep(inventory):
         'ANSIBLE_COLLECTIONS_PATH=%s' % COLLECTIONS, 'ANSIBLE_FORCE_COLOR=0',
         os.path.join(BINDIR, 'ansible-playbook'), '-i', inventory, '-l', NODE,
         os.path.join(REPO, 'playbooks', 'reconcile.yml')])
-    role = Role({'inventory_hostname': NODE, 'ansible_managed': 'Ansible managed', 'omit': '__omit__',
+    role = Role({'inventory_hostname': NODE, 'inventory_hostname_short': NODE, 'ansible_managed': 'Ansible managed', 'omit': '__omit__',
                  'gpuaas_reconcile_command': reconcile})
     # Start libvirt and Open vSwitch (systemd_base.yml).
     base = role.render(role.task('systemd_base.yml', 'Start libvirt and Open vSwitch (systemd)')['loop'])

@@ -110,7 +110,8 @@ def overlay():
             args = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(base, 'dnsmasq.conf'),
                         hosts_dir=os.path.join(base, 'hosts'), opts_dir=os.path.join(base, 'opts'),
                         lease_file=os.path.join(base, 'dnsmasq.leases'), nft_file=os.path.join(base, 'gpuaas.nft'),
-                        pid_file=os.path.join(base, 'dnsmasq.pid'), ssh_dir=os.path.join(base, 'ssh.d'))
+                        pid_file=os.path.join(base, 'dnsmasq.pid'), ssh_dir=os.path.join(base, 'ssh.d'),
+                        node_id=node_id(node))
             made = host.module('host_network', args)
             assert made['changed'] and not made.get('failed'), made
             os.makedirs(os.path.join(base, 'leases'))

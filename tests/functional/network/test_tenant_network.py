@@ -62,7 +62,7 @@ def net():
     host_args = dict(bridge=BRIDGE, datapath_type='netdev', dnsmasq_conf=os.path.join(work, 'dnsmasq.conf'),
                      hosts_dir=state['hosts'], opts_dir=state['opts'], lease_file=os.path.join(work, 'dnsmasq.leases'),
                      nft_file=os.path.join(work, 'gpuaas.nft'), pid_file=os.path.join(work, 'dnsmasq.pid'),
-                     ssh_dir=os.path.join(work, 'ssh.d'))
+                     ssh_dir=os.path.join(work, 'ssh.d'), node_id=NODE)
     state['host_args'] = host_args
     try:
         first = host.module('host_network', host_args)
@@ -170,8 +170,9 @@ def test_reconcile_gives_the_overlay_a_tunnel_and_removes_what_no_lease_explains
     assert any('tun_id=0x1389' in flow and 'tun_src=192.0.2.12' in flow for flow in flows), flows
     assert not host.module('tenant_network', args)['changed']
     # The guest learns the overlay's MTU through DHCP (option 26), its neighbour of tenant B does not.
+    # The slot's new options file is read by inotify: no reload.
     wired = host.module('slot_network', slot_args(net, 0))
-    assert wired['changed'] and wired['mtu'] == 1450 and wired['dnsmasq_reloaded'], wired
+    assert wired['changed'] and wired['mtu'] == 1450 and not wired['dnsmasq_reloaded'], wired
     assert net['slots'][0].dhcp_options('mtu') == '1450', open(os.path.join(net['dir'], 'dnsmasq.log')).read()[-2000:]
     assert net['slots'][2].dhcp_options('mtu') == ''
     assert not host.module('slot_network', slot_args(net, 0))['changed']
@@ -183,6 +184,42 @@ def test_reconcile_gives_the_overlay_a_tunnel_and_removes_what_no_lease_explains
     gone = host.module('tenant_network', args)
     assert gone['changed'] and gone['tenant_removed'] == ['gpuaas-vxlan'], gone
     assert 'gpuaas-vxlan' not in host.ports(BRIDGE)
+
+
+def test_dnsmasq_lives_through_a_reload_after_serving_a_slot_its_mtu(net):
+    """Debian 12's dnsmasq (2.90) chains a dhcp-host's ``set:`` tag onto each reply's tag list on
+    its stack and frees that chain with the entry on SIGHUP: it died at the first reload after it
+    had answered a slot whose entry set a tag. The MTU's tag now comes from dnsmasq.conf."""
+    host, slots = net['host'], net['slots']
+    daemon = net['daemons']['dnsmasq']
+    for index in (0, 1):
+        lease(net, index, network=PLAN)
+    # A configuration without the slots' tags (host_network without node_id): the MTU is refused.
+    untagged = dict(net['host_args'], node_id=None)
+    assert host.module('host_network', untagged)['changed']
+    files = [os.path.join(net['hosts'], Slot(NODE, 0).slot_id), os.path.join(net['opts'], Slot(NODE, 0).slot_id)]
+    kept = [os.path.exists(path) and open(path).read() for path in files]
+    refused = host.module('slot_network', slot_args(net, 0))
+    assert refused.get('failed') and 'does not tag slot %s' % Slot(NODE, 0).slot_id in refused['msg'], refused
+    assert [os.path.exists(path) and open(path).read() for path in files] == kept
+    # An entry an earlier version tagged loses its tag when host_network runs (host_prep then restarts dnsmasq).
+    legacy = os.path.join(net['hosts'], Slot(NODE, 2).slot_id)
+    with open(legacy, 'w') as handle:
+        handle.write('%s,set:mtu-1450,%s,t-2\n' % (Slot(NODE, 2).mac, ip(2)))
+    assert host.module('host_network', net['host_args'])['changed']
+    assert open(legacy).read() == '%s,%s,t-2\n' % (Slot(NODE, 2).mac, ip(2))
+    assert host.module('slot_network', slot_args(net, 0))['mtu'] == 1450
+    assert slots[0].dhcp_options('mtu') == '1450'
+    # The plan goes: the slot's MTU goes with it, and dnsmasq is reloaded to forget it.
+    for index in (0, 1):
+        lease(net, index, network=None)
+    done = host.module('slot_network', slot_args(net, 0))
+    assert done['changed'] and done['mtu'] is None and done['dnsmasq_reloaded'], done
+    assert daemon.proc.poll() is None, open(daemon.log).read()[-2000:]
+    assert slots[0].dhcp_options('mtu') == ''
+    assert slots[0].dhcp() == (ip(0), 't-0', env.GATEWAY)
+    assert daemon.proc.poll() is None, open(daemon.log).read()[-2000:]
+    assert not host.module('slot_network', slot_args(net, 0))['changed']
 
 
 def _lease_network(net, index):

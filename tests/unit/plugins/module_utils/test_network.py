@@ -10,7 +10,7 @@ import os
 import pytest
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _network as net
-from ansible_collections.gpuaas.slice.plugins.module_utils.contract import Slot
+from ansible_collections.gpuaas.slice.plugins.module_utils.contract import MAX_SLOTS, Slot
 
 
 def test_our_flow_text_and_ovs_dump_compare_equal():
@@ -100,6 +100,38 @@ def test_only_a_running_dnsmasq_is_signalled(tmp_path):
     (proc / 'cmdline').write_bytes(b'/usr/sbin/dnsmasq\0--keep-in-foreground\0')
     pid_file.write_text('4242\n')
     assert not net.reload_dnsmasq(str(pid_file), proc_root=str(tmp_path / 'proc'))
+
+
+def test_the_slots_tags_come_from_the_configuration_never_from_an_entry():
+    """dnsmasq 2.90 frees an entry's set: tag with what a reply chained onto it: entries set none."""
+    conf = net.dnsmasq_conf('br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid',
+                            '/o', 'gpu-node-01').splitlines()
+    tags = [line for line in conf if line.startswith('dhcp-mac=')]
+    assert len(tags) == MAX_SLOTS and 'dhcp-optsdir=/o' in conf
+    assert tags[3] == 'dhcp-mac=set:slot-3,%s' % Slot('gpu-node-01', 3).mac
+    assert not any(line.startswith('dhcp-mac=') for line in net.dnsmasq_conf(
+        'br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid', '/o').splitlines())
+    assert net.dhcp_host_line('52:54:00:00:00:01', '10.100.0.13', 'h') == '52:54:00:00:00:01,10.100.0.13,h\n'
+    assert net.dhcp_mtu_line(3, 1450) == 'tag:slot-3,option:mtu,1450\n'
+
+
+@pytest.mark.parametrize('argv, conf', [
+    ([b'/usr/sbin/dnsmasq', b'--keep-in-foreground', b'--conf-file=/etc/gpuaas/dnsmasq.conf'], '/etc/gpuaas/dnsmasq.conf'),
+    ([b'dnsmasq', b'-C', b'/x.conf'], '/x.conf'),
+    ([b'dnsmasq', b'-C/y.conf'], '/y.conf'),
+    ([b'dnsmasq', b'--conf-file', b'/z.conf'], '/z.conf'),
+    ([b'dnsmasq', b'--keep-in-foreground'], '/etc/dnsmasq.conf'),
+    ([b'/usr/bin/python3', b'--conf-file=/x'], None),
+])
+def test_the_configuration_a_running_dnsmasq_reads(tmp_path, argv, conf):
+    proc = tmp_path / 'proc' / '4243'
+    proc.mkdir(parents=True)
+    (proc / 'stat').write_text('4243 (dnsmasq) S 1 1')
+    (proc / 'cmdline').write_bytes(b'\0'.join(argv) + b'\0')
+    pid_file = tmp_path / 'dnsmasq.pid'
+    assert net.dnsmasq_conf_file(str(pid_file), proc_root=str(tmp_path / 'proc')) is None   # no pid file
+    pid_file.write_text('4243\n')
+    assert net.dnsmasq_conf_file(str(pid_file), proc_root=str(tmp_path / 'proc')) == conf
 
 
 class RecordingModule:
