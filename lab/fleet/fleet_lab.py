@@ -519,20 +519,6 @@ def dnsmasq_alive(pidfile='/run/gpuaas/gpuaas-dnsmasq.pid'):
         return False
 
 
-def revive_dnsmasq(common, verbose):
-    """Report lines. dnsmasq 2.90 here sometimes dies (a general protection fault, in dmesg) when
-    the release removes a slot's file from its dhcp-hostsdir; under systemd (fleet-vm)
-    Restart=on-failure starts it again, on this machine nothing does: host_prep does, and the
-    report says so, before the control plane's allocations need DHCP."""
-    if dnsmasq_alive():
-        return []
-    log('fleet-local: dnsmasq died after the playbook phase; host_prep starts it again')
-    seconds = run_playbook('host_prep.yml', 'fleet-local', common, 'host_prep again', verbose)[1]
-    return ['before: fleet-local\'s dnsmasq had died after the playbook phase (dnsmasq 2.90 on a release\'s '
-            'removal from its dhcp-hostsdir; no systemd here to restart it): host_prep ran again (%.0f s), '
-            'dnsmasq %s' % (seconds, 'runs' if dnsmasq_alive() else 'STILL DOWN')]
-
-
 def remove_underlay(lock):
     """The underlay's bridge on this machine, when a failed run left it (its tap went with the VM)."""
     found = subprocess.run(['ovs-vsctl', '--timeout=10', 'br-exists', UNDERLAY_BRIDGE], check=False,
@@ -602,14 +588,17 @@ def main():
             problems.extend(tenant_matrix(results)[1])
             if problems:
                 log('what each node\'s switch held at the probe: %s/*-ovs.txt' % BUILD)
+        if not problems and not dnsmasq_alive():
+            # This machine has no systemd to start it again: a dead dnsmasq is the product's failure.
+            problems.append('fleet-local: dnsmasq died during the playbook phase (dmesg says how)')
         if args.control_plane and not problems:
             with open(args.lock or os.devnull, 'w') as held:   # its jobs touch this machine's services
                 if args.lock:
                     fcntl.flock(held, fcntl.LOCK_EX)
-                revived = revive_dnsmasq(common, args.verbose)
                 control_lines, failed = control_plane_part(runs, vm, common, checksum, pubkey, args.verbose)
-                control_lines[:0] = revived
                 problems.extend(failed)
+                if not dnsmasq_alive():
+                    problems.append('fleet-local: dnsmasq died during the control plane\'s part (dmesg says how)')
                 local_result = next(r for r in results if r['node'] == 'fleet-local')
 
                 def phase(name, playbook, extravars, label=None):
