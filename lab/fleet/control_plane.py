@@ -57,7 +57,10 @@ class ControlPlane:
         self.env = dict(os.environ, GPUAAS_DB_URL='sqlite:///%s' % os.path.join(work, 'gpuaas.db'),
                         GPUAAS_API=self.url, GPUAAS_PROJECT_DIR=REPO, GPUAAS_INVENTORY=inventory,
                         GPUAAS_RUNS_DIR=os.path.join(work, 'runs'), GPUAAS_KEEP_RUNS='20',
-                        PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1', **env)
+                        PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1',
+                        # The working tree's collection, as the playbook phase runs it: ansible.cfg's
+                        # own list would take an installed copy in ~/.ansible/collections first.
+                        ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'), **env)
         self.env.pop('GPUAAS_TOKEN', None)
         self.procs = []
 
