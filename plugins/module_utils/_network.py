@@ -525,8 +525,8 @@ def nft_ruleset(table, bridge, gateway, sink_port, nat, uplink, blocked, ssh_add
 # -- dnsmasq ------------------------------------------------------------------
 
 def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=DNSMASQ_PID_FILE, opts_dir=None,
-                 node_id=None):
-    """dnsmasq's configuration; with ``node_id``, every slot the node can have is tagged by its MAC
+                 node_ids=()):
+    """dnsmasq's configuration; every slot the nodes ``node_ids`` can have is tagged by its MAC
     (``slot_tag``), so that a file in ``opts_dir`` can give one slot its own options."""
     net = gateway.network
     lines = [
@@ -552,16 +552,17 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=D
     if opts_dir:
         # Per-slot options (a tenant overlay's MTU), each file read by inotify like the hosts.
         lines.append('dhcp-optsdir=%s' % opts_dir)
-    if node_id:
+    for node_id in node_ids:
         # Tags from here, not from the entries (set:), which dnsmasq 2.90 frees with what a reply chained on.
         lines.append('# Each slot of node %s tagged by its MAC, for its own options in the dhcp-optsdir.' % node_id)
-        lines += ['dhcp-mac=set:%s,%s' % (slot_tag(index), Slot(node_id, index).mac) for index in range(MAX_SLOTS)]
+        lines += ['dhcp-mac=set:%s,%s' % (slot_tag(slot), slot.mac)
+                  for slot in (Slot(node_id, index) for index in range(MAX_SLOTS))]
     return '\n'.join(lines) + '\n'
 
 
-def slot_tag(index):
-    """The dnsmasq tag of slot ``index``, which the configuration's ``dhcp-mac`` lines set."""
-    return 'slot-%d' % index
+def slot_tag(slot):
+    """The dnsmasq tag of a slot (its id), which the configuration's ``dhcp-mac`` lines set."""
+    return slot.slot_id
 
 
 def running_dnsmasq(pid_file, proc_root='/proc'):
@@ -632,9 +633,9 @@ def dhcp_host_line(mac, ip, hostname):
     return '%s,%s,%s\n' % (mac, ip, hostname)
 
 
-def dhcp_mtu_line(index, mtu):
-    """A dhcp-optsdir entry: the interface MTU (option 26) for slot ``index`` (its ``slot_tag``)."""
-    return 'tag:%s,option:mtu,%d\n' % (slot_tag(index), mtu)
+def dhcp_mtu_line(slot, mtu):
+    """A dhcp-optsdir entry: the interface MTU (option 26) for ``slot`` (its ``slot_tag``)."""
+    return 'tag:%s,option:mtu,%d\n' % (slot_tag(slot), mtu)
 
 
 def config_path(path, what, directory=False):

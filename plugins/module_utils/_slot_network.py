@@ -105,7 +105,7 @@ class SlotNetwork:
         if mtu:
             # The slot's own options file, matched by the tag dnsmasq.conf gives the slot's MAC.
             self.check_tagged()
-            net.file_step(self.plan, self.module, self.opts_file, net.dhcp_mtu_line(self.slot.index, mtu),
+            net.file_step(self.plan, self.module, self.opts_file, net.dhcp_mtu_line(self.slot, mtu),
                           'dhcp options %s' % self.opts_file, self.reload)
         else:
             self.opts_absent()
@@ -217,16 +217,16 @@ class SlotNetwork:
 
     def check_tagged(self):
         """Refuse an MTU the guest would never be told: the running dnsmasq's configuration must tag
-        the slot's MAC (host_network with node_id). Without a running dnsmasq there is nothing to
+        the slot's MAC (host_network with the slot's node among node_ids). Without a running dnsmasq there is nothing to
         ask; it reads host_network's configuration when it starts."""
         conf = net.dnsmasq_conf_file(self.pid_file)
         if conf is None:
             return
-        line = 'dhcp-mac=set:%s,%s' % (net.slot_tag(self.slot.index), self.mac)
+        line = 'dhcp-mac=set:%s,%s' % (net.slot_tag(self.slot), self.mac)
         if line not in (net.read_text(conf) or '').splitlines():
             raise net.NetworkError('the running dnsmasq\'s configuration %s does not tag slot %s\'s MAC, so its '
-                                   'guest cannot be told its overlay MTU: run host_network with node_id %s '
-                                   '(host_prep does), then restart dnsmasq' % (conf, self.slot_id, self.slot.node_id))
+                                   'guest cannot be told its overlay MTU: run host_network with %s among its '
+                                   'node_ids (host_prep does), then restart dnsmasq' % (conf, self.slot_id, self.slot.node_id))
 
     def tenant_mtu(self):
         """The MTU of the slot's tenant's overlay (its lease's plan), None without one."""

@@ -95,14 +95,19 @@ options:
         options (its tenant overlay's MTU, DHCP option 26) in C({opts_dir}/{slot_id}).
     type: path
     default: /var/lib/gpuaas/network/dhcp-opts.d
-  node_id:
+  node_ids:
     description:
-      - The node's id. The configuration then tags each slot the node can have (C(slot-{index})) by its MAC
-        (C(dhcp-mac)), which the slot's options file matches. Without it no slot can be told an overlay MTU,
-        and M(gpuaas.slice.slot_network) refuses to give one while dnsmasq runs with such a configuration.
+      - The ids of the nodes whose slots this slot network serves (one, the node's own, on a real host; the
+        lab runs two on one host). The configuration tags each slot they can have with its slot id, by its
+        MAC (C(dhcp-mac)), which the slot's options file matches. A slot of a node not listed cannot be told
+        an overlay MTU, and M(gpuaas.slice.slot_network) refuses to give it one while dnsmasq runs with
+        such a configuration.
       - The tags are in the configuration, not in the slots' host entries (C(set:)), because dnsmasq 2.90
         (Debian 12) dies at the first C(SIGHUP) after it answered a slot whose entry set a tag.
-    type: str
+    type: list
+    elements: str
+    default: []
+    aliases: [node_id]
   lease_file:
     description: dnsmasq's lease file.
     type: path
@@ -253,7 +258,7 @@ class HostNetwork:
         self.conf = net.config_path(p['dnsmasq_conf'], 'dnsmasq_conf')
         self.hosts_dir = net.config_path(p['hosts_dir'], 'hosts_dir', directory=True)
         self.opts_dir = net.config_path(p['opts_dir'], 'opts_dir', directory=True)
-        self.node_id = NODE_ID.check(p['node_id'], 'node_id') if p['node_id'] is not None else None
+        self.node_ids = [NODE_ID.check(node, 'node_ids[%d]' % n) for n, node in enumerate(p['node_ids'])]
         self.lease_file = net.config_path(p['lease_file'], 'lease_file')
         self.nft_file = net.config_path(p['nft_file'], 'nft_file')
         self.pid_file = net.config_path(p['pid_file'], 'pid_file')
@@ -293,7 +298,7 @@ class HostNetwork:
         self.untag_entries()
         net.file_step(self.plan, self.module, self.conf, net.dnsmasq_conf(
             self.bridge, self.gateway, self.hosts_dir, self.lease_file, self.dns, self.pid_file, self.opts_dir,
-            self.node_id))
+            self.node_ids))
         self.nftables()
         if self.module.params['nat'] and read_forward() != '1':
             self.plan.change('net.ipv4.ip_forward=1', write_forward, before='0', after='1',
@@ -377,7 +382,7 @@ def main():
         dnsmasq_conf=dict(type='path', default='/etc/gpuaas/dnsmasq.conf'),
         hosts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-hosts.d'),
         opts_dir=dict(type='path', default='/var/lib/gpuaas/network/dhcp-opts.d'),
-        node_id=dict(type='str'),
+        node_ids=dict(type='list', elements='str', default=[], aliases=['node_id']),
         lease_file=dict(type='path', default='/var/lib/gpuaas/network/dnsmasq.leases'),
         dns_servers=dict(type='list', elements='str', default=[]),
         nat=dict(type='bool', default=True),

@@ -27,8 +27,8 @@ description:
     tenants' never, and a tenant with an overlay plan in its leases (C(data.network)) reaches its slots on
     other nodes through the VXLAN tunnel port in its VNI. V(absent) takes the slot out of its tenant's flows
     first. The slot's guest is told the overlay's MTU by DHCP (option 26), from the slot's options file
-    C({opts_dir}/{slot_id}), which matches the tag C(slot-{index}) that M(gpuaas.slice.host_network) with its
-    O(gpuaas.slice.host_network#module:node_id) gives the slot's MAC; the file goes with the plan, and with
+    C({opts_dir}/{slot_id}), which matches the tag (the slot id) that M(gpuaas.slice.host_network) with the
+    slot's node among its O(gpuaas.slice.host_network#module:node_ids) gives the slot's MAC; the file goes with the plan, and with
     V(absent). The host entry itself never sets a tag (dnsmasq 2.90 dies at the C(SIGHUP) after it answered
     a slot whose entry did). While dnsmasq runs with a configuration that does not tag the slot, an MTU is
     refused.

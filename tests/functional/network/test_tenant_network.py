@@ -194,8 +194,8 @@ def test_dnsmasq_lives_through_a_reload_after_serving_a_slot_its_mtu(net):
     daemon = net['daemons']['dnsmasq']
     for index in (0, 1):
         lease(net, index, network=PLAN)
-    # A configuration without the slots' tags (host_network without node_id): the MTU is refused.
-    untagged = dict(net['host_args'], node_id=None)
+    # A configuration without the slots' tags (host_network without the node): the MTU is refused.
+    untagged = dict(net['host_args'], node_id=['another-node'])
     assert host.module('host_network', untagged)['changed']
     files = [os.path.join(net['hosts'], Slot(NODE, 0).slot_id), os.path.join(net['opts'], Slot(NODE, 0).slot_id)]
     kept = [os.path.exists(path) and open(path).read() for path in files]

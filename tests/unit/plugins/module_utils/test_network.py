@@ -105,14 +105,17 @@ def test_only_a_running_dnsmasq_is_signalled(tmp_path):
 def test_the_slots_tags_come_from_the_configuration_never_from_an_entry():
     """dnsmasq 2.90 frees an entry's set: tag with what a reply chained onto it: entries set none."""
     conf = net.dnsmasq_conf('br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid',
-                            '/o', 'gpu-node-01').splitlines()
+                            '/o', ['gpu-node-01']).splitlines()
     tags = [line for line in conf if line.startswith('dhcp-mac=')]
     assert len(tags) == MAX_SLOTS and 'dhcp-optsdir=/o' in conf
-    assert tags[3] == 'dhcp-mac=set:slot-3,%s' % Slot('gpu-node-01', 3).mac
+    assert tags[3] == 'dhcp-mac=set:gpu-node-01-s3,%s' % Slot('gpu-node-01', 3).mac
+    two = net.dnsmasq_conf('br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid', '/o',
+                           ['a', 'b'])
+    assert sum(line.startswith('dhcp-mac=') for line in two.splitlines()) == 2 * MAX_SLOTS
     assert not any(line.startswith('dhcp-mac=') for line in net.dnsmasq_conf(
         'br-gpuaas', net.gateway_interface('10.100.0.1/24'), '/h', '/l', [], '/run/x.pid', '/o').splitlines())
     assert net.dhcp_host_line('52:54:00:00:00:01', '10.100.0.13', 'h') == '52:54:00:00:00:01,10.100.0.13,h\n'
-    assert net.dhcp_mtu_line(3, 1450) == 'tag:slot-3,option:mtu,1450\n'
+    assert net.dhcp_mtu_line(Slot('gpu-node-01', 3), 1450) == 'tag:gpu-node-01-s3,option:mtu,1450\n'
 
 
 @pytest.mark.parametrize('argv, conf', [
