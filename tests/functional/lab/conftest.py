@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import COLLECTIONS, REPO
 from tests.functional.network import env as netenv
+from tests.functional.vm import env as vmenv
 
 sys.path.insert(0, os.path.join(REPO, 'lab'))
 import lab  # noqa: E402  (lab/lab.py)
@@ -75,6 +76,7 @@ def node():
         pytest.skip('libvirt-python is missing')
     if os.path.isdir(LEASES) and any(name.endswith('.json') for name in os.listdir(LEASES)):
         pytest.skip('this machine has slot leases (the lab is up?): make lab-down first')
+    vmenv.sweep_stale_bridges()   # a killed VM test run's bridge would hold 10.100.0.1
     if netenv.GATEWAY in netenv.sh('ip', '-4', '-o', 'addr', 'show').stdout \
             and 'br-gpuaas' not in netenv.sh('ip', '-4', '-o', 'addr', 'show').stdout:
         pytest.skip('10.100.0.1 is held by another interface on this machine')

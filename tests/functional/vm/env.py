@@ -192,6 +192,25 @@ class Sink:
         self.server.server_close()
 
 
+BRIDGE_PREFIX = 'gsvt'   # + the PID of the test process that made it
+
+
+def sweep_stale_bridges():
+    """Delete the test bridges of test processes that are gone (a run that was killed).
+
+    A killed run leaves its bridge holding the layout's gateway address; the next run would
+    then fall back to another subnet, and the lab tests would skip. Returns the names deleted.
+    """
+    gone = []
+    for name in os.listdir('/sys/class/net'):
+        owner = name[len(BRIDGE_PREFIX):]
+        if name.startswith(BRIDGE_PREFIX) and owner.isdigit() and not os.path.exists('/proc/%s' % owner) \
+                and os.path.isdir('/sys/class/net/%s/bridge' % name):
+            if _run(['ip', 'link', 'del', name], check=False).returncode == 0:
+                gone.append(name)
+    return gone
+
+
 def _address_in_use(address):
     out = _run(['ip', '-o', '-4', 'addr', 'show'], check=False).stdout
     return any(' %s/' % address in line for line in out.splitlines())
@@ -202,7 +221,9 @@ class SlotNetwork:
 
     def __init__(self, workdir_path, name=None):
         self.dir = workdir_path
-        self.bridge = name or 'gsvt%d' % (os.getpid() % 100000)
+        self.bridge = name or '%s%d' % (BRIDGE_PREFIX, os.getpid())   # at most 11 of IFNAMSIZ's 15
+        if os.geteuid() == 0:
+            sweep_stale_bridges()
         net = LAYOUT_NET if not _address_in_use('10.100.0.1') else FALLBACK_NET
         self.network = ipaddress.ip_network(net)
         self.gateway = str(self.network.network_address + 1)

@@ -92,6 +92,7 @@ def booted(dirs, network, guest, libvirtd):
     made = []
 
     def boot(slot_id, capsys, **extra):
+        env.destroy_domain(libvirtd.uri, 'gpuaas-' + slot_id)   # left by a run that was killed
         made.append(slot_id)
         taken = run_module(slot_lease, dict(slot_id=slot_id, allocation_id=ALLOCATION, phase='running',
                                             lease_dir=dirs['leases']), capsys=capsys)
@@ -105,7 +106,7 @@ def booted(dirs, network, guest, libvirtd):
         args = vm_args(dirs, network, guest, libvirtd, slot_id, seed=seed['path'], expected_ip=network.ip(index),
                        **extra)
         vm = run_module(slot_vm, args, capsys=capsys)
-        assert vm['changed'] and vm['domain_state'] == 'running', vm
+        assert vm.get('changed') and vm.get('domain_state') == 'running', vm
         return vm
 
     yield boot

@@ -65,6 +65,7 @@ def slot(workdir, network, guest, libvirtd):
         checksum = 'sha256:' + hashlib.sha256(handle.read()).hexdigest()
     ip = network.ip(INDEX)
     network.add_host(MAC, ip)
+    env.destroy_domain(libvirtd.uri, 'gpuaas-' + SLOT)   # left by a run that was killed
     values = {
         'slot_id': SLOT, 'uri': libvirtd.uri, 'ip': ip, 'magic': magic, 'token': secrets.token_urlsafe(24),
         'keys': [ssh_key('ssh-ed25519', 'alice@laptop'), ssh_key('ecdsa-sha2-nistp256', 'bob')],
