@@ -26,91 +26,16 @@ Each step's time and what the API said is kept for the report.
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
+
+from plane import Failed  # lab/plane.py: serve and worker as their own processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-BIN = os.path.dirname(sys.executable)
 
 
 # The allocate task during which fleet-vm is stopped, and how long after it started.
 STOP_IN = 'task: Wire, image, seed and start the slot'
 STOP_AFTER = 30
-
-
-class Failed(Exception):
-    pass
-
-
-class ControlPlane:
-    """``gpuaas serve`` and ``gpuaas worker`` on a SQLite database under ``work``."""
-
-    def __init__(self, work, inventory, env):
-        import local_node
-        self.work = work
-        self.url = 'http://127.0.0.1:%d' % local_node.free_port()
-        self.env = dict(os.environ, GPUAAS_DB_URL='sqlite:///%s' % os.path.join(work, 'gpuaas.db'),
-                        GPUAAS_API=self.url, GPUAAS_PROJECT_DIR=REPO, GPUAAS_INVENTORY=inventory,
-                        GPUAAS_RUNS_DIR=os.path.join(work, 'runs'), GPUAAS_KEEP_RUNS='20',
-                        PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1',
-                        # The working tree's collection, as the playbook phase runs it: ansible.cfg's
-                        # own list would take an installed copy in ~/.ansible/collections first.
-                        ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.build', 'collections'), **env)
-        self.env.pop('GPUAAS_TOKEN', None)
-        self.procs = []
-
-    def gpuaas(self, *args, token=None):
-        env = dict(self.env, GPUAAS_TOKEN=token) if token else self.env
-        done = subprocess.run([os.path.join(BIN, 'gpuaas'), *args], env=env, capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL, check=False)
-        if done.returncode != 0:
-            raise Failed('gpuaas %s: rc %d: %s %s' % (' '.join(args), done.returncode, done.stdout[-2000:],
-                                                      done.stderr[-2000:]))
-        return done.stdout.strip()
-
-    def start(self, name, *args):
-        with open(os.path.join(self.work, name + '.log'), 'w') as log:
-            self.procs.append(subprocess.Popen([os.path.join(BIN, 'gpuaas'), *args], env=self.env, stdout=log,
-                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               start_new_session=True))
-
-    def http(self, method, path, token, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            'Authorization': 'Bearer %s' % token, 'Content-Type': 'application/json'})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                raw, status, kind = response.read().decode(), response.status, response.headers.get_content_type()
-        except urllib.error.HTTPError as error:
-            raw, status, kind = error.read().decode(), error.code, error.headers.get_content_type()
-        return status, json.loads(raw) if kind == 'application/json' else raw
-
-    def wait_healthy(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + '/healthz', timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise Failed('the API did not come up (see %s/serve.log)' % self.work)
-
-    def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 def worker_inventory(directory, inventory, connection, extravars):
@@ -220,11 +145,8 @@ class Scenario:
     def run(self, discoveries, approvals):
         plane = self.plane
         plane.gpuaas('db', 'upgrade')
-        self.operator = plane.gpuaas('token', 'create', '--role', 'operator')
-        self.tenant = plane.gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'fleet-a')
-        plane.start('serve', 'serve', '--port', plane.url.rsplit(':', 1)[1], '--no-access-log')
-        plane.wait_healthy()
-        plane.start('worker', 'worker')
+        self.operator, self.tenant = plane.token('operator'), plane.token('tenant', 'fleet-a')
+        plane.up()
         for node_id in self.nodes:
             plane.gpuaas('node', 'discovery', node_id, discoveries[node_id], token=self.operator)
             plane.gpuaas('node', 'approve', node_id, approvals[node_id], token=self.operator)

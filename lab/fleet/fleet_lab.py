@@ -412,13 +412,14 @@ def control_plane_part(runs, vm, common, checksum, pubkey, verbose):
     """The control plane over both nodes (lab/fleet/control_plane.py); its report lines and
     problems."""
     import control_plane
+    from plane import Plane
     work = os.path.join(BUILD, 'control-plane')
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     inventory = control_plane.worker_inventory(os.path.join(work, 'inventory'), INVENTORY, CONNECTION, common)
     policy = os.environ.get('GPUAAS_UNREACHABLE_POLICY', 'reschedule')
-    plane = control_plane.ControlPlane(work, inventory, {
-        'GPUAAS_IMAGE_DIR': '%s/images' % LAB_DIR, 'GPUAAS_UNREACHABLE_POLICY': policy,
+    plane = Plane(work, inventory, {
+        'GPUAAS_KEEP_RUNS': '20', 'GPUAAS_IMAGE_DIR': '%s/images' % LAB_DIR, 'GPUAAS_UNREACHABLE_POLICY': policy,
         'GPUAAS_PROBE_INTERVAL': '10', 'GPUAAS_POLL_INTERVAL': '0.5', 'GPUAAS_RETRY_BASE': '2',
         'GPUAAS_JOB_TIMEOUT': '1800', 'GPUAAS_TELEMETRY_INTERVAL': '0', 'GPUAAS_CONSOLE_POLL_INTERVAL': '0'})
     discoveries, approvals = {}, {}

@@ -16,13 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -31,84 +26,9 @@ from tests.functional.lab.conftest import NODE
 from tests.functional.lab.test_crash_safety import assert_clean
 
 import lab  # noqa: E402  (lab/lab.py, on sys.path through the lab conftest)
+import plane as control_plane  # noqa: E402  (lab/plane.py: serve and worker as their own processes)
 
 pytestmark = pytest.mark.slow
-BIN = os.path.dirname(sys.executable)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class ControlPlane:
-    """The ``gpuaas`` processes of one test, on a SQLite database of its own."""
-
-    def __init__(self, tmp_path, inventory, image_dir):
-        self.tmp = tmp_path
-        self.url = 'http://127.0.0.1:%d' % free_port()
-        self.env = dict(os.environ, GPUAAS_DB_URL='sqlite:///%s' % (tmp_path / 'gpuaas.db'),
-                        GPUAAS_API=self.url, GPUAAS_PROJECT_DIR=REPO, GPUAAS_INVENTORY=inventory,
-                        GPUAAS_RUNS_DIR=str(tmp_path / 'runs'), GPUAAS_KEEP_RUNS='10',
-                        GPUAAS_IMAGE_DIR=image_dir,
-                        GPUAAS_POLL_INTERVAL='0.3', GPUAAS_RETRY_BASE='1', GPUAAS_JOB_TIMEOUT='900',
-                        PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHONUNBUFFERED='1')
-        self.env.pop('GPUAAS_TOKEN', None)
-        self.procs = []
-
-    def gpuaas(self, *args, token=None, check=True, timeout=900):
-        env = dict(self.env, GPUAAS_TOKEN=token) if token else self.env
-        done = subprocess.run([os.path.join(BIN, 'gpuaas'), *args], env=env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        if check and done.returncode != 0:
-            raise AssertionError('gpuaas %s: rc %d\n%s\n%s' % (' '.join(args), done.returncode,
-                                                               done.stdout[-3000:], done.stderr[-3000:]))
-        return done
-
-    def start(self, name, *args):
-        log = open(self.tmp / ('%s.log' % name), 'w')
-        proc = subprocess.Popen([os.path.join(BIN, 'gpuaas'), *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def log(self, name):
-        return (self.tmp / ('%s.log' % name)).read_text()
-
-    def http(self, method, path, token, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            'Authorization': 'Bearer %s' % token, 'Content-Type': 'application/json'})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw, status, kind = response.read().decode(), response.status, response.headers.get_content_type()
-        except urllib.error.HTTPError as error:
-            raw, status, kind = error.read().decode(), error.code, error.headers.get_content_type()
-        return status, json.loads(raw) if kind == 'application/json' else raw
-
-    def wait_healthy(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + '/healthz', timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError('the API did not come up: %s' % self.log('serve'))
-
-    def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 def sse(raw):
@@ -126,14 +46,13 @@ def sse(raw):
 def control(node, tmp_path):
     from ansible_collections.gpuaas.slice.plugins.module_utils._discovery import Discovery
     inventory = lab.worker_inventory(str(tmp_path / 'inventory'), node.extravars)
-    plane = ControlPlane(tmp_path, inventory, os.path.dirname(node.image))
+    plane = control_plane.Plane(tmp_path, inventory, {
+        'GPUAAS_KEEP_RUNS': '10', 'GPUAAS_IMAGE_DIR': os.path.dirname(node.image), 'GPUAAS_POLL_INTERVAL': '0.3',
+        'GPUAAS_RETRY_BASE': '1', 'GPUAAS_JOB_TIMEOUT': '900'})
     plane.gpuaas('db', 'upgrade')
-    plane.operator = plane.gpuaas('token', 'create', '--role', 'operator').stdout.strip()
-    plane.tenant = plane.gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'acme').stdout.strip()
-    plane.other = plane.gpuaas('token', 'create', '--role', 'tenant', '--tenant', 'rival').stdout.strip()
-    plane.start('serve', 'serve', '--port', plane.url.rsplit(':', 1)[1], '--no-access-log')
-    plane.wait_healthy()
-    plane.start('worker', 'worker')
+    plane.operator, plane.tenant, plane.other = (plane.token('operator'), plane.token('tenant', 'acme'),
+                                                 plane.token('tenant', 'rival'))
+    plane.up()
     # What slot_discovery_info reports for the node (the engine the module runs), stored by an operator.
     hgx = os.path.join(lab.BUILD, 'hgx')
     discovery = Discovery(NODE, os.path.join(hgx, 'sys'), os.path.join(hgx, 'proc')).run()
