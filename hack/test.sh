@@ -31,7 +31,10 @@ run() {
 for part in "${parts[@]}"; do
   case $part in
     sanity) run sanity hack/sanity.sh "$venv" ;;
-    lint)   run lint ansible-lint --offline ;;
+    # ansible-lint installs the collection it checks into ANSIBLE_HOME's collections (offline, it
+    # is not isolated): there, not in ~/.ansible/collections, where every later ansible-playbook
+    # of this user would load that copy ahead of the checkout's.
+    lint)   ANSIBLE_HOME="$here/.build/ansible-lint" run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
     # Molecule keeps scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and
     # checkouts: start from none, so every run prepares what it needs.

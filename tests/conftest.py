@@ -20,6 +20,9 @@ if not os.path.islink(LINK):
 for path in (COLLECTIONS, REPO):
     if path not in sys.path:
         sys.path.insert(0, path)
+# What Ansible runs from here (playbooks, the worker's jobs) is this checkout's collection too,
+# never a copy installed in ~/.ansible/collections.
+os.environ['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
 
 
 @pytest.fixture
@@ -43,6 +46,6 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped:
         reporter.write_sep('=', 'CI: %d test(s) skipped; in CI every test must run' % len(skipped), red=True)
         for report in skipped:
-            reporter.write_line('  %s: %s' % (report.nodeid, report.longrepr[-1] if isinstance(report.longrepr, tuple)
-                                             else report.longrepr))
+            why = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+            reporter.write_line('  %s: %s' % (report.nodeid, why))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -335,3 +335,46 @@ def test_configuration_is_checked_first(settings, db, tmp_path):
         bad = Settings(**dict(vars(settings), **change))
         with pytest.raises(WorkerError, match=message):
             Worker(db, bad)
+
+
+@pytest.mark.backends('sqlite')
+def test_the_worker_refuses_when_the_playbooks_would_load_another_copy_of_the_collection(
+        settings, db, tmp_path, monkeypatch):
+    """ansible-playbook loads the first gpuaas.slice on its search path; an older copy there
+    (an earlier ansible-galaxy install in ~/.ansible/collections) would run old modules under
+    this control plane."""
+    from gpuaas_control import collection
+    mine = str(collection.collection_root())
+    assert Worker(db, settings).settings is settings   # this checkout's copy, through the suite's own path
+    other = tmp_path / 'other'
+    (other / 'ansible_collections' / 'gpuaas' / 'slice').mkdir(parents=True)
+    monkeypatch.setenv('ANSIBLE_COLLECTIONS_PATH', '%s:%s' % (other, collection.collections_dir()))
+    with pytest.raises(WorkerError, match='would load gpuaas.slice from %s/ansible_collections/gpuaas/slice, but '
+                                          'this worker runs the copy in %s' % (other, mine)):
+        Worker(db, settings)
+    # The same copy reached through another link is the same copy.
+    (tmp_path / 'linked' / 'ansible_collections' / 'gpuaas').mkdir(parents=True)
+    os.symlink(mine, tmp_path / 'linked' / 'ansible_collections' / 'gpuaas' / 'slice')
+    monkeypatch.setenv('ANSIBLE_COLLECTIONS_PATH', str(tmp_path / 'linked'))
+    Worker(db, settings)
+    # A copy beside the playbooks comes before every configured path.
+    (tmp_path / 'project' / 'playbooks' / 'collections' / 'ansible_collections' / 'gpuaas' / 'slice').mkdir(
+        parents=True)
+    with pytest.raises(WorkerError, match='from %s/project/playbooks/collections/' % tmp_path):
+        Worker(db, settings)
+
+
+@pytest.mark.backends('sqlite')
+def test_the_worker_refuses_when_the_playbooks_would_find_no_collection_or_ansible_cfg_is_broken(
+        settings, db, tmp_path, monkeypatch):
+    monkeypatch.setenv('ANSIBLE_COLLECTIONS_PATH', str(tmp_path / 'empty'))
+    monkeypatch.setenv('ANSIBLE_COLLECTIONS_SCAN_SYS_PATH', 'false')
+    with pytest.raises(WorkerError, match='would not find the gpuaas.slice collection .searched .*/empty'):
+        Worker(db, settings)
+    monkeypatch.delenv('ANSIBLE_COLLECTIONS_PATH')
+    monkeypatch.delenv('ANSIBLE_COLLECTIONS_SCAN_SYS_PATH')
+    broken = tmp_path / 'ansible.cfg'
+    broken.write_text('[defaults\ncollections_path = /x\n')
+    monkeypatch.setenv('ANSIBLE_CONFIG', str(broken))
+    with pytest.raises(WorkerError, match='cannot tell which gpuaas.slice the playbooks would load'):
+        Worker(db, settings)

@@ -33,7 +33,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from gpuaas_control import audit, console, fleet, lifecycle, networks, outcomes, power, service, telemetry
+from gpuaas_control import audit, collection, console, fleet, lifecycle, networks, outcomes, power, service, telemetry
 from gpuaas_control.config import Settings
 from gpuaas_control.db import Database
 from gpuaas_control.models import (
@@ -150,6 +150,24 @@ class Worker:
         if not inventory or not os.path.exists(inventory):
             raise WorkerError('the inventory %r does not exist: set GPUAAS_INVENTORY (or '
                               '--inventory) to an inventory whose hosts are the node ids' % inventory)
+        self._check_collection()
+
+    def _check_collection(self):
+        """The playbooks must run the collection this worker's own code comes from."""
+        mine = str(collection.collection_root())
+        try:
+            theirs, searched = collection.ansible_finds(self.settings.project_dir, self.settings.allocate_playbook)
+        except Exception as exc:  # noqa: BLE001 - Ansible's configuration raises its own errors
+            raise WorkerError('cannot tell which gpuaas.slice the playbooks would load: %s' % exc) from None
+        if theirs is None:
+            raise WorkerError('ansible-playbook would not find the gpuaas.slice collection (searched %s): put '
+                              'the directory that holds ansible_collections/gpuaas/slice on ANSIBLE_COLLECTIONS_PATH'
+                              % ', '.join(searched))
+        if theirs != mine:
+            raise WorkerError('ansible-playbook would load gpuaas.slice from %s, but this worker runs the copy in %s: '
+                              'the playbooks and the control plane must be one copy. Put %s first on '
+                              'ANSIBLE_COLLECTIONS_PATH, or remove the other copy'
+                              % (theirs, mine, collection.collections_dir()))
 
     # -- the loop ----------------------------------------------------------------------------
 
