@@ -31,9 +31,9 @@ run() {
 for part in "${parts[@]}"; do
   case $part in
     sanity) run sanity hack/sanity.sh "$venv" ;;
-    # ansible-lint installs the collection it checks into ANSIBLE_HOME's collections (offline, it
-    # is not isolated): there, not in ~/.ansible/collections, where every later ansible-playbook
-    # of this user would load that copy ahead of the checkout's.
+    # ansible-lint (offline, so not isolated) keeps its cache of collections and roles in
+    # ANSIBLE_HOME: under .build/, not in ~/.ansible, whose collections every later
+    # ansible-playbook of this user searches ahead of the checkout.
     lint)   ANSIBLE_HOME="$here/.build/ansible-lint" run lint ansible-lint --offline ;;
     docs)   run docs python hack/module_docs.py check ;;
     # Molecule keeps scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and
