@@ -5,15 +5,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
+from ansible.module_utils import _internal
 from ansible.module_utils.testing import patch_module_args
 
 
 class ModuleResult(dict):
     """The module's JSON result; ``failed`` is True when it called fail_json."""
+
+
+@contextlib.contextmanager
+def module_process(args):
+    """What a module's own process has: its arguments, and no controller code loaded. Once a test
+    imported Ansible's controller code (``ansible._internal`` sets ``is_controller``), a
+    module's warnings would go to the controller's display instead of its result."""
+    controller, _internal.is_controller = _internal.is_controller, False
+    try:
+        with patch_module_args(args):
+            yield
+    finally:
+        _internal.is_controller = controller
 
 
 def run_module(module, args, check_mode=False, diff=False, capsys=None):
@@ -23,7 +38,7 @@ def run_module(module, args, check_mode=False, diff=False, capsys=None):
         args['_ansible_check_mode'] = True
     if diff:
         args['_ansible_diff'] = True
-    with patch_module_args(args):
+    with module_process(args):
         with pytest.raises(SystemExit):
             module.main()
     out = capsys.readouterr().out

@@ -17,10 +17,10 @@ import time
 import pytest
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.gpuaas.slice.plugins.module_utils import _devctl as devctl, _engine
 from ansible_collections.gpuaas.slice.plugins.module_utils.contract import GpuaasError
+from tests.unit.module_runner import module_process
 
 
 class Module:
@@ -32,7 +32,7 @@ class Module:
 
 
 def real_module():
-    with patch_module_args({}):
+    with module_process({}):
         return AnsibleModule(argument_spec={})
 
 
@@ -215,7 +215,7 @@ def test_a_command_step_runs_through_the_plans_runner():
 
 
 def run(engine, capsys, **args):
-    with patch_module_args(args):
+    with module_process(args):
         with pytest.raises(SystemExit):
             _engine.run_module({'name': {'type': 'str', 'default': 'x'}}, engine)
     return json.loads(capsys.readouterr().out)
@@ -257,7 +257,7 @@ class Work:
 
 
 def run_object(engine, capsys):
-    with patch_module_args({'slot_id': 'n1-s0'}):
+    with module_process({'slot_id': 'n1-s0'}):
         with pytest.raises(SystemExit):
             _engine.run_module({'slot_id': {'type': 'str', 'required': True}}, engine)
     return json.loads(capsys.readouterr().out)
@@ -288,7 +288,7 @@ def test_engine_of_names_the_slot_of_an_os_error_and_checks_what_it_requires_fir
 
 
 def test_engine_of_without_an_error_class_lets_an_os_error_through():
-    with patch_module_args({'slot_id': 'n1-s0'}):
+    with module_process({'slot_id': 'n1-s0'}):
         with pytest.raises(OSError):
             _engine.run_module({'slot_id': {'type': 'str', 'required': True}},
                                _engine.engine_of(lambda module: Work(module, OSError(errno.EIO, 'I/O error'))))
