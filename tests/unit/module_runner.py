@@ -11,6 +11,7 @@ import json
 import pytest
 
 from ansible.module_utils import _internal
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 
@@ -20,10 +21,13 @@ class ModuleResult(dict):
 
 @contextlib.contextmanager
 def module_process(args):
-    """What a module's own process has: its arguments, and no controller code loaded. Once a test
-    imported Ansible's controller code (``ansible._internal`` sets ``is_controller``), a
-    module's warnings would go to the controller's display instead of its result."""
+    """What a module's own process has: its arguments, no controller code loaded and no warning
+    or deprecation yet. Once a test imported Ansible's controller code (``ansible._internal``
+    sets ``is_controller``), a module's warnings would go to the controller's display instead
+    of its result; and what code run outside a module warned would land in the next result."""
     controller, _internal.is_controller = _internal.is_controller, False
+    warnings._global_warnings.clear()   # pylint: disable=protected-access
+    warnings._global_deprecations.clear()   # pylint: disable=protected-access
     try:
         with patch_module_args(args):
             yield

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
 
-from tests.unit.module_runner import run_module
+from tests.unit.module_runner import module_process, run_module
 
 
 class Warns:
@@ -30,3 +30,15 @@ def test_a_modules_warnings_reach_its_result_after_controller_code_was_imported(
     result = run_module(Warns, {'name': 'n1-s0'}, capsys=capsys)
     assert [warning['event']['msg'] for warning in result['warnings']] == ['n1-s0 looks odd']
     assert _internal.is_controller   # put back for the controller code of the other tests
+
+
+def test_a_modules_result_holds_only_its_own_warnings(capsys):
+    """What code run outside a module warned (an engine tested on its own) is not the next
+    module's: a module's own process starts with none."""
+    from ansible.module_utils.common import warnings
+    with module_process({}):
+        warnings.warn('left by code that ran outside a module')
+        warnings.deprecate('left too', version='9.9', collection_name='gpuaas.slice')
+    result = run_module(Warns, {'name': 'n1-s0'}, capsys=capsys)
+    assert [warning['event']['msg'] for warning in result['warnings']] == ['n1-s0 looks odd']
+    assert 'deprecations' not in result
