@@ -38,7 +38,7 @@ def test_a_modules_result_holds_only_its_own_warnings(capsys):
     from ansible.module_utils.common import warnings
     with module_process({}):
         warnings.warn('left by code that ran outside a module')
-        warnings.deprecate('left too', version='9.9', collection_name='gpuaas.slice')
+        warnings.deprecate('left too', version='1.0.0', collection_name='gpuaas.slice')
     result = run_module(Warns, {'name': 'n1-s0'}, capsys=capsys)
     assert [warning['event']['msg'] for warning in result['warnings']] == ['n1-s0 looks odd']
     assert 'deprecations' not in result
