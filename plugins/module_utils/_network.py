@@ -555,14 +555,18 @@ def dnsmasq_conf(bridge, gateway, hosts_dir, lease_file, dns_servers, pid_file=D
     for node_id in node_ids:
         # Tags from here, not from the entries (set:), which dnsmasq 2.90 frees with what a reply chained on.
         lines.append('# Each slot of node %s tagged by its MAC, for its own options in the dhcp-optsdir.' % node_id)
-        lines += ['dhcp-mac=set:%s,%s' % (slot_tag(slot), slot.mac)
-                  for slot in (Slot(node_id, index) for index in range(MAX_SLOTS))]
+        lines += [dhcp_mac_line(Slot(node_id, index)) for index in range(MAX_SLOTS)]
     return '\n'.join(lines) + '\n'
 
 
 def slot_tag(slot):
     """The dnsmasq tag of a slot (its id), which the configuration's ``dhcp-mac`` lines set."""
     return slot.slot_id
+
+
+def dhcp_mac_line(slot):
+    """The dnsmasq.conf line that tags ``slot`` by its MAC (``slot_tag``)."""
+    return 'dhcp-mac=set:%s,%s' % (slot_tag(slot), slot.mac)
 
 
 def running_dnsmasq(pid_file, proc_root='/proc'):

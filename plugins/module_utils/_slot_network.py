@@ -222,8 +222,7 @@ class SlotNetwork:
         conf = net.dnsmasq_conf_file(self.pid_file)
         if conf is None:
             return
-        line = 'dhcp-mac=set:%s,%s' % (net.slot_tag(self.slot), self.mac)
-        if line not in (net.read_text(conf) or '').splitlines():
+        if net.dhcp_mac_line(self.slot) not in (net.read_text(conf) or '').splitlines():
             raise net.NetworkError('the running dnsmasq\'s configuration %s does not tag slot %s\'s MAC, so its '
                                    'guest cannot be told its overlay MTU: run host_network with %s among its '
                                    'node_ids (host_prep does), then restart dnsmasq' % (conf, self.slot_id, self.slot.node_id))
